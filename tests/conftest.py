@@ -1,0 +1,89 @@
+"""Fixtures shared by every test: ports, loopback addresses, data dirs, spawned processes.
+
+`require_tool(name)` is the rule for real peers (tgtd, libiscsi tools, QEMU, fio): a missing
+tool FAILS the test in CI (CI=true), where `./run tests` installs everything, and skips it
+with a clear reason on a developer's machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.net import free_port as _free_port
+from tests.helpers.net import unique_loopback_address
+from tests.helpers.procs import ProcessReaper
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_tool(name: str, *, why: str = "") -> str:
+    """Return the path of executable ``name``; fail in CI, skip elsewhere, when missing."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is not None:
+        return path
+    reason = f"{name} is not installed{f' ({why})' if why else ''}; `./run tests` installs it"
+    if running_in_ci():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the logs of the processes a failed test spawned to its report."""
+    report = yield
+    reaper = getattr(item, "funcargs", {}).get("process_reaper")
+    if report.failed and isinstance(reaper, ProcessReaper) and reaper.processes:
+        report.sections.append((f"spawned processes ({report.when})", reaper.report()))
+    return report
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 (and, in practice, on every loopback address)."""
+    return _free_port()
+
+
+@pytest.fixture
+def loopback_address() -> str:
+    """A 127.x.y.z address unique to this test, so tests on fixed ports don't collide."""
+    return unique_loopback_address()
+
+
+@pytest.fixture
+def tmp_data_dir() -> Iterator[Path]:
+    """A fresh directory for vDisk stores: in /dev/shm when it exists (fast, no disk wear)."""
+    base = SHARED_MEMORY if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK) else None
+    path = Path(tempfile.mkdtemp(prefix="stargate-emu-test-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def process_reaper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessReaper]:
+    """Spawn processes through this; all are stopped (by PID) when the test ends, and their
+    logs are attached to the report of a failed test."""
+    reaper = ProcessReaper(log_dir=tmp_path_factory.mktemp("process-logs"))
+    try:
+        yield reaper
+    finally:
+        reaper.reap_all()
+
+
+@pytest.fixture(name="require_tool")
+def require_tool_fixture() -> Callable[..., str]:
+    """The `require_tool` function, for tests that prefer a fixture to an import."""
+    return require_tool
