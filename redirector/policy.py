@@ -1,0 +1,142 @@
+"""Which CVM serves which vDisk: the redirector's placement decisions, free of I/O.
+
+The redirector of a node sends every vDisk login to the node's own (local) stargate while
+that one is healthy. When it is down, each vDisk's next login goes to a healthy remote
+stargate, picked per vDisk (round-robin or random), so that one VM's disks spread over the
+remote CVMs; a vDisk stays where it was placed until that CVM goes down too. Once the local
+stargate has been healthy for the stable window, the vDisks placed remotely are due to fail
+back: the remote stargates end their sessions and the re-logins land locally.
+
+Time is passed in by the caller (seconds, monotonic), which keeps this module testable.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+
+DEFAULT_STABLE_WINDOW = 300.0
+
+
+class PlacementMode(Enum):
+    ROUND_ROBIN = "round-robin"
+    RANDOM = "random"
+
+
+@dataclass
+class _NodeHealth:
+    healthy: bool = False
+    healthy_since: float | None = None  # when it last turned healthy
+    ever_down: bool = False  # has it been seen down since the redirector started?
+
+
+@dataclass
+class PlacementPolicy:
+    """Placement state of one node's redirector.
+
+    ``nodes`` are the ids of every CVM in the cluster, ``local`` the id of this node's own.
+    """
+
+    nodes: list[str]
+    local: str
+    mode: PlacementMode = PlacementMode.ROUND_ROBIN
+    stable_window: float = DEFAULT_STABLE_WINDOW
+    rng: random.Random = field(default_factory=random.Random)
+    _health: dict[str, _NodeHealth] = field(init=False)
+    _remote_placement: dict[str, str] = field(init=False, default_factory=dict)
+    _next_index: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if self.local not in self.nodes:
+            raise ValueError(f"local node {self.local!r} is not one of the nodes {self.nodes}")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError(f"node ids must be unique: {self.nodes}")
+        if self.stable_window < 0:
+            raise ValueError("the stable window cannot be negative")
+        self._health = {node: _NodeHealth() for node in self.nodes}
+
+    # -- health input -------------------------------------------------------------------
+
+    def mark_up(self, node: str, now: float) -> bool:
+        """Record that ``node`` answers. Returns True when this is a change."""
+        health = self._health[node]
+        if health.healthy:
+            return False
+        health.healthy = True
+        health.healthy_since = now
+        return True
+
+    def mark_down(self, node: str, now: float) -> bool:
+        """Record that ``node`` does not answer. Returns True when this is a change."""
+        health = self._health[node]
+        changed = health.healthy or not health.ever_down
+        health.healthy = False
+        health.healthy_since = None
+        health.ever_down = True
+        # vDisks placed on a node that died must be placed again at their next login.
+        for vdisk, placed_on in list(self._remote_placement.items()):
+            if placed_on == node:
+                del self._remote_placement[vdisk]
+        return changed
+
+    def is_healthy(self, node: str) -> bool:
+        return self._health[node].healthy
+
+    def healthy_nodes(self) -> list[str]:
+        return [node for node in self.nodes if self._health[node].healthy]
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def local_is_stable(self, now: float) -> bool:
+        """The local stargate may take vDisks (back): healthy, and either never seen down
+        or healthy for the whole stable window since it came back."""
+        health = self._health[self.local]
+        if not health.healthy or health.healthy_since is None:
+            return False
+        if not health.ever_down:
+            return True
+        return now - health.healthy_since >= self.stable_window
+
+    def choose(self, vdisk: str, now: float) -> str | None:
+        """The CVM to redirect ``vdisk``'s login to, or None when no CVM is healthy."""
+        if self.local_is_stable(now):
+            self._remote_placement.pop(vdisk, None)
+            return self.local
+        placed_on = self._remote_placement.get(vdisk)
+        if placed_on is not None and self._health[placed_on].healthy:
+            return placed_on
+        remotes = [node for node in self.healthy_nodes() if node != self.local]
+        if not remotes:
+            # Better a local stargate inside its stable window than no stargate at all.
+            return self.local if self._health[self.local].healthy else None
+        chosen = self._pick(remotes)
+        self._remote_placement[vdisk] = chosen
+        return chosen
+
+    def _pick(self, candidates: list[str]) -> str:
+        if self.mode is PlacementMode.RANDOM:
+            return self.rng.choice(candidates)
+        # Round-robin over the cluster's node order, skipping the unhealthy, so that the
+        # vDisks of one VM land on different CVMs in turn.
+        for _ in range(len(self.nodes)):
+            node = self.nodes[self._next_index % len(self.nodes)]
+            self._next_index += 1
+            if node in candidates:
+                return node
+        raise AssertionError("unreachable: candidates is a non-empty subset of nodes")
+
+    def remote_placements(self) -> dict[str, str]:
+        """vDisk -> the remote CVM it was redirected to (those that have not failed back)."""
+        return dict(self._remote_placement)
+
+    def failback_due(self, now: float) -> dict[str, str]:
+        """vDisks whose sessions on a remote CVM should now be ended so that they come home:
+        every remote placement, once the local stargate is stable."""
+        if not self.local_is_stable(now):
+            return {}
+        return dict(self._remote_placement)
+
+    def forget(self, vdisk: str) -> None:
+        """The vDisk's remote sessions were ended (or it was deleted)."""
+        self._remote_placement.pop(vdisk, None)
