@@ -21,9 +21,9 @@ def redirector_logger(log_file: Path | None = None) -> logging.Logger:
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
     handler: logging.Handler = (
         logging.FileHandler(log_file) if log_file is not None else logging.StreamHandler()
     )
