@@ -12,12 +12,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.helpers.net import free_port as _free_port
 from tests.helpers.net import unique_loopback_address
 from tests.helpers.procs import ProcessReaper
+from tests.peers.tgtd import TgtdTarget
 
 SHARED_MEMORY = Path("/dev/shm")
 
@@ -87,3 +89,30 @@ def process_reaper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process
 def require_tool_fixture() -> Callable[..., str]:
     """The `require_tool` function, for tests that prefer a fixture to an import."""
     return require_tool
+
+
+@pytest.fixture
+def tgtd_factory(
+    process_reaper: ProcessReaper, tmp_data_dir: Path
+) -> Iterator[Callable[..., TgtdTarget]]:
+    """Start tgtd instances: ``tgtd_factory(lun_sizes=[64 * MiB], chap=..., redirect=...)``
+    takes `TgtdTarget`'s arguments and returns it running; all are stopped after the test."""
+    require_tool("tgtd", why="the reference target")
+    require_tool("tgtadm", why="the reference target")
+    started: list[TgtdTarget] = []
+
+    def start(**options: Any) -> TgtdTarget:
+        options.setdefault("data_dir", tmp_data_dir / f"tgtd{len(started)}")
+        options.setdefault("log_dir", process_reaper.log_dir)
+        target = TgtdTarget(**options)
+        started.append(target)
+        target.__enter__()
+        if target.process is not None:
+            process_reaper.track(target.process)  # its log shows up in a failed test's report
+        return target
+
+    try:
+        yield start
+    finally:
+        for target in reversed(started):
+            target.stop()

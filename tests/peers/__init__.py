@@ -1,0 +1,1 @@
+"""Real peers driven by the tests: tgtd (the reference target), libiscsi tools, QEMU, fio."""

@@ -1,0 +1,272 @@
+"""tgtd, the reference iSCSI target, as a context manager for tests and benchmarks.
+
+    with TgtdTarget(lun_sizes=[64 * MiB]) as tgt:
+        iscsi_inq(tgt.url())                    # iscsi://127.0.0.1:PORT/IQN/1
+
+Each instance runs its own `tgtd -f -C N` (its own control socket N, its own free port), backs
+its LUNs with sparse files in /dev/shm, binds all initiators and can require CHAP or redirect
+logins elsewhere. tgtd ignores SIGTERM: stopping takes it offline, deletes its targets and the
+system through tgtadm, then SIGKILLs the PID if it is still there.
+
+tgtd numbers data LUNs from 1 (LUN 0 is its controller LUN); stargate serves a vDisk on LUN 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+from urllib.parse import quote
+
+from tests.helpers.net import free_port
+from tests.helpers.procs import ManagedProcess, ProcessError, spawn
+
+MiB = 1024 * 1024
+TGTADM_TIMEOUT_SECONDS = 10.0
+CONTROL_SOCKET_DIR = Path("/var/run/tgtd")
+#: tgtd ignores a redirect to the initiator's own address (its loop guard); this IPv4-mapped
+#: IPv6 spelling of 127.0.0.1 gets past it and libiscsi connects to it fine.
+LOOPBACK_REDIRECT_ADDRESS = "[::ffff:127.0.0.1]"
+
+
+class TgtdError(RuntimeError):
+    """tgtd or tgtadm failed; the message carries their output."""
+
+
+@dataclass(frozen=True)
+class ChapAccount:
+    user: str
+    password: str  # tgtd, like RFC 7143 practice, wants 12 to 16 characters for CHAP secrets
+
+
+@dataclass(frozen=True)
+class RedirectTo:
+    """Where tgtd tells initiators to go instead (login status 0x0101 or 0x0102)."""
+
+    port: int
+    address: str = LOOPBACK_REDIRECT_ADDRESS
+    reason: Literal["Temporary", "Permanent"] = "Temporary"
+
+
+@dataclass
+class TgtdTarget:
+    """One tgtd process serving one target with ``len(lun_sizes)`` LUNs (numbered from 1)."""
+
+    iqn: str = "iqn.2026-11.test.tgtd:target1"
+    lun_sizes: Sequence[int] = (64 * MiB,)
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    chap: ChapAccount | None = None
+    mutual_chap: ChapAccount | None = None  # the target's own name and secret (outgoing)
+    redirect: RedirectTo | None = None
+    backing_store: Literal["rdwr", "null"] = "rdwr"
+    data_dir: Path | None = None  # default: a fresh directory in /dev/shm
+    log_dir: Path | None = None  # default: the data directory
+    start_timeout: float = 10.0
+
+    tid: int = field(default=1, init=False)
+    control_socket: int = field(default=0, init=False)
+    lun_paths: list[Path] = field(default_factory=list, init=False)
+    process: ManagedProcess | None = field(default=None, init=False)
+    _owned_data_dir: Path | None = field(default=None, init=False, repr=False)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> TgtdTarget:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._prepare_data_dir()
+        self._start_daemon()
+        self.tgtadm("--op", "new", "--mode", "target", "--tid", str(self.tid), "-T", self.iqn)
+        for lun, size in enumerate(self.lun_sizes, start=1):
+            self._add_lun(lun, size)
+        self.tgtadm("--op", "bind", "--mode", "target", "--tid", str(self.tid), "-I", "ALL")
+        if self.chap is not None:
+            self._add_account(self.chap, outgoing=False)
+        if self.mutual_chap is not None:
+            self._add_account(self.mutual_chap, outgoing=True)
+        if self.redirect is not None:
+            self.set_redirect(self.redirect)
+
+    def stop(self) -> None:
+        """Take tgtd down through tgtadm, SIGKILL it if that did not work, remove its files."""
+        process, self.process = self.process, None
+        if process is not None:
+            if process.is_running():
+                self._shut_down_politely()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.popen.wait(timeout=3.0)
+            process.kill()
+        for path in (self._socket_path(), self._socket_path().with_name(self._lock_name())):
+            path.unlink(missing_ok=True)
+        for lun_path in self.lun_paths:
+            lun_path.unlink(missing_ok=True)
+        self.lun_paths.clear()
+        if self._owned_data_dir is not None:
+            # only our LUN files were in it; the logs stay if the caller chose no log_dir
+            with contextlib.suppress(OSError):
+                for leftover in self._owned_data_dir.glob("*.log"):
+                    leftover.unlink()
+                self._owned_data_dir.rmdir()
+            self._owned_data_dir = None
+
+    # --- addresses -------------------------------------------------------------------------
+
+    @property
+    def portal(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def url(self, lun: int = 1, *, with_credentials: bool = True) -> str:
+        """libiscsi URL of one LUN: ``iscsi://[user%password@]host:port/iqn/lun``."""
+        return f"{self.portal_url(with_credentials=with_credentials)}/{self.iqn}/{lun}"
+
+    def portal_url(self, *, with_credentials: bool = True) -> str:
+        """libiscsi URL of the portal (for discovery, e.g. iscsi-ls)."""
+        credentials = ""
+        if with_credentials and self.chap is not None:
+            credentials = f"{quote(self.chap.user, safe='')}%{quote(self.chap.password, safe='')}@"
+        return f"iscsi://{credentials}{self.portal}"
+
+    # --- runtime changes -------------------------------------------------------------------
+
+    def set_redirect(self, redirect: RedirectTo) -> None:
+        """From now on, answer logins to this target with a redirect."""
+        self._update_target("RedirectAddress", redirect.address)
+        self._update_target("RedirectPort", str(redirect.port))
+        self._update_target("RedirectReason", redirect.reason)
+        self.redirect = redirect
+
+    def tgtadm(self, *args: str) -> str:
+        """Run ``tgtadm -C N --lld iscsi ARGS`` against this instance; return its stdout."""
+        argv = ["tgtadm", "-C", str(self.control_socket), "--lld", "iscsi", *args]
+        try:
+            completed = subprocess.run(
+                argv, capture_output=True, text=True, timeout=TGTADM_TIMEOUT_SECONDS, check=False
+            )
+        except subprocess.TimeoutExpired as error:
+            raise TgtdError(f"{' '.join(argv)} hung for {TGTADM_TIMEOUT_SECONDS} s") from error
+        if completed.returncode != 0:
+            log = self.process.describe() if self.process is not None else ""
+            raise TgtdError(
+                f"{' '.join(argv)} failed ({completed.returncode}): "
+                f"{completed.stderr.strip() or completed.stdout.strip()}\n{log}"
+            )
+        return completed.stdout
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _prepare_data_dir(self) -> None:
+        if self.data_dir is None:
+            shm = Path("/dev/shm")
+            self.data_dir = Path(
+                tempfile.mkdtemp(prefix="tgtd-", dir=shm if shm.is_dir() else None)
+            )
+            self._owned_data_dir = self.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _start_daemon(self) -> None:
+        """Start tgtd on a control socket number nobody else holds (bounded retries)."""
+        assert self.data_dir is not None
+        if self.port == 0:
+            self.port = free_port(self.host)
+        failures: list[str] = []
+        for _attempt in range(5):
+            self.control_socket = self._unused_control_socket()
+            process = spawn(
+                [
+                    "tgtd",
+                    "-f",
+                    "-C",
+                    str(self.control_socket),
+                    "--iscsi",
+                    f"portal={self.host}:{self.port}",
+                ],
+                log_dir=self.log_dir or self.data_dir,
+                name=f"tgtd-{self.control_socket}",
+            )
+            self.process = process
+            try:
+                process.wait_for_port(self.host, self.port, timeout=self.start_timeout)
+                self._wait_for_control_socket()
+                return
+            except (ProcessError, TgtdError) as error:
+                failures.append(str(error))
+                self.process = None
+                process.kill()
+                if "lock" not in process.log_text():  # only a socket clash is worth a retry
+                    break
+        raise TgtdError("tgtd did not start:\n" + "\n".join(failures))
+
+    def _wait_for_control_socket(self) -> None:
+        # The portal answers once tgtd's iSCSI driver is up; tgtadm needs the control socket,
+        # which tgtd creates before that. One harmless query proves it.
+        self.tgtadm("--op", "show", "--mode", "target")
+
+    @staticmethod
+    def _unused_control_socket() -> int:
+        for _attempt in range(100):
+            number = random.randint(1000, 32767)  # tgtd accepts -C up to 32767
+            if not (CONTROL_SOCKET_DIR / f"socket.{number}").exists():
+                return number
+        raise TgtdError(f"no free tgtd control socket number in {CONTROL_SOCKET_DIR}")
+
+    def _socket_path(self) -> Path:
+        return CONTROL_SOCKET_DIR / f"socket.{self.control_socket}"
+
+    def _lock_name(self) -> str:
+        return f"socket.{self.control_socket}.lock"
+
+    def _add_lun(self, lun: int, size: int) -> None:
+        assert self.data_dir is not None
+        path = self.data_dir / f"{self.iqn.rsplit(':', 1)[-1]}-lun{lun}.img"
+        with path.open("wb") as backing:
+            backing.truncate(size)
+        self.lun_paths.append(path)
+        self.tgtadm(
+            "--op", "new", "--mode", "logicalunit", "--tid", str(self.tid), "--lun", str(lun),
+            "-b", str(path), "--bstype", self.backing_store,
+        )  # fmt: skip
+
+    def _add_account(self, account: ChapAccount, *, outgoing: bool) -> None:
+        self.tgtadm(
+            "--op", "new", "--mode", "account", "--user", account.user,
+            "--password", account.password,
+        )  # fmt: skip
+        bind = ["--op", "bind", "--mode", "account", "--tid", str(self.tid)]
+        self.tgtadm(*bind, "--user", account.user, *(["--outgoing"] if outgoing else []))
+
+    def _update_target(self, name: str, value: str) -> None:
+        self.tgtadm(
+            "--op", "update", "--mode", "target", "--tid", str(self.tid),
+            "--name", name, "--value", value,
+        )  # fmt: skip
+
+    def _shut_down_politely(self) -> None:
+        steps = [
+            ["--op", "update", "--mode", "sys", "--name", "State", "-v", "offline"],
+            ["--op", "delete", "--mode", "target", "--tid", str(self.tid), "--force"],
+            ["--op", "delete", "--mode", "system"],
+        ]
+        for step in steps:
+            with contextlib.suppress(TgtdError):
+                self.tgtadm(*step)
