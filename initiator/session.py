@@ -1,0 +1,812 @@
+"""The full-feature phase of one iSCSI session, and its recovery, as QEMU + libiscsi do it.
+
+One session = one connection at a time to one target. A reader task dispatches responses
+to waiting commands by Initiator Task Tag; a writer task drains a queue of PDUs in
+batches; a pinger sends NOP-Outs to notice a dead target.
+
+Recovery (error recovery level 0, like libiscsi's ``iscsi_reconnect``): when the connection
+drops, a NOP goes unanswered, the target sends garbage, or the target asks for a logout
+(AsyncEvent 1, after which we log out), every command that has no status yet is parked;
+the session logs in again through the ORIGINAL portal (the redirector, which may send us
+elsewhere), then each parked command is re-issued with a new ITT and CmdSN. Callers see
+latency, not errors. Only when no login succeeds within ``replacement_timeout`` do
+commands fail, with ``TargetUnreachable``; reconnect attempts go on in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import trio
+
+from iscsicore.keys import SessionParams
+from iscsicore.pdu import (
+    R2T,
+    RESERVED_TAG,
+    AsyncEvent,
+    AsyncMessage,
+    DataIn,
+    DataOut,
+    LogoutReason,
+    LogoutRequest,
+    LogoutResponse,
+    NopIn,
+    NopOut,
+    Pdu,
+    Reject,
+    ScsiCommand,
+    ScsiResponse,
+    ScsiResponseCode,
+    TaskAttribute,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
+    TmfFunction,
+    TmfResponse,
+    lun_from_number,
+)
+from iscsicore.scsi.opcodes import ScsiStatus
+from iscsicore.scsi.sense import SenseParseError, parse_sense
+from iscsicore.seqnum import in_window, sn_add, sn_diff, sn_gt
+
+from .connection import Connection
+from .errors import (
+    CheckCondition,
+    CommandRetriesExhausted,
+    ConnectError,
+    ConnectionLost,
+    InitiatorError,
+    LoginError,
+    ScsiError,
+    SessionClosed,
+    TargetProtocolError,
+    TargetUnreachable,
+    TaskAborted,
+    TaskManagementError,
+)
+from .login_flow import Established, LoginOptions, establish
+from .stats import IoStats
+from .url import Portal
+
+log = logging.getLogger(__name__)
+
+_ITT_LIMIT = 0xFFFFFFFF  # RESERVED_TAG itself is never used
+
+
+@dataclass(slots=True)
+class SessionConfig:
+    """Tunables; the defaults follow QEMU/libiscsi and open-iscsi where they have one."""
+
+    login: LoginOptions = field(default_factory=LoginOptions)
+    nop_interval: float = 5.0  # send a NOP-Out ping this often (0 disables)
+    nop_timeout: float = 5.0  # an unanswered ping means the connection is dead
+    replacement_timeout: float = 120.0  # commands fail after the target is away this long
+    max_command_retries: int = 16  # re-issues of one command across reconnects
+    reconnect_backoff_first: float = 0.05
+    reconnect_backoff_max: float = 1.0
+    logout_timeout: float = 3.0
+
+
+class _State(Enum):
+    UP = "up"
+    DRAINING = "draining"  # the target asked for a logout: no new commands on this connection
+    DOWN = "down"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class CommandResult:
+    status: int
+    data: bytearray  # Data-In, trimmed to what the target sent
+    sense: bytes = b""
+    residual: int = 0
+    underflow: bool = False
+    overflow: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Task:
+    """One SCSI command for as long as the caller waits, across any number of attempts."""
+
+    cdb: bytes
+    lun_raw: int
+    read_length: int
+    write_data: memoryview | None
+    attr: int
+    buffer: bytearray
+    itt: int = RESERVED_TAG
+    cmd_sn: int = 0
+    generation: int = -1
+    done: trio.Event = field(default_factory=trio.Event)
+    lost: bool = False  # the connection went away before status: re-issue
+    error: InitiatorError | None = None
+    response: ScsiResponse | DataIn | None = None
+    received: int = 0  # Data-In bytes, for the transfer length when no residual is given
+
+    def rearm(self) -> None:
+        self.done = trio.Event()
+        self.lost = False
+        self.error = None
+        self.response = None
+        self.received = 0
+        self.itt = RESERVED_TAG
+
+
+@dataclass(eq=False, slots=True)
+class _Exchange:
+    """A non-SCSI request awaiting its answer (NOP ping, task management, logout)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Pdu | None = None
+    lost: bool = False
+
+
+class Session:
+    """A logged-in session to one target; use ``Session.connect`` as a context manager."""
+
+    def __init__(
+        self, portal: Portal, target: str, config: SessionConfig, established: Established
+    ) -> None:
+        self.original_portal = portal  # where every reconnect starts (the redirector)
+        self.target = target
+        self.config = config
+        self.stats = IoStats()
+        self._state = _State.DOWN
+        self._failure: InitiatorError | None = None
+        self._tasks: dict[int, _Task] = {}
+        self._exchanges: dict[int, _Exchange] = {}
+        self._next_itt = 1
+        self._generation = 0
+        self._changed = trio.Event()  # set and replaced whenever a waiter may proceed
+        self._conn: Connection | None = None
+        self._send_queue: trio.MemorySendChannel[list[Pdu]] | None = None
+        self._conn_scope: trio.CancelScope | None = None
+        self._conn_nursery: trio.Nursery | None = None
+        self._reconnect_delay = 0.0
+        self._lost_at: float | None = None
+        self.params: SessionParams = established.params
+        self._cmd_sn = self._exp_cmd_sn = self._max_cmd_sn = self._exp_stat_sn = 0
+        self._install(established)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, portal: Portal, target: str, config: SessionConfig | None = None
+    ) -> AsyncIterator[Session]:
+        """Log in (following redirects), run the session, log out on exit."""
+        config = config or SessionConfig()
+        established = await establish(portal, target, config.login)
+        session = cls(portal, target, config, established)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session._supervise)
+            try:
+                yield session
+            finally:
+                await session._shutdown()
+                nursery.cancel_scope.cancel()
+
+    @property
+    def portal(self) -> Portal | None:
+        """The portal serving the session now (None while reconnecting)."""
+        return self._conn.portal if self._conn is not None and self._state is _State.UP else None
+
+    @property
+    def connected(self) -> bool:
+        return self._state is _State.UP
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._tasks)
+
+    def outstanding_tags(self) -> list[int]:
+        return list(self._tasks)
+
+    def _install(self, established: Established) -> None:
+        self._conn = established.connection
+        self.params = established.params
+        self._generation += 1
+        self._cmd_sn = established.exp_cmd_sn
+        self._exp_cmd_sn = established.exp_cmd_sn
+        self._max_cmd_sn = established.max_cmd_sn
+        self._exp_stat_sn = sn_add(established.stat_sn, 1)
+        send, receive = trio.open_memory_channel[list[Pdu]](float("inf"))
+        self._send_queue = send
+        self._receive_queue = receive
+        self._state = _State.UP
+        self._failure = None
+        self._lost_at = None
+        self.stats.portal = str(established.connection.portal)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _supervise(self) -> None:
+        """Run the connection's tasks; when it is lost, reconnect; until closed."""
+        while self._state is not _State.CLOSED:
+            conn = self._conn
+            assert conn is not None
+            async with trio.open_nursery() as nursery:
+                self._conn_scope = nursery.cancel_scope
+                self._conn_nursery = nursery
+                nursery.start_soon(self._guard, self._reader, conn)
+                nursery.start_soon(self._guard, self._writer, conn, self._receive_queue)
+                if self.config.nop_interval > 0:
+                    nursery.start_soon(self._guard, self._pinger, conn)
+            await conn.aclose()
+            if self._state is _State.CLOSED:
+                return
+            self._connection_lost(ConnectionLost("connection closed"))
+            await self._reconnect()
+
+    async def _guard(self, body: Any, *args: Any) -> None:
+        """Run one connection task; any failure of it is a loss of the connection."""
+        try:
+            await body(*args)
+        except (ConnectionLost, TargetProtocolError) as error:
+            self._connection_lost(error)
+
+    def _connection_lost(self, reason: InitiatorError) -> None:
+        """Synchronous: park every command of the lost connection for re-issue."""
+        if self._state is _State.CLOSED or self._state is _State.DOWN:
+            return
+        log.info("session to %s: connection lost: %s", self.target, reason)
+        self._state = _State.DOWN
+        self._lost_at = trio.current_time()
+        self.stats.portal = ""
+        for task in self._tasks.values():
+            task.lost = True
+            task.done.set()
+        self._tasks.clear()
+        for exchange in self._exchanges.values():
+            exchange.lost = True
+            exchange.done.set()
+        self._exchanges.clear()
+        if self._send_queue is not None:
+            self._send_queue.close()
+        if self._conn_scope is not None:
+            self._conn_scope.cancel()
+        self._wake()
+
+    async def _reconnect(self) -> None:
+        """Log in again through the original portal until it works; fail commands after the
+        replacement timeout, but keep trying (as open-iscsi does)."""
+        config = self.config
+        lost_at = self._lost_at if self._lost_at is not None else trio.current_time()
+        deadline = lost_at + config.replacement_timeout
+        delay = self._reconnect_delay
+        self._reconnect_delay = 0.0
+        backoff = config.reconnect_backoff_first
+        last_error: Exception | None = None
+        while self._state is _State.DOWN:
+            now = trio.current_time()
+            if self._failure is None and now + delay >= deadline:
+                await trio.sleep(max(0.0, deadline - now))
+                self._failure = TargetUnreachable(
+                    f"{self.target} unreachable through {self.original_portal} for "
+                    f"{config.replacement_timeout:g} s: {last_error}"
+                )
+                log.warning("%s", self._failure)
+                self._wake()
+            await trio.sleep(delay)
+            try:
+                established = await establish(self.original_portal, self.target, config.login)
+            except (ConnectError, LoginError, ConnectionLost, TargetProtocolError) as error:
+                last_error = error
+                log.info("reconnect to %s failed: %s", self.target, error)
+                delay, backoff = backoff, min(backoff * 2, config.reconnect_backoff_max)
+                continue
+            self.stats.reconnects += 1
+            self._install(established)
+            log.info(
+                "session to %s: reconnected via %s", self.target, established.connection.portal
+            )
+
+    async def _shutdown(self) -> None:
+        with trio.CancelScope(shield=True):
+            if self._state is _State.UP and self._conn is not None:
+                with trio.move_on_after(self.config.logout_timeout):
+                    await self._logout()
+            self._state = _State.CLOSED
+            self._failure = SessionClosed("session closed")
+            for task in self._tasks.values():
+                task.error = self._failure
+                task.done.set()
+            self._tasks.clear()
+            if self._conn is not None:
+                await self._conn.aclose()
+            if self._conn_scope is not None:
+                self._conn_scope.cancel()
+            self._wake()
+
+    async def _logout(self) -> LogoutResponse | None:
+        exchange, itt = self._open_exchange()
+        self._enqueue(
+            [
+                LogoutRequest(
+                    immediate=True,
+                    reason=LogoutReason.CLOSE_SESSION,
+                    itt=itt,
+                    cmd_sn=self._cmd_sn,
+                    exp_stat_sn=self._exp_stat_sn,
+                )
+            ]
+        )
+        await exchange.done.wait()
+        return exchange.answer if isinstance(exchange.answer, LogoutResponse) else None
+
+    # ------------------------------------------------------------------ commands
+
+    async def execute(
+        self,
+        cdb: bytes,
+        *,
+        lun: int = 0,
+        read_length: int = 0,
+        write_data: bytes | bytearray | memoryview | None = None,
+        attr: int = TaskAttribute.SIMPLE,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run one SCSI command; re-issued transparently across reconnects.
+
+        With ``check`` a status other than GOOD raises (``CheckCondition`` with decoded
+        sense, else ``ScsiError``).
+        """
+        task = _Task(
+            cdb=bytes(cdb),
+            lun_raw=lun_from_number(lun),
+            read_length=read_length,
+            write_data=memoryview(write_data).cast("B") if write_data is not None else None,
+            attr=attr,
+            buffer=bytearray(read_length),
+        )
+        attempts = 0
+        while True:
+            await self._wait_for_slot()
+            self._issue(task)
+            try:
+                await task.done.wait()
+            except BaseException:
+                self._tasks.pop(task.itt, None)  # cancelled by the caller: forget the tag
+                raise
+            if not task.lost:
+                break
+            attempts += 1
+            self.stats.retried_commands += 1
+            if attempts > self.config.max_command_retries:
+                raise CommandRetriesExhausted(
+                    f"command {task.cdb[0]:#04x} re-issued {attempts - 1} times without status"
+                )
+            task.rearm()
+        if task.error is not None:
+            raise task.error
+        return self._result(task, check)
+
+    def _result(self, task: _Task, check: bool) -> CommandResult:
+        response = task.response
+        assert response is not None
+        sense = b""
+        if isinstance(response, ScsiResponse) and len(response.data) >= 2:
+            (sense_length,) = struct.unpack_from(">H", response.data)
+            sense = bytes(response.data[2 : 2 + sense_length])
+        residual = response.residual_count if (response.underflow or response.overflow) else 0
+        transferred = task.received
+        if response.underflow:
+            transferred = min(transferred, max(0, task.read_length - residual))
+        data = task.buffer
+        if transferred < len(data):
+            del data[transferred:]
+        result = CommandResult(
+            status=response.status,
+            data=data,
+            sense=sense,
+            residual=residual,
+            underflow=response.underflow,
+            overflow=response.overflow,
+        )
+        if check and result.status != ScsiStatus.GOOD:
+            raise _status_error(result)
+        return result
+
+    async def _wait_for_slot(self) -> None:
+        """Wait until the session is up and CmdSN is inside the target's command window."""
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._state is _State.UP and in_window(
+                self._cmd_sn, self._exp_cmd_sn, self._max_cmd_sn
+            ):
+                return
+            await self._changed.wait()
+
+    def _allocate_itt(self) -> int:
+        while True:
+            itt = self._next_itt
+            self._next_itt = itt + 1 if itt + 1 < _ITT_LIMIT else 1
+            if itt not in self._tasks and itt not in self._exchanges:
+                return itt
+
+    def _enqueue(self, pdus: list[Pdu]) -> None:
+        assert self._send_queue is not None
+        try:
+            self._send_queue.send_nowait(pdus)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the connection is going away; recovery re-issues what matters
+
+    def _issue(self, task: _Task) -> None:
+        """Synchronous, so CmdSN order is queue order: assign tags, queue the PDUs."""
+        itt = self._allocate_itt()
+        task.itt = itt
+        task.cmd_sn = self._cmd_sn
+        task.generation = self._generation
+        self._cmd_sn = sn_add(self._cmd_sn, 1)
+        self._tasks[itt] = task
+        command = ScsiCommand(
+            final=True,
+            read=task.read_length > 0,
+            write=task.write_data is not None and len(task.write_data) > 0,
+            attr=task.attr,
+            lun=task.lun_raw,
+            itt=itt,
+            expected_data_transfer_length=(
+                len(task.write_data) if task.write_data is not None else task.read_length
+            ),
+            cmd_sn=task.cmd_sn,
+            exp_stat_sn=self._exp_stat_sn,
+            cdb=task.cdb.ljust(16, b"\x00") if len(task.cdb) <= 16 else task.cdb[:16],
+        )
+        pdus: list[Pdu] = [command]
+        data = task.write_data
+        if data is not None and len(data):
+            params = self.params
+            segment = params.target_max_recv_data_segment_length
+            unsolicited_limit = min(len(data), params.first_burst_length)
+            sent = 0
+            if params.immediate_data:
+                sent = min(unsolicited_limit, segment)
+                command.data = data[:sent]
+            if not params.initial_r2t and sent < unsolicited_limit:
+                command.final = False
+                pdus += self._data_out(task, RESERVED_TAG, sent, unsolicited_limit - sent)
+        self._enqueue(pdus)
+
+    def _data_out(self, task: _Task, ttt: int, offset: int, length: int) -> list[Pdu]:
+        """Data-Out PDUs for ``length`` bytes at ``offset``, each within the target's
+        MaxRecvDataSegmentLength; the last one has the F bit."""
+        assert task.write_data is not None
+        segment = self.params.target_max_recv_data_segment_length
+        end = offset + length
+        pdus: list[Pdu] = []
+        data_sn = 0
+        while offset < end:
+            size = min(segment, end - offset)
+            pdus.append(
+                DataOut(
+                    final=offset + size >= end,
+                    lun=task.lun_raw,
+                    itt=task.itt,
+                    ttt=ttt,
+                    exp_stat_sn=self._exp_stat_sn,
+                    data_sn=data_sn,
+                    buffer_offset=offset,
+                    data=task.write_data[offset : offset + size],
+                )
+            )
+            data_sn += 1
+            offset += size
+        return pdus
+
+    # ------------------------------------------------------------------ task management
+
+    def _open_exchange(self) -> tuple[_Exchange, int]:
+        itt = self._allocate_itt()
+        exchange = _Exchange()
+        self._exchanges[itt] = exchange
+        return exchange, itt
+
+    async def _task_management(
+        self, function: TmfFunction, *, lun: int = 0, referenced_task_tag: int = RESERVED_TAG
+    ) -> TmfResponse | int:
+        while True:
+            await self._wait_for_slot()
+            exchange, itt = self._open_exchange()
+            referenced = self._tasks.get(referenced_task_tag)
+            self._enqueue(
+                [
+                    TaskMgmtRequest(
+                        immediate=True,
+                        function=function,
+                        lun=lun_from_number(lun),
+                        itt=itt,
+                        referenced_task_tag=referenced_task_tag,
+                        cmd_sn=self._cmd_sn,
+                        exp_stat_sn=self._exp_stat_sn,
+                        ref_cmd_sn=referenced.cmd_sn if referenced else self._cmd_sn,
+                    )
+                ]
+            )
+            try:
+                await exchange.done.wait()
+            finally:
+                self._exchanges.pop(itt, None)
+            if exchange.lost:
+                # Connection recovery already dropped every task of the old connection.
+                return TmfResponse.TASK_DOES_NOT_EXIST
+            answer = exchange.answer
+            assert isinstance(answer, TaskMgmtResponse)
+            try:
+                return TmfResponse(answer.response)
+            except ValueError:
+                return answer.response
+
+    async def abort_task(self, itt: int, *, lun: int = 0) -> TmfResponse | int:
+        """ABORT TASK for the command with tag ``itt``; that command then raises
+        ``TaskAborted``. Returns the TMF response (COMPLETE, TASK_DOES_NOT_EXIST, ...)."""
+        response = await self._task_management(
+            TmfFunction.ABORT_TASK, lun=lun, referenced_task_tag=itt
+        )
+        if response in (TmfResponse.COMPLETE, TmfResponse.TASK_DOES_NOT_EXIST):
+            self._fail_task(itt, TaskAborted(f"task {itt:#x} aborted"))
+        return response
+
+    async def lun_reset(self, *, lun: int = 0) -> None:
+        response = await self._task_management(TmfFunction.LOGICAL_UNIT_RESET, lun=lun)
+        if response != TmfResponse.COMPLETE:
+            raise TaskManagementError(f"LUN reset answered {response!r}", int(response))
+        raw = lun_from_number(lun)
+        for itt in [itt for itt, task in self._tasks.items() if task.lun_raw == raw]:
+            self._fail_task(itt, TaskAborted(f"task {itt:#x} aborted by LUN reset"))
+
+    def _fail_task(self, itt: int, error: InitiatorError) -> None:
+        task = self._tasks.pop(itt, None)
+        if task is not None:
+            task.error = error
+            task.done.set()
+
+    async def ping(self) -> float:
+        """One NOP-Out/NOP-In round trip, in seconds."""
+        await self._wait_for_slot()
+        started = trio.current_time()
+        exchange = self._send_ping()
+        await exchange.done.wait()
+        if exchange.lost:
+            raise ConnectionLost("connection lost during ping")
+        return trio.current_time() - started
+
+    def _send_ping(self) -> _Exchange:
+        exchange, itt = self._open_exchange()
+        self._enqueue(
+            [
+                NopOut(
+                    immediate=True,
+                    itt=itt,
+                    ttt=RESERVED_TAG,
+                    cmd_sn=self._cmd_sn,
+                    exp_stat_sn=self._exp_stat_sn,
+                )
+            ]
+        )
+        return exchange
+
+    # ------------------------------------------------------------------ connection tasks
+
+    async def _writer(self, conn: Connection, queue: trio.MemoryReceiveChannel[list[Pdu]]) -> None:
+        """Send queued PDUs, everything queued so far in one write."""
+        async for batch in queue:
+            pdus = list(batch)
+            while True:
+                try:
+                    pdus += queue.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await conn.send(pdus)
+
+    async def _pinger(self, conn: Connection) -> None:
+        while True:
+            await trio.sleep(self.config.nop_interval)
+            if self._state is not _State.UP:
+                continue
+            exchange = self._send_ping()
+            with trio.move_on_after(self.config.nop_timeout):
+                await exchange.done.wait()
+            if not exchange.done.is_set():
+                raise ConnectionLost(
+                    f"NOP-Out ping unanswered for {self.config.nop_timeout:g} s: target dead?"
+                )
+
+    async def _reader(self, conn: Connection) -> None:
+        while True:
+            pdu = await conn.receive()
+            kind = type(pdu)
+            if kind is DataIn:
+                self._on_data_in(pdu)  # type: ignore[arg-type]
+            elif kind is ScsiResponse:
+                self._on_response(pdu)  # type: ignore[arg-type]
+            elif kind is R2T:
+                self._on_r2t(pdu)  # type: ignore[arg-type]
+            elif kind is NopIn:
+                self._on_nop_in(pdu)  # type: ignore[arg-type]
+            elif kind is AsyncMessage:
+                self._on_async(pdu, conn)  # type: ignore[arg-type]
+            elif kind in (TaskMgmtResponse, LogoutResponse):
+                self._on_exchange_answer(pdu)
+            elif kind is Reject:
+                self._on_reject(pdu)  # type: ignore[arg-type]
+            else:
+                raise TargetProtocolError(f"unexpected {pdu.opcode.name} in full-feature phase")
+
+    def _update_sn(self, exp_cmd_sn: int, max_cmd_sn: int) -> None:
+        if sn_diff(max_cmd_sn, exp_cmd_sn) < -1:
+            return  # RFC 7143 4.2.2.1: such values are ignored
+        changed = False
+        if sn_gt(exp_cmd_sn, self._exp_cmd_sn):
+            self._exp_cmd_sn = exp_cmd_sn
+            changed = True
+        if sn_gt(max_cmd_sn, self._max_cmd_sn):
+            self._max_cmd_sn = max_cmd_sn
+            changed = True
+        if changed:
+            self._wake()
+
+    def _status_seen(self, stat_sn: int) -> None:
+        next_sn = sn_add(stat_sn, 1)
+        if sn_gt(next_sn, self._exp_stat_sn):
+            self._exp_stat_sn = next_sn
+
+    def _on_data_in(self, pdu: DataIn) -> None:
+        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        if pdu.status_present:
+            self._status_seen(pdu.stat_sn)
+        task = self._tasks.get(pdu.itt)
+        if task is None:
+            return  # a task we gave up on (cancelled or aborted)
+        data = pdu.data
+        end = pdu.buffer_offset + len(data)
+        if end > task.read_length:
+            self._fail_task(
+                pdu.itt,
+                TargetProtocolError(
+                    f"Data-In beyond the expected length: {end} > {task.read_length}"
+                ),
+            )
+            return
+        if data:
+            task.buffer[pdu.buffer_offset : end] = data
+            task.received = max(task.received, end)
+        if pdu.status_present:
+            task.response = pdu
+            self._complete(task)
+
+    def _on_response(self, pdu: ScsiResponse) -> None:
+        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        self._status_seen(pdu.stat_sn)
+        task = self._tasks.get(pdu.itt)
+        if task is None:
+            return
+        if pdu.response != ScsiResponseCode.COMPLETED:
+            self._fail_task(
+                pdu.itt, ScsiError(f"target failure (iSCSI response {pdu.response:#x})", -1)
+            )
+            return
+        task.response = pdu
+        self._complete(task)
+
+    def _complete(self, task: _Task) -> None:
+        del self._tasks[task.itt]
+        task.done.set()
+
+    def _on_r2t(self, pdu: R2T) -> None:
+        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        task = self._tasks.get(pdu.itt)
+        if task is None:
+            return
+        total = len(task.write_data) if task.write_data is not None else 0
+        end = pdu.buffer_offset + pdu.desired_data_transfer_length
+        if pdu.desired_data_transfer_length == 0 or end > total:
+            self._fail_task(
+                pdu.itt,
+                TargetProtocolError(
+                    f"R2T for bytes {pdu.buffer_offset}..{end} of a {total}-byte write"
+                ),
+            )
+            return
+        self._enqueue(
+            self._data_out(task, pdu.ttt, pdu.buffer_offset, pdu.desired_data_transfer_length)
+        )
+
+    def _on_nop_in(self, pdu: NopIn) -> None:
+        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        if pdu.itt != RESERVED_TAG:
+            self._status_seen(pdu.stat_sn)
+            exchange = self._exchanges.pop(pdu.itt, None)
+            if exchange is not None:
+                exchange.answer = pdu
+                exchange.done.set()
+        if pdu.ttt != RESERVED_TAG:  # the target pings us: echo its tag back
+            self._enqueue(
+                [
+                    NopOut(
+                        immediate=True,
+                        lun=pdu.lun,
+                        itt=RESERVED_TAG,
+                        ttt=pdu.ttt,
+                        cmd_sn=self._cmd_sn,
+                        exp_stat_sn=self._exp_stat_sn,
+                    )
+                ]
+            )
+
+    def _on_exchange_answer(self, pdu: Pdu) -> None:
+        assert isinstance(pdu, TaskMgmtResponse | LogoutResponse)
+        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        self._status_seen(pdu.stat_sn)
+        exchange = self._exchanges.pop(pdu.itt, None)
+        if exchange is not None:
+            exchange.answer = pdu
+            exchange.done.set()
+
+    def _on_reject(self, pdu: Reject) -> None:
+        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        self._status_seen(pdu.stat_sn)
+        header = bytes(pdu.data)
+        if len(header) < 20:
+            raise TargetProtocolError(f"Reject (reason {pdu.reason:#x}) without the header")
+        (itt,) = struct.unpack_from(">I", header, 16)
+        error = TargetProtocolError(f"target rejected a PDU: reason {pdu.reason:#x}")
+        if itt in self._tasks:
+            self._fail_task(itt, error)
+        elif (exchange := self._exchanges.pop(itt, None)) is not None:
+            exchange.done.set()
+
+    def _on_async(self, pdu: AsyncMessage, conn: Connection) -> None:
+        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        self._status_seen(pdu.stat_sn)
+        event = pdu.async_event
+        if event == AsyncEvent.LOGOUT_REQUEST or event == AsyncEvent.NEGOTIATION_REQUEST:
+            if self._state is _State.UP:
+                self._state = _State.DRAINING
+                log.info("%s asks for a logout within %d s", conn.portal, pdu.parameter3)
+                assert self._conn_nursery is not None
+                self._conn_nursery.start_soon(self._requested_logout, conn, pdu.parameter3)
+        elif event in (AsyncEvent.DROP_CONNECTION, AsyncEvent.DROP_ALL_CONNECTIONS):
+            # The target drops us; come back after Time2Wait (Parameter2).
+            self._reconnect_delay = float(pdu.parameter2)
+            raise ConnectionLost(f"target will drop the connection (AsyncEvent {event})")
+
+    async def _requested_logout(self, conn: Connection, within: int) -> None:
+        """Let commands in flight finish, log out, then reconnect (failback path)."""
+        deadline = trio.current_time() + max(1.0, min(float(within or 2), 10.0) - 0.5)
+        while self._tasks and trio.current_time() < deadline and self._conn is conn:
+            await trio.sleep(0.005)
+        if self._conn is not conn or self._state is not _State.DRAINING:
+            return
+        answer: LogoutResponse | None = None
+        with trio.move_on_after(self.config.logout_timeout):
+            answer = await self._logout()
+        if answer is not None:
+            self._reconnect_delay = min(float(answer.time2wait), 2.0)
+        self._state = _State.UP  # so that the loss below is processed like any other
+        self._connection_lost(ConnectionLost("logged out at the target's request"))
+
+
+def _status_error(result: CommandResult) -> InitiatorError:
+    if result.status == ScsiStatus.CHECK_CONDITION and result.sense:
+        try:
+            return CheckCondition(parse_sense(result.sense), result.sense)
+        except SenseParseError:
+            return CheckCondition(None, result.sense)
+    if result.status == ScsiStatus.TASK_ABORTED:
+        return TaskAborted("task aborted by the target")
+    try:
+        name = ScsiStatus(result.status).name
+    except ValueError:
+        name = f"{result.status:#04x}"
+    return ScsiError(f"SCSI status {name}", result.status)
