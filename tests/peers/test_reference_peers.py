@@ -1,0 +1,251 @@
+"""The peer harness proven against tgtd, the reference target.
+
+Nothing here touches our own target: these tests show that the tools and parsers the other
+suites rely on (libiscsi's tools, qemu-img, qemu-io, iscsi-test-cu, fio's libiscsi engine,
+tgtd with CHAP and redirects) see what a real target does. When one of these fails, suspect
+the harness or the machine, not stargate.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.helpers.procs import ProcessError, ProcessReaper
+from tests.peers import tools
+from tests.peers.fio import FioError, ensure_fio_libiscsi, fio_filename, job_errors, run_fio
+from tests.peers.tgtd import ChapAccount, MiB, RedirectTo, TgtdTarget
+
+TgtdFactory = Callable[..., TgtdTarget]
+
+
+@pytest.fixture
+def tgtd(tgtd_factory: TgtdFactory) -> TgtdTarget:
+    return tgtd_factory(lun_sizes=[24 * MiB])
+
+
+# --- the process helpers themselves ----------------------------------------------------------
+
+
+def test_wait_for_port_reports_a_process_that_died_with_its_log(
+    process_reaper: ProcessReaper, free_port: int
+) -> None:
+    process = process_reaper.spawn(["sh", "-c", "echo cannot start: no config >&2; exit 3"])
+    with pytest.raises(ProcessError, match="cannot start: no config"):
+        process.wait_for_port("127.0.0.1", free_port, timeout=5)
+
+
+def test_reaper_stops_a_process_that_ignores_sigterm(
+    process_reaper: ProcessReaper, loopback_address: str, free_port: int
+) -> None:
+    listener = (
+        "import signal, socket, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"server = socket.create_server(({loopback_address!r}, {free_port}))\n"
+        "time.sleep(60)\n"
+    )
+    process = process_reaper.spawn([sys.executable, "-c", listener], name="stubborn")
+    process.wait_for_port(loopback_address, free_port, timeout=10)
+    assert process.stop(grace=0.2) == -signal.SIGKILL
+    with pytest.raises(ProcessLookupError):
+        os.kill(process.pid, 0)
+
+
+# --- libiscsi tools against tgtd -------------------------------------------------------------
+
+
+def test_iscsi_ls_lists_the_target_and_its_luns(tgtd: TgtdTarget) -> None:
+    require_tool("iscsi-ls")
+    (listed,) = tools.iscsi_ls(tgtd.portal_url())
+    assert listed.name == tgtd.iqn
+    assert listed.portal == f"{tgtd.portal},1"
+    assert [(lun.lun, lun.device_type) for lun in listed.luns] == [
+        (0, "STORAGE_ARRAY_CONTROLLER"),
+        (1, "DIRECT_ACCESS"),
+    ]
+
+
+def test_iscsi_inq_sees_a_disk(tgtd: TgtdTarget) -> None:
+    require_tool("iscsi-inq")
+    inquiry = tools.iscsi_inq(tgtd.url())
+    assert inquiry.device_type == "DIRECT_ACCESS"
+    assert inquiry.vendor == "IET"
+    assert "04c0 SBC-3" in inquiry.all("Version Descriptor")
+    serial = tools.iscsi_inq(tgtd.url(), vpd_page=0x80)
+    assert "Unit Serial Number" in serial.fields
+
+
+def test_iscsi_readcapacity16_reports_the_lun_size(tgtd_factory: TgtdFactory) -> None:
+    require_tool("iscsi-readcapacity16")
+    size = 40 * MiB + 4096
+    capacity = tools.iscsi_readcapacity16(tgtd_factory(lun_sizes=[size]).url())
+    assert capacity.block_size == 512
+    assert capacity.total_size == size
+    assert capacity.last_lba == size // 512 - 1
+
+
+def test_chap_protected_target_needs_the_secret(tgtd_factory: TgtdFactory) -> None:
+    require_tool("iscsi-inq")
+    target = tgtd_factory(chap=ChapAccount("initiator-user", "secret-123456"))
+    assert tools.iscsi_inq(target.url()).device_type == "DIRECT_ACCESS"
+    with pytest.raises(tools.PeerToolError, match="Authentication failure"):
+        tools.iscsi_inq(target.url(with_credentials=False))
+
+
+def test_libiscsi_follows_a_temporary_redirect(tgtd_factory: TgtdFactory) -> None:
+    """The front tgtd answers login with 0x0101 and the back one's address (one tgtd cannot
+    redirect to 127.0.0.1 itself: see LOOPBACK_REDIRECT_ADDRESS). The sizes tell them apart."""
+    require_tool("iscsi-readcapacity16")
+    back = tgtd_factory(iqn="iqn.2026-11.test.tgtd:moved", lun_sizes=[24 * MiB])
+    front = tgtd_factory(iqn=back.iqn, lun_sizes=[8 * MiB], redirect=RedirectTo(port=back.port))
+    assert tools.iscsi_readcapacity16(front.url()).total_size == 24 * MiB
+    assert tools.iscsi_inq(front.url()).device_type == "DIRECT_ACCESS"
+
+
+# --- QEMU against tgtd -----------------------------------------------------------------------
+
+
+def test_qemu_img_convert_round_trip_is_byte_identical(
+    tgtd: TgtdTarget, tmp_data_dir: Path
+) -> None:
+    require_tool("qemu-img")
+    original = tmp_data_dir / "random.img"
+    original.write_bytes(os.urandom(24 * MiB))
+    copied_back = tmp_data_dir / "back.img"
+    tools.qemu_img_convert(original, tgtd.url())
+    tools.qemu_img_convert(tgtd.url(), copied_back)
+    assert copied_back.read_bytes() == original.read_bytes()
+    assert tgtd.lun_paths[0].read_bytes() == original.read_bytes()
+
+
+def test_qemu_io_writes_and_verifies_patterns(tgtd: TgtdTarget) -> None:
+    require_tool("qemu-io")
+    tools.qemu_io(
+        tgtd.url(),
+        [
+            "write -P 0xa5 0 64k",
+            "write -P 0x5a 1M 128k",
+            "read -P 0xa5 0 64k",
+            "read -P 0x5a 1M 128k",
+        ],
+    )
+    data = tgtd.lun_paths[0].read_bytes()
+    assert data[: 64 * 1024] == b"\xa5" * (64 * 1024)
+    assert data[MiB : MiB + 128 * 1024] == b"\x5a" * (128 * 1024)
+
+
+def test_qemu_io_wrapper_reports_a_pattern_mismatch(tgtd: TgtdTarget) -> None:
+    require_tool("qemu-io")
+    with pytest.raises(tools.PeerToolError, match="Pattern verification failed"):
+        tools.qemu_io(tgtd.url(), ["read -P 0x11 0 4k"])
+
+
+# --- iscsi-test-cu ---------------------------------------------------------------------------
+
+
+def test_iscsi_test_cu_outcomes_are_counted_per_test(tgtd: TgtdTarget) -> None:
+    """tgtd's known results: a skip that CUnit calls a pass, and a known failure."""
+    require_tool("iscsi-test-cu")
+    summary = tools.iscsi_test_cu(
+        tgtd.url(), ["SCSI.Inquiry", "SCSI.Read16", "SCSI.GetLBAStatus.BeyondEol"]
+    )
+    assert summary.consistent, summary.output
+    assert summary.outcomes["Inquiry.Standard"] == "passed"
+    assert summary.outcomes["Inquiry.BlockLimits"] == "skipped"  # fully provisioned LU
+    assert summary.outcomes["GetLBAStatus.BeyondEol"] == "failed"
+    assert summary.exit_code == 1
+    assert summary.names("failed") == ["GetLBAStatus.BeyondEol"]
+    assert summary.total == 7 + 5 + 1
+
+
+def test_parse_test_cu_output_counts_skips_inside_failures() -> None:
+    output = """
+Suite: CompareAndWrite
+  Test: Simple ...    [SKIPPED] COMPAREANDWRITE is not implemented.
+    [SKIPPED] COMPAREANDWRITE is not implemented.
+passed
+  Test: Miscompare ...    [SKIPPED] something
+    [FAILED] MODESENSE6 successful but should have failed
+FAILED
+    1. test_x.c:70  - CU_ASSERT_EQUAL(_r,0)
+Suite: Read16
+  Test: Simple ...passed
+
+Run Summary:    Type  Total    Ran Passed Failed Inactive
+              suites      2      2    n/a      0        0
+               tests      3      3      2      1        0
+"""
+    summary = tools.parse_test_cu_output(output, exit_code=1)
+    assert summary.outcomes == {
+        "CompareAndWrite.Simple": "skipped",
+        "CompareAndWrite.Miscompare": "failed",
+        "Read16.Simple": "passed",
+    }
+    assert summary.consistent
+    assert (summary.passed, summary.failed, summary.skipped) == (1, 1, 1)
+
+
+# --- fio's libiscsi engine -------------------------------------------------------------------
+
+
+def test_fio_filename_escapes_every_colon() -> None:
+    assert fio_filename("iscsi://127.0.0.1:3260/iqn.2010-06.com.nutanix:vmdisk-1/0") == (
+        "iscsi\\://127.0.0.1\\:3260/iqn.2010-06.com.nutanix\\:vmdisk-1/0"
+    )
+
+
+@pytest.fixture(scope="session")
+def fio_libiscsi() -> Path:
+    """fio with the libiscsi engine; the first use may build it (about 20 s plus apt)."""
+    for tool in ("apt-get", "dpkg-query"):
+        require_tool(tool, why="to build fio with the libiscsi engine")
+    return ensure_fio_libiscsi()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_fio_libiscsi_verify_workload(fio_libiscsi: Path, tgtd: TgtdTarget) -> None:
+    report = run_fio(
+        tgtd.url(),
+        rw="randwrite",
+        block_size="4k",
+        iodepth=16,
+        size="8m",
+        verify="crc32c",
+        fio_binary=fio_libiscsi,
+    )
+    assert job_errors(report) == [0]
+    (job,) = report["jobs"]
+    assert job["write"]["io_bytes"] == 8 * MiB
+    assert job["read"]["io_bytes"] == 8 * MiB  # the verify pass read everything back
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_fio_verification_catches_corruption(fio_libiscsi: Path, tgtd: TgtdTarget) -> None:
+    """Proof that the verify workload checks data: corrupt a block behind fio's back."""
+    require_tool("qemu-io")
+
+    def write_and_verify(options: dict[str, str | int] | None = None) -> None:
+        run_fio(
+            tgtd.url(),
+            rw="write",
+            block_size="64k",
+            iodepth=4,
+            size="4m",
+            verify="md5",
+            options=options,
+            fio_binary=fio_libiscsi,
+        )
+
+    write_and_verify()
+    tools.qemu_io(tgtd.url(), ["write -P 0x00 1M 64k"])
+    with pytest.raises(FioError) as failure:
+        write_and_verify({"verify_only": 1})
+    assert "bad magic header" in str(failure.value)
