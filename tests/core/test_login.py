@@ -1,0 +1,401 @@
+"""Full logins between InitiatorLogin and TargetLogin in memory, and the target's answers
+to hand-made requests that break the rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from iscsicore.chap import ChapSecrets
+from iscsicore.keys import (
+    SessionType,
+    decode_text,
+    encode_text,
+)
+from iscsicore.login import (
+    Accept,
+    InitiatorLogin,
+    LoginDone,
+    LoginFailed,
+    LoginProposals,
+    LoginRedirect,
+    Redirect,
+    Refuse,
+    Resolution,
+    SessionRequest,
+    TargetLogin,
+    TargetLoginConfig,
+)
+from iscsicore.pdu import LoginRequest, LoginResponse, LoginStage, LoginStatus
+
+INITIATOR = "iqn.2024-01.org.example:host1"
+TARGET = "iqn.2010-06.com.nutanix:vmdisk-42"
+ISID = 0x400001370000
+USER = ChapSecrets("host1", "initiator-secret-16")
+TARGET_SECRET = ChapSecrets("stargate", "target-secret-1234")
+
+
+@dataclass
+class Policy:
+    """A resolve() and TSIH allocator recording what they were asked."""
+
+    resolution: Resolution = field(default_factory=Accept)
+    asked: list[tuple[str, str | None, SessionType]] = field(default_factory=list)
+    sessions: list[SessionRequest] = field(default_factory=list)
+    next_tsih: int = 7
+
+    def resolve(self, initiator: str, target: str | None, kind: SessionType) -> Resolution:
+        self.asked.append((initiator, target, kind))
+        return self.resolution
+
+    def allocate(self, request: SessionRequest) -> int | Refuse:
+        self.sessions.append(request)
+        return self.next_tsih
+
+
+def make_target(policy: Policy, **overrides: object) -> TargetLogin:
+    config = TargetLoginConfig(
+        portal_group_tag=1,
+        resolve=policy.resolve,
+        allocate_tsih=policy.allocate,
+        initial_stat_sn=lambda: 1000,
+        **overrides,  # type: ignore[arg-type]
+    )
+    return TargetLogin(config)
+
+
+@dataclass
+class Transcript:
+    requests: list[LoginRequest] = field(default_factory=list)
+    responses: list[LoginResponse] = field(default_factory=list)
+
+
+def run_login(
+    initiator: InitiatorLogin, target: TargetLogin, transcript: Transcript | None = None
+) -> LoginDone | LoginRedirect | LoginFailed:
+    """Feed each side's output to the other until the initiator has an outcome."""
+    record = transcript or Transcript()
+    request = initiator.start()
+    for _ in range(64):
+        record.requests.append(request)
+        response = target.receive(request)
+        record.responses.append(response)
+        outcome = initiator.receive(response)
+        if not isinstance(outcome, LoginRequest):
+            return outcome
+        request = outcome
+    raise AssertionError("login did not converge")
+
+
+def test_login_without_authentication() -> None:
+    policy = Policy()
+    target = make_target(policy)
+    transcript = Transcript()
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID), target, transcript)
+    assert isinstance(outcome, LoginDone)
+    assert target.complete and not target.failed
+    assert outcome.tsih == target.tsih == 7
+    assert policy.asked == [(INITIATOR, TARGET, SessionType.NORMAL)]
+    assert policy.sessions[0].isid == ISID
+    # StatSN: one per login response, counted from the chosen initial value.
+    assert [r.stat_sn for r in transcript.responses] == list(
+        range(1000, 1000 + len(transcript.responses))
+    )
+    assert outcome.stat_sn == transcript.responses[-1].stat_sn
+    assert target.stat_sn == outcome.stat_sn + 1
+    assert outcome.exp_cmd_sn == 0 and outcome.max_cmd_sn == 63
+    # Both sides agree on every negotiated value.
+    assert outcome.params == target.params
+    params = outcome.params
+    assert params.target_name == TARGET and params.initiator_name == INITIATOR
+    assert params.target_portal_group_tag == 1
+    assert params.initiator_max_recv_data_segment_length == 262144
+    assert params.target_max_recv_data_segment_length == 262144
+    assert params.immediate_data and not params.initial_r2t
+    assert params.max_outstanding_r2t == 1
+    # The final response goes to full feature phase with the TSIH.
+    final = transcript.responses[-1]
+    assert final.transit and final.nsg == LoginStage.FULL_FEATURE and final.tsih == 7
+
+
+def test_chap_one_way() -> None:
+    policy = Policy(Accept(chap=USER))
+    target = make_target(policy)
+    transcript = Transcript()
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID, chap=USER), target, transcript)
+    assert isinstance(outcome, LoginDone)
+    sent = [key for r in transcript.requests for key, _ in decode_text(r.data)]
+    assert {"CHAP_A", "CHAP_N", "CHAP_R"} <= set(sent)
+    assert "CHAP_C" not in sent  # no mutual challenge
+
+
+def test_chap_mutual() -> None:
+    policy = Policy(Accept(chap=USER, mutual=TARGET_SECRET))
+    target = make_target(policy)
+    transcript = Transcript()
+    login = InitiatorLogin(INITIATOR, TARGET, ISID, chap=USER, mutual_chap=TARGET_SECRET)
+    outcome = run_login(login, target, transcript)
+    assert isinstance(outcome, LoginDone), outcome
+    answered = [key for r in transcript.responses for key, _ in decode_text(r.data)]
+    assert {"CHAP_N", "CHAP_R"} <= set(answered)
+
+
+def test_wrong_chap_secret_fails_with_0201() -> None:
+    target = make_target(Policy(Accept(chap=USER)))
+    login = InitiatorLogin(INITIATOR, TARGET, ISID, chap=ChapSecrets("host1", "not-the-secret"))
+    outcome = run_login(login, target)
+    assert isinstance(outcome, LoginFailed)
+    assert outcome.status is LoginStatus.AUTHENTICATION_FAILURE
+    assert outcome.raw_status == 0x0201
+    assert target.failed
+
+
+def test_wrong_chap_name_fails() -> None:
+    target = make_target(Policy(Accept(chap=USER)))
+    login = InitiatorLogin(INITIATOR, TARGET, ISID, chap=ChapSecrets("intruder", USER.secret))
+    outcome = run_login(login, target)
+    assert isinstance(outcome, LoginFailed) and outcome.raw_status == 0x0201
+
+
+def test_wrong_target_mutual_secret_fails_the_initiator() -> None:
+    target = make_target(Policy(Accept(chap=USER, mutual=ChapSecrets("stargate", "impostor-1234"))))
+    login = InitiatorLogin(INITIATOR, TARGET, ISID, chap=USER, mutual_chap=TARGET_SECRET)
+    outcome = run_login(login, target)
+    assert isinstance(outcome, LoginFailed)
+    assert outcome.status is LoginStatus.AUTHENTICATION_FAILURE
+    assert outcome.raw_status == 0  # detected by the initiator
+
+
+def test_mutual_asked_but_target_has_no_secret() -> None:
+    target = make_target(Policy(Accept(chap=USER)))
+    login = InitiatorLogin(INITIATOR, TARGET, ISID, chap=USER, mutual_chap=TARGET_SECRET)
+    outcome = run_login(login, target)
+    assert isinstance(outcome, LoginFailed) and outcome.raw_status == 0x0201
+
+
+def test_auth_none_when_target_requires_chap() -> None:
+    target = make_target(Policy(Accept(chap=USER)))
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID), target)
+    assert isinstance(outcome, LoginFailed) and outcome.raw_status == 0x0201
+
+
+def test_initiator_offering_chap_to_an_open_target_gets_none() -> None:
+    target = make_target(Policy())
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID, chap=USER), target)
+    assert isinstance(outcome, LoginDone)
+
+
+def test_mutual_initiator_refuses_an_open_target() -> None:
+    target = make_target(Policy())
+    login = InitiatorLogin(INITIATOR, TARGET, ISID, chap=USER, mutual_chap=TARGET_SECRET)
+    outcome = run_login(login, target)
+    assert isinstance(outcome, LoginFailed)
+    assert outcome.status is LoginStatus.AUTHENTICATION_FAILURE
+
+
+def test_discovery_session() -> None:
+    policy = Policy()
+    target = make_target(policy)
+    transcript = Transcript()
+    outcome = run_login(InitiatorLogin(INITIATOR, None, ISID), target, transcript)
+    assert isinstance(outcome, LoginDone)
+    assert outcome.params.session_type is SessionType.DISCOVERY
+    assert policy.asked == [(INITIATOR, None, SessionType.DISCOVERY)]
+    sent = {key for r in transcript.requests for key, _ in decode_text(r.data)}
+    assert "TargetName" not in sent and "MaxBurstLength" not in sent
+
+
+def test_discovery_keys_answered_irrelevant() -> None:
+    target = make_target(Policy())
+    first = LoginRequest(
+        transit=True,
+        csg=LoginStage.OPERATIONAL,
+        nsg=LoginStage.FULL_FEATURE,
+        isid=ISID,
+        data=encode_text(
+            [
+                ("InitiatorName", INITIATOR),
+                ("SessionType", "Discovery"),
+                ("MaxBurstLength", "65536"),
+                ("HeaderDigest", "None"),
+            ]
+        ),
+    )
+    response = target.receive(first)
+    answers = dict(decode_text(response.data))
+    assert answers["MaxBurstLength"] == "Irrelevant"
+    assert answers["HeaderDigest"] == "None"
+    assert target.complete and response.transit
+
+
+@pytest.mark.parametrize(
+    ("permanent", "address", "host", "port", "status"),
+    [
+        (False, "10.1.2.3:3261,1", "10.1.2.3", 3261, 0x0101),
+        (True, "10.1.2.3:3261,1", "10.1.2.3", 3261, 0x0102),
+        (False, "[fd00::5]:3262,2", "fd00::5", 3262, 0x0101),
+        (True, "[::1]:3260,1", "::1", 3260, 0x0102),
+    ],
+)
+def test_redirect(permanent: bool, address: str, host: str, port: int, status: int) -> None:
+    target = make_target(Policy(Redirect(address, permanent)))
+    transcript = Transcript()
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID), target, transcript)
+    assert outcome == LoginRedirect(host, port, int(address.rsplit(",", 1)[1]), permanent)
+    response = transcript.responses[-1]
+    assert (response.status_class << 8 | response.status_detail) == status
+    assert decode_text(response.data) == [("TargetAddress", address)]
+    assert target.redirected and target.finished
+
+
+@pytest.mark.parametrize(
+    "status", [LoginStatus.NOT_FOUND, LoginStatus.AUTHORIZATION_FAILURE, LoginStatus.TARGET_REMOVED]
+)
+def test_refusal(status: LoginStatus) -> None:
+    target = make_target(Policy(Refuse(status)))
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID), target)
+    assert isinstance(outcome, LoginFailed)
+    assert outcome.status is status and outcome.raw_status == status.value
+    assert target.failed
+    # No further PDUs are accepted: the same refusal comes back.
+    again = target.receive(LoginRequest(isid=ISID, data=encode_text([("InitiatorName", "x")])))
+    assert (again.status_class, again.status_detail) == (status.status_class, status.status_detail)
+
+
+def test_tsih_allocator_may_refuse() -> None:
+    policy = Policy()
+    target = make_target(policy)
+    target.config.allocate_tsih = lambda request: Refuse(LoginStatus.OUT_OF_RESOURCES)
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID), target)
+    assert isinstance(outcome, LoginFailed) and outcome.raw_status == 0x0302
+
+
+def request(pairs: list[tuple[str, str]], **fields: object) -> LoginRequest:
+    defaults: dict[str, object] = {
+        "transit": True,
+        "csg": LoginStage.SECURITY,
+        "nsg": LoginStage.OPERATIONAL,
+        "isid": ISID,
+    }
+    defaults.update(fields)
+    return LoginRequest(data=encode_text(pairs), **defaults)  # type: ignore[arg-type]
+
+
+def status_of(response: LoginResponse) -> int:
+    return response.status_class << 8 | response.status_detail
+
+
+def test_missing_initiator_name_is_0207() -> None:
+    target = make_target(Policy())
+    response = target.receive(request([("TargetName", TARGET)]))
+    assert status_of(response) == 0x0207 and target.failed
+
+
+def test_missing_target_name_in_normal_session_is_0207() -> None:
+    target = make_target(Policy())
+    response = target.receive(request([("InitiatorName", INITIATOR)]))
+    assert status_of(response) == 0x0207
+
+
+def test_unknown_session_type_is_0209() -> None:
+    target = make_target(Policy())
+    pairs = [("InitiatorName", INITIATOR), ("SessionType", "Party"), ("TargetName", TARGET)]
+    assert status_of(target.receive(request(pairs))) == 0x0209
+
+
+def test_unsupported_version_is_0205() -> None:
+    target = make_target(Policy())
+    pairs = [("InitiatorName", INITIATOR), ("TargetName", TARGET)]
+    response = target.receive(request(pairs, version_min=1, version_max=2))
+    assert status_of(response) == 0x0205
+
+
+def test_starting_at_operational_stage_needs_no_auth() -> None:
+    pairs = [("InitiatorName", INITIATOR), ("TargetName", TARGET)]
+    open_target = make_target(Policy())
+    response = open_target.receive(
+        request(pairs, csg=LoginStage.OPERATIONAL, nsg=LoginStage.FULL_FEATURE)
+    )
+    assert status_of(response) == 0 and open_target.complete
+    chap_target = make_target(Policy(Accept(chap=USER)))
+    response = chap_target.receive(
+        request(pairs, csg=LoginStage.OPERATIONAL, nsg=LoginStage.FULL_FEATURE)
+    )
+    assert status_of(response) == 0x0201
+
+
+@pytest.mark.parametrize(
+    ("csg", "nsg"),
+    [
+        (LoginStage.SECURITY, LoginStage.SECURITY),
+        (LoginStage.OPERATIONAL, LoginStage.SECURITY),
+        (LoginStage.OPERATIONAL, LoginStage.OPERATIONAL),
+        (LoginStage.SECURITY, 2),
+        (LoginStage.FULL_FEATURE, LoginStage.FULL_FEATURE),
+    ],
+)
+def test_illegal_transitions_are_0200(csg: int, nsg: int) -> None:
+    target = make_target(Policy())
+    pairs = [("InitiatorName", INITIATOR), ("TargetName", TARGET)]
+    assert status_of(target.receive(request(pairs, csg=csg, nsg=nsg))) == 0x0200
+
+
+def test_c_and_t_together_is_0200() -> None:
+    target = make_target(Policy())
+    pairs = [("InitiatorName", INITIATOR), ("TargetName", TARGET)]
+    assert status_of(target.receive(request(pairs, cont=True))) == 0x0200
+
+
+def test_key_sent_twice_is_0200() -> None:
+    target = make_target(Policy())
+    first = target.receive(
+        request([("InitiatorName", INITIATOR), ("TargetName", TARGET), ("AuthMethod", "None")])
+    )
+    assert status_of(first) == 0 and first.transit
+    pairs = [("MaxBurstLength", "65536"), ("MaxBurstLength", "4096")]
+    response = target.receive(
+        request(pairs, csg=LoginStage.OPERATIONAL, nsg=LoginStage.FULL_FEATURE)
+    )
+    assert status_of(response) == 0x0200
+
+
+def test_stage_must_follow_the_target() -> None:
+    """After the target stayed in security (T=0), an operational PDU is out of order."""
+    target = make_target(Policy(Accept(chap=USER)))
+    first = target.receive(
+        request([("InitiatorName", INITIATOR), ("TargetName", TARGET), ("AuthMethod", "CHAP")])
+    )
+    assert not first.transit and dict(decode_text(first.data))["AuthMethod"] == "CHAP"
+    response = target.receive(request([], csg=LoginStage.OPERATIONAL, nsg=LoginStage.FULL_FEATURE))
+    assert status_of(response) == 0x0200
+
+
+def test_garbage_text_is_an_initiator_error() -> None:
+    target = make_target(Policy())
+    response = target.receive(LoginRequest(isid=ISID, data=b"no equals sign\0"))
+    assert status_of(response) == 0x0200
+
+
+def test_continuation_both_directions_with_a_tiny_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    import iscsicore.login as login_module
+
+    monkeypatch.setattr(login_module, "LOGIN_DATA_SEGMENT_LENGTH", 16)
+    policy = Policy(Accept(chap=USER, mutual=TARGET_SECRET, target_alias="vdisk-42"))
+    target = make_target(policy)
+    transcript = Transcript()
+    login = InitiatorLogin(
+        INITIATOR,
+        TARGET,
+        ISID,
+        chap=USER,
+        mutual_chap=TARGET_SECRET,
+        proposals=LoginProposals(header_digest=("CRC32C", "None"), initiator_alias="host one"),
+    )
+    outcome = run_login(login, target, transcript)
+    assert isinstance(outcome, LoginDone), outcome
+    assert all(len(r.data) <= 16 for r in transcript.requests + transcript.responses)
+    assert any(r.cont for r in transcript.requests) and any(r.cont for r in transcript.responses)
+    assert outcome.params == target.params
+    assert outcome.params.header_digest and outcome.params.target_alias == "vdisk-42"
+    assert outcome.params.initiator_alias == "host one"
