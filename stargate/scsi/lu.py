@@ -1,0 +1,319 @@
+"""LogicalUnit: the one LUN (LUN 0) of a vDisk target, and the dispatcher of its commands.
+
+``execute`` is synchronous and never raises for anything an initiator can send: command
+emulation raises ``CheckCondition`` and this module turns it into CHECK CONDITION + sense.
+
+Two collaborators plug in through small protocols, so reservations and unit attentions can
+be written (stargate/scsi/pr.py, ua.py, reserve.py) independently of block emulation:
+
+* ``ReservationChecker``: decides RESERVATION CONFLICT for every command and emulates the
+  reservation commands themselves (PERSISTENT RESERVE IN/OUT, RESERVE/RELEASE 6/10).
+* ``UnitAttentions``: the per-nexus queue of unit attention conditions.
+
+Order of checks for each command (SAM-5 5.3, SPC-4 5.14): CDB length, unit attention
+(except INQUIRY, REPORT LUNS, REQUEST SENSE), reservation conflict, then the command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
+
+from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
+from iscsicore.scsi.sense import (
+    Asc,
+    CheckCondition,
+    FieldPointer,
+    SenseKey,
+    build_sense,
+)
+from stargate.scsi import sbc, spc
+from stargate.scsi.command import Command, CommandSpec, Nexus, ScsiResult
+from stargate.scsi.modes import ModeState
+from stargate.stores.base import BlockStore
+from stargate.stores.meta import VDiskMeta
+
+__all__ = [
+    "LogicalUnit",
+    "Nexus",
+    "NoReservations",
+    "ReservationChecker",
+    "ScsiResult",
+    "SimpleUnitAttentions",
+    "UnitAttentions",
+]
+
+log = logging.getLogger(__name__)
+
+AscPair = tuple[int, int]
+
+# Opcodes a ReservationChecker emulates when it lists them in ``handled_opcodes``.
+RESERVATION_OPCODES: frozenset[int] = frozenset(
+    {
+        ScsiOp.PERSISTENT_RESERVE_IN,
+        ScsiOp.PERSISTENT_RESERVE_OUT,
+        ScsiOp.RESERVE_6,
+        ScsiOp.RELEASE_6,
+        ScsiOp.RESERVE_10,
+        ScsiOp.RELEASE_10,
+    }
+)
+
+
+class ReservationChecker(Protocol):
+    """Reservation state of one logical unit (SPC-2 RESERVE/RELEASE and SPC-4 PR).
+
+    ``handled_opcodes``: the reservation commands this object emulates; the logical unit
+    routes those opcodes to ``execute`` (after the unit-attention check and ``check``).
+    ``execute`` may raise ``CheckCondition``; it is turned into sense like any command's.
+    """
+
+    handled_opcodes: frozenset[int]
+
+    def check(self, nexus: Nexus, cdb: bytes) -> bool:
+        """True when ``cdb`` from ``nexus`` must end in RESERVATION CONFLICT."""
+        ...
+
+    def execute(
+        self, cdb: bytes, data_out: bytes | bytearray | memoryview, nexus: Nexus
+    ) -> ScsiResult: ...
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        """The I_T nexus is gone (session closed/failed): SPC-2 reservations held by it go."""
+        ...
+
+    def logical_unit_reset(self, by: Nexus | None) -> None:
+        """LOGICAL UNIT RESET / TARGET RESET: releases SPC-2 reservations, keeps PR."""
+        ...
+
+
+class UnitAttentions(Protocol):
+    """Unit attention conditions, queued per I_T nexus (SPC-4 5.14 / SAM-5 5.8.7).
+
+    Codes are (asc, ascq) pairs; ``Asc.X.value`` gives one.
+    """
+
+    def pending(self, nexus: Nexus) -> AscPair | None:
+        """The oldest condition queued for ``nexus`` (not removed); None if none."""
+        ...
+
+    def consume(self, nexus: Nexus) -> AscPair | None:
+        """Remove and return the oldest condition: it has been reported."""
+        ...
+
+    def establish(
+        self, code: AscPair, *, nexus: Nexus | None = None, exclude: Nexus | None = None
+    ) -> None:
+        """Queue ``code`` for ``nexus``, or for every known nexus except ``exclude``."""
+        ...
+
+    def nexus_lost(self, nexus: Nexus) -> None: ...
+
+
+class NoReservations:
+    """No reservation support: nothing conflicts and no reservation command is emulated
+    (they answer INVALID COMMAND OPERATION CODE like any unknown opcode)."""
+
+    handled_opcodes: frozenset[int] = frozenset()
+
+    def check(self, nexus: Nexus, cdb: bytes) -> bool:
+        return False
+
+    def execute(
+        self, cdb: bytes, data_out: bytes | bytearray | memoryview, nexus: Nexus
+    ) -> ScsiResult:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_COMMAND_OPERATION_CODE)
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        pass
+
+    def logical_unit_reset(self, by: Nexus | None) -> None:
+        pass
+
+
+class SimpleUnitAttentions:
+    """A FIFO of conditions per nexus. A nexus seen for the first time gets POWER ON, RESET,
+    OR BUS DEVICE RESET OCCURRED; one seen again after it was lost gets I_T NEXUS LOSS
+    OCCURRED. Duplicate queued codes are collapsed (SAM-5 allows it and initiators only
+    need to learn of each event once)."""
+
+    MAX_QUEUED = 16
+
+    def __init__(self) -> None:
+        self._queues: dict[Nexus, deque[AscPair]] = {}
+        self._lost: set[Nexus] = set()
+
+    def _queue(self, nexus: Nexus) -> deque[AscPair]:
+        queue = self._queues.get(nexus)
+        if queue is None:
+            first = Asc.I_T_NEXUS_LOSS_OCCURRED if nexus in self._lost else Asc.POWER_ON_RESET
+            self._lost.discard(nexus)
+            queue = self._queues[nexus] = deque([first.value], maxlen=self.MAX_QUEUED)
+        return queue
+
+    def pending(self, nexus: Nexus) -> AscPair | None:
+        queue = self._queue(nexus)
+        return queue[0] if queue else None
+
+    def consume(self, nexus: Nexus) -> AscPair | None:
+        queue = self._queue(nexus)
+        return queue.popleft() if queue else None
+
+    def establish(
+        self, code: AscPair, *, nexus: Nexus | None = None, exclude: Nexus | None = None
+    ) -> None:
+        targets: Iterable[Nexus] = [nexus] if nexus is not None else list(self._queues)
+        for target in targets:
+            if target == exclude:
+                continue
+            queue = self._queue(target)
+            if code not in queue:
+                queue.append(code)
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        if self._queues.pop(nexus, None) is not None:
+            self._lost.add(nexus)
+
+
+def _build_dispatch() -> dict[int, CommandSpec]:
+    table: dict[int, CommandSpec] = {}
+    for module_table in (spc.COMMANDS, sbc.COMMANDS):
+        table.update(module_table)
+    return table
+
+
+_DISPATCH: dict[int, CommandSpec] = _build_dispatch()
+
+
+class LogicalUnit:
+    """LUN 0 of one vDisk: a direct-access block device over a ``BlockStore``."""
+
+    def __init__(
+        self,
+        store: BlockStore,
+        meta: VDiskMeta,
+        *,
+        reservations: ReservationChecker | None = None,
+        unit_attentions: UnitAttentions | None = None,
+        relative_port_id: int = 1,
+    ) -> None:
+        self.store = store
+        self.meta = meta
+        self.reservations: ReservationChecker = reservations or NoReservations()
+        self.unit_attentions: UnitAttentions = unit_attentions or SimpleUnitAttentions()
+        self.modes = ModeState()
+        self.relative_port_id = relative_port_id
+
+    # ---- geometry -------------------------------------------------------------------
+    @property
+    def block_size(self) -> int:
+        return self.store.block_size
+
+    @property
+    def block_count(self) -> int:
+        return self.store.size // self.store.block_size
+
+    # ---- the command path ---------------------------------------------------------------
+    def supported_commands(self) -> dict[int, CommandSpec]:
+        """Every opcode this unit answers, reservation commands included when emulated."""
+        table = dict(_DISPATCH)
+        for opcode in self.reservations.handled_opcodes:
+            table[opcode] = CommandSpec(
+                name=ScsiOp(opcode).name if opcode in ScsiOp._value2member_map_ else "",
+                handler=_reservation_handler,
+                cdb_length=spc.reservation_cdb_length(opcode),
+            )
+        return table
+
+    def execute(
+        self, cdb: bytes, data_out: bytes | bytearray | memoryview, nexus: Nexus
+    ) -> ScsiResult:
+        """Run one command to completion; never raises for bad input."""
+        try:
+            return self._execute(bytes(cdb), data_out, nexus)
+        except CheckCondition as condition:
+            return self.check_condition(condition)
+        except OSError as exc:
+            log.error("I/O error on vDisk %s: %s", self.meta.vdisk_id, exc)
+            code = (
+                Asc.UNRECOVERED_READ_ERROR
+                if cdb and cdb[0] in sbc.READ_OPCODES
+                else (Asc.WRITE_ERROR)
+            )
+            return self.check_condition(CheckCondition(SenseKey.MEDIUM_ERROR, code))
+        except Exception:  # emulation bug: answer like a failing device, keep serving
+            log.exception("internal error executing CDB %s", bytes(cdb).hex())
+            return self.check_condition(
+                CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
+            )
+
+    def _execute(
+        self, cdb: bytes, data_out: bytes | bytearray | memoryview, nexus: Nexus
+    ) -> ScsiResult:
+        if not cdb:
+            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_COMMAND_OPERATION_CODE)
+        opcode = cdb[0]
+        handled_by_reservations = opcode in self.reservations.handled_opcodes
+        spec = _DISPATCH.get(opcode)
+        reports_ua = spec.reports_unit_attention if spec is not None else True
+        if reports_ua:
+            code = self.unit_attentions.consume(nexus)
+            if code is not None:
+                return self.check_condition(CheckCondition(SenseKey.UNIT_ATTENTION, code))
+        if self.reservations.check(nexus, cdb):
+            return ScsiResult(ScsiStatus.RESERVATION_CONFLICT)
+        if handled_by_reservations:
+            return self.reservations.execute(cdb, data_out, nexus)
+        if spec is None:
+            raise CheckCondition(
+                SenseKey.ILLEGAL_REQUEST,
+                Asc.INVALID_COMMAND_OPERATION_CODE,
+                field_pointer=FieldPointer(in_cdb=True, byte=0),
+            )
+        if len(cdb) < spec.cdb_length:
+            raise CheckCondition(
+                SenseKey.ILLEGAL_REQUEST,
+                Asc.INVALID_FIELD_IN_CDB,
+                field_pointer=FieldPointer(in_cdb=True, byte=len(cdb)),
+            )
+        return spec.handler(self, Command(cdb, data_out, nexus))
+
+    def check_condition(self, condition: CheckCondition) -> ScsiResult:
+        """CHECK CONDITION with sense in the format the control mode page selects."""
+        return ScsiResult(
+            ScsiStatus.CHECK_CONDITION,
+            sense=condition.sense(descriptor_format=self.modes.descriptor_sense),
+        )
+
+    def sense_bytes(self, condition: CheckCondition) -> bytes:
+        return condition.sense(descriptor_format=self.modes.descriptor_sense)
+
+    # ---- task management and events -------------------------------------------------------
+    def nexus_lost(self, nexus: Nexus) -> None:
+        """The session behind ``nexus`` ended: drop its unit attentions and SPC-2 holds."""
+        self.unit_attentions.nexus_lost(nexus)
+        self.reservations.nexus_lost(nexus)
+
+    def logical_unit_reset(self, by: Nexus | None = None) -> None:
+        """LOGICAL UNIT RESET (or TARGET RESET / COLD RESET): mode pages back to defaults,
+        SPC-2 reservations released, BUS DEVICE RESET FUNCTION OCCURRED for every other
+        nexus (SAM-5 6.3.3: not the one that asked). Aborting tasks is the queue's job."""
+        self.modes = ModeState()
+        self.reservations.logical_unit_reset(by)
+        self.unit_attentions.establish(Asc.BUS_DEVICE_RESET.value, exclude=by)
+
+    def resize(self, size: int) -> None:
+        """Grow or shrink the medium; every nexus learns CAPACITY DATA HAS CHANGED."""
+        self.store.resize(size)
+        self.meta.size = size
+        self.unit_attentions.establish(Asc.CAPACITY_DATA_HAS_CHANGED.value)
+
+
+def _reservation_handler(lu: LogicalUnit, command: Command) -> ScsiResult:
+    return lu.reservations.execute(command.cdb, command.data_out, command.nexus)
+
+
+def build_unit_attention_sense(code: AscPair, *, descriptor_format: bool = False) -> bytes:
+    return build_sense(SenseKey.UNIT_ATTENTION, code, descriptor_format=descriptor_format)

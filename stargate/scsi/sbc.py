@@ -1,0 +1,431 @@
+"""Block commands (SBC-3): capacity, read/write/verify, write same, unmap, LBA status,
+compare and write, cache synchronisation.
+
+Every handler validates the whole command before touching the medium, so a rejected
+command never leaves a partial write behind.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from iscsicore.scsi.cdb import (
+    BlockRange,
+    allocation_length,
+    decode_compare_and_write,
+    decode_read_write,
+    decode_sync_cache,
+    decode_verify,
+    decode_write_same,
+)
+from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus, ServiceActionIn16
+from iscsicore.scsi.sense import (
+    Asc,
+    CheckCondition,
+    SenseKey,
+    illegal_request,
+    invalid_field_in_cdb,
+    invalid_field_in_parameter_list,
+)
+from stargate.scsi.command import GOOD, Command, CommandSpec, Handler, ScsiResult, data_in
+from stargate.scsi.vpd import BLOCK_LIMITS
+
+if TYPE_CHECKING:
+    from stargate.scsi.lu import LogicalUnit
+
+READ_OPCODES: frozenset[int] = frozenset(
+    {ScsiOp.READ_6, ScsiOp.READ_10, ScsiOp.READ_12, ScsiOp.READ_16}
+)
+_WRITE_SAME_CHUNK = 1 << 20  # pattern buffer size for WRITE SAME: bounded memory per command
+_LBA_STATUS_SCAN_BLOCKS = 1 << 24  # GET LBA STATUS looks at most this far ahead
+
+
+# ---- shared checks --------------------------------------------------------------------
+def _check_range(lu: LogicalUnit, lba: int, blocks: int) -> None:
+    """LBA OUT OF RANGE when any addressed block is past the last LBA (SBC-3 4.5)."""
+    if lba >= lu.block_count or lba + blocks > lu.block_count:
+        raise illegal_request(Asc.LBA_OUT_OF_RANGE)
+
+
+def _check_range_allow_end(lu: LogicalUnit, lba: int, blocks: int) -> None:
+    """A zero-length transfer may name the LBA just past the end, and no further."""
+    if blocks == 0:
+        if lba > lu.block_count:
+            raise illegal_request(Asc.LBA_OUT_OF_RANGE)
+        return
+    _check_range(lu, lba, blocks)
+
+
+def _check_no_protection(protect: int) -> None:
+    """No protection information is formatted (PROTECT=0): RD/WR/VRPROTECT must be 0."""
+    if protect:
+        raise invalid_field_in_cdb(1, 7)
+
+
+def _transfer_length_byte(opcode: int) -> int:
+    """Byte offset of the TRANSFER LENGTH field, for field pointers."""
+    if opcode in (ScsiOp.READ_6, ScsiOp.WRITE_6):
+        return 4
+    if opcode in (ScsiOp.READ_12, ScsiOp.WRITE_12, ScsiOp.WRITE_AND_VERIFY_12, ScsiOp.VERIFY_12):
+        return 6
+    if opcode in (
+        ScsiOp.READ_16,
+        ScsiOp.WRITE_16,
+        ScsiOp.WRITE_AND_VERIFY_16,
+        ScsiOp.VERIFY_16,
+        ScsiOp.WRITE_SAME_16,
+        ScsiOp.SYNCHRONIZE_CACHE_16,
+        ScsiOp.PRE_FETCH_16,
+    ):
+        return 10
+    return 7
+
+
+def _check_max_transfer(opcode: int, blocks: int) -> None:
+    if blocks > BLOCK_LIMITS.max_transfer_blocks:
+        raise invalid_field_in_cdb(_transfer_length_byte(opcode))
+
+
+def _data_out(command: Command, length: int) -> memoryview:
+    """The first ``length`` bytes of Data-Out; fewer is the initiator's error."""
+    view = memoryview(command.data_out).cast("B")
+    if len(view) < length:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_CDB)
+    return view[:length]
+
+
+def _first_difference(expected: bytes | memoryview, actual: bytes) -> int | None:
+    if expected == actual:
+        return None
+    expected = bytes(expected)
+    # Binary search over equal prefixes: large buffers compare in C, not byte by byte.
+    low, high = 0, min(len(expected), len(actual))
+    while low < high:
+        middle = (low + high) // 2
+        if expected[low : middle + 1] == actual[low : middle + 1]:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _miscompare(offset: int) -> CheckCondition:
+    return CheckCondition(SenseKey.MISCOMPARE, Asc.MISCOMPARE_DURING_VERIFY, information=offset)
+
+
+def _needs_sync(lu: LogicalUnit, fua: bool) -> bool:
+    """FUA, or write-through mode (WCE cleared with MODE SELECT): flush before status."""
+    return fua or not lu.modes.write_cache_enabled
+
+
+# ---- capacity -------------------------------------------------------------------------
+def read_capacity_10(lu: LogicalUnit, command: Command) -> ScsiResult:
+    cdb = command.cdb
+    pmi = bool(cdb[8] & 0x01)
+    if not pmi and struct.unpack_from(">I", cdb, 2)[0]:
+        raise invalid_field_in_cdb(2)  # LBA must be zero without PMI (SBC-3 5.16)
+    last_lba = min(lu.block_count - 1, 0xFFFFFFFF)  # 0xFFFFFFFF: use READ CAPACITY(16)
+    return ScsiResult(ScsiStatus.GOOD, data=struct.pack(">II", last_lba, lu.block_size))
+
+
+def read_capacity_16(lu: LogicalUnit, command: Command) -> ScsiResult:
+    length = allocation_length(command.cdb, 10, 4)
+    payload = bytearray(32)
+    struct.pack_into(">QI", payload, 0, lu.block_count - 1, lu.block_size)
+    payload[14] = 0x80 | 0x40  # LBPME (thin), LBPRZ (unmapped blocks read zeros)
+    return data_in(payload, length)
+
+
+def get_lba_status(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """Mapped/deallocated descriptors from the store's extents, starting at the LBA."""
+    cdb = command.cdb
+    (lba,) = struct.unpack_from(">Q", cdb, 2)
+    length = allocation_length(cdb, 10, 4)
+    if lba >= lu.block_count:
+        raise illegal_request(Asc.LBA_OUT_OF_RANGE)
+    block = lu.block_size
+    span = min(lu.block_count - lba, _LBA_STATUS_SCAN_BLOCKS)
+    max_descriptors = max(1, (length - 8) // 16)
+    descriptors = bytearray()
+    for extent in lu.store.allocated_extents(lba * block, span * block)[:max_descriptors]:
+        status = 0 if extent.mapped else 1  # 0: mapped, 1: deallocated
+        first, count = extent.offset // block, extent.length // block
+        while count:
+            piece = min(count, 0xFFFFFFFF)
+            descriptors += struct.pack(">QIB3x", first, piece, status)
+            first += piece
+            count -= piece
+    payload = struct.pack(">I4x", len(descriptors) + 4) + descriptors
+    return data_in(payload, length)
+
+
+def service_action_in_16(lu: LogicalUnit, command: Command) -> ScsiResult:
+    action = command.service_action
+    if action == ServiceActionIn16.READ_CAPACITY_16:
+        return read_capacity_16(lu, command)
+    if action == ServiceActionIn16.GET_LBA_STATUS:
+        return get_lba_status(lu, command)
+    raise invalid_field_in_cdb(1, 4)
+
+
+# ---- read / write ---------------------------------------------------------------------
+def read(lu: LogicalUnit, command: Command) -> ScsiResult:
+    request = decode_read_write(command.cdb)
+    _check_no_protection(request.protect)
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    _check_max_transfer(command.opcode, request.blocks)
+    if request.blocks == 0:
+        return GOOD
+    block = lu.block_size
+    return ScsiResult(
+        ScsiStatus.GOOD, data=lu.store.read(request.lba * block, request.blocks * block)
+    )
+
+
+def write(lu: LogicalUnit, command: Command) -> ScsiResult:
+    request = decode_read_write(command.cdb)
+    _check_no_protection(request.protect)
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    _check_max_transfer(command.opcode, request.blocks)
+    if request.blocks == 0:
+        return GOOD
+    block = lu.block_size
+    lu.store.write(request.lba * block, _data_out(command, request.blocks * block))
+    return ScsiResult(ScsiStatus.GOOD, needs_sync=_needs_sync(lu, request.fua))
+
+
+def write_and_verify(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """Write, then verify: the medium returns what was written, so BYTCHK=1 cannot
+    miscompare; the flush before status is what "verified on the medium" means here."""
+    request = decode_read_write(command.cdb)
+    _check_no_protection(request.protect)
+    if request.bytchk > 1:
+        raise invalid_field_in_cdb(1, 2)
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    _check_max_transfer(command.opcode, request.blocks)
+    if request.blocks == 0:
+        return GOOD
+    block = lu.block_size
+    lu.store.write(request.lba * block, _data_out(command, request.blocks * block))
+    return ScsiResult(ScsiStatus.GOOD, needs_sync=True)
+
+
+def verify(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """BYTCHK 0: medium check only (always readable); 1: compare the Data-Out buffer;
+    3: compare one block of Data-Out against every addressed block (SBC-3 5.27)."""
+    request = decode_verify(command.cdb)
+    _check_no_protection(request.protect)
+    if request.bytchk == 2:
+        raise invalid_field_in_cdb(1, 2)
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    _check_max_transfer(command.opcode, request.blocks)
+    if request.blocks == 0 or request.bytchk == 0:
+        return GOOD
+    block = lu.block_size
+    medium = lu.store.read(request.lba * block, request.blocks * block)
+    if request.bytchk == 1:
+        expected: bytes | memoryview = _data_out(command, request.blocks * block)
+    else:
+        expected = bytes(_data_out(command, block)) * request.blocks
+    offset = _first_difference(expected, medium)
+    if offset is not None:
+        raise _miscompare(offset)
+    return GOOD
+
+
+def compare_and_write(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """Atomic by construction: execute() runs to completion on the one event loop thread,
+    so no other command can touch the blocks between the compare and the write."""
+    request = decode_compare_and_write(command.cdb)
+    _check_no_protection(request.protect)
+    if request.blocks > BLOCK_LIMITS.max_compare_and_write_blocks:
+        raise invalid_field_in_cdb(13)
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    if request.blocks == 0:
+        return GOOD
+    block = lu.block_size
+    length = request.blocks * block
+    buffer = _data_out(command, 2 * length)
+    offset = _first_difference(buffer[:length], lu.store.read(request.lba * block, length))
+    if offset is not None:
+        raise _miscompare(offset)
+    lu.store.write(request.lba * block, buffer[length:])
+    return ScsiResult(ScsiStatus.GOOD, needs_sync=_needs_sync(lu, request.fua))
+
+
+# ---- write same / unmap ------------------------------------------------------------------
+def write_same(lu: LogicalUnit, command: Command) -> ScsiResult:
+    request = decode_write_same(command.cdb)
+    _check_no_protection(request.protect)
+    if request.anchor:  # ANC_SUP is 0: anchored state not supported
+        raise invalid_field_in_cdb(1, 4)
+    if command.opcode == ScsiOp.WRITE_SAME_10 and command.cdb[1] & 0x01:
+        raise invalid_field_in_cdb(1, 0)  # no NDOB in the 10-byte form
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    length_byte = _transfer_length_byte(command.opcode)
+    if request.blocks == 0:  # WSNZ=1 in the Block Limits page
+        raise invalid_field_in_cdb(length_byte)
+    if request.blocks > BLOCK_LIMITS.max_write_same_blocks:
+        raise invalid_field_in_cdb(length_byte)
+    block = lu.block_size
+    pattern = bytes(block) if request.ndob else bytes(_data_out(command, block))
+    start, length = request.lba * block, request.blocks * block
+    # Unmapped blocks read as zeros (LBPRZ), so a zero pattern with UNMAP deallocates;
+    # any other pattern must be written as such (SBC-3 5.42).
+    if request.unmap and not any(pattern):
+        lu.store.punch_hole(start, length)
+        return ScsiResult(ScsiStatus.GOOD, needs_sync=_needs_sync(lu, False))
+    _write_pattern(lu, start, length, pattern)
+    return ScsiResult(ScsiStatus.GOOD, needs_sync=_needs_sync(lu, False))
+
+
+def _write_pattern(lu: LogicalUnit, start: int, length: int, pattern: bytes) -> None:
+    repeats = max(1, min(length, _WRITE_SAME_CHUNK) // len(pattern))
+    chunk = pattern * repeats
+    end = start + length
+    while start < end:
+        piece = min(len(chunk), end - start)
+        lu.store.write(start, memoryview(chunk)[:piece])
+        start += piece
+
+
+UNMAP_HEADER = 8
+UNMAP_DESCRIPTOR = 16
+
+
+def unmap(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """Parse and validate every descriptor, then deallocate (SBC-3 5.28)."""
+    cdb = command.cdb
+    if cdb[1] & 0x01:  # ANCHOR: not supported (ANC_SUP 0)
+        raise invalid_field_in_cdb(1, 0)
+    parameter_length = allocation_length(cdb, 7, 2)
+    if parameter_length == 0:
+        return GOOD
+    if parameter_length < UNMAP_HEADER:
+        raise illegal_request(Asc.PARAMETER_LIST_LENGTH_ERROR)
+    data = bytes(command.data_out[:parameter_length])
+    if len(data) < parameter_length:
+        raise illegal_request(Asc.PARAMETER_LIST_LENGTH_ERROR)
+    unmap_data_length, descriptor_length = struct.unpack_from(">HH", data, 0)
+    if unmap_data_length and unmap_data_length + 2 > parameter_length:
+        raise invalid_field_in_parameter_list(0)
+    if descriptor_length + UNMAP_HEADER > parameter_length:
+        raise invalid_field_in_parameter_list(2)
+    # A trailing partial descriptor is ignored (SBC-3: BLOCK DESCRIPTOR DATA LENGTH).
+    count = descriptor_length // UNMAP_DESCRIPTOR
+    if count > BLOCK_LIMITS.max_unmap_descriptors:
+        raise invalid_field_in_parameter_list(2)
+    ranges: list[BlockRange] = []
+    total = 0
+    for index in range(count):
+        offset = UNMAP_HEADER + index * UNMAP_DESCRIPTOR
+        lba, blocks = struct.unpack_from(">QI", data, offset)
+        if blocks > BLOCK_LIMITS.max_unmap_lba_count:
+            raise invalid_field_in_parameter_list(offset + 8)
+        if lba + blocks > lu.block_count or (blocks and lba >= lu.block_count):
+            raise illegal_request(Asc.LBA_OUT_OF_RANGE)
+        total += blocks
+        if total > BLOCK_LIMITS.max_unmap_lba_count:
+            raise invalid_field_in_parameter_list(offset + 8)
+        if blocks:
+            ranges.append(BlockRange(lba, blocks))
+    block = lu.block_size
+    for extent in ranges:
+        lu.store.punch_hole(extent.lba * block, extent.blocks * block)
+    return GOOD
+
+
+# ---- cache ------------------------------------------------------------------------------
+def synchronize_cache(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """Flush; NUMBER OF LOGICAL BLOCKS 0 means "to the end of the medium"."""
+    request = decode_sync_cache(command.cdb)
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    if request.blocks == 0 and request.lba >= lu.block_count:
+        raise illegal_request(Asc.LBA_OUT_OF_RANGE)
+    return ScsiResult(ScsiStatus.GOOD, needs_sync=True)
+
+
+def pre_fetch(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """Everything fits in the page cache, so CONDITION MET would be honest; GOOD is what
+    a cache that may not hold the range must answer, and is what initiators expect."""
+    request = decode_sync_cache(command.cdb)
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    return GOOD
+
+
+def _rw_usage(opcode: int, length: int, *, flags: int) -> bytes:
+    """Usage data for a block CDB: every LBA and length byte honoured, plus ``flags``."""
+    if length == 10:  # the group number sits between the LBA and the length
+        return bytes([opcode, flags, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0x00])
+    return bytes([opcode, flags] + [0xFF] * (length - 4) + [0x3F, 0x00])
+
+
+def _spec(name: str, handler: Handler, length: int, opcode: int, flags: int) -> CommandSpec:
+    return CommandSpec(name, handler, length, usage=_rw_usage(opcode, length, flags=flags))
+
+
+_DPO_FUA = 0x18
+_READ6_USAGE = bytes([0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0x00])
+_WRITE6_USAGE = bytes([0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0x00])
+
+COMMANDS: dict[int, CommandSpec] = {
+    ScsiOp.READ_6: CommandSpec("READ(6)", read, 6, usage=_READ6_USAGE),
+    ScsiOp.WRITE_6: CommandSpec("WRITE(6)", write, 6, usage=_WRITE6_USAGE),
+    ScsiOp.READ_10: _spec("READ(10)", read, 10, ScsiOp.READ_10, _DPO_FUA),
+    ScsiOp.READ_12: _spec("READ(12)", read, 12, ScsiOp.READ_12, _DPO_FUA),
+    ScsiOp.READ_16: _spec("READ(16)", read, 16, ScsiOp.READ_16, _DPO_FUA),
+    ScsiOp.WRITE_10: _spec("WRITE(10)", write, 10, ScsiOp.WRITE_10, _DPO_FUA),
+    ScsiOp.WRITE_12: _spec("WRITE(12)", write, 12, ScsiOp.WRITE_12, _DPO_FUA),
+    ScsiOp.WRITE_16: _spec("WRITE(16)", write, 16, ScsiOp.WRITE_16, _DPO_FUA),
+    ScsiOp.WRITE_AND_VERIFY_10: _spec(
+        "WRITE AND VERIFY(10)", write_and_verify, 10, ScsiOp.WRITE_AND_VERIFY_10, 0x12
+    ),
+    ScsiOp.WRITE_AND_VERIFY_12: _spec(
+        "WRITE AND VERIFY(12)", write_and_verify, 12, ScsiOp.WRITE_AND_VERIFY_12, 0x12
+    ),
+    ScsiOp.WRITE_AND_VERIFY_16: _spec(
+        "WRITE AND VERIFY(16)", write_and_verify, 16, ScsiOp.WRITE_AND_VERIFY_16, 0x12
+    ),
+    ScsiOp.VERIFY_10: _spec("VERIFY(10)", verify, 10, ScsiOp.VERIFY_10, 0x16),
+    ScsiOp.VERIFY_12: _spec("VERIFY(12)", verify, 12, ScsiOp.VERIFY_12, 0x16),
+    ScsiOp.VERIFY_16: _spec("VERIFY(16)", verify, 16, ScsiOp.VERIFY_16, 0x16),
+    ScsiOp.WRITE_SAME_10: _spec("WRITE SAME(10)", write_same, 10, ScsiOp.WRITE_SAME_10, 0x08),
+    ScsiOp.WRITE_SAME_16: _spec("WRITE SAME(16)", write_same, 16, ScsiOp.WRITE_SAME_16, 0x09),
+    ScsiOp.SYNCHRONIZE_CACHE_10: _spec(
+        "SYNCHRONIZE CACHE(10)", synchronize_cache, 10, ScsiOp.SYNCHRONIZE_CACHE_10, 0x02
+    ),
+    ScsiOp.SYNCHRONIZE_CACHE_16: _spec(
+        "SYNCHRONIZE CACHE(16)", synchronize_cache, 16, ScsiOp.SYNCHRONIZE_CACHE_16, 0x02
+    ),
+    ScsiOp.PRE_FETCH_10: _spec("PRE-FETCH(10)", pre_fetch, 10, ScsiOp.PRE_FETCH_10, 0x02),
+    ScsiOp.PRE_FETCH_16: _spec("PRE-FETCH(16)", pre_fetch, 16, ScsiOp.PRE_FETCH_16, 0x02),
+    ScsiOp.COMPARE_AND_WRITE: CommandSpec(
+        "COMPARE AND WRITE",
+        compare_and_write,
+        16,
+        usage=bytes([0x89, 0x18, *[0xFF] * 8, 0, 0, 0, 0xFF, 0x3F, 0x00]),
+    ),
+    ScsiOp.UNMAP: CommandSpec(
+        "UNMAP", unmap, 10, usage=bytes([0x42, 0, 0, 0, 0, 0, 0x3F, 0xFF, 0xFF, 0x00])
+    ),
+    ScsiOp.READ_CAPACITY_10: CommandSpec(
+        "READ CAPACITY(10)",
+        read_capacity_10,
+        10,
+        usage=bytes([0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x00]),
+    ),
+    ScsiOp.SERVICE_ACTION_IN_16: CommandSpec(
+        "SERVICE ACTION IN(16)",
+        service_action_in_16,
+        16,
+        service_actions={
+            ServiceActionIn16.READ_CAPACITY_16: bytes(
+                [0x9E, 0x10, *[0] * 8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x00]
+            ),
+            ServiceActionIn16.GET_LBA_STATUS: bytes(
+                [0x9E, 0x12, *[0xFF] * 8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x00]
+            ),
+        },
+    ),
+}
