@@ -1,0 +1,220 @@
+# shellcheck shell=sh
+# The guest's main program, run by /init from fw_cfg (opt/stargate/lib); not a scenario.
+#
+# It sets up the network and iscsid, opens the control channel (/dev/ttyS1, the host's pipe),
+# then sources the test's env (opt/stargate/env) and scenario (opt/stargate/scenario) in a
+# subshell, and reports `DONE <rc>`. Scenarios use the functions below.
+#
+# Control protocol, one line each way:
+#   guest -> host   BOOTED <kernel> <uptime>
+#                   STEP <name> PASS|FAIL <detail>
+#                   WAITING <event>          (blocks until the host answers GO <event>)
+#                   VALUE <key> <value>
+#                   DONE <rc>
+#   host -> guest   GO <event> [payload]     (the payload lands in $HOST_REPLY)
+#                   ABORT                    (wait_host returns 1)
+# Everything else (command output, kernel messages) goes to the console, /dev/ttyS0.
+
+CONTROL_TTY=/dev/ttyS1
+GUEST_ADDRESS=10.0.2.15
+RUN_DIR=/run/stargate
+
+# ----------------------------------------------------------------------------- protocol
+
+proto() {
+    printf '%s\n' "$*" >&3
+    echo "@@ $*"
+}
+
+# step_pass NAME [DETAIL...] / step_fail NAME [DETAIL...]
+step_pass() {
+    local name=$1
+    shift
+    proto "STEP $name PASS $*"
+}
+
+step_fail() {
+    local name=$1
+    shift
+    proto "STEP $name FAIL $*"
+}
+
+# step NAME COMMAND [ARGS...]: run the command (output to the console), PASS when it exits 0.
+step() {
+    local name=$1 rc
+    shift
+    echo "== step $name: $*"
+    if "$@"; then
+        step_pass "$name" ok
+        return 0
+    else
+        rc=$?
+        step_fail "$name" "rc=$rc: $*"
+        return "$rc"
+    fi
+}
+
+# check NAME DETAIL CONDITION...: PASS when the test command (e.g. [ "$a" = "$b" ]) holds.
+check() {
+    local name=$1 detail=$2
+    shift 2
+    if "$@"; then
+        step_pass "$name" "$detail"
+    else
+        step_fail "$name" "$detail"
+        return 1
+    fi
+}
+
+value() {
+    proto "VALUE $1 $2"
+}
+
+# wait_host EVENT: tell the host, block until it answers `GO EVENT [payload]`.
+wait_host() {
+    local event=$1 line
+    HOST_REPLY=
+    proto "WAITING $event"
+    while IFS= read -r line <&3; do
+        line=$(printf '%s' "$line" | tr -d '\r')
+        case "$line" in
+        "GO $event")
+            return 0
+            ;;
+        "GO $event "*)
+            HOST_REPLY=${line#"GO $event "}
+            return 0
+            ;;
+        ABORT*)
+            return 1
+            ;;
+        *)
+            echo "guestlib: ignoring control line: $line"
+            ;;
+        esac
+    done
+    return 1
+}
+
+# Elapsed seconds (float) since boot, for timing inside scenarios.
+uptime_s() {
+    cut -d' ' -f1 /proc/uptime
+}
+
+# ----------------------------------------------------------------------------- iSCSI helpers
+
+# iscsi_discover PORTAL: SendTargets discovery, prints "portal,tpgt iqn" lines.
+iscsi_discover() {
+    iscsiadm -m discovery -t sendtargets -p "$1"
+}
+
+# iscsi_add_node IQN PORTAL: a node record for a portal the guest can reach (discovery
+# through a guestfwd returns the target's host-side portal, which the guest cannot reach).
+iscsi_add_node() {
+    iscsiadm -m node -o new -T "$1" -p "$2" >/dev/null
+}
+
+# iscsi_set IQN PORTAL NAME VALUE: update one node setting (before login).
+iscsi_set() {
+    iscsiadm -m node -T "$1" -p "$2" -o update -n "$3" -v "$4"
+}
+
+iscsi_login() {
+    iscsiadm -m node -T "$1" -p "$2" --login
+}
+
+iscsi_logout() {
+    iscsiadm -m node -T "$1" -p "$2" --logout
+}
+
+# iscsi_session_info IQN: the `iscsiadm -m session -P 3` block of that target.
+iscsi_session_info() {
+    iscsiadm -m session -P 3 2>/dev/null | awk -v iqn="$1" '
+        /^Target: / { inside = ($2 == iqn) }
+        inside { print }'
+}
+
+# iscsi_session_field IQN "Current Portal": the value after the colon, first match.
+iscsi_session_field() {
+    iscsi_session_info "$1" | awk -v field="$2" '
+        {
+            line = $0
+            sub(/^[ \t]+/, "", line)
+            if (index(line, field ":") == 1) {
+                value = substr(line, length(field) + 2)
+                sub(/^[ \t]+/, "", value)
+                print value
+                exit
+            }
+        }'
+}
+
+# iscsi_disk IQN [TIMEOUT_S]: prints /dev/sdX of the target's LUN once the kernel made it.
+iscsi_disk() {
+    local deadline disk
+    deadline=$(($(date +%s) + ${2:-30}))
+    while [ "$(date +%s)" -le "$deadline" ]; do
+        disk=$(iscsi_session_info "$1" | awk '/Attached scsi disk/ { print $4; exit }')
+        if [ -n "$disk" ] && [ -b "/dev/$disk" ]; then
+            echo "/dev/$disk"
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+# iscsi_wait_state IQN STATE [TIMEOUT_S]: until "iSCSI Session State" is STATE (LOGGED_IN...).
+iscsi_wait_state() {
+    local deadline
+    deadline=$(($(date +%s) + ${3:-60}))
+    while [ "$(date +%s)" -le "$deadline" ]; do
+        if [ "$(iscsi_session_field "$1" "iSCSI Session State")" = "$2" ]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+# ----------------------------------------------------------------------------- set-up
+
+setup_network() {
+    ip link set lo up
+    ip link set eth0 up
+    ip addr add "$GUEST_ADDRESS/24" dev eth0
+    ip route add default via 10.0.2.2
+}
+
+start_iscsid() {
+    mkdir -p /run/lock/iscsi /etc/iscsi/nodes /etc/iscsi/send_targets /etc/iscsi/ifaces
+    echo "InitiatorName=${GUEST_INITIATOR_NAME:-iqn.2026-11.test.stargate-emu:guest}" \
+        >/etc/iscsi/initiatorname.iscsi
+    iscsid || return 1
+    tries=0
+    while [ ! -e /run/iscsid.pid ] && [ "$tries" -lt 50 ]; do
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+}
+
+guest_main() {
+    stty -F "$CONTROL_TTY" raw -echo 2>/dev/null
+    exec 3<>"$CONTROL_TTY"
+    setup_network || echo "guestlib: network set-up failed"
+    start_iscsid || echo "guestlib: iscsid did not start"
+    proto "BOOTED $(uname -r) $(uptime_s)"
+    (
+        if [ -f "$RUN_DIR/env.sh" ]; then
+            set -a
+            . "$RUN_DIR/env.sh"
+            set +a
+        fi
+        . "$RUN_DIR/scenario.sh"
+    )
+    local rc=$?
+    proto "DONE $rc"
+    return "$rc"
+}
+
+guest_main
