@@ -8,6 +8,7 @@ Every failure comes out as ``ConnectionLost`` (the session may recover) or
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import trio
@@ -94,7 +95,5 @@ class Connection:
     def abort(self) -> None:
         """Close the socket now, without waiting (used from synchronous code)."""
         self.closed = True
-        try:
+        with contextlib.suppress(OSError):
             self.stream.socket.close()
-        except OSError:
-            pass

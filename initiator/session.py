@@ -15,6 +15,7 @@ commands fail, with ``TargetUnreachable``; reconnect attempts go on in the backg
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from collections.abc import AsyncIterator
@@ -436,10 +437,9 @@ class Session:
 
     def _enqueue(self, pdus: list[Pdu]) -> None:
         assert self._send_queue is not None
-        try:
+        # A closed queue: the connection is going away; recovery re-issues what matters.
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             self._send_queue.send_nowait(pdus)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # the connection is going away; recovery re-issues what matters
 
     def _issue(self, task: _Task) -> None:
         """Synchronous, so CmdSN order is queue order: assign tags, queue the PDUs."""

@@ -1,0 +1,171 @@
+"""fio-like load generator over one BlockDevice: IOPS, MB/s and latency percentiles."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import trio
+
+from .device import BlockDevice
+from .errors import InitiatorError
+from .stats import LatencyRecorder
+
+
+class Pattern(StrEnum):
+    RANDREAD = "randread"
+    RANDWRITE = "randwrite"
+    READ = "read"
+    WRITE = "write"
+    RANDRW = "randrw"
+
+    @property
+    def sequential(self) -> bool:
+        return self in (Pattern.READ, Pattern.WRITE)
+
+
+@dataclass(slots=True)
+class BenchReport:
+    pattern: str
+    block_size: int
+    queue_depth: int
+    seconds: float = 0.0
+    ios: int = 0
+    reads: int = 0
+    writes: int = 0
+    bytes: int = 0
+    errors: int = 0
+    last_error: str = ""
+    reconnects: int = 0
+    longest_pause_s: float = 0.0
+    latency: LatencyRecorder = field(default_factory=LatencyRecorder)
+
+    @property
+    def iops(self) -> float:
+        return self.ios / self.seconds if self.seconds else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e6 if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "pattern": self.pattern,
+            "block_size": self.block_size,
+            "queue_depth": self.queue_depth,
+            "seconds": self.seconds,
+            "ios": self.ios,
+            "reads": self.reads,
+            "writes": self.writes,
+            "iops": self.iops,
+            "mb_per_s": self.mb_per_s,
+            "latency_us": self.latency.percentiles(),
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "reconnects": self.reconnects,
+            "longest_pause_s": self.longest_pause_s,
+        }
+
+
+def parse_size(text: str) -> int:
+    """``4k``, ``128K``, ``1m``, ``512`` -> bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    multiplier = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = int(number) * multiplier
+    except ValueError:
+        raise ValueError(f"bad size {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return value
+
+
+async def run_bench(
+    device: BlockDevice,
+    pattern: Pattern,
+    *,
+    block_size: int = 4096,
+    queue_depth: int = 32,
+    seconds: float = 10.0,
+    read_fraction: float = 0.5,
+    region_bytes: int | None = None,
+    progress: Callable[[BenchReport, float], None] | None = None,
+    seed: int | None = None,
+) -> BenchReport:
+    if block_size % device.block_size:
+        raise ValueError(f"--bs must be a multiple of the {device.block_size}-byte block size")
+    blocks_per_io = block_size // device.block_size
+    region_blocks = min(
+        device.blocks, (region_bytes or device.capacity.size_bytes) // device.block_size
+    )
+    slots = region_blocks // blocks_per_io
+    if slots < 1:
+        raise ValueError(f"the device is smaller than one {block_size}-byte I/O")
+    report = BenchReport(pattern.value, block_size, queue_depth)
+    payload = os.urandom(block_size)
+    rng = random.Random(seed)
+    cursor = 0
+    reconnects_before = device.stats.reconnects
+
+    def next_lba() -> int:
+        nonlocal cursor
+        if pattern.sequential:
+            slot, cursor = cursor, (cursor + 1) % slots
+        else:
+            slot = rng.randrange(slots)
+        return slot * blocks_per_io
+
+    def is_read() -> bool:
+        if pattern in (Pattern.RANDREAD, Pattern.READ):
+            return True
+        if pattern in (Pattern.RANDWRITE, Pattern.WRITE):
+            return False
+        return rng.random() < read_fraction
+
+    started = trio.current_time()
+    deadline = started + seconds
+
+    async def worker() -> None:
+        latency = report.latency
+        while (now := trio.current_time()) < deadline:
+            lba = next_lba()
+            read = is_read()
+            try:
+                if read:
+                    await device.read(lba, blocks_per_io)
+                else:
+                    await device.write(lba, payload)
+            except InitiatorError as error:
+                report.errors += 1
+                report.last_error = f"{type(error).__name__}: {error}"
+                await trio.sleep(0.05)
+                continue
+            latency.add(trio.current_time() - now)
+            report.ios += 1
+            report.bytes += block_size
+            if read:
+                report.reads += 1
+            else:
+                report.writes += 1
+
+    async def reporter() -> None:
+        while trio.current_time() < deadline:
+            report.seconds = trio.current_time() - started
+            assert progress is not None
+            progress(report, min(1.0, report.seconds / seconds))
+            await trio.sleep(0.25)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(queue_depth):
+            nursery.start_soon(worker)
+        if progress is not None:
+            nursery.start_soon(reporter)
+    report.seconds = trio.current_time() - started
+    report.reconnects = device.stats.reconnects - reconnects_before
+    report.longest_pause_s = device.stats.pauses.longest_so_far(trio.current_time())
+    return report
