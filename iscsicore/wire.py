@@ -566,6 +566,8 @@ def encode_bhs(pdu: Pdu, ahs_length: int | None = None) -> bytes:
         encoded: bytes = layout.struct.build(container)
     except _BUILD_ERRORS as exc:
         raise PduEncodeError(f"cannot encode {pdu!r}: {exc}") from exc
+    if len(encoded) != BHS_LENGTH:  # compiled Bytes(n) does not check the length it is given
+        raise PduEncodeError(f"cannot encode {pdu!r}: fixed-size field of the wrong size")
     return encoded
 
 

@@ -1,0 +1,105 @@
+"""The struct fast path equals the construct declarations, both directions, errors included."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from iscsicore import fastpath, wire
+from iscsicore.errors import IscsiProtocolError, PduEncodeError
+from iscsicore.pdu import BHS_LENGTH, PDU_CLASSES, Ahs, Pdu
+
+from .strategies import HOT_CLASSES, ahs_lists, pdus, pdus_of, raw_headers
+
+HOT_OPCODES = [cls.OPCODE for cls in HOT_CLASSES]
+
+
+def test_formats_are_48_bytes() -> None:
+    formats = (
+        fastpath.SCSI_COMMAND,
+        fastpath.SCSI_RESPONSE,
+        fastpath.DATA_IN,
+        fastpath.DATA_OUT,
+        fastpath.R2T_FORMAT,
+    )
+    assert all(fmt.size == BHS_LENGTH for fmt in formats)
+
+
+@pytest.mark.parametrize("cls", HOT_CLASSES, ids=lambda c: c.__name__)
+@given(data=st.data())
+def test_fast_encode_equals_construct_encode(cls: type[Pdu], data: st.DataObject) -> None:
+    pdu = data.draw(pdus_of(cls))
+    assert fastpath.encode_bhs(pdu) == wire.encode_bhs(pdu)
+    ahs_length = len(wire.encode_ahs(pdu.ahs))
+    assert fastpath.encode_bhs(pdu, ahs_length) == wire.encode_bhs(pdu, ahs_length)
+
+
+def _outcome(decode, header: bytes, ahs: bytes) -> object:
+    try:
+        return decode(header, ahs)
+    except IscsiProtocolError as error:
+        return (type(error), error.reject_reason, error.header)
+
+
+@pytest.mark.parametrize("opcode", HOT_OPCODES, ids=lambda op: op.name)
+@given(data=st.data())
+def test_fast_decode_equals_construct_decode_on_any_header(opcode, data: st.DataObject) -> None:
+    """Arbitrary 48-byte headers: legal or not, both decoders agree (errors included)."""
+    header = data.draw(raw_headers(opcode, total_ahs_length=None))
+    ahs = data.draw(st.one_of(st.just(b""), ahs_lists().map(wire.encode_ahs)))
+    assert _outcome(fastpath.decode_bhs, header, ahs) == _outcome(wire.decode_bhs, header, ahs)
+
+
+@pytest.mark.parametrize("opcode", HOT_OPCODES, ids=lambda op: op.name)
+@given(data=st.data())
+def test_fast_decode_equals_construct_decode_with_consistent_ahs(
+    opcode, data: st.DataObject
+) -> None:
+    segments = data.draw(ahs_lists())
+    ahs = wire.encode_ahs(segments)
+    header = data.draw(raw_headers(opcode, total_ahs_length=len(ahs) // 4))
+    assert _outcome(fastpath.decode_bhs, header, ahs) == _outcome(wire.decode_bhs, header, ahs)
+
+
+@given(pdus())
+def test_fast_round_trip_any_class(pdu: Pdu) -> None:
+    ahs = wire.encode_ahs(pdu.ahs)
+    header = fastpath.encode_bhs(pdu)
+    assert header == wire.encode_bhs(pdu)
+    assert fastpath.decode_bhs(header, ahs) == dataclasses.replace(pdu, data=b"")
+
+
+@given(st.binary(max_size=100), st.binary(max_size=12))
+def test_fast_decode_raises_only_protocol_errors(header: bytes, ahs: bytes) -> None:
+    for decode in (fastpath.decode_bhs, wire.decode_bhs):
+        with contextlib.suppress(IscsiProtocolError):
+            decode(header, ahs)
+
+
+@pytest.mark.parametrize("cls", HOT_CLASSES, ids=lambda c: c.__name__)
+@given(data=st.data())
+def test_out_of_range_field_fails_alike(cls: type[Pdu], data: st.DataObject) -> None:
+    pdu = data.draw(pdus_of(cls))
+    name = data.draw(
+        st.sampled_from(
+            [f.name for f in dataclasses.fields(pdu) if f.type == "int" and f.name != "attr"]
+        )
+    )
+    too_big = data.draw(st.sampled_from([1 << 64, -1]))
+    setattr(pdu, name, too_big)
+    with pytest.raises(PduEncodeError):
+        wire.encode_bhs(pdu)
+    with pytest.raises(PduEncodeError):
+        fastpath.encode_bhs(pdu)
+
+
+def test_non_hot_classes_fall_back_to_construct() -> None:
+    for cls in PDU_CLASSES.values():
+        pdu = cls(ahs=[Ahs(1, b"\x00abc")])
+        assert fastpath.encode_bhs(pdu) == wire.encode_bhs(pdu)
+        header = wire.encode_bhs(pdu)
+        assert fastpath.decode_bhs(header, wire.encode_ahs(pdu.ahs)) == pdu
