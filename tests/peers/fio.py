@@ -164,8 +164,22 @@ def _ensure_deb_src_entry() -> bool:
             text = path.read_text()
             if re.search(r"^\s*deb-src\s|^Types:.*\bdeb-src\b", text, re.MULTILINE):
                 return False
-    DEB_SRC_FILE.write_text(_deb_src_stanzas(sources_dir / "debian.sources"))
+    _write_as_root(DEB_SRC_FILE, _deb_src_stanzas(sources_dir / "debian.sources"))
     return True
+
+
+def _write_as_root(path: Path, text: str) -> None:
+    if os.geteuid() == 0:
+        path.write_text(text)
+        return
+    subprocess.run(
+        [*_as_root(), "tee", str(path)],
+        input=text,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        timeout=60,
+        check=True,
+    )
 
 
 def _deb_src_stanzas(debian_sources: Path) -> str:

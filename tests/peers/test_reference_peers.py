@@ -146,6 +146,15 @@ def test_qemu_io_wrapper_reports_a_pattern_mismatch(tgtd: TgtdTarget) -> None:
         tools.qemu_io(tgtd.url(), ["read -P 0x11 0 4k"])
 
 
+def test_qemu_img_bench_reports_a_rate(tgtd: TgtdTarget) -> None:
+    require_tool("qemu-img")
+    result = tools.qemu_img_bench(tgtd.url(), count=2000, depth=8, write=True)
+    assert result.requests == 2000
+    assert 0 < result.seconds < 60
+    assert result.iops > 100
+    assert tgtd.lun_paths[0].stat().st_blocks > 0  # the writes reached tgtd's backing file
+
+
 # --- iscsi-test-cu ---------------------------------------------------------------------------
 
 
