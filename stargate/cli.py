@@ -1,0 +1,267 @@
+"""The `stargate` console script.
+
+Subcommands register themselves: each module named in `SUBCOMMAND_MODULES` defines
+``register(subparsers)``, which adds its parser and sets ``handler`` (argv namespace -> exit
+code). `target` lives here; the cluster's subcommands are added in their own modules by
+appending them to the list (a module that is not there yet is skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from stargate.connection import ConnectionTimers
+from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
+from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskTarget
+
+log = logging.getLogger("stargate")
+
+# Modules whose ``register(subparsers)`` adds subcommands, in help order.
+SUBCOMMAND_MODULES: list[str] = ["stargate.cli", "stargate.cluster.cli"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """A bad argument or environment problem, reported as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------
+# Argument types
+
+
+@dataclass(frozen=True, slots=True)
+class VDiskSpec:
+    vdisk_id: str
+    size: int | None  # None: open an existing vDisk at its stored size
+
+
+def parse_portal(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"portal {text!r} is not HOST:PORT")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535")
+    return host, port
+
+
+def parse_vdisk(text: str) -> VDiskSpec:
+    from stargate.stores.meta import parse_size
+
+    vdisk_id, sep, size_text = text.partition(":")
+    if not vdisk_id or "/" in vdisk_id or vdisk_id.startswith("."):
+        raise argparse.ArgumentTypeError(f"bad vDisk id in {text!r} (expected ID:SIZE)")
+    if not sep or not size_text:
+        return VDiskSpec(vdisk_id, None)
+    try:
+        size = parse_size(size_text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if size % 512:
+        raise argparse.ArgumentTypeError(f"size of {vdisk_id} must be a multiple of 512 bytes")
+    return VDiskSpec(vdisk_id, size)
+
+
+def parse_credentials(text: str) -> ChapCredentials:
+    user, sep, secret = text.partition(":")
+    if not sep or not user or not secret:
+        raise argparse.ArgumentTypeError("CHAP credentials must be USER:SECRET")
+    return ChapCredentials(user, secret)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# `stargate target`
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "target",
+        help="serve vDisks as iSCSI targets (one target per vDisk, LUN 0)",
+        description="Serve vDisks as iSCSI targets iqn.2010-06.com.nutanix:vmdisk-<ID>.",
+    )
+    parser.add_argument(
+        "--portal", type=parse_portal, default=("127.0.0.1", 3261), metavar="HOST:PORT"
+    )
+    parser.add_argument("--advertise", metavar="HOST:PORT", help="address SendTargets reports")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where vDisk files live")
+    parser.add_argument(
+        "--vdisk",
+        type=parse_vdisk,
+        action="append",
+        required=True,
+        metavar="ID:SIZE",
+        help="a vDisk to serve, created with SIZE (512M, 4G) unless it exists; repeatable",
+    )
+    parser.add_argument("--memory", action="store_true", help="keep vDisks in memory only")
+    parser.add_argument("--queue-depth", type=_positive_int, default=DEFAULT_QUEUE_DEPTH)
+    parser.add_argument("--chap", type=parse_credentials, metavar="USER:SECRET")
+    parser.add_argument("--mutual-chap", type=parse_credentials, metavar="USER:SECRET")
+    parser.add_argument(
+        "--allow", action="append", metavar="INITIATOR_IQN", help="initiator ACL; repeatable"
+    )
+    parser.add_argument("--login-timeout", type=_positive_float, default=15.0)
+    parser.add_argument("--nop-interval", type=_positive_float, default=5.0)
+    parser.add_argument("--nop-timeout", type=_positive_float, default=10.0)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    parser.set_defaults(handler=run_target)
+
+
+def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any]]:
+    from stargate.scsi.lu import LogicalUnit
+    from stargate.stores.file import FileStore
+    from stargate.stores.memory import MemoryStore
+    from stargate.stores.meta import VDiskMeta
+
+    if args.mutual_chap is not None and args.chap is None:
+        raise CliError("--mutual-chap needs --chap (the initiator authenticates first)")
+    if not args.memory and args.data_dir is None:
+        raise CliError("--data-dir is required unless --memory is given")
+    seen: set[str] = set()
+    targets: list[VDiskTarget] = []
+    stores: list[Any] = []
+    for spec in args.vdisk:
+        if spec.vdisk_id in seen:
+            raise CliError(f"vDisk {spec.vdisk_id} given twice")
+        seen.add(spec.vdisk_id)
+        exists = args.data_dir is not None and (args.data_dir / f"{spec.vdisk_id}.json").exists()
+        if spec.size is None and (args.memory or not exists):
+            raise CliError(f"vDisk {spec.vdisk_id} does not exist: give its size, ID:SIZE")
+        try:
+            meta = VDiskMeta(spec.vdisk_id, spec.size or 512)
+            store: Any = (
+                MemoryStore(meta) if args.memory else FileStore.open_or_create(args.data_dir, meta)
+            )
+        except (OSError, ValueError) as error:
+            raise CliError(f"cannot open vDisk {spec.vdisk_id}: {error}") from None
+        stores.append(store)
+        lu = LogicalUnit(store, getattr(store, "meta", meta))
+        allowed = frozenset(args.allow) if args.allow else None
+        targets.append(
+            VDiskTarget(
+                spec.vdisk_id,
+                lu,
+                block_size=store.block_size,
+                allowed_initiators=allowed,
+                chap=args.chap,
+                mutual_chap=args.mutual_chap,
+            )
+        )
+    return targets, stores
+
+
+def run_target(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    targets, stores = _open_targets(args)
+    host, port = args.portal
+    registry = TargetRegistry(PortalGroup())
+    for target in targets:
+        registry.add(target)
+    config = ServerConfig(
+        host=host,
+        port=port,
+        advertised_address=args.advertise,
+        queue_depth=args.queue_depth,
+        login_timeout=args.login_timeout,
+        timers=ConnectionTimers(nop_interval=args.nop_interval, nop_timeout=args.nop_timeout),
+    )
+    server = StargateServer(registry, config)
+    try:
+        trio.run(_serve_until_signalled, server)
+    except OSError as error:
+        raise CliError(f"cannot listen on {host}:{port}: {error}") from None
+    finally:
+        for store in stores:
+            with contextlib.suppress(OSError):
+                store.sync()
+                store.close()
+    return 0
+
+
+async def _serve_until_signalled(server: StargateServer) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve)
+            names = ", ".join(target.name for target in server.registry)
+            log.info("serving %s on port %s", names, port)
+            print(f"stargate: listening on {server.config.host}:{port}", flush=True)
+            async for signum in signals:
+                log.info("signal %s: shutting down", signal.Signals(signum).name)
+                await server.shutdown()
+                nursery.cancel_scope.cancel()
+                break
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stargate", description="The CVM storage service of the cluster emulator."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = sys.modules[__name__] if module_name == __name__ else None
+            module = module or importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module_name.startswith(error.name):
+                continue  # that subcommand's module is not written yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CliError as error:
+        print(f"stargate {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1055 @@
+"""Full-feature phase of one connection: SCSI commands and their data, task management,
+NOP pings, text, logout and asynchronous messages.
+
+The hot path is one trio task: ``receive_some`` of a large size, every complete PDU in the
+buffer handled synchronously (reads and writes run inline through the logical unit), every
+response appended to one bytearray, and ONE ``send_all`` per wake-up. Only fdatasync goes to
+a worker thread. Responses produced outside a wake-up (a sync finished, a queued command got
+its slot, an async message) wake a small writer task instead.
+
+Error recovery level 0: a broken Data-Out sequence fails its command, a PDU the framer
+cannot trust drops the connection after a Reject.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from iscsicore import fastpath
+from iscsicore.digest import digest_bytes, digest_of_parts
+from iscsicore.errors import IscsiProtocolError
+from iscsicore.framing import PduFramer
+from iscsicore.keys import SessionParams
+from iscsicore.pdu import (
+    R2T,
+    RESERVED_TAG,
+    AsyncEvent,
+    AsyncMessage,
+    DataIn,
+    DataOut,
+    LogoutReason,
+    LogoutRequest,
+    LogoutResponse,
+    LogoutResponseCode,
+    NopIn,
+    NopOut,
+    Pdu,
+    Reject,
+    RejectReason,
+    ScsiCommand,
+    ScsiResponse,
+    SnackRequest,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
+    TextRequest,
+    TextResponse,
+    TmfFunction,
+    TmfResponse,
+    lun_number,
+)
+from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
+from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
+from iscsicore.seqnum import SERIAL_MASK, in_window
+from iscsicore.wire import full_cdb
+from stargate.queue import Admission, CommandQueue
+from stargate.session import CmdSnVerdict, Session
+from stargate.stats import IoKind
+
+if TYPE_CHECKING:
+    from stargate.target import VDiskTarget
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 256 * 1024
+# Largest write a single command may ask for: bounds the buffer one command can pin.
+MAX_TRANSFER_BYTES = 64 * 1024 * 1024
+INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
+_PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+
+_GOOD = int(ScsiStatus.GOOD)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTimers:
+    nop_interval: float = 5.0  # seconds of silence from the initiator before a NOP-In ping
+    nop_timeout: float = 10.0  # no byte for this long after a ping: the connection is dead
+
+
+class TextResponder(Protocol):
+    """Answers Text Requests (SendTargets); fills everything but the sequence numbers."""
+
+    def respond(self, request: TextRequest) -> TextResponse | RejectReason: ...
+
+
+class TaskDirectory(Protocol):
+    """The other connections of this stargate, for resets that reach beyond one session."""
+
+    def connections_of(self, target_name: str) -> list[FullFeatureConnection]: ...
+
+
+class ConnectionClosed(Exception):
+    """Raised inside the connection to end it (logout done, drop requested, fatal error)."""
+
+
+# ---------------------------------------------------------------------------------------
+# CDB transfer lengths: what a write CDB implies, so EDTL mismatches get exact residuals
+
+
+_WRITE_LENGTH_FIELDS: dict[int, tuple[int, str]] = {
+    ScsiOp.WRITE_10: (7, ">H"),
+    ScsiOp.WRITE_AND_VERIFY_10: (7, ">H"),
+    ScsiOp.WRITE_12: (6, ">I"),
+    ScsiOp.WRITE_AND_VERIFY_12: (6, ">I"),
+    ScsiOp.WRITE_16: (10, ">I"),
+    ScsiOp.WRITE_AND_VERIFY_16: (10, ">I"),
+    ScsiOp.ORWRITE_16: (10, ">I"),
+}
+
+
+def implied_write_blocks(cdb: bytes) -> int | None:
+    """Blocks of Data-Out a write CDB asks for; None for commands without a fixed rule."""
+    opcode = cdb[0]
+    field = _WRITE_LENGTH_FIELDS.get(opcode)
+    if field is not None:
+        offset, fmt = field
+        return int(struct.unpack_from(fmt, cdb, offset)[0])
+    if opcode == ScsiOp.WRITE_6:
+        return cdb[4] or 256
+    if opcode == ScsiOp.COMPARE_AND_WRITE:
+        return cdb[13] * 2
+    return None
+
+
+def with_write_blocks(cdb: bytes, blocks: int) -> bytes | None:
+    """``cdb`` asking for ``blocks`` instead; None when the CDB cannot say so."""
+    field = _WRITE_LENGTH_FIELDS.get(cdb[0])
+    if field is None:
+        return None
+    offset, fmt = field
+    patched = bytearray(cdb)
+    struct.pack_into(fmt, patched, offset, blocks)
+    return bytes(patched)
+
+
+def _io_kind(opcode: int) -> IoKind:
+    if opcode in (ScsiOp.READ_6, ScsiOp.READ_10, ScsiOp.READ_12, ScsiOp.READ_16):
+        return IoKind.READ
+    if opcode in _WRITE_LENGTH_FIELDS or opcode == ScsiOp.WRITE_6:
+        return IoKind.WRITE
+    return IoKind.OTHER
+
+
+# ---------------------------------------------------------------------------------------
+# Tasks
+
+
+class TaskPhase(Enum):
+    WAITING_FOR_SLOT = "waiting_for_slot"
+    RECEIVING = "receiving"
+    SYNCING = "syncing"
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class DataSequence:
+    """One Data-Out sequence: the unsolicited burst or the answer to one R2T."""
+
+    ttt: int
+    end: int  # buffer offset one past the sequence
+    next_offset: int
+    next_data_sn: int = 0
+
+
+class ScsiTask:
+    """One SCSI command from arrival to status."""
+
+    __slots__ = (
+        "aborted",
+        "buffer",
+        "cdb",
+        "command",
+        "connection",
+        "edtl",
+        "has_slot",
+        "itt",
+        "kind",
+        "needed",
+        "next_r2t_offset",
+        "phase",
+        "r2t_sn",
+        "r2ts",
+        "received",
+        "residual",
+        "started_ns",
+        "unsolicited",
+    )
+
+    def __init__(self, connection: FullFeatureConnection, command: ScsiCommand, cdb: bytes):
+        self.connection = connection
+        self.command = command
+        self.itt = command.itt
+        self.cdb = cdb
+        self.edtl = command.expected_data_transfer_length
+        self.kind = _io_kind(cdb[0])
+        self.phase = TaskPhase.WAITING_FOR_SLOT
+        self.has_slot = False
+        self.aborted = False
+        self.needed = 0  # Data-Out bytes the command will use
+        self.buffer: bytearray | None = None
+        self.received = 0
+        self.unsolicited: DataSequence | None = None
+        self.r2ts: dict[int, DataSequence] = {}
+        self.next_r2t_offset = 0
+        self.r2t_sn = 0
+        # (overflow, count) fixed at arrival for writes; None: computed from Data-In.
+        self.residual: tuple[bool, int] | None = None
+        self.started_ns = time.perf_counter_ns()
+
+    # QueuedCommand protocol
+    @property
+    def cancelled(self) -> bool:
+        return self.aborted
+
+    def dispatch(self) -> None:
+        self.has_slot = True
+        self.connection._slot_granted(self)
+
+    @property
+    def data_complete(self) -> bool:
+        return self.received >= self.needed and self.unsolicited is None
+
+
+# ---------------------------------------------------------------------------------------
+# The connection
+
+
+class FullFeatureConnection:
+    """One logged-in connection. Construct after login, then ``await run()``."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        framer: PduFramer,
+        session: Session,
+        params: SessionParams,
+        queue: CommandQueue,
+        *,
+        nexus: Any,
+        cid: int,
+        stat_sn: int,
+        timers: ConnectionTimers | None = None,
+        text_responder: TextResponder | None = None,
+        directory: TaskDirectory | None = None,
+        on_close: Callable[[FullFeatureConnection], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.framer = framer
+        self.session = session
+        self.params = params
+        self.queue = queue
+        self.nexus = nexus
+        self.cid = cid
+        self.timers = timers or ConnectionTimers()
+        self.text_responder = text_responder
+        self.directory = directory
+        self.on_close = on_close
+        self.target: VDiskTarget | None = session.target
+        self.lu = self.target.lu if self.target is not None else None
+        self.block_size = self.target.block_size if self.target is not None else 512
+        self.vdisk_key = self.target.name if self.target is not None else ""
+        self.stats = self.target.stats if self.target is not None else None
+        self._stat_sn = stat_sn & SERIAL_MASK
+        self._tasks: dict[int, ScsiTask] = {}
+        self._out = bytearray()
+        self._sending = False
+        self._in_batch = False
+        self._writer_wakeup = trio.Event()
+        self._next_ttt = 1
+        self._last_receive = trio.current_time()
+        self._closing_reason: str | None = None  # set: close once the output is flushed
+        self._cancel_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._header_digest = params.header_digest
+        self._data_digest = params.data_digest
+        self._max_send_segment = params.initiator_max_recv_data_segment_length
+        self._pending_logout_deadline: float | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Serve until logout, a drop or a dead peer; return why the connection ended."""
+        reason = "closed"
+        self.queue.session_opened()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._cancel_scope = nursery.cancel_scope
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._keepalive)
+                try:
+                    await self._reader()
+                    reason = self._closing_reason or "connection closed by the initiator"
+                except ConnectionClosed as closed:
+                    reason = str(closed)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                    reason = f"connection lost: {error}"
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._closing_reason is not None and reason == "closed":
+                reason = self._closing_reason
+            self._abort_all_tasks()
+            self.queue.session_closed(self)
+            if self.on_close is not None:
+                self.on_close(self)
+        return self._closing_reason or reason
+
+    def close(self, reason: str) -> None:
+        """End the connection from outside (reinstatement, shutdown, async drop)."""
+        if self._closing_reason is None:
+            self._closing_reason = reason
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        framer = self.framer
+        handlers = self._handlers()
+        while True:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            self._last_receive = trio.current_time()
+            framer.feed(data)
+            self._in_batch = True
+            try:
+                while True:
+                    try:
+                        pdu = framer.next_pdu()
+                    except IscsiProtocolError as error:
+                        self._protocol_error(error)
+                        continue
+                    if pdu is None:
+                        break
+                    handler = handlers.get(type(pdu))
+                    if handler is None:
+                        self._reject(pdu, RejectReason.PROTOCOL_ERROR)
+                    else:
+                        handler(pdu)
+            except _StopBatch:
+                pass
+            finally:
+                self._in_batch = False
+            await self._flush()
+            if self._closing_reason is not None:
+                raise ConnectionClosed(self._closing_reason)
+
+    def _handlers(self) -> dict[type, Callable[[Any], None]]:
+        return {
+            ScsiCommand: self._on_scsi_command,
+            DataOut: self._on_data_out,
+            NopOut: self._on_nop_out,
+            TaskMgmtRequest: self._on_task_management,
+            TextRequest: self._on_text,
+            LogoutRequest: self._on_logout,
+            SnackRequest: self._on_snack,
+        }
+
+    def _protocol_error(self, error: IscsiProtocolError) -> None:
+        log.info("protocol error from %s: %s", self.session.initiator_name, error)
+        if error.header is not None:
+            self._queue_reject(error.header, error.reject_reason)
+        if error.fatal:
+            # The byte stream cannot be trusted any more: say why, then drop.
+            self._closing_reason = f"protocol error: {error}"
+            raise _StopBatch
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _append(self, pdu: Pdu) -> None:
+        """Encode ``pdu`` into the output buffer (BHS, digests, data, padding)."""
+        out = self._out
+        bhs = fastpath.encode_bhs(pdu, 0)
+        out += bhs
+        if self._header_digest:
+            out += digest_bytes(bhs)
+        data = pdu.data
+        length = len(data)
+        if length:
+            out += data
+            padding = _PADDING[length & 3]
+            if padding:
+                out += padding
+            if self._data_digest:
+                out += digest_of_parts(data, padding)
+
+    def _wake_writer(self) -> None:
+        if not self._in_batch:
+            self._writer_wakeup.set()
+
+    async def _flush(self) -> None:
+        if self._sending:
+            return  # the task already sending drains whatever is appended meanwhile
+        self._sending = True
+        try:
+            while self._out:
+                chunk = self._out
+                self._out = bytearray()
+                await self.stream.send_all(chunk)
+        finally:
+            self._sending = False
+
+    async def _writer(self) -> None:
+        while True:
+            await self._writer_wakeup.wait()
+            self._writer_wakeup = trio.Event()
+            await self._flush()
+            if self._closing_reason is not None:
+                self.close(self._closing_reason)
+                return
+
+    def _next_stat_sn(self) -> int:
+        stat_sn = self._stat_sn
+        self._stat_sn = (stat_sn + 1) & SERIAL_MASK
+        return stat_sn
+
+    def _window(self) -> tuple[int, int]:
+        """(ExpCmdSN, MaxCmdSN) to put in the next PDU."""
+        session = self.session
+        max_cmd_sn = session.advertise_window(self.queue.window_share(self))
+        return session.exp_cmd_sn, max_cmd_sn
+
+    def window_opened(self) -> None:
+        """Queue slots are free again: tell the initiator with a NOP-In (no reply wanted)."""
+        exp_cmd_sn, max_cmd_sn = self._window()
+        self._append(NopIn(stat_sn=self._stat_sn, exp_cmd_sn=exp_cmd_sn, max_cmd_sn=max_cmd_sn))
+        self._wake_writer()
+
+    def _queue_reject(self, header: bytes, reason: int) -> None:
+        exp_cmd_sn, max_cmd_sn = self._window()
+        self._append(
+            Reject(
+                reason=reason,
+                stat_sn=self._next_stat_sn(),
+                exp_cmd_sn=exp_cmd_sn,
+                max_cmd_sn=max_cmd_sn,
+                data_sn_or_r2t_sn=0,
+                data=header[:48],
+            )
+        )
+
+    def _reject(self, pdu: Pdu, reason: int) -> None:
+        self._queue_reject(fastpath.encode_bhs(pdu), reason)
+
+    # -- SCSI commands ------------------------------------------------------------------
+
+    def _on_scsi_command(self, command: ScsiCommand) -> None:
+        if self.lu is None:  # discovery session: text and logout only
+            self._reject(command, RejectReason.PROTOCOL_ERROR)
+            return
+        if self.session.check_cmd_sn(command.cmd_sn, immediate=command.immediate) is (
+            CmdSnVerdict.OUT_OF_WINDOW
+        ):
+            return  # silently ignored; its Data-Out will find no task and be dropped too
+        if command.itt in self._tasks:
+            self._reject(command, RejectReason.TASK_IN_PROGRESS)
+            return
+        cdb = full_cdb(command) if command.ahs else command.cdb
+        task = ScsiTask(self, command, cdb)
+        if self.stats is not None:
+            self.stats.command_started()
+        if lun_number(command.lun) != 0 and cdb[0] not in (ScsiOp.REPORT_LUNS, ScsiOp.INQUIRY):
+            self._finish(task, ScsiStatus.CHECK_CONDITION, sense=self._sense_lun_unsupported())
+            return
+        if not self._plan_data_out(task):
+            return
+        self._tasks[task.itt] = task
+        if task.needed or task.unsolicited is not None:
+            self._accept_immediate_data(task, command.data)
+        admission = self.queue.admit(self.vdisk_key, task)
+        if admission is Admission.RUN:
+            task.has_slot = True
+            self._slot_granted(task)
+        elif admission is Admission.FULL:
+            if self.stats is not None:
+                self.stats.task_set_full += 1
+            self._finish(task, ScsiStatus.TASK_SET_FULL)
+        elif self.stats is not None:
+            self.stats.queued_waiting += 1
+
+    def _plan_data_out(self, task: ScsiTask) -> bool:
+        """Work out how much Data-Out to collect and the write residual; False if failed."""
+        command = task.command
+        edtl = task.edtl if command.write else 0
+        blocks = (
+            implied_write_blocks(task.cdb) if command.write or task.kind is IoKind.WRITE else None
+        )
+        if blocks is None:
+            needed = edtl
+        else:
+            implied = blocks * self.block_size
+            needed = min(edtl, implied)
+            if edtl < implied:
+                task.residual = (True, implied - edtl)
+                patched = with_write_blocks(task.cdb, edtl // self.block_size)
+                if edtl % self.block_size or patched is None:
+                    self._finish(
+                        task,
+                        ScsiStatus.CHECK_CONDITION,
+                        sense=build_fixed(
+                            SenseKey.ILLEGAL_REQUEST, INVALID_FIELD_IN_INFORMATION_UNIT
+                        ),
+                    )
+                    return False
+                task.cdb = patched
+            elif edtl > implied:
+                task.residual = (False, edtl - implied)
+        if needed > MAX_TRANSFER_BYTES:
+            self._finish(
+                task,
+                ScsiStatus.CHECK_CONDITION,
+                sense=build_fixed(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_CDB),
+            )
+            return False
+        task.needed = needed
+        if not command.write:
+            return True
+        immediate_length = len(command.data)
+        # Unsolicited data beyond the immediate data: a Data-Out burst with TTT 0xffffffff.
+        if not command.final:
+            burst_end = min(task.edtl, self.params.first_burst_length)
+            task.unsolicited = DataSequence(
+                ttt=RESERVED_TAG, end=burst_end, next_offset=immediate_length
+            )
+            task.next_r2t_offset = burst_end
+        else:
+            task.next_r2t_offset = immediate_length
+        if needed:
+            task.buffer = bytearray(needed)
+        return True
+
+    def _accept_immediate_data(self, task: ScsiTask, data: bytes | bytearray | memoryview) -> None:
+        if data:
+            self._store_data(task, 0, data)
+
+    def _store_data(
+        self, task: ScsiTask, offset: int, data: bytes | bytearray | memoryview
+    ) -> None:
+        buffer = task.buffer
+        if buffer is None or offset >= task.needed:
+            return  # data the CDB does not use (EDTL > transfer length): discarded
+        end = min(offset + len(data), task.needed)
+        buffer[offset:end] = memoryview(data)[: end - offset]
+        task.received += end - offset
+
+    def _slot_granted(self, task: ScsiTask) -> None:
+        """The task holds a queue slot: collect its data or run it."""
+        if task.aborted:
+            self.queue.release()
+            task.has_slot = False
+            return
+        task.phase = TaskPhase.RECEIVING
+        if task.data_complete:
+            self._execute(task)
+        else:
+            self._send_r2ts(task)
+            self._wake_writer()
+
+    def _send_r2ts(self, task: ScsiTask) -> None:
+        if not task.has_slot:
+            return
+        params = self.params
+        while task.next_r2t_offset < task.needed and len(task.r2ts) < params.max_outstanding_r2t:
+            offset = task.next_r2t_offset
+            length = min(params.max_burst_length, task.needed - offset)
+            ttt = self._new_ttt()
+            task.r2ts[ttt] = DataSequence(ttt=ttt, end=offset + length, next_offset=offset)
+            task.next_r2t_offset = offset + length
+            exp_cmd_sn, max_cmd_sn = self._window()
+            self._append(
+                R2T(
+                    lun=task.command.lun,
+                    itt=task.itt,
+                    ttt=ttt,
+                    stat_sn=self._stat_sn,
+                    exp_cmd_sn=exp_cmd_sn,
+                    max_cmd_sn=max_cmd_sn,
+                    r2t_sn=task.r2t_sn,
+                    buffer_offset=offset,
+                    desired_data_transfer_length=length,
+                )
+            )
+            task.r2t_sn += 1
+
+    def _new_ttt(self) -> int:
+        ttt = self._next_ttt
+        self._next_ttt = ttt + 1 if ttt < 0xFFFFFFFE else 1
+        return ttt
+
+    # -- Data-Out -------------------------------------------------------------------------
+
+    def _on_data_out(self, pdu: DataOut) -> None:
+        task = self._tasks.get(pdu.itt)
+        if task is None or task.phase is TaskPhase.SYNCING or task.phase is TaskPhase.DONE:
+            return  # for a command already answered (failed, aborted, ignored): drop it
+        sequence = task.unsolicited if pdu.ttt == RESERVED_TAG else task.r2ts.get(pdu.ttt)
+        length = len(pdu.data)
+        if (
+            sequence is None
+            or pdu.data_sn != sequence.next_data_sn
+            or pdu.buffer_offset != sequence.next_offset
+            or pdu.buffer_offset + length > sequence.end
+            or (pdu.final and pdu.buffer_offset + length != sequence.end)
+        ):
+            self._data_sequence_error(task, pdu)
+            return
+        sequence.next_data_sn += 1
+        sequence.next_offset += length
+        self._store_data(task, pdu.buffer_offset, pdu.data)
+        if not pdu.final:
+            return
+        if sequence.ttt == RESERVED_TAG:
+            task.unsolicited = None
+        else:
+            del task.r2ts[sequence.ttt]
+        if not task.has_slot:
+            return
+        if task.data_complete and not task.r2ts:
+            self._execute(task)
+        else:
+            self._send_r2ts(task)
+
+    def _data_sequence_error(self, task: ScsiTask, pdu: DataOut) -> None:
+        """A Data-Out out of sequence (DataSN, offset, length): Reject it and fail the
+        command; with ErrorRecoveryLevel 0 there is no recovery of the sequence."""
+        self._reject(pdu, RejectReason.PROTOCOL_ERROR)
+        self._finish(
+            task,
+            ScsiStatus.CHECK_CONDITION,
+            sense=build_fixed(SenseKey.ABORTED_COMMAND, Asc.DATA_PHASE_ERROR),
+        )
+
+    # -- execution and status -------------------------------------------------------------
+
+    def _execute(self, task: ScsiTask) -> None:
+        assert self.lu is not None
+        data_out: bytes | bytearray | memoryview = task.buffer if task.buffer is not None else b""
+        if lun_number(task.command.lun) != 0 and task.cdb[0] == ScsiOp.INQUIRY:
+            result_status, result_data, result_sense = _GOOD, _no_lun_inquiry(task.cdb), b""
+            self._finish(task, result_status, result_data, result_sense)
+            return
+        result = self.lu.execute(task.cdb, data_out, self.nexus)
+        if result.needs_sync and result.status == _GOOD:
+            task.phase = TaskPhase.SYNCING
+            assert self._nursery is not None
+            self._nursery.start_soon(self._sync_then_finish, task, result)
+            return
+        self._finish(task, result.status, result.data, result.sense)
+
+    async def _sync_then_finish(self, task: ScsiTask, result: Any) -> None:
+        assert self.lu is not None
+        store = self.lu.store
+        try:
+            # Shielded: a write the initiator may already count on is synced and answered
+            # (if the connection still stands) even while the connection shuts down.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(store.sync)
+        except OSError as error:
+            log.error("fdatasync failed on %s: %s", self.vdisk_key, error)
+            self._finish(
+                task,
+                ScsiStatus.CHECK_CONDITION,
+                sense=build_fixed(SenseKey.MEDIUM_ERROR, Asc.WRITE_ERROR),
+            )
+        else:
+            self._finish(task, result.status, result.data, result.sense)
+        self._wake_writer()
+
+    def _finish(
+        self,
+        task: ScsiTask,
+        status: int,
+        data: bytes | bytearray | memoryview = b"",
+        sense: bytes = b"",
+    ) -> None:
+        """Queue the task's Data-In and status, give back its slot, count it."""
+        if task.phase is TaskPhase.DONE:
+            return
+        task.phase = TaskPhase.DONE
+        if self._tasks.get(task.itt) is task:
+            del self._tasks[task.itt]
+        if task.has_slot:
+            task.has_slot = False
+            self.queue.release()
+        if not task.aborted:
+            self._send_status(task, status, data, sense)
+        if self.stats is not None:
+            moved = task.needed if task.kind is IoKind.WRITE else len(data)
+            self.stats.command_finished(
+                task.kind, moved, time.perf_counter_ns() - task.started_ns, good=status == _GOOD
+            )
+
+    def _send_status(
+        self, task: ScsiTask, status: int, data: bytes | bytearray | memoryview, sense: bytes
+    ) -> None:
+        command = task.command
+        edtl = task.edtl
+        sent = 0
+        if task.residual is not None:
+            overflow, residual = task.residual
+        else:
+            available = len(data) if command.read else 0
+            sent = min(available, edtl)
+            if available > edtl:
+                overflow, residual = True, available - edtl
+            else:
+                overflow, residual = False, edtl - sent
+        underflow = residual > 0 and not overflow
+        overflow = residual > 0 and overflow
+        collapse = status == _GOOD and not sense
+        data_in_count = 0
+        if sent:
+            data_in_count = self._send_data_in(
+                task, data, sent, collapse, status, overflow, underflow, residual
+            )
+            if collapse:
+                return
+        exp_cmd_sn, max_cmd_sn = self._window()
+        self._append(
+            ScsiResponse(
+                overflow=overflow,
+                underflow=underflow,
+                status=status,
+                itt=task.itt,
+                stat_sn=self._next_stat_sn(),
+                exp_cmd_sn=exp_cmd_sn,
+                max_cmd_sn=max_cmd_sn,
+                exp_data_sn=data_in_count,
+                residual_count=residual,
+                data=struct.pack(">H", len(sense)) + sense if sense else b"",
+            )
+        )
+
+    def _send_data_in(
+        self,
+        task: ScsiTask,
+        data: bytes | bytearray | memoryview,
+        total: int,
+        collapse: bool,
+        status: int,
+        overflow: bool,
+        underflow: bool,
+        residual: int,
+    ) -> int:
+        """Queue Data-In PDUs for ``data[:total]``; the status rides on the last one when
+        ``collapse``. Returns how many PDUs were queued."""
+        view = memoryview(data)
+        segment = self._max_send_segment
+        burst = self.params.max_burst_length
+        exp_cmd_sn, max_cmd_sn = self._window()
+        lun = task.command.lun
+        itt = task.itt
+        offset = 0
+        data_sn = 0
+        while offset < total:
+            burst_left = burst - offset % burst
+            length = min(segment, total - offset, burst_left)
+            end = offset + length
+            last = end >= total
+            pdu = DataIn(
+                final=last or length == burst_left,
+                lun=lun,
+                itt=itt,
+                stat_sn=0,
+                exp_cmd_sn=exp_cmd_sn,
+                max_cmd_sn=max_cmd_sn,
+                data_sn=data_sn,
+                buffer_offset=offset,
+                data=view[offset:end],
+            )
+            if last and collapse:
+                pdu.status_present = True
+                pdu.status = status
+                pdu.overflow = overflow
+                pdu.underflow = underflow
+                pdu.residual_count = residual
+                pdu.stat_sn = self._next_stat_sn()
+            self._append(pdu)
+            offset = end
+            data_sn += 1
+        return data_sn
+
+    def _sense_lun_unsupported(self) -> bytes:
+        return build_fixed(SenseKey.ILLEGAL_REQUEST, Asc.LOGICAL_UNIT_NOT_SUPPORTED)
+
+    # -- NOP ------------------------------------------------------------------------------
+
+    def _on_nop_out(self, pdu: NopOut) -> None:
+        if pdu.itt == RESERVED_TAG:
+            return  # the answer to our ping (any byte already proved the peer alive)
+        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
+            CmdSnVerdict.OUT_OF_WINDOW
+        ):
+            return
+        exp_cmd_sn, max_cmd_sn = self._window()
+        echo = pdu.data[: self._max_send_segment]
+        self._append(
+            NopIn(
+                lun=pdu.lun,
+                itt=pdu.itt,
+                ttt=RESERVED_TAG,
+                stat_sn=self._next_stat_sn(),
+                exp_cmd_sn=exp_cmd_sn,
+                max_cmd_sn=max_cmd_sn,
+                data=echo,
+            )
+        )
+
+    async def _keepalive(self) -> None:
+        """Ping an idle initiator; drop the connection when it stays silent."""
+        interval = self.timers.nop_interval
+        while True:
+            await trio.sleep(interval)
+            if self._pending_logout_deadline is not None and (
+                trio.current_time() >= self._pending_logout_deadline
+            ):
+                self.close("the initiator did not log out when asked to")
+                return
+            if trio.current_time() - self._last_receive < interval:
+                continue
+            pinged_at = trio.current_time()
+            exp_cmd_sn, max_cmd_sn = self._window()
+            self._append(
+                NopIn(
+                    lun=0,
+                    itt=RESERVED_TAG,
+                    ttt=self._new_ttt(),
+                    stat_sn=self._stat_sn,
+                    exp_cmd_sn=exp_cmd_sn,
+                    max_cmd_sn=max_cmd_sn,
+                )
+            )
+            await self._flush()
+            deadline = pinged_at + self.timers.nop_timeout
+            while self._last_receive < pinged_at:
+                now = trio.current_time()
+                if now >= deadline:
+                    self.close("no answer to NOP-In: connection presumed dead")
+                    return
+                await trio.sleep(min(0.5, deadline - now))
+
+    # -- text, logout, SNACK ----------------------------------------------------------------
+
+    def _on_text(self, pdu: TextRequest) -> None:
+        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
+            CmdSnVerdict.OUT_OF_WINDOW
+        ):
+            return
+        if self.text_responder is None:
+            self._reject(pdu, RejectReason.COMMAND_NOT_SUPPORTED)
+            return
+        answer = self.text_responder.respond(pdu)
+        if isinstance(answer, RejectReason):
+            self._reject(pdu, answer)
+            return
+        exp_cmd_sn, max_cmd_sn = self._window()
+        answer.stat_sn = self._next_stat_sn()
+        answer.exp_cmd_sn = exp_cmd_sn
+        answer.max_cmd_sn = max_cmd_sn
+        self._append(answer)
+
+    def _on_logout(self, pdu: LogoutRequest) -> None:
+        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
+            CmdSnVerdict.OUT_OF_WINDOW
+        ):
+            return
+        if pdu.reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
+            response = LogoutResponseCode.RECOVERY_NOT_SUPPORTED
+        elif pdu.reason == LogoutReason.CLOSE_CONNECTION and pdu.cid != self.cid:
+            response = LogoutResponseCode.CID_NOT_FOUND
+        else:
+            response = LogoutResponseCode.SUCCESS
+        exp_cmd_sn, max_cmd_sn = self._window()
+        self._append(
+            LogoutResponse(
+                response=response,
+                itt=pdu.itt,
+                stat_sn=self._next_stat_sn(),
+                exp_cmd_sn=exp_cmd_sn,
+                max_cmd_sn=max_cmd_sn,
+                time2wait=0,
+                time2retain=0,
+            )
+        )
+        if response is LogoutResponseCode.SUCCESS:
+            self._closing_reason = "logged out"
+            raise _StopBatch
+
+    def _on_snack(self, pdu: SnackRequest) -> None:
+        # ErrorRecoveryLevel 0: there is nothing to retransmit from.
+        self._reject(pdu, RejectReason.PROTOCOL_ERROR)
+
+    # -- task management ------------------------------------------------------------------
+
+    def _on_task_management(self, pdu: TaskMgmtRequest) -> None:
+        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
+            CmdSnVerdict.OUT_OF_WINDOW
+        ):
+            return
+        function = pdu.function
+        response = TmfResponse.COMPLETE
+        if self.lu is None:
+            response = TmfResponse.REJECTED
+        elif function == TmfFunction.ABORT_TASK:
+            response = self._abort_task(pdu)
+        elif function in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET):
+            self._abort_tasks_of_lun(pdu.lun)
+        elif function == TmfFunction.LOGICAL_UNIT_RESET:
+            if lun_number(pdu.lun) != 0:
+                response = TmfResponse.LUN_DOES_NOT_EXIST
+            else:
+                self._reset_target(cold=False)
+        elif function == TmfFunction.TARGET_WARM_RESET:
+            self._reset_target(cold=False)
+        elif function == TmfFunction.TARGET_COLD_RESET:
+            self._reset_target(cold=True)
+        elif function == TmfFunction.CLEAR_ACA:
+            response = TmfResponse.COMPLETE  # NACA is never set: nothing to clear
+        elif function == TmfFunction.TASK_REASSIGN:
+            response = TmfResponse.REASSIGNMENT_NOT_SUPPORTED
+        else:
+            response = TmfResponse.NOT_SUPPORTED
+        exp_cmd_sn, max_cmd_sn = self._window()
+        self._append(
+            TaskMgmtResponse(
+                response=response,
+                itt=pdu.itt,
+                stat_sn=self._next_stat_sn(),
+                exp_cmd_sn=exp_cmd_sn,
+                max_cmd_sn=max_cmd_sn,
+            )
+        )
+        if function == TmfFunction.TARGET_COLD_RESET and self.lu is not None:
+            self._closing_reason = "target cold reset"
+            raise _StopBatch
+
+    def _abort_task(self, pdu: TaskMgmtRequest) -> TmfResponse:
+        task = self._tasks.get(pdu.referenced_task_tag)
+        if task is not None and task.phase is not TaskPhase.DONE:
+            self._abort(task)
+            return TmfResponse.COMPLETE
+        # Not here: done already, or never arrived. RFC 7143 11.5.1: a RefCmdSN still in the
+        # window means the command was lost on the way and is now considered received.
+        session = self.session
+        if in_window(pdu.ref_cmd_sn, session.exp_cmd_sn, session.max_cmd_sn):
+            return TmfResponse.COMPLETE
+        return TmfResponse.TASK_DOES_NOT_EXIST
+
+    def _abort(self, task: ScsiTask) -> None:
+        task.aborted = True
+        if task.phase is TaskPhase.SYNCING:
+            return  # the thread finishes the sync; `_finish` then sends nothing
+        self._finish(task, ScsiStatus.TASK_ABORTED)
+        self.queue.forget_cancelled()
+
+    def _abort_tasks_of_lun(self, lun: int) -> None:
+        for task in list(self._tasks.values()):
+            if task.command.lun == lun:
+                self._abort(task)
+
+    def abort_all_for_reset(self) -> None:
+        """Another connection reset the target: our tasks are gone (TASK ABORTED is not
+        sent: TAS is 0; the unit attention tells the initiator)."""
+        for task in list(self._tasks.values()):
+            self._abort(task)
+        self._wake_writer()
+
+    def _reset_target(self, *, cold: bool) -> None:
+        assert self.lu is not None
+        for task in list(self._tasks.values()):
+            self._abort(task)
+        if self.directory is not None and self.target is not None:
+            for other in self.directory.connections_of(self.target.name):
+                if other is not self:
+                    other.abort_all_for_reset()
+                    if cold:
+                        other.close("target cold reset")
+        reset = getattr(self.lu, "logical_unit_reset", None)
+        if reset is not None:
+            reset(self.nexus)
+
+    def _abort_all_tasks(self) -> None:
+        for task in list(self._tasks.values()):
+            task.aborted = True
+            if task.phase is not TaskPhase.SYNCING:
+                self._finish(task, ScsiStatus.TASK_ABORTED)
+        self.queue.forget_cancelled()
+
+    # -- asynchronous messages ------------------------------------------------------------
+
+    def send_async_event(
+        self,
+        event: AsyncEvent,
+        *,
+        parameter1: int = 0,
+        parameter2: int = 0,
+        parameter3: int = 0,
+    ) -> None:
+        exp_cmd_sn, max_cmd_sn = self._window()
+        self._append(
+            AsyncMessage(
+                lun=0,
+                stat_sn=self._next_stat_sn(),
+                exp_cmd_sn=exp_cmd_sn,
+                max_cmd_sn=max_cmd_sn,
+                async_event=event,
+                parameter1=parameter1,
+                parameter2=parameter2,
+                parameter3=parameter3,
+            )
+        )
+        self._wake_writer()
+
+    def request_logout(self, seconds: int) -> None:
+        """AsyncEvent 1: ask the initiator to log out within ``seconds``; drop it if not."""
+        self.send_async_event(AsyncEvent.LOGOUT_REQUEST, parameter3=seconds)
+        self._pending_logout_deadline = trio.current_time() + seconds
+
+    def drop(self, *, all_connections: bool, time2wait: int = 2, time2retain: int = 0) -> None:
+        """AsyncEvent 2 (this connection) or 3 (the whole session), then close."""
+        event = AsyncEvent.DROP_ALL_CONNECTIONS if all_connections else AsyncEvent.DROP_CONNECTION
+        self.send_async_event(
+            event,
+            parameter1=self.cid if not all_connections else 0,
+            parameter2=time2wait,
+            parameter3=time2retain,
+        )
+        self._closing_reason = "dropped by the target"
+        self._writer_wakeup.set()
+
+    @property
+    def outstanding_tasks(self) -> int:
+        return len(self._tasks)
+
+
+class _StopBatch(Exception):
+    """Stop handling the PDUs of this wake-up: flush what is queued, then close."""
+
+
+def _no_lun_inquiry(cdb: bytes) -> bytes:
+    """Standard INQUIRY data for a LUN that does not exist: peripheral qualifier 3."""
+    allocation = int.from_bytes(cdb[3:5], "big")
+    data = bytearray(36)
+    data[0] = 0x7F
+    data[2] = 0x06
+    data[3] = 0x02
+    data[4] = 31
+    return bytes(data[:allocation])

@@ -1,0 +1,153 @@
+"""The login phase of one connection: drive `iscsicore.login.TargetLogin` over a stream.
+
+`LoginPolicy` answers the state machine's two questions from the vDisk registry and the
+session table: may this initiator log in to this target (and with which CHAP secrets), and
+which TSIH does the new session get (reinstating an older session of the same initiator
+port). `run_login` moves the PDUs, bounded in time: a client that connects and sends
+nothing, or dribbles, is dropped after the login timeout without affecting anyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from iscsicore.chap import ChapSecrets
+from iscsicore.errors import IscsiProtocolError
+from iscsicore.framing import PduFramer, encode_pdu
+from iscsicore.keys import SessionType
+from iscsicore.login import (
+    Accept,
+    Refuse,
+    Resolution,
+    SessionRequest,
+    TargetLogin,
+    TargetLoginConfig,
+)
+from iscsicore.pdu import LoginRequest, LoginStatus
+from stargate.session import SessionTable
+from stargate.target import ChapCredentials, TargetRegistry
+
+log = logging.getLogger(__name__)
+
+LOGIN_RECEIVE_SIZE = 16384
+DEFAULT_LOGIN_TIMEOUT = 15.0
+# The most Data-Out bytes per PDU we accept: what we declare as MaxRecvDataSegmentLength.
+TARGET_MAX_RECV_DATA_SEGMENT_LENGTH = 262144
+
+
+def _secrets(credentials: ChapCredentials | None) -> ChapSecrets | None:
+    if credentials is None:
+        return None
+    return ChapSecrets(credentials.user, credentials.secret)
+
+
+class LoginPolicy:
+    """Who may log in to what, and TSIH allocation with session reinstatement."""
+
+    def __init__(self, registry: TargetRegistry, sessions: SessionTable) -> None:
+        self.registry = registry
+        self.sessions = sessions
+
+    def resolve(
+        self, initiator_name: str, target_name: str | None, session_type: SessionType
+    ) -> Resolution:
+        if session_type is SessionType.DISCOVERY:
+            return Accept()
+        target = self.registry.get(target_name or "")
+        if target is None:
+            return Refuse(LoginStatus.NOT_FOUND)
+        if not target.admits(initiator_name):
+            target.stats.login_failures += 1
+            return Refuse(LoginStatus.AUTHORIZATION_FAILURE)
+        return Accept(chap=_secrets(target.chap), mutual=_secrets(target.mutual_chap))
+
+    def allocate_tsih(self, request: SessionRequest) -> int | Refuse:
+        if request.tsih != 0:
+            # Adding a connection to a session: MaxConnections is 1 here.
+            existing = self.sessions.get(request.tsih)
+            if existing is None:
+                return Refuse(LoginStatus.SESSION_DOES_NOT_EXIST)
+            return Refuse(LoginStatus.TOO_MANY_CONNECTIONS)
+        if request.session_type is SessionType.NORMAL and (
+            request.target_name is None or self.registry.get(request.target_name) is None
+        ):
+            return Refuse(LoginStatus.TARGET_REMOVED)  # removed while logging in
+        old = self.sessions.find(request.initiator_name, request.isid, request.target_name)
+        if old is not None:
+            # Session reinstatement (RFC 7143 6.3.5): same initiator port, TSIH 0.
+            log.info("reinstating session %#x of %s", old.tsih, request.initiator_name)
+            self.sessions.remove(old)
+            old.close("reinstated by a new login of the same initiator port")
+        return self.sessions.allocate_tsih()
+
+    def login_config(self, **overrides: object) -> TargetLoginConfig:
+        config = TargetLoginConfig(
+            portal_group_tag=self.registry.portal_group.tag,
+            resolve=self.resolve,
+            allocate_tsih=self.allocate_tsih,
+            max_recv_data_segment_length=TARGET_MAX_RECV_DATA_SEGMENT_LENGTH,
+        )
+        for name, value in overrides.items():
+            setattr(config, name, value)
+        return config
+
+
+@dataclass(slots=True)
+class LoginOutcome:
+    login: TargetLogin
+    reason: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.login.complete
+
+
+async def run_login(
+    stream: trio.abc.Stream,
+    framer: PduFramer,
+    login: TargetLogin,
+    *,
+    timeout: float = DEFAULT_LOGIN_TIMEOUT,
+) -> LoginOutcome:
+    """Answer Login Requests until the login completes, fails or times out.
+
+    On success the framer is switched to the negotiated digests and segment length; bytes
+    the initiator already sent after the last login PDU stay buffered in it.
+    """
+    outcome = LoginOutcome(login)
+    with trio.move_on_after(timeout) as scope:
+        while not login.finished:
+            data = await stream.receive_some(LOGIN_RECEIVE_SIZE)
+            if not data:
+                outcome.reason = "closed during login"
+                return outcome
+            framer.feed(data)
+            while not login.finished:
+                try:
+                    pdu = framer.next_pdu()
+                except IscsiProtocolError as error:
+                    outcome.reason = f"protocol error during login: {error}"
+                    return outcome
+                if pdu is None:
+                    break
+                if not isinstance(pdu, LoginRequest):
+                    outcome.reason = f"{type(pdu).__name__} during login"
+                    return outcome
+                response = login.receive(pdu)
+                await stream.send_all(encode_pdu(response))
+    if scope.cancelled_caught:
+        outcome.reason = f"login not finished within {timeout:g} s"
+        return outcome
+    if login.complete:
+        params = login.params
+        framer.header_digest = params.header_digest
+        framer.data_digest = params.data_digest
+        framer.max_recv_data_segment_length = login.config.max_recv_data_segment_length
+    elif login.failed:
+        outcome.reason = f"login failed ({login.failure_status}): {login.failure_message}"
+    else:
+        outcome.reason = "redirected"
+    return outcome

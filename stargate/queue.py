@@ -1,0 +1,146 @@
+"""The one native-SCSI command queue shared by every connection of a stargate.
+
+A command holds one of ``depth`` slots from its arrival until its status is queued for
+sending: while it waits for Data-Out, while it runs, and while its fdatasync runs. When a
+slot is free and nobody waits, admission is a counter increment and the caller runs the
+command inline: no task switch, no allocation. Only when the queue is full do commands wait,
+in per-vDisk FIFO sub-queues served round-robin, so one busy vDisk cannot starve another. The
+waiting room is bounded too; beyond it the answer is TASK SET FULL.
+
+The queue also computes each session's share of the free slots, from which the session
+advertises MaxCmdSN, and tells sessions whose window it closed when slots free up again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+from typing import Protocol
+
+
+class Admission(Enum):
+    RUN = "run"  # a slot is held: run now, then `release()`
+    QUEUED = "queued"  # `dispatch()` will be called when a slot frees up
+    FULL = "full"  # no slot, no room to wait: answer TASK SET FULL
+
+
+class QueuedCommand(Protocol):
+    """A command waiting for a slot."""
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def dispatch(self) -> None:
+        """Called with a slot held for it; it must eventually `release()` that slot."""
+
+
+class WindowListener(Protocol):
+    def window_opened(self) -> None:
+        """Slots are free again: advertise the new MaxCmdSN (e.g. with a NOP-In)."""
+
+
+class CommandQueue:
+    def __init__(self, depth: int, *, max_waiting: int | None = None) -> None:
+        if depth < 1:
+            raise ValueError("queue depth must be at least 1")
+        self.depth = depth
+        self.max_waiting = depth if max_waiting is None else max_waiting
+        self.in_flight = 0
+        self.waiting = 0
+        self.task_set_full_count = 0
+        self._sub_queues: dict[str, deque[QueuedCommand]] = {}
+        self._round_robin: deque[str] = deque()  # vDisks with waiting commands, next first
+        self._dispatching = False
+        self._sessions = 0
+        self._closed_windows: dict[int, WindowListener] = {}
+
+    # -- sessions and their command windows -----------------------------------------
+
+    def session_opened(self) -> None:
+        self._sessions += 1
+
+    def session_closed(self, listener: WindowListener | None = None) -> None:
+        self._sessions = max(0, self._sessions - 1)
+        if listener is not None:
+            self._closed_windows.pop(id(listener), None)
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.depth - self.in_flight - self.waiting)
+
+    def window_share(self, listener: WindowListener | None = None) -> int:
+        """How many more commands one session may send: its share of the free slots.
+
+        A share of 0 closes the session's window; the listener is then told when slots free.
+        Every session gets at least one slot while any is free, so none is locked out.
+        """
+        free = self.free_slots
+        if free == 0:
+            if listener is not None:
+                self._closed_windows[id(listener)] = listener
+            return 0
+        return max(1, free // max(1, self._sessions))
+
+    # -- admission --------------------------------------------------------------------
+
+    def admit(self, vdisk: str, command: QueuedCommand) -> Admission:
+        if self.in_flight < self.depth and self.waiting == 0:
+            self.in_flight += 1
+            return Admission.RUN
+        if self.waiting < self.max_waiting:
+            sub_queue = self._sub_queues.get(vdisk)
+            if sub_queue is None:
+                sub_queue = self._sub_queues[vdisk] = deque()
+                self._round_robin.append(vdisk)
+            sub_queue.append(command)
+            self.waiting += 1
+            return Admission.QUEUED
+        self.task_set_full_count += 1
+        return Admission.FULL
+
+    def release(self) -> None:
+        """Give back a slot; hand free slots to waiting commands, fairly across vDisks."""
+        self.in_flight -= 1
+        if self._dispatching:
+            return  # the dispatch loop below is on the stack and will use the slot
+        if self.waiting:
+            self._dispatch_waiting()
+        if self._closed_windows and self.free_slots:
+            listeners = list(self._closed_windows.values())
+            self._closed_windows.clear()
+            for listener in listeners:
+                listener.window_opened()
+
+    def forget_cancelled(self) -> None:
+        """Drop cancelled commands from the waiting room (after an abort)."""
+        for vdisk, sub_queue in list(self._sub_queues.items()):
+            kept = deque(command for command in sub_queue if not command.cancelled)
+            self.waiting -= len(sub_queue) - len(kept)
+            if kept:
+                self._sub_queues[vdisk] = kept
+            else:
+                del self._sub_queues[vdisk]
+                self._round_robin.remove(vdisk)
+
+    def _dispatch_waiting(self) -> None:
+        self._dispatching = True
+        try:
+            while self.in_flight < self.depth and self._round_robin:
+                vdisk = self._round_robin.popleft()
+                sub_queue = self._sub_queues[vdisk]
+                command = sub_queue.popleft()
+                if sub_queue:
+                    self._round_robin.append(vdisk)  # back of the line: round-robin
+                else:
+                    del self._sub_queues[vdisk]
+                self.waiting -= 1
+                if command.cancelled:
+                    continue
+                self.in_flight += 1
+                command.dispatch()
+        finally:
+            self._dispatching = False
+
+    def waiting_for(self, vdisk: str) -> int:
+        sub_queue = self._sub_queues.get(vdisk)
+        return len(sub_queue) if sub_queue else 0

@@ -1,0 +1,228 @@
+"""The stargate server: trio listener, one task per connection, graceful shutdown, and the
+control API the cluster uses (async logout / drop for a vDisk's sessions, statistics).
+
+    server = StargateServer(registry, ServerConfig(host="127.0.0.1", port=3261))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)        # listening once this returns
+        server.request_logout("vd1", seconds=5)  # AsyncEvent 1 to vd1's sessions
+        server.drop_connections("vd1")           # AsyncEvent 3, then close
+        server.stats()                           # {vdisk_id: counters}
+        await server.shutdown()                  # drop every session, stop listening
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+
+import trio
+
+from iscsicore.framing import PduFramer
+from iscsicore.keys import SessionType
+from iscsicore.login import TargetLogin
+from stargate.connection import ConnectionTimers, FullFeatureConnection
+from stargate.discovery import SendTargetsResponder
+from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, run_login
+from stargate.queue import CommandQueue
+from stargate.scsi.command import Nexus
+from stargate.session import Session, SessionTable
+from stargate.target import TargetRegistry, VDiskTarget
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_DEPTH = 128
+SHUTDOWN_GRACE = 2.0
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 3261  # 0: any free port (see `StargateServer.port`)
+    advertised_address: str | None = None  # "host:port" for SendTargets; default: bound
+    queue_depth: int = DEFAULT_QUEUE_DEPTH
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
+    timers: ConnectionTimers = field(default_factory=ConnectionTimers)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class StargateServer:
+    def __init__(self, registry: TargetRegistry, config: ServerConfig | None = None) -> None:
+        self.registry = registry
+        self.config = config or ServerConfig()
+        self.queue = CommandQueue(self.config.queue_depth)
+        self.sessions = SessionTable()
+        self.policy = LoginPolicy(registry, self.sessions)
+        self.port: int | None = None
+        self._connections: set[FullFeatureConnection] = set()
+        self._cancel_scope: trio.CancelScope | None = None
+        self._closing = False
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until `shutdown()` or cancellation; reports the bound port."""
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        if self.config.advertised_address is not None:
+            self.registry.portal_group.advertised_addresses = [self.config.advertised_address]
+        elif not self.registry.portal_group.advertised_addresses:
+            self.registry.portal_group.advertised_addresses = [
+                format_address(self.config.host, self.port)
+            ]
+        log.info("stargate listening on %s", format_address(self.config.host, self.port))
+        with trio.CancelScope() as scope:
+            self._cancel_scope = scope
+            async with trio.open_nursery() as nursery:
+                task_status.started(self.port)
+                await trio.serve_listeners(
+                    self._handle_connection, listeners, handler_nursery=nursery
+                )
+
+    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Tell every session to go (AsyncEvent 3), give them ``grace`` seconds, stop."""
+        self._closing = True
+        for connection in list(self._connections):
+            connection.drop(all_connections=True, time2wait=2, time2retain=0)
+        with trio.move_on_after(grace):
+            while self._connections:
+                await trio.sleep(0.05)
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._serve_connection(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("connection handler failed")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        if self._closing:
+            return
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        framer = PduFramer(receiving_from="initiator")
+        login = TargetLogin(self.policy.login_config(cmd_window=min(64, self.queue.depth)))
+        outcome = await run_login(stream, framer, login, timeout=self.config.login_timeout)
+        if not outcome.complete:
+            log.info("login from %s ended: %s", login.initiator_name or "?", outcome.reason)
+            return
+        params = login.params
+        target = self.registry.get(login.target_name or "") if login.target_name else None
+        session_type = params.session_type
+        if session_type is SessionType.NORMAL and target is None:
+            return  # removed between login and now
+        session = Session(
+            initiator_name=login.initiator_name,
+            isid=login.isid,
+            tsih=login.tsih,
+            session_type=session_type,
+            target=target,
+            exp_cmd_sn=login.cmd_sn,
+        )
+        session.max_cmd_sn = login.max_cmd_sn
+        nexus = Nexus(
+            f"{login.initiator_name},i,0x{login.isid:012x}",
+            f"{login.target_name or ''},t,0x{self.registry.portal_group.tag:04x}",
+        )
+        responder = SendTargetsResponder(
+            self.registry,
+            login.initiator_name,
+            params.initiator_max_recv_data_segment_length,
+            current_target=target.name if target is not None else None,
+        )
+        connection = FullFeatureConnection(
+            stream,
+            framer,
+            session,
+            params,
+            self.queue,
+            nexus=nexus,
+            cid=login.cid,
+            stat_sn=login.stat_sn,
+            timers=self.config.timers,
+            text_responder=responder,
+            directory=self,
+        )
+        session.closer = connection.close
+        self.sessions.add(session)
+        self._connections.add(connection)
+        if target is not None:
+            target.stats.logins += 1
+            target.stats.sessions += 1
+            target.stats.connections += 1
+        try:
+            reason = await connection.run()
+            log.info("session %#x of %s ended: %s", session.tsih, session.initiator_name, reason)
+        finally:
+            session.closed = True
+            self._connections.discard(connection)
+            self.sessions.remove(session)
+            if target is not None:
+                target.stats.sessions -= 1
+                target.stats.connections -= 1
+                nexus_lost = getattr(target.lu, "nexus_lost", None)
+                if nexus_lost is not None:
+                    nexus_lost(nexus)
+
+    # -- the cluster's control API ------------------------------------------------------
+
+    def connections_of(self, target_name: str) -> list[FullFeatureConnection]:
+        return [c for c in self._connections if c.session.target_name == target_name]
+
+    def _connections_of_vdisk(self, vdisk_id: str) -> list[FullFeatureConnection]:
+        target = self.registry.by_vdisk_id(vdisk_id)
+        return [] if target is None else self.connections_of(target.name)
+
+    def request_logout(self, vdisk_id: str, seconds: int = 5) -> int:
+        """AsyncEvent 1 (Parameter3 = ``seconds``) to every session of the vDisk; those
+        still logged in after ``seconds`` are dropped. Returns how many were asked."""
+        connections = self._connections_of_vdisk(vdisk_id)
+        for connection in connections:
+            connection.request_logout(seconds)
+        return len(connections)
+
+    def drop_connections(
+        self, vdisk_id: str, *, time2wait: int = 2, time2retain: int = 0, whole_session: bool = True
+    ) -> int:
+        """AsyncEvent 3 (or 2) to every session of the vDisk, then close them."""
+        connections = self._connections_of_vdisk(vdisk_id)
+        for connection in connections:
+            connection.drop(
+                all_connections=whole_session, time2wait=time2wait, time2retain=time2retain
+            )
+        return len(connections)
+
+    def add_vdisk(self, target: VDiskTarget) -> None:
+        self.registry.add(target)
+
+    def remove_vdisk(self, vdisk_id: str) -> VDiskTarget | None:
+        """Stop serving a vDisk: its sessions are dropped (AsyncEvent 3)."""
+        self.drop_connections(vdisk_id)
+        target = self.registry.by_vdisk_id(vdisk_id)
+        return self.registry.remove(target.name) if target is not None else None
+
+    def stats(self) -> dict[str, dict[str, object]]:
+        """Per-vDisk counters for the stats page, plus the shared queue's state."""
+        snapshot: dict[str, dict[str, object]] = {
+            target.vdisk_id: target.stats.snapshot() for target in self.registry
+        }
+        for target in self.registry:
+            snapshot[target.vdisk_id]["queued_waiting_now"] = self.queue.waiting_for(target.name)
+        return snapshot
+
+    def queue_stats(self) -> dict[str, int]:
+        return {
+            "depth": self.queue.depth,
+            "in_flight": self.queue.in_flight,
+            "waiting": self.queue.waiting,
+            "task_set_full": self.queue.task_set_full_count,
+            "connections": len(self._connections),
+            "sessions": len(self.sessions),
+        }
