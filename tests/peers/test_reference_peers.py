@@ -108,6 +108,15 @@ def test_libiscsi_follows_a_temporary_redirect(tgtd_factory: TgtdFactory) -> Non
     assert tools.iscsi_inq(front.url()).device_type == "DIRECT_ACCESS"
 
 
+def test_iscsi_url_matches_what_tgtd_fixture_builds(tgtd_factory: TgtdFactory) -> None:
+    target = tgtd_factory(chap=ChapAccount("user", "secret-123456"))
+    url = tools.iscsi_url(
+        target.host, target.port, target.iqn, 1, user="user", password="secret-123456"
+    )
+    assert url == target.url()
+    assert tools.iscsi_url("::1", 3260) == "iscsi://[::1]:3260"
+
+
 # --- QEMU against tgtd -----------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -56,6 +57,32 @@ def _text(output: bytes | str | None) -> str:
     if output is None:
         return ""
     return output.decode(errors="replace") if isinstance(output, bytes) else output
+
+
+def iscsi_url(
+    host: str,
+    port: int,
+    target: str | None = None,
+    lun: int = 0,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+) -> str:
+    """libiscsi URL: ``iscsi://[user[%password]@]host:port[/target/lun]``.
+
+    Without ``target`` it names a portal (for discovery, as iscsi-ls wants). IPv6 hosts get
+    brackets. stargate serves each vDisk on LUN 0, tgtd numbers its data LUNs from 1.
+    """
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    credentials = ""
+    if user is not None:
+        credentials = quote(user, safe="")
+        if password is not None:
+            credentials += "%" + quote(password, safe="")
+        credentials += "@"
+    url = f"iscsi://{credentials}{host}:{port}"
+    return url if target is None else f"{url}/{target}/{lun}"
 
 
 # --- iscsi-ls --------------------------------------------------------------------------------
