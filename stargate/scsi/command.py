@@ -35,7 +35,7 @@ class ScsiResult:
     """
 
     status: ScsiStatus
-    data: bytes | bytearray | memoryview = b""
+    data: bytes = b""
     sense: bytes = b""
     needs_sync: bool = False
 

@@ -109,6 +109,10 @@ class UnitAttentions(Protocol):
         """Queue ``code`` for ``nexus``, or for every known nexus except ``exclude``."""
         ...
 
+    def clear(self, nexus: Nexus, code: AscPair) -> None:
+        """Drop ``code`` unreported (REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED)."""
+        ...
+
     def nexus_lost(self, nexus: Nexus) -> None: ...
 
 
@@ -171,6 +175,11 @@ class SimpleUnitAttentions:
             queue = self._queue(target)
             if code not in queue:
                 queue.append(code)
+
+    def clear(self, nexus: Nexus, code: AscPair) -> None:
+        queue = self._queues.get(nexus)
+        if queue is not None and code in queue:
+            queue.remove(code)
 
     def nexus_lost(self, nexus: Nexus) -> None:
         if self._queues.pop(nexus, None) is not None:

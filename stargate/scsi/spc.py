@@ -78,6 +78,8 @@ def report_luns(lu: LogicalUnit, command: Command) -> ScsiResult:
         luns = []  # no well-known LUNs, no subsidiary LUNs under LUN 0
     else:
         raise invalid_field_in_cdb(2)
+    # This command re-reads the inventory, so that change is no longer news (SPC-4 6.33).
+    lu.unit_attentions.clear(command.nexus, Asc.REPORTED_LUNS_DATA_HAS_CHANGED.value)
     payload = struct.pack(">II", 8 * len(luns), 0) + b"".join(
         struct.pack(">Q", lun) for lun in luns
     )
