@@ -170,80 +170,71 @@ def encode_bhs(pdu: Pdu, ahs_length: int | None = None) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------
-# Decoders: (header, ahs segments) -> PDU; the same field checks as wire.check_fields
+# Decoders: header -> PDU, with the same field checks as wire.check_fields. The AHS is set
+# by the caller when there is one: passing ``ahs=`` costs more than its default factory.
 
 
 def _malformed(name: str, why: str, header: bytes) -> MalformedPdu:
     return MalformedPdu(f"{name}: {why}", header=header)
 
 
-def _decode_scsi_command(header: bytes, ahs: list) -> Pdu:
-    b0, b1, _, lun, itt, edtl, cmd_sn, exp_stat_sn, cdb = SCSI_COMMAND.unpack(header)
+def _decode_scsi_command(header: bytes) -> Pdu:
+    fields = SCSI_COMMAND.unpack(header)
+    b1 = header[1]
     attr = b1 & _ATTR_MASK
     if attr > TaskAttribute.ACA:
         raise _malformed("ScsiCommand", f"reserved task attribute {attr}", header)
+    # lun, itt, expected_data_transfer_length, cmd_sn, exp_stat_sn, cdb
     return ScsiCommand(
-        bool(b0 & 0x40),
-        bool(b1 & 0x80),
-        bool(b1 & 0x40),
-        bool(b1 & 0x20),
-        attr,
-        lun,
-        itt,
-        edtl,
-        cmd_sn,
-        exp_stat_sn,
-        cdb,
-        ahs=ahs,
+        bool(header[0] & 0x40), bool(b1 & 0x80), bool(b1 & 0x40), bool(b1 & 0x20), attr, *fields[3:]
     )
 
 
-def _decode_scsi_response(header: bytes, ahs: list) -> Pdu:
-    _, b1, response, status, _, *words = SCSI_RESPONSE.unpack(header)
+def _decode_scsi_response(header: bytes) -> Pdu:
+    fields = SCSI_RESPONSE.unpack(header)
+    b1 = header[1]
     if b1 & 0x06 == 0x06 or b1 & 0x18 == 0x18:
         raise _malformed("ScsiResponse", "overflow and underflow both set", header)
+    # response, status; then itt .. residual_count after the lengths word
     return ScsiResponse(
         bool(b1 & 0x10),
         bool(b1 & 0x08),
         bool(b1 & 0x04),
         bool(b1 & 0x02),
-        response,
-        status,
-        *words,
-        ahs=ahs,
+        *fields[2:4],
+        *fields[5:],
     )
 
 
-def _decode_data_in(header: bytes, ahs: list) -> Pdu:
-    _, b1, status, _, *words = DATA_IN.unpack(header)
+def _decode_data_in(header: bytes) -> Pdu:
+    fields = DATA_IN.unpack(header)
+    b1 = header[1]
     if b1 & 0x01:  # S bit: needs F, and O/U are exclusive
         if not b1 & 0x80:
             raise _malformed("DataIn", "S bit without F bit", header)
         if b1 & 0x06 == 0x06:
             raise _malformed("DataIn", "overflow and underflow both set", header)
+    # status; then lun .. residual_count after the lengths word
     return DataIn(
         bool(b1 & 0x80),
         bool(b1 & 0x40),
         bool(b1 & 0x04),
         bool(b1 & 0x02),
         bool(b1 & 0x01),
-        status,
-        *words,
-        ahs=ahs,
+        fields[2],
+        *fields[4:],
     )
 
 
-def _decode_data_out(header: bytes, ahs: list) -> Pdu:
-    _, b1, _, *words = DATA_OUT.unpack(header)
-    return DataOut(bool(b1 & 0x80), *words, ahs=ahs)
+def _decode_data_out(header: bytes) -> Pdu:
+    return DataOut(bool(header[1] & 0x80), *DATA_OUT.unpack(header)[3:])
 
 
-def _decode_r2t(header: bytes, ahs: list) -> Pdu:
-    _, _, _, *words = R2T_FORMAT.unpack(header)
-    return R2T(*words, ahs=ahs)
+def _decode_r2t(header: bytes) -> Pdu:
+    return R2T(*R2T_FORMAT.unpack(header)[3:])
 
 
-_DECODERS: dict[int, Callable[[bytes, list], Pdu]] = {
+_DECODERS: dict[int, Callable[[bytes], Pdu]] = {
     Opcode.SCSI_COMMAND: _decode_scsi_command,
     Opcode.SCSI_RESPONSE: _decode_scsi_response,
     Opcode.DATA_IN: _decode_data_in,
@@ -257,11 +248,14 @@ def decode_bhs(bhs: _Buffer, ahs: _Buffer = b"") -> Pdu:
     decoder = _DECODERS.get(bhs[0] & wire.OPCODE_MASK) if len(bhs) == BHS_LENGTH else None
     if decoder is None:
         return wire.decode_bhs(bhs, ahs)
-    header = bytes(bhs)
-    if ahs or header[4]:
-        if header[4] * 4 != len(ahs):
-            raise TruncatedAhs(
-                f"TotalAHSLength says {header[4] * 4} bytes, {len(ahs)} given", header=header
-            )
-        return decoder(header, wire.decode_ahs(ahs, header))
-    return decoder(header, [])
+    header = bhs if type(bhs) is bytes else bytes(bhs)
+    if not ahs and not header[4]:
+        return decoder(header)
+    if header[4] * 4 != len(ahs):
+        raise TruncatedAhs(
+            f"TotalAHSLength says {header[4] * 4} bytes, {len(ahs)} given", header=header
+        )
+    segments = wire.decode_ahs(ahs, header)
+    pdu = decoder(header)
+    pdu.ahs = segments
+    return pdu
