@@ -52,7 +52,7 @@ from iscsicore.pdu import (
     lun_from_number,
 )
 from iscsicore.scsi.opcodes import ScsiStatus
-from iscsicore.scsi.sense import SenseParseError, parse_sense
+from iscsicore.scsi.sense import SenseKey, SenseParseError, parse_sense
 from iscsicore.seqnum import in_window, sn_add, sn_diff, sn_gt
 
 from .connection import Connection
@@ -379,7 +379,12 @@ class Session:
                 self._tasks.pop(task.itt, None)  # cancelled by the caller: forget the tag
                 raise
             if not task.lost:
-                break
+                if task.error is not None:
+                    raise task.error
+                retry_after = self._transient_status(task)
+                if retry_after is None:
+                    return self._result(task, check)
+                await trio.sleep(retry_after)
             attempts += 1
             self.stats.retried_commands += 1
             if attempts > self.config.max_command_retries:
@@ -387,9 +392,25 @@ class Session:
                     f"command {task.cdb[0]:#04x} re-issued {attempts - 1} times without status"
                 )
             task.rearm()
-        if task.error is not None:
-            raise task.error
-        return self._result(task, check)
+
+    def _transient_status(self, task: _Task) -> float | None:
+        """Seconds to wait before re-issuing, for statuses QEMU retries: a UNIT ATTENTION
+        (a target that restarted reports power-on/reset once per I_T nexus), BUSY and
+        TASK SET FULL; None when the status is final."""
+        response = task.response
+        assert response is not None
+        status = response.status
+        if status in (ScsiStatus.BUSY, ScsiStatus.TASK_SET_FULL):
+            return 0.01
+        if status == ScsiStatus.CHECK_CONDITION and isinstance(response, ScsiResponse):
+            data = response.data
+            if len(data) >= 5:
+                response_code = data[2] & 0x7F
+                key = data[4] & 0x0F if response_code in (0x70, 0x71) else data[3] & 0x0F
+                if key == SenseKey.UNIT_ATTENTION:
+                    self.stats.unit_attentions += 1
+                    return 0.0
+        return None
 
     def _result(self, task: _Task, check: bool) -> CommandResult:
         response = task.response

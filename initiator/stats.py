@@ -76,6 +76,7 @@ class IoStats:
     bytes_written: int = 0
     reconnects: int = 0
     retried_commands: int = 0
+    unit_attentions: int = 0  # retried, as QEMU does
     portal: str = ""  # the portal serving the device now ("" while disconnected)
     started_at: float = field(default_factory=monotonic)
     latency: LatencyRecorder = field(default_factory=LatencyRecorder)
@@ -102,6 +103,7 @@ class IoStats:
             "latency_us": self.latency.percentiles(),
             "reconnects": self.reconnects,
             "retried_commands": self.retried_commands,
+            "unit_attentions": self.unit_attentions,
             "portal": self.portal,
             "longest_pause_s": self.pauses.longest_so_far(now),
             "elapsed_s": elapsed,
