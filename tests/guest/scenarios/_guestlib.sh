@@ -164,6 +164,26 @@ iscsi_disk() {
     return 1
 }
 
+# iscsi_connect IQN PORTAL: node record, login, then print the disk (/dev/sdX).
+iscsi_connect() {
+    iscsi_add_node "$1" "$2" || return 1
+    iscsi_login "$1" "$2" >/dev/console 2>&1 || return 1
+    iscsi_disk "$1" 30
+}
+
+# iscsi_wait_no_session IQN [TIMEOUT_S]: until the target has no session.
+iscsi_wait_no_session() {
+    local deadline
+    deadline=$(($(date +%s) + ${2:-30}))
+    while [ "$(date +%s)" -le "$deadline" ]; do
+        if [ -z "$(iscsi_session_info "$1")" ]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
 # iscsi_wait_state IQN STATE [TIMEOUT_S]: until "iSCSI Session State" is STATE (LOGGED_IN...).
 iscsi_wait_state() {
     local deadline

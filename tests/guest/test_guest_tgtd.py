@@ -1,0 +1,176 @@
+"""The guest harness proven against tgtd: Linux open-iscsi in QEMU, tgtd on the host's loopback.
+
+Each test boots one guest (about 10 s to a login under TCG) running one scenario from
+``scenarios/``. The guest reaches tgtd through a guestfwd at 10.0.2.100:3260 (and 10.0.2.101
+for a second target).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import running_in_ci
+from tests.guest.build import GuestBuildError
+from tests.guest.harness import Guest, GuestImage, format_steps
+from tests.helpers.procs import spawn
+from tests.peers.tgtd import MiB, RedirectTo, TgtdTarget
+
+pytestmark = pytest.mark.slow
+
+TARGET_IQN = "iqn.2026-11.test.tgtd:guest"
+FIRST_PORTAL = "10.0.2.100"
+SECOND_PORTAL = "10.0.2.101"
+GUEST_PORT = 3260
+
+TgtdFactory = Callable[..., TgtdTarget]
+
+
+@pytest.fixture(scope="module")
+def guest_image() -> Iterator[GuestImage]:
+    """The cached guest image (built on first use, ~15 s; installs QEMU etc. if missing)."""
+    try:
+        yield GuestImage.ensure()
+    except GuestBuildError as error:
+        if running_in_ci():
+            pytest.fail(f"guest image: {error}", pytrace=False)
+        pytest.skip(f"guest image cannot be built here: {error}")
+
+
+def guest_workdir(tmp_path: Path) -> Path:
+    return tmp_path / "guest"
+
+
+def report(guest: Guest) -> None:
+    """Print the steps (shown with -s or on failure) and the log location."""
+    print(f"\n{format_steps(guest.steps)}\nvalues: {guest.values}\nlogs: {guest.workdir}")
+
+
+def test_discovery_login_session(
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+) -> None:
+    tgtd = tgtd_factory(iqn=TARGET_IQN, lun_sizes=[64 * MiB])
+    with Guest(
+        guest_image,
+        {FIRST_PORTAL: tgtd.port},
+        "tgtd_login",
+        env={"TARGET_IQN": TARGET_IQN},
+        timeout=180,
+        workdir=guest_workdir(tmp_path),
+    ) as guest:
+        result = guest.wait_done()
+        report(guest)
+    result.assert_passed("discovery", "login", "session", "logout")
+    assert result.values["current_portal"] == f"{FIRST_PORTAL}:{GUEST_PORT},1"
+    assert result.values["disk_bytes"] == str(64 * MiB)
+
+
+def test_ext4_survives_relogin(
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+) -> None:
+    tgtd = tgtd_factory(iqn=TARGET_IQN, lun_sizes=[128 * MiB])
+    with Guest(
+        guest_image,
+        {FIRST_PORTAL: tgtd.port},
+        "tgtd_ext4",
+        env={"TARGET_IQN": TARGET_IQN},
+        timeout=240,
+        workdir=guest_workdir(tmp_path),
+    ) as guest:
+        result = guest.wait_done()
+        report(guest)
+    result.assert_passed("mkfs", "write", "fsck", "logout", "relogin", "verify", "fsck-again")
+
+
+def test_fio_verify_raw_disk(
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+) -> None:
+    tgtd = tgtd_factory(iqn=TARGET_IQN, lun_sizes=[64 * MiB])
+    with Guest(
+        guest_image,
+        {FIRST_PORTAL: tgtd.port},
+        "tgtd_fio_verify",
+        env={"TARGET_IQN": TARGET_IQN, "FIO_SIZE": "12m"},
+        timeout=240,
+        workdir=guest_workdir(tmp_path),
+    ) as guest:
+        result = guest.wait_done()
+        report(guest)
+    result.assert_passed("login", "fio")
+
+
+def test_login_follows_redirect(
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+) -> None:
+    # The second tgtd serves the disk; the first answers every login with 0x0101 pointing at
+    # the second's guest-side address (tgtd's loop guard only compares with the initiator's
+    # own address, which is the relay's 127.0.0.1 here, not 10.0.2.101).
+    serving = tgtd_factory(iqn=TARGET_IQN, lun_sizes=[32 * MiB])
+    redirecting = tgtd_factory(
+        iqn=TARGET_IQN,
+        lun_sizes=[32 * MiB],
+        redirect=RedirectTo(port=GUEST_PORT, address=SECOND_PORTAL, reason="Temporary"),
+    )
+    with Guest(
+        guest_image,
+        {FIRST_PORTAL: redirecting.port, SECOND_PORTAL: serving.port},
+        "redirect",
+        env={"TARGET_IQN": TARGET_IQN, "EXPECT_PORTAL": f"{SECOND_PORTAL}:{GUEST_PORT}"},
+        timeout=180,
+        workdir=guest_workdir(tmp_path),
+    ) as guest:
+        result = guest.wait_done()
+        report(guest)
+    result.assert_passed("login", "redirected", "io")
+    assert result.values["current_portal"].startswith(f"{SECOND_PORTAL}:{GUEST_PORT}")
+    assert result.values["persistent_portal"].startswith(f"{FIRST_PORTAL}:{GUEST_PORT}")
+
+
+def restart_tgtd_keeping_data(tgtd: TgtdTarget) -> None:
+    """SIGKILL tgtd and start a new one on the same portal over the same LUN files.
+
+    (TgtdTarget.start() would truncate the LUN files: the data must survive here.)
+    """
+    assert tgtd.process is not None
+    tgtd.process.kill()
+    tgtd.control_socket = tgtd._unused_control_socket()
+    tgtd.process = spawn(
+        ["tgtd", "-f", "-C", str(tgtd.control_socket), "--iscsi", f"portal={tgtd.portal}"],
+        log_dir=tgtd.log_dir or tgtd.data_dir or Path("/tmp"),
+        name=f"tgtd-{tgtd.control_socket}-restarted",
+    )
+    tgtd.process.wait_for_port(tgtd.host, tgtd.port, timeout=10)
+    tgtd.tgtadm("--op", "show", "--mode", "target")
+    tid = str(tgtd.tid)
+    tgtd.tgtadm("--op", "new", "--mode", "target", "--tid", tid, "-T", tgtd.iqn)
+    for lun, path in enumerate(tgtd.lun_paths, start=1):
+        tgtd.tgtadm(
+            "--op", "new", "--mode", "logicalunit", "--tid", tid, "--lun", str(lun),
+            "-b", str(path), "--bstype", tgtd.backing_store,
+        )  # fmt: skip
+    tgtd.tgtadm("--op", "bind", "--mode", "target", "--tid", tid, "-I", "ALL")
+
+
+def test_target_killed_and_restarted_during_fio(
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+) -> None:
+    tgtd = tgtd_factory(iqn=TARGET_IQN, lun_sizes=[128 * MiB])
+    with Guest(
+        guest_image,
+        {FIRST_PORTAL: tgtd.port},
+        "tgtd_restart_fio",
+        env={"TARGET_IQN": TARGET_IQN, "FIO_SIZE": "32m", "REPLACEMENT_TIMEOUT": "120"},
+        timeout=300,
+        workdir=guest_workdir(tmp_path),
+    ) as guest:
+        guest.wait_for("kill-target", timeout=150)
+        killed_at = time.monotonic()
+        restart_tgtd_keeping_data(tgtd)
+        print(f"tgtd down for {time.monotonic() - killed_at:.2f} s")
+        guest.signal("kill-target")
+        result = guest.wait_done()
+        report(guest)
+    result.assert_passed("fio-running", "connection-dropped", "session-recovered", "fio")
