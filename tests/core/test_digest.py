@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iscsicore.digest import crc32c, digest_bytes, digest_of_parts
@@ -38,11 +38,13 @@ def test_check_value_of_the_catalogue() -> None:
     assert crc32c(b"123456789") == 0xE3069283  # CRC-32/ISCSI check value
 
 
+@settings(deadline=None)
 @given(st.lists(st.binary(max_size=64), max_size=5))
 def test_digest_of_parts_equals_digest_of_concatenation(parts: list[bytes]) -> None:
     assert digest_of_parts(*parts) == digest_bytes(b"".join(parts))
 
 
+@settings(deadline=None)
 @given(st.binary(min_size=1, max_size=128), st.data())
 def test_any_single_bit_flip_changes_the_digest(data: bytes, draw: st.DataObject) -> None:
     bit = draw.draw(st.integers(0, len(data) * 8 - 1))

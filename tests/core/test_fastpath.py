@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iscsicore import fastpath, wire
@@ -30,6 +30,7 @@ def test_formats_are_48_bytes() -> None:
 
 
 @pytest.mark.parametrize("cls", HOT_CLASSES, ids=lambda c: c.__name__)
+@settings(deadline=None)
 @given(data=st.data())
 def test_fast_encode_equals_construct_encode(cls: type[Pdu], data: st.DataObject) -> None:
     pdu = data.draw(pdus_of(cls))
@@ -46,6 +47,7 @@ def _outcome(decode, header: bytes, ahs: bytes) -> object:
 
 
 @pytest.mark.parametrize("opcode", HOT_OPCODES, ids=lambda op: op.name)
+@settings(deadline=None)
 @given(data=st.data())
 def test_fast_decode_equals_construct_decode_on_any_header(opcode, data: st.DataObject) -> None:
     """Arbitrary 48-byte headers: legal or not, both decoders agree (errors included)."""
@@ -55,6 +57,7 @@ def test_fast_decode_equals_construct_decode_on_any_header(opcode, data: st.Data
 
 
 @pytest.mark.parametrize("opcode", HOT_OPCODES, ids=lambda op: op.name)
+@settings(deadline=None)
 @given(data=st.data())
 def test_fast_decode_equals_construct_decode_with_consistent_ahs(
     opcode, data: st.DataObject
@@ -65,6 +68,7 @@ def test_fast_decode_equals_construct_decode_with_consistent_ahs(
     assert _outcome(fastpath.decode_bhs, header, ahs) == _outcome(wire.decode_bhs, header, ahs)
 
 
+@settings(deadline=None)
 @given(pdus())
 def test_fast_round_trip_any_class(pdu: Pdu) -> None:
     ahs = wire.encode_ahs(pdu.ahs)
@@ -73,6 +77,7 @@ def test_fast_round_trip_any_class(pdu: Pdu) -> None:
     assert fastpath.decode_bhs(header, ahs) == dataclasses.replace(pdu, data=b"")
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=100), st.binary(max_size=12))
 def test_fast_decode_raises_only_protocol_errors(header: bytes, ahs: bytes) -> None:
     for decode in (fastpath.decode_bhs, wire.decode_bhs):
@@ -81,6 +86,7 @@ def test_fast_decode_raises_only_protocol_errors(header: bytes, ahs: bytes) -> N
 
 
 @pytest.mark.parametrize("cls", HOT_CLASSES, ids=lambda c: c.__name__)
+@settings(deadline=None)
 @given(data=st.data())
 def test_out_of_range_field_fails_alike(cls: type[Pdu], data: st.DataObject) -> None:
     pdu = data.draw(pdus_of(cls))

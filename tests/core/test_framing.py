@@ -91,7 +91,7 @@ def test_data_is_padded_to_four_bytes(length: int) -> None:
 # Round trips through the framer
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(
     direction=st.sampled_from(["initiator", "target"]),
     data=st.data(),
@@ -305,7 +305,7 @@ def test_receiving_from_is_checked() -> None:
         PduFramer(receiving_from="both")  # type: ignore[arg-type]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(
     chunks=st.lists(st.binary(max_size=300), max_size=8),
     direction=st.sampled_from(["initiator", "target"]),
@@ -333,7 +333,7 @@ def test_random_bytes_raise_only_protocol_errors(
                     return
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     data=st.data(),
     direction=st.sampled_from(["initiator", "target"]),

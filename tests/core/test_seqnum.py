@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iscsicore.seqnum import (
@@ -43,6 +43,7 @@ def test_increment_must_be_below_half_the_space() -> None:
         sn_add(0, -1)
 
 
+@settings(deadline=None)
 @given(u32, step)
 def test_adding_moves_forward(sn: int, increment: int) -> None:
     later = sn_add(sn, increment)
@@ -55,12 +56,14 @@ def test_adding_moves_forward(sn: int, increment: int) -> None:
     assert sn_max(sn, later) == later == sn_max(later, sn)
 
 
+@settings(deadline=None)
 @given(u32, u32)
 def test_at_most_one_order_holds(a: int, b: int) -> None:
     assert sum((sn_lt(a, b), sn_gt(a, b), a == b)) <= 1
     assert sn_le(a, b) == (sn_lt(a, b) or a == b)
 
 
+@settings(deadline=None)
 @given(u32)
 def test_equal_numbers(sn: int) -> None:
     assert sn_le(sn, sn) and sn_ge(sn, sn)
@@ -68,6 +71,7 @@ def test_equal_numbers(sn: int) -> None:
     assert sn_diff(sn, sn) == 0
 
 
+@settings(deadline=None)
 @given(u32, st.integers(0, 1000), st.integers(0, 2000))
 def test_window_membership(low: int, width: int, offset: int) -> None:
     high = sn_add(low, width)
@@ -75,12 +79,14 @@ def test_window_membership(low: int, width: int, offset: int) -> None:
     assert in_window(sn, low, high) == (offset <= width)
 
 
+@settings(deadline=None)
 @given(u32, st.integers(1, 1000))
 def test_below_the_window_is_outside(low: int, distance: int) -> None:
     below = (low - distance) & 0xFFFFFFFF
     assert not in_window(below, low, sn_add(low, 100))
 
 
+@settings(deadline=None)
 @given(u32, u32)
 def test_closed_window_admits_nothing(low: int, sn: int) -> None:
     # MaxCmdSN = ExpCmdSN - 1: the target accepts no new command.

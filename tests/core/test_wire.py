@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iscsicore import fastpath, wire
@@ -259,6 +259,7 @@ def test_header_lengths_are_computed_from_ahs_and_data() -> None:
 # Round trips
 
 
+@settings(deadline=None)
 @given(pdus())
 def test_round_trip_every_class(pdu: Pdu) -> None:
     ahs = wire.encode_ahs(pdu.ahs)
@@ -269,6 +270,7 @@ def test_round_trip_every_class(pdu: Pdu) -> None:
     assert wire.decode_bhs(header, ahs) == _without_payload(pdu)
 
 
+@settings(deadline=None)
 @given(pdus())
 def test_round_trip_is_canonical(pdu: Pdu) -> None:
     ahs = wire.encode_ahs(pdu.ahs)
@@ -359,6 +361,7 @@ def test_reserved_table_covers_every_class() -> None:
 
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("cls", list(PDU_CLASSES.values()), ids=lambda c: c.__name__)
+@settings(deadline=None)
 @given(data=st.data())
 def test_reserved_bits_are_zero_on_encode_and_ignored_on_decode(
     codec, cls: type[Pdu], data: st.DataObject
@@ -379,6 +382,7 @@ def test_reserved_bits_are_zero_on_encode_and_ignored_on_decode(
 
 
 @pytest.mark.parametrize("cls", list(PDU_CLASSES.values()), ids=lambda c: c.__name__)
+@settings(deadline=None)
 @given(data=st.data())
 def test_every_other_bit_is_significant(cls: type[Pdu], data: st.DataObject) -> None:
     """Flipping a bit outside the reserved and fixed ones changes the decoded PDU (or makes
@@ -450,6 +454,7 @@ RESERVED_OPCODES = sorted(set(range(64)) - {int(op) for op in Opcode})
 
 
 @pytest.mark.parametrize("codec", CODECS)
+@settings(deadline=None)
 @given(opcode=st.sampled_from(RESERVED_OPCODES), immediate=st.booleans())
 def test_reserved_opcodes_are_unknown(codec, opcode: int, immediate: bool) -> None:
     _, decode = codec
@@ -537,6 +542,7 @@ def test_ahs_beyond_total_ahs_length_reach() -> None:
 # AHS codec and SCSI Command helpers
 
 
+@settings(deadline=None)
 @given(ahs_lists())
 def test_ahs_round_trip_and_padding(segments: list[Ahs]) -> None:
     encoded = wire.encode_ahs(segments)
@@ -550,6 +556,7 @@ def test_ahs_layout() -> None:
     )
 
 
+@settings(deadline=None)
 @given(st.binary(min_size=1, max_size=260))
 def test_scsi_command_for_any_cdb_length(cdb: bytes) -> None:
     command = wire.scsi_command_for_cdb(cdb, itt=3, read=True)
