@@ -170,6 +170,7 @@ class Session:
         self._conn_nursery: trio.Nursery | None = None
         self._reconnect_delay = 0.0
         self._lost_at: float | None = None
+        self._last_loss: InitiatorError | None = None
         self.params: SessionParams = established.params
         self._cmd_sn = self._exp_cmd_sn = self._max_cmd_sn = self._exp_stat_sn = 0
         self._install(established)
@@ -185,13 +186,20 @@ class Session:
         config = config or SessionConfig()
         established = await establish(portal, target, config.login)
         session = cls(portal, target, config, established)
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session._supervise)
             try:
                 yield session
+            except Exception as error:
+                # Re-raised below, outside the nursery, so that callers catch the error
+                # itself rather than an ExceptionGroup around it.
+                failure = error
             finally:
                 await session._shutdown()
                 nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     @property
     def portal(self) -> Portal | None:
@@ -260,6 +268,7 @@ class Session:
         if self._state is _State.CLOSED or self._state is _State.DOWN:
             return
         log.info("session to %s: connection lost: %s", self.target, reason)
+        self._last_loss = reason
         self._state = _State.DOWN
         self._lost_at = trio.current_time()
         self.stats.portal = ""
@@ -389,7 +398,8 @@ class Session:
             self.stats.retried_commands += 1
             if attempts > self.config.max_command_retries:
                 raise CommandRetriesExhausted(
-                    f"command {task.cdb[0]:#04x} re-issued {attempts - 1} times without status"
+                    f"command {task.cdb[0]:#04x} re-issued {attempts - 1} times without "
+                    f"status; last connection loss: {self._last_loss}"
                 )
             task.rearm()
 

@@ -65,6 +65,10 @@ class VM:
     ) -> bool | None:
         for attachment in self._attachments.values():
             attachment.detach.set()
+        if isinstance(exc, Exception):
+            # Let the body's error through as itself, not wrapped in an ExceptionGroup.
+            await self._nursery_manager.__aexit__(None, None, None)
+            return False
         return await self._nursery_manager.__aexit__(exc_type, exc, traceback)
 
     @property

@@ -1,0 +1,265 @@
+"""A small scripted iSCSI target and redirector for behaviours tgtd cannot produce:
+AsyncEvent logout requests (failback), target NOP-In pings, malformed PDUs, a redirector
+that moves a vDisk between targets. Logins go through the shared ``TargetLogin``; the
+full-feature phase knows READ/WRITE(16), READ CAPACITY(16), TEST UNIT READY and logout.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+import trio
+
+from iscsicore.framing import PduFramer, encode_pdu
+from iscsicore.keys import SessionType
+from iscsicore.login import Accept, Redirect, Refuse, SessionRequest, TargetLogin, TargetLoginConfig
+from iscsicore.pdu import (
+    R2T,
+    RESERVED_TAG,
+    AsyncEvent,
+    AsyncMessage,
+    DataIn,
+    DataOut,
+    LoginRequest,
+    LogoutRequest,
+    LogoutResponse,
+    NopIn,
+    NopOut,
+    Pdu,
+    ScsiCommand,
+    ScsiResponse,
+)
+
+BLOCK = 512
+IQN = "iqn.2026-11.test.fake:disk"
+
+
+class StatusFields(TypedDict):
+    stat_sn: int
+    exp_cmd_sn: int
+    max_cmd_sn: int
+
+
+@dataclass
+class FakeTarget:
+    """One target portal serving one LUN (LUN 0) from a shared bytearray."""
+
+    disk: bytearray
+    host: str = "127.0.0.1"
+    port: int = 0
+    commands: int = 0
+    logins: int = 0
+    nop_replies: list[int] = field(default_factory=list)
+    logouts: int = 0
+    # Hooks: called with (session, command count) after each command; may send PDUs.
+    after_command: Callable[[FakeSession, int], Awaitable[None]] | None = None
+    garbage_after_login: bytes | None = None
+    sessions: list[FakeSession] = field(default_factory=list)
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        session = FakeSession(self, stream)
+        self.sessions.append(session)
+        try:
+            await session.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError):
+            pass
+        finally:
+            await stream.aclose()
+
+
+def login_config(resolve: Callable[[str, str | None, SessionType], object]) -> TargetLoginConfig:
+    return TargetLoginConfig(
+        portal_group_tag=1,
+        resolve=resolve,  # type: ignore[arg-type]
+        allocate_tsih=lambda request: 1,
+        max_recv_data_segment_length=65536,
+    )
+
+
+class FakeSession:
+    def __init__(self, target: FakeTarget, stream: trio.SocketStream) -> None:
+        self.target = target
+        self.stream = stream
+        self.framer = PduFramer(receiving_from="initiator")
+        self.stat_sn = 0
+        self.exp_cmd_sn = 0
+        self.send_lock = trio.Lock()
+        self.pending_writes: dict[int, tuple[ScsiCommand, bytearray, int]] = {}
+
+    async def receive(self) -> Pdu:
+        while (pdu := self.framer.next_pdu()) is None:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError
+            self.framer.feed(data)
+        return pdu
+
+    async def send(self, *pdus: Pdu) -> None:
+        async with self.send_lock:
+            await self.stream.send_all(b"".join(encode_pdu(p) for p in pdus))
+
+    def status_fields(self) -> StatusFields:
+        stat_sn = self.stat_sn
+        self.stat_sn = (self.stat_sn + 1) & 0xFFFFFFFF
+        return {
+            "stat_sn": stat_sn,
+            "exp_cmd_sn": self.exp_cmd_sn,
+            "max_cmd_sn": (self.exp_cmd_sn + 31) & 0xFFFFFFFF,
+        }
+
+    async def run(self) -> None:
+        login = TargetLogin(login_config(lambda i, t, s: Accept()))
+        while not login.finished:
+            request = await self.receive()
+            assert isinstance(request, LoginRequest)
+            await self.send(login.receive(request))
+        if not login.complete:
+            return
+        self.target.logins += 1
+        self.stat_sn = login.stat_sn
+        self.exp_cmd_sn = login.cmd_sn
+        if self.target.garbage_after_login is not None:
+            await self.stream.send_all(self.target.garbage_after_login)
+            await trio.sleep(5)
+            return
+        while True:
+            pdu = await self.receive()
+            if isinstance(pdu, ScsiCommand):
+                if not pdu.immediate:
+                    self.exp_cmd_sn = (pdu.cmd_sn + 1) & 0xFFFFFFFF
+                await self.command(pdu)
+            elif isinstance(pdu, DataOut):
+                await self.data_out(pdu)
+            elif isinstance(pdu, NopOut):
+                if pdu.itt != RESERVED_TAG:
+                    await self.send(NopIn(itt=pdu.itt, ttt=RESERVED_TAG, **self.status_fields()))
+                else:
+                    self.target.nop_replies.append(pdu.ttt)
+            elif isinstance(pdu, LogoutRequest):
+                self.target.logouts += 1
+                await self.send(LogoutResponse(itt=pdu.itt, time2wait=0, **self.status_fields()))
+                return
+
+    async def command(self, cmd: ScsiCommand) -> None:
+        opcode = cmd.cdb[0]
+        if opcode in (0x88, 0x8A):
+            lba, blocks = struct.unpack_from(">QI", cmd.cdb, 2)
+            offset, length = lba * BLOCK, blocks * BLOCK
+            if opcode == 0x88:
+                await self.send(
+                    DataIn(
+                        final=True,
+                        status_present=True,
+                        itt=cmd.itt,
+                        data=bytes(self.target.disk[offset : offset + length]),
+                        **self.status_fields(),
+                    )
+                )
+                await self.done()
+                return
+            buffer = bytearray(cmd.data)
+            if len(buffer) < length:
+                self.pending_writes[cmd.itt] = (cmd, buffer, offset)
+                await self.send(
+                    R2T(
+                        itt=cmd.itt,
+                        ttt=0x1234,
+                        buffer_offset=len(buffer),
+                        desired_data_transfer_length=length - len(buffer),
+                        stat_sn=self.stat_sn,
+                        exp_cmd_sn=self.exp_cmd_sn,
+                        max_cmd_sn=(self.exp_cmd_sn + 31) & 0xFFFFFFFF,
+                    )
+                )
+                return
+            self.target.disk[offset : offset + length] = buffer
+        elif opcode == 0x9E:
+            data = struct.pack(">QI", len(self.target.disk) // BLOCK - 1, BLOCK).ljust(32, b"\0")
+            await self.send(
+                DataIn(
+                    final=True,
+                    status_present=True,
+                    itt=cmd.itt,
+                    data=data[: cmd.expected_data_transfer_length],
+                    **self.status_fields(),
+                )
+            )
+            await self.done()
+            return
+        await self.send(ScsiResponse(itt=cmd.itt, status=0, **self.status_fields()))
+        await self.done()
+
+    async def data_out(self, pdu: DataOut) -> None:
+        cmd, buffer, offset = self.pending_writes[pdu.itt]
+        buffer[pdu.buffer_offset : pdu.buffer_offset + len(pdu.data)] = pdu.data
+        if pdu.final:
+            del self.pending_writes[pdu.itt]
+            self.target.disk[offset : offset + len(buffer)] = buffer
+            await self.send(ScsiResponse(itt=cmd.itt, status=0, **self.status_fields()))
+            await self.done()
+
+    async def done(self) -> None:
+        self.target.commands += 1
+        if self.target.after_command is not None:
+            await self.target.after_command(self, self.target.commands)
+
+    async def logout_request(self, within: int = 2) -> None:
+        await self.send(
+            AsyncMessage(
+                async_event=AsyncEvent.LOGOUT_REQUEST,
+                parameter3=within,
+                **self.status_fields(),
+            )
+        )
+
+    async def ping(self, ttt: int) -> None:
+        await self.send(NopIn(itt=RESERVED_TAG, ttt=ttt, **self.status_fields()))
+
+
+@dataclass
+class FakeRedirector:
+    """Answers every login with a 0x0101 redirect to ``destination`` (changeable)."""
+
+    destination: FakeTarget
+    host: str = "127.0.0.1"
+    port: int = 0
+    logins: int = 0
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._connection, listeners)
+
+    def _resolve(self, initiator: str, target: str | None, kind: SessionType) -> Redirect | Refuse:
+        self.logins += 1
+        return Redirect(f"{self.destination.host}:{self.destination.port},1")
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        framer = PduFramer(receiving_from="initiator")
+        login = TargetLogin(login_config(self._resolve))
+        try:
+            while not login.finished:
+                while (pdu := framer.next_pdu()) is None:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    framer.feed(data)
+                assert isinstance(pdu, LoginRequest)
+                await stream.send_all(encode_pdu(login.receive(pdu)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await stream.aclose()
+
+
+__all__ = ["IQN", "FakeRedirector", "FakeTarget", "SessionRequest"]

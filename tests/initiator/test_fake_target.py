@@ -1,0 +1,150 @@
+"""Behaviours tgtd cannot produce, against a scripted target: failback by AsyncEvent
+logout request through the redirector, target NOP-In pings, malformed PDUs."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import pytest
+import trio
+
+from initiator.device import BlockDevice
+from initiator.errors import (
+    CommandRetriesExhausted,
+    LoginError,
+    TargetProtocolError,
+    TargetUnreachable,
+)
+from initiator.login_flow import LoginOptions
+from initiator.session import SessionConfig
+from tests.initiator.fake_target import IQN, FakeRedirector, FakeSession, FakeTarget
+
+MiB = 1 << 20
+
+
+async def test_logout_request_fails_back_through_the_redirector() -> None:
+    """A (the remote CVM) asks for a logout; the redirector now sends the vDisk to B (the
+    local one): the session logs out of A, logs in through the redirector, lands on B, and
+    the I/O stream never sees an error."""
+    disk = bytearray(4 * MiB)
+    a, b = FakeTarget(disk), FakeTarget(disk)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        await nursery.start(b.serve)
+        redirector = FakeRedirector(destination=a)
+        await nursery.start(redirector.serve)
+
+        async def fail_back(session: FakeSession, count: int) -> None:
+            if count == 50:
+                redirector.destination = b
+                await session.logout_request(within=2)
+
+        a.after_command = fail_back
+        url = f"iscsi://127.0.0.1:{redirector.port}/{IQN}/0"
+        async with BlockDevice.open(url, SessionConfig(replacement_timeout=5)) as device:
+            assert device.session.portal is not None and device.session.portal.port == a.port
+            payloads = {lba: os.urandom(4096) for lba in range(0, 8 * 200, 8)}
+            for lba, payload in payloads.items():
+                await device.write(lba, payload)
+            for lba, payload in payloads.items():
+                assert await device.read(lba, 8) == payload
+            assert device.session.portal is not None and device.session.portal.port == b.port
+            assert device.stats.reconnects == 1
+            assert device.stats.errors == 0
+        assert a.logouts == 1
+        assert redirector.logins == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_commands_in_flight_during_a_logout_request_are_reissued() -> None:
+    disk = bytearray(4 * MiB)
+    a, b = FakeTarget(disk), FakeTarget(disk)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        await nursery.start(b.serve)
+        redirector = FakeRedirector(destination=a)
+        await nursery.start(redirector.serve)
+
+        async def fail_back(session: FakeSession, count: int) -> None:
+            if count == 20:
+                redirector.destination = b
+                await session.logout_request(within=1)
+
+        a.after_command = fail_back
+        url = f"iscsi://127.0.0.1:{redirector.port}/{IQN}/0"
+        async with BlockDevice.open(url, SessionConfig(replacement_timeout=5)) as device:
+
+            async def writer(first: int) -> None:
+                for lba in range(first, first + 64 * 8, 8):
+                    await device.write(lba, bytes([lba % 251]) * 4096)
+
+            async with trio.open_nursery() as workers:
+                for worker in range(8):
+                    workers.start_soon(writer, worker * 64 * 8)
+            for lba in range(0, 8 * 64 * 8, 8):
+                assert await device.read(lba, 8) == bytes([lba % 251]) * 4096
+            assert device.session.portal is not None and device.session.portal.port == b.port
+        nursery.cancel_scope.cancel()
+
+
+async def test_target_nop_in_ping_is_answered() -> None:
+    target = FakeTarget(bytearray(1 * MiB))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(target.serve)
+        url = f"iscsi://127.0.0.1:{target.port}/{IQN}/0"
+        async with BlockDevice.open(url) as device:
+            await target.sessions[-1].ping(0xABCD)
+            with trio.fail_after(5):
+                while not target.nop_replies:
+                    await trio.sleep(0.01)
+            assert target.nop_replies == [0xABCD]
+            assert await device.session.ping() < 1.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_garbage_after_login_is_a_typed_error_not_a_hang() -> None:
+    """An unknown opcode right after login: the session drops the connection, reconnects
+    (into the same garbage) and fails commands with TargetUnreachable in bounded time."""
+    target = FakeTarget(bytearray(1 * MiB), garbage_after_login=b"\x3e" + bytes(47))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(target.serve)
+        url = f"iscsi://127.0.0.1:{target.port}/{IQN}/0"
+        config = SessionConfig(replacement_timeout=1.0)
+        with (
+            trio.fail_after(10),
+            pytest.raises(
+                (TargetUnreachable, TargetProtocolError, CommandRetriesExhausted)
+            ) as caught,
+        ):
+            async with BlockDevice.open(url, config):
+                pass
+        assert "opcode" in str(caught.value).lower()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ids=["login-junk", "initiator-opcode", "all-ones", "http"],
+    argvalues=[
+        b"\x23" + bytes(47),  # a Login Response with version and status junk
+        b"\x00" * 48,  # a NOP-Out: an initiator opcode from a target
+        b"\xff" * 48,
+        b"HTTP/1.1 400 Bad Request\r\n\r\n" + bytes(20),
+    ],
+)
+async def test_malformed_login_answers_are_typed_errors(reply: bytes) -> None:
+    async def serve(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(reply)
+        await trio.sleep(5)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        url = f"iscsi://127.0.0.1:{port}/{IQN}/0"
+        config = SessionConfig(login=LoginOptions(login_timeout=3.0))
+        with trio.fail_after(10), pytest.raises((LoginError, TargetProtocolError)):
+            async with BlockDevice.open(url, config):
+                pass
+        nursery.cancel_scope.cancel()
