@@ -368,15 +368,13 @@ class TargetLogin:
         return None
 
     def _first_declarations(self) -> list[tuple[str, str]]:
-        pairs: list[tuple[str, str]] = []
-        if self.session_type is SessionType.NORMAL:
-            # RFC 7143 13.9: the first response of a Normal session carries the tag.
-            pairs.append(
-                self._negotiator.offer("TargetPortalGroupTag", str(self.config.portal_group_tag))
-            )
-            assert self.resolution is not None
-            if self.resolution.target_alias:
-                pairs.append(self._negotiator.offer("TargetAlias", self.resolution.target_alias))
+        # RFC 7143 13.9: the first response of a Normal session carries the tag; sent in
+        # discovery too (as tgt does) so both sides end with the same SessionParams.
+        tag = str(self.config.portal_group_tag)
+        pairs = [self._negotiator.offer("TargetPortalGroupTag", tag)]
+        assert self.resolution is not None
+        if self.resolution.target_alias and self.session_type is SessionType.NORMAL:
+            pairs.append(self._negotiator.offer("TargetAlias", self.resolution.target_alias))
         return pairs
 
     def _declare_mrdsl(self) -> list[tuple[str, str]]:
@@ -454,7 +452,7 @@ class TargetLogin:
             initiator_name=self.initiator_name,
             target_name=self.target_name,
             initiator_alias=self._negotiator.declared_by_peer.get("InitiatorAlias"),
-            target_alias=self.resolution.target_alias if self.resolution else None,
+            target_alias=self._negotiator.declared_by_us.get("TargetAlias"),
             target_portal_group_tag=self.config.portal_group_tag,
         )
         self.params = self._negotiator.session_params(base)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from iscsicore.chap import ChapSecrets
 from iscsicore.keys import (
@@ -399,3 +401,145 @@ def test_continuation_both_directions_with_a_tiny_split(monkeypatch: pytest.Monk
     assert outcome.params == target.params
     assert outcome.params.header_digest and outcome.params.target_alias == "vdisk-42"
     assert outcome.params.initiator_alias == "host one"
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 333])
+@pytest.mark.parametrize("mode", ["none", "chap", "mutual", "discovery"])
+def test_continuation_at_many_split_sizes(
+    monkeypatch: pytest.MonkeyPatch, size: int, mode: str
+) -> None:
+    import iscsicore.login as login_module
+
+    monkeypatch.setattr(login_module, "LOGIN_DATA_SEGMENT_LENGTH", size)
+    chap = USER if mode in ("chap", "mutual") else None
+    mutual = TARGET_SECRET if mode == "mutual" else None
+    target = make_target(Policy(Accept(chap=chap, mutual=mutual)))
+    login = InitiatorLogin(
+        INITIATOR, None if mode == "discovery" else TARGET, ISID, chap=chap, mutual_chap=mutual
+    )
+    outcome = _run_long(login, target)
+    assert isinstance(outcome, LoginDone), outcome
+    assert outcome.params == target.params
+
+
+def _run_long(
+    initiator: InitiatorLogin, target: TargetLogin
+) -> LoginDone | LoginRedirect | LoginFailed:
+    """run_login with room for the thousands of rounds a 1-byte split needs."""
+    message = initiator.start()
+    for _ in range(20000):
+        outcome = initiator.receive(target.receive(message))
+        if not isinstance(outcome, LoginRequest):
+            return outcome
+        message = outcome
+    raise AssertionError("login did not converge")
+
+
+def test_joining_an_existing_session_goes_through_the_allocator() -> None:
+    asked: list[SessionRequest] = []
+
+    def allocate(request: SessionRequest) -> int | Refuse:
+        asked.append(request)
+        if request.tsih == 0x55:
+            return 0x55
+        return Refuse(LoginStatus.SESSION_DOES_NOT_EXIST)
+
+    policy = Policy()
+    target = make_target(policy)
+    target.config.allocate_tsih = allocate
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID, tsih=0x55, cid=1), target)
+    assert isinstance(outcome, LoginDone) and outcome.tsih == 0x55
+    assert asked[-1].tsih == 0x55 and asked[-1].cid == 1
+    # A connection that is not leading answers leading-only keys Irrelevant.
+    assert outcome.params.max_burst_length == 262144
+    target = make_target(policy)
+    target.config.allocate_tsih = allocate
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID, tsih=0x66), target)
+    assert isinstance(outcome, LoginFailed) and outcome.raw_status == 0x020A
+
+
+def test_initiator_checks_the_final_tsih() -> None:
+    login = InitiatorLogin(INITIATOR, TARGET, ISID)
+    first = login.start()
+    response = LoginResponse(
+        transit=True,
+        csg=LoginStage.SECURITY,
+        nsg=LoginStage.OPERATIONAL,
+        isid=ISID,
+        data=encode_text([("AuthMethod", "None")]),
+    )
+    operational = login.receive(response)
+    assert isinstance(operational, LoginRequest) and operational.csg == LoginStage.OPERATIONAL
+    assert first.exp_stat_sn == 0 and operational.exp_stat_sn == 1
+    final = LoginResponse(
+        transit=True, csg=LoginStage.OPERATIONAL, nsg=LoginStage.FULL_FEATURE, isid=ISID, tsih=0
+    )
+    outcome = login.receive(final)
+    assert isinstance(outcome, LoginFailed) and "TSIH" in outcome.message
+
+
+def test_initiator_refuses_a_jump_it_did_not_ask_for() -> None:
+    login = InitiatorLogin(INITIATOR, TARGET, ISID)
+    login.start()
+    response = LoginResponse(
+        transit=True, csg=LoginStage.SECURITY, nsg=LoginStage.FULL_FEATURE, isid=ISID, tsih=1
+    )
+    outcome = login.receive(response)
+    assert isinstance(outcome, LoginFailed)
+
+
+def test_redirect_without_address_fails() -> None:
+    login = InitiatorLogin(INITIATOR, TARGET, ISID)
+    login.start()
+    outcome = login.receive(LoginResponse(isid=ISID, status_class=1, status_detail=1))
+    assert isinstance(outcome, LoginFailed) and outcome.raw_status == 0x0101
+
+
+@given(
+    st.lists(
+        st.builds(
+            LoginResponse,
+            transit=st.booleans(),
+            cont=st.booleans(),
+            csg=st.integers(0, 3),
+            nsg=st.integers(0, 3),
+            version_active=st.integers(0, 1),
+            isid=st.sampled_from([ISID, 1]),
+            tsih=st.integers(0, 3),
+            status_class=st.sampled_from([0, 0, 0, 1, 2, 3]),
+            status_detail=st.integers(0, 12),
+            data=st.one_of(
+                st.binary(max_size=60),
+                st.lists(
+                    st.tuples(
+                        st.sampled_from(
+                            [
+                                "AuthMethod",
+                                "CHAP_A",
+                                "CHAP_I",
+                                "CHAP_C",
+                                "CHAP_N",
+                                "CHAP_R",
+                                "TargetAddress",
+                                "MaxBurstLength",
+                                "HeaderDigest",
+                                "X-y",
+                            ]
+                        ),
+                        st.sampled_from(
+                            ["None", "CHAP", "5", "0x0102", "1", "Reject", "[::1]:1,1"]
+                        ),
+                    ),
+                    max_size=5,
+                ).map(encode_text),
+            ),
+        ),
+        max_size=6,
+    )
+)
+def test_initiator_survives_any_responses(responses: list[LoginResponse]) -> None:
+    login = InitiatorLogin(INITIATOR, TARGET, ISID, chap=USER, mutual_chap=TARGET_SECRET)
+    login.start()
+    for response in responses:
+        outcome = login.receive(response)  # never raises
+        assert isinstance(outcome, LoginRequest | LoginDone | LoginRedirect | LoginFailed)
