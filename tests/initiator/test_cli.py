@@ -1,0 +1,133 @@
+"""The `initiator` command line, as a user (or the cluster's failover tests) runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.helpers.procs import ProcessReaper
+from tests.peers.tgtd import MiB, TgtdTarget
+
+TgtdFactory = Callable[..., TgtdTarget]
+CLI_TIMEOUT = 60
+
+
+def initiator(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "initiator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_ls_lists_targets_luns_and_sizes(tgtd_factory: TgtdFactory) -> None:
+    tgt = tgtd_factory(lun_sizes=[8 * MiB, 16 * MiB])
+    done = initiator("ls", tgt.portal, "--json")
+    assert done.returncode == 0, done.stderr
+    [entry] = json.loads(done.stdout)
+    assert entry["target"] == tgt.iqn
+    sizes = {lun["lun"]: lun["size_bytes"] for lun in entry["luns"]}
+    assert sizes[1] == 8 * MiB and sizes[2] == 16 * MiB
+    table = initiator("ls", tgt.portal)
+    assert table.returncode == 0 and "MiB" in table.stdout
+
+
+def test_inq(tgtd_factory: TgtdFactory) -> None:
+    tgt = tgtd_factory(lun_sizes=[8 * MiB])
+    done = initiator("inq", tgt.url(), "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["size_bytes"] == 8 * MiB and info["block_size"] == 512
+
+
+def test_write_then_read_round_trips(tgtd_factory: TgtdFactory, tmp_path: Path) -> None:
+    tgt = tgtd_factory(lun_sizes=[8 * MiB])
+    source = tmp_path / "in.bin"
+    source.write_bytes(os.urandom(3 * MiB + 100))  # not whole blocks: padded with zeros
+    written = initiator("write", tgt.url(), "40", "--file", str(source))
+    assert written.returncode == 0, written.stderr
+    copy = tmp_path / "out.bin"
+    blocks = (3 * MiB + 100 + 511) // 512
+    read = initiator("read", tgt.url(), "40", str(blocks), "-o", str(copy))
+    assert read.returncode == 0, read.stderr
+    data = copy.read_bytes()
+    assert data[: 3 * MiB + 100] == source.read_bytes()
+    assert data[3 * MiB + 100 :] == bytes(len(data) - 3 * MiB - 100)
+
+
+def test_bench_json(tgtd_factory: TgtdFactory) -> None:
+    tgt = tgtd_factory(lun_sizes=[32 * MiB])
+    for pattern in ("randread", "randrw", "write"):
+        done = initiator(
+            "bench", tgt.url(), "--rw", pattern, "--bs", "4k", "--qd", "8",
+            "--seconds", "1", "--json",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["ios"] > 0 and report["iops"] > 0 and report["errors"] == 0
+        assert {"p50", "p99", "max"} <= set(report["latency_us"])
+
+
+def test_verify_json(tgtd_factory: TgtdFactory) -> None:
+    tgt = tgtd_factory(lun_sizes=[16 * MiB])
+    done = initiator("verify", tgt.url(), "--seconds", "1", "--json", "--size", "4m")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["mismatch_count"] == 0 and report["writes"] > 0
+
+
+def test_errors_are_one_line_without_traceback(tgtd_factory: TgtdFactory) -> None:
+    tgt = tgtd_factory()
+    cases = [
+        ("inq", "iscsi://127.0.0.1:1/iqn.2026-11.x:y/0"),  # nothing listens there
+        ("inq", "iscsi://127.0.0.1/nolun"),  # malformed URL
+        ("inq", f"iscsi://{tgt.portal}/iqn.2026-11.test:absent/1"),  # no such target
+        ("read", tgt.url(), "-5", "1"),
+    ]
+    for args in cases:
+        done = initiator(*args)
+        assert done.returncode != 0, args
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith("initiator: error:") or "usage:" in done.stderr, done.stderr
+
+
+def test_verify_cli_survives_stargate_crash_and_restart(
+    process_reaper: ProcessReaper, free_port: int, tmp_data_dir: Path
+) -> None:
+    """The data-loss detector as the cluster's failover tests use it: stargate is killed
+    (SIGKILL) mid-run and restarted on the same port with the same data directory."""
+    argv = [
+        sys.executable, "-m", "stargate", "target", "--portal", f"127.0.0.1:{free_port}",
+        "--data-dir", str(tmp_data_dir), "--vdisk", "v1:64M", "--log-level", "WARNING",
+    ]  # fmt: skip
+    stargate = process_reaper.spawn(argv, name="stargate")
+    stargate.wait_for_port("127.0.0.1", free_port)
+    url = f"iscsi://127.0.0.1:{free_port}/iqn.2010-06.com.nutanix:vmdisk-v1/0"
+    verify = subprocess.Popen(
+        [sys.executable, "-m", "initiator.cli", "verify", url, "--seconds", "6", "--json",
+         "--size", "8m"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2.0)
+        stargate.kill()
+        time.sleep(1.0)
+        restarted = process_reaper.spawn(argv, name="stargate-restarted")
+        restarted.wait_for_port("127.0.0.1", free_port)
+        stdout, stderr = verify.communicate(timeout=CLI_TIMEOUT)
+    finally:
+        if verify.poll() is None:
+            verify.kill()
+            verify.wait()
+    assert verify.returncode == 0, stderr + stdout
+    report = json.loads(stdout)
+    assert report["mismatch_count"] == 0 and report["errors"] == 0, report
+    assert report["reconnects"] >= 1
+    assert report["longest_pause_s"] >= 0.9
