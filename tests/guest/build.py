@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,10 +298,6 @@ def candidate_versions(packages: Sequence[str]) -> dict[str, str]:
     raise GuestBuildError(f"apt knows no version of {missing}")
 
 
-def candidate_version(package: str) -> str:
-    return candidate_versions([package])[package]
-
-
 def newest_kernel_package() -> tuple[str, str]:
     """(package name, kernel version) of the newest ``linux-image-6.1.0-N-amd64``."""
     for attempt in range(2):
@@ -358,28 +354,42 @@ def image_key(inputs: dict[str, object]) -> str:
 # ---------------------------------------------------------------------------- packages
 
 
-def download(package: str, version: str, into: Path) -> Path:
-    """``apt-get download`` one package version into ``into`` (kept as a cache)."""
-    into.mkdir(parents=True, exist_ok=True)
-    existing = sorted(into.glob(f"{package}_*.deb"))
+def deb_path(package: str, version: str, into: Path) -> Path | None:
     safe_version = version.replace(":", "%3a")
-    for deb in existing:
-        if deb.name.startswith(f"{package}_{safe_version}_"):
-            return deb
-    log(f"apt-get download {package}={version}")
-    run(
-        ["apt-get", "download", "-o", "APT::Sandbox::User=root", f"{package}={version}"],
-        cwd=str(into),
-        env=apt_env(),
-    )
     for deb in sorted(into.glob(f"{package}_*.deb")):
         if deb.name.startswith(f"{package}_{safe_version}_"):
             return deb
-    raise GuestBuildError(f"apt-get download {package}={version} left no .deb in {into}")
+    return None
 
 
-def direct_library_depends(package: str) -> list[str]:
-    """The ``lib*`` packages ``package`` depends on directly (first alternative of each)."""
+def download(packages: Mapping[str, str], into: Path) -> dict[str, Path]:
+    """``apt-get download`` these package versions into ``into`` (kept there as a cache)."""
+    into.mkdir(parents=True, exist_ok=True)
+    wanted = {p: v for p, v in packages.items() if deb_path(p, v, into) is None}
+    if wanted:
+        log(f"apt-get download {' '.join(f'{p}={v}' for p, v in wanted.items())}")
+        run(
+            [
+                "apt-get",
+                "download",
+                "-o",
+                "APT::Sandbox::User=root",
+                *(f"{p}={v}" for p, v in wanted.items()),
+            ],
+            cwd=str(into),
+            env=apt_env(),
+        )
+    found: dict[str, Path] = {}
+    for package, version in packages.items():
+        deb = deb_path(package, version, into)
+        if deb is None:
+            raise GuestBuildError(f"apt-get download {package}={version} left no .deb in {into}")
+        found[package] = deb
+    return found
+
+
+def direct_library_depends(packages: Sequence[str]) -> list[str]:
+    """The ``lib*`` packages these depend on directly (one apt-cache call)."""
     result = run(
         [
             "apt-cache",
@@ -390,7 +400,7 @@ def direct_library_depends(package: str) -> list[str]:
             "--no-breaks",
             "--no-replaces",
             "--no-enhances",
-            package,
+            *packages,
         ]
     )
     names: list[str] = []
@@ -499,7 +509,7 @@ def build_kernel(
     kernel_package: str, kernel_version: str, version: str, debs: Path, work: Path, out: Path
 ) -> list[str]:
     """Unpack the kernel, copy vmlinuz to ``out`` and the needed modules into the root."""
-    deb = download(kernel_package, version, debs)
+    deb = download({kernel_package: version}, debs)[kernel_package]
     tree = work / "kernel"
     log(f"unpacking {deb.name}")
     run(["dpkg", "-x", deb, tree])
@@ -525,13 +535,12 @@ def build_userland(versions: dict[str, str], debs: Path, work: Path) -> dict[str
     unpacked = work / "unpacked"
     fetched: list[str] = []
 
-    def fetch(package: str, version: str) -> None:
-        deb = download(package, version, debs)
-        run(["dpkg", "-x", deb, unpacked])
-        fetched.append(package)
+    def fetch(packages: Mapping[str, str]) -> None:
+        for package, deb in download(packages, debs).items():
+            run(["dpkg", "-x", deb, unpacked])
+            fetched.append(package)
 
-    for package in USERLAND_PACKAGES:
-        fetch(package, versions[package])
+    fetch({package: versions[package] for package in USERLAND_PACKAGES})
 
     programs = [unpacked / p for p in GUEST_PROGRAMS]
     library_path = [unpacked / "usr/lib/x86_64-linux-gnu", unpacked / "lib/x86_64-linux-gnu"]
@@ -541,12 +550,11 @@ def build_userland(versions: dict[str, str], debs: Path, work: Path) -> dict[str
             break
         # Not on the host: fetch the library packages the fetched ones depend on.
         log(f"libraries not on the host: {sorted(missing)}; fetching dependencies")
-        wanted = {d for p in list(fetched) for d in direct_library_depends(p)} - set(fetched)
+        wanted = set(direct_library_depends(fetched)) - set(fetched)
         wanted -= {"libc6"}
         if not wanted:
             break
-        for package in sorted(wanted):
-            fetch(package, candidate_version(package))
+        fetch(candidate_versions(sorted(wanted)))
     libraries, missing = resolve_libraries(programs, library_path)
     if missing:
         raise GuestBuildError(f"shared libraries not found: {sorted(missing)}")
@@ -657,6 +665,22 @@ def build_image(inputs: dict[str, object], out: Path, debs: Path) -> None:
     log(f"built {out} in {time.monotonic() - started:.1f} s")
 
 
+def prune_old_builds(cache: Path, keep: Path, keep_count: int = 2) -> None:
+    """Remove all but the newest ``keep_count`` builds (~100 MB each) and unused .debs."""
+    builds = sorted(
+        (p for p in cache.iterdir() if (p / "manifest.json").exists() and p != keep),
+        key=lambda p: (p / "manifest.json").stat().st_mtime,
+        reverse=True,
+    )
+    for old in builds[keep_count - 1 :]:
+        log(f"removing old build {old}")
+        shutil.rmtree(old, ignore_errors=True)
+    cutoff = time.time() - 30 * 86400
+    for deb in (cache / "debs").glob("*.deb"):
+        if deb.stat().st_mtime < cutoff:
+            deb.unlink(missing_ok=True)
+
+
 _ENSURED: dict[Path, GuestArtifacts] = {}
 
 
@@ -676,6 +700,7 @@ def ensure_guest_artifacts(cache_root: Path | None = None) -> GuestArtifacts:
         manifest_path = out / "manifest.json"
         if not manifest_path.exists():
             build_image(inputs, out, cache / "debs")
+            prune_old_builds(cache, keep=out)
         manifest = json.loads(manifest_path.read_text())
     artifacts = GuestArtifacts(
         kernel=out / "vmlinuz",

@@ -50,6 +50,13 @@ KERNEL_COMMAND_LINE = "console=ttyS0,115200 panic=1 loglevel=5 mitigations=off"
 _GUEST_COUNTER = itertools.count()
 
 
+def default_log_root() -> Path:
+    override = os.environ.get("STARGATE_GUEST_LOG_DIR")
+    if override:
+        return Path(override)
+    return Path(tempfile.gettempdir()) / "stargate-emu-guest"
+
+
 class GuestError(AssertionError):
     """The guest failed, timed out or ended early; the message carries the logs' tails."""
 
@@ -215,7 +222,9 @@ class Guest:
     ``portals`` maps guest portal (``"10.0.2.100"`` or ``"10.0.2.100:3261"``) to the host port
     on 127.0.0.1, or to ``(host, port)``. ``env`` is exported to the scenario; ``PORTALS``
     (space-separated guest portals, in the given order) is always set. ``timeout`` bounds the
-    whole guest: QEMU is killed when it expires, whatever the test is doing.
+    whole guest: QEMU is killed when it expires, whatever the test is doing. Logs and the
+    files given to QEMU go to ``workdir`` (default: a fresh ``<name>-N-xxxx`` directory under
+    ``$STARGATE_GUEST_LOG_DIR`` or ``/tmp/stargate-emu-guest``; kept after the test).
     """
 
     def __init__(
@@ -227,6 +236,7 @@ class Guest:
         timeout: float = 300.0,
         env: Mapping[str, str] | None = None,
         workdir: Path | None = None,
+        name: str | None = None,
         memory_mb: int = 1024,
         cpus: int = 2,
     ) -> None:
@@ -238,7 +248,12 @@ class Guest:
         self.memory_mb = memory_mb
         self.cpus = cpus
         if workdir is None:
-            workdir = Path(tempfile.mkdtemp(prefix=f"guest-{next(_GUEST_COUNTER)}-"))
+            log_root = default_log_root()
+            log_root.mkdir(parents=True, exist_ok=True)
+            label = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or "guest")[:80]
+            workdir = Path(
+                tempfile.mkdtemp(prefix=f"{label}-{next(_GUEST_COUNTER)}-", dir=log_root)
+            )
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.console_log = self.workdir / "console.log"
@@ -504,6 +519,8 @@ class Guest:
         )
 
     def _error(self, message: str) -> GuestError:
+        if self.timed_out:
+            message = f"guest timed out after {self.timeout:.0f} s (QEMU killed): {message}"
         return GuestError(f"{message}\n{logs_tail(self.console_log, self.control_log)}")
 
 
@@ -516,12 +533,15 @@ def run_scenario(
     timeout: float = 300.0,
     env: Mapping[str, str] | None = None,
     workdir: Path | None = None,
+    name: str | None = None,
 ) -> GuestResult:
     """Run a scenario to the end; ``on_wait[event]`` (a callable returning an optional
     payload string) runs on the host for each ``WAITING event``, then the guest is signalled.
     An unexpected WAITING aborts the guest's wait."""
     handlers = dict(on_wait or {})
-    with Guest(image, portals, scenario, timeout=timeout, env=env, workdir=workdir) as guest:
+    with Guest(
+        image, portals, scenario, timeout=timeout, env=env, workdir=workdir, name=name
+    ) as guest:
         for event in guest.events():
             if event.kind != "WAITING":
                 continue

@@ -40,17 +40,13 @@ def guest_image() -> Iterator[GuestImage]:
         pytest.skip(f"guest image cannot be built here: {error}")
 
 
-def guest_workdir(tmp_path: Path) -> Path:
-    return tmp_path / "guest"
-
-
 def report(guest: Guest) -> None:
     """Print the steps (shown with -s or on failure) and the log location."""
     print(f"\n{format_steps(guest.steps)}\nvalues: {guest.values}\nlogs: {guest.workdir}")
 
 
 def test_discovery_login_session(
-    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
     tgtd = tgtd_factory(iqn=TARGET_IQN, lun_sizes=[64 * MiB])
     with Guest(
@@ -59,7 +55,7 @@ def test_discovery_login_session(
         "tgtd_login",
         env={"TARGET_IQN": TARGET_IQN},
         timeout=180,
-        workdir=guest_workdir(tmp_path),
+        name=request.node.name,
     ) as guest:
         result = guest.wait_done()
         report(guest)
@@ -69,7 +65,7 @@ def test_discovery_login_session(
 
 
 def test_ext4_survives_relogin(
-    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
     tgtd = tgtd_factory(iqn=TARGET_IQN, lun_sizes=[128 * MiB])
     with Guest(
@@ -78,7 +74,7 @@ def test_ext4_survives_relogin(
         "tgtd_ext4",
         env={"TARGET_IQN": TARGET_IQN},
         timeout=240,
-        workdir=guest_workdir(tmp_path),
+        name=request.node.name,
     ) as guest:
         result = guest.wait_done()
         report(guest)
@@ -86,7 +82,7 @@ def test_ext4_survives_relogin(
 
 
 def test_fio_verify_raw_disk(
-    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
     tgtd = tgtd_factory(iqn=TARGET_IQN, lun_sizes=[64 * MiB])
     with Guest(
@@ -95,7 +91,7 @@ def test_fio_verify_raw_disk(
         "tgtd_fio_verify",
         env={"TARGET_IQN": TARGET_IQN, "FIO_SIZE": "12m"},
         timeout=240,
-        workdir=guest_workdir(tmp_path),
+        name=request.node.name,
     ) as guest:
         result = guest.wait_done()
         report(guest)
@@ -103,7 +99,7 @@ def test_fio_verify_raw_disk(
 
 
 def test_login_follows_redirect(
-    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
     # The second tgtd serves the disk; the first answers every login with 0x0101 pointing at
     # the second's guest-side address (tgtd's loop guard only compares with the initiator's
@@ -120,7 +116,7 @@ def test_login_follows_redirect(
         "redirect",
         env={"TARGET_IQN": TARGET_IQN, "EXPECT_PORTAL": f"{SECOND_PORTAL}:{GUEST_PORT}"},
         timeout=180,
-        workdir=guest_workdir(tmp_path),
+        name=request.node.name,
     ) as guest:
         result = guest.wait_done()
         report(guest)
@@ -155,7 +151,7 @@ def restart_tgtd_keeping_data(tgtd: TgtdTarget) -> None:
 
 
 def test_target_killed_and_restarted_during_fio(
-    guest_image: GuestImage, tgtd_factory: TgtdFactory, tmp_path: Path
+    guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
     tgtd = tgtd_factory(iqn=TARGET_IQN, lun_sizes=[128 * MiB])
     with Guest(
@@ -164,7 +160,7 @@ def test_target_killed_and_restarted_during_fio(
         "tgtd_restart_fio",
         env={"TARGET_IQN": TARGET_IQN, "FIO_SIZE": "32m", "REPLACEMENT_TIMEOUT": "120"},
         timeout=300,
-        workdir=guest_workdir(tmp_path),
+        name=request.node.name,
     ) as guest:
         guest.wait_for("kill-target", timeout=150)
         killed_at = time.monotonic()
