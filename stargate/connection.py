@@ -561,7 +561,8 @@ class FullFeatureConnection:
             self._execute(task)
         else:
             self._send_r2ts(task)
-            self._wake_writer()
+        # Granted from another connection's wake-up (a slot freed there): our writer sends.
+        self._wake_writer()
 
     def _send_r2ts(self, task: ScsiTask) -> None:
         if not task.has_slot:

@@ -93,7 +93,11 @@ class StargateServer:
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one already-connected stream (a socket, or an in-memory pair in tests)."""
+        await self._handle_connection(stream)
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         try:
             await self._serve_connection(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -103,10 +107,12 @@ class StargateServer:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         if self._closing:
             return
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(stream, trio.SocketStream):
+            # trio sets it already; say so explicitly: latency of small responses matters.
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         framer = PduFramer(receiving_from="initiator")
         login = TargetLogin(self.policy.login_config(cmd_window=min(64, self.queue.depth)))
         outcome = await run_login(stream, framer, login, timeout=self.config.login_timeout)
