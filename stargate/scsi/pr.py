@@ -1,4 +1,4 @@
-"""Persistent reservations (SPC-4 5.12, PERSISTENT RESERVE IN 6.15, OUT 6.16).
+"""Persistent reservations (SPC-4: the reservations model, PERSISTENT RESERVE IN and OUT).
 
 How cluster guests use them: each node REGISTERs a key through each of its paths, one node
 RESERVEs (Windows failover clustering: Write Exclusive - Registrants Only; Oracle RAC /
@@ -169,7 +169,7 @@ def command_access(cdb: bytes) -> Access:
     return Access.WRITE
 
 
-# ---- TransportIDs (SPC-4 7.6.4.6, iSCSI) --------------------------------------------------
+# ---- TransportIDs (SPC-4, iSCSI) --------------------------------------------------
 
 
 def iscsi_transport_id(initiator_port: str) -> bytes:
@@ -229,7 +229,7 @@ def parse_iscsi_transport_id(data: bytes) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class ProutParameters:
-    """The basic PERSISTENT RESERVE OUT parameter list (SPC-4 6.16.3)."""
+    """The basic PERSISTENT RESERVE OUT parameter list (SPC-4)."""
 
     reservation_key: int
     service_action_key: int
@@ -253,7 +253,7 @@ class ProutParameters:
 @dataclass(frozen=True, slots=True)
 class ProutOutcome:
     """What the transport must do beyond sending GOOD: PREEMPT AND ABORT ends every task of
-    ``abort_tasks_of`` on this logical unit (SPC-4 5.12.11.4.4, without status: TAS = 0)."""
+    ``abort_tasks_of`` on this logical unit (SPC-4, without status: TAS = 0)."""
 
     abort_tasks_of: frozenset[Nexus] = frozenset()
 
@@ -352,9 +352,9 @@ class PersistentReservations:
         return not (access is Access.READ and reservation.type in WRITE_EXCLUSIVE_TYPES)
 
     def spc2_exempt(self, nexus: Nexus) -> bool:
-        """SPC-4 5.13.3 (CRH = 1): RESERVE/RELEASE(6/10) from a persistent reservation holder,
-        or from a registrant while a registrants-only / all-registrants reservation exists,
-        complete with GOOD and change nothing."""
+        """SPC-4's exceptions to SPC-2 RESERVE and RELEASE (CRH = 1): RESERVE/RELEASE(6/10)
+        from a persistent reservation holder, or from a registrant while a registrants-only
+        or all-registrants reservation exists, complete with GOOD and change nothing."""
         reservation = self.state.reservation
         if reservation is None or not self.is_registered(nexus):
             return False
@@ -393,7 +393,7 @@ class PersistentReservations:
         reservation = self.state.reservation
         if reservation is None:
             return struct.pack(">II", self.state.generation, 0)
-        # The key of the holder; zero for all-registrants types (SPC-4 6.15.3.3).
+        # The key of the holder; zero for all-registrants types (SPC-4).
         key = 0
         if reservation.holder is not None:
             holder = self.registration_of(reservation.holder)
@@ -404,7 +404,7 @@ class PersistentReservations:
         return struct.pack(">II", self.state.generation, len(descriptor)) + descriptor
 
     def _report_capabilities(self) -> bytes:
-        # CRH (5.13.3 exceptions honoured), ATP_C, PTPL_C; SIP_C and RLR_C stay clear.
+        # CRH (SPC-4's exceptions to SPC-2 RESERVE/RELEASE), ATP_C, PTPL_C; not SIP_C, RLR_C.
         capabilities = 0x10 | 0x04 | 0x01
         # TMV, ALLOW COMMANDS = 011b (see _READ_CLASS), PTPL_A.
         type_info = 0x80 | (0b011 << 4) | (0x01 if self.state.aptpl else 0)
@@ -500,7 +500,7 @@ class PersistentReservations:
     def _register(
         self, change: _Change, nexus: Nexus, params: ProutParameters, *, ignore_key: bool
     ) -> bool:
-        """REGISTER / REGISTER AND IGNORE EXISTING KEY (SPC-4 5.12.7); False: no change."""
+        """REGISTER / REGISTER AND IGNORE EXISTING KEY (SPC-4); False: no change."""
         own = change.registration_of(nexus)
         new_key = params.service_action_key
         if not ignore_key and params.reservation_key != (own.key if own else 0):
@@ -524,7 +524,7 @@ class PersistentReservations:
         return True
 
     def _unregister(self, change: _Change, own: Registration) -> None:
-        """Remove ``own``; the reservation goes with the last holder (SPC-4 5.12.11.2.3)."""
+        """Remove ``own``; the reservation goes with the last holder (SPC-4)."""
         was_holder = _is_holder(change.state, own.nexus)
         change.remove([own])
         reservation = change.state.reservation
@@ -555,7 +555,7 @@ class PersistentReservations:
     def _release(self, change: _Change, nexus: Nexus, scope: int, pr_type: int) -> bool:
         current = change.state.reservation
         if current is None or not _is_holder(change.state, nexus):
-            return False  # nothing of ours to release: GOOD (SPC-4 5.12.11.2.2)
+            return False  # nothing of ours to release: GOOD (SPC-4)
         if (scope, pr_type) != (current.scope, current.type):
             raise CheckCondition(
                 SenseKey.ILLEGAL_REQUEST, Asc.INVALID_RELEASE_OF_PERSISTENT_RESERVATION
@@ -586,7 +586,7 @@ class PersistentReservations:
         scope: int,
         pr_type: int,
     ) -> list[Nexus]:
-        """PREEMPT (SPC-4 5.12.11.4): remove the registrations holding the service action
+        """PREEMPT (SPC-4): remove the registrations holding the service action
         key -- never the preempting nexus's own -- and take over the reservation if that key
         held it. Returns the preempted nexuses."""
         target_key = params.service_action_key
@@ -609,7 +609,7 @@ class PersistentReservations:
                 raise invalid_field_in_parameter_list(8)
             requested = _validate_scope_type(scope, pr_type) if take_over else None
             victims = [r for r in others if r.key == target_key]
-            # Nothing to preempt: the key names no one else (SPC-4 5.12.11.4.3).
+            # Nothing to preempt: the key names no one else (SPC-4).
             if not victims and not (take_over and own.key == target_key):
                 raise ReservationConflict
 
@@ -627,7 +627,7 @@ class PersistentReservations:
         return [r.nexus for r in victims]
 
     def _register_and_move(self, nexus: Nexus, data: bytes) -> ProutOutcome:
-        """REGISTER AND MOVE (SPC-4 5.12.9): register another I_T nexus and hand it the
+        """REGISTER AND MOVE (SPC-4): register another I_T nexus and hand it the
         reservation, optionally unregistering the mover."""
         reservation_key, service_action_key = struct.unpack_from(">QQ", data, 0)
         unreg, aptpl = bool(data[17] & 0x02), bool(data[17] & 0x01)

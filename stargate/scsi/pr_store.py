@@ -42,7 +42,7 @@ class PrStoreError(Exception):
 @dataclass(frozen=True, slots=True)
 class Registration:
     """A registered I_T nexus and its reservation key. With ``all_tg_pt`` the registration
-    covers the initiator port through every target port (SPC-4 5.12.7)."""
+    covers the initiator port through every target port (SPC-4)."""
 
     initiator_port: str
     target_port: str

@@ -3,13 +3,13 @@
 An SPC-2 reservation makes one I_T nexus the only one allowed to use the logical unit (no
 third-party or extent reservations). It is volatile by design: released by RELEASE from its
 holder, by LOGICAL UNIT RESET and target resets, and when the holder's I_T nexus is lost;
-RELEASE from anyone else is a GOOD no-op (SPC-2 7.17 / 7.21).
+RELEASE from anyone else is a GOOD no-op (SPC-2 RESERVE and RELEASE).
 
-Next to persistent reservations (SPC-4 5.13.3, CRH = 1): while any PR registration exists,
-RESERVE/RELEASE complete with GOOD and change nothing when they come from the PR holder or
-from a registrant of a registrants-only / all-registrants reservation, and conflict from
-anyone else. While an SPC-2 reservation is held, other nexuses' PERSISTENT RESERVE IN/OUT
-conflict like their other commands.
+Next to persistent reservations (SPC-4 "exceptions to SPC-2 RESERVE and RELEASE behavior",
+CRH = 1): while any PR registration exists, RESERVE/RELEASE complete with GOOD and change
+nothing when they come from the PR holder or from a registrant of a registrants-only or
+all-registrants reservation, and conflict from anyone else. While an SPC-2 reservation is
+held, other nexuses' PERSISTENT RESERVE IN/OUT conflict like their other commands.
 
 :class:`Reservations` bundles both into the ``ReservationChecker`` protocol of lu.py.
 """
@@ -77,7 +77,7 @@ class Spc2Reservation:
         )
 
     def reserve(self, nexus: Nexus) -> None:
-        """Take the reservation; again from the holder is fine (SPC-2 7.21.2)."""
+        """Take the reservation; again from the holder is fine (SPC-2)."""
         if self.holder is not None and self.holder != nexus:
             raise ReservationConflict
         self.holder = nexus
@@ -211,7 +211,7 @@ class Reservations:
 
     def logical_unit_reset(self, by: Nexus | None) -> None:
         """LOGICAL UNIT RESET and target resets release the SPC-2 reservation; persistent
-        reservations are unaffected (SPC-4 5.12.1)."""
+        reservations are unaffected (SPC-4)."""
         self.spc2.reset()
 
     def reload(self) -> None:

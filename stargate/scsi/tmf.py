@@ -1,4 +1,4 @@
-"""Task management functions (SAM-5 7, RFC 7143 11.5/11.6) as pure decisions.
+"""Task management functions (SAM-5, RFC 7143 11.5/11.6) as pure decisions.
 
 Given the task set of a target (every command it has received and not yet finished) and a
 TASK MANAGEMENT FUNCTION request, :func:`decide` says which tasks end, which unit attentions
@@ -16,7 +16,7 @@ Policy choices, all SAM-5 defaults for a simple disk:
 - A task whose status is already produced (``COMPLETED``) is no longer in the task set: it
   is not aborted, and ABORT TASK naming it gets TASK DOES NOT EXIST (as Linux LIO does).
 - LOGICAL UNIT RESET releases the SPC-2 reservation and keeps persistent reservations
-  (SPC-4 5.12: registrations survive resets); TARGET COLD RESET is a power cycle: every
+  (SPC-4: registrations survive resets); TARGET COLD RESET is a power cycle: every
   nexus hears POWER ON OCCURRED and the target drops every connection (RFC 7143 11.5.1).
 - ErrorRecoveryLevel is 0 here, so TASK REASSIGN is answered "allegiance reassignment not
   supported"; ACA (NACA = 1) is not supported, so CLEAR ACA is "function not supported".
@@ -213,8 +213,8 @@ def decide(
 def tasks_of_nexuses(
     task_set: Iterable[Task], nexuses: Iterable[Nexus], lun: int
 ) -> tuple[Task, ...]:
-    """The active tasks on ``lun`` from ``nexuses``: what PREEMPT AND ABORT ends (SPC-4
-    5.12.11.4.4) for the nexuses whose registrations it removed."""
+    """The active tasks on ``lun`` from ``nexuses``: what PREEMPT AND ABORT ends for the
+    nexuses whose registrations it removed (SPC-4)."""
     wanted = frozenset(nexuses)
     return tuple(t for t in task_set if t.active and t.lun == lun and t.nexus in wanted)
 

@@ -225,7 +225,7 @@ def test_report_capabilities() -> None:
     data = bench.inn(A, PrInAction.REPORT_CAPABILITIES)
     length, capabilities, type_info, type_mask = struct.unpack_from(">HBBH", data)
     assert length == 8 and len(data) == 8
-    assert capabilities & 0x10, "CRH: SPC-2 RESERVE/RELEASE follow SPC-4 5.13.3"
+    assert capabilities & 0x10, "CRH: SPC-2 RESERVE/RELEASE follow SPC-4's exceptions"
     assert not capabilities & 0x08, "SIP_C: SPEC_I_PT is not supported"
     assert capabilities & 0x04, "ATP_C"
     assert capabilities & 0x01, "PTPL_C"

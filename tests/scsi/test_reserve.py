@@ -153,7 +153,7 @@ def test_third_party_extent_and_long_id_reservations_are_invalid(cdb: bytes) -> 
     assert status(unit, B, RESERVE6) == ScsiStatus.GOOD, "nothing was reserved"
 
 
-# ---- next to persistent reservations (SPC-4 5.13.3, CRH = 1) ----------------------------
+# ---- next to persistent reservations (SPC-4 exceptions to SPC-2, CRH = 1) -----------------
 def test_reserve_conflicts_while_registrations_exist_unless_exempt() -> None:
     unit = two_initiators()
     lu_out(unit, A, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, 0, KEY_A)
