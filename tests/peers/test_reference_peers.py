@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from tests.conftest import require_tool
 from tests.helpers.procs import ProcessError, ProcessReaper
 from tests.peers import tools
+from tests.peers.capture import IscsiCapture
 from tests.peers.fio import FioError, ensure_fio_libiscsi, fio_filename, job_errors, run_fio
 from tests.peers.tgtd import ChapAccount, MiB, RedirectTo, TgtdTarget
 
@@ -162,6 +165,38 @@ def test_qemu_img_bench_reports_a_rate(tgtd: TgtdTarget) -> None:
     assert 0 < result.seconds < 60
     assert result.iops > 100
     assert tgtd.lun_paths[0].stat().st_blocks > 0  # the writes reached tgtd's backing file
+
+
+def test_tshark_decodes_a_libiscsi_conversation(tgtd: TgtdTarget, tmp_path: Path) -> None:
+    require_tool("tshark")
+    require_tool("dumpcap")
+    require_tool("iscsi-inq")
+    with IscsiCapture(ports=[tgtd.port], directory=tmp_path) as capture:
+        tools.iscsi_inq(tgtd.url())
+    summaries = capture.summaries()
+    assert summaries[0] == "Login Command"
+    assert summaries[1].startswith("Login Response (Success)")
+    assert any(summary.startswith("SCSI: Inquiry") for summary in summaries)
+    assert summaries[-1] == "Logout Response"
+    assert {pdu.opcodes[0] for pdu in capture.pdus()} >= {0x03, 0x23, 0x01, 0x25, 0x06, 0x26}
+    assert capture.malformed() == []
+
+
+def test_tshark_flags_a_malformed_pdu(free_port: int, tmp_path: Path) -> None:
+    """Proof that `malformed()` can fail: a SCSI Command whose AHS is garbage."""
+    require_tool("tshark")
+    require_tool("dumpcap")
+    bad_ahs_command = bytes([0x01, 0x80, 0, 0, 3, 0, 0, 0]) + bytes(40) + b"\xff" * 12
+    with (
+        socket.create_server(("127.0.0.1", free_port)) as server,
+        IscsiCapture(ports=[free_port], directory=tmp_path) as capture,
+        socket.create_connection(("127.0.0.1", free_port), timeout=5) as client,
+    ):
+        accepted, _ = server.accept()
+        with accepted:
+            client.sendall(bad_ahs_command)
+            time.sleep(0.05)
+    assert len(capture.malformed()) == 1
 
 
 # --- iscsi-test-cu ---------------------------------------------------------------------------
