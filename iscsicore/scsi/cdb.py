@@ -93,6 +93,7 @@ _SIXTEEN = frozenset(
     {
         ScsiOp.READ_16,
         ScsiOp.WRITE_16,
+        ScsiOp.ORWRITE_16,
         ScsiOp.WRITE_AND_VERIFY_16,
         ScsiOp.VERIFY_16,
         ScsiOp.WRITE_SAME_16,
@@ -120,7 +121,7 @@ def decode_block_range(cdb: bytes) -> tuple[int, int, int]:
 
 
 def decode_read_write(cdb: bytes) -> ReadWriteCdb:
-    """READ/WRITE 6/10/12/16 and WRITE AND VERIFY 10/12/16."""
+    """READ/WRITE 6/10/12/16, WRITE AND VERIFY 10/12/16 and ORWRITE(16)."""
     if not cdb:
         raise CdbFieldError(0, reason="empty CDB")
     if cdb[0] in _READ_WRITE_6:
@@ -138,6 +139,21 @@ def decode_read_write(cdb: bytes) -> ReadWriteCdb:
         fua=bool(flags & 0x08),
         group=group,
         bytchk=(flags >> 1) & 0x03,
+    )
+
+
+def decode_write_atomic(cdb: bytes) -> ReadWriteCdb:
+    """WRITE ATOMIC(16) (SBC-4): a 2-byte TRANSFER LENGTH at bytes 12-13."""
+    require_length(cdb, 16)
+    flags = cdb[1]
+    lba, blocks = struct.unpack_from(">Q2xH", cdb, 2)
+    return ReadWriteCdb(
+        lba=lba,
+        blocks=blocks,
+        protect=flags >> 5,
+        dpo=bool(flags & 0x10),
+        fua=bool(flags & 0x08),
+        group=cdb[14] & 0x3F,
     )
 
 

@@ -17,6 +17,7 @@ from iscsicore.scsi.cdb import (
     decode_read_write,
     decode_sync_cache,
     decode_verify,
+    decode_write_atomic,
     decode_write_same,
 )
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus, ServiceActionIn16
@@ -72,6 +73,7 @@ def _transfer_length_byte(opcode: int) -> int:
     if opcode in (
         ScsiOp.READ_16,
         ScsiOp.WRITE_16,
+        ScsiOp.ORWRITE_16,
         ScsiOp.WRITE_AND_VERIFY_16,
         ScsiOp.VERIFY_16,
         ScsiOp.WRITE_SAME_16,
@@ -88,11 +90,21 @@ def _check_max_transfer(opcode: int, blocks: int) -> None:
 
 
 def _data_out(command: Command, length: int) -> memoryview:
-    """The first ``length`` bytes of Data-Out; fewer is the initiator's error."""
+    """The first ``length`` bytes of Data-Out; fewer is the initiator's error. More is an
+    overflow the transport reports as a residual: the CDB says how much to write."""
     view = memoryview(command.data_out).cast("B")
     if len(view) < length:
         raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_CDB)
     return view[:length]
+
+
+def _exact_data_out(command: Command, length: int, field_byte: int) -> memoryview:
+    """Data-Out that must be exactly ``length`` bytes: for WRITE SAME and COMPARE AND WRITE
+    a different size means initiator and CDB disagree on what the command is."""
+    view = memoryview(command.data_out).cast("B")
+    if len(view) != length:
+        raise invalid_field_in_cdb(field_byte)
+    return view
 
 
 def _first_difference(expected: bytes | memoryview, actual: bytes) -> int | None:
@@ -211,6 +223,54 @@ def write_and_verify(lu: LogicalUnit, command: Command) -> ScsiResult:
     return ScsiResult(ScsiStatus.GOOD, needs_sync=True)
 
 
+def orwrite(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """ORWRITE(16): medium := medium OR Data-Out, read-modify-write in one step (SBC-3
+    5.8); nothing else runs between the read and the write."""
+    request = decode_read_write(command.cdb)
+    _check_no_protection(request.protect)
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    _check_max_transfer(command.opcode, request.blocks)
+    if request.blocks == 0:
+        return GOOD
+    block = lu.block_size
+    start, length = request.lba * block, request.blocks * block
+    mask = int.from_bytes(_data_out(command, length), "little")
+    merged = (int.from_bytes(lu.store.read(start, length), "little") | mask).to_bytes(
+        length, "little"
+    )
+    lu.store.write(start, merged)
+    return ScsiResult(ScsiStatus.GOOD, needs_sync=_needs_sync(lu, request.fua))
+
+
+def write_atomic(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """WRITE ATOMIC(16) (SBC-4): a write no other command can observe half done; every
+    write is that here (one synchronous store write), within MAXIMUM ATOMIC TRANSFER
+    LENGTH. A host crash can still tear it, as with any write not yet flushed."""
+    request = decode_write_atomic(command.cdb)
+    _check_no_protection(request.protect)
+    _check_range_allow_end(lu, request.lba, request.blocks)
+    if request.blocks > BLOCK_LIMITS.max_atomic_transfer_blocks:
+        raise invalid_field_in_cdb(12)
+    if request.blocks == 0:
+        return GOOD
+    block = lu.block_size
+    lu.store.write(request.lba * block, _data_out(command, request.blocks * block))
+    return ScsiResult(ScsiStatus.GOOD, needs_sync=_needs_sync(lu, request.fua))
+
+
+def read_defect_data(lu: LogicalUnit, command: Command) -> ScsiResult:
+    """A virtual disk has no defects: the header of an empty list in the requested format,
+    with PLISTV/GLISTV saying the requested lists were read (SBC-3 5.11, 5.12)."""
+    cdb = command.cdb
+    if command.opcode == ScsiOp.READ_DEFECT_DATA_10:
+        flags, length = cdb[2], allocation_length(cdb, 7, 2)
+        header = bytes([0, flags & 0x1F, 0, 0])
+    else:
+        flags, length = cdb[1], allocation_length(cdb, 6, 4)
+        header = bytes([0, flags & 0x1F, 0, 0, 0, 0, 0, 0])
+    return data_in(header, length)
+
+
 def verify(lu: LogicalUnit, command: Command) -> ScsiResult:
     """BYTCHK 0: medium check only (always readable); 1: compare the Data-Out buffer;
     3: compare one block of Data-Out against every addressed block (SBC-3 5.27)."""
@@ -243,10 +303,11 @@ def compare_and_write(lu: LogicalUnit, command: Command) -> ScsiResult:
         raise invalid_field_in_cdb(13)
     _check_range_allow_end(lu, request.lba, request.blocks)
     if request.blocks == 0:
+        _exact_data_out(command, 0, 13)
         return GOOD
     block = lu.block_size
     length = request.blocks * block
-    buffer = _data_out(command, 2 * length)
+    buffer = _exact_data_out(command, 2 * length, 13)
     offset = _first_difference(buffer[:length], lu.store.read(request.lba * block, length))
     if offset is not None:
         raise _miscompare(offset)
@@ -269,7 +330,8 @@ def write_same(lu: LogicalUnit, command: Command) -> ScsiResult:
     if request.blocks > BLOCK_LIMITS.max_write_same_blocks:
         raise invalid_field_in_cdb(length_byte)
     block = lu.block_size
-    pattern = bytes(block) if request.ndob else bytes(_data_out(command, block))
+    pattern = bytes(_exact_data_out(command, 0 if request.ndob else block, length_byte))
+    pattern = pattern or bytes(block)
     start, length = request.lba * block, request.blocks * block
     # Unmapped blocks read as zeros (LBPRZ), so a zero pattern with UNMAP deallocates;
     # any other pattern must be written as such (SBC-3 5.42).
@@ -378,6 +440,25 @@ COMMANDS: dict[int, CommandSpec] = {
     ScsiOp.WRITE_10: _spec("WRITE(10)", write, 10, ScsiOp.WRITE_10, _DPO_FUA),
     ScsiOp.WRITE_12: _spec("WRITE(12)", write, 12, ScsiOp.WRITE_12, _DPO_FUA),
     ScsiOp.WRITE_16: _spec("WRITE(16)", write, 16, ScsiOp.WRITE_16, _DPO_FUA),
+    ScsiOp.ORWRITE_16: _spec("ORWRITE(16)", orwrite, 16, ScsiOp.ORWRITE_16, _DPO_FUA),
+    ScsiOp.WRITE_ATOMIC_16: CommandSpec(
+        "WRITE ATOMIC(16)",
+        write_atomic,
+        16,
+        usage=bytes([0x9C, 0x18, *[0xFF] * 8, 0, 0, 0xFF, 0xFF, 0x3F, 0x00]),
+    ),
+    ScsiOp.READ_DEFECT_DATA_10: CommandSpec(
+        "READ DEFECT DATA(10)",
+        read_defect_data,
+        10,
+        usage=bytes([0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0x00]),
+    ),
+    ScsiOp.READ_DEFECT_DATA_12: CommandSpec(
+        "READ DEFECT DATA(12)",
+        read_defect_data,
+        12,
+        usage=bytes([0xB7, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x00]),
+    ),
     ScsiOp.WRITE_AND_VERIFY_10: _spec(
         "WRITE AND VERIFY(10)", write_and_verify, 10, ScsiOp.WRITE_AND_VERIFY_10, 0x12
     ),

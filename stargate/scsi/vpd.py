@@ -31,10 +31,14 @@ class BlockLimits:
     optimal_transfer_blocks: int = 0x800
     optimal_transfer_granularity: int = 8  # 4 KiB
     max_compare_and_write_blocks: int = 0xFF
-    max_unmap_lba_count: int = 0x400000  # 2 GiB at 512-byte blocks per UNMAP
+    max_unmap_lba_count: int = 0x100000  # 512 MiB per UNMAP at 512-byte blocks
     max_unmap_descriptors: int = 256
     unmap_granularity: int = 1
-    max_write_same_blocks: int = 0x400000
+    max_write_same_blocks: int = 0xFFFF  # as LIO: a 2-byte count, 32 MiB at 512 bytes
+    # Every command runs to completion before the next starts, so any write up to the
+    # transfer limit is atomic with respect to other commands: no alignment or
+    # granularity constraints.
+    max_atomic_transfer_blocks: int = 0x4000
 
 
 BLOCK_LIMITS = BlockLimits()
@@ -150,6 +154,8 @@ def _block_limits(lu: LogicalUnit, nexus: Nexus) -> bytes:
     struct.pack_into(">I", body, 24, limits.unmap_granularity)
     struct.pack_into(">I", body, 28, 0x80000000)  # UGAVALID, alignment 0
     struct.pack_into(">Q", body, 32, limits.max_write_same_blocks)
+    struct.pack_into(">I", body, 40, limits.max_atomic_transfer_blocks)
+    # ATOMIC ALIGNMENT and ATOMIC TRANSFER LENGTH GRANULARITY stay 0: unconstrained.
     return _page(VpdPage.BLOCK_LIMITS, bytes(body))
 
 

@@ -379,3 +379,61 @@ def test_pre_fetch() -> None:
     assert run(unit, rw10(ScsiOp.PRE_FETCH_10, 0, 10)).status == ScsiStatus.GOOD
     result = run(unit, rw16(ScsiOp.PRE_FETCH_16, BLOCKS, 1))
     _assert_check(result, SenseKey.ILLEGAL_REQUEST, Asc.LBA_OUT_OF_RANGE)
+
+
+# ---- ORWRITE, WRITE ATOMIC, READ DEFECT DATA, Data-Out sizes -------------------------------
+def test_orwrite_ors_into_the_medium() -> None:
+    unit = make_unit()
+    run(unit, rw10(ScsiOp.WRITE_10, 3, 2), b"\xa0" * (2 * BLOCK))
+    result = run(unit, rw16(ScsiOp.ORWRITE_16, 3, 2, flags=0x08), b"\x05" * (2 * BLOCK))
+    assert result.status == ScsiStatus.GOOD and result.needs_sync
+    assert run(unit, rw10(ScsiOp.READ_10, 3, 2)).data == b"\xa5" * (2 * BLOCK)
+    sense = sense_of(run(unit, rw16(ScsiOp.ORWRITE_16, 0, 1, flags=0x20), bytes(BLOCK)))
+    assert sense.code is Asc.INVALID_FIELD_IN_CDB
+    _assert_check(
+        run(unit, rw16(ScsiOp.ORWRITE_16, BLOCKS, 1), bytes(BLOCK)),
+        SenseKey.ILLEGAL_REQUEST,
+        Asc.LBA_OUT_OF_RANGE,
+    )
+
+
+def _write_atomic(lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBQ2xHBB", ScsiOp.WRITE_ATOMIC_16, 0, lba, blocks, 0, 0)
+
+
+def test_write_atomic() -> None:
+    unit = make_unit()
+    data = _pattern(4, 7)
+    assert run(unit, _write_atomic(BLOCKS - 4, 4), data).status == ScsiStatus.GOOD
+    assert run(unit, rw16(ScsiOp.READ_16, BLOCKS - 4, 4)).data == data
+    _assert_check(
+        run(unit, _write_atomic(BLOCKS - 3, 4), data),
+        SenseKey.ILLEGAL_REQUEST,
+        Asc.LBA_OUT_OF_RANGE,
+    )
+    big = make_unit(blocks=2 * BLOCK_LIMITS.max_atomic_transfer_blocks)
+    blocks = BLOCK_LIMITS.max_atomic_transfer_blocks + 1
+    sense = sense_of(run(big, _write_atomic(0, blocks), bytes(blocks * BLOCK)))
+    assert sense.field_pointer is not None and sense.field_pointer.byte == 12
+
+
+def test_read_defect_data_is_an_empty_list() -> None:
+    unit = make_unit()
+    ten = run(unit, bytes([ScsiOp.READ_DEFECT_DATA_10, 0, 0x18, 0, 0, 0, 0, 0, 32, 0]))
+    assert ten.data == bytes([0, 0x18, 0, 0])
+    twelve = run(unit, struct.pack(">BBxxxxIBB", ScsiOp.READ_DEFECT_DATA_12, 0x08, 32, 0, 0))
+    assert twelve.data == bytes([0, 0x08]) + bytes(6)
+
+
+@pytest.mark.parametrize("size", [BLOCK // 2, 2 * BLOCK])
+def test_write_same_data_out_must_be_one_block(size: int) -> None:
+    sense = sense_of(run(make_unit(), rw10(ScsiOp.WRITE_SAME_10, 0, 1, flags=0x08), bytes(size)))
+    assert sense.code is Asc.INVALID_FIELD_IN_CDB
+
+
+def test_compare_and_write_data_out_must_match_length() -> None:
+    unit = make_unit()
+    for size in (BLOCK, 3 * BLOCK, 4 * BLOCK):
+        assert sense_of(run(unit, _caw(0, 1), bytes(size))).code is Asc.INVALID_FIELD_IN_CDB
+    # 256 blocks do not fit the one-byte field: encoded as 0 with 512 blocks of Data-Out.
+    assert sense_of(run(unit, _caw(0, 0), bytes(512 * BLOCK))).code is Asc.INVALID_FIELD_IN_CDB
