@@ -16,6 +16,7 @@ from enum import Enum, auto
 from iscsicore.chap import ChapError, ChapInitiator, ChapSecrets, ChapTarget
 from iscsicore.keys import (
     CHAP_KEYS,
+    KEY_TABLE,
     NONE,
     REJECT,
     MalformedText,
@@ -32,7 +33,7 @@ from iscsicore.keys import (
     key_value,
     parse_target_address,
 )
-from iscsicore.negotiation import Negotiator, Role
+from iscsicore.negotiation import Negotiator, Role, respond_value
 from iscsicore.pdu import LoginRequest, LoginResponse, LoginStage, LoginStatus
 
 ISCSI_VERSION = 0x00
@@ -230,6 +231,7 @@ class TargetLogin:
         self._auth = _AuthState.UNDECIDED
         self._chap: ChapTarget | None = None
         self._declared_mrdsl = False
+        self._offered_limits = False
         self._last_failure: LoginResponse | None = None
 
     # -- public state ------------------------------------------------------------------
@@ -293,6 +295,8 @@ class TargetLogin:
         else:
             self._require_authenticated()
             replies += self._negotiator.receive(pairs, Phase.OPERATIONAL)
+            if req.transit and not self._offered_limits:
+                replies += self._offer_limits()
             may_transit = not self._negotiator.awaiting
         transit = req.transit and may_transit
         if req.csg == LoginStage.OPERATIONAL or (transit and req.nsg == LoginStage.FULL_FEATURE):
@@ -375,6 +379,27 @@ class TargetLogin:
         assert self.resolution is not None
         if self.resolution.target_alias and self.session_type is SessionType.NORMAL:
             pairs.append(self._negotiator.offer("TargetAlias", self.resolution.target_alias))
+        return pairs
+
+    def _offer_limits(self) -> list[tuple[str, str]]:
+        """Offer the limits of ours that the initiator never brought up and that are
+        stricter than the RFC defaults it would otherwise assume (we answer T=0 until it
+        has answered them)."""
+        self._offered_limits = True
+        negotiator = self._negotiator
+        pairs: list[tuple[str, str]] = []
+        for key, value in negotiator.local.items():
+            spec = KEY_TABLE[key]
+            if key in negotiator.agreed or key in negotiator.peer_keys or spec.default is None:
+                continue
+            if spec.leading_only and not negotiator.leading:
+                continue
+            if spec.irrelevant_in_discovery and self.session_type is SessionType.DISCOVERY:
+                continue
+            if not spec.phases & Phase.OPERATIONAL:
+                continue
+            if respond_value(spec, spec.default, value) != spec.default:
+                pairs.append(negotiator.offer(key, value))
         return pairs
 
     def _declare_mrdsl(self) -> list[tuple[str, str]]:
@@ -644,7 +669,11 @@ class InitiatorLogin:
         self._chap = ChapInitiator(chap, mutual_chap) if chap is not None else None
         self._mutual = mutual_chap is not None
         self._negotiator = Negotiator(
-            Role.INITIATOR, session_type=self.session_type, leading=tsih == 0
+            Role.INITIATOR,
+            # Our own offers double as our preferences when the target offers first.
+            local=dict(self.proposals.offers(SessionType.NORMAL)),
+            session_type=self.session_type,
+            leading=tsih == 0,
         )
         self._stage: int = LoginStage.SECURITY
         self._auth = _InitiatorAuth.AWAIT_METHOD

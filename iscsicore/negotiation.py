@@ -226,6 +226,11 @@ class Negotiator:
         return answer
 
     @property
+    def peer_keys(self) -> frozenset[str]:
+        """Keys the peer has sent on its own initiative."""
+        return frozenset(self._peer_keys)
+
+    @property
     def role_of_peer(self) -> Sender:
         return Sender.TARGET if self.role is Role.INITIATOR else Sender.INITIATOR
 

@@ -543,3 +543,42 @@ def test_initiator_survives_any_responses(responses: list[LoginResponse]) -> Non
     for response in responses:
         outcome = login.receive(response)  # never raises
         assert isinstance(outcome, LoginRequest | LoginDone | LoginRedirect | LoginFailed)
+
+
+def test_target_offers_limits_the_initiator_left_out() -> None:
+    """An initiator that offers nothing still ends within the target's stricter limits."""
+    target = make_target(
+        Policy(), max_burst_length=16384, first_burst_length=8192, immediate_data=False
+    )
+    hello = [("InitiatorName", INITIATOR), ("TargetName", TARGET)]
+    first = target.receive(request(hello, csg=LoginStage.OPERATIONAL, nsg=LoginStage.FULL_FEATURE))
+    offers = dict(decode_text(first.data))
+    assert not first.transit and status_of(first) == 0
+    assert offers["MaxBurstLength"] == "16384" and offers["FirstBurstLength"] == "8192"
+    assert offers["ImmediateData"] == "No"
+    assert "MaxOutstandingR2T" not in offers and "InitialR2T" not in offers
+    answers = [("MaxBurstLength", "16384"), ("FirstBurstLength", "4096")]
+    final = target.receive(
+        request(answers, csg=LoginStage.OPERATIONAL, nsg=LoginStage.FULL_FEATURE)
+    )
+    assert final.transit and target.complete
+    assert target.params.max_burst_length == 16384
+    assert target.params.first_burst_length == 4096
+    assert not target.params.immediate_data  # AND offered No: no answer needed
+
+
+def test_target_offers_are_answered_by_the_initiator() -> None:
+    target = make_target(Policy(), max_burst_length=4096, default_time2wait=10)
+    proposals = LoginProposals(max_burst_length=1 << 20, first_burst_length=1 << 20)
+    login = InitiatorLogin(INITIATOR, None, ISID, proposals=proposals)  # discovery: few keys
+    transcript = Transcript()
+    outcome = run_login(login, target, transcript)
+    assert isinstance(outcome, LoginDone)
+    assert outcome.params == target.params
+    assert outcome.params.default_time2wait == 10
+    assert outcome.params.max_burst_length == 262144  # irrelevant in discovery: not offered
+    normal = InitiatorLogin(INITIATOR, TARGET, ISID, proposals=proposals)
+    target = make_target(Policy(), max_burst_length=4096)
+    outcome = run_login(normal, target)
+    assert isinstance(outcome, LoginDone)
+    assert outcome.params.max_burst_length == outcome.params.first_burst_length == 4096
