@@ -7,7 +7,6 @@ over the padded data (present only when the data segment is not empty).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from . import fastpath, wire
@@ -27,7 +26,7 @@ Peer = Literal["initiator", "target"]
 # whatever MaxRecvDataSegmentLength says.
 LOGIN_DATA_SEGMENT_LIMIT = 8192
 DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH = 8192
-_LOGIN_OPCODES = (Opcode.LOGIN_REQUEST, Opcode.LOGIN_RESPONSE)
+_LOGIN_OPCODES = frozenset({int(Opcode.LOGIN_REQUEST), int(Opcode.LOGIN_RESPONSE)})
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # indexed by length % 4
 
 
@@ -47,19 +46,6 @@ def encode_pdu(pdu: Pdu, *, header_digest: bool = False, data_digest: bool = Fal
     return b"".join(parts)
 
 
-@dataclass(slots=True, frozen=True)
-class _Header:
-    """A received header whose PDU is not complete yet."""
-
-    bhs: bytes
-    opcode: Opcode
-    ahs_length: int
-    data_length: int
-    data_start: int  # offsets from the start of the PDU
-    total_length: int
-    data_digest: bool
-
-
 class PduFramer:
     """Incremental bytes -> PDUs for one direction of one connection (sans-IO).
 
@@ -67,6 +53,9 @@ class PduFramer:
     raises only ``IscsiProtocolError`` subclasses; after a fatal one the stream cannot be
     resynchronised and every later call raises it again. A ``DataDigestError`` is not
     fatal: the PDU has been consumed and the next call continues with the next one.
+
+    ``header_digest``, ``data_digest`` and ``max_recv_data_segment_length`` may change
+    between PDUs (after login); a PDU whose header was already parsed is then re-parsed.
     """
 
     def __init__(
@@ -80,13 +69,53 @@ class PduFramer:
         if receiving_from not in ("initiator", "target"):
             raise ValueError(f"receiving_from must be 'initiator' or 'target': {receiving_from}")
         self.receiving_from: Peer = receiving_from
-        self.max_recv_data_segment_length = max_recv_data_segment_length
-        self.header_digest = header_digest
-        self.data_digest = data_digest
+        self._accepted = {
+            int(op): op for op in Opcode if op.from_initiator == (receiving_from == "initiator")
+        }
+        self._max_recv_data_segment_length = max_recv_data_segment_length
+        self._header_digest = header_digest
+        self._data_digest = data_digest
         self._buffer = bytearray()
-        self._offset = 0  # start of the first unconsumed byte in _buffer
-        self._pending: _Header | None = None
+        self._offset = 0  # the first unconsumed byte in _buffer
         self._failure: IscsiProtocolError | None = None
+        # The header of the PDU being received, once parsed (offsets from the PDU's start):
+        self._bhs: bytes | None = None
+        self._ahs_length = 0
+        self._data_start = 0
+        self._data_length = 0
+        self._total_length = 0
+        self._has_data_digest = False
+
+    # -- settings that login changes -------------------------------------------------------
+
+    @property
+    def header_digest(self) -> bool:
+        return self._header_digest
+
+    @header_digest.setter
+    def header_digest(self, enabled: bool) -> None:
+        self._header_digest = enabled
+        self._bhs = None
+
+    @property
+    def data_digest(self) -> bool:
+        return self._data_digest
+
+    @data_digest.setter
+    def data_digest(self, enabled: bool) -> None:
+        self._data_digest = enabled
+        self._bhs = None
+
+    @property
+    def max_recv_data_segment_length(self) -> int:
+        return self._max_recv_data_segment_length
+
+    @max_recv_data_segment_length.setter
+    def max_recv_data_segment_length(self, length: int) -> None:
+        self._max_recv_data_segment_length = length
+        self._bhs = None
+
+    # -- state -----------------------------------------------------------------------------
 
     @property
     def buffered(self) -> int:
@@ -111,92 +140,95 @@ class PduFramer:
         if self._failure is not None:
             raise self._failure
         try:
-            return self._next_pdu()
+            if self._bhs is None and not self._read_header():
+                return None
+            if len(self._buffer) - self._offset < self._total_length:
+                return None
+            return self._take_pdu()
         except IscsiProtocolError as error:
             if error.fatal:
                 self._failure = error
             raise
 
-    # -----------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------
 
-    def _next_pdu(self) -> Pdu | None:
-        header = self._pending or self._read_header()
-        if header is None:
-            return None
-        self._pending = header
-        start = self._offset
-        if len(self._buffer) - start < header.total_length:
-            return None
-        ahs_start = start + BHS_LENGTH
-        ahs = bytes(self._buffer[ahs_start : ahs_start + header.ahs_length])
-        pdu = fastpath.decode_bhs(header.bhs, ahs)
-        data_start = start + header.data_start
-        with memoryview(self._buffer) as view:
-            pdu.data = bytes(view[data_start : data_start + header.data_length])
-            digest_ok = not header.data_digest or self._data_digest_matches(
-                view, data_start, header.data_length
-            )
-        self._consume(header.total_length)
-        if not digest_ok:
-            raise DataDigestError(
-                f"data digest mismatch in {header.opcode.name}", header=header.bhs
-            )
-        return pdu
-
-    def _read_header(self) -> _Header | None:
+    def _read_header(self) -> bool:
+        """Parse and check the next header once it is complete (digest included)."""
         start = self._offset
         available = len(self._buffer) - start
         if available < BHS_LENGTH:
-            return None
+            return False
         bhs = bytes(self._buffer[start : start + BHS_LENGTH])
-        if not self.header_digest:
-            opcode = self._check_opcode(bhs)
-        ahs_length, data_length = wire.bhs_lengths(bhs)
+        if not self._header_digest:
+            self._check_opcode(bhs)
+        ahs_length = bhs[4] * 4
+        data_length = int.from_bytes(bhs[5:8], "big")
         header_end = BHS_LENGTH + ahs_length
-        if self.header_digest:
+        if self._header_digest:
             if available < header_end + DIGEST_LENGTH:
-                return None
+                return False
             with memoryview(self._buffer) as view:
                 expected = digest_of_parts(view[start : start + header_end])
-                received = bytes(view[start + header_end : start + header_end + DIGEST_LENGTH])
-            if expected != received:
+                received = view[start + header_end : start + header_end + DIGEST_LENGTH]
+                matches = expected == received
+            if not matches:
                 raise HeaderDigestError("header digest mismatch", header=bhs)
             header_end += DIGEST_LENGTH
-            opcode = self._check_opcode(bhs)
-        limit = (
-            LOGIN_DATA_SEGMENT_LIMIT
-            if opcode in _LOGIN_OPCODES
-            else self.max_recv_data_segment_length
-        )
-        if data_length > limit:
+            self._check_opcode(bhs)
+        if data_length > self._data_limit(bhs):
             raise DataSegmentTooLong(
-                f"{opcode.name} data segment of {data_length} bytes exceeds {limit}", header=bhs
+                f"data segment of {data_length} bytes exceeds {self._data_limit(bhs)}",
+                header=bhs,
             )
-        has_data_digest = bool(data_length) and self.data_digest
-        total_length = header_end + wire.padded_length(data_length)
-        if has_data_digest:
-            total_length += DIGEST_LENGTH
-        return _Header(
-            bhs, opcode, ahs_length, data_length, header_end, total_length, has_data_digest
+        has_data_digest = self._data_digest and data_length > 0
+        self._bhs = bhs
+        self._ahs_length = ahs_length
+        self._data_start = header_end
+        self._data_length = data_length
+        self._has_data_digest = has_data_digest
+        self._total_length = (
+            header_end + ((data_length + 3) & ~3) + (DIGEST_LENGTH if has_data_digest else 0)
         )
+        return True
 
-    def _check_opcode(self, bhs: bytes) -> Opcode:
-        opcode = wire.opcode_of(bhs)
-        if opcode.from_initiator != (self.receiving_from == "initiator"):
+    def _data_limit(self, bhs: bytes) -> int:
+        if bhs[0] & wire.OPCODE_MASK in _LOGIN_OPCODES:
+            return LOGIN_DATA_SEGMENT_LIMIT
+        return self._max_recv_data_segment_length
+
+    def _check_opcode(self, bhs: bytes) -> None:
+        if bhs[0] & wire.OPCODE_MASK not in self._accepted:
+            opcode = wire.opcode_of(bhs)  # UnknownOpcode for a reserved one
             raise WrongDirection(
                 f"{opcode.name} is not sent by an {self.receiving_from}", header=bhs
             )
-        return opcode
 
-    @staticmethod
-    def _data_digest_matches(view: memoryview, data_start: int, data_length: int) -> bool:
-        padded_end = data_start + wire.padded_length(data_length)
-        expected = digest_of_parts(view[data_start:padded_end])
-        return expected == view[padded_end : padded_end + DIGEST_LENGTH]
+    def _take_pdu(self) -> Pdu:
+        bhs = self._bhs
+        assert bhs is not None
+        start = self._offset
+        ahs = b""
+        if self._ahs_length:
+            ahs = bytes(self._buffer[start + BHS_LENGTH : start + BHS_LENGTH + self._ahs_length])
+        pdu = fastpath.decode_bhs(bhs, ahs)
+        digest_ok = True
+        if self._data_length:
+            data_start = start + self._data_start
+            data_end = data_start + self._data_length
+            with memoryview(self._buffer) as view:
+                pdu.data = bytes(view[data_start:data_end])
+                if self._has_data_digest:
+                    padded_end = data_start + ((self._data_length + 3) & ~3)
+                    expected = digest_of_parts(view[data_start:padded_end])
+                    digest_ok = expected == view[padded_end : padded_end + DIGEST_LENGTH]
+        self._consume()
+        if not digest_ok:
+            raise DataDigestError("data digest mismatch", header=bhs)
+        return pdu
 
-    def _consume(self, length: int) -> None:
-        self._pending = None
-        self._offset += length
+    def _consume(self) -> None:
+        self._offset += self._total_length
+        self._bhs = None
         if self._offset == len(self._buffer):
             self._buffer.clear()
             self._offset = 0

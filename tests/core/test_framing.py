@@ -350,3 +350,20 @@ def test_plausible_headers_raise_only_protocol_errors(data: st.DataObject, direc
     framer.feed(bytes(blob))
     with contextlib.suppress(IscsiProtocolError):
         framer.next_pdu()
+
+
+def test_changing_settings_reparses_a_header_already_buffered() -> None:
+    """The first full feature PDU may arrive in the same segment as the last login PDU,
+    before the connection switches digests on."""
+    login = LoginRequest(transit=True, csg=1, nsg=3, data=b"HeaderDigest=CRC32C\x00")
+    command = ScsiCommand(itt=9, data=bytes(100))
+    following = encode_pdu(command, header_digest=True, data_digest=True)
+    framer = PduFramer(receiving_from="initiator")
+    framer.feed(encode_pdu(login) + following[:60])
+    assert framer.next_pdu() == login
+    assert framer.next_pdu() is None  # header parsed under the login-phase settings
+    framer.header_digest = True
+    framer.data_digest = True
+    framer.feed(following[60:])
+    assert framer.next_pdu() == command
+    assert framer.buffered == 0
