@@ -203,16 +203,24 @@ def run_target(args: argparse.Namespace) -> int:
         timers=ConnectionTimers(nop_interval=args.nop_interval, nop_timeout=args.nop_timeout),
     )
     server = StargateServer(registry, config)
+    listen_error: OSError | None = None
     try:
         trio.run(_serve_until_signalled, server)
-    except OSError as error:
-        raise CliError(f"cannot listen on {host}:{port}: {error}") from None
+    except* OSError as group:  # from inside trio's nursery: wrapped in a group
+        listen_error = _first_os_error(group)
     finally:
         for store in stores:
             with contextlib.suppress(OSError):
                 store.sync()
                 store.close()
+    if listen_error is not None:
+        raise CliError(f"cannot listen on {host}:{port}: {listen_error.strerror or listen_error}")
     return 0
+
+
+def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
+    first = group.exceptions[0]
+    return first if isinstance(first, OSError) else _first_os_error(first)
 
 
 async def _serve_until_signalled(server: StargateServer) -> None:
