@@ -77,6 +77,7 @@ from .url import Portal
 log = logging.getLogger(__name__)
 
 _ITT_LIMIT = 0xFFFFFFFF  # RESERVED_TAG itself is never used
+_TRANSIENT_RETRIES = 8  # UNIT ATTENTION / BUSY / TASK SET FULL re-issues per command
 
 
 @dataclass(slots=True)
@@ -87,7 +88,7 @@ class SessionConfig:
     nop_interval: float = 5.0  # send a NOP-Out ping this often (0 disables)
     nop_timeout: float = 5.0  # an unanswered ping means the connection is dead
     replacement_timeout: float = 120.0  # commands fail after the target is away this long
-    max_command_retries: int = 16  # re-issues of one command across reconnects
+    max_command_retries: int = 16  # re-issues of one command after connection losses
     reconnect_backoff_first: float = 0.05
     reconnect_backoff_max: float = 1.0
     logout_timeout: float = 3.0
@@ -378,7 +379,7 @@ class Session:
             attr=attr,
             buffer=bytearray(read_length),
         )
-        attempts = 0
+        reissues = transient_retries = 0
         while True:
             await self._wait_for_slot()
             self._issue(task)
@@ -387,20 +388,22 @@ class Session:
             except BaseException:
                 self._tasks.pop(task.itt, None)  # cancelled by the caller: forget the tag
                 raise
-            if not task.lost:
+            if task.lost:
+                reissues += 1
+                if reissues > self.config.max_command_retries:
+                    raise CommandRetriesExhausted(
+                        f"command {task.cdb[0]:#04x} lost its connection {reissues} times; "
+                        f"last loss: {self._last_loss}"
+                    )
+            else:
                 if task.error is not None:
                     raise task.error
                 retry_after = self._transient_status(task)
-                if retry_after is None:
+                if retry_after is None or transient_retries >= _TRANSIENT_RETRIES:
                     return self._result(task, check)
-                await trio.sleep(retry_after)
-            attempts += 1
+                transient_retries += 1
+                await trio.sleep(retry_after * transient_retries)
             self.stats.retried_commands += 1
-            if attempts > self.config.max_command_retries:
-                raise CommandRetriesExhausted(
-                    f"command {task.cdb[0]:#04x} re-issued {attempts - 1} times without "
-                    f"status; last connection loss: {self._last_loss}"
-                )
             task.rearm()
 
     def _transient_status(self, task: _Task) -> float | None:
@@ -411,7 +414,7 @@ class Session:
         assert response is not None
         status = response.status
         if status in (ScsiStatus.BUSY, ScsiStatus.TASK_SET_FULL):
-            return 0.01
+            return 0.05  # times the attempt number: 1.8 s in all
         if status == ScsiStatus.CHECK_CONDITION and isinstance(response, ScsiResponse):
             data = response.data
             if len(data) >= 5:

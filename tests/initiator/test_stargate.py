@@ -11,6 +11,7 @@ import trio
 
 from initiator.device import BlockDevice
 from initiator.errors import CheckCondition
+from initiator.probe import probe
 from initiator.session import SessionConfig
 from initiator.verify import Verifier
 from initiator.vm import VM
@@ -102,3 +103,17 @@ async def test_vm_attaches_many_vdisks_each_on_its_own_session(nursery: trio.Nur
         assert report["vd2"]["portal"] == f"127.0.0.1:{server.port}"
         await vm.detach("vd3")
         assert set(vm.report()) == {"vd0", "vd1", "vd2"}
+
+
+async def test_health_probe(nursery: trio.Nursery) -> None:
+    server = await start_stargate(nursery, memory_target("vd1", 4 * MiB))
+    healthy = await probe(f"127.0.0.1:{server.port}", target_name_for("vd1"))
+    assert healthy.ok and healthy.seconds < 2, healthy
+    missing = await probe(f"127.0.0.1:{server.port}", target_name_for("nope"))
+    assert not missing.ok and "0x0203" in missing.error
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    closed_port = listener.getsockname()[1]
+    listener.close()
+    down = await probe(f"127.0.0.1:{closed_port}", target_name_for("vd1"), timeout=1)
+    assert not down.ok and down.seconds < 1.5 and "ConnectError" in down.error
