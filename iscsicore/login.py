@@ -263,7 +263,10 @@ class TargetLogin:
         if self.state is not TargetLoginState.IN_PROGRESS:
             if self._last_failure is not None:
                 return self._last_failure
-            return self._fail(req, LoginStatus.INITIATOR_ERROR, "login already complete")
+            # A Login Request after success: refuse it, the session stays as it is.
+            return self._response(
+                req, transit=False, nsg=req.csg, status=LoginStatus.INITIATOR_ERROR
+            )
         try:
             return self._receive(req)
         except _LoginFailure as failure:

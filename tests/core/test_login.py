@@ -582,3 +582,12 @@ def test_target_offers_are_answered_by_the_initiator() -> None:
     outcome = run_login(normal, target)
     assert isinstance(outcome, LoginDone)
     assert outcome.params.max_burst_length == outcome.params.first_burst_length == 4096
+
+
+def test_login_request_after_success_does_not_undo_it() -> None:
+    target = make_target(Policy())
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID), target)
+    assert isinstance(outcome, LoginDone)
+    late = target.receive(request([("InitiatorName", INITIATOR), ("TargetName", TARGET)]))
+    assert status_of(late) == 0x0200
+    assert target.complete and target.tsih == outcome.tsih
