@@ -110,6 +110,11 @@ class Redirect:
     target_address: str
     permanent: bool = False
 
+    @classmethod
+    def to(cls, host: str, port: int, tpgt: int, *, permanent: bool = False) -> Redirect:
+        """A redirect to ``host:port,tpgt``, brackets added around an IPv6 host."""
+        return cls(str(PortalAddress(host, port, tpgt)), permanent)
+
 
 @dataclass(frozen=True, slots=True)
 class Refuse:

@@ -591,3 +591,11 @@ def test_login_request_after_success_does_not_undo_it() -> None:
     late = target.receive(request([("InitiatorName", INITIATOR), ("TargetName", TARGET)]))
     assert status_of(late) == 0x0200
     assert target.complete and target.tsih == outcome.tsih
+
+
+def test_redirect_builder_brackets_ipv6() -> None:
+    assert Redirect.to("fd00::7", 3261, 1) == Redirect("[fd00::7]:3261,1", False)
+    assert Redirect.to("127.0.0.9", 3261, 2, permanent=True) == Redirect("127.0.0.9:3261,2", True)
+    target = make_target(Policy(Redirect.to("::ffff:127.0.0.1", 3262, 1)))
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID), target)
+    assert outcome == LoginRedirect("::ffff:127.0.0.1", 3262, 1, False)
