@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from iscsicore.keys import PortalAddress, SessionType, TextError, decode_text, encode_text
 from iscsicore.pdu import RESERVED_TAG, TextRequest, TextResponse
@@ -165,3 +169,68 @@ def test_parse_send_targets_rejects_orphan_addresses() -> None:
         ("TargetName", "iqn.x"),
         ("TargetAddress", "h:1,1"),
     ]
+
+
+text_data = st.one_of(
+    st.binary(max_size=80),
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["SendTargets", "TargetName", "TargetAddress", "MaxBurstLength", "X-a"]
+            ),
+            st.sampled_from(["All", "", "iqn.x", "[::1]:1,1", "1.2.3.4", "Reject", "4096"]),
+        ),
+        max_size=4,
+    ).map(encode_text),
+)
+
+
+@given(
+    st.lists(
+        st.builds(
+            TextRequest,
+            final=st.booleans(),
+            cont=st.booleans(),
+            itt=st.integers(0, 2),
+            ttt=st.sampled_from([RESERVED_TAG, 0, 1, 2]),
+            data=text_data,
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(list(SessionType)),
+)
+def test_responder_survives_any_requests(requests: list[TextRequest], kind: SessionType) -> None:
+    target = responder(kind, max_send_length=64, session_target=DISK.format(1))
+    for request in requests:
+        try:
+            response = target.receive(request, stat_sn=1, exp_cmd_sn=1, max_cmd_sn=1)
+        except TextError:
+            continue
+        assert len(response.data) <= 64
+        assert not (response.final and response.cont)
+
+
+@given(
+    st.lists(
+        st.builds(
+            TextResponse,
+            final=st.booleans(),
+            cont=st.booleans(),
+            itt=st.sampled_from([7, 8]),
+            ttt=st.sampled_from([RESERVED_TAG, 0, 5]),
+            data=text_data,
+        ),
+        max_size=6,
+    )
+)
+def test_exchange_survives_any_responses(responses: list[TextResponse]) -> None:
+    initiator = TextExchange.send_targets(itt=7)
+    initiator.start(0, 0)
+    for response in responses:
+        try:
+            outcome = initiator.receive(response, 1, 1)
+        except TextError:
+            continue
+        if isinstance(outcome, TextReply):
+            with contextlib.suppress(TextError):
+                outcome.send_targets()
