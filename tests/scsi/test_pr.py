@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,7 +27,9 @@ from stargate.scsi.pr import (
 from stargate.scsi.pr_store import MemoryPrStore, PrFile, PrState, PrStoreError
 from stargate.scsi.reserve import Reservations
 from stargate.scsi.ua import UnitAttentionQueues
+from stargate.server import ServerConfig, StargateServer
 from stargate.stores import MemoryStore, VDiskMeta
+from stargate.target import PortalGroup, TargetRegistry, VDiskTarget, target_name_for
 from tests.scsi import rw10, sense_of
 
 TARGET_PORT = "iqn.2010-06.com.nutanix:vmdisk-vd1,t,0x0001"
@@ -966,3 +971,52 @@ def test_a_damaged_file_is_an_error_not_an_empty_state(tmp_path: Path, text: str
 
 def test_missing_file_is_a_fresh_state(tmp_path: Path) -> None:
     assert PrFile.for_vdisk(tmp_path, "vd9").load() == PrState()
+
+
+# ---- libiscsi's reservation suites against a real stargate -------------------------------------
+LIBISCSI_RESERVATION_SUITES = ",".join(
+    f"ALL.{suite}"
+    for suite in (
+        "PrinReadKeys",
+        "PrinServiceactionRange",
+        "PrinReportCapabilities",
+        "ProutRegister",
+        "ProutReserve",
+        "ProutClear",
+        "ProutPreempt",
+        "Reserve6",
+    )
+)
+
+
+@pytest.mark.slow  # ~14 s: libiscsi waits 3 s to reconnect in each Reserve6 reset test
+async def test_libiscsi_reservation_suites_pass(
+    require_tool: Callable[..., str], tmp_path: Path
+) -> None:
+    """Every PR and RESERVE(6) test of iscsi-test-cu -- tgtd fails six of them -- through the
+    transport, against a unit whose reservations persist in ``tmp_path``."""
+    tool = require_tool("iscsi-test-cu", why="libiscsi conformance tests")
+    meta = VDiskMeta("vd1", 64 << 20)
+    ua = UnitAttentionQueues()
+    reservations = Reservations.for_vdisk(tmp_path, "vd1", ua)
+    unit = LogicalUnit(MemoryStore(meta), meta, reservations=reservations, unit_attentions=ua)
+    registry = TargetRegistry(PortalGroup())
+    registry.add(VDiskTarget("vd1", unit))
+    server = StargateServer(registry, ServerConfig(host="127.0.0.1", port=0))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve)
+        url = f"iscsi://127.0.0.1:{port}/{target_name_for('vd1')}/0"
+        with trio.fail_after(120):
+            result = await trio.run_process(
+                [tool, "--dataloss", "-t", LIBISCSI_RESERVATION_SUITES, url],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        await server.shutdown(grace=1)
+        nursery.cancel_scope.cancel()
+    output = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+    assert "[SKIPPED]" not in output, output[-4000:]
+    assert result.returncode == 0, output[-4000:]
+    assert re.search(r"tests\s+27\s+27\s+27\s+0", output), output[-4000:]
+    assert json.loads((tmp_path / "vd1.pr.json").read_text())["generation"] > 0
