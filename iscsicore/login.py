@@ -305,11 +305,19 @@ class TargetLogin:
             replies += self._negotiator.receive(pairs, Phase.OPERATIONAL)
             if req.transit and not self._offered_limits:
                 replies += self._offer_limits()
-            may_transit = not self._negotiator.awaiting
+                may_transit = not self._negotiator.awaiting
+            else:
+                # An initiator that asks to move on again without answering our offers
+                # (open-iscsi does not answer them) is not kept waiting forever.
+                may_transit = True
+            replies += self._declare_mrdsl()
         transit = req.transit and may_transit
-        if req.csg == LoginStage.OPERATIONAL or (transit and req.nsg == LoginStage.FULL_FEATURE):
-            # Declared in the operational stage: some initiators (open-iscsi) refuse
-            # operational keys in a security-stage response.
+        straight_to_full_feature = (
+            req.csg == LoginStage.SECURITY and transit and req.nsg == LoginStage.FULL_FEATURE
+        )
+        if straight_to_full_feature and self.config.max_recv_data_segment_length < 8192:
+            # open-iscsi refuses operational keys in a security-stage response: declare
+            # only a limit below the 8192 bytes the initiator assumes by default.
             replies += self._declare_mrdsl()
         self._outbox.load(
             encode_text(replies),

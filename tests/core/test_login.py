@@ -599,3 +599,31 @@ def test_redirect_builder_brackets_ipv6() -> None:
     target = make_target(Policy(Redirect.to("::ffff:127.0.0.1", 3262, 1)))
     outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID), target)
     assert outcome == LoginRedirect("::ffff:127.0.0.1", 3262, 1, False)
+
+
+def test_security_straight_to_full_feature_sends_only_security_keys() -> None:
+    """open-iscsi discovery may jump from security to full feature; it refuses any
+    operational key in a security-stage response."""
+    target = make_target(Policy())
+    pairs = [("InitiatorName", INITIATOR), ("SessionType", "Discovery"), ("AuthMethod", "None")]
+    response = target.receive(request(pairs, nsg=LoginStage.FULL_FEATURE))
+    assert response.transit and response.nsg == LoginStage.FULL_FEATURE and target.complete
+    assert {key for key, _ in decode_text(response.data)} <= {
+        "AuthMethod",
+        "TargetPortalGroupTag",
+        "TargetAlias",
+    }
+    assert target.params.target_max_recv_data_segment_length == 8192  # nothing declared
+    small = make_target(Policy(), max_recv_data_segment_length=4096)
+    response = small.receive(request(pairs, nsg=LoginStage.FULL_FEATURE))
+    assert dict(decode_text(response.data))["MaxRecvDataSegmentLength"] == "4096"
+
+
+def test_initiator_ignoring_target_offers_is_not_kept_waiting() -> None:
+    target = make_target(Policy(), max_burst_length=16384)
+    hello = [("InitiatorName", INITIATOR), ("TargetName", TARGET)]
+    operational = {"csg": LoginStage.OPERATIONAL, "nsg": LoginStage.FULL_FEATURE}
+    first = target.receive(request(hello, **operational))
+    assert not first.transit and ("MaxBurstLength", "16384") in decode_text(first.data)
+    final = target.receive(request([], **operational))
+    assert final.transit and target.complete
