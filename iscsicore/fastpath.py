@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from . import wire
 from .errors import MalformedPdu, PduEncodeError, TruncatedAhs
@@ -37,7 +38,15 @@ R2T_FORMAT = struct.Struct(">BBxxIQIIIIIIII")
 
 _MAX_DATA_SEGMENT = 0xFFFFFF
 _FIXED_ONE = 0x80  # byte 1 bit 7 of SCSI Response and R2T
+_IMMEDIATE = 0x40
 _ATTR_MASK = 0x07
+# Plain ints: reading an enum member costs more than the rest of a field.
+_MAX_TASK_ATTRIBUTE = int(TaskAttribute.ACA)
+_SCSI_COMMAND = int(Opcode.SCSI_COMMAND)
+_SCSI_RESPONSE = int(Opcode.SCSI_RESPONSE)
+_DATA_IN = int(Opcode.DATA_IN)
+_DATA_OUT = int(Opcode.DATA_OUT)
+_R2T = int(Opcode.R2T)
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -57,7 +66,7 @@ def _encode_scsi_command(pdu: ScsiCommand, ahs_length: int) -> bytes:
     if pdu.attr >> 3 or pdu.attr < 0 or len(pdu.cdb) != wire.CDB_IN_BHS:
         raise PduEncodeError(f"attr {pdu.attr} / CDB of {len(pdu.cdb)} bytes")
     return SCSI_COMMAND.pack(
-        Opcode.SCSI_COMMAND | (0x40 if pdu.immediate else 0),
+        _SCSI_COMMAND | (_IMMEDIATE if pdu.immediate else 0),
         (0x80 if pdu.final else 0)
         | (0x40 if pdu.read else 0)
         | (0x20 if pdu.write else 0)
@@ -74,7 +83,7 @@ def _encode_scsi_command(pdu: ScsiCommand, ahs_length: int) -> bytes:
 
 def _encode_scsi_response(pdu: ScsiResponse, ahs_length: int) -> bytes:
     return SCSI_RESPONSE.pack(
-        Opcode.SCSI_RESPONSE,
+        _SCSI_RESPONSE,
         _FIXED_ONE
         | (0x10 if pdu.bidi_overflow else 0)
         | (0x08 if pdu.bidi_underflow else 0)
@@ -96,7 +105,7 @@ def _encode_scsi_response(pdu: ScsiResponse, ahs_length: int) -> bytes:
 
 def _encode_data_in(pdu: DataIn, ahs_length: int) -> bytes:
     return DATA_IN.pack(
-        Opcode.DATA_IN,
+        _DATA_IN,
         (0x80 if pdu.final else 0)
         | (0x40 if pdu.acknowledge else 0)
         | (0x04 if pdu.overflow else 0)
@@ -118,7 +127,7 @@ def _encode_data_in(pdu: DataIn, ahs_length: int) -> bytes:
 
 def _encode_data_out(pdu: DataOut, ahs_length: int) -> bytes:
     return DATA_OUT.pack(
-        Opcode.DATA_OUT,
+        _DATA_OUT,
         0x80 if pdu.final else 0,
         _lengths_word(pdu, ahs_length),
         pdu.lun,
@@ -132,7 +141,7 @@ def _encode_data_out(pdu: DataOut, ahs_length: int) -> bytes:
 
 def _encode_r2t(pdu: R2T, ahs_length: int) -> bytes:
     return R2T_FORMAT.pack(
-        Opcode.R2T,
+        _R2T,
         _FIXED_ONE,
         _lengths_word(pdu, ahs_length),
         pdu.lun,
@@ -147,12 +156,13 @@ def _encode_r2t(pdu: R2T, ahs_length: int) -> bytes:
     )
 
 
-_ENCODERS: dict[type[Pdu], Callable[[Pdu, int], bytes]] = {
-    ScsiCommand: _encode_scsi_command,  # type: ignore[dict-item]
-    ScsiResponse: _encode_scsi_response,  # type: ignore[dict-item]
-    DataIn: _encode_data_in,  # type: ignore[dict-item]
-    DataOut: _encode_data_out,  # type: ignore[dict-item]
-    R2T: _encode_r2t,  # type: ignore[dict-item]
+# Keyed by exact class: each encoder takes the class it is listed under.
+_ENCODERS: dict[type[Pdu], Callable[[Any, int], bytes]] = {
+    ScsiCommand: _encode_scsi_command,
+    ScsiResponse: _encode_scsi_response,
+    DataIn: _encode_data_in,
+    DataOut: _encode_data_out,
+    R2T: _encode_r2t,
 }
 
 
@@ -182,11 +192,16 @@ def _decode_scsi_command(header: bytes) -> Pdu:
     fields = SCSI_COMMAND.unpack(header)
     b1 = header[1]
     attr = b1 & _ATTR_MASK
-    if attr > TaskAttribute.ACA:
+    if attr > _MAX_TASK_ATTRIBUTE:
         raise _malformed("ScsiCommand", f"reserved task attribute {attr}", header)
     # lun, itt, expected_data_transfer_length, cmd_sn, exp_stat_sn, cdb
     return ScsiCommand(
-        bool(header[0] & 0x40), bool(b1 & 0x80), bool(b1 & 0x40), bool(b1 & 0x20), attr, *fields[3:]
+        bool(header[0] & _IMMEDIATE),
+        bool(b1 & 0x80),
+        bool(b1 & 0x40),
+        bool(b1 & 0x20),
+        attr,
+        *fields[3:],
     )
 
 
@@ -235,11 +250,11 @@ def _decode_r2t(header: bytes) -> Pdu:
 
 
 _DECODERS: dict[int, Callable[[bytes], Pdu]] = {
-    Opcode.SCSI_COMMAND: _decode_scsi_command,
-    Opcode.SCSI_RESPONSE: _decode_scsi_response,
-    Opcode.DATA_IN: _decode_data_in,
-    Opcode.DATA_OUT: _decode_data_out,
-    Opcode.R2T: _decode_r2t,
+    _SCSI_COMMAND: _decode_scsi_command,
+    _SCSI_RESPONSE: _decode_scsi_response,
+    _DATA_IN: _decode_data_in,
+    _DATA_OUT: _decode_data_out,
+    _R2T: _decode_r2t,
 }
 
 
