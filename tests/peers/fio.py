@@ -92,6 +92,7 @@ def _build() -> None:
             log.write(f"$ {' '.join(argv)}\n")
             log.flush()
             env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            started = time.monotonic()
             try:
                 completed = subprocess.run(
                     list(argv),
@@ -105,6 +106,8 @@ def _build() -> None:
                 )
             except subprocess.TimeoutExpired as error:
                 raise FioError(f"{' '.join(argv)} timed out\n{_log_tail()}") from error
+            log.write(f"# {time.monotonic() - started:.1f} s\n")
+            log.flush()
             if completed.returncode != 0:
                 status = f"{' '.join(argv)} exited with {completed.returncode}"
                 raise FioError(f"{status}\n{_log_tail()}")
@@ -164,7 +167,7 @@ def _ensure_deb_src_entry() -> bool:
             text = path.read_text()
             if re.search(r"^\s*deb-src\s|^Types:.*\bdeb-src\b", text, re.MULTILINE):
                 return False
-    _write_as_root(DEB_SRC_FILE, _deb_src_stanzas(sources_dir / "debian.sources"))
+    _write_as_root(DEB_SRC_FILE, deb_src_stanzas(sources_dir / "debian.sources"))
     return True
 
 
@@ -182,7 +185,7 @@ def _write_as_root(path: Path, text: str) -> None:
     )
 
 
-def _deb_src_stanzas(debian_sources: Path) -> str:
+def deb_src_stanzas(debian_sources: Path) -> str:
     """deb822 stanzas like those of ``debian.sources`` but of type deb-src."""
     stanzas = []
     with contextlib.suppress(OSError):

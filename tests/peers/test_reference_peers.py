@@ -22,7 +22,14 @@ from tests.conftest import require_tool
 from tests.helpers.procs import ProcessError, ProcessReaper
 from tests.peers import tools
 from tests.peers.capture import IscsiCapture
-from tests.peers.fio import FioError, ensure_fio_libiscsi, fio_filename, job_errors, run_fio
+from tests.peers.fio import (
+    FioError,
+    deb_src_stanzas,
+    ensure_fio_libiscsi,
+    fio_filename,
+    job_errors,
+    run_fio,
+)
 from tests.peers.tgtd import ChapAccount, MiB, RedirectTo, TgtdTarget
 
 TgtdFactory = Callable[..., TgtdTarget]
@@ -251,6 +258,27 @@ def test_fio_filename_escapes_every_colon() -> None:
     assert fio_filename("iscsi://127.0.0.1:3260/iqn.2010-06.com.nutanix:vmdisk-1/0") == (
         "iscsi\\://127.0.0.1\\:3260/iqn.2010-06.com.nutanix\\:vmdisk-1/0"
     )
+
+
+def test_deb_src_entry_mirrors_the_debian_sources(tmp_path: Path) -> None:
+    debian_sources = tmp_path / "debian.sources"
+    debian_sources.write_text(
+        "Types: deb\n# a snapshot comment\nURIs: http://deb.debian.org/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        "Types: deb\nURIs: http://deb.debian.org/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n"
+    )
+    stanzas = deb_src_stanzas(debian_sources).strip().split("\n\n")
+    assert stanzas[0].splitlines() == [
+        "Types: deb-src",
+        "URIs: http://deb.debian.org/debian",
+        "Suites: bookworm bookworm-updates",
+        "Components: main",
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg",
+    ]
+    assert "URIs: http://deb.debian.org/debian-security" in stanzas[1]
+    assert "Types: deb-src" in deb_src_stanzas(tmp_path / "missing.sources")
 
 
 @pytest.fixture(scope="session")
