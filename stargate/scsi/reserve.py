@@ -169,6 +169,8 @@ class Reservations:
 
     def check(self, nexus: Nexus, cdb: bytes) -> bool:
         """True when ``cdb`` from ``nexus`` must end in RESERVATION CONFLICT."""
+        if self.spc2.holder is None and self.persistent.reservation is None:
+            return False  # the common case, on every command: nothing reserved
         if not cdb:
             return False
         if self.spc2.conflicts(nexus, cdb):
