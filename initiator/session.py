@@ -15,7 +15,6 @@ commands fail, with ``TargetUnreachable``; reconnect attempts go on in the backg
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import struct
 from collections.abc import AsyncIterator
@@ -166,7 +165,9 @@ class Session:
         self._generation = 0
         self._changed = trio.Event()  # set and replaced whenever a waiter may proceed
         self._conn: Connection | None = None
-        self._send_queue: trio.MemorySendChannel[list[Pdu]] | None = None
+        # PDUs waiting for the writer task; swapped out whole on each write.
+        self._outbox: list[Pdu] = []
+        self._outbox_ready = trio.Event()
         self._conn_scope: trio.CancelScope | None = None
         self._conn_nursery: trio.Nursery | None = None
         self._reconnect_delay = 0.0
@@ -226,9 +227,8 @@ class Session:
         self._exp_cmd_sn = established.exp_cmd_sn
         self._max_cmd_sn = established.max_cmd_sn
         self._exp_stat_sn = sn_add(established.stat_sn, 1)
-        send, receive = trio.open_memory_channel[list[Pdu]](float("inf"))
-        self._send_queue = send
-        self._receive_queue = receive
+        self._outbox = []  # whatever was queued for the previous connection is moot
+        self._outbox_ready = trio.Event()
         self._state = _State.UP
         self._failure = None
         self._lost_at = None
@@ -248,7 +248,7 @@ class Session:
                 self._conn_scope = nursery.cancel_scope
                 self._conn_nursery = nursery
                 nursery.start_soon(self._guard, self._reader, conn)
-                nursery.start_soon(self._guard, self._writer, conn, self._receive_queue)
+                nursery.start_soon(self._guard, self._writer, conn)
                 if self.config.nop_interval > 0:
                     nursery.start_soon(self._guard, self._pinger, conn)
             await conn.aclose()
@@ -281,8 +281,6 @@ class Session:
             exchange.lost = True
             exchange.done.set()
         self._exchanges.clear()
-        if self._send_queue is not None:
-            self._send_queue.close()
         if self._conn_scope is not None:
             self._conn_scope.cancel()
         self._wake()
@@ -470,10 +468,10 @@ class Session:
                 return itt
 
     def _enqueue(self, pdus: list[Pdu]) -> None:
-        assert self._send_queue is not None
-        # A closed queue: the connection is going away; recovery re-issues what matters.
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self._send_queue.send_nowait(pdus)
+        """Queue PDUs for the writer; after a connection loss they are dropped with the
+        connection (recovery re-issues what matters)."""
+        self._outbox += pdus
+        self._outbox_ready.set()
 
     def _issue(self, task: _Task) -> None:
         """Synchronous, so CmdSN order is queue order: assign tags, queue the PDUs."""
@@ -632,15 +630,12 @@ class Session:
 
     # ------------------------------------------------------------------ connection tasks
 
-    async def _writer(self, conn: Connection, queue: trio.MemoryReceiveChannel[list[Pdu]]) -> None:
+    async def _writer(self, conn: Connection) -> None:
         """Send queued PDUs, everything queued so far in one write."""
-        async for batch in queue:
-            pdus = list(batch)
-            while True:
-                try:
-                    pdus += queue.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready = trio.Event()
+            pdus, self._outbox = self._outbox, []
             await conn.send(pdus)
 
     async def _pinger(self, conn: Connection) -> None:
