@@ -57,6 +57,8 @@ class FakeTarget:
     # Hooks: called with (session, command count) after each command; may send PDUs.
     after_command: Callable[[FakeSession, int], Awaitable[None]] | None = None
     garbage_after_login: bytes | None = None
+    # Hook: may answer a command itself (returns True) instead of the normal emulation.
+    respond: Callable[[FakeSession, ScsiCommand], Awaitable[bool]] | None = None
     sessions: list[FakeSession] = field(default_factory=list)
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -125,6 +127,7 @@ class FakeSession:
         if not login.complete:
             return
         self.target.logins += 1
+        self.framer.max_recv_data_segment_length = login.config.max_recv_data_segment_length
         self.stat_sn = login.stat_sn
         self.exp_cmd_sn = login.cmd_sn
         if self.target.garbage_after_login is not None:
@@ -150,6 +153,8 @@ class FakeSession:
                 return
 
     async def command(self, cmd: ScsiCommand) -> None:
+        if self.target.respond is not None and await self.target.respond(self, cmd):
+            return
         opcode = cmd.cdb[0]
         if opcode in (0x88, 0x8A):
             lba, blocks = struct.unpack_from(">QI", cmd.cdb, 2)

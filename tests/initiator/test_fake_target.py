@@ -4,6 +4,8 @@ logout request through the redirector, target NOP-In pings, malformed PDUs."""
 from __future__ import annotations
 
 import os
+import struct
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import pytest
@@ -11,6 +13,7 @@ import trio
 
 from initiator.device import BlockDevice
 from initiator.errors import (
+    CheckCondition,
     CommandRetriesExhausted,
     LoginError,
     TargetProtocolError,
@@ -18,6 +21,7 @@ from initiator.errors import (
 )
 from initiator.login_flow import LoginOptions
 from initiator.session import SessionConfig
+from iscsicore.pdu import R2T, DataIn, ScsiCommand, ScsiResponse
 from tests.initiator.fake_target import IQN, FakeRedirector, FakeSession, FakeTarget
 
 MiB = 1 << 20
@@ -148,3 +152,104 @@ async def test_malformed_login_answers_are_typed_errors(reply: bytes) -> None:
             async with BlockDevice.open(url, config):
                 pass
         nursery.cancel_scope.cancel()
+
+
+async def run_with_responder(
+    respond: Callable[[FakeSession, ScsiCommand], Awaitable[bool]],
+    body: Callable[[BlockDevice], Awaitable[None]],
+) -> None:
+    target = FakeTarget(bytearray(1 * MiB))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(target.serve)
+        url = f"iscsi://127.0.0.1:{target.port}/{IQN}/0"
+        async with BlockDevice.open(url, SessionConfig(replacement_timeout=2)) as device:
+            target.respond = respond
+            with trio.fail_after(10):
+                await body(device)
+        nursery.cancel_scope.cancel()
+
+
+def is_read(cmd: ScsiCommand) -> bool:
+    return cmd.cdb[0] == 0x88
+
+
+async def test_data_in_beyond_the_buffer_fails_only_that_command() -> None:
+    async def overrun(session: FakeSession, cmd: ScsiCommand) -> bool:
+        if not is_read(cmd) or cmd.expected_data_transfer_length != 512:
+            return False
+        await session.send(
+            DataIn(
+                final=True, status_present=True, itt=cmd.itt, buffer_offset=256,
+                data=bytes(512), **session.status_fields(),
+            )
+        )  # fmt: skip
+        return True
+
+    async def body(device: BlockDevice) -> None:
+        with pytest.raises(TargetProtocolError, match="beyond"):
+            await device.read(0, 1)
+        assert await device.read(0, 2) == bytes(1024)  # the session goes on
+
+    await run_with_responder(overrun, body)
+
+
+async def test_r2t_beyond_the_write_fails_that_command() -> None:
+    async def bad_r2t(session: FakeSession, cmd: ScsiCommand) -> bool:
+        if cmd.cdb[0] != 0x8A:
+            return False
+        await session.send(
+            R2T(
+                itt=cmd.itt, ttt=9, buffer_offset=0, desired_data_transfer_length=1 << 30,
+                stat_sn=session.stat_sn, exp_cmd_sn=session.exp_cmd_sn,
+                max_cmd_sn=session.exp_cmd_sn + 31,
+            )
+        )  # fmt: skip
+        return True
+
+    async def body(device: BlockDevice) -> None:
+        with pytest.raises(TargetProtocolError, match="R2T"):
+            await device.write(0, bytes(512 * 200))
+
+    await run_with_responder(bad_r2t, body)
+
+
+async def test_unknown_tags_are_ignored_and_check_condition_is_decoded() -> None:
+    sense = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0, 0, 0])
+
+    async def answer(session: FakeSession, cmd: ScsiCommand) -> bool:
+        if not is_read(cmd):
+            return False
+        stray = DataIn(final=True, itt=cmd.itt ^ 0xFFFF, data=bytes(8), **session.status_fields())
+        response = ScsiResponse(
+            itt=cmd.itt,
+            status=2,
+            data=struct.pack(">H", len(sense)) + sense,
+            **session.status_fields(),
+        )
+        await session.send(stray, response)
+        return True
+
+    async def body(device: BlockDevice) -> None:
+        with pytest.raises(CheckCondition) as caught:
+            await device.read(0, 1)
+        assert (caught.value.sense_key, caught.value.asc) == (5, 0x24)
+
+    await run_with_responder(answer, body)
+
+
+async def test_a_target_that_never_answers_a_command_is_caught_by_nop() -> None:
+    """A target that swallows commands but answers nothing else: NOP-Out pings keep
+    working, so this is a hung command, not a dead target; the caller's own timeout
+    applies. With pings unanswered too (frozen tgtd) see test_failover_tgtd."""
+
+    async def swallow(session: FakeSession, cmd: ScsiCommand) -> bool:
+        return is_read(cmd)
+
+    async def body(device: BlockDevice) -> None:
+        with trio.move_on_after(0.5) as scope:
+            await device.read(0, 1)
+        assert scope.cancelled_caught
+        assert device.session.outstanding == 0  # the cancelled command's tag is released
+        await device.write(0, bytes(512))
+
+    await run_with_responder(swallow, body)
