@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from enum import Enum
 from typing import Any, NamedTuple
 
 from construct import (
@@ -82,13 +83,19 @@ CDB_IN_BHS = 16
 OPCODE_MASK = 0x3F
 IMMEDIATE_BIT = 0x40
 
-# The I bit of byte 0: a field, reserved, or always 1 (Login Request).
-_I_FIELD = "field"
-_I_RESERVED = "reserved"
-_I_ONE = "one"
-
 _ONE = Default(Flag, True)  # a bit the RFC fixes to 1: written as 1, ignored on receipt
 _ITT_RESERVED = Default(Int32ub, RESERVED_TAG)
+
+
+class IBit(Enum):
+    """What bit 6 of byte 0 is for an opcode."""
+
+    FIELD = "field"  # the I (immediate delivery) flag
+    RESERVED = "reserved"
+    ONE = "one"  # Login Request: always 1
+
+
+_I_FIELD, _I_RESERVED, _I_ONE = IBit.FIELD, IBit.RESERVED, IBit.ONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +103,8 @@ class BhsLayout:
     """One opcode's BHS declaration and the mapping to its dataclass."""
 
     pdu_class: type[Pdu]
-    struct: Construct  # compiled, 48 bytes
+    declaration: Construct  # the Struct as declared, 48 bytes
+    struct: Construct  # the same, compiled (several times faster)
     bit_groups: dict[str, tuple[str, ...]]  # "byte0"/"byte1" -> the dataclass fields in it
     field_names: tuple[str, ...]  # the dataclass fields, in declaration order
 
@@ -108,7 +116,7 @@ def _named(subcons: Iterable[Construct]) -> tuple[str, ...]:
 def _declare(
     pdu_class: type[Pdu],
     *,
-    i_bit: str,
+    i_bit: IBit,
     byte1: Sequence[Construct],
     bytes2_3: Sequence[Construct],
     bytes8_47: Sequence[Construct],
@@ -135,7 +143,7 @@ def _declare(
     declared.update(*bit_groups.values())
     if declared != set(field_names):
         raise AssertionError(f"{pdu_class.__name__}: {declared ^ set(field_names)} mismatch")
-    return BhsLayout(pdu_class, layout.compile(), bit_groups, field_names)
+    return BhsLayout(pdu_class, layout, layout.compile(), bit_groups, field_names)
 
 
 # ---------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from iscsicore.pdu import (
     lun_from_number,
 )
 
-from .strategies import ahs_lists, pdus, pdus_of
+from .strategies import ahs_lists, pdus, pdus_of, raw_headers
 
 CODECS = [
     pytest.param((wire.encode_bhs, wire.decode_bhs), id="construct"),
@@ -598,3 +598,21 @@ def test_empty_cdb_is_refused() -> None:
 def test_layouts_are_48_bytes() -> None:
     for layout in wire.LAYOUTS.values():
         assert layout.struct.sizeof() == BHS_LENGTH
+
+
+def _plain(container: object) -> object:
+    """A parsed construct Container as plain dicts, without construct's private keys."""
+    if isinstance(container, dict):
+        return {k: _plain(v) for k, v in container.items() if not str(k).startswith("_")}
+    return container
+
+
+@pytest.mark.parametrize("opcode", list(wire.LAYOUTS), ids=lambda op: op.name)
+@settings(deadline=None, max_examples=30)
+@given(data=st.data())
+def test_compiled_structs_equal_their_declarations(opcode: Opcode, data: st.DataObject) -> None:
+    layout = wire.LAYOUTS[opcode]
+    header = data.draw(raw_headers(opcode, total_ahs_length=None))
+    parsed = layout.struct.parse(header)
+    assert _plain(parsed) == _plain(layout.declaration.parse(header))
+    assert layout.struct.build(parsed) == layout.declaration.build(parsed)
