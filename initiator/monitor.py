@@ -1,0 +1,145 @@
+"""Keep a discovery session open to a portal and ping it with NOP-Outs: is it alive?
+
+What the redirector's health checks need (stargate answers NOP-Out on a discovery
+session; tgtd drops the connection instead): a portal is down after a refused or timed-out
+connection or login, a dropped connection, or a NOP-Out unanswered within ``timeout``;
+it is up again after the next successful login. Transitions are reported through a
+callback; ``healthy``, ``rtt`` and ``error`` always hold the latest view.
+
+    monitor = PortalMonitor(parse_portal("127.77.1.2:3261"), on_change=print)
+    nursery.start_soon(monitor.run)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from iscsicore.pdu import RESERVED_TAG, AsyncMessage, LogoutRequest, NopIn, NopOut, Reject
+
+from .errors import InitiatorError, TargetProtocolError
+from .login_flow import Established, LoginOptions, establish
+from .url import Portal
+
+_PING_TAG_START = 0x1000
+
+
+@dataclass
+class PortalMonitor:
+    portal: Portal
+    interval: float = 1.0  # between pings, and between reconnect attempts
+    timeout: float = 1.0  # for a connection, a login, a ping answer
+    on_change: Callable[[bool, str], None] | None = None  # (healthy, reason)
+    login: LoginOptions = field(default_factory=LoginOptions)
+    healthy: bool | None = None  # None until the first verdict
+    rtt: float | None = None  # last NOP round trip, seconds
+    error: str = ""
+    checks: int = 0
+
+    async def run(self) -> None:
+        """Forever: log in, ping until something fails, report, wait, try again."""
+        options = self._options()
+        while True:
+            try:
+                established = await establish(self.portal, None, options)
+            except InitiatorError as error:
+                self._verdict(False, f"login failed: {error}")
+                await trio.sleep(self.interval)
+                continue
+            try:
+                await self._ping_loop(established)
+            except InitiatorError as error:
+                self._verdict(False, str(error))
+            finally:
+                await established.connection.aclose()
+            await trio.sleep(self.interval)
+
+    async def check_once(self) -> bool:
+        """One login + ping + logout; updates the verdict and returns it."""
+        options = self._options()
+        try:
+            established = await establish(self.portal, None, options)
+        except InitiatorError as error:
+            self._verdict(False, f"login failed: {error}")
+            return False
+        try:
+            await self._ping(established, _PING_TAG_START)
+            await self._logout(established)
+        except InitiatorError as error:
+            self._verdict(False, str(error))
+        finally:
+            await established.connection.aclose()
+        return bool(self.healthy)
+
+    def _options(self) -> LoginOptions:
+        return LoginOptions(
+            initiator_name=self.login.initiator_name,
+            chap=self.login.chap,
+            max_redirects=0,  # a health check is about this portal, not where it points
+            connect_timeout=self.timeout,
+            login_timeout=self.timeout,
+        )
+
+    async def _ping_loop(self, established: Established) -> None:
+        tag = _PING_TAG_START
+        while True:
+            await self._ping(established, tag)
+            tag = tag + 1 if tag < 0xFFFF_0000 else _PING_TAG_START
+            await trio.sleep(self.interval)
+
+    async def _ping(self, established: Established, tag: int) -> None:
+        connection = established.connection
+        started = trio.current_time()
+        ping = NopOut(
+            immediate=True,
+            itt=tag,
+            ttt=RESERVED_TAG,
+            cmd_sn=established.exp_cmd_sn,
+            exp_stat_sn=(established.stat_sn + 1) & 0xFFFFFFFF,
+        )
+        await connection.send([ping])
+        with trio.move_on_after(self.timeout) as scope:
+            while True:
+                pdu = await connection.receive()
+                if isinstance(pdu, NopIn):
+                    established.stat_sn = pdu.stat_sn
+                    if pdu.ttt != RESERVED_TAG:  # the target pings us too: echo
+                        echo = NopOut(
+                            immediate=True,
+                            itt=RESERVED_TAG,
+                            ttt=pdu.ttt,
+                            cmd_sn=established.exp_cmd_sn,
+                            exp_stat_sn=(pdu.stat_sn + 1) & 0xFFFFFFFF,
+                        )
+                        await connection.send([echo])
+                    if pdu.itt == tag:
+                        break
+                elif isinstance(pdu, AsyncMessage):
+                    raise TargetProtocolError(f"portal sent AsyncEvent {pdu.async_event}")
+                elif isinstance(pdu, Reject):
+                    raise TargetProtocolError(f"portal rejected the NOP-Out ({pdu.reason:#x})")
+        if scope.cancelled_caught:
+            raise TargetProtocolError(f"NOP-Out unanswered for {self.timeout:g} s")
+        self.rtt = trio.current_time() - started
+        self.checks += 1
+        self._verdict(True, "")
+
+    async def _logout(self, established: Established) -> None:
+        logout = LogoutRequest(
+            immediate=True,
+            itt=1,
+            cmd_sn=established.exp_cmd_sn,
+            exp_stat_sn=(established.stat_sn + 1) & 0xFFFFFFFF,
+        )
+        await established.connection.send([logout])
+        with trio.move_on_after(self.timeout):
+            await established.connection.receive()
+
+    def _verdict(self, healthy: bool, reason: str) -> None:
+        self.error = reason
+        if healthy != self.healthy:
+            self.healthy = healthy
+            if self.on_change is not None:
+                self.on_change(healthy, reason)
