@@ -6,6 +6,7 @@
     initiator write URL LBA --file F
     initiator bench URL --rw randread --bs 4k --qd 32 --seconds 10 [--json]
     initiator verify URL --seconds N [--json]
+    initiator vm PORTAL VDISK... [--workload verify|randrw|...] --seconds N [--json]
 
 Errors print one line on stderr and exit 1 (2 for usage); no tracebacks.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 import trio
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -34,6 +36,7 @@ from .login_flow import DEFAULT_INITIATOR_NAME, LoginOptions
 from .session import SessionConfig
 from .url import parse_portal, parse_url
 from .verify import Verifier, VerifyReport
+from .vm_workload import DiskRun, run_vm_workload
 
 EXIT_ERROR = 1
 EXIT_MISMATCH = 3  # verify found lost or corrupt data
@@ -91,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--chunk-blocks", type=int, default=8)
     verify.add_argument("--size", default="64m", help="region to exercise (default 64m)")
     verify.add_argument("--json", action="store_true")
+
+    vm = commands.add_parser(
+        "vm", help="a VM: many vDisks through one portal, a workload on each, live stats"
+    )
+    vm.add_argument("portal", help="the node's redirector, host[:port]")
+    vm.add_argument("vdisks", nargs="+", help="vDisk ids (or full target IQNs)")
+    vm.add_argument("--workload", default="verify", choices=["verify", *[p.value for p in Pattern]])
+    vm.add_argument("--seconds", type=float, default=10.0)
+    vm.add_argument("--qd", type=int, default=4, help="per vDisk")
+    vm.add_argument("--bs", default="4k")
+    vm.add_argument("--size", default="64m", help="region of each vDisk to exercise")
+    vm.add_argument("--name", default="vm")
+    vm.add_argument("--json", action="store_true")
     return parser
 
 
@@ -331,6 +347,68 @@ async def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     return 0 if report.errors == 0 else EXIT_ERROR
 
 
+def _vm_table(runs: list[DiskRun], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("vDisk", "portal", "IOPS", "MB/s", "p50 µs", "p99 µs", "reconnects",
+                   "longest pause", "mismatches", "errors"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("vDisk", "portal") else "right")
+    for run in runs:
+        snap = run.snapshot()
+        latency = snap.get("latency_us") or {}
+        assert isinstance(latency, dict)
+        mismatches = run.verify.mismatch_count if run.verify is not None else "-"
+        table.add_row(
+            run.vdisk,
+            str(snap.get("portal") or "-"),
+            f"{snap.get('iops', 0):,.0f}",
+            f"{snap.get('mb_per_s', 0):,.1f}",
+            f"{latency.get('p50', 0):,.0f}",
+            f"{latency.get('p99', 0):,.0f}",
+            str(snap.get("reconnects", 0)),
+            f"{snap.get('longest_pause_s', 0):.2f} s",
+            str(mismatches),
+            run.error or str(snap.get("errors", 0)),
+        )
+    return table
+
+
+async def cmd_vm(args: argparse.Namespace, console: Console) -> int:
+    title = f"VM {args.name} via {args.portal}: {args.workload}"
+    live = (
+        Live(console=console, auto_refresh=False) if console.is_terminal and not args.json else None
+    )
+
+    def tick(runs: list[DiskRun]) -> None:
+        if live is not None:
+            live.update(_vm_table(runs, title), refresh=True)
+
+    if live is not None:
+        live.start()
+    try:
+        runs = await run_vm_workload(
+            parse_portal(args.portal),
+            args.vdisks,
+            seconds=args.seconds,
+            workload=args.workload,
+            queue_depth=args.qd,
+            block_size=parse_size(args.bs),
+            region_bytes=parse_size(args.size),
+            config=_config(args),
+            on_tick=tick,
+            vm_name=args.name,
+        )
+    finally:
+        if live is not None:
+            live.stop()
+    if args.json:
+        print(json.dumps([run.snapshot() for run in runs], indent=2))
+    elif live is None:
+        console.print(_vm_table(runs, title))
+    lost = any(run.verify is not None and run.verify.mismatch_count for run in runs)
+    failed = any(run.error or (run.verify is not None and not run.verify.ok) for run in runs)
+    return EXIT_MISMATCH if lost else EXIT_ERROR if failed else 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], Awaitable[int]]] = {
     "ls": cmd_ls,
     "inq": cmd_inq,
@@ -338,6 +416,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], Awaitable[int]]] = {
     "write": cmd_write,
     "bench": cmd_bench,
     "verify": cmd_verify,
+    "vm": cmd_vm,
 }
 
 

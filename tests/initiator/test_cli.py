@@ -131,3 +131,21 @@ def test_verify_cli_survives_stargate_crash_and_restart(
     assert report["mismatch_count"] == 0 and report["errors"] == 0, report
     assert report["reconnects"] >= 1
     assert report["longest_pause_s"] >= 0.9
+
+
+def test_vm_command_reports_each_vdisk(
+    process_reaper: ProcessReaper, free_port: int, tmp_data_dir: Path
+) -> None:
+    argv = [
+        sys.executable, "-m", "stargate", "target", "--portal", f"127.0.0.1:{free_port}",
+        "--data-dir", str(tmp_data_dir), "--vdisk", "a:16M", "--vdisk", "b:16M",
+    ]  # fmt: skip
+    process_reaper.spawn(argv, name="stargate").wait_for_port("127.0.0.1", free_port)
+    done = initiator(
+        "vm", f"127.0.0.1:{free_port}", "a", "b", "--seconds", "1", "--size", "2m", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {row["vdisk"]: row for row in json.loads(done.stdout)}
+    assert set(rows) == {"a", "b"}
+    assert all(row["verify_ok"] and row["ios"] > 0 for row in rows.values())
+    assert rows["a"]["portal"] == f"127.0.0.1:{free_port}"

@@ -13,8 +13,10 @@ from initiator.device import BlockDevice
 from initiator.errors import CheckCondition
 from initiator.probe import probe
 from initiator.session import SessionConfig
+from initiator.url import parse_portal
 from initiator.verify import Verifier
 from initiator.vm import VM
+from initiator.vm_workload import run_vm_workload
 from iscsicore.pdu import TmfResponse
 from iscsicore.scsi.sense import SenseKey
 from stargate.server import StargateServer
@@ -117,3 +119,26 @@ async def test_health_probe(nursery: trio.Nursery) -> None:
     listener.close()
     down = await probe(f"127.0.0.1:{closed_port}", target_name_for("vd1"), timeout=1)
     assert not down.ok and down.seconds < 1.5 and "ConnectError" in down.error
+
+
+async def test_vm_workload_verifies_every_vdisk_through_a_logout_request(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(nursery, *(memory_target(f"vd{i}", 8 * MiB) for i in range(3)))
+
+    async def disturb() -> None:
+        await trio.sleep(0.8)
+        server.request_logout("vd1", seconds=1)
+
+    nursery.start_soon(disturb)
+    runs = await run_vm_workload(
+        parse_portal(f"127.0.0.1:{server.port}"),
+        ["vd0", "vd1", "vd2"],
+        seconds=2.0,
+        queue_depth=4,
+        region_bytes=2 * MiB,
+    )
+    by_name = {run.vdisk: run.snapshot() for run in runs}
+    assert all(snap["verify_ok"] for snap in by_name.values()), by_name
+    assert by_name["vd1"]["reconnects"] == 1
+    assert by_name["vd0"]["reconnects"] == 0
