@@ -496,7 +496,14 @@ class TargetLogin:
             target_alias=self._negotiator.declared_by_us.get("TargetAlias"),
             target_portal_group_tag=self.config.portal_group_tag,
         )
-        self.params = self._negotiator.session_params(base)
+        params = self._negotiator.session_params(base)
+        for key, required, agreed in (
+            ("HeaderDigest", self.config.header_digests, params.header_digest),
+            ("DataDigest", self.config.data_digests, params.data_digest),
+        ):
+            if NONE not in required and not agreed:
+                raise _LoginFailure(LoginStatus.INITIATOR_ERROR, f"{key}=CRC32C is required")
+        self.params = params
         self.state = TargetLoginState.COMPLETE
 
     def _redirect(self, req: LoginRequest, redirect: Redirect) -> LoginResponse:
@@ -852,6 +859,11 @@ class InitiatorLogin:
     def _done(self, resp: LoginResponse) -> LoginOutcome:
         if resp.tsih == 0 or (self.tsih and resp.tsih != self.tsih):
             return self._protocol_error(f"final response with TSIH {resp.tsih}")
+        for key in ("HeaderDigest", "DataDigest"):
+            if self._negotiator.refused.get(key) == REJECT:
+                # No digest choice in common: going on with the default (None) could
+                # drop the integrity the caller asked for or the target requires.
+                return self._protocol_error(f"target refused every {key} we offered")
         declared = self._negotiator.declared_by_peer
         tag = declared.get("TargetPortalGroupTag")
         base = SessionParams(

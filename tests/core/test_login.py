@@ -627,3 +627,37 @@ def test_initiator_ignoring_target_offers_is_not_kept_waiting() -> None:
     assert not first.transit and ("MaxBurstLength", "16384") in decode_text(first.data)
     final = target.receive(request([], **operational))
     assert final.transit and target.complete
+
+
+@pytest.mark.parametrize("key", ["header_digest", "data_digest"])
+def test_required_digest_refused_fails_the_initiator(key: str) -> None:
+    target = make_target(Policy(), **{f"{key}s": ("None",)})
+    proposals = LoginProposals(**{key: ("CRC32C",)})  # type: ignore[arg-type]
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID, proposals=proposals), target)
+    assert isinstance(outcome, LoginFailed) and "Digest" in outcome.message
+    preferred = LoginProposals(**{key: ("CRC32C", "None")})  # type: ignore[arg-type]
+    target = make_target(Policy(), **{f"{key}s": ("None",)})
+    outcome = run_login(InitiatorLogin(INITIATOR, TARGET, ISID, proposals=preferred), target)
+    assert isinstance(outcome, LoginDone) and not getattr(outcome.params, key)
+
+
+def test_target_requiring_digests_refuses_an_initiator_without() -> None:
+    operational = {"csg": LoginStage.OPERATIONAL, "nsg": LoginStage.FULL_FEATURE}
+    hello = [("InitiatorName", INITIATOR), ("TargetName", TARGET)]
+    # Ignoring the target's CRC32C offer, or answering it with None, ends the login.
+    for answer in ([], [("HeaderDigest", "None")]):
+        target = make_target(Policy(), header_digests=("CRC32C",))
+        offer = target.receive(request(hello, **operational))
+        assert ("HeaderDigest", "CRC32C") in decode_text(offer.data) and not offer.transit
+        refused = target.receive(request(answer, **operational))
+        assert status_of(refused) == 0x0200 and target.failed
+    target = make_target(Policy(), header_digests=("CRC32C",))
+    target.receive(request(hello, **operational))
+    final = target.receive(request([("HeaderDigest", "CRC32C")], **operational))
+    assert final.transit and target.params.header_digest
+    target = make_target(Policy(), header_digests=("CRC32C",))
+    login = InitiatorLogin(
+        INITIATOR, TARGET, ISID, proposals=LoginProposals(header_digest=("None", "CRC32C"))
+    )
+    outcome = run_login(login, target)
+    assert isinstance(outcome, LoginDone) and outcome.params.header_digest
