@@ -16,6 +16,7 @@ commands fail, with ``TargetUnreachable``; reconnect attempts go on in the backg
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -296,28 +297,29 @@ class Session:
         backoff = config.reconnect_backoff_first
         last_error: Exception | None = None
         while self._state is _State.DOWN:
-            now = trio.current_time()
-            if self._failure is None and now + delay >= deadline:
-                await trio.sleep(max(0.0, deadline - now))
+            if self._failure is None and trio.current_time() >= deadline:
                 self._failure = TargetUnreachable(
                     f"{self.target} unreachable through {self.original_portal} for "
-                    f"{config.replacement_timeout:g} s: {last_error}"
+                    f"{config.replacement_timeout:g} s: {last_error or 'no login answered'}"
                 )
                 log.warning("%s", self._failure)
                 self._wake()
-            await trio.sleep(delay)
-            try:
-                established = await establish(self.original_portal, self.target, config.login)
-            except (ConnectError, LoginError, ConnectionLost, TargetProtocolError) as error:
-                last_error = error
-                log.info("reconnect to %s failed: %s", self.target, error)
+            # Until the replacement timeout fires, no sleep or login attempt may outlast it.
+            limit = deadline if self._failure is None else math.inf
+            with trio.move_on_at(limit):
+                await trio.sleep(delay)
                 delay, backoff = backoff, min(backoff * 2, config.reconnect_backoff_max)
-                continue
-            self.stats.reconnects += 1
-            self._install(established)
-            log.info(
-                "session to %s: reconnected via %s", self.target, established.connection.portal
-            )
+                try:
+                    established = await establish(self.original_portal, self.target, config.login)
+                except (ConnectError, LoginError, ConnectionLost, TargetProtocolError) as error:
+                    last_error = error
+                    log.info("reconnect to %s failed: %s", self.target, error)
+                    continue
+                self.stats.reconnects += 1
+                self._install(established)
+                log.info(
+                    "session to %s: reconnected via %s", self.target, established.connection.portal
+                )
 
     async def _shutdown(self) -> None:
         with trio.CancelScope(shield=True):
@@ -384,7 +386,10 @@ class Session:
             try:
                 await task.done.wait()
             except BaseException:
-                self._tasks.pop(task.itt, None)  # cancelled by the caller: forget the tag
+                # Cancelled by the caller: forget the tag and, as QEMU does, ask the target
+                # to abort the task so that it does not wait for Data-Out nobody will send.
+                if self._tasks.pop(task.itt, None) is not None and self._state is _State.UP:
+                    self._send_abort(task)
                 raise
             if task.lost:
                 reissues += 1
@@ -578,6 +583,24 @@ class Session:
                 return TmfResponse(answer.response)
             except ValueError:
                 return answer.response
+
+    def _send_abort(self, task: _Task) -> None:
+        """ABORT TASK without waiting for the answer (the exchange is dropped with it)."""
+        _exchange, itt = self._open_exchange()
+        self._enqueue(
+            [
+                TaskMgmtRequest(
+                    immediate=True,
+                    function=TmfFunction.ABORT_TASK,
+                    lun=task.lun_raw,
+                    itt=itt,
+                    referenced_task_tag=task.itt,
+                    cmd_sn=self._cmd_sn,
+                    exp_stat_sn=self._exp_stat_sn,
+                    ref_cmd_sn=task.cmd_sn,
+                )
+            ]
+        )
 
     async def abort_task(self, itt: int, *, lun: int = 0) -> TmfResponse | int:
         """ABORT TASK for the command with tag ``itt``; that command then raises

@@ -98,3 +98,26 @@ async def test_replacement_timeout_fails_commands_clearly(tgtd_factory: TgtdFact
                 except TargetUnreachable:
                     await trio.sleep(0.2)
         assert disk.stats.reconnects == 1
+
+
+async def test_replacement_timeout_holds_even_while_a_login_hangs(
+    tgtd_factory: TgtdFactory,
+) -> None:
+    """A frozen target accepts TCP connections (the kernel does) but never answers the
+    login: the replacement timeout must still fire on time, not after the login timeout."""
+    tgt = tgtd_factory(lun_sizes=[4 * MiB])
+    config = SessionConfig(
+        login=LoginOptions(login_timeout=30.0),
+        nop_interval=0.2,
+        nop_timeout=0.3,
+        replacement_timeout=1.5,
+    )
+    async with BlockDevice.open(tgt.url(), config) as disk:
+        tgtd_control.freeze(tgt, True)
+        try:
+            started = trio.current_time()
+            with trio.fail_after(10), pytest.raises(TargetUnreachable):
+                await disk.read(0, 1)
+            assert trio.current_time() - started < 4.0
+        finally:
+            tgtd_control.freeze(tgt, False)
