@@ -29,7 +29,7 @@ from iscsicore.scsi.sense import (
     SenseKey,
     build_sense,
 )
-from stargate.scsi import sbc, spc
+from stargate.scsi import sbc, spc, xcopy
 from stargate.scsi.command import Command, CommandSpec, Nexus, ScsiResult
 from stargate.scsi.modes import ModeState
 from stargate.stores.base import BlockStore
@@ -188,7 +188,7 @@ class SimpleUnitAttentions:
 
 def _build_dispatch() -> dict[int, CommandSpec]:
     table: dict[int, CommandSpec] = {}
-    for module_table in (spc.COMMANDS, sbc.COMMANDS):
+    for module_table in (spc.COMMANDS, sbc.COMMANDS, xcopy.COMMANDS):
         table.update(module_table)
     return table
 
@@ -207,6 +207,7 @@ class LogicalUnit:
         reservations: ReservationChecker | None = None,
         unit_attentions: UnitAttentions | None = None,
         relative_port_id: int = 1,
+        copy_target_resolver: xcopy.CopyTargetResolver | None = None,
     ) -> None:
         self.store = store
         self.meta = meta
@@ -214,6 +215,9 @@ class LogicalUnit:
         self.unit_attentions: UnitAttentions = unit_attentions or SimpleUnitAttentions()
         self.modes = ModeState()
         self.relative_port_id = relative_port_id
+        # EXTENDED COPY reaches other vDisks through this (designator -> unit); None: self only.
+        self.copy_target_resolver = copy_target_resolver
+        self.copy_results = xcopy.CopyResults()
 
     # ---- geometry -------------------------------------------------------------------
     @property

@@ -54,14 +54,14 @@ class VpdPage(IntEnum):
 
 
 def standard_inquiry() -> bytes:
-    """96 bytes: SPC-4, HiSup, response data format 2, CmdQue; no 3PC, TPGS or PROTECT."""
+    """96 bytes: SPC-4, HiSup, response data format 2, CmdQue, 3PC; no TPGS or PROTECT."""
     data = bytearray(96)
     data[0] = DIRECT_ACCESS_BLOCK_DEVICE  # peripheral qualifier 0: connected
     data[1] = 0x00  # RMB 0: not removable
     data[2] = VERSION_SPC4
     data[3] = 0x10 | 0x02  # HISUP, RESPONSE DATA FORMAT 2
     data[4] = len(data) - 5
-    data[5] = 0x00  # TPGS 0, 3PC 0, PROTECT 0
+    data[5] = 0x08  # 3PC (EXTENDED COPY); TPGS 0, PROTECT 0
     data[6] = 0x00
     data[7] = 0x02  # CMDQUE
     data[8:16] = VENDOR
@@ -105,15 +105,23 @@ _TYPE_T10_VENDOR, _TYPE_NAA, _TYPE_RELATIVE_PORT, _TYPE_SCSI_NAME = 1, 3, 4, 8
 _PROTOCOL_ISCSI = 5
 
 
+def _t10_vendor_id(lu: LogicalUnit) -> bytes:
+    return VENDOR + lu.meta.vdisk_id.encode("ascii", "replace")[:200]
+
+
+def lu_designators(lu: LogicalUnit, designator_type: int) -> set[bytes]:
+    """The logical unit's own designators of one type (EXTENDED COPY matches on them)."""
+    if designator_type == _TYPE_NAA:
+        return {lu.meta.naa}
+    if designator_type == _TYPE_T10_VENDOR:
+        return {_t10_vendor_id(lu)}
+    return set()
+
+
 def _device_identification(lu: LogicalUnit, nexus: Nexus) -> bytes:
     designators = [
         _designator(_CODE_SET_BINARY, _ASSOC_LU, _TYPE_NAA, lu.meta.naa),
-        _designator(
-            _CODE_SET_ASCII,
-            _ASSOC_LU,
-            _TYPE_T10_VENDOR,
-            VENDOR + lu.meta.vdisk_id.encode("ascii", "replace")[:200],
-        ),
+        _designator(_CODE_SET_ASCII, _ASSOC_LU, _TYPE_T10_VENDOR, _t10_vendor_id(lu)),
         _designator(
             _CODE_SET_BINARY,
             _ASSOC_TARGET_PORT,

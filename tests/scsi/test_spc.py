@@ -26,7 +26,8 @@ def test_standard_inquiry() -> None:
     assert data[2] == 0x06  # SPC-4
     assert data[3] & 0x0F == 2 and data[3] & 0x10  # response format 2, HiSup
     assert data[4] == len(data) - 5
-    assert data[5] & 0x38 == 0  # no TPGS, no 3PC
+    assert data[5] & 0x30 == 0  # no TPGS
+    assert data[5] & 0x08  # 3PC: EXTENDED COPY
     assert data[7] & 0x02  # CmdQue
     assert data[8:16] == b"NUTANIX "
     assert data[16:32].rstrip() == b"VDISK"
