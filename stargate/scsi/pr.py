@@ -508,6 +508,14 @@ class PersistentReservations:
         if own is None and new_key == 0:
             return False  # unregistering what is not registered: GOOD, nothing changes
         if own is None:
+            if params.all_tg_pt:
+                # The new key covers this initiator port through every target port: it
+                # replaces registrations the port made through others, one key per nexus.
+                change.remove(
+                    r
+                    for r in change.state.registrations
+                    if r.initiator_port == nexus.initiator_port
+                )
             change.state.registrations.append(
                 Registration(nexus.initiator_port, nexus.target_port, new_key, params.all_tg_pt)
             )

@@ -8,11 +8,13 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from iscsicore.scsi.opcodes import PrInAction, PrOutAction, PrType, ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, CheckCondition, SenseKey
@@ -1020,3 +1022,163 @@ async def test_libiscsi_reservation_suites_pass(
     assert result.returncode == 0, output[-4000:]
     assert re.search(r"tests\s+27\s+27\s+27\s+0", output), output[-4000:]
     assert json.loads((tmp_path / "vd1.pr.json").read_text())["generation"] > 0
+
+
+# ---- random command sequences keep the state consistent -------------------------------------
+class PersistentReservationMachine(RuleBasedStateMachine):
+    """Any sequence of PERSISTENT RESERVE OUT commands from a few nexuses keeps the state
+    coherent, saved, and its generation honest."""
+
+    nexuses = st.sampled_from([A, B, C, node(1, OTHER_TARGET_PORT)])
+    keys = st.sampled_from([0, KEY_A, KEY_B, KEY_C])
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bench = Bench()
+
+    def _snapshot(self) -> PrState:
+        state = self.bench.pr.state
+        return PrState(state.generation, state.aptpl, list(state.registrations), state.reservation)
+
+    def _check_transition(self, before: PrState, action: PrOutAction, outcome: Outcome) -> None:
+        after = self.bench.pr.state
+        delta = (after.generation - before.generation) & 0xFFFFFFFF
+        if outcome != GOOD:
+            assert after == before, "a failed command changes nothing"
+            return
+        assert delta in (0, 1)
+        if after.registrations != before.registrations:
+            assert delta == 1, "every registration change bumps PRGENERATION"
+        if action in (PrOutAction.RESERVE, PrOutAction.RELEASE):
+            assert delta == 0, "RESERVE and RELEASE leave PRGENERATION alone"
+            assert after.registrations == before.registrations
+
+    def _own_key(self, nexus: Nexus) -> int:
+        registration = self.bench.pr.registration_of(nexus)
+        return registration.key if registration else 0
+
+    def _run(self, nexus: Nexus, action: PrOutAction, rk: int, sark: int, **kw: Any) -> Outcome:
+        before = self._snapshot()
+        outcome = self.bench.out(nexus, action, rk, sark, **kw)
+        self._check_transition(before, action, outcome)
+        return outcome
+
+    @rule(
+        nexus=nexuses,
+        action=st.sampled_from(list(PrOutAction)),
+        rk=keys,
+        sark=keys,
+        pr_type=st.integers(0, 9),
+        all_tg_pt=st.booleans(),
+        aptpl=st.booleans(),
+    )
+    def any_prout(
+        self,
+        nexus: Nexus,
+        action: PrOutAction,
+        rk: int,
+        sark: int,
+        pr_type: int,
+        all_tg_pt: bool,
+        aptpl: bool,
+    ) -> None:
+        """Whatever an initiator might send, keys right or wrong."""
+        self._run(nexus, action, rk, sark, pr_type=pr_type, all_tg_pt=all_tg_pt, aptpl=aptpl)
+
+    @rule(nexus=nexuses, key=keys.filter(bool), all_tg_pt=st.booleans())
+    def register(self, nexus: Nexus, key: int, all_tg_pt: bool) -> None:
+        action = PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY
+        assert self._run(nexus, action, 0, key, all_tg_pt=all_tg_pt) == GOOD
+        assert self._own_key(nexus) == key
+
+    @rule(nexus=nexuses)
+    def unregister(self, nexus: Nexus) -> None:
+        outcome = self._run(nexus, PrOutAction.REGISTER, self._own_key(nexus), 0)
+        assert outcome == GOOD and not self.bench.pr.is_registered(nexus)
+
+    @rule(nexus=nexuses, pr_type=st.sampled_from(ALL_TYPES))
+    def reserve(self, nexus: Nexus, pr_type: PrType) -> None:
+        had = self.bench.pr.reservation
+        outcome = self._run(nexus, PrOutAction.RESERVE, self._own_key(nexus), 0, pr_type=pr_type)
+        if outcome == GOOD:
+            assert self.bench.pr.is_holder(nexus)
+        elif self.bench.pr.is_registered(nexus):
+            assert had is not None, "a registrant may reserve an unreserved unit"
+
+    @rule(nexus=nexuses, pr_type=st.sampled_from(ALL_TYPES))
+    def release(self, nexus: Nexus, pr_type: PrType) -> None:
+        current = self.bench.pr.reservation
+        holder = self.bench.pr.is_holder(nexus)
+        outcome = self._run(nexus, PrOutAction.RELEASE, self._own_key(nexus), 0, pr_type=pr_type)
+        if outcome == GOOD and holder and current is not None and current.type == pr_type:
+            assert self.bench.pr.reservation is None
+
+    @rule(nexus=nexuses, victim=keys, pr_type=st.sampled_from(ALL_TYPES), abort=st.booleans())
+    def preempt(self, nexus: Nexus, victim: int, pr_type: PrType, abort: bool) -> None:
+        action = PrOutAction.PREEMPT_AND_ABORT if abort else PrOutAction.PREEMPT
+        outcome = self._run(nexus, action, self._own_key(nexus), victim, pr_type=pr_type)
+        if outcome == GOOD:
+            assert self.bench.pr.is_registered(nexus), "the preempter keeps its registration"
+            others = [r for r in self.bench.pr.registrations if not r.covers(nexus)]
+            if victim:
+                assert all(r.key != victim for r in others), "every holder of the key is gone"
+
+    @rule(nexus=nexuses)
+    def clear(self, nexus: Nexus) -> None:
+        if self._run(nexus, PrOutAction.CLEAR, self._own_key(nexus), 0) == GOOD:
+            assert self.bench.pr.registrations == [] and self.bench.pr.reservation is None
+
+    @rule(nexus=nexuses, sark=keys, dest=nexuses, unreg=st.booleans())
+    def register_and_move(self, nexus: Nexus, sark: int, dest: Nexus, unreg: bool) -> None:
+        before = self._snapshot()
+        rk = self._own_key(nexus)
+        outcome = _move(self.bench, nexus, rk, sark, dest.initiator_port, unreg=unreg)
+        self._check_transition(before, PrOutAction.REGISTER_AND_MOVE, outcome)
+        if outcome == GOOD:
+            assert self.bench.pr.is_holder(Nexus(dest.initiator_port, nexus.target_port))
+
+    @invariant()
+    def reservation_has_a_registered_holder(self) -> None:
+        pr = self.bench.pr
+        reservation = pr.reservation
+        if reservation is None:
+            return
+        assert pr.registrations, "no reservation without registrations"
+        if reservation.holder is not None:
+            assert pr.registration_of(reservation.holder) is not None
+            assert reservation.type not in ALL_REGISTRANTS
+
+    @invariant()
+    def one_registration_per_nexus(self) -> None:
+        registrations = self.bench.pr.registrations
+        assert len({(r.initiator_port, r.target_port) for r in registrations}) == len(registrations)
+        assert all(r.key != 0 for r in registrations)
+
+    @invariant()
+    def saved_state_is_the_live_state(self) -> None:
+        saved = self.bench.store.saved
+        live = self.bench.pr.state
+        assert (PrState.from_json(saved) if saved else PrState()) == live
+
+    @invariant()
+    def holders_never_conflict(self) -> None:
+        for nexus in (A, B, C):
+            if self.bench.pr.is_holder(nexus):
+                assert not self.bench.res.check(nexus, rw10(ScsiOp.WRITE_10, 0, 1))
+
+
+PersistentReservationMachine.TestCase.settings = settings(
+    max_examples=80, stateful_step_count=30, deadline=None
+)
+test_persistent_reservation_state_machine = PersistentReservationMachine.TestCase
+
+
+def test_all_tg_pt_registration_replaces_the_ports_other_registrations() -> None:
+    """One key per I_T nexus: registering an initiator port through every target port
+    supersedes what it registered through another one."""
+    bench = Bench()
+    through_other_port = node(1, OTHER_TARGET_PORT)
+    bench.register(through_other_port, KEY_B)
+    bench.register(A, KEY_A, all_tg_pt=True)
+    assert bench.keys()[1] == [KEY_A]
+    assert bench.pr.registration_of(through_other_port).key == KEY_A  # type: ignore[union-attr]
