@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -41,6 +42,7 @@ class BenchReport:
     last_error: str = ""
     reconnects: int = 0
     longest_pause_s: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time during the run
     latency: LatencyRecorder = field(default_factory=LatencyRecorder)
 
     @property
@@ -67,6 +69,7 @@ class BenchReport:
             "last_error": self.last_error,
             "reconnects": self.reconnects,
             "longest_pause_s": self.longest_pause_s,
+            "cpu_us_per_io": self.cpu_seconds / self.ios * 1e6 if self.ios else 0.0,
         }
 
 
@@ -128,6 +131,7 @@ async def run_bench(
         return rng.random() < read_fraction
 
     started = trio.current_time()
+    cpu_started = time.process_time()
     deadline = started + seconds
 
     async def worker() -> None:
@@ -166,6 +170,7 @@ async def run_bench(
         if progress is not None:
             nursery.start_soon(reporter)
     report.seconds = trio.current_time() - started
+    report.cpu_seconds = time.process_time() - cpu_started
     report.reconnects = device.stats.reconnects - reconnects_before
     report.longest_pause_s = device.stats.pauses.longest_so_far(trio.current_time())
     return report

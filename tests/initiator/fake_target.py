@@ -247,7 +247,9 @@ class FakeRedirector:
 
     def _resolve(self, initiator: str, target: str | None, kind: SessionType) -> Redirect | Refuse:
         self.logins += 1
-        return Redirect(f"{self.destination.host}:{self.destination.port},1")
+        host = self.destination.host
+        bracketed = f"[{host}]" if ":" in host else host
+        return Redirect(f"{bracketed}:{self.destination.port},1")
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         framer = PduFramer(receiving_from="initiator")

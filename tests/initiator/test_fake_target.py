@@ -253,3 +253,19 @@ async def test_a_target_that_never_answers_a_command_is_caught_by_nop() -> None:
         await device.write(0, bytes(512))
 
     await run_with_responder(swallow, body)
+
+
+async def test_redirect_to_an_ipv6_portal() -> None:
+    target = FakeTarget(bytearray(1 * MiB), host="::1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(target.serve)
+        redirector = FakeRedirector(destination=target)
+        await nursery.start(redirector.serve)
+        async with BlockDevice.open(f"iscsi://127.0.0.1:{redirector.port}/{IQN}/0") as device:
+            assert device.session.portal is not None
+            assert device.session.portal.host == "::1"
+            assert device.stats.portal == f"[::1]:{target.port},1"
+            await device.write(0, b"6" * 512)
+        async with BlockDevice.open(f"iscsi://[::1]:{target.port}/{IQN}/0") as direct:
+            assert await direct.read(0, 1) == b"6" * 512
+        nursery.cancel_scope.cancel()
