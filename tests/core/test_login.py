@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from iscsicore.chap import ChapSecrets
 from iscsicore.keys import (
+    CHAP_KEYS,
     SessionType,
     decode_text,
     encode_text,
@@ -661,3 +662,23 @@ def test_target_requiring_digests_refuses_an_initiator_without() -> None:
     )
     outcome = run_login(login, target)
     assert isinstance(outcome, LoginDone) and outcome.params.header_digest
+
+
+SECURITY_STAGE_KEYS = {"AuthMethod", "TargetPortalGroupTag", "TargetAlias", "TargetAddress"}
+
+
+@pytest.mark.parametrize("mode", ["none", "chap", "mutual", "discovery"])
+def test_security_stage_responses_carry_only_security_keys(mode: str) -> None:
+    """open-iscsi fails a login on any other key in a security-stage response."""
+    chap = USER if mode in ("chap", "mutual") else None
+    mutual = TARGET_SECRET if mode == "mutual" else None
+    target = make_target(Policy(Accept(chap=chap, mutual=mutual, target_alias="alias")))
+    login = InitiatorLogin(
+        INITIATOR, None if mode == "discovery" else TARGET, ISID, chap=chap, mutual_chap=mutual
+    )
+    transcript = Transcript()
+    assert isinstance(run_login(login, target, transcript), LoginDone)
+    for response in transcript.responses:
+        keys = {key for key, _ in decode_text(response.data)}
+        if response.csg == LoginStage.SECURITY:
+            assert keys <= SECURITY_STAGE_KEYS | CHAP_KEYS, keys
