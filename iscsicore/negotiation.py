@@ -197,17 +197,19 @@ class Negotiator:
         if spec is None:
             return NOT_UNDERSTOOD
         if value in RESERVED_ANSWERS:
+            if key in self.declared_by_us:  # the peer refused one of our declarations
+                self.refused[key] = value
+                return None
             raise self._peer_error(f"{key}={value} answers nothing we offered")
         if key in OBSOLETE_KEYS:
             # RFC 7143 13.26: IFMarker/OFMarker may be answered No; the *MarkInt keys Reject.
             return NO if spec.boolean else REJECT
         if not spec.phases & phase:
-            if Phase.SECURITY in spec.phases and phase is not Phase.SECURITY:
+            if Phase.SECURITY in spec.phases:
                 raise self._peer_error(f"{key} outside the security stage")
-            if phase is Phase.SECURITY and Phase.OPERATIONAL in spec.phases:
-                # Operational keys sent early are negotiated as if in the next stage.
-                pass
-            else:
+            # Operational keys sent early, in the security stage, are negotiated as if in
+            # the next stage; anything else out of its stage is refused.
+            if not (phase is Phase.SECURITY and Phase.OPERATIONAL in spec.phases):
                 return REJECT
         if not spec.senders & self.role_of_peer:
             raise self._peer_error(f"{key} may not be sent by the {self.role_of_peer.name}")

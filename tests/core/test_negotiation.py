@@ -377,3 +377,22 @@ def test_session_request_identity() -> None:
         message = login.receive(target.receive(message))
     assert isinstance(message, LoginDone) and message.tsih == 99
     assert asked == [SessionRequest(0x1234, 0, 3, "iqn.i", "iqn.t", SessionType.NORMAL)]
+
+
+def test_refused_declaration_is_recorded() -> None:
+    initiator = Negotiator(Role.INITIATOR)
+    initiator.offer("MaxRecvDataSegmentLength", "65536")
+    assert initiator.receive([("MaxRecvDataSegmentLength", "Reject")], Phase.OPERATIONAL) == []
+    assert initiator.refused == {"MaxRecvDataSegmentLength": "Reject"}
+
+
+def test_keys_out_of_their_stage() -> None:
+    target = Negotiator(Role.TARGET, local={"MaxBurstLength": "4096"})
+    # operational keys in the security stage are negotiated as usual
+    assert target.receive([("MaxBurstLength", "65536")], Phase.SECURITY) == [
+        ("MaxBurstLength", "4096")
+    ]
+    # a full-feature-only key during login is refused
+    assert target.receive([("SendTargets", "All")], Phase.OPERATIONAL) == [
+        ("SendTargets", "Reject")
+    ]
