@@ -6,14 +6,9 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from iscsicore.keys import MalformedText, decode_text, encode_text
-from iscsicore.pdu import (
-    RESERVED_TAG,
-    LogoutReason,
-    LogoutRequest,
-    TextRequest,
-    TextResponse,
-)
+from iscsicore.keys import TextError
+from iscsicore.pdu import LogoutReason, LogoutRequest, TextResponse
+from iscsicore.text import TextExchange, TextReply
 
 from . import cdb
 from .errors import CheckCondition, InitiatorError, TargetProtocolError
@@ -23,12 +18,13 @@ from .url import Portal
 
 _MAX_TEXT_ROUNDS = 64  # continuation PDUs accepted for one SendTargets answer
 _MAX_TEXT_BYTES = 1 << 20
+_TEXT_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
 class DiscoveredTarget:
     name: str
-    portals: list[str] = field(default_factory=list)  # TargetAddress values as sent
+    portals: list[str] = field(default_factory=list)  # TargetAddress values
 
 
 @dataclass(slots=True)
@@ -45,56 +41,43 @@ class LunInfo:
         return self.block_size * self.blocks
 
 
-def parse_send_targets(text: bytes) -> list[DiscoveredTarget]:
-    targets: list[DiscoveredTarget] = []
-    try:
-        pairs = decode_text(text)
-    except MalformedText as error:
-        raise TargetProtocolError(f"malformed SendTargets answer: {error}") from None
-    for key, value in pairs:
-        if key == "TargetName":
-            targets.append(DiscoveredTarget(value))
-        elif key == "TargetAddress":
-            if not targets:
-                raise TargetProtocolError("TargetAddress before any TargetName")
-            targets[-1].portals.append(value)
-    return targets
-
-
 async def send_targets(
     portal: Portal, options: LoginOptions | None = None
 ) -> list[DiscoveredTarget]:
     """Log in a discovery session, ask SendTargets=All, log out."""
     established = await establish(portal, None, options or LoginOptions())
     try:
-        with trio.fail_after(10):
-            return parse_send_targets(await _text_exchange(established, [("SendTargets", "All")]))
+        with trio.fail_after(_TEXT_TIMEOUT):
+            reply = await _text_exchange(established, TextExchange.send_targets(itt=1))
+            targets = reply.send_targets()
     except trio.TooSlowError:
-        raise TargetProtocolError(f"{portal} did not answer SendTargets in 10 s") from None
+        raise TargetProtocolError(f"{portal} did not answer SendTargets in time") from None
+    except TextError as error:
+        raise TargetProtocolError(f"bad SendTargets answer from {portal}: {error}") from None
     finally:
         await established.connection.aclose()
+    return [DiscoveredTarget(t.name, [str(address) for address in t.addresses]) for t in targets]
 
 
-async def _text_exchange(established: Established, pairs: list[tuple[str, str]]) -> bytes:
+async def _text_exchange(established: Established, exchange: TextExchange) -> TextReply:
+    """Drive the shared sans-IO text exchange, then log out of the discovery session."""
     connection = established.connection
     cmd_sn = established.exp_cmd_sn
     exp_stat_sn = (established.stat_sn + 1) & 0xFFFFFFFF
-    answer = bytearray()
-    request = TextRequest(
-        final=True, itt=1, ttt=RESERVED_TAG, cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn,
-        data=encode_text(pairs),
-    )  # fmt: skip
+    request = exchange.start(cmd_sn, exp_stat_sn)
+    received = 0
     for _round in range(_MAX_TEXT_ROUNDS):
         await connection.send([request])
         cmd_sn = (cmd_sn + 1) & 0xFFFFFFFF
         response = await connection.receive()
-        if not isinstance(response, TextResponse) or response.itt != 1:
+        if not isinstance(response, TextResponse):
             raise TargetProtocolError(f"expected a Text Response, got {response.opcode.name}")
         exp_stat_sn = (response.stat_sn + 1) & 0xFFFFFFFF
-        answer += response.data
-        if len(answer) > _MAX_TEXT_BYTES:
+        received += len(response.data)
+        if received > _MAX_TEXT_BYTES:
             raise TargetProtocolError("SendTargets answer larger than 1 MiB")
-        if response.final and not response.cont:
+        outcome = exchange.receive(response, cmd_sn, exp_stat_sn)
+        if isinstance(outcome, TextReply):
             logout = LogoutRequest(
                 immediate=True, reason=LogoutReason.CLOSE_SESSION, itt=2, cmd_sn=cmd_sn,
                 exp_stat_sn=exp_stat_sn,
@@ -102,11 +85,8 @@ async def _text_exchange(established: Established, pairs: list[tuple[str, str]])
             await connection.send([logout])
             with trio.move_on_after(2):
                 await connection.receive()  # the Logout Response; its content does not matter
-            return bytes(answer)
-        # More to come: an empty request with the target's TTT fetches the next part.
-        request = TextRequest(
-            final=True, itt=1, ttt=response.ttt, cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn
-        )
+            return outcome
+        request = outcome
     raise TargetProtocolError(f"SendTargets answer spans more than {_MAX_TEXT_ROUNDS} PDUs")
 
 
