@@ -23,7 +23,8 @@ from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import invalid_field_in_cdb
 from stargate.scsi.command import GOOD, Nexus, ScsiResult
 from stargate.scsi.pr import PersistentReservations, ReservationConflict, UnitAttentionSink
-from stargate.scsi.pr_store import PrFile, PrPersistence
+from stargate.scsi.pr_store import MemoryPrStore, PrFile, PrPersistence
+from stargate.scsi.ua import UnitAttentionQueues
 
 RESERVE_OPCODES = frozenset({ScsiOp.RESERVE_6, ScsiOp.RESERVE_10})
 RELEASE_OPCODES = frozenset({ScsiOp.RELEASE_6, ScsiOp.RELEASE_10})
@@ -220,3 +221,20 @@ class Reservations:
         """Taking the vDisk over from another stargate: its PR state is the file's."""
         self.persistent.reload()
         self.spc2.reset()
+
+
+def vdisk_reservations(
+    data_dir: Path | None, vdisk_id: str, *, relative_target_port_id: int = 1
+) -> tuple[Reservations, UnitAttentionQueues]:
+    """The reservations and unit attention queues ``LogicalUnit(reservations=...,
+    unit_attentions=...)`` takes for one vDisk, wired together (PR service actions establish
+    UAs). The PR state lives in ``data_dir/<vdisk_id>.pr.json``, or only in memory when
+    ``data_dir`` is None (memory-backed vDisks)."""
+    unit_attentions = UnitAttentionQueues()
+    store: PrPersistence = (
+        MemoryPrStore() if data_dir is None else PrFile.for_vdisk(data_dir, vdisk_id)
+    )
+    reservations = Reservations.with_store(
+        store, unit_attentions, relative_target_port_id=relative_target_port_id
+    )
+    return reservations, unit_attentions

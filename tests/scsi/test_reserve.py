@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from iscsicore.scsi.opcodes import PrInAction, PrOutAction, PrType, ScsiOp, ScsiStatus
@@ -9,7 +11,7 @@ from iscsicore.scsi.sense import Asc
 from stargate.scsi.lu import LogicalUnit, Nexus
 from stargate.scsi.pr import ReservationConflict
 from stargate.scsi.pr_store import MemoryPrStore
-from stargate.scsi.reserve import Reservations, Spc2Reservation
+from stargate.scsi.reserve import Reservations, Spc2Reservation, vdisk_reservations
 from tests.scsi import rw10, sense_of
 from tests.scsi.test_pr import (
     KEY_A,
@@ -210,3 +212,17 @@ def test_spc2_reservation_object() -> None:
         spc2.reserve(B)
     spc2.reset()
     assert spc2.holder is None
+
+
+def test_vdisk_reservations_are_wired_and_persist(tmp_path: Path) -> None:
+    reservations, unit_attentions = vdisk_reservations(tmp_path, "vd7")
+    for nexus in (A, B):
+        unit_attentions.consume(nexus)
+    register = prout_cdb(PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY)
+    reservations.execute(register, prout_params(0, KEY_A), A)
+    reservations.execute(register, prout_params(0, KEY_B), B)
+    reservations.execute(prout_cdb(PrOutAction.CLEAR), prout_params(KEY_A), A)
+    assert unit_attentions.pending(B) == Asc.RESERVATIONS_PREEMPTED.value
+    assert (tmp_path / "vd7.pr.json").exists()
+    in_memory, _ = vdisk_reservations(None, "vd7")
+    assert not in_memory.persistent.has_registrations()
