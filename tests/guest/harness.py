@@ -89,10 +89,23 @@ class Portal:
     def guest_portal(self) -> str:
         return f"{self.guest_ip}:{self.guest_port}"
 
-    def guestfwd(self) -> str:
-        # QEMU splits options on commas; the command has none.
-        relay = f"{BUSYBOX_STATIC} nc {self.host} {self.host_port}"
-        return f"guestfwd=tcp:{self.guest_ip}:{self.guest_port}-cmd:{relay}"
+    def guestfwd(self, route_file: Path) -> str:
+        """The netdev option relaying this portal; the host side is read from ``route_file``
+        ("HOST PORT") at each connection, so `Guest.repoint` can move it while the guest runs.
+
+        slirp runs the command (split like a shell would, no shell) for each connection the
+        guest opens, with the connection as its stdin, stdout AND stderr: nc's "can't
+        connect" message would reach the initiator as PDU bytes, hence the 2>/dev/null.
+        A refused host port looks to the guest like an accepted connection closed at once.
+        QEMU splits options on commas: the path must have none.
+        """
+        if "," in str(route_file) or "'" in str(route_file):
+            raise ValueError(f"no commas or quotes in the guest workdir: {route_file}")
+        relay = f"exec {BUSYBOX_STATIC} nc $(cat {route_file}) 2>/dev/null"
+        return f"guestfwd=tcp:{self.guest_ip}:{self.guest_port}-cmd:/bin/sh -c '{relay}'"
+
+    def route_file_name(self) -> str:
+        return f"route-{self.guest_ip}-{self.guest_port}"
 
 
 PortalMap = Mapping[str, int | tuple[str, int]]
@@ -283,9 +296,12 @@ class Guest:
             path = self.workdir / f"{name}.sh"
             path.write_text(text)
             fw_cfg += ["-fw_cfg", f"name=opt/stargate/{name},file={path}"]
-        netdev = ",".join(
-            ["user", "id=n0", "restrict=on", "ipv6=off"] + [p.guestfwd() for p in self.portals]
-        )
+        forwards: list[str] = []
+        for portal in self.portals:
+            route_file = self.workdir / portal.route_file_name()
+            route_file.write_text(f"{portal.host} {portal.host_port}\n")
+            forwards.append(portal.guestfwd(route_file))
+        netdev = ",".join(["user", "id=n0", "restrict=on", "ipv6=off", *forwards])
         return [
             "qemu-system-x86_64",
             "-accel",
@@ -475,6 +491,25 @@ class Guest:
                 raise self._error(f"no STEP {name} within {timeout:.0f} s") from None
             if got.kind == "STEP" and got.name == name:
                 return got
+
+    def repoint(self, guest_portal: str, host_port: int, host: str = "127.0.0.1") -> None:
+        """Relay the guest's NEW connections to ``guest_portal`` to another host portal
+        (open connections stay where they are). E.g. a restarted target on a fresh port,
+        configured before the guest can reach it."""
+        guest_ip, _, port_text = guest_portal.partition(":")
+        guest_port = int(port_text) if port_text else DEFAULT_GUEST_PORT
+        for portal in self.portals:
+            if (portal.guest_ip, portal.guest_port) == (guest_ip, guest_port):
+                route_file = self.workdir / portal.route_file_name()
+                staging = route_file.with_name(route_file.name + ".new")
+                staging.write_text(f"{host} {host_port}\n")
+                staging.replace(route_file)  # atomic: a relay never reads half a line
+                if self._control_file is not None:
+                    self._control_file.write(
+                        f"{self.elapsed:8.2f} = {guest_portal} -> {host}:{host_port}\n"
+                    )
+                return
+        raise KeyError(f"no guest portal {guest_portal}")
 
     def signal(self, event: str, payload: str = "") -> None:
         """Answer ``WAITING event``: the scenario's ``wait_host`` returns, payload in HOST_REPLY."""

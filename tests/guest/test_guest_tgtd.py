@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import running_in_ci
 from tests.guest.build import GuestBuildError
 from tests.guest.harness import Guest, GuestImage, format_steps
+from tests.helpers.net import free_port
 from tests.helpers.procs import spawn
 from tests.peers.tgtd import MiB, RedirectTo, TgtdTarget
 
@@ -25,6 +26,7 @@ TARGET_IQN = "iqn.2026-11.test.tgtd:guest"
 FIRST_PORTAL = "10.0.2.100"
 SECOND_PORTAL = "10.0.2.101"
 GUEST_PORT = 3260
+DOWN_SECONDS = 4.0
 
 TgtdFactory = Callable[..., TgtdTarget]
 
@@ -125,13 +127,20 @@ def test_login_follows_redirect(
     assert result.values["persistent_portal"].startswith(f"{FIRST_PORTAL}:{GUEST_PORT}")
 
 
-def restart_tgtd_keeping_data(tgtd: TgtdTarget) -> None:
-    """SIGKILL tgtd and start a new one on the same portal over the same LUN files.
-
-    (TgtdTarget.start() would truncate the LUN files: the data must survive here.)
-    """
+def kill_tgtd(tgtd: TgtdTarget) -> None:
     assert tgtd.process is not None
-    tgtd.process.kill()
+    tgtd.process.kill()  # SIGKILL by PID (its process group)
+
+
+def restart_tgtd_keeping_data(tgtd: TgtdTarget) -> None:
+    """Start a new tgtd over the killed one's LUN files, on a fresh port.
+
+    TgtdTarget.start() would truncate the LUN files, and a tgtd restarted on its old port
+    listens before tgtadm has created its target: a login landing in that window gets
+    "target not found". So the new tgtd is configured on a fresh port first and the guest's
+    portal is re-pointed at it afterwards (`Guest.repoint`): the guest cannot tell.
+    """
+    tgtd.port = free_port(tgtd.host)
     tgtd.control_socket = tgtd._unused_control_socket()
     tgtd.process = spawn(
         ["tgtd", "-f", "-C", str(tgtd.control_socket), "--iscsi", f"portal={tgtd.portal}"],
@@ -163,8 +172,13 @@ def test_target_killed_and_restarted_during_fio(
         name=request.node.name,
     ) as guest:
         guest.wait_for("kill-target", timeout=150)
+        kill_tgtd(tgtd)
         killed_at = time.monotonic()
         restart_tgtd_keeping_data(tgtd)
+        # Down long enough for the initiator to retry against the closed port at least once
+        # (DefaultTime2Wait is 2 s); those attempts are closed at once by the relay.
+        time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - killed_at)))
+        guest.repoint(FIRST_PORTAL, tgtd.port)
         print(f"tgtd down for {time.monotonic() - killed_at:.2f} s")
         guest.signal("kill-target")
         result = guest.wait_done()

@@ -210,7 +210,8 @@ start_iscsid() {
     mkdir -p /run/lock/iscsi /etc/iscsi/nodes /etc/iscsi/send_targets /etc/iscsi/ifaces
     echo "InitiatorName=${GUEST_INITIATOR_NAME:-iqn.2026-11.test.stargate-emu:guest}" \
         >/etc/iscsi/initiatorname.iscsi
-    iscsid || return 1
+    # Foreground, so its log (what it retries, when, why) lands on the console.
+    iscsid -f 2>&1 | sed 's/^/[iscsid] /' >/dev/console &
     tries=0
     while [ ! -e /run/iscsid.pid ] && [ "$tries" -lt 50 ]; do
         sleep 0.1
