@@ -234,3 +234,29 @@ def test_exchange_survives_any_responses(responses: list[TextResponse]) -> None:
         if isinstance(outcome, TextReply):
             with contextlib.suppress(TextError):
                 outcome.send_targets()
+
+
+def test_send_targets_through_the_wire_codec() -> None:
+    from iscsicore.framing import PduFramer, encode_pdu
+
+    to_target = PduFramer(receiving_from="initiator")
+    to_initiator = PduFramer(receiving_from="target")
+    initiator = TextExchange.send_targets(itt=0xABCD)
+    target = responder(max_send_length=300)
+    request = initiator.start(100, 200)
+    for round_number in range(100):
+        to_target.feed(encode_pdu(request))
+        request_in = to_target.next_pdu()
+        assert request_in == request and isinstance(request_in, TextRequest)
+        response = target.receive(
+            request_in, stat_sn=200 + round_number, exp_cmd_sn=101, max_cmd_sn=164
+        )
+        to_initiator.feed(encode_pdu(response))
+        response_in = to_initiator.next_pdu()
+        assert response_in == response and isinstance(response_in, TextResponse)
+        outcome = initiator.receive(response_in, 101 + round_number, 201 + round_number)
+        if isinstance(outcome, TextReply):
+            break
+        request = outcome
+    assert isinstance(outcome, TextReply)
+    assert [t.name for t in outcome.send_targets()] == [t.name for t in TARGETS]
