@@ -313,6 +313,13 @@ class PersistentReservations:
         """Read the state again (a stargate taking the vDisk over from another)."""
         self.state = self.store.load()
 
+    def _refresh(self) -> None:
+        # Before every PR command: if another stargate served the vDisk meanwhile and changed
+        # its reservations, work from its state, never write over it with a stale one.
+        if self.store.changed_since_load():
+            log.info("persistent reservations changed elsewhere: reloading")
+            self.reload()
+
     # ---- queries --------------------------------------------------------------------------
 
     @property
@@ -371,6 +378,7 @@ class PersistentReservations:
     def persistent_reserve_in(self, nexus: Nexus, cdb: bytes) -> bytes:
         if len(cdb) < 10:
             raise invalid_field_in_cdb(len(cdb))
+        self._refresh()
         allocation_length = struct.unpack_from(">H", cdb, 7)[0]
         action = cdb[1] & 0x1F
         if action == PrInAction.READ_KEYS:
@@ -445,6 +453,7 @@ class PersistentReservations:
     ) -> ProutOutcome:
         if len(cdb) < 10:
             raise invalid_field_in_cdb(len(cdb))
+        self._refresh()
         try:
             action = PrOutAction(cdb[1] & 0x1F)
         except ValueError:

@@ -22,6 +22,7 @@ Keys are hex strings: JSON numbers above 2**53 do not survive every reader.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -145,6 +146,20 @@ class PrPersistence(Protocol):
 
     def save(self, state: PrState) -> None: ...
 
+    def changed_since_load(self) -> bool:
+        """Whether someone else (the stargate that served the vDisk before) saved a state
+        since this object last loaded or saved one."""
+        ...
+
+
+# What identifies one version of the file: a rename over it makes a new inode (numbers can
+# be reused, but not within the same mtime tick and size: a hand-over takes far longer).
+_FileVersion = tuple[int, int, int] | None
+
+
+def _version(stat: os.stat_result) -> _FileVersion:
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
 
 class PrFile:
     """``DIR/<vdisk id>.pr.json``, replaced atomically (temporary file, fsync, rename, fsync
@@ -152,6 +167,7 @@ class PrFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._known: _FileVersion = None  # the version last loaded or saved here
 
     @classmethod
     def for_vdisk(cls, data_dir: Path, vdisk_id: str) -> PrFile:
@@ -160,18 +176,32 @@ class PrFile:
     def load(self) -> PrState:
         """The saved state; a fresh one when the vDisk never had registrations."""
         try:
-            text = self.path.read_text()
+            # One open file for both: the version recorded is the version read.
+            with self.path.open("rb") as file:
+                version = _version(os.fstat(file.fileno()))
+                text = file.read().decode()
         except FileNotFoundError:
+            self._known = None
             return PrState()
-        except OSError as error:
+        except (OSError, UnicodeDecodeError) as error:
             raise PrStoreError(f"cannot read {self.path}: {error}") from error
         try:
-            return PrState.from_json(text)
+            state = PrState.from_json(text)
         except PrStoreError as error:
             raise PrStoreError(f"{self.path}: {error}") from error
+        self._known = version
+        return state
 
     def save(self, state: PrState) -> None:
         atomic_write(self.path, state.to_json().encode())
+        self._known = _version(os.stat(self.path))
+
+    def changed_since_load(self) -> bool:
+        try:
+            current: _FileVersion = _version(os.stat(self.path))
+        except FileNotFoundError:
+            current = None
+        return current != self._known
 
 
 class MemoryPrStore:
@@ -188,3 +218,6 @@ class MemoryPrStore:
     def save(self, state: PrState) -> None:
         self.saved = state.to_json()
         self.saves += 1
+
+    def changed_since_load(self) -> bool:
+        return False  # nobody else can write it

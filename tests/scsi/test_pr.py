@@ -1182,3 +1182,30 @@ def test_all_tg_pt_registration_replaces_the_ports_other_registrations() -> None
     bench.register(A, KEY_A, all_tg_pt=True)
     assert bench.keys()[1] == [KEY_A]
     assert bench.pr.registration_of(through_other_port).key == KEY_A  # type: ignore[union-attr]
+
+
+def test_pr_commands_never_work_from_a_stale_state(tmp_path: Path) -> None:
+    """The vDisk moved away and back: the old stargate's next PR command sees what the other
+    one did instead of writing its stale state over it."""
+    old, new = Bench(), Bench()
+    old.res = Reservations.for_vdisk(tmp_path, "vd1")
+    new.res = Reservations.for_vdisk(tmp_path, "vd1")
+    old.register(A, KEY_A)
+    new.register(B, KEY_B)  # new loaded before A registered: it refreshes first
+    assert new.keys()[1] == [KEY_A, KEY_B]
+    assert old.keys()[1] == [KEY_A, KEY_B]
+    old.register(C, KEY_C)
+    assert json.loads((tmp_path / "vd1.pr.json").read_text())["generation"] == 3
+
+
+def test_pr_file_knows_when_someone_else_saved(tmp_path: Path) -> None:
+    mine, theirs = PrFile(tmp_path / "x.pr.json"), PrFile(tmp_path / "x.pr.json")
+    assert not mine.changed_since_load()  # neither exists nor was loaded
+    mine.save(PrState(generation=1))
+    assert not mine.changed_since_load()
+    assert theirs.changed_since_load()
+    assert theirs.load().generation == 1 and not theirs.changed_since_load()
+    theirs.save(PrState(generation=2))
+    assert mine.changed_since_load()
+    (tmp_path / "x.pr.json").unlink()
+    assert theirs.changed_since_load()
