@@ -184,3 +184,19 @@ def test_target_killed_and_restarted_during_fio(
         result = guest.wait_done()
         report(guest)
     result.assert_passed("fio-running", "connection-dropped", "session-recovered", "fio")
+
+
+def test_closed_portal_fails_fast(guest_image: GuestImage, request: pytest.FixtureRequest) -> None:
+    # Nothing listens on the host port: the relay must close the guest's connection at once
+    # without sending it anything (nc's error message once reached the initiator as PDU bytes).
+    with Guest(
+        guest_image,
+        {FIRST_PORTAL: free_port()},
+        "closed_portal",
+        env={"MAX_SECONDS": "15"},
+        timeout=180,
+        name=request.node.name,
+    ) as guest:
+        result = guest.wait_done()
+        report(guest)
+    result.assert_passed("no-bytes", "discovery-fails", "fails-fast")
