@@ -17,6 +17,7 @@ from iscsicore.keys import (
     SessionType,
     TextError,
     decode_text,
+    encode_text,
 )
 from iscsicore.login import (
     Accept,
@@ -396,3 +397,54 @@ def test_keys_out_of_their_stage() -> None:
     assert target.receive([("SendTargets", "All")], Phase.OPERATIONAL) == [
         ("SendTargets", "Reject")
     ]
+
+
+numeric_offer = {
+    "MaxBurstLength": lengths,
+    "FirstBurstLength": lengths,
+    "MaxOutstandingR2T": st.integers(1, 65535),
+    "MaxConnections": st.integers(1, 65535),
+    "DefaultTime2Wait": st.integers(0, 3600),
+    "DefaultTime2Retain": st.integers(0, 3600),
+    "ErrorRecoveryLevel": st.integers(0, 2),
+}
+boolean_offer = ["InitialR2T", "ImmediateData", "DataPDUInOrder", "DataSequenceInOrder"]
+partial_offers = st.fixed_dictionaries(
+    {},
+    optional={
+        **{key: strategy.map(str) for key, strategy in numeric_offer.items()},
+        **{key: st.sampled_from(["Yes", "No"]) for key in boolean_offer},
+    },
+)
+
+
+@given(partial_offers, target_limits)
+def test_partial_offers_end_within_the_target_limits(
+    offers: dict[str, str], limits: dict[str, Any]
+) -> None:
+    """An initiator offering only some keys still ends within the target's limits: the
+    target offers the rest, and both sides compute the same values."""
+    limits = {**limits, "header_digests": ("None",), "data_digests": ("None",)}
+    target = TargetLogin(_login_config(limits))
+    initiator = Negotiator(Role.INITIATOR, local=dict(offers))
+    pairs = [("InitiatorName", "iqn.i"), ("TargetName", "iqn.t")]
+    pairs += [initiator.offer(key, value) for key, value in offers.items()]
+    pairs.append(initiator.offer("MaxRecvDataSegmentLength", "8192"))
+    for _ in range(4):
+        response = target.receive(
+            LoginRequest(transit=True, csg=1, nsg=3, isid=1, data=encode_text(pairs))
+        )
+        assert response.status_class == 0
+        pairs = initiator.receive(decode_text(response.data), Phase.OPERATIONAL)
+        if response.transit:
+            break
+    assert target.complete
+    ours, theirs = initiator.session_params(), target.params
+    for attribute in PARAM_FIELDS.values():
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    assert theirs.max_burst_length <= limits["max_burst_length"]
+    assert theirs.first_burst_length <= min(limits["first_burst_length"], theirs.max_burst_length)
+    assert theirs.max_outstanding_r2t <= limits["max_outstanding_r2t"]
+    assert theirs.default_time2wait >= limits["default_time2wait"]
+    assert theirs.error_recovery_level <= limits["error_recovery_level"]
+    assert theirs.immediate_data <= limits["immediate_data"]
