@@ -6,6 +6,7 @@ editor agree. Configuration lives in pyproject.toml.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,34 @@ def test_code_quality(checker: tuple[str, ...]) -> None:
             f"{completed.stdout}{completed.stderr}",
             pytrace=False,
         )
+
+
+@pytest.mark.parametrize("script", ["run", ".ci/run"])
+def test_shell_scripts_parse_and_pass_shellcheck(script: str) -> None:
+    syntax = subprocess.run(
+        ["bash", "-n", script], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    assert syntax.returncode == 0, syntax.stderr
+    assert (REPO_ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    lint = subprocess.run(
+        ["shellcheck", script], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    assert lint.returncode == 0, lint.stdout
+
+
+@pytest.mark.parametrize(("arguments", "exit_code"), [(["--help"], 0), (["no-such-command"], 2)])
+def test_run_script_explains_its_commands(arguments: list[str], exit_code: int) -> None:
+    """Usage needs no set-up: it answers at once, naming the two user-facing commands."""
+    completed = subprocess.run(
+        ["./run", *arguments],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.returncode == exit_code
+    assert "./run demo" in completed.stderr
+    assert "./run tests" in completed.stderr
