@@ -48,6 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AscPair = tuple[int, int]
+PHYSICAL_BLOCK_SIZE = 4096
 
 # Opcodes a ReservationChecker emulates when it lists them in ``handled_opcodes``.
 RESERVATION_OPCODES: frozenset[int] = frozenset(
@@ -227,6 +228,11 @@ class LogicalUnit:
     @property
     def block_count(self) -> int:
         return self.store.size // self.store.block_size
+
+    @property
+    def blocks_per_physical_block(self) -> int:
+        """Logical blocks per 4 KiB "physical" block: the page and hole-punch granule."""
+        return max(1, PHYSICAL_BLOCK_SIZE // self.block_size)
 
     # ---- the command path ---------------------------------------------------------------
     def supported_commands(self) -> dict[int, CommandSpec]:

@@ -198,6 +198,9 @@ def _mode_select(
     new_state = ModeState(lu.modes.write_cache_enabled, lu.modes.descriptor_sense)
     while position < len(data):
         position = _apply_page(data, position, new_state)
+    if new_state != lu.modes:
+        # Mode pages are shared by all initiators: the others must hear of it (SPC-4 7.5).
+        lu.unit_attentions.establish(Asc.MODE_PARAMETERS_CHANGED.value, exclude=command.nexus)
     lu.modes = new_state
     return GOOD
 

@@ -145,6 +145,9 @@ def read_capacity_16(lu: LogicalUnit, command: Command) -> ScsiResult:
     length = allocation_length(command.cdb, 10, 4)
     payload = bytearray(32)
     struct.pack_into(">QI", payload, 0, lu.block_count - 1, lu.block_size)
+    # LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT stays 0: any block is written on its own.
+    # (The 4 KiB preference is in the Block Limits granularities; iscsi-test-cu's
+    # GetLBAStatus.UnmapSingle assumes a starting LBA SBC-3 forbids when this is > 0.)
     payload[14] = 0x80 | 0x40  # LBPME (thin), LBPRZ (unmapped blocks read zeros)
     return data_in(payload, length)
 

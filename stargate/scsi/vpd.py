@@ -29,11 +29,9 @@ class BlockLimits:
 
     max_transfer_blocks: int = 0x4000  # 8 MiB at 512-byte blocks
     optimal_transfer_blocks: int = 0x800
-    optimal_transfer_granularity: int = 8  # 4 KiB
     max_compare_and_write_blocks: int = 0xFF
     max_unmap_lba_count: int = 0x100000  # 512 MiB per UNMAP at 512-byte blocks
     max_unmap_descriptors: int = 256
-    unmap_granularity: int = 1
     max_write_same_blocks: int = 0xFFFF  # as LIO: a 2-byte count, 32 MiB at 512 bytes
     # Every command runs to completion before the next starts, so any write up to the
     # transfer limit is atomic with respect to other commands: no alignment or
@@ -153,13 +151,15 @@ def _block_limits(lu: LogicalUnit, nexus: Nexus) -> bytes:
     body = bytearray(0x3C)
     body[0] = 0x01  # WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 is refused
     body[1] = limits.max_compare_and_write_blocks
-    struct.pack_into(">H", body, 2, limits.optimal_transfer_granularity)
+    # Granularities in logical blocks: one physical block (4 KiB, page cache and holes).
+    physical = lu.blocks_per_physical_block
+    struct.pack_into(">H", body, 2, physical)  # OPTIMAL TRANSFER LENGTH GRANULARITY
     struct.pack_into(">I", body, 4, limits.max_transfer_blocks)
     struct.pack_into(">I", body, 8, limits.optimal_transfer_blocks)
     struct.pack_into(">I", body, 12, limits.max_transfer_blocks)  # MAX PREFETCH LENGTH
     struct.pack_into(">I", body, 16, limits.max_unmap_lba_count)
     struct.pack_into(">I", body, 20, limits.max_unmap_descriptors)
-    struct.pack_into(">I", body, 24, limits.unmap_granularity)
+    struct.pack_into(">I", body, 24, physical)  # OPTIMAL UNMAP GRANULARITY
     struct.pack_into(">I", body, 28, 0x80000000)  # UGAVALID, alignment 0
     struct.pack_into(">Q", body, 32, limits.max_write_same_blocks)
     struct.pack_into(">I", body, 40, limits.max_atomic_transfer_blocks)

@@ -71,13 +71,6 @@ class CopyLimits:
 
 LIMITS = CopyLimits()
 
-# (asc, ascq) of the SPC-4 descriptor errors that have no name in Asc.
-TOO_MANY_TARGET_DESCRIPTORS = (0x26, 0x06)
-UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE = (0x26, 0x07)
-TOO_MANY_SEGMENT_DESCRIPTORS = (0x26, 0x08)
-UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE = (0x26, 0x09)
-UNREACHABLE_COPY_TARGET = (0x08, 0x04)
-
 
 @dataclass(frozen=True, slots=True)
 class CopyStatus:
@@ -118,12 +111,12 @@ class Segment:
     destination_lba: int
 
 
-def _copy_aborted(code: tuple[int, int], segment: int) -> CheckCondition:
+def _copy_aborted(code: Asc, segment: int) -> CheckCondition:
     """COPY ABORTED; COMMAND-SPECIFIC INFORMATION names the segment (SPC-4 6.4.5)."""
     return CheckCondition(SenseKey.COPY_ABORTED, code, command_specific=segment)
 
 
-def _parameter_error(code: tuple[int, int], byte: int) -> CheckCondition:
+def _parameter_error(code: Asc, byte: int) -> CheckCondition:
     return CheckCondition(
         SenseKey.ILLEGAL_REQUEST, code, field_pointer=FieldPointer(in_cdb=False, byte=byte)
     )
@@ -175,7 +168,7 @@ def _resolve_target(lu: LogicalUnit, data: bytes, offset: int) -> LogicalUnit | 
 
 def _parse_segment(data: bytes, offset: int) -> Segment:
     if data[offset] != BLOCK_TO_BLOCK_SEGMENT:
-        raise _parameter_error(UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE, offset)
+        raise _parameter_error(Asc.UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE, offset)
     if struct.unpack_from(">H", data, offset + 2)[0] != BLOCK_TO_BLOCK_LENGTH - 4:
         raise invalid_field_in_parameter_list(offset + 2)
     source, destination = struct.unpack_from(">HH", data, offset + 4)
@@ -210,12 +203,12 @@ def extended_copy(lu: LogicalUnit, command: Command) -> ScsiResult:
     target_offsets = _split_targets(data, target_end)
     segment_offsets = _split_segments(data, target_end, target_end + segment_length)
     if len(target_offsets) > LIMITS.max_target_descriptors:
-        raise _parameter_error(TOO_MANY_TARGET_DESCRIPTORS, 2)
+        raise _parameter_error(Asc.TOO_MANY_TARGET_DESCRIPTORS, 2)
     if len(segment_offsets) > LIMITS.max_segment_descriptors:
-        raise _parameter_error(TOO_MANY_SEGMENT_DESCRIPTORS, 8)
+        raise _parameter_error(Asc.TOO_MANY_SEGMENT_DESCRIPTORS, 8)
     for offset in target_offsets:
         if data[offset] != IDENTIFICATION_TARGET_DESCRIPTOR:
-            raise _parameter_error(UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE, offset)
+            raise _parameter_error(Asc.UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE, offset)
     segments = [_parse_segment(data, offset) for offset in segment_offsets]
     targets = [_resolve_target(lu, data, offset) for offset in target_offsets]
 
@@ -244,16 +237,16 @@ def _copy_segment(
 ) -> int:
     """Copy one block-to-block segment; returns the bytes copied."""
     if segment.source >= len(targets) or segment.destination >= len(targets):
-        raise _copy_aborted(UNREACHABLE_COPY_TARGET, index)
+        raise _copy_aborted(Asc.UNREACHABLE_COPY_TARGET, index)
     source, destination = targets[segment.source], targets[segment.destination]
     if source is None or destination is None:
-        raise _copy_aborted(UNREACHABLE_COPY_TARGET, index)
+        raise _copy_aborted(Asc.UNREACHABLE_COPY_TARGET, index)
     length = segment.blocks * source.block_size
     if length > LIMITS.max_segment_bytes:
         raise invalid_field_in_parameter_list(HEADER_LENGTH)
     for unit, lba in ((source, segment.source_lba), (destination, segment.destination_lba)):
         if lba + segment.blocks > unit.block_count:
-            raise _copy_aborted(Asc.NO_ADDITIONAL_SENSE.value, index)
+            raise _copy_aborted(Asc.NO_ADDITIONAL_SENSE, index)
     if length == 0:
         return 0
     # Read the whole segment before writing so overlapping ranges copy correctly.

@@ -49,6 +49,7 @@ def test_read_capacity_16_thin_bits_and_truncation() -> None:
     assert len(full.data) == 32
     assert struct.unpack_from(">QI", full.data) == (BLOCKS - 1, BLOCK)
     assert full.data[14] & 0xC0 == 0xC0  # LBPME, LBPRZ
+    assert full.data[13] & 0x0F == 0  # one logical block per physical block
     short = run(unit, bytes([0x9E, 0x10]) + bytes(8) + struct.pack(">I", 12) + bytes(2))
     assert short.data == full.data[:12]
 

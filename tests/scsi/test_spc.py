@@ -302,3 +302,17 @@ def test_start_stop_and_prevent_allow() -> None:
     unit = make_unit()
     assert run(unit, bytes([ScsiOp.START_STOP_UNIT, 0, 0, 0, 1, 0])).status == 0
     assert run(unit, bytes([ScsiOp.PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0])).status == 0
+
+
+def test_mode_select_change_tells_the_other_initiators() -> None:
+    unit = make_unit()
+    run(unit, bytes(6), nexus=OTHER_NEXUS)  # power-on attention reported
+    page = bytearray(_current_page(unit, 0x08))
+    page[2] &= ~0x04
+    assert run(unit, _mode_select6(bytes(4) + page), bytes(4) + page).status == 0
+    assert run(unit, bytes(6)).status == ScsiStatus.GOOD  # not the one that changed them
+    sense = sense_of(run(unit, bytes(6), nexus=OTHER_NEXUS))
+    assert sense.code is Asc.MODE_PARAMETERS_CHANGED
+    # Selecting the same values again changes nothing and tells nobody.
+    run(unit, _mode_select6(bytes(4) + page), bytes(4) + page)
+    assert run(unit, bytes(6), nexus=OTHER_NEXUS).status == ScsiStatus.GOOD
