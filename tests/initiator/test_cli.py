@@ -27,6 +27,20 @@ def initiator(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedP
     )
 
 
+def wait_for_client(port: int, timeout: float = 30.0) -> None:
+    """Until some client holds an established TCP connection to 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = subprocess.run(
+            ["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        if listing.strip():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no client connected to port {port} within {timeout} s")
+
+
 def test_ls_lists_targets_luns_and_sizes(tgtd_factory: TgtdFactory) -> None:
     tgt = tgtd_factory(lun_sizes=[8 * MiB, 16 * MiB])
     done = initiator("ls", tgt.portal, "--json")
@@ -111,12 +125,13 @@ def test_verify_cli_survives_stargate_crash_and_restart(
     stargate.wait_for_port("127.0.0.1", free_port)
     url = f"iscsi://127.0.0.1:{free_port}/iqn.2010-06.com.nutanix:vmdisk-v1/0"
     verify = subprocess.Popen(
-        [sys.executable, "-m", "initiator.cli", "verify", url, "--seconds", "6", "--json",
+        [sys.executable, "-m", "initiator.cli", "verify", url, "--seconds", "5", "--json",
          "--size", "8m"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        time.sleep(2.0)
+        wait_for_client(free_port)
+        time.sleep(1.0)  # let I/O flow (the CLI starts slowly on a busy machine)
         stargate.kill()
         time.sleep(1.0)
         restarted = process_reaper.spawn(argv, name="stargate-restarted")
