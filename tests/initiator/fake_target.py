@@ -14,7 +14,7 @@ from typing import TypedDict
 import trio
 
 from iscsicore.framing import PduFramer, encode_pdu
-from iscsicore.keys import SessionType
+from iscsicore.keys import SessionParams, SessionType
 from iscsicore.login import Accept, Redirect, Refuse, SessionRequest, TargetLogin, TargetLoginConfig
 from iscsicore.pdu import (
     R2T,
@@ -60,6 +60,13 @@ class FakeTarget:
     # Hook: may answer a command itself (returns True) instead of the normal emulation.
     respond: Callable[[FakeSession, ScsiCommand], Awaitable[bool]] | None = None
     sessions: list[FakeSession] = field(default_factory=list)
+    # Login limits, to drive the initiator's immediate / unsolicited / R2T paths.
+    max_recv_data_segment_length: int = 65536
+    first_burst_length: int = 65536
+    max_burst_length: int = 262144
+    initial_r2t: bool = False
+    immediate_data: bool = True
+    data_outs: list[tuple[int, int, int]] = field(default_factory=list)  # (ttt, offset, len)
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.port, host=self.host)
@@ -78,13 +85,36 @@ class FakeTarget:
             await stream.aclose()
 
 
-def login_config(resolve: Callable[[str, str | None, SessionType], object]) -> TargetLoginConfig:
+def login_config(
+    resolve: Callable[[str, str | None, SessionType], object], target: FakeTarget | None = None
+) -> TargetLoginConfig:
+    limits = target or FakeTarget(bytearray())
     return TargetLoginConfig(
         portal_group_tag=1,
         resolve=resolve,  # type: ignore[arg-type]
         allocate_tsih=lambda request: 1,
-        max_recv_data_segment_length=65536,
+        max_recv_data_segment_length=limits.max_recv_data_segment_length,
+        first_burst_length=limits.first_burst_length,
+        max_burst_length=limits.max_burst_length,
+        initial_r2t=limits.initial_r2t,
+        immediate_data=limits.immediate_data,
     )
+
+
+@dataclass
+class _Write:
+    command: ScsiCommand
+    buffer: bytearray
+    offset: int
+    received: int = 0  # bytes received contiguously from the start
+
+    def take(self, at: int, data: bytes | bytearray | memoryview) -> None:
+        if at != self.received:
+            raise AssertionError(f"data at {at}, expected {self.received} (in order)")
+        if at + len(data) > len(self.buffer):
+            raise AssertionError("more data than the command's transfer length")
+        self.buffer[at : at + len(data)] = data
+        self.received += len(data)
 
 
 class FakeSession:
@@ -95,7 +125,8 @@ class FakeSession:
         self.stat_sn = 0
         self.exp_cmd_sn = 0
         self.send_lock = trio.Lock()
-        self.pending_writes: dict[int, tuple[ScsiCommand, bytearray, int]] = {}
+        self.pending_writes: dict[int, _Write] = {}
+        self.params = SessionParams()
 
     async def receive(self) -> Pdu:
         while (pdu := self.framer.next_pdu()) is None:
@@ -119,7 +150,7 @@ class FakeSession:
         }
 
     async def run(self) -> None:
-        login = TargetLogin(login_config(lambda i, t, s: Accept()))
+        login = TargetLogin(login_config(lambda i, t, s: Accept(), self.target))
         while not login.finished:
             request = await self.receive()
             assert isinstance(request, LoginRequest)
@@ -128,6 +159,7 @@ class FakeSession:
             return
         self.target.logins += 1
         self.framer.max_recv_data_segment_length = login.config.max_recv_data_segment_length
+        self.params = login.params
         self.stat_sn = login.stat_sn
         self.exp_cmd_sn = login.cmd_sn
         if self.target.garbage_after_login is not None:
@@ -160,33 +192,15 @@ class FakeSession:
             lba, blocks = struct.unpack_from(">QI", cmd.cdb, 2)
             offset, length = lba * BLOCK, blocks * BLOCK
             if opcode == 0x88:
-                await self.send(
-                    DataIn(
-                        final=True,
-                        status_present=True,
-                        itt=cmd.itt,
-                        data=bytes(self.target.disk[offset : offset + length]),
-                        **self.status_fields(),
-                    )
-                )
+                await self.send_read(cmd, bytes(self.target.disk[offset : offset + length]))
                 await self.done()
                 return
-            buffer = bytearray(cmd.data)
-            if len(buffer) < length:
-                self.pending_writes[cmd.itt] = (cmd, buffer, offset)
-                await self.send(
-                    R2T(
-                        itt=cmd.itt,
-                        ttt=0x1234,
-                        buffer_offset=len(buffer),
-                        desired_data_transfer_length=length - len(buffer),
-                        stat_sn=self.stat_sn,
-                        exp_cmd_sn=self.exp_cmd_sn,
-                        max_cmd_sn=(self.exp_cmd_sn + 31) & 0xFFFFFFFF,
-                    )
-                )
-                return
-            self.target.disk[offset : offset + length] = buffer
+            write = _Write(cmd, bytearray(length), offset)
+            write.take(0, cmd.data)
+            self.pending_writes[cmd.itt] = write
+            if cmd.final:  # no unsolicited Data-Out follows
+                await self.advance(write)
+            return
         elif opcode == 0x9E:
             data = struct.pack(">QI", len(self.target.disk) // BLOCK - 1, BLOCK).ljust(32, b"\0")
             await self.send(
@@ -204,13 +218,52 @@ class FakeSession:
         await self.done()
 
     async def data_out(self, pdu: DataOut) -> None:
-        cmd, buffer, offset = self.pending_writes[pdu.itt]
-        buffer[pdu.buffer_offset : pdu.buffer_offset + len(pdu.data)] = pdu.data
-        if pdu.final:
-            del self.pending_writes[pdu.itt]
-            self.target.disk[offset : offset + len(buffer)] = buffer
-            await self.send(ScsiResponse(itt=cmd.itt, status=0, **self.status_fields()))
-            await self.done()
+        write = self.pending_writes[pdu.itt]
+        self.target.data_outs.append((pdu.ttt, pdu.buffer_offset, len(pdu.data)))
+        write.take(pdu.buffer_offset, pdu.data)
+        if pdu.final:  # the unsolicited burst or the R2T's burst is complete
+            await self.advance(write)
+
+    async def advance(self, write: _Write) -> None:
+        """Ask for the next burst (one R2T at a time), or finish the write."""
+        length = len(write.buffer)
+        if write.received < length:
+            burst = min(self.params.max_burst_length, length - write.received)
+            await self.send(
+                R2T(
+                    itt=write.command.itt,
+                    ttt=0x1000 + write.received // 512,
+                    buffer_offset=write.received,
+                    desired_data_transfer_length=burst,
+                    stat_sn=self.stat_sn,
+                    exp_cmd_sn=self.exp_cmd_sn,
+                    max_cmd_sn=(self.exp_cmd_sn + 31) & 0xFFFFFFFF,
+                )
+            )
+            return
+        del self.pending_writes[write.command.itt]
+        self.target.disk[write.offset : write.offset + length] = write.buffer
+        await self.send(ScsiResponse(itt=write.command.itt, status=0, **self.status_fields()))
+        await self.done()
+
+    async def send_read(self, cmd: ScsiCommand, data: bytes) -> None:
+        """Data-In PDUs within the initiator's MaxRecvDataSegmentLength, status in the last."""
+        segment = self.params.initiator_max_recv_data_segment_length
+        pdus: list[Pdu] = []
+        for data_sn, start in enumerate(range(0, max(len(data), 1), segment)):
+            chunk = data[start : start + segment]
+            last = start + segment >= len(data)
+            fields = self.status_fields() if last else {
+                "stat_sn": 0, "exp_cmd_sn": self.exp_cmd_sn,
+                "max_cmd_sn": (self.exp_cmd_sn + 31) & 0xFFFFFFFF,
+            }  # fmt: skip
+            pdus.append(
+                DataIn(
+                    final=last, status_present=last, itt=cmd.itt, data_sn=data_sn,
+                    buffer_offset=start, data=chunk, **fields,
+                )
+            )  # fmt: skip
+        await self.send(*pdus)
 
     async def done(self) -> None:
         self.target.commands += 1

@@ -269,3 +269,42 @@ async def test_redirect_to_an_ipv6_portal() -> None:
         async with BlockDevice.open(f"iscsi://[::1]:{target.port}/{IQN}/0") as direct:
             assert await direct.read(0, 1) == b"6" * 512
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("immediate_data", "initial_r2t", "unsolicited_pdus"),
+    [(True, False, 7), (False, False, 8), (True, True, 0), (False, True, 0)],
+)
+async def test_write_data_paths(
+    immediate_data: bool, initial_r2t: bool, unsolicited_pdus: int
+) -> None:
+    """MaxRecvDataSegmentLength 8 KiB, FirstBurstLength 64 KiB, MaxBurstLength 256 KiB: a
+    1 MiB + 4 KiB write goes as immediate data, unsolicited Data-Out (TTT 0xffffffff) up to
+    the first burst, then R2T-solicited bursts, each PDU within 8 KiB; the read comes back
+    as 8 KiB Data-In PDUs when the initiator declares 8 KiB."""
+    target = FakeTarget(
+        bytearray(4 * MiB),
+        max_recv_data_segment_length=8192,
+        first_burst_length=65536,
+        max_burst_length=262144,
+        immediate_data=immediate_data,
+        initial_r2t=initial_r2t,
+    )
+    payload = os.urandom(MiB + 4096)
+    config = SessionConfig(login=LoginOptions(max_recv_data_segment_length=8192))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(target.serve)
+        url = f"iscsi://127.0.0.1:{target.port}/{IQN}/0"
+        async with BlockDevice.open(url, config) as device:
+            params = device.session.params
+            assert (params.immediate_data, params.initial_r2t) == (immediate_data, initial_r2t)
+            await device.write(8, payload)
+            assert await device.read(8, len(payload) // 512) == payload
+        nursery.cancel_scope.cancel()
+    unsolicited = [d for d in target.data_outs if d[0] == 0xFFFFFFFF]
+    solicited = [d for d in target.data_outs if d[0] != 0xFFFFFFFF]
+    assert len(unsolicited) == unsolicited_pdus
+    assert all(length <= 8192 for _, _, length in target.data_outs)
+    first_solicited = 65536 if not initial_r2t else (8192 if immediate_data else 0)
+    assert solicited[0][1] == first_solicited
+    assert len({ttt for ttt, _, _ in solicited}) == -(-(len(payload) - first_solicited) // 262144)
