@@ -728,3 +728,52 @@ def test_login_through_the_wire_codec(mode: str) -> None:
     assert isinstance(message, LoginDone)
     assert message.exp_cmd_sn == 0xFFFFFFF0 and message.max_cmd_sn == (0xFFFFFFF0 + 63) % 2**32
     assert message.params == target.params
+
+
+login_keys = st.sampled_from(
+    [
+        "InitiatorName",
+        "TargetName",
+        "SessionType",
+        "AuthMethod",
+        "CHAP_A",
+        "CHAP_I",
+        "CHAP_C",
+        "CHAP_N",
+        "CHAP_R",
+        "HeaderDigest",
+        "MaxBurstLength",
+        "MaxRecvDataSegmentLength",
+        "X-z",
+    ]
+)
+login_values = st.sampled_from(
+    [INITIATOR, TARGET, "Normal", "Discovery", "CHAP", "None", "CHAP,None", "5", "1",
+     "0x00112233445566778899aabbccddeeff", "host1", "0x" + "00" * 16, "CRC32C", "65536", ""]
+)  # fmt: skip
+login_requests = st.builds(
+    request,
+    st.lists(st.tuples(login_keys, login_values), max_size=6),
+    transit=st.booleans(),
+    cont=st.booleans(),
+    csg=st.sampled_from([0, 1, 1, 3]),
+    nsg=st.sampled_from([0, 1, 3, 3]),
+)
+
+
+@given(st.lists(login_requests, min_size=1, max_size=8))
+def test_random_login_pdus_never_pass_chap(requests: list[LoginRequest]) -> None:
+    """Whatever sequence of well-formed login PDUs arrives, a target that requires CHAP
+    never completes the login without a correct CHAP response (and never raises)."""
+    target = make_target(Policy(Accept(chap=USER, mutual=TARGET_SECRET)))
+    for req in requests:
+        response = target.receive(req)
+        assert response.status_class in (0, 2)
+        assert not target.complete
+    open_target = make_target(Policy(Accept()))
+    for req in requests:
+        open_target.receive(req)
+    if open_target.complete:
+        params = open_target.params
+        assert 512 <= params.max_burst_length < 2**24
+        assert params.first_burst_length <= params.max_burst_length
