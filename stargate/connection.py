@@ -14,6 +14,7 @@ cannot trust drops the connection after a Reject.
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
+EAGER_SEND_EVERY = 4  # PDUs handled between non-blocking sends within one wake-up
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 64 * 1024 * 1024
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
@@ -93,6 +95,64 @@ class TaskDirectory(Protocol):
     """The other connections of this stargate, for resets that reach beyond one session."""
 
     def connections_of(self, target_name: str) -> list[FullFeatureConnection]: ...
+
+
+class _DirectSocket:
+    """Socket I/O for a `trio.SocketStream` without trio's per-call checkpoints.
+
+    trio's ``receive_some``/``send_all`` each yield to the scheduler even when the socket is
+    ready: several scheduler passes per request, which dominates at low queue depth. Here a
+    ready socket costs one system call; only a socket that is not ready waits (and that
+    wait is the checkpoint). The stdlib socket shares trio's descriptor and is detached,
+    never closed: the stream still owns it.
+    """
+
+    # Yield to the scheduler at least this often while the peer keeps us busy.
+    CHECKPOINT_EVERY = 16
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._raw = socket.socket(fileno=stream.socket.fileno())
+        self._raw.setblocking(False)
+        self._busy_rounds = 0
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        self._busy_rounds += 1
+        if self._busy_rounds >= self.CHECKPOINT_EVERY:
+            self._busy_rounds = 0
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                return self._raw.recv(max_bytes)
+            except BlockingIOError:
+                self._busy_rounds = 0
+                await trio.lowlevel.wait_readable(self._raw)
+            except OSError as error:
+                raise trio.BrokenResourceError(str(error)) from error
+
+    async def send_all(self, data: bytes | bytearray) -> None:
+        with memoryview(data) as view:
+            sent = 0
+            total = len(view)
+            while sent < total:
+                try:
+                    sent += self._raw.send(view[sent:])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self._raw)
+                except OSError as error:
+                    raise trio.BrokenResourceError(str(error)) from error
+
+    def try_send(self, data: bytearray) -> None:
+        """Send what the socket takes right now, without waiting; drop it from ``data``."""
+        try:
+            sent = self._raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # the next awaited send reports the broken connection
+        del data[:sent]
+
+    def detach(self) -> None:
+        self._raw.detach()
 
 
 class ConnectionClosed(Exception):
@@ -139,12 +199,14 @@ def with_write_blocks(cdb: bytes, blocks: int) -> bytes | None:
     return bytes(patched)
 
 
-def _io_kind(opcode: int) -> IoKind:
-    if opcode in (ScsiOp.READ_6, ScsiOp.READ_10, ScsiOp.READ_12, ScsiOp.READ_16):
-        return IoKind.READ
-    if opcode in _WRITE_LENGTH_FIELDS or opcode == ScsiOp.WRITE_6:
-        return IoKind.WRITE
-    return IoKind.OTHER
+_IO_KINDS: dict[int, IoKind] = {
+    **{
+        int(op): IoKind.READ
+        for op in (ScsiOp.READ_6, ScsiOp.READ_10, ScsiOp.READ_12, ScsiOp.READ_16)
+    },
+    **{int(op): IoKind.WRITE for op in (*_WRITE_LENGTH_FIELDS, ScsiOp.WRITE_6)},
+}
+_ANY_LUN_OPCODES = frozenset({ScsiOp.REPORT_LUNS, ScsiOp.INQUIRY, ScsiOp.REQUEST_SENSE})
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,7 +260,7 @@ class ScsiTask:
         self.itt = command.itt
         self.cdb = cdb
         self.edtl = command.expected_data_transfer_length
-        self.kind = _io_kind(cdb[0])
+        self.kind = _IO_KINDS.get(cdb[0], IoKind.OTHER)
         self.phase = TaskPhase.WAITING_FOR_SLOT
         self.has_slot = False
         self.aborted = False
@@ -251,6 +313,8 @@ class FullFeatureConnection:
         on_close: Callable[[FullFeatureConnection], None] | None = None,
     ) -> None:
         self.stream = stream
+        self._direct = _DirectSocket(stream) if isinstance(stream, trio.SocketStream) else None
+        self._io: trio.abc.Stream | _DirectSocket = self._direct or stream
         self.framer = framer
         self.session = session
         self.params = params
@@ -307,6 +371,8 @@ class FullFeatureConnection:
                 reason = self._closing_reason
             self._abort_all_tasks()
             self.queue.session_closed(self)
+            if self._direct is not None:
+                self._direct.detach()
             if self.on_close is not None:
                 self.on_close(self)
         return self._closing_reason or reason
@@ -324,12 +390,13 @@ class FullFeatureConnection:
         framer = self.framer
         handlers = self._handlers()
         while True:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            data = await self._io.receive_some(RECEIVE_SIZE)
             if not data:
                 return
             self._last_receive = trio.current_time()
             framer.feed(data)
             self._in_batch = True
+            handled = 0
             try:
                 while True:
                     try:
@@ -344,6 +411,12 @@ class FullFeatureConnection:
                         self._reject(pdu, RejectReason.PROTOCOL_ERROR)
                     else:
                         handler(pdu)
+                    handled += 1
+                    if handled % EAGER_SEND_EVERY == 0 and self._direct and not self._sending:
+                        # Let the initiator start on the first responses while we work
+                        # on the rest: on few cores, one send per batch makes the two
+                        # sides take turns instead of overlapping.
+                        self._direct.try_send(self._out)
             except _StopBatch:
                 pass
             finally:
@@ -403,7 +476,7 @@ class FullFeatureConnection:
             while self._out:
                 chunk = self._out
                 self._out = bytearray()
-                await self.stream.send_all(chunk)
+                await self._io.send_all(chunk)
         finally:
             self._sending = False
 
@@ -424,7 +497,13 @@ class FullFeatureConnection:
     def _window(self) -> tuple[int, int]:
         """(ExpCmdSN, MaxCmdSN) to put in the next PDU."""
         session = self.session
-        max_cmd_sn = session.advertise_window(self.queue.window_share(self))
+        queue = self.queue
+        if queue.waiting == 0 and queue.in_flight < queue.depth // 2:
+            # Plenty of room: the share formula without the calls (hot path).
+            share = max(1, (queue.depth - queue.in_flight) // max(1, queue.sessions))
+        else:
+            share = queue.window_share(self)
+        max_cmd_sn = session.advertise_window(share)
         return session.exp_cmd_sn, max_cmd_sn
 
     def window_opened(self) -> None:
@@ -455,7 +534,15 @@ class FullFeatureConnection:
         if self.lu is None:  # discovery session: text and logout only
             self._reject(command, RejectReason.PROTOCOL_ERROR)
             return
-        if self.session.check_cmd_sn(command.cmd_sn, immediate=command.immediate) is (
+        session = self.session
+        cmd_sn = command.cmd_sn
+        if (
+            not command.immediate
+            and cmd_sn == session.exp_cmd_sn
+            and (cmd_sn != (session.max_cmd_sn + 1) & SERIAL_MASK)
+        ):
+            session.exp_cmd_sn = (cmd_sn + 1) & SERIAL_MASK  # the common case, inline
+        elif session.check_cmd_sn(cmd_sn, immediate=command.immediate) is (
             CmdSnVerdict.OUT_OF_WINDOW
         ):
             return  # silently ignored; its Data-Out will find no task and be dropped too
@@ -466,19 +553,27 @@ class FullFeatureConnection:
         task = ScsiTask(self, command, cdb)
         if self.stats is not None:
             self.stats.command_started()
-        if lun_number(command.lun) != 0 and cdb[0] not in (ScsiOp.REPORT_LUNS, ScsiOp.INQUIRY):
+        if command.lun and lun_number(command.lun) != 0 and cdb[0] not in _ANY_LUN_OPCODES:
             self._finish(task, ScsiStatus.CHECK_CONDITION, sense=self._sense_lun_unsupported())
             return
-        if not self._plan_data_out(task):
+        if (command.write or task.kind is IoKind.WRITE) and not self._plan_data_out(task):
             return
-        self._tasks[task.itt] = task
         if task.needed or task.unsolicited is not None:
             self._accept_immediate_data(task, command.data)
         admission = self.queue.admit(self.vdisk_key, task)
         if admission is Admission.RUN:
             task.has_slot = True
+            if task.data_complete:
+                # Uncontended and no data to wait for: run inline, never registered (nothing
+                # can refer to it before it completes, unless it goes on to sync).
+                task.phase = TaskPhase.RECEIVING
+                self._execute(task)
+                return
+            self._tasks[task.itt] = task
             self._slot_granted(task)
-        elif admission is Admission.FULL:
+            return
+        self._tasks[task.itt] = task
+        if admission is Admission.FULL:
             if self.stats is not None:
                 self.stats.task_set_full += 1
             self._finish(task, ScsiStatus.TASK_SET_FULL)
@@ -650,6 +745,7 @@ class FullFeatureConnection:
         result = self.lu.execute(task.cdb, data_out, self.nexus)
         if result.needs_sync and result.status == _GOOD:
             task.phase = TaskPhase.SYNCING
+            self._tasks[task.itt] = task  # abortable (its status suppressed) while syncing
             assert self._nursery is not None
             self._nursery.start_soon(self._sync_then_finish, task, result)
             return
@@ -716,14 +812,14 @@ class FullFeatureConnection:
         underflow = residual > 0 and not overflow
         overflow = residual > 0 and overflow
         collapse = status == _GOOD and not sense
+        exp_cmd_sn, max_cmd_sn = self._window()
         data_in_count = 0
         if sent:
             data_in_count = self._send_data_in(
-                task, data, sent, collapse, status, overflow, underflow, residual
+                task, data, sent, collapse, status, overflow, underflow, residual, max_cmd_sn
             )
             if collapse:
                 return
-        exp_cmd_sn, max_cmd_sn = self._window()
         self._append(
             ScsiResponse(
                 overflow=overflow,
@@ -749,14 +845,34 @@ class FullFeatureConnection:
         overflow: bool,
         underflow: bool,
         residual: int,
+        max_cmd_sn: int,
     ) -> int:
         """Queue Data-In PDUs for ``data[:total]``; the status rides on the last one when
         ``collapse``. Returns how many PDUs were queued."""
-        view = memoryview(data)
         segment = self._max_send_segment
         burst = self.params.max_burst_length
-        exp_cmd_sn, max_cmd_sn = self._window()
+        exp_cmd_sn = self.session.exp_cmd_sn
         lun = task.command.lun
+        if total <= segment and total <= burst and collapse:
+            # One PDU carries data and status: the 4 KiB read case, without the loop.
+            self._append(
+                DataIn(
+                    final=True,
+                    status_present=True,
+                    status=status,
+                    overflow=overflow,
+                    underflow=underflow,
+                    residual_count=residual,
+                    lun=lun,
+                    itt=task.itt,
+                    stat_sn=self._next_stat_sn(),
+                    exp_cmd_sn=exp_cmd_sn,
+                    max_cmd_sn=max_cmd_sn,
+                    data=data if total == len(data) else memoryview(data)[:total],
+                )
+            )
+            return 1
+        view = memoryview(data)
         itt = task.itt
         offset = 0
         data_sn = 0

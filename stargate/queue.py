@@ -56,6 +56,10 @@ class CommandQueue:
 
     # -- sessions and their command windows -----------------------------------------
 
+    @property
+    def sessions(self) -> int:
+        return self._sessions
+
     def session_opened(self) -> None:
         self._sessions += 1
 

@@ -13,12 +13,13 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from iscsicore.keys import SessionType
-from iscsicore.seqnum import SERIAL_MASK, in_window, sn_gt, sn_max
+from iscsicore.seqnum import SERIAL_MASK, in_window, sn_gt
 
 if TYPE_CHECKING:
     from stargate.target import VDiskTarget
 
 MAX_TSIH = 0xFFFF
+_HALF = 1 << 31
 
 
 class CmdSnVerdict(Enum):
@@ -69,7 +70,8 @@ class Session:
         share shows as a window that stops advancing.
         """
         wanted = (self.exp_cmd_sn + max(share, 0) - 1) & SERIAL_MASK
-        self.max_cmd_sn = sn_max(self.max_cmd_sn, wanted)
+        if 0 < (wanted - self.max_cmd_sn) & SERIAL_MASK < _HALF:  # serial "wanted > max"
+            self.max_cmd_sn = wanted
         return self.max_cmd_sn
 
     def close(self, reason: str) -> None:
