@@ -144,6 +144,7 @@ def register(subparsers: Any) -> None:
 
 def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any]]:
     from stargate.scsi.lu import LogicalUnit
+    from stargate.scsi.reserve import vdisk_reservations
     from stargate.stores.file import FileStore
     from stargate.stores.memory import MemoryStore
     from stargate.stores.meta import VDiskMeta
@@ -170,7 +171,17 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
         except (OSError, ValueError) as error:
             raise CliError(f"cannot open vDisk {spec.vdisk_id}: {error}") from None
         stores.append(store)
-        lu = LogicalUnit(store, getattr(store, "meta", meta))
+        # SPC-4 persistent reservations (DIR/<id>.pr.json) and SPC-2 RESERVE, wired to the
+        # unit attention queues they raise conditions in.
+        reservations, unit_attentions = vdisk_reservations(
+            None if args.memory else args.data_dir, spec.vdisk_id
+        )
+        lu = LogicalUnit(
+            store,
+            getattr(store, "meta", meta),
+            reservations=reservations,
+            unit_attentions=unit_attentions,
+        )
         allowed = frozenset(args.allow) if args.allow else None
         targets.append(
             VDiskTarget(

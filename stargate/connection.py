@@ -52,15 +52,16 @@ from iscsicore.pdu import (
     TaskMgmtResponse,
     TextRequest,
     TextResponse,
-    TmfFunction,
     TmfResponse,
     lun_number,
 )
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
-from iscsicore.seqnum import SERIAL_MASK, in_window
+from iscsicore.seqnum import SERIAL_MASK
 from iscsicore.wire import full_cdb
 from stargate.queue import Admission, CommandQueue
+from stargate.scsi import tmf
+from stargate.scsi.ua import UnitAttentionQueues
 from stargate.session import CmdSnVerdict, Session
 from stargate.stats import IoKind
 
@@ -1021,29 +1022,12 @@ class FullFeatureConnection:
             CmdSnVerdict.OUT_OF_WINDOW
         ):
             return
-        function = pdu.function
-        response = TmfResponse.COMPLETE
-        if self.lu is None:
-            response = TmfResponse.REJECTED
-        elif function == TmfFunction.ABORT_TASK:
-            response = self._abort_task(pdu)
-        elif function in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET):
-            self._abort_tasks_of_lun(pdu.lun)
-        elif function == TmfFunction.LOGICAL_UNIT_RESET:
-            if lun_number(pdu.lun) != 0:
-                response = TmfResponse.LUN_DOES_NOT_EXIST
-            else:
-                self._reset_target(cold=False)
-        elif function == TmfFunction.TARGET_WARM_RESET:
-            self._reset_target(cold=False)
-        elif function == TmfFunction.TARGET_COLD_RESET:
-            self._reset_target(cold=True)
-        elif function == TmfFunction.CLEAR_ACA:
-            response = TmfResponse.COMPLETE  # NACA is never set: nothing to clear
-        elif function == TmfFunction.TASK_REASSIGN:
-            response = TmfResponse.REASSIGNMENT_NOT_SUPPORTED
+        if self.lu is None or self.target is None:
+            response = TmfResponse.REJECTED  # discovery session: no tasks, no LUs
+            outcome = None
         else:
-            response = TmfResponse.NOT_SUPPORTED
+            outcome = self._decide_task_management(pdu)
+            response = TmfResponse(int(outcome.response))
         exp_cmd_sn, max_cmd_sn = self._window()
         self._append(
             TaskMgmtResponse(
@@ -1054,21 +1038,77 @@ class FullFeatureConnection:
                 max_cmd_sn=max_cmd_sn,
             )
         )
-        if function == TmfFunction.TARGET_COLD_RESET and self.lu is not None:
+        if outcome is not None and outcome.close_all_connections:
             self._closing_reason = "target cold reset"
             raise _StopBatch
 
-    def _abort_task(self, pdu: TaskMgmtRequest) -> TmfResponse:
-        task = self._tasks.get(pdu.referenced_task_tag)
-        if task is not None and task.phase is not TaskPhase.DONE:
-            self._abort(task)
-            return TmfResponse.COMPLETE
-        # Not here: done already, or never arrived. RFC 7143 11.5.1: a RefCmdSN still in the
-        # window means the command was lost on the way and is now considered received.
+    def _decide_task_management(self, pdu: TaskMgmtRequest) -> tmf.TmfOutcome:
+        """Decide with `stargate.scsi.tmf` over the task set of the whole target (every
+        session of this vDisk), then apply the outcome: end tasks, unit attentions, resets."""
+        assert self.lu is not None and self.target is not None
+        connections = [self]
+        if self.directory is not None:
+            connections += [
+                c for c in self.directory.connections_of(self.target.name) if c is not self
+            ]
+        by_nexus = {connection.nexus: connection for connection in connections}
         session = self.session
-        if in_window(pdu.ref_cmd_sn, session.exp_cmd_sn, session.max_cmd_sn):
-            return TmfResponse.COMPLETE
-        return TmfResponse.TASK_DOES_NOT_EXIST
+        request = tmf.TmfRequest(
+            function=pdu.function,
+            nexus=self.nexus,
+            lun=lun_number(pdu.lun),
+            cmd_sn=pdu.cmd_sn,
+            referenced_task_tag=pdu.referenced_task_tag,
+            ref_cmd_sn=pdu.ref_cmd_sn,
+            exp_cmd_sn=session.exp_cmd_sn,
+            max_cmd_sn=session.max_cmd_sn,
+        )
+        task_set = [task for c in connections for task in c.task_set_entries()]
+        outcome = tmf.decide(request, task_set, target_nexuses=by_nexus)
+        for nexus, tasks in outcome.aborted_by_nexus.items():
+            owner = by_nexus.get(nexus)
+            if owner is not None:
+                owner.abort_tasks({task.itt for task in tasks})
+        lu = self.lu
+        if outcome.reset_logical_unit_state or outcome.release_spc2_reservation:
+            # Mode pages to defaults, SPC-2 reservation released, BUS DEVICE RESET for the
+            # other nexuses (the logical unit's own rules).
+            reset = getattr(lu, "logical_unit_reset", None)
+            if reset is not None:
+                reset(self.nexus)
+        queues = getattr(lu, "unit_attentions", None)
+        if isinstance(queues, UnitAttentionQueues):
+            outcome.apply_unit_attentions(queues)
+        if outcome.close_all_connections:
+            for other in connections[1:]:
+                other.close("target cold reset")
+        return outcome
+
+    def task_set_entries(self) -> list[tmf.Task]:
+        """This connection's unfinished tasks, as `stargate.scsi.tmf` sees them."""
+        states = {
+            TaskPhase.WAITING_FOR_SLOT: tmf.TaskState.PENDING,
+            TaskPhase.RECEIVING: tmf.TaskState.WAITING_FOR_DATA,
+            TaskPhase.SYNCING: tmf.TaskState.RUNNING,
+        }
+        return [
+            tmf.Task(
+                task.itt,
+                self.nexus,
+                lun_number(task.command.lun),
+                task.command.cmd_sn,
+                states.get(task.phase, tmf.TaskState.COMPLETED),
+            )
+            for task in self._tasks.values()
+        ]
+
+    def abort_tasks(self, itts: set[int]) -> None:
+        """End these tasks without a status (aborted by a task management function)."""
+        for itt in itts:
+            task = self._tasks.get(itt)
+            if task is not None and task.phase is not TaskPhase.DONE:
+                self._abort(task)
+        self._wake_writer()
 
     def _abort(self, task: ScsiTask) -> None:
         task.aborted = True
@@ -1076,32 +1116,6 @@ class FullFeatureConnection:
             return  # the thread finishes the sync; `_finish` then sends nothing
         self._finish(task, ScsiStatus.TASK_ABORTED)
         self.queue.forget_cancelled()
-
-    def _abort_tasks_of_lun(self, lun: int) -> None:
-        for task in list(self._tasks.values()):
-            if task.command.lun == lun:
-                self._abort(task)
-
-    def abort_all_for_reset(self) -> None:
-        """Another connection reset the target: our tasks are gone (TASK ABORTED is not
-        sent: TAS is 0; the unit attention tells the initiator)."""
-        for task in list(self._tasks.values()):
-            self._abort(task)
-        self._wake_writer()
-
-    def _reset_target(self, *, cold: bool) -> None:
-        assert self.lu is not None
-        for task in list(self._tasks.values()):
-            self._abort(task)
-        if self.directory is not None and self.target is not None:
-            for other in self.directory.connections_of(self.target.name):
-                if other is not self:
-                    other.abort_all_for_reset()
-                    if cold:
-                        other.close("target cold reset")
-        reset = getattr(self.lu, "logical_unit_reset", None)
-        if reset is not None:
-            reset(self.nexus)
 
     def _abort_all_tasks(self) -> None:
         for task in list(self._tasks.values()):

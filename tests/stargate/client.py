@@ -32,6 +32,7 @@ from iscsicore.pdu import (
 )
 from stargate.connection import ConnectionTimers
 from stargate.scsi.lu import LogicalUnit
+from stargate.scsi.reserve import vdisk_reservations
 from stargate.server import ServerConfig, StargateServer
 from stargate.stores.memory import MemoryStore
 from stargate.stores.meta import VDiskMeta
@@ -334,9 +335,10 @@ def memory_target(
 ) -> VDiskTarget:
     meta = VDiskMeta(vdisk_id, size)
     store = MemoryStore(meta)
+    reservations, unit_attentions = vdisk_reservations(None, vdisk_id)
     return VDiskTarget(
         vdisk_id,
-        LogicalUnit(store, meta),
+        LogicalUnit(store, meta, reservations=reservations, unit_attentions=unit_attentions),
         block_size=512,
         allowed_initiators=allowed,
         chap=chap,

@@ -347,3 +347,42 @@ async def test_stats_count_io(nursery: trio.Nursery) -> None:
     assert stats["writes"] == 1 and stats["bytes_written"] == 4096
     assert stats["reads"] == 1 and stats["bytes_read"] == 4096
     assert stats["queue_depth"] == 0 and stats["connections"] == 1
+
+
+async def test_clear_task_set_ends_another_sessions_waiting_write(nursery: trio.Nursery) -> None:
+    server = await start_stargate(nursery)
+    victim = await logged_in(server, proposals=proposals(initial_r2t=True, immediate_data=False))
+    clearer = await logged_in(server)
+    await clear_unit_attention(victim)
+    await clear_unit_attention(clearer)
+    write = victim.command(write10(0, 8), write_data=bytes(4096))
+    await victim.send(write)
+    assert isinstance(await victim.receive(), R2T)
+    await clearer.send(
+        TaskMgmtRequest(function=TmfFunction.CLEAR_TASK_SET, itt=3000, cmd_sn=clearer.cmd_sn)
+    )
+    response = await clearer.receive()
+    assert isinstance(response, TaskMgmtResponse) and response.response == TmfResponse.COMPLETE
+    assert server.queue.in_flight == 0
+    # TAS=0: the victim's write ends without a status; it learns from a unit attention.
+    after = await victim.scsi(TEST_UNIT_READY)
+    assert after.status == ScsiStatus.CHECK_CONDITION
+    assert [pdu for pdu in after.pdus if getattr(pdu, "itt", None) == write.itt] == []
+    assert parse_sense_bytes(after.sense) == bytes([0x2F, 0x00])
+
+
+async def test_target_cold_reset_closes_every_connection_of_the_target(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(nursery)
+    first = await logged_in(server, "vd1")
+    second = await logged_in(server, "vd1")
+    other_vdisk = await logged_in(server, "vd2")
+    await first.send(
+        TaskMgmtRequest(function=TmfFunction.TARGET_COLD_RESET, itt=4000, cmd_sn=first.cmd_sn)
+    )
+    response = await first.receive()
+    assert isinstance(response, TaskMgmtResponse) and response.response == TmfResponse.COMPLETE
+    assert await first.closed_by_target()
+    assert await second.closed_by_target()
+    await clear_unit_attention(other_vdisk)  # another vDisk is another target: untouched
