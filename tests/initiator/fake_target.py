@@ -32,6 +32,7 @@ from iscsicore.pdu import (
     ScsiCommand,
     ScsiResponse,
 )
+from iscsicore.seqnum import sn_gt
 
 BLOCK = 512
 IQN = "iqn.2026-11.test.fake:disk"
@@ -67,6 +68,8 @@ class FakeTarget:
     initial_r2t: bool = False
     immediate_data: bool = True
     data_outs: list[tuple[int, int, int]] = field(default_factory=list)  # (ttt, offset, len)
+    window: int = 32  # MaxCmdSN - ExpCmdSN + 1 granted
+    window_violations: list[int] = field(default_factory=list)  # CmdSNs beyond MaxCmdSN
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.port, host=self.host)
@@ -98,6 +101,7 @@ def login_config(
         max_burst_length=limits.max_burst_length,
         initial_r2t=limits.initial_r2t,
         immediate_data=limits.immediate_data,
+        cmd_window=limits.window,
     )
 
 
@@ -127,6 +131,8 @@ class FakeSession:
         self.send_lock = trio.Lock()
         self.pending_writes: dict[int, _Write] = {}
         self.params = SessionParams()
+        self.advertised_max = 0
+        self.in_flight = 0
 
     async def receive(self) -> Pdu:
         while (pdu := self.framer.next_pdu()) is None:
@@ -140,13 +146,24 @@ class FakeSession:
         async with self.send_lock:
             await self.stream.send_all(b"".join(encode_pdu(p) for p in pdus))
 
+    def max_cmd_sn(self) -> int:
+        """ExpCmdSN + free slots - 1: commands in flight use up the window."""
+        free = self.target.window - self.in_flight
+        self.advertised_max = (self.exp_cmd_sn + free - 1) & 0xFFFFFFFF
+        return self.advertised_max
+
+    def completion_fields(self) -> StatusFields:
+        """Status fields of a command's final status: its window slot is free again."""
+        self.in_flight -= 1
+        return self.status_fields()
+
     def status_fields(self) -> StatusFields:
         stat_sn = self.stat_sn
         self.stat_sn = (self.stat_sn + 1) & 0xFFFFFFFF
         return {
             "stat_sn": stat_sn,
             "exp_cmd_sn": self.exp_cmd_sn,
-            "max_cmd_sn": (self.exp_cmd_sn + 31) & 0xFFFFFFFF,
+            "max_cmd_sn": self.max_cmd_sn(),
         }
 
     async def run(self) -> None:
@@ -162,16 +179,28 @@ class FakeSession:
         self.params = login.params
         self.stat_sn = login.stat_sn
         self.exp_cmd_sn = login.cmd_sn
+        self.advertised_max = login.max_cmd_sn
         if self.target.garbage_after_login is not None:
             await self.stream.send_all(self.target.garbage_after_login)
             await trio.sleep(5)
             return
+        async with trio.open_nursery() as nursery:
+            await self._full_feature(nursery)
+            nursery.cancel_scope.cancel()
+
+    async def _full_feature(self, nursery: trio.Nursery) -> None:
         while True:
             pdu = await self.receive()
             if isinstance(pdu, ScsiCommand):
                 if not pdu.immediate:
+                    if sn_gt(pdu.cmd_sn, self.advertised_max):
+                        self.target.window_violations.append(pdu.cmd_sn)
                     self.exp_cmd_sn = (pdu.cmd_sn + 1) & 0xFFFFFFFF
-                await self.command(pdu)
+                    self.in_flight += 1
+                if self.target.respond is not None:
+                    nursery.start_soon(self.command, pdu)  # the hook may hold it a while
+                else:
+                    await self.command(pdu)
             elif isinstance(pdu, DataOut):
                 await self.data_out(pdu)
             elif isinstance(pdu, NopOut):
@@ -209,12 +238,12 @@ class FakeSession:
                     status_present=True,
                     itt=cmd.itt,
                     data=data[: cmd.expected_data_transfer_length],
-                    **self.status_fields(),
+                    **self.completion_fields(),
                 )
             )
             await self.done()
             return
-        await self.send(ScsiResponse(itt=cmd.itt, status=0, **self.status_fields()))
+        await self.send(ScsiResponse(itt=cmd.itt, status=0, **self.completion_fields()))
         await self.done()
 
     async def data_out(self, pdu: DataOut) -> None:
@@ -237,13 +266,13 @@ class FakeSession:
                     desired_data_transfer_length=burst,
                     stat_sn=self.stat_sn,
                     exp_cmd_sn=self.exp_cmd_sn,
-                    max_cmd_sn=(self.exp_cmd_sn + 31) & 0xFFFFFFFF,
+                    max_cmd_sn=self.max_cmd_sn(),
                 )
             )
             return
         del self.pending_writes[write.command.itt]
         self.target.disk[write.offset : write.offset + length] = write.buffer
-        await self.send(ScsiResponse(itt=write.command.itt, status=0, **self.status_fields()))
+        await self.send(ScsiResponse(itt=write.command.itt, status=0, **self.completion_fields()))
         await self.done()
 
     async def send_read(self, cmd: ScsiCommand, data: bytes) -> None:
@@ -253,9 +282,9 @@ class FakeSession:
         for data_sn, start in enumerate(range(0, max(len(data), 1), segment)):
             chunk = data[start : start + segment]
             last = start + segment >= len(data)
-            fields = self.status_fields() if last else {
+            fields = self.completion_fields() if last else {
                 "stat_sn": 0, "exp_cmd_sn": self.exp_cmd_sn,
-                "max_cmd_sn": (self.exp_cmd_sn + 31) & 0xFFFFFFFF,
+                "max_cmd_sn": self.max_cmd_sn(),
             }  # fmt: skip
             pdus.append(
                 DataIn(

@@ -157,8 +157,9 @@ async def test_malformed_login_answers_are_typed_errors(reply: bytes) -> None:
 async def run_with_responder(
     respond: Callable[[FakeSession, ScsiCommand], Awaitable[bool]],
     body: Callable[[BlockDevice], Awaitable[None]],
+    target: FakeTarget | None = None,
 ) -> None:
-    target = FakeTarget(bytearray(1 * MiB))
+    target = target or FakeTarget(bytearray(1 * MiB))
     async with trio.open_nursery() as nursery:
         await nursery.start(target.serve)
         url = f"iscsi://127.0.0.1:{target.port}/{IQN}/0"
@@ -180,7 +181,7 @@ async def test_data_in_beyond_the_buffer_fails_only_that_command() -> None:
         await session.send(
             DataIn(
                 final=True, status_present=True, itt=cmd.itt, buffer_offset=256,
-                data=bytes(512), **session.status_fields(),
+                data=bytes(512), **session.completion_fields(),
             )
         )  # fmt: skip
         return True
@@ -224,7 +225,7 @@ async def test_unknown_tags_are_ignored_and_check_condition_is_decoded() -> None
             itt=cmd.itt,
             status=2,
             data=struct.pack(">H", len(sense)) + sense,
-            **session.status_fields(),
+            **session.completion_fields(),
         )
         await session.send(stray, response)
         return True
@@ -308,3 +309,28 @@ async def test_write_data_paths(
     first_solicited = 65536 if not initial_r2t else (8192 if immediate_data else 0)
     assert solicited[0][1] == first_solicited
     assert len({ttt for ttt, _, _ in solicited}) == -(-(len(payload) - first_solicited) // 262144)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+async def test_cmdsn_window_is_respected(window: int) -> None:
+    """The target grants `window` commands; the responses are held back a little so that
+    callers pile up: nothing beyond MaxCmdSN may be sent, and everything completes."""
+    target = FakeTarget(bytearray(1 * MiB), window=window)
+    held: list[ScsiCommand] = []
+
+    async def slow_reads(session: FakeSession, cmd: ScsiCommand) -> bool:
+        if not is_read(cmd) or cmd.expected_data_transfer_length != 4096:
+            return False
+        held.append(cmd)
+        await trio.sleep(0.005)
+        await session.send_read(cmd, bytes(4096))
+        return True
+
+    async def body(device: BlockDevice) -> None:
+        async with trio.open_nursery() as nursery:
+            for lba in range(0, 32 * 8, 8):
+                nursery.start_soon(device.read, lba, 8)
+
+    await run_with_responder(slow_reads, body, target)
+    assert len(held) == 32
+    assert target.window_violations == []
