@@ -213,16 +213,30 @@ async def cmd_read(args: argparse.Namespace, console: Console) -> int:
     async with BlockDevice.open(args.url, _config(args)) as device:
         chunk = max(1, (1 << 20) // device.block_size)
         sink = args.output.open("wb") if args.output else sys.stdout.buffer
+        hexdump = not args.output and sys.stdout.isatty()  # raw bytes would garble a terminal
         try:
             for lba in range(args.lba, args.lba + args.count, chunk):
                 blocks = min(chunk, args.lba + args.count - lba)
-                sink.write(await device.read(lba, blocks))
+                data = await device.read(lba, blocks)
+                if hexdump:
+                    sink.write(_hexdump(data, lba * device.block_size).encode())
+                else:
+                    sink.write(data)
         finally:
             if args.output:
                 sink.close()
             else:
                 sink.flush()
     return 0
+
+
+def _hexdump(data: bytes | bytearray, base: int) -> str:
+    lines = []
+    for offset in range(0, len(data), 16):
+        row = data[offset : offset + 16]
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"{base + offset:010x}  {row.hex(' '):<47}  {text}\n")
+    return "".join(lines)
 
 
 async def cmd_write(args: argparse.Namespace, console: Console) -> int:
