@@ -1,0 +1,131 @@
+"""What may run for a vDisk at this stargate now: claims, the fenced LU, the parking queue.
+
+A `Claim` is this stargate's standing on one vDisk it has open. Commands are admitted only
+while the claim is OWNED and its fence holds:
+
+- `OwnershipQueue` (the server's shared command queue) parks a vDisk's commands while its
+  claim is being acquired (the previous owner is releasing it) and releases them once it
+  is owned; commands of a vDisk being released or lost stay parked and never run (their
+  connections are being dropped, the initiator re-issues them elsewhere).
+- `FencedLogicalUnit` checks the fence right before executing: a command admitted before a
+  take-over (e.g. one that waited for Data-Out while this process was stopped) fails with
+  NOT READY / TARGET PORT IN TRANSITION instead of touching the vDisk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from iscsicore.scsi.opcodes import ScsiStatus
+from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
+from stargate.cluster.ownership import Fence, OwnershipFile
+from stargate.queue import Admission, CommandQueue, QueuedCommand
+from stargate.scsi.command import ScsiResult
+
+
+class ClaimState(Enum):
+    IDLE = "idle"  # opened (a login named it), not asked for yet
+    ACQUIRING = "acquiring"  # asking the previous owner to release it
+    OWNED = "owned"  # serving its I/O
+    RELEASING = "releasing"  # draining for another stargate
+    GONE = "gone"  # released or taken over: nothing more runs here
+
+
+@dataclass(eq=False)
+class Claim:
+    vdisk_id: str
+    target_name: str
+    file: OwnershipFile
+    state: ClaimState = ClaimState.IDLE
+    fence: Fence | None = None
+    parked: list[QueuedCommand] = field(default_factory=list)
+
+    def may_execute(self) -> bool:
+        return self.state is ClaimState.OWNED and self.fence is not None and self.fence.holds()
+
+    def live_parked(self) -> int:
+        return sum(1 for command in self.parked if not command.cancelled)
+
+
+# Called when a command finds its claim no longer valid: the owner drops the vDisk.
+LostCallback = Callable[[Claim], None]
+# Called when a command arrives for a claim nobody started acquiring yet.
+AcquireCallback = Callable[[Claim], None]
+
+
+def _not_ready_in_transition() -> ScsiResult:
+    sense = build_fixed(SenseKey.NOT_READY, Asc.LOGICAL_UNIT_NOT_READY_TARGET_PORT_IN_TRANSITION)
+    return ScsiResult(ScsiStatus.CHECK_CONDITION, sense=sense)
+
+
+class FencedLogicalUnit:
+    """A `LogicalUnit` that executes only while this stargate holds the vDisk."""
+
+    def __init__(self, inner: Any, claim: Claim, on_lost: LostCallback) -> None:
+        self.inner = inner
+        self.store = inner.store
+        self.claim = claim
+        self._on_lost = on_lost
+
+    def execute(self, cdb: bytes, data_out: Any, nexus: Any) -> Any:
+        if self.claim.may_execute():
+            return self.inner.execute(cdb, data_out, nexus)
+        self._on_lost(self.claim)
+        return _not_ready_in_transition()
+
+    def __getattr__(self, name: str) -> Any:
+        # nexus_lost, reset, reservations...: everything else is the inner unit's.
+        return getattr(self.inner, name)
+
+
+class OwnershipQueue(CommandQueue):
+    """The shared command queue, admitting a vDisk's commands only while it is owned."""
+
+    def __init__(
+        self,
+        depth: int,
+        claims: dict[str, Claim],
+        *,
+        on_lost: LostCallback,
+        on_unclaimed: AcquireCallback,
+    ) -> None:
+        super().__init__(depth)
+        self._claims = claims  # by target name, shared with the CVM
+        self._on_lost = on_lost
+        self._on_unclaimed = on_unclaimed
+
+    def admit(self, vdisk: str, command: QueuedCommand) -> Admission:
+        claim = self._claims.get(vdisk)
+        if claim is None:
+            return super().admit(vdisk, command)  # not a cluster vDisk (tests)
+        if claim.state is ClaimState.OWNED:
+            if claim.fence is not None and claim.fence.holds():
+                return super().admit(vdisk, command)
+            self._on_lost(claim)
+        elif claim.state is ClaimState.IDLE:
+            self._on_unclaimed(claim)
+        claim.parked.append(command)
+        return Admission.QUEUED
+
+    def resume(self, claim: Claim) -> None:
+        """The claim is owned now: its parked commands enter the queue, in arrival order."""
+        parked, claim.parked = claim.parked, []
+        for command in parked:
+            if command.cancelled:
+                continue
+            admission = super().admit(claim.target_name, command)
+            if admission is Admission.RUN:
+                command.dispatch()
+            elif admission is Admission.FULL:
+                # The initiator was told nothing yet; rather than fail it, run it over depth.
+                self.in_flight += 1
+                command.dispatch()
+
+    def forget_cancelled(self) -> None:
+        super().forget_cancelled()
+        for claim in self._claims.values():
+            if claim.parked:
+                claim.parked = [command for command in claim.parked if not command.cancelled]

@@ -1,0 +1,358 @@
+"""The cluster-mode stargate: one CVM's storage service.
+
+    python -m stargate.cluster.cvm --dir DIR --node I
+
+Serves every vDisk under DIR/vdisks on the node's CVM address (port 3261), opening each one
+lazily when a login names it, and runs the HTTP stats/control page on port 2009. A login for
+a vDisk starts taking it over (ownership.py): the stargate recorded as owner is asked to
+release it (`POST /control/vdisks/<id>/release`), then the epoch is bumped; when the owner
+does not answer in time it is taken over all the same, and its fence stops it. Until the
+claim is owned, the vDisk's commands wait, parked, in the command queue (admission.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from iscsicore.keys import SessionType
+from iscsicore.login import Accept, Resolution
+from stargate.cluster.admission import (
+    Claim,
+    ClaimState,
+    FencedLogicalUnit,
+    OwnershipQueue,
+)
+from stargate.cluster.http import HttpError, http_json, serve_http
+from stargate.cluster.ownership import Fence, OwnershipFile
+from stargate.cluster.spec import ClusterPaths, ClusterSpec, list_vdisks
+from stargate.cluster.stats_page import StatsPage
+from stargate.login_phase import LoginPolicy
+from stargate.scsi.lu import LogicalUnit
+from stargate.scsi.reserve import vdisk_reservations
+from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
+from stargate.session import SessionTable
+from stargate.stores.file import FileStore
+from stargate.stores.meta import VDiskMeta
+from stargate.target import TARGET_NAME_PREFIX, PortalGroup, TargetRegistry, VDiskTarget
+
+log = logging.getLogger("stargate.cluster.cvm")
+
+RELEASE_TIMEOUT = 5.0  # how long the previous owner may take to release before take-over
+DRAIN_TIMEOUT = 2.0  # how long a releasing owner lets in-flight commands finish
+DROP_TIMEOUT = 1.5  # how long dropped connections get to go before they are closed
+WATCH_INTERVAL = 0.25  # how often owned vDisks' records are checked for a take-over
+
+
+class ClusterRegistry(TargetRegistry):
+    """The registry of a cluster stargate: any vDisk of DIR/vdisks is opened on first use."""
+
+    def __init__(self, opener: Callable[[str], VDiskTarget | None], paths: ClusterPaths) -> None:
+        super().__init__(PortalGroup())
+        self._opener = opener
+        self._paths = paths
+
+    def get(self, name: str) -> VDiskTarget | None:
+        target = super().get(name)
+        if target is not None or not name.startswith(TARGET_NAME_PREFIX):
+            return target
+        vdisk_id = name.removeprefix(TARGET_NAME_PREFIX)
+        if not vdisk_id or "/" in vdisk_id or vdisk_id.startswith("."):
+            return None
+        if not self._paths.vdisk_meta_file(vdisk_id).exists():
+            return None
+        target = self._opener(vdisk_id)
+        if target is not None:
+            self.add(target)
+        return target
+
+    def visible_to(self, initiator_name: str) -> list[VDiskTarget]:
+        # Discovery lists every vDisk of the cluster, not only those opened so far.
+        for info in list_vdisks(self._paths.root):
+            self.get(f"{TARGET_NAME_PREFIX}{info.vdisk_id}")
+        return super().visible_to(initiator_name)
+
+
+class OwnershipLoginPolicy(LoginPolicy):
+    """Accepting a normal login for a vDisk starts taking the vDisk over."""
+
+    def __init__(
+        self, registry: TargetRegistry, sessions: SessionTable, on_login: Callable[[str], None]
+    ) -> None:
+        super().__init__(registry, sessions)
+        self._on_login = on_login
+
+    def resolve(
+        self, initiator_name: str, target_name: str | None, session_type: SessionType
+    ) -> Resolution:
+        resolution = super().resolve(initiator_name, target_name, session_type)
+        if isinstance(resolution, Accept) and session_type is SessionType.NORMAL and target_name:
+            self._on_login(target_name)
+        return resolution
+
+
+class ClusterStargate:
+    """One CVM: the iSCSI server, its vDisk claims, the watcher and the HTTP page."""
+
+    def __init__(
+        self,
+        directory: Path,
+        node_id: int,
+        *,
+        queue_depth: int = DEFAULT_QUEUE_DEPTH,
+        release_timeout: float = RELEASE_TIMEOUT,
+        drain_timeout: float = DRAIN_TIMEOUT,
+    ) -> None:
+        self.paths = ClusterPaths(directory)
+        self.spec = ClusterSpec.load(directory)
+        self.node = self.spec.node(node_id)
+        self.release_timeout = release_timeout
+        self.drain_timeout = drain_timeout
+        self.started = time.time()
+        self.claims: dict[str, Claim] = {}  # by target name
+        self._stores: dict[str, FileStore] = {}  # by target name
+        self._reservations: dict[str, Any] = {}  # by target name
+        self._nursery: trio.Nursery | None = None
+        self.registry = ClusterRegistry(self._open_target, self.paths)
+        config = ServerConfig(
+            host=self.node.cvm_address,
+            port=self.node.cvm_port,
+            advertised_address=self.node.cvm_portal,
+            queue_depth=queue_depth,
+        )
+        self.server = StargateServer(self.registry, config)
+        # The hooks: the shared queue parks commands of unowned vDisks, logins acquire.
+        self.server.queue = OwnershipQueue(
+            queue_depth, self.claims, on_lost=self.lose, on_unclaimed=self._start_acquiring
+        )
+        self.server.policy = OwnershipLoginPolicy(
+            self.registry, self.server.sessions, self._on_login
+        )
+        self.page = StatsPage(self)
+
+    @property
+    def node_id(self) -> int:
+        return self.node.node_id
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve iSCSI and HTTP until cancelled or `shutdown()`."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.server.serve)
+            await nursery.start(
+                serve_http, self.page.handle, self.node.cvm_address, self.node.http_port
+            )
+            nursery.start_soon(self._watch)
+            task_status.started()
+
+    async def shutdown(self) -> None:
+        await self.server.shutdown()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        for name in list(self._stores):
+            self._close_store(name)
+
+    # -- opening vDisks -----------------------------------------------------------------
+
+    def _open_target(self, vdisk_id: str) -> VDiskTarget | None:
+        try:
+            meta = VDiskMeta.load(self.paths.vdisk_meta_file(vdisk_id))
+            store = FileStore.open_or_create(self.paths.vdisks, meta)
+        except (OSError, ValueError) as error:
+            log.error("cannot open vDisk %s: %s", vdisk_id, error)
+            return None
+        reservations, unit_attentions = vdisk_reservations(self.paths.vdisks, vdisk_id)
+        lu = LogicalUnit(
+            store, store.meta, reservations=reservations, unit_attentions=unit_attentions
+        )
+        claim = Claim(
+            vdisk_id,
+            f"{TARGET_NAME_PREFIX}{vdisk_id}",
+            OwnershipFile(self.paths.ownership_file(vdisk_id)),
+        )
+        target = VDiskTarget(
+            vdisk_id, FencedLogicalUnit(lu, claim, self.lose), block_size=store.block_size
+        )
+        self.claims[target.name] = claim
+        self._stores[target.name] = store
+        self._reservations[target.name] = reservations
+        log.info("opened vDisk %s", vdisk_id)
+        return target
+
+    def _close_store(self, target_name: str) -> None:
+        store = self._stores.pop(target_name, None)
+        self._reservations.pop(target_name, None)
+        if store is not None:
+            with contextlib.suppress(OSError):
+                store.sync()
+                store.close()
+
+    # -- acquiring ----------------------------------------------------------------------
+
+    def _on_login(self, target_name: str) -> None:
+        claim = self.claims.get(target_name)
+        if claim is not None:
+            self._start_acquiring(claim)
+
+    def _start_acquiring(self, claim: Claim) -> None:
+        if claim.state is not ClaimState.IDLE or self._nursery is None:
+            return
+        claim.state = ClaimState.ACQUIRING
+        self._nursery.start_soon(self._acquire, claim)
+
+    async def _acquire(self, claim: Claim) -> None:
+        record = claim.file.read()
+        if record.claimed and record.node_id != self.node_id:
+            await self._ask_release(record.node_id, claim.vdisk_id)
+        if claim.state is not ClaimState.ACQUIRING:
+            return  # released or lost while we waited
+        claim.fence = Fence(claim.file, claim.file.claim(self.node_id))
+        reservations = self._reservations.get(claim.target_name)
+        if reservations is not None:
+            reservations.reload()  # the previous owner may have changed them
+        claim.state = ClaimState.OWNED
+        log.info("vDisk %s: serving, epoch %d", claim.vdisk_id, claim.fence.record.epoch)
+        queue = self.server.queue
+        assert isinstance(queue, OwnershipQueue)
+        queue.resume(claim)
+
+    async def _ask_release(self, owner_id: int, vdisk_id: str) -> None:
+        try:
+            owner = self.spec.node(owner_id)
+        except ValueError:
+            return
+        url = f"{owner.http_url}/control/vdisks/{vdisk_id}/release?by={self.node_id}"
+        try:
+            status, answer = await http_json("POST", url, timeout=self.release_timeout)
+        except HttpError as error:
+            log.warning("vDisk %s: taking over from node %d (%s)", vdisk_id, owner_id, error)
+            return
+        log.info("vDisk %s: node %d released it (%s: %s)", vdisk_id, owner_id, status, answer)
+
+    # -- releasing and losing -----------------------------------------------------------
+
+    async def release(self, vdisk_id: str, *, by: str = "?") -> dict[str, Any]:
+        """Another stargate takes the vDisk: stop admitting, drain, drop, close."""
+        name = f"{TARGET_NAME_PREFIX}{vdisk_id}"
+        claim = self.claims.get(name)
+        if claim is None:
+            return {"vdisk": vdisk_id, "released": True, "was_serving": False}
+        was_serving = claim.state is ClaimState.OWNED
+        claim.state = ClaimState.RELEASING
+        target = self.registry.get(name) if name in self._stores else None
+        if was_serving and target is not None:
+            with trio.move_on_after(self.drain_timeout):
+                while target.stats.queue_depth - claim.live_parked() > 0:
+                    await trio.sleep(0.005)
+        await self._retire(claim, f"released to node {by}")
+        return {"vdisk": vdisk_id, "released": True, "was_serving": was_serving}
+
+    def lose(self, claim: Claim) -> None:
+        """The record moved under us (we were stopped, or slow): drop the vDisk now."""
+        if claim.state is ClaimState.GONE:
+            return
+        log.warning("vDisk %s: taken over by node %d", claim.vdisk_id, claim.file.read().node_id)
+        claim.state = ClaimState.GONE
+        if self._nursery is not None:
+            self._nursery.start_soon(self._retire, claim, "taken over by another stargate")
+
+    async def _retire(self, claim: Claim, reason: str) -> None:
+        claim.state = ClaimState.GONE
+        name = claim.target_name
+        if self.claims.get(name) is claim:
+            del self.claims[name]
+        if self.registry.remove(name) is None:
+            return  # retired already
+        connections = self.server.connections_of(name)
+        for connection in connections:
+            connection.drop(all_connections=True, time2wait=0, time2retain=0)
+        with trio.move_on_after(DROP_TIMEOUT):
+            while self.server.connections_of(name):
+                await trio.sleep(0.01)
+        for connection in self.server.connections_of(name):
+            connection.close(reason)
+        claim.parked.clear()
+        self._close_store(name)
+        claim.file.close()
+        log.info("vDisk %s: no longer served here (%s)", claim.vdisk_id, reason)
+
+    async def _watch(self) -> None:
+        while True:
+            await trio.sleep(WATCH_INTERVAL)
+            for claim in list(self.claims.values()):
+                if claim.state is ClaimState.OWNED and not claim.may_execute():
+                    self.lose(claim)
+
+    # -- failback -----------------------------------------------------------------------
+
+    def request_logout(self, vdisk_id: str, seconds: int) -> int:
+        return self.server.request_logout(vdisk_id, seconds)
+
+
+# -- process ------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m stargate.cluster.cvm", description="One CVM's stargate in a cluster."
+    )
+    parser.add_argument("--dir", type=Path, required=True, help="the cluster directory")
+    parser.add_argument("--node", type=int, required=True, help="this CVM's node id")
+    parser.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    return parser.parse_args(argv)
+
+
+async def serve_until_signalled(cvm: ClusterStargate) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cvm.run)
+            node = cvm.node
+            print(
+                f"stargate-{node.node_id}: iSCSI {node.cvm_address}:{cvm.server.port}, "
+                f"HTTP {node.http_url}, pid {os.getpid()}",
+                flush=True,
+            )
+            async for signum in signals:
+                log.info("signal %s: shutting down", signal.Signals(signum).name)
+                await cvm.shutdown()
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format=f"%(asctime)s stargate-{args.node} %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cvm = ClusterStargate(args.dir, args.node, queue_depth=args.queue_depth)
+    except ValueError as error:
+        print(f"stargate-{args.node}: {error}", file=sys.stderr)
+        return 2
+    failure: BaseException | None = None
+    try:
+        trio.run(serve_until_signalled, cvm)
+    except* OSError as group:  # from inside trio's nurseries: wrapped in a group
+        failure = group.exceptions[0]
+    if failure is not None:
+        print(f"stargate-{args.node}: cannot listen: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
