@@ -8,7 +8,7 @@ Errors are ``CdbFieldError``: ILLEGAL REQUEST, INVALID FIELD IN CDB with a field
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from iscsicore.scsi.opcodes import ScsiOp
 from iscsicore.scsi.sense import Asc, CheckCondition, FieldPointer, SenseKey
@@ -34,18 +34,20 @@ def require_length(cdb: bytes, length: int) -> None:
         raise CdbFieldError(len(cdb), reason=f"CDB is {len(cdb)} bytes, needs {length}")
 
 
-@dataclass(frozen=True, slots=True)
-class BlockRange:
+class BlockRange(NamedTuple):
     """What most block commands address: a starting LBA and a number of blocks."""
 
     lba: int
     blocks: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReadWriteCdb(BlockRange):
-    """READ/WRITE/WRITE AND VERIFY 6/10/12/16 and COMPARE AND WRITE."""
+# NamedTuples rather than frozen dataclasses: one is decoded per I/O, and tuples are
+# several times cheaper to build.
+class ReadWriteCdb(NamedTuple):
+    """READ/WRITE/WRITE AND VERIFY 6/10/12/16, ORWRITE(16) and COMPARE AND WRITE."""
 
+    lba: int
+    blocks: int
     protect: int = 0  # RDPROTECT / WRPROTECT (bits 7-5 of byte 1)
     dpo: bool = False
     fua: bool = False
@@ -53,16 +55,18 @@ class ReadWriteCdb(BlockRange):
     bytchk: int = 0  # WRITE AND VERIFY only
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyCdb(BlockRange):
+class VerifyCdb(NamedTuple):
+    lba: int
+    blocks: int
     protect: int = 0
     dpo: bool = False
     bytchk: int = 0
     group: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class WriteSameCdb(BlockRange):
+class WriteSameCdb(NamedTuple):
+    lba: int
+    blocks: int
     protect: int = 0
     anchor: bool = False
     unmap: bool = False
@@ -70,8 +74,9 @@ class WriteSameCdb(BlockRange):
     group: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class SyncCacheCdb(BlockRange):
+class SyncCacheCdb(NamedTuple):
+    lba: int
+    blocks: int
     immed: bool = False
     group: int = 0
 

@@ -212,6 +212,7 @@ class LogicalUnit:
     ) -> None:
         self.store = store
         self.meta = meta
+        self._block_size = store.block_size  # fixed for the life of a vDisk
         self.reservations: ReservationChecker = reservations or NoReservations()
         self.unit_attentions: UnitAttentions = unit_attentions or SimpleUnitAttentions()
         self.modes = ModeState()
@@ -223,11 +224,11 @@ class LogicalUnit:
     # ---- geometry -------------------------------------------------------------------
     @property
     def block_size(self) -> int:
-        return self.store.block_size
+        return self._block_size
 
     @property
     def block_count(self) -> int:
-        return self.store.size // self.store.block_size
+        return self.store.size // self._block_size
 
     @property
     def blocks_per_physical_block(self) -> int:

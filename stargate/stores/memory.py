@@ -48,6 +48,10 @@ class MemoryStore:
 
     def read(self, offset: int, length: int) -> bytes:
         check_range(self._size, offset, length)
+        index, start = divmod(offset, CHUNK_SIZE)
+        if start + length <= CHUNK_SIZE:  # the common case: inside one chunk
+            chunk = self._chunks.get(index)
+            return bytes(length) if chunk is None else bytes(chunk[start : start + length])
         out = bytearray(length)
         position = 0
         for index, start, piece in self._spans(offset, length):
@@ -60,6 +64,13 @@ class MemoryStore:
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         check_range(self._size, offset, len(view))
+        index, start = divmod(offset, CHUNK_SIZE)
+        if start + len(view) <= CHUNK_SIZE:  # the common case: inside one chunk
+            chunk = self._chunks.get(index)
+            if chunk is None:
+                chunk = self._chunks[index] = bytearray(CHUNK_SIZE)
+            chunk[start : start + len(view)] = view
+            return
         position = 0
         for index, start, piece in self._spans(offset, len(view)):
             chunk = self._chunks.get(index)
