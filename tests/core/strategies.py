@@ -2,8 +2,8 @@
 
 ``pdus()`` draws any of the 18 classes; ``pdus_of(cls)`` one class; ``initiator_pdus()`` /
 ``target_pdus()`` one direction. Every field covers its whole wire range except where the
-RFC reserves values (task attribute 5-7, login stage 2, both O and U ...): those are what
-the decoder rejects, so they are never drawn here. ``raw_headers(opcode)`` draws arbitrary
+RFC reserves values (task attribute 5-7, login stage 2, both O and U, undefined reject
+reasons or TMF functions ...): those are never drawn here. ``raw_headers(opcode)`` draws arbitrary
 48-byte headers carrying a given opcode, legal or not.
 """
 
@@ -17,27 +17,36 @@ from iscsicore.pdu import (
     BHS_LENGTH,
     PDU_CLASSES,
     R2T,
+    RESERVED_TAG,
     Ahs,
     AhsType,
+    AsyncEvent,
     AsyncMessage,
     DataIn,
     DataOut,
     LoginRequest,
     LoginResponse,
+    LoginStatus,
     LogoutRequest,
     LogoutResponse,
+    LogoutResponseCode,
     NopIn,
     NopOut,
     Opcode,
     Pdu,
     Reject,
+    RejectReason,
     ScsiCommand,
     ScsiResponse,
+    ScsiResponseCode,
     SnackRequest,
+    SnackType,
     TaskMgmtRequest,
     TaskMgmtResponse,
     TextRequest,
     TextResponse,
+    TmfFunction,
+    TmfResponse,
 )
 
 u8 = st.integers(0, 0xFF)
@@ -46,10 +55,21 @@ u32 = st.integers(0, 0xFFFFFFFF)
 u48 = st.integers(0, (1 << 48) - 1)
 u64 = st.integers(0, (1 << 64) - 1)
 flag = st.booleans()
+# 0xffffffff is the reserved tag: never a task's ITT, never an R2T's TTT
+task_tag = st.integers(0, RESERVED_TAG - 1)
 
 # Sequence numbers and tags cluster near the interesting edges as well as anywhere.
 serial = st.one_of(u32, st.sampled_from([0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF]))
 login_stage = st.sampled_from([0, 1, 3])
+# Defined code values (the rest are reserved, which the RFC makes a protocol error to send)
+scsi_status = st.sampled_from([0x00, 0x02, 0x04, 0x08, 0x10, 0x14, 0x18, 0x22, 0x28, 0x30, 0x40])
+reject_reason = st.sampled_from(list(RejectReason))
+tmf_function = st.sampled_from(list(TmfFunction))
+tmf_response = st.sampled_from(list(TmfResponse))
+async_event = st.sampled_from(list(AsyncEvent))
+logout_response = st.sampled_from(list(LogoutResponseCode))
+login_status = st.sampled_from(list(LoginStatus))
+scsi_response_code = st.sampled_from(list(ScsiResponseCode))
 
 MAX_DATA = 2048
 
@@ -108,41 +128,47 @@ def _with_payload(
     }
 
 
-def _nop_out() -> st.SearchStrategy[Pdu]:
-    return st.builds(
-        NopOut,
-        **_with_payload(
-            {
-                "immediate": flag,
-                "lun": u64,
-                "itt": u32,
-                "ttt": u32,
-                "cmd_sn": serial,
-                "exp_stat_sn": serial,
-            }
-        ),
+@st.composite
+def _ping_tags(draw: st.DrawFn) -> tuple[int, int]:
+    """(ITT, TTT) of a NOP: a ping carries its own tag and the reserved other one."""
+    if draw(flag):
+        return draw(task_tag), RESERVED_TAG
+    return RESERVED_TAG, draw(task_tag)
+
+
+@st.composite
+def _nop_out(draw: st.DrawFn) -> Pdu:
+    itt, ttt = draw(_ping_tags())
+    return NopOut(
+        immediate=True if itt == RESERVED_TAG else draw(flag),  # answers are immediate
+        lun=draw(u64),
+        itt=itt,
+        ttt=ttt,
+        cmd_sn=draw(serial),
+        exp_stat_sn=draw(serial),
+        data=draw(data_segments()),
+        ahs=draw(st.one_of(st.just([]), ahs_lists())),
     )
 
 
-def _scsi_command() -> st.SearchStrategy[Pdu]:
-    return st.builds(
-        ScsiCommand,
-        **_with_payload(
-            {
-                "immediate": flag,
-                "final": flag,
-                "read": flag,
-                "write": flag,
-                "attr": st.integers(0, 4),
-                "lun": u64,
-                "itt": u32,
-                "expected_data_transfer_length": u32,
-                "cmd_sn": serial,
-                "exp_stat_sn": serial,
-                "cdb": st.binary(min_size=16, max_size=16),
-            },
-            ahs=extended_cdb_ahs(),
-        ),
+@st.composite
+def _scsi_command(draw: st.DrawFn) -> Pdu:
+    read, write = draw(flag), draw(flag)
+    return ScsiCommand(
+        immediate=draw(flag),
+        final=draw(flag),
+        read=read,
+        write=write,
+        attr=draw(st.integers(0, 4)),
+        lun=draw(u64),
+        itt=draw(task_tag),
+        # No data transfer announced without R or W.
+        expected_data_transfer_length=draw(u32) if read or write else 0,
+        cmd_sn=draw(serial),
+        exp_stat_sn=draw(serial),
+        cdb=draw(st.binary(min_size=16, max_size=16)),
+        ahs=draw(extended_cdb_ahs()),
+        data=draw(data_segments()) if write else b"",
     )
 
 
@@ -152,9 +178,9 @@ def _task_mgmt_request() -> st.SearchStrategy[Pdu]:
         **_with_payload(
             {
                 "immediate": flag,
-                "function": st.integers(0, 0x7F),
+                "function": tmf_function,
                 "lun": u64,
-                "itt": u32,
+                "itt": task_tag,
                 "referenced_task_tag": u32,
                 "cmd_sn": serial,
                 "exp_stat_sn": serial,
@@ -168,12 +194,16 @@ def _task_mgmt_request() -> st.SearchStrategy[Pdu]:
 
 @st.composite
 def _login_flags(draw: st.DrawFn) -> dict[str, Any]:
+    """CSG is Security or Operational; a transit goes to a later stage (NSG is reserved,
+    and random here, when T is 0)."""
+    csg = draw(st.sampled_from([0, 1]))
     transit = draw(flag)
+    later = [stage for stage in (1, 3) if stage > csg]
     return {
         "transit": transit,
         "cont": False if transit else draw(flag),
-        "csg": draw(login_stage),
-        "nsg": draw(login_stage),
+        "csg": csg,
+        "nsg": draw(st.sampled_from(later)) if transit else draw(login_stage),
     }
 
 
@@ -184,7 +214,7 @@ def _login(draw: st.DrawFn, cls: type[LoginRequest] | type[LoginResponse]) -> Pd
         version_max=draw(u8),
         isid=draw(u48),
         tsih=draw(u16),
-        itt=draw(u32),
+        itt=draw(task_tag),
         data=draw(st.one_of(text_keys(), data_segments())),
         ahs=draw(st.one_of(st.just([]), ahs_lists())),
     )
@@ -193,13 +223,14 @@ def _login(draw: st.DrawFn, cls: type[LoginRequest] | type[LoginResponse]) -> Pd
             version_min=draw(u8), cid=draw(u16), cmd_sn=draw(serial), exp_stat_sn=draw(serial)
         )
     else:
+        status = draw(login_status)
         kwargs.update(
             version_active=draw(u8),
             stat_sn=draw(serial),
             exp_cmd_sn=draw(serial),
             max_cmd_sn=draw(serial),
-            status_class=draw(u8),
-            status_detail=draw(u8),
+            status_class=status.status_class,
+            status_detail=status.status_detail,
         )
     return cls(**kwargs)
 
@@ -215,7 +246,7 @@ def _text(draw: st.DrawFn, cls: type[TextRequest] | type[TextResponse]) -> Pdu:
     kwargs: dict[str, Any] = draw(_text_flags())
     kwargs.update(
         lun=draw(u64),
-        itt=draw(u32),
+        itt=draw(task_tag),
         ttt=draw(u32),
         data=draw(st.one_of(text_keys(), data_segments())),
         ahs=draw(st.one_of(st.just([]), ahs_lists())),
@@ -234,7 +265,7 @@ def _data_out() -> st.SearchStrategy[Pdu]:
             {
                 "final": flag,
                 "lun": u64,
-                "itt": u32,
+                "itt": task_tag,
                 "ttt": u32,
                 "exp_stat_sn": serial,
                 "data_sn": serial,
@@ -251,7 +282,7 @@ def _logout_request() -> st.SearchStrategy[Pdu]:
             {
                 "immediate": flag,
                 "reason": st.integers(0, 2),
-                "itt": u32,
+                "itt": task_tag,
                 "cid": u16,
                 "cmd_sn": serial,
                 "exp_stat_sn": serial,
@@ -261,37 +292,35 @@ def _logout_request() -> st.SearchStrategy[Pdu]:
     )
 
 
-def _snack_request() -> st.SearchStrategy[Pdu]:
-    return st.builds(
-        SnackRequest,
-        **_with_payload(
-            {
-                "snack_type": st.integers(0, 3),
-                "lun": u64,
-                "itt": u32,
-                "ttt": u32,
-                "exp_stat_sn": serial,
-                "beg_run": serial,
-                "run_length": u32,
-            },
-            data=st.just(b""),
-        ),
+@st.composite
+def _snack_request(draw: st.DrawFn) -> Pdu:
+    snack_type = draw(st.sampled_from(list(SnackType)))
+    # Status and DataACK SNACKs carry no task: their ITT is the reserved tag.
+    task_free = snack_type in (SnackType.STATUS, SnackType.DATA_ACK)
+    return SnackRequest(
+        snack_type=snack_type,
+        lun=draw(u64),
+        itt=RESERVED_TAG if task_free else draw(u32),
+        ttt=draw(u32),
+        exp_stat_sn=draw(serial),
+        beg_run=draw(serial),
+        run_length=draw(u32),
+        ahs=draw(st.one_of(st.just([]), ahs_lists())),
     )
 
 
-def _nop_in() -> st.SearchStrategy[Pdu]:
-    return st.builds(
-        NopIn,
-        **_with_payload(
-            {
-                "lun": u64,
-                "itt": u32,
-                "ttt": u32,
-                "stat_sn": serial,
-                "exp_cmd_sn": serial,
-                "max_cmd_sn": serial,
-            }
-        ),
+@st.composite
+def _nop_in(draw: st.DrawFn) -> Pdu:
+    itt, ttt = draw(_ping_tags())
+    return NopIn(
+        lun=draw(u64),
+        itt=itt,
+        ttt=ttt,
+        stat_sn=draw(serial),
+        exp_cmd_sn=draw(serial),
+        max_cmd_sn=draw(serial),
+        data=draw(data_segments()),
+        ahs=draw(st.one_of(st.just([]), ahs_lists())),
     )
 
 
@@ -305,14 +334,16 @@ def _residual_flags(draw: st.DrawFn) -> tuple[bool, bool]:
 def _scsi_response(draw: st.DrawFn) -> Pdu:
     bidi_overflow, bidi_underflow = draw(_residual_flags())
     overflow, underflow = draw(_residual_flags())
+    response = draw(scsi_response_code)
     return ScsiResponse(
         bidi_overflow=bidi_overflow,
         bidi_underflow=bidi_underflow,
         overflow=overflow,
         underflow=underflow,
-        response=draw(u8),
-        status=draw(u8),
-        itt=draw(u32),
+        response=response,
+        # Status is valid only when the command completed at the target.
+        status=draw(scsi_status) if response == ScsiResponseCode.COMPLETED else 0,
+        itt=draw(task_tag),
         snack_tag=draw(u32),
         stat_sn=draw(serial),
         exp_cmd_sn=draw(serial),
@@ -330,8 +361,8 @@ def _task_mgmt_response() -> st.SearchStrategy[Pdu]:
         TaskMgmtResponse,
         **_with_payload(
             {
-                "response": u8,
-                "itt": u32,
+                "response": tmf_response,
+                "itt": task_tag,
                 "stat_sn": serial,
                 "exp_cmd_sn": serial,
                 "max_cmd_sn": serial,
@@ -351,9 +382,9 @@ def _data_in(draw: st.DrawFn) -> Pdu:
         overflow=overflow,
         underflow=underflow,
         status_present=status_present,
-        status=draw(u8),
+        status=draw(scsi_status),
         lun=draw(u64),
-        itt=draw(u32),
+        itt=draw(task_tag),
         ttt=draw(u32),
         stat_sn=draw(serial),
         exp_cmd_sn=draw(serial),
@@ -371,8 +402,8 @@ def _logout_response() -> st.SearchStrategy[Pdu]:
         LogoutResponse,
         **_with_payload(
             {
-                "response": u8,
-                "itt": u32,
+                "response": logout_response,
+                "itt": task_tag,
                 "stat_sn": serial,
                 "exp_cmd_sn": serial,
                 "max_cmd_sn": serial,
@@ -390,8 +421,8 @@ def _r2t() -> st.SearchStrategy[Pdu]:
         **_with_payload(
             {
                 "lun": u64,
-                "itt": u32,
-                "ttt": u32,
+                "itt": task_tag,
+                "ttt": task_tag,
                 "stat_sn": serial,
                 "exp_cmd_sn": serial,
                 "max_cmd_sn": serial,
@@ -413,7 +444,7 @@ def _async_message() -> st.SearchStrategy[Pdu]:
                 "stat_sn": serial,
                 "exp_cmd_sn": serial,
                 "max_cmd_sn": serial,
-                "async_event": u8,
+                "async_event": async_event,
                 "async_vcode": u8,
                 "parameter1": u16,
                 "parameter2": u16,
@@ -428,7 +459,7 @@ def _reject() -> st.SearchStrategy[Pdu]:
         Reject,
         **_with_payload(
             {
-                "reason": u8,
+                "reason": reject_reason,
                 "stat_sn": serial,
                 "exp_cmd_sn": serial,
                 "max_cmd_sn": serial,

@@ -9,8 +9,12 @@ Wireshark checks our header and data digests too.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import os
 import shutil
 import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Iterator
@@ -19,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from iscsicore import wire
 from iscsicore.digest import digest_bytes
@@ -48,6 +54,8 @@ from iscsicore.pdu import (
     lun_from_number,
     lun_number,
 )
+
+from .strategies import initiator_pdus, target_pdus
 
 TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark (Wireshark) is not installed")
@@ -342,8 +350,12 @@ def _summarise(proto: ET.Element) -> DissectedPdu:
     return DissectedPdu(fields, shownames)
 
 
-def dissect(path: Path) -> list[DissectedPacket]:
-    """Dissect with tshark (PDML: the display text carries Wireshark's digest verdicts)."""
+def dissect(path: Path, *, bogus_pdu_filter: bool = True) -> list[DissectedPacket]:
+    """Dissect with tshark (PDML: the display text carries Wireshark's digest verdicts).
+
+    Wireshark's bogus-PDU heuristic refuses some legal but odd headers (an all-zero
+    NOP-Out, say); tests of arbitrary field values switch it off.
+    """
     assert TSHARK is not None
     completed = subprocess.run(
         [
@@ -356,6 +368,8 @@ def dissect(path: Path) -> list[DissectedPacket]:
             f"tcp.port=={TARGET_PORT},iscsi",
             "-o",
             f"iscsi.target_ports:{TARGET_PORT}",
+            "-o",
+            f"iscsi.bogus_pdu_filter:{'TRUE' if bogus_pdu_filter else 'FALSE'}",
         ],
         capture_output=True,
         text=True,
@@ -565,3 +579,63 @@ def test_a_corrupted_digest_is_noticed(tmp_path: Path, where: str) -> None:
         assert not any(
             name.startswith("DataDigest:") and "Good" in name for name in shown.shownames
         )
+
+
+def _is_text_keys(data: bytes) -> bool:
+    pairs = data.split(b"\x00")
+    return data.endswith(b"\x00") and all(b"=" in pair and pair.isascii() for pair in pairs[:-1])
+
+
+def _dissectable(pdu: Pdu) -> Pdu:
+    """Keep arbitrary header fields, within what Wireshark recognises as a header.
+
+    Its SCSI layer knows nothing of random CDBs and sense bytes, so payloads go; it looks
+    for AHSs on SCSI Commands only; and its heuristics take headers with zero tags (or an
+    non-final Text PDU) for zeros inside a data block.
+    """
+    changes: dict[str, Any] = {"ahs": pdu.ahs if isinstance(pdu, ScsiCommand) else []}
+    for tag in ("itt", "ttt"):
+        if getattr(pdu, tag, None) == 0:
+            changes[tag] = 1
+    if isinstance(pdu, ScsiCommand):
+        changes.update(cdb=bytes(16), data=b"")
+    elif isinstance(pdu, Reject):
+        changes.update(data=wire.encode_bhs(NopOut()))
+    elif isinstance(pdu, LoginRequest | LoginResponse | TextRequest | TextResponse):
+        if not _is_text_keys(bytes(pdu.data)):
+            changes.update(data=b"")  # Wireshark rightly calls anything else malformed
+        if isinstance(pdu, TextRequest | TextResponse):
+            changes.update(final=True, cont=False)
+    elif not isinstance(pdu, NopOut | NopIn):
+        changes.update(data=b"")
+    return dataclasses.replace(pdu, **changes)
+
+
+# Each example runs tshark (seconds on a loaded machine): few examples, no shrinking.
+@settings(
+    max_examples=int(os.environ.get("WIRESHARK_EXAMPLES", "4")),
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    initiator_side=st.lists(initiator_pdus().map(_dissectable), min_size=1, max_size=10),
+    target_side=st.lists(target_pdus().map(_dissectable), min_size=1, max_size=10),
+)
+def test_arbitrary_headers_read_back(initiator_side: list[Pdu], target_side: list[Pdu]) -> None:
+    pdus = [
+        pdu for pair in itertools.zip_longest(initiator_side, target_side) for pdu in pair if pdu
+    ]
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "arbitrary.pcap"
+        write_pcap(path, [(_TcpStream(INITIATOR, TARGET), [(p, encode_pdu(p)) for p in pdus])])
+        packets = dissect(path, bogus_pdu_filter=False)
+    dissected = _iscsi_pdus(packets)
+    assert [_number(d, "iscsi.opcode") for d in dissected] == [p.opcode for p in pdus]
+    for pdu, shown in zip(pdus, dissected, strict=True):
+        for attribute, name in _COMMON_FIELDS:
+            if hasattr(pdu, attribute) and name in shown.fields:
+                assert _number(shown, name) == getattr(pdu, attribute), f"{pdu} {name}"
+        if pdu.data or "iscsi.datasegmentlength" in shown.fields:
+            assert _number(shown, "iscsi.datasegmentlength") == len(pdu.data)
+    assert [p for p in _problems(packets) if "malformed" in p] == []
