@@ -183,6 +183,12 @@ class KeySpec:
             return None
         return number
 
+    def valid_setting(self, value: str) -> bool:
+        """Whether a locally configured value (a whole list for list keys) is legal."""
+        if self.kind is KeyKind.LIST:
+            return all(self.valid(item) for item in value.split(","))
+        return self.valid(value)
+
     def valid(self, value: str) -> bool:
         """Whether a single (non-list) value is legal for this key."""
         if self.numeric:

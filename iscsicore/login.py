@@ -61,6 +61,13 @@ def _chap_pairs(pairs: list[tuple[str, str]], error: type[TextError]) -> dict[st
     return found
 
 
+def _check_settings(owner: str, pairs: list[tuple[str, str]]) -> None:
+    """Refuse a local configuration the RFC would not let us send (a caller's bug)."""
+    for key, value in pairs:
+        if not KEY_TABLE[key].valid_setting(value):
+            raise ValueError(f"{owner}: {key}={value} is not a legal value")
+
+
 def _first_value(pairs: list[tuple[str, str]], key: str) -> str | None:
     return next((value for name, value in pairs if name == key), None)
 
@@ -162,6 +169,13 @@ class TargetLoginConfig:
     data_digests: tuple[str, ...] = ("CRC32C", NONE)
     initial_stat_sn: Callable[[], int] = _random_stat_sn
     cmd_window: int = 64  # MaxCmdSN - ExpCmdSN + 1 granted at login
+
+    def __post_init__(self) -> None:
+        settings = list(self.local_preferences(chap_required=False).items())
+        mrdsl = str(self.max_recv_data_segment_length)
+        _check_settings("TargetLoginConfig", [*settings, ("MaxRecvDataSegmentLength", mrdsl)])
+        if not 0 <= self.portal_group_tag <= 0xFFFF or self.cmd_window < 1:
+            raise ValueError("TargetLoginConfig: bad portal_group_tag or cmd_window")
 
     def local_preferences(self, chap_required: bool) -> dict[str, str]:
         prefs = {
@@ -581,6 +595,10 @@ class LoginProposals:
     data_sequence_in_order: bool = True
     error_recovery_level: int = 0
     initiator_alias: str | None = None
+
+    def __post_init__(self) -> None:
+        mrdsl = ("MaxRecvDataSegmentLength", str(self.max_recv_data_segment_length))
+        _check_settings("LoginProposals", [*self.offers(SessionType.NORMAL), mrdsl])
 
     def offers(self, session_type: SessionType) -> list[tuple[str, str]]:
         """Negotiated keys to offer; a discovery session offers only digests."""

@@ -777,3 +777,24 @@ def test_random_login_pdus_never_pass_chap(requests: list[LoginRequest]) -> None
         params = open_target.params
         assert 512 <= params.max_burst_length < 2**24
         assert params.first_burst_length <= params.max_burst_length
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"max_burst_length": 100},
+        {"max_recv_data_segment_length": 1 << 24},
+        {"header_digest": ("MD5",)},
+        {"error_recovery_level": 3},
+        {"default_time2wait": -1},
+    ],
+)
+def test_illegal_local_settings_are_refused_up_front(setting: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        LoginProposals(**setting)  # type: ignore[arg-type]
+    target_setting = {
+        ("header_digests" if key == "header_digest" else key): value
+        for key, value in setting.items()
+    }
+    with pytest.raises(ValueError):
+        make_target(Policy(), **target_setting)
