@@ -28,7 +28,7 @@ from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskT
 log = logging.getLogger("stargate")
 
 # Modules whose ``register(subparsers)`` adds subcommands, in help order.
-SUBCOMMAND_MODULES: list[str] = ["stargate.cli", "stargate.cluster.cli"]
+SUBCOMMAND_MODULES: list[str] = ["stargate.cli", "stargate.cluster.commands"]
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -17,7 +17,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 256 * 1024
 EAGER_SEND_EVERY = 4  # PDUs handled between non-blocking sends within one wake-up
 # Largest write a single command may ask for: bounds the buffer one command can pin.
-MAX_TRANSFER_BYTES = 64 * 1024 * 1024
+MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
@@ -240,6 +240,7 @@ class ScsiTask:
         "cdb",
         "command",
         "connection",
+        "early_data",
         "edtl",
         "has_slot",
         "itt",
@@ -266,7 +267,9 @@ class ScsiTask:
         self.has_slot = False
         self.aborted = False
         self.needed = 0  # Data-Out bytes the command will use
-        self.buffer: bytearray | None = None
+        self.buffer: bytearray | None = None  # allocated once the task holds a slot
+        # Immediate/unsolicited data received before that (at most FirstBurstLength).
+        self.early_data: list[tuple[int, bytes | bytearray | memoryview]] = []
         self.received = 0
         self.unsolicited: DataSequence | None = None
         self.r2ts: dict[int, DataSequence] = {}
@@ -280,6 +283,10 @@ class ScsiTask:
     @property
     def cancelled(self) -> bool:
         return self.aborted
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.needed
 
     def dispatch(self) -> None:
         self.has_slot = True
@@ -357,8 +364,8 @@ class FullFeatureConnection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._cancel_scope = nursery.cancel_scope
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._keepalive)
+                nursery.start_soon(self._closing_on_error, self._writer)
+                nursery.start_soon(self._closing_on_error, self._keepalive)
                 try:
                     await self._reader()
                     reason = self._closing_reason or "connection closed by the initiator"
@@ -377,6 +384,14 @@ class FullFeatureConnection:
             if self.on_close is not None:
                 self.on_close(self)
         return self._closing_reason or reason
+
+    async def _closing_on_error(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run a helper task; a broken socket there ends the connection like one in the
+        reader does, instead of surfacing as an error of the whole nursery."""
+        try:
+            await task()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            self.close(f"connection lost: {error}")
 
     def close(self, reason: str) -> None:
         """End the connection from outside (reinstatement, shutdown, async drop)."""
@@ -568,6 +583,7 @@ class FullFeatureConnection:
                 # Uncontended and no data to wait for: run inline, never registered (nothing
                 # can refer to it before it completes, unless it goes on to sync).
                 task.phase = TaskPhase.RECEIVING
+                self._allocate_buffer(task)
                 self._execute(task)
                 return
             self._tasks[task.itt] = task
@@ -628,8 +644,6 @@ class FullFeatureConnection:
             task.next_r2t_offset = burst_end
         else:
             task.next_r2t_offset = immediate_length
-        if needed:
-            task.buffer = bytearray(needed)
         return True
 
     def _accept_immediate_data(self, task: ScsiTask, data: bytes | bytearray | memoryview) -> None:
@@ -639,20 +653,33 @@ class FullFeatureConnection:
     def _store_data(
         self, task: ScsiTask, offset: int, data: bytes | bytearray | memoryview
     ) -> None:
-        buffer = task.buffer
-        if buffer is None or offset >= task.needed:
+        if offset >= task.needed:
             return  # data the CDB does not use (EDTL > transfer length): discarded
         end = min(offset + len(data), task.needed)
-        buffer[offset:end] = memoryview(data)[: end - offset]
+        buffer = task.buffer
+        if buffer is None:
+            task.early_data.append((offset, memoryview(data)[: end - offset]))
+        else:
+            buffer[offset:end] = memoryview(data)[: end - offset]
         task.received += end - offset
+
+    @staticmethod
+    def _allocate_buffer(task: ScsiTask) -> None:
+        """The write buffer, allocated only with a slot (and its bytes) held."""
+        if task.needed and task.buffer is None:
+            buffer = task.buffer = bytearray(task.needed)
+            for offset, chunk in task.early_data:
+                buffer[offset : offset + len(chunk)] = chunk
+            task.early_data.clear()
 
     def _slot_granted(self, task: ScsiTask) -> None:
         """The task holds a queue slot: collect its data or run it."""
         if task.aborted:
-            self.queue.release()
+            self.queue.release(task.needed)
             task.has_slot = False
             return
         task.phase = TaskPhase.RECEIVING
+        self._allocate_buffer(task)
         if task.data_complete:
             self._execute(task)
         else:
@@ -786,7 +813,7 @@ class FullFeatureConnection:
             del self._tasks[task.itt]
         if task.has_slot:
             task.has_slot = False
-            self.queue.release()
+            self.queue.release(task.needed)
         if not task.aborted:
             self._send_status(task, status, data, sense)
         if self.stats is not None:

@@ -17,6 +17,8 @@ from collections import deque
 from enum import Enum
 from typing import Protocol
 
+DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+
 
 class Admission(Enum):
     RUN = "run"  # a slot is held: run now, then `release()`
@@ -30,6 +32,10 @@ class QueuedCommand(Protocol):
     @property
     def cancelled(self) -> bool: ...
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Data-Out bytes it will hold in memory once running (its write buffer)."""
+
     def dispatch(self) -> None:
         """Called with a slot held for it; it must eventually `release()` that slot."""
 
@@ -40,11 +46,21 @@ class WindowListener(Protocol):
 
 
 class CommandQueue:
-    def __init__(self, depth: int, *, max_waiting: int | None = None) -> None:
+    def __init__(
+        self,
+        depth: int,
+        *,
+        max_waiting: int | None = None,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    ) -> None:
         if depth < 1:
             raise ValueError("queue depth must be at least 1")
         self.depth = depth
         self.max_waiting = depth if max_waiting is None else max_waiting
+        # Write buffers of running commands, all connections together: a slot is not
+        # enough to run a write whose buffer would take the total past this.
+        self.max_buffered_bytes = max_buffered_bytes
+        self.buffered_bytes = 0
         self.in_flight = 0
         self.waiting = 0
         self.task_set_full_count = 0
@@ -87,9 +103,19 @@ class CommandQueue:
 
     # -- admission --------------------------------------------------------------------
 
+    def _fits(self, buffer_bytes: int) -> bool:
+        # An idle queue takes any one command, however large: no deadlock on a huge write.
+        return (
+            buffer_bytes == 0
+            or self.buffered_bytes == 0
+            or self.buffered_bytes + buffer_bytes <= self.max_buffered_bytes
+        )
+
     def admit(self, vdisk: str, command: QueuedCommand) -> Admission:
-        if self.in_flight < self.depth and self.waiting == 0:
+        buffer_bytes = command.buffer_bytes
+        if self.in_flight < self.depth and self.waiting == 0 and self._fits(buffer_bytes):
             self.in_flight += 1
+            self.buffered_bytes += buffer_bytes
             return Admission.RUN
         if self.waiting < self.max_waiting:
             sub_queue = self._sub_queues.get(vdisk)
@@ -102,9 +128,11 @@ class CommandQueue:
         self.task_set_full_count += 1
         return Admission.FULL
 
-    def release(self) -> None:
-        """Give back a slot; hand free slots to waiting commands, fairly across vDisks."""
+    def release(self, buffer_bytes: int = 0) -> None:
+        """Give back a slot (and the command's buffer bytes); hand free slots to waiting
+        commands, fairly across vDisks."""
         self.in_flight -= 1
+        self.buffered_bytes -= buffer_bytes
         if self._dispatching:
             return  # the dispatch loop below is on the stack and will use the slot
         if self.waiting:
@@ -130,9 +158,13 @@ class CommandQueue:
         self._dispatching = True
         try:
             while self.in_flight < self.depth and self._round_robin:
-                vdisk = self._round_robin.popleft()
+                vdisk = self._round_robin[0]
                 sub_queue = self._sub_queues[vdisk]
-                command = sub_queue.popleft()
+                command = sub_queue[0]
+                if not command.cancelled and not self._fits(command.buffer_bytes):
+                    break  # wait for buffer bytes to come back (FIFO: no overtaking)
+                sub_queue.popleft()
+                self._round_robin.popleft()
                 if sub_queue:
                     self._round_robin.append(vdisk)  # back of the line: round-robin
                 else:
@@ -141,6 +173,7 @@ class CommandQueue:
                 if command.cancelled:
                     continue
                 self.in_flight += 1
+                self.buffered_bytes += command.buffer_bytes
                 command.dispatch()
         finally:
             self._dispatching = False

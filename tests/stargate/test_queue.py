@@ -35,6 +35,7 @@ class Job:
     cancelled: bool = False
     hold: bool = False
     name: str = field(default="")
+    buffer_bytes: int = 0
 
     def dispatch(self) -> None:
         self.log.append(self.vdisk)
@@ -99,6 +100,18 @@ def test_window_share_splits_free_slots_and_reports_reopening() -> None:
     queue.release()
     assert opened == ["x"]
     assert queue.window_share(listener) == 1
+
+
+def test_write_buffers_are_bounded_across_the_queue() -> None:
+    queue = CommandQueue(8, max_buffered_bytes=1000)
+    log: list[str] = []
+    big = Job("a", log, queue, hold=True, buffer_bytes=5000)
+    assert queue.admit("a", big) is Admission.RUN  # an idle queue takes any one command
+    assert queue.admit("b", Job("b", log, queue, hold=True, buffer_bytes=10)) is (Admission.QUEUED)
+    assert queue.admit("c", Job("c", log, queue)) is Admission.QUEUED  # FIFO behind it
+    queue.release(big.buffer_bytes)
+    assert log == ["b", "c"]
+    assert queue.buffered_bytes == 10 and queue.in_flight == 1
 
 
 def _session(exp: int) -> Session:
