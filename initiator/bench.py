@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -99,7 +100,9 @@ async def run_bench(
     region_bytes: int | None = None,
     progress: Callable[[BenchReport, float], None] | None = None,
     seed: int | None = None,
+    stop: trio.Event | None = None,
 ) -> BenchReport:
+    """Run for ``seconds`` (0: until ``stop`` is set), ``queue_depth`` I/Os in flight."""
     if block_size % device.block_size:
         raise ValueError(f"--bs must be a multiple of the {device.block_size}-byte block size")
     blocks_per_io = block_size // device.block_size
@@ -132,11 +135,13 @@ async def run_bench(
 
     started = trio.current_time()
     cpu_started = time.process_time()
-    deadline = started + seconds
+    deadline = started + seconds if seconds > 0 else math.inf
+    if stop is None:
+        stop = trio.Event()
 
     async def worker() -> None:
         latency = report.latency
-        while (now := trio.current_time()) < deadline:
+        while (now := trio.current_time()) < deadline and not stop.is_set():
             lba = next_lba()
             read = is_read()
             try:
@@ -158,10 +163,10 @@ async def run_bench(
                 report.writes += 1
 
     async def reporter() -> None:
-        while trio.current_time() < deadline:
+        while trio.current_time() < deadline and not stop.is_set():
             report.seconds = trio.current_time() - started
             assert progress is not None
-            progress(report, min(1.0, report.seconds / seconds))
+            progress(report, min(1.0, report.seconds / seconds) if seconds > 0 else 0.0)
             await trio.sleep(0.25)
 
     async with trio.open_nursery() as nursery:

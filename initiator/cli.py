@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -40,6 +41,7 @@ from .vm_workload import DiskRun, run_vm_workload
 
 EXIT_ERROR = 1
 EXIT_MISMATCH = 3  # verify found lost or corrupt data
+EXIT_INTERNAL = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,13 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rw", choices=[p.value for p in Pattern], default="randread")
     bench.add_argument("--bs", default="4k")
     bench.add_argument("--qd", type=int, default=32)
-    bench.add_argument("--seconds", type=float, default=10.0)
+    bench.add_argument("--seconds", type=float, default=10.0, help="0: until SIGINT/SIGTERM")
     bench.add_argument("--size", help="confine I/O to the first SIZE bytes")
     bench.add_argument("--json", action="store_true")
 
     verify = commands.add_parser("verify", help="write checksummed blocks, read back, compare")
     verify.add_argument("url")
-    verify.add_argument("--seconds", type=float, default=10.0)
+    verify.add_argument(
+        "--seconds", type=float, default=10.0, help="0: until SIGINT/SIGTERM, then report"
+    )
     verify.add_argument("--qd", type=int, default=16)
     verify.add_argument("--chunk-blocks", type=int, default=8)
     verify.add_argument("--size", default="64m", help="region to exercise (default 64m)")
@@ -258,6 +262,14 @@ async def cmd_write(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+async def _stop_on_signal(stop: Callable[[], None]) -> None:
+    """SIGINT or SIGTERM ends the workload early; the report is still printed."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            stop()
+            return
+
+
 def _progress(console: Console, enabled: bool, total: float) -> Progress | None:
     if not enabled:
         return None
@@ -273,8 +285,8 @@ def _progress(console: Console, enabled: bool, total: float) -> Progress | None:
 
 async def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     block_size = parse_size(args.bs)
-    if args.qd < 1 or args.seconds <= 0:
-        raise ValueError("--qd must be >= 1 and --seconds > 0")
+    if args.qd < 1 or args.seconds < 0:
+        raise ValueError("--qd must be >= 1 and --seconds >= 0")
     live = console.is_terminal and not args.json
     async with BlockDevice.open(args.url, _config(args)) as device:
         progress = _progress(console, live, args.seconds)
@@ -287,16 +299,21 @@ async def cmd_bench(args: argparse.Namespace, console: Console) -> int:
                 progress.update(task, completed=fraction, status=status)
 
             progress.start()
+        stop = trio.Event()
         try:
-            report = await run_bench(
-                device,
-                Pattern(args.rw),
-                block_size=block_size,
-                queue_depth=args.qd,
-                seconds=args.seconds,
-                region_bytes=parse_size(args.size) if args.size else None,
-                progress=callback,
-            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, stop.set)
+                report = await run_bench(
+                    device,
+                    Pattern(args.rw),
+                    block_size=block_size,
+                    queue_depth=args.qd,
+                    seconds=args.seconds,
+                    region_bytes=parse_size(args.size) if args.size else None,
+                    progress=callback,
+                    stop=stop,
+                )
+                nursery.cancel_scope.cancel()
         finally:
             if progress is not None:
                 progress.stop()
@@ -338,7 +355,10 @@ async def cmd_verify(args: argparse.Namespace, console: Console) -> int:
 
             progress.start()
         try:
-            report = await verifier.run(args.seconds, queue_depth=args.qd, progress=callback)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, verifier.stop)
+                report = await verifier.run(args.seconds, queue_depth=args.qd, progress=callback)
+                nursery.cancel_scope.cancel()
         finally:
             if progress is not None:
                 progress.stop()
@@ -444,12 +464,29 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=args.command == "read")  # read writes data to stdout
     try:
         return trio.run(COMMANDS[args.command], args, console)
-    except (InitiatorError, ValueError, OSError) as error:
-        print(f"initiator: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print("initiator: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        expected = _first_expected(error)
+        if expected is not None:
+            print(f"initiator: error: {expected}", file=sys.stderr)
+            return EXIT_ERROR
+        if args.verbose:
+            logging.exception("internal error")
+        print(f"initiator: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _first_expected(error: BaseException) -> BaseException | None:
+    """The user-facing error in ``error``, looking inside trio's exception groups."""
+    if isinstance(error, InitiatorError | ValueError | OSError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            if (found := _first_expected(inner)) is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ reconnects happened and the longest pause in I/O completions.
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 from collections.abc import Callable
@@ -125,6 +126,7 @@ class Verifier:
         self.run_id = self.rng.getrandbits(63)
         self.chunks = [_Chunk() for _ in range(self.chunk_count)]
         self.report = VerifyReport()
+        self._deadline = math.inf
 
     async def run(
         self,
@@ -134,19 +136,23 @@ class Verifier:
         progress: Callable[[VerifyReport], None] | None = None,
     ) -> VerifyReport:
         started = trio.current_time()
-        deadline = started + seconds
+        self._deadline = started + seconds if seconds > 0 else math.inf
         async with trio.open_nursery() as nursery:
             for _ in range(queue_depth):
-                nursery.start_soon(self._worker, deadline)
+                nursery.start_soon(self._worker)
             if progress is not None:
-                nursery.start_soon(self._progress, deadline, progress)
+                nursery.start_soon(self._progress, progress)
         await self._final_pass()
         self._fill_session_figures()
         self.report.seconds = trio.current_time() - started
         return self.report
 
-    async def _progress(self, deadline: float, progress: Callable[[VerifyReport], None]) -> None:
-        while trio.current_time() < deadline:
+    def stop(self) -> None:
+        """End the workload now (after the commands in flight); the final pass still runs."""
+        self._deadline = -math.inf
+
+    async def _progress(self, progress: Callable[[VerifyReport], None]) -> None:
+        while trio.current_time() < self._deadline:
             self._fill_session_figures()
             progress(self.report)
             await trio.sleep(0.25)
@@ -165,8 +171,8 @@ class Verifier:
                 return index
         return None
 
-    async def _worker(self, deadline: float) -> None:
-        while trio.current_time() < deadline:
+    async def _worker(self) -> None:
+        while trio.current_time() < self._deadline:
             index = self._pick_chunk()
             if index is None:
                 await trio.sleep(0)

@@ -104,6 +104,7 @@ def test_errors_are_one_line_without_traceback(tgtd_factory: TgtdFactory) -> Non
         ("inq", "iscsi://127.0.0.1/nolun"),  # malformed URL
         ("inq", f"iscsi://{tgt.portal}/iqn.2026-11.test:absent/1"),  # no such target
         ("read", tgt.url(), "-5", "1"),
+        ("bench", tgt.url(), "--bs", "1000", "--seconds", "1"),  # raised inside a nursery
     ]
     for args in cases:
         done = initiator(*args)
@@ -164,3 +165,26 @@ def test_vm_command_reports_each_vdisk(
     assert set(rows) == {"a", "b"}
     assert all(row["verify_ok"] and row["ios"] > 0 for row in rows.values())
     assert rows["a"]["portal"] == f"127.0.0.1:{free_port}"
+
+
+def test_verify_until_sigterm_still_reports(tgtd_factory: TgtdFactory) -> None:
+    """`--seconds 0` runs until SIGTERM, then does the final read-back and reports: how a
+    failover test brackets its cluster operations."""
+    tgt = tgtd_factory(lun_sizes=[16 * MiB])
+    verify = subprocess.Popen(
+        [sys.executable, "-m", "initiator.cli", "verify", tgt.url(), "--seconds", "0",
+         "--json", "--size", "4m"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_client(tgt.port)
+        time.sleep(1.0)
+        verify.terminate()
+        stdout, stderr = verify.communicate(timeout=CLI_TIMEOUT)
+    finally:
+        if verify.poll() is None:
+            verify.kill()
+            verify.wait()
+    assert verify.returncode == 0, stderr
+    report = json.loads(stdout)
+    assert report["ok"] and report["writes"] > 0 and report["final_pass_blocks"] > 0
