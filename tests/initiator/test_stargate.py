@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from initiator.device import BlockDevice
-from initiator.errors import CheckCondition
+from initiator.errors import CheckCondition, LoginError
 from initiator.probe import probe
 from initiator.session import SessionConfig
 from initiator.url import parse_portal
@@ -142,3 +142,13 @@ async def test_vm_workload_verifies_every_vdisk_through_a_logout_request(
     assert all(snap["verify_ok"] for snap in by_name.values()), by_name
     assert by_name["vd1"]["reconnects"] == 1
     assert by_name["vd0"]["reconnects"] == 0
+
+
+async def test_vm_attach_of_an_unknown_vdisk_raises_login_error(nursery: trio.Nursery) -> None:
+    server = await start_stargate(nursery, memory_target("vd0", 4 * MiB))
+    async with VM(f"127.0.0.1:{server.port}") as vm:
+        await vm.attach("vd0")
+        with pytest.raises(LoginError) as caught:
+            await vm.attach("does-not-exist")
+        assert caught.value.status == 0x0203
+        assert set(vm.report()) == {"vd0"}
