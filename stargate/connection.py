@@ -321,8 +321,8 @@ class FullFeatureConnection:
         on_close: Callable[[FullFeatureConnection], None] | None = None,
     ) -> None:
         self.stream = stream
-        self._direct = _DirectSocket(stream) if isinstance(stream, trio.SocketStream) else None
-        self._io: trio.abc.Stream | _DirectSocket = self._direct or stream
+        self._direct: _DirectSocket | None = None  # set up by run(), which also detaches it
+        self._io: trio.abc.Stream | _DirectSocket = stream
         self.framer = framer
         self.session = session
         self.params = params
@@ -359,6 +359,9 @@ class FullFeatureConnection:
     async def run(self) -> str:
         """Serve until logout, a drop or a dead peer; return why the connection ended."""
         reason = "closed"
+        if isinstance(self.stream, trio.SocketStream):
+            self._direct = _DirectSocket(self.stream)
+            self._io = self._direct
         self.queue.session_opened()
         try:
             async with trio.open_nursery() as nursery:
