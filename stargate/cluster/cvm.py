@@ -277,7 +277,8 @@ class ClusterStargate:
             return  # retired already
         connections = self.server.connections_of(name)
         for connection in connections:
-            connection.drop(all_connections=True, time2wait=0, time2retain=0)
+            # Time2Wait 2: the initiator does not bounce straight back (it moved, or will).
+            connection.drop(all_connections=True, time2wait=2, time2retain=0)
         with trio.move_on_after(DROP_TIMEOUT):
             while self.server.connections_of(name):
                 await trio.sleep(0.01)

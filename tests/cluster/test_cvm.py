@@ -1,0 +1,171 @@
+"""Cluster stargates in this process (two CVMs in one trio loop), driven by the initiator
+library: ownership moves on login, the HTTP page, the logout control."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from initiator.device import BlockDevice
+from initiator.session import SessionConfig
+from stargate.cluster.cvm import ClusterStargate
+from stargate.cluster.http import http_json, http_request
+from stargate.cluster.ownership import read_record
+from stargate.cluster.spec import ClusterPaths, ClusterSpec, create_vm
+from tests.cluster.conftest import unique_cluster_base
+
+BLOCK = 512
+CONFIG = SessionConfig(replacement_timeout=30)
+
+
+@asynccontextmanager
+async def two_cvms(directory: Path, **options: float) -> AsyncIterator[list[ClusterStargate]]:
+    ClusterSpec.create(directory, 2, base_address=unique_cluster_base())
+    create_vm(directory, "vm", home_node=1, disks=2, size="8M")
+    cvms = [ClusterStargate(directory, node_id, **options) for node_id in (1, 2)]  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        for cvm in cvms:
+            await nursery.start(cvm.run)
+        try:
+            yield cvms
+        finally:
+            for cvm in cvms:
+                await cvm.shutdown()
+            nursery.cancel_scope.cancel()
+
+
+def url(cvm: ClusterStargate, vdisk_id: str) -> str:
+    return f"iscsi://{cvm.node.cvm_portal}/iqn.2010-06.com.nutanix:vmdisk-{vdisk_id}/0"
+
+
+async def vdisk_entry(cvm: ClusterStargate, vdisk_id: str) -> dict[str, object]:
+    status, document = await http_json("GET", f"{cvm.node.http_url}/vdisks")
+    assert status == 200
+    return next(entry for entry in document if entry["id"] == vdisk_id)
+
+
+async def wait_for(predicate_coroutine, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not await predicate_coroutine():
+            await trio.sleep(0.02)
+
+
+async def test_login_at_another_stargate_moves_the_vdisk_and_keeps_acked_writes(
+    tmp_data_dir: Path,
+) -> None:
+    async with two_cvms(tmp_data_dir / "c") as (first, second):
+        pattern = bytes(range(256)) * 16  # 8 blocks
+        async with BlockDevice.open(url(first, "vm-0"), CONFIG) as on_first:
+            await on_first.write(0, pattern)
+            assert (await vdisk_entry(first, "vm-0"))["serving"] is True
+            assert (await vdisk_entry(first, "vm-0"))["connections"] == 1
+            async with BlockDevice.open(url(second, "vm-0"), CONFIG) as on_second:
+                assert await on_second.read(0, 8) == pattern  # acknowledged by 1, read via 2
+
+                async def first_dropped() -> bool:
+                    entry = await vdisk_entry(first, "vm-0")
+                    return entry["serving"] is False and entry["connections"] == 0
+
+                await wait_for(first_dropped)
+                assert (await vdisk_entry(second, "vm-0"))["serving"] is True
+                record = read_record(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-0"))
+                assert record is not None and record.node_id == 2 and record.epoch == 2
+
+
+async def test_ownership_ping_pong_never_loses_an_acknowledged_write(tmp_data_dir: Path) -> None:
+    async with two_cvms(tmp_data_dir / "c") as cvms:
+        for round_number in range(6):
+            cvm = cvms[round_number % 2]
+            async with BlockDevice.open(url(cvm, "vm-1"), CONFIG) as disk:
+                if round_number:
+                    previous = bytes([round_number - 1]) * BLOCK
+                    assert await disk.read(round_number - 1, 1) == previous
+                await disk.write(round_number, bytes([round_number]) * BLOCK)
+        record = read_record(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-1"))
+        assert record is not None and record.epoch == 6
+
+
+async def test_take_over_when_the_owner_does_not_answer(tmp_data_dir: Path) -> None:
+    """The owner's HTTP page is gone (as if dead): the new stargate takes over anyway, and
+    the old one, still running, drops the vDisk when it sees the epoch moved."""
+    async with two_cvms(tmp_data_dir / "c", release_timeout=0.5) as (first, second):
+        async with BlockDevice.open(url(first, "vm-0"), CONFIG) as on_first:
+            await on_first.write(0, b"\x11" * BLOCK)
+            first.node = first.node.__class__(  # point others' release requests nowhere
+                **{**first.node.to_json(), "http_port": 1}
+            )
+            second.spec = ClusterSpec(
+                [first.node, second.node], base_address=second.spec.base_address
+            )
+            async with BlockDevice.open(url(second, "vm-0"), CONFIG) as on_second:
+                assert await on_second.read(0, 1) == b"\x11" * BLOCK
+                await on_second.write(0, b"\x22" * BLOCK)
+
+                async def first_let_go() -> bool:
+                    return "iqn.2010-06.com.nutanix:vmdisk-vm-0" not in first.claims
+
+                await wait_for(first_let_go)
+                assert await on_second.read(0, 1) == b"\x22" * BLOCK
+
+
+async def test_stats_pages_count_ios_in_json_and_prometheus(tmp_data_dir: Path) -> None:
+    async with two_cvms(tmp_data_dir / "c") as (first, _):
+        async with BlockDevice.open(url(first, "vm-0"), CONFIG) as disk:
+            for lba in range(5):
+                await disk.write(lba, b"\xab" * BLOCK)
+            for lba in range(3):
+                await disk.read(lba, 2)
+            status, document = await http_json("GET", f"{first.node.http_url}/stats.json")
+            metrics = await http_request("GET", f"{first.node.http_url}/metrics")
+    assert status == 200
+    counters = document["vdisks"]["vm-0"]
+    assert counters["writes"] == 5 and counters["bytes_written"] == 5 * BLOCK
+    assert counters["reads"] >= 3 and counters["bytes_read"] >= 3 * 2 * BLOCK
+    assert counters["state"] == "owned" and document["node"] == 1
+    assert sum(counters["latency"]["counts"]) >= 8
+    assert metrics.status == 200 and metrics.content_type.startswith("text/plain")
+    samples = parse_prometheus(metrics.body.decode())
+    labels = '{node="1",vdisk="vm-0"}'
+    assert samples[f"stargate_vdisk_writes_total{labels}"] == 5
+    assert samples[f"stargate_vdisk_reads_total{labels}"] == counters["reads"]
+    assert samples[f"stargate_vdisk_owned{labels}"] == 1
+    inf_bucket = 'stargate_vdisk_latency_seconds_bucket{node="1",vdisk="vm-0",le="+Inf"}'
+    assert samples[inf_bucket] == samples[f"stargate_vdisk_latency_seconds_count{labels}"]
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_]+="[^"]*",?)*\})? (\S+)$')
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """A strict reader of the text format: every line a comment (HELP/TYPE) or a sample."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            continue
+        match = _SAMPLE.match(line)
+        assert match is not None, f"not a Prometheus sample line: {line!r}"
+        samples[f"{match[1]}{match[2] or ''}"] = float(match[3])
+    return samples
+
+
+async def test_control_logout_asks_the_sessions_and_release_of_unknown_is_harmless(
+    tmp_data_dir: Path,
+) -> None:
+    async with two_cvms(tmp_data_dir / "c") as (first, _):
+        async with BlockDevice.open(url(first, "vm-0"), CONFIG) as disk:
+            await disk.write(0, b"\x01" * BLOCK)
+            base = f"{first.node.http_url}/control/vdisks"
+            status, answer = await http_json("POST", f"{base}/vm-0/logout?seconds=2")
+            assert (status, answer["sessions_asked"]) == (200, 1)
+            # The initiator logs out, logs in again (same stargate here) and goes on.
+            await disk.write(1, b"\x02" * BLOCK)
+            assert await disk.read(0, 2) == b"\x01" * BLOCK + b"\x02" * BLOCK
+            assert disk.stats.snapshot()["reconnects"] >= 1
+            status, answer = await http_json("POST", f"{base}/vm-1/release?by=2")
+            assert status == 200 and answer["was_serving"] is False
+            status, _ = await http_json("POST", f"{base}/vm-0/nonsense")
+            assert status == 404
