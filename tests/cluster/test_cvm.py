@@ -92,35 +92,37 @@ async def test_ownership_ping_pong_never_loses_an_acknowledged_write(tmp_data_di
 async def test_take_over_when_the_owner_does_not_answer(tmp_data_dir: Path) -> None:
     """The owner's HTTP page is gone (as if dead): the new stargate takes over anyway, and
     the old one, still running, drops the vDisk when it sees the epoch moved."""
-    async with two_cvms(tmp_data_dir / "c", release_timeout=0.5) as (first, second):
-        async with BlockDevice.open(url(first, "vm-0"), CONFIG) as on_first:
-            await on_first.write(0, b"\x11" * BLOCK)
-            first.node = first.node.__class__(  # point others' release requests nowhere
-                **{**first.node.to_json(), "http_port": 1}
-            )
-            second.spec = ClusterSpec(
-                [first.node, second.node], base_address=second.spec.base_address
-            )
-            async with BlockDevice.open(url(second, "vm-0"), CONFIG) as on_second:
-                assert await on_second.read(0, 1) == b"\x11" * BLOCK
-                await on_second.write(0, b"\x22" * BLOCK)
+    async with (
+        two_cvms(tmp_data_dir / "c", release_timeout=0.5) as (first, second),
+        BlockDevice.open(url(first, "vm-0"), CONFIG) as on_first,
+    ):
+        await on_first.write(0, b"\x11" * BLOCK)
+        first.node = first.node.__class__(  # point others' release requests nowhere
+            **{**first.node.to_json(), "http_port": 1}
+        )
+        second.spec = ClusterSpec([first.node, second.node], base_address=second.spec.base_address)
+        async with BlockDevice.open(url(second, "vm-0"), CONFIG) as on_second:
+            assert await on_second.read(0, 1) == b"\x11" * BLOCK
+            await on_second.write(0, b"\x22" * BLOCK)
 
-                async def first_let_go() -> bool:
-                    return "iqn.2010-06.com.nutanix:vmdisk-vm-0" not in first.claims
+            async def first_let_go() -> bool:
+                return "iqn.2010-06.com.nutanix:vmdisk-vm-0" not in first.claims
 
-                await wait_for(first_let_go)
-                assert await on_second.read(0, 1) == b"\x22" * BLOCK
+            await wait_for(first_let_go)
+            assert await on_second.read(0, 1) == b"\x22" * BLOCK
 
 
 async def test_stats_pages_count_ios_in_json_and_prometheus(tmp_data_dir: Path) -> None:
-    async with two_cvms(tmp_data_dir / "c") as (first, _):
-        async with BlockDevice.open(url(first, "vm-0"), CONFIG) as disk:
-            for lba in range(5):
-                await disk.write(lba, b"\xab" * BLOCK)
-            for lba in range(3):
-                await disk.read(lba, 2)
-            status, document = await http_json("GET", f"{first.node.http_url}/stats.json")
-            metrics = await http_request("GET", f"{first.node.http_url}/metrics")
+    async with (
+        two_cvms(tmp_data_dir / "c") as (first, _),
+        BlockDevice.open(url(first, "vm-0"), CONFIG) as disk,
+    ):
+        for lba in range(5):
+            await disk.write(lba, b"\xab" * BLOCK)
+        for lba in range(3):
+            await disk.read(lba, 2)
+        status, document = await http_json("GET", f"{first.node.http_url}/stats.json")
+        metrics = await http_request("GET", f"{first.node.http_url}/metrics")
     assert status == 200
     counters = document["vdisks"]["vm-0"]
     assert counters["writes"] == 5 and counters["bytes_written"] == 5 * BLOCK
@@ -155,17 +157,19 @@ def parse_prometheus(text: str) -> dict[str, float]:
 async def test_control_logout_asks_the_sessions_and_release_of_unknown_is_harmless(
     tmp_data_dir: Path,
 ) -> None:
-    async with two_cvms(tmp_data_dir / "c") as (first, _):
-        async with BlockDevice.open(url(first, "vm-0"), CONFIG) as disk:
-            await disk.write(0, b"\x01" * BLOCK)
-            base = f"{first.node.http_url}/control/vdisks"
-            status, answer = await http_json("POST", f"{base}/vm-0/logout?seconds=2")
-            assert (status, answer["sessions_asked"]) == (200, 1)
-            # The initiator logs out, logs in again (same stargate here) and goes on.
-            await disk.write(1, b"\x02" * BLOCK)
-            assert await disk.read(0, 2) == b"\x01" * BLOCK + b"\x02" * BLOCK
-            assert disk.stats.snapshot()["reconnects"] >= 1
-            status, answer = await http_json("POST", f"{base}/vm-1/release?by=2")
-            assert status == 200 and answer["was_serving"] is False
-            status, _ = await http_json("POST", f"{base}/vm-0/nonsense")
-            assert status == 404
+    async with (
+        two_cvms(tmp_data_dir / "c") as (first, _),
+        BlockDevice.open(url(first, "vm-0"), CONFIG) as disk,
+    ):
+        await disk.write(0, b"\x01" * BLOCK)
+        base = f"{first.node.http_url}/control/vdisks"
+        status, answer = await http_json("POST", f"{base}/vm-0/logout?seconds=2")
+        assert (status, answer["sessions_asked"]) == (200, 1)
+        # The initiator logs out, logs in again (same stargate here) and goes on.
+        await disk.write(1, b"\x02" * BLOCK)
+        assert await disk.read(0, 2) == b"\x01" * BLOCK + b"\x02" * BLOCK
+        assert disk.stats.snapshot()["reconnects"] >= 1
+        status, answer = await http_json("POST", f"{base}/vm-1/release?by=2")
+        assert status == 200 and answer["was_serving"] is False
+        status, _ = await http_json("POST", f"{base}/vm-0/nonsense")
+        assert status == 404
