@@ -209,6 +209,7 @@ class LogicalUnit:
         unit_attentions: UnitAttentions | None = None,
         relative_port_id: int = 1,
         copy_target_resolver: xcopy.CopyTargetResolver | None = None,
+        read_only: bool = False,
     ) -> None:
         self.store = store
         self.meta = meta
@@ -220,6 +221,7 @@ class LogicalUnit:
         # EXTENDED COPY reaches other vDisks through this (designator -> unit); None: self only.
         self.copy_target_resolver = copy_target_resolver
         self.copy_results = xcopy.CopyResults()
+        self.read_only = read_only
 
     # ---- geometry -------------------------------------------------------------------
     @property
@@ -229,6 +231,11 @@ class LogicalUnit:
     @property
     def block_count(self) -> int:
         return self.store.size // self._block_size
+
+    @property
+    def write_protected(self) -> bool:
+        """Read-only vDisk, or software write protect (SWP) set in the control mode page."""
+        return self.read_only or self.modes.software_write_protect
 
     @property
     def blocks_per_physical_block(self) -> int:
@@ -298,6 +305,8 @@ class LogicalUnit:
                 Asc.INVALID_FIELD_IN_CDB,
                 field_pointer=FieldPointer(in_cdb=True, byte=len(cdb)),
             )
+        if opcode in sbc.MEDIUM_WRITERS and self.write_protected:
+            raise CheckCondition(SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)
         return spec.handler(self, Command(cdb, data_out, nexus))
 
     def check_condition(self, condition: CheckCondition) -> ScsiResult:

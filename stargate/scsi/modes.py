@@ -1,11 +1,13 @@
 """Mode parameters (SPC-4 7.5, SBC-3 6.4): the pages, MODE SENSE and MODE SELECT.
 
-Pages: caching (0x08, WCE changeable), control (0x0A, D_SENSE changeable), informational
-exceptions (0x1C). Saved pages are not supported: the state lives as long as the process.
+Pages: caching (0x08, WCE changeable), control (0x0A, D_SENSE and SWP changeable),
+informational exceptions (0x1C). Saved pages are not supported: the state lives as long
+as the process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +56,7 @@ class ModeState:
 
     write_cache_enabled: bool = True  # WCE: writes land in page cache until a flush
     descriptor_sense: bool = False  # D_SENSE: sense data format for CHECK CONDITION
+    software_write_protect: bool = False  # SWP: the medium is read-only while set
 
 
 def _caching(state: ModeState | None) -> bytes:
@@ -74,8 +77,10 @@ def _control(state: ModeState | None) -> bytes:
     page[0], page[1] = ModePage.CONTROL, 10
     if state is None:
         page[2] = 0x04  # D_SENSE
+        page[4] = 0x08  # SWP
         return bytes(page)
     page[2] = 0x04 if state.descriptor_sense else 0x00
+    page[4] = 0x08 if state.software_write_protect else 0x00
     page[3] = 0x10  # QUEUE ALGORITHM MODIFIER = 1
     page[5] = 0x40  # TAS
     struct.pack_into(">H", page, 8, 0xFFFF)  # BUSY TIMEOUT PERIOD: unlimited
@@ -134,8 +139,8 @@ def _page_control(cdb: bytes) -> PageControl:
 
 
 def _device_specific(lu: LogicalUnit) -> int:
-    # DPOFUA: DPO and FUA are honoured (FUA forces a flush before status).
-    return DEVICE_SPECIFIC_DPOFUA
+    # DPOFUA: DPO and FUA are honoured (FUA forces a flush before status); WP: read-only.
+    return DEVICE_SPECIFIC_DPOFUA | (DEVICE_SPECIFIC_WP if lu.write_protected else 0)
 
 
 def mode_sense_6(lu: LogicalUnit, command: Command) -> ScsiResult:
@@ -195,7 +200,7 @@ def _mode_select(
         raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
     _check_block_descriptors(lu, data, position, descriptor_length, header_length)
     position += descriptor_length
-    new_state = ModeState(lu.modes.write_cache_enabled, lu.modes.descriptor_sense)
+    new_state = dataclasses.replace(lu.modes)
     while position < len(data):
         position = _apply_page(data, position, new_state)
     if new_state != lu.modes:
@@ -248,6 +253,7 @@ def _apply_page(data: bytes, position: int, state: ModeState) -> int:
         state.write_cache_enabled = bool(page[2] & 0x04)
     elif code == ModePage.CONTROL:
         state.descriptor_sense = bool(page[2] & 0x04)
+        state.software_write_protect = bool(page[4] & 0x08)
     return end
 
 

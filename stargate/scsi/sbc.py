@@ -38,6 +38,25 @@ if TYPE_CHECKING:
 READ_OPCODES: frozenset[int] = frozenset(
     {ScsiOp.READ_6, ScsiOp.READ_10, ScsiOp.READ_12, ScsiOp.READ_16}
 )
+# Commands that change the medium: refused with WRITE PROTECTED on a write-protected unit
+# before anything else in the CDB or Data-Out is looked at.
+MEDIUM_WRITERS: frozenset[int] = frozenset(
+    {
+        ScsiOp.WRITE_6,
+        ScsiOp.WRITE_10,
+        ScsiOp.WRITE_12,
+        ScsiOp.WRITE_16,
+        ScsiOp.WRITE_AND_VERIFY_10,
+        ScsiOp.WRITE_AND_VERIFY_12,
+        ScsiOp.WRITE_AND_VERIFY_16,
+        ScsiOp.WRITE_SAME_10,
+        ScsiOp.WRITE_SAME_16,
+        ScsiOp.WRITE_ATOMIC_16,
+        ScsiOp.ORWRITE_16,
+        ScsiOp.COMPARE_AND_WRITE,
+        ScsiOp.UNMAP,
+    }
+)
 _WRITE_SAME_CHUNK = 1 << 20  # pattern buffer size for WRITE SAME: bounded memory per command
 _LBA_STATUS_SCAN_BLOCKS = 1 << 24  # GET LBA STATUS looks at most this far ahead
 

@@ -244,6 +244,8 @@ def _copy_segment(
     length = segment.blocks * source.block_size
     if length > LIMITS.max_segment_bytes:
         raise invalid_field_in_parameter_list(HEADER_LENGTH)
+    if destination.write_protected:
+        raise _copy_aborted(Asc.WRITE_PROTECTED, index)
     for unit, lba in ((source, segment.source_lba), (destination, segment.destination_lba)):
         if lba + segment.blocks > unit.block_count:
             raise _copy_aborted(Asc.NO_ADDITIONAL_SENSE, index)

@@ -9,7 +9,9 @@ import pytest
 
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, SenseKey, parse_sense
+from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.vpd import BLOCK_LIMITS
+from stargate.stores import MemoryStore, VDiskMeta
 from tests.scsi import BLOCK, BLOCKS, NEXUS, OTHER_NEXUS, make_unit, run, rw10, sense_of
 
 
@@ -316,3 +318,32 @@ def test_mode_select_change_tells_the_other_initiators() -> None:
     # Selecting the same values again changes nothing and tells nobody.
     run(unit, _mode_select6(bytes(4) + page), bytes(4) + page)
     assert run(unit, bytes(6), nexus=OTHER_NEXUS).status == ScsiStatus.GOOD
+
+
+def test_software_write_protect_makes_the_medium_read_only() -> None:
+    unit = make_unit()
+    page = bytearray(_current_page(unit, 0x0A))
+    page[4] |= 0x08  # SWP
+    assert run(unit, _mode_select6(bytes(4) + page), bytes(4) + page).status == 0
+    header = run(unit, _mode_sense6(page=0x0A, dbd=True)).data
+    assert header[2] & 0x80  # WP in the device-specific parameter
+    assert run(unit, rw10(ScsiOp.READ_10, 0, 1)).status == ScsiStatus.GOOD
+    for cdb, data in (
+        (rw10(ScsiOp.WRITE_10, 0, 1), bytes(BLOCK)),
+        (rw10(ScsiOp.WRITE_SAME_10, 0, 1, flags=0x08), b""),  # checked before Data-Out
+        (bytes([ScsiOp.UNMAP, 0, 0, 0, 0, 0, 0, 0, 24, 0]), bytes(24)),
+    ):
+        sense = sense_of(run(unit, cdb, data))
+        assert sense.key == SenseKey.DATA_PROTECT and sense.code is Asc.WRITE_PROTECTED
+    page[4] &= ~0x08
+    run(unit, _mode_select6(bytes(4) + page), bytes(4) + page)
+    assert run(unit, rw10(ScsiOp.WRITE_10, 0, 1), bytes(BLOCK)).status == ScsiStatus.GOOD
+
+
+def test_read_only_unit() -> None:
+    meta = VDiskMeta("ro", BLOCKS * BLOCK)
+    unit = LogicalUnit(MemoryStore(meta), meta, read_only=True)
+    run(unit, bytes(6))
+    sense = sense_of(run(unit, rw10(ScsiOp.WRITE_10, 0, 1), bytes(BLOCK)))
+    assert sense.key == SenseKey.DATA_PROTECT
+    assert run(unit, rw10(ScsiOp.READ_10, 0, 1)).status == ScsiStatus.GOOD
