@@ -261,9 +261,11 @@ class Supervisor:
             url = f"http://{process.address}:{process.http_port}/stats.json"
             try:
                 response = await http_request("GET", url, timeout=PROBE_TIMEOUT)
-            except HttpError:
+                answering_pid = response.json_body().get("pid") if response.status == 200 else None
+            except (HttpError, ValueError, AttributeError):
                 return Health.STARTING
-            return Health.UP if response.status == 200 else Health.STARTING
+            # Another process on the same address (a second cluster) must not pass for ours.
+            return Health.UP if answering_pid == pid else Health.STARTING
         with trio.move_on_after(PROBE_TIMEOUT):
             try:
                 stream = await trio.open_tcp_stream(process.address, process.port)

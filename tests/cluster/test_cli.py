@@ -1,0 +1,155 @@
+"""The cluster as real processes, through the `stargate` CLI: up/status/down, vm create,
+vdisk list, cvm kill/stop/cont/start/restart, and real initiators (libiscsi, qemu-io)
+talking to one of the cluster's stargates directly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from stargate.cluster.spec import ClusterSpec
+from tests.cluster.conftest import RunningCluster, run_cli, unique_cluster_base
+from tests.conftest import require_tool
+from tests.helpers.net import tcp_port_answers
+from tests.peers.tools import iscsi_inq, qemu_io
+
+
+def statuses(cluster: RunningCluster) -> dict[str, dict[str, object]]:
+    return {entry["name"]: entry for entry in cluster.cli_json("cluster", "status", "--json")}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_up_detach_status_down(stargate_cluster: RunningCluster) -> None:
+    cluster = stargate_cluster
+    document = cluster.up_document
+    assert [node["node"] for node in document["nodes"]] == [1, 2]
+    pids = []
+    for node in document["nodes"]:
+        spec = cluster.spec.node(node["node"])
+        stargate = node["stargate"]
+        assert stargate["health"] == "up" and stargate["state"] == "running"
+        assert stargate["address"] == f"{spec.cvm_address}:3261"
+        assert stargate["http"] == f"http://{spec.cvm_address}:2009"
+        assert node["redirector"]["portal"] == f"{spec.redirector_address}:3261"
+        assert pid_alive(stargate["pid"])
+        assert tcp_port_answers(spec.cvm_address, 3261)
+        pids.append(stargate["pid"])
+    table = statuses(cluster)
+    assert {name: entry["health"] for name, entry in table.items()} == {
+        "stargate-1": "up",
+        "stargate-2": "up",
+    }
+    assert Path(str(table["stargate-1"]["log"])).read_text().count("iSCSI") >= 1
+    human = cluster.cli("cluster", "status").stdout
+    assert "stargate-1" in human and "up" in human
+    down = cluster.cli("cluster", "down").stdout
+    assert "stargate-1" in down and "stargate-2" in down
+    assert not any(pid_alive(pid) for pid in pids)
+    assert {entry["health"] for entry in statuses(cluster).values()} == {"down"}
+    assert "nothing was running" in cluster.cli("cluster", "down").stdout
+
+
+def test_up_writes_the_spec_with_advertised_addresses(cluster_dir: Path) -> None:
+    base = unique_cluster_base()
+    run_cli(
+        "cluster", "up", "--nodes", "1", "--dir", str(cluster_dir), "--base-address", base,
+        "--detach", "--no-redirectors", "--stable-window", "7", "--policy", "random",
+        "--advertise", "1=10.0.2.100:3262", "--advertise", "redirector:1=10.0.2.101",
+    )  # fmt: skip
+    spec = ClusterSpec.load(cluster_dir)
+    assert spec.stable_window == 7 and spec.placement == "random"
+    assert spec.node(1).cvm_portal == "10.0.2.100:3262"
+    assert spec.node(1).redirector_portal == "10.0.2.101:3261"
+    status = json.loads(run_cli("cluster", "status", "--dir", str(cluster_dir), "--json").stdout)
+    assert status[0]["health"] == "up"  # it binds its own address, advertises the other
+
+
+def test_up_refuses_a_busy_address_and_says_why(cluster_dir: Path, tmp_data_dir: Path) -> None:
+    base = unique_cluster_base()
+    first = tmp_data_dir / "first"
+    try:
+        run_cli("cluster", "up", "--nodes", "1", "--dir", str(first), "--base-address", base,
+                "--detach", "--no-redirectors")  # fmt: skip
+        result = run_cli(
+            "cluster", "up", "--nodes", "1", "--dir", str(cluster_dir), "--base-address", base,
+            "--detach", "--no-redirectors", "--timeout", "10", check=False,
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert "stargate-1" in result.stderr and "cannot listen" in result.stderr
+    finally:
+        run_cli("cluster", "down", "--dir", str(first))
+
+
+def test_vm_create_and_vdisk_list(stargate_cluster: RunningCluster) -> None:
+    require_tool("iscsi-inq")
+    cluster = stargate_cluster
+    created = cluster.cli_json("vm", "create", "web", "--node", "2", "--disks", "3", "--size", "16M")
+    assert created["vm"] == "web" and created["home_node"] == 2
+    assert created["portal"] == cluster.spec.node(2).redirector_portal
+    assert [vdisk["id"] for vdisk in created["vdisks"]] == ["web-0", "web-1", "web-2"]
+    for vdisk in created["vdisks"]:
+        assert vdisk["iqn"] == f"iqn.2010-06.com.nutanix:vmdisk-{vdisk['id']}"
+        assert vdisk["size"] == 16 << 20 and vdisk["home_node"] == 2
+    again = cluster.cli("vm", "create", "web", "--node", "1", check=False)
+    assert again.returncode == 2 and "exists already" in again.stderr
+
+    listing = {row["id"]: row for row in cluster.cli_json("vdisk", "list", "--json")}
+    assert set(listing) == {"web-0", "web-1", "web-2"}
+    assert all(row["serving_node"] is None for row in listing.values())
+    iscsi_inq(cluster.stargate_url(1, "web-1"))  # opens web-1 on stargate 1
+    listing = {row["id"]: row for row in cluster.cli_json("vdisk", "list", "--json")}
+    assert listing["web-1"]["serving_node"] == 1 and listing["web-1"]["owner_node"] == 1
+    assert listing["web-1"]["connections"] == 0  # iscsi-inq logged out
+    assert "web-1" in cluster.cli("vdisk", "list").stdout
+
+
+def test_libiscsi_and_qemu_io_through_a_cluster_stargate(stargate_cluster: RunningCluster) -> None:
+    require_tool("iscsi-inq")
+    require_tool("qemu-io")
+    cluster = stargate_cluster
+    cluster.cli("vm", "create", "db", "--node", "1", "--disks", "1", "--size", "32M")
+    inquiry = iscsi_inq(cluster.stargate_url(1, "db-0"))
+    assert inquiry.fields["Peripheral Device Type"] == "DIRECT_ACCESS"
+    qemu_io(cluster.stargate_url(1, "db-0"), ["write -P 0x5a 0 256k", "read -P 0x5a 0 256k"])
+    # The vDisk moves to stargate 2 at its login there; the data came along.
+    qemu_io(cluster.stargate_url(2, "db-0"), ["read -P 0x5a 0 256k", "write -P 0x6b 64k 4k"])
+    qemu_io(cluster.stargate_url(1, "db-0"), ["read -P 0x6b 64k 4k", "read -P 0x5a 0 64k"])
+    listing = {row["id"]: row for row in cluster.cli_json("vdisk", "list", "--json")}
+    assert listing["db-0"]["serving_node"] == 1 and listing["db-0"]["epoch"] == 3
+
+
+@pytest.mark.parametrize("action", ["kill", "stop", "restart"])
+def test_cvm_fault_injection_changes_status(stargate_cluster: RunningCluster, action: str) -> None:
+    cluster = stargate_cluster
+    before = statuses(cluster)["stargate-1"]
+    output = cluster.cli("cvm", action, "1").stdout
+    assert f"stargate-1: {action}" in output
+    after = statuses(cluster)
+    assert after["stargate-2"]["health"] == "up"
+    if action == "kill":
+        assert (after["stargate-1"]["health"], after["stargate-1"]["state"]) == ("down", "exited")
+        assert not pid_alive(int(before["pid"]))  # type: ignore[call-overload]
+        cluster.cli("cvm", "start", "1")
+    elif action == "stop":
+        assert (after["stargate-1"]["health"], after["stargate-1"]["state"]) == (
+            "stopped",
+            "stopped",
+        )
+        cluster.cli("cvm", "cont", "1")
+    else:
+        assert after["stargate-1"]["pid"] != before["pid"]
+    final = statuses(cluster)["stargate-1"]
+    assert (final["health"], final["state"]) == ("up", "running")
+    refused = cluster.cli("cvm", "cont", "9", check=False)
+    assert refused.returncode == 2 and "no node 9" in refused.stderr
