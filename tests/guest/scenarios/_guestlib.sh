@@ -212,10 +212,15 @@ start_iscsid() {
         >/etc/iscsi/initiatorname.iscsi
     # Foreground, so its log (what it retries, when, why) lands on the console.
     iscsid -f 2>&1 | sed 's/^/[iscsid] /' >/dev/console &
+    # Ready once it listens on its abstract control socket (-f writes no pid file).
     tries=0
-    while [ ! -e /run/iscsid.pid ] && [ "$tries" -lt 50 ]; do
-        sleep 0.1
+    while ! grep -q ISCSIADM_ABSTRACT_NAMESPACE /proc/net/unix; do
         tries=$((tries + 1))
+        if [ "$tries" -gt 200 ]; then
+            echo "guestlib: iscsid is not listening after 20 s"
+            return 1
+        fi
+        sleep 0.1
     done
 }
 
@@ -224,6 +229,7 @@ guest_main() {
     exec 3<>"$CONTROL_TTY"
     setup_network || echo "guestlib: network set-up failed"
     start_iscsid || echo "guestlib: iscsid did not start"
+    echo "guestlib: network and iscsid ready at $(uptime_s) s"
     proto "BOOTED $(uname -r) $(uptime_s)"
     (
         if [ -f "$RUN_DIR/env.sh" ]; then
