@@ -1,0 +1,51 @@
+"""One node's redirector, assembled: placement policy, health checks, portal, failback.
+
+redirector = Redirector(RedirectorConfig.load(directory, node_id), logger)
+async with trio.open_nursery() as nursery:
+    port = await nursery.start(redirector.run)   # listening once this returns
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+import trio
+
+from redirector.config import RedirectorConfig
+from redirector.failback import Failback
+from redirector.health import HealthChecker
+from redirector.policy import PlacementPolicy
+from redirector.server import RedirectorServer
+
+
+class Redirector:
+    def __init__(
+        self,
+        config: RedirectorConfig,
+        logger: logging.Logger,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = PlacementPolicy(
+            nodes=[config.node_key(node.node_id) for node in config.spec.nodes],
+            local=config.node_key(config.node_id),
+            mode=config.placement_mode,
+            stable_window=config.stable_window,
+            rng=rng or random.Random(),
+        )
+        self.health = HealthChecker(config, self.policy, logger, clock=clock)
+        self.server = RedirectorServer(config, self.policy, self.health, logger, clock=clock)
+        self.failback = Failback(config, self.policy, logger, clock=clock)
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Health checks first (their first verdicts arrive while the portal opens), then
+        the portal; failback runs alongside. Reports the bound port."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.health.run)
+            port = await nursery.start(self.server.serve)
+            nursery.start_soon(self.failback.run)
+            task_status.started(port)

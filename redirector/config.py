@@ -1,0 +1,77 @@
+"""What one node's redirector needs to know: where it listens, the cluster's stargates, the
+vDisks it may redirect, and its timers. Built from DIR/cluster.json (the cluster's spec)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from redirector.policy import PlacementMode
+from stargate.cluster.spec import ClusterPaths, ClusterSpec, NodeSpec, list_vdisks
+from stargate.target import DEFAULT_PORTAL_GROUP_TAG, target_name_for
+
+DEFAULT_NOP_INTERVAL = 1.0
+DEFAULT_NOP_TIMEOUT = 3.0
+DEFAULT_LOGIN_TIMEOUT = 15.0
+# Until a stargate has answered once, failures are not reported as "down": at `cluster up`
+# the redirector may start before the stargates listen, and a stargate seen down must then
+# stay healthy for the whole stable window before it gets its vDisks.
+DEFAULT_STARTUP_GRACE = 10.0
+# How long a remote stargate lets failing-back sessions log out before it drops them.
+DEFAULT_FAILBACK_LOGOUT_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class Timers:
+    nop_interval: float = DEFAULT_NOP_INTERVAL
+    nop_timeout: float = DEFAULT_NOP_TIMEOUT
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
+    startup_grace: float = DEFAULT_STARTUP_GRACE
+    failback_logout_seconds: int = DEFAULT_FAILBACK_LOGOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class RedirectorConfig:
+    directory: Path
+    spec: ClusterSpec
+    node_id: int
+    timers: Timers = Timers()
+    portal_group_tag: int = DEFAULT_PORTAL_GROUP_TAG
+
+    @classmethod
+    def load(
+        cls, directory: Path | str, node_id: int, timers: Timers | None = None
+    ) -> RedirectorConfig:
+        spec = ClusterSpec.load(directory)
+        spec.node(node_id)  # raises ClusterSpecError for an unknown node
+        return cls(Path(directory), spec, node_id, timers or Timers())
+
+    @property
+    def node(self) -> NodeSpec:
+        return self.spec.node(self.node_id)
+
+    @property
+    def paths(self) -> ClusterPaths:
+        return ClusterPaths(self.directory)
+
+    @property
+    def stable_window(self) -> float:
+        return self.spec.stable_window
+
+    @property
+    def placement_mode(self) -> PlacementMode:
+        return PlacementMode(self.spec.placement)
+
+    def node_key(self, node_id: int) -> str:
+        """The policy's name for a node (PlacementPolicy works on strings)."""
+        return str(node_id)
+
+    def node_of(self, key: str) -> NodeSpec:
+        return self.spec.node(int(key))
+
+    def vdisk_targets(self) -> dict[str, str]:
+        """Target name -> vDisk id of every vDisk of the cluster, read afresh (vDisks come
+        and go while the redirector runs)."""
+        return {
+            target_name_for(info.vdisk_id): info.vdisk_id for info in list_vdisks(self.directory)
+        }

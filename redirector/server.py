@@ -1,0 +1,355 @@
+"""The redirector's iSCSI portal: every login is answered, none is served.
+
+A Normal session login for a vDisk gets status 0x0101 (target moved temporarily) with
+``TargetAddress=<advertised CVM address>:<port>,<tpgt>`` of the stargate the placement policy
+picks; 0x0301 (service unavailable) when no stargate is healthy; 0x0203 for a vDisk the
+cluster does not have. A Discovery session is answered here: SendTargets lists every vDisk
+with the redirector's own advertised portal, so that initiators keep logging in through it.
+
+A client that sends garbage gets a login failure or a Reject and is dropped; one that sends
+nothing is dropped after the login timeout; neither holds up anybody else's login.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from iscsicore.errors import IscsiProtocolError
+from iscsicore.framing import PduFramer, encode_pdu
+from iscsicore.keys import SessionType, TextError, decode_text
+from iscsicore.login import (
+    Accept,
+    Redirect,
+    Refuse,
+    Resolution,
+    SessionRequest,
+    TargetLogin,
+    TargetLoginConfig,
+)
+from iscsicore.pdu import (
+    RESERVED_TAG,
+    LoginRequest,
+    LoginStatus,
+    LogoutRequest,
+    LogoutResponse,
+    NopIn,
+    NopOut,
+    Pdu,
+    Reject,
+    RejectReason,
+    TextRequest,
+)
+from iscsicore.text import TargetRecord, TextResponder
+from iscsicore.wire import encode_bhs
+from redirector.config import RedirectorConfig
+from redirector.health import HealthChecker
+from redirector.log import log_redirect
+from redirector.policy import PlacementPolicy
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 16384
+MAX_RECV_DATA_SEGMENT_LENGTH = 8192  # discovery answers are small
+DISCOVERY_IDLE_TIMEOUT = 60.0  # a discovery session with nothing to say is dropped
+LINGER_TIMEOUT = 5.0  # after a redirect or refusal, for the initiator to hang up
+_SERIAL_MASK = 0xFFFFFFFF
+_TSIH_LIMIT = 0xFFFF
+
+
+@dataclass
+class RedirectorStats:
+    redirects: dict[str, int] = field(default_factory=dict)  # node key -> count
+    refused: int = 0
+    discovery_sessions: int = 0
+    bad_clients: int = 0
+
+
+class RedirectorServer:
+    def __init__(
+        self,
+        config: RedirectorConfig,
+        policy: PlacementPolicy,
+        health: HealthChecker,
+        logger: logging.Logger,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.health = health
+        self.logger = logger
+        self.clock = clock
+        self.stats = RedirectorStats()
+        self.port: int | None = None
+        self._next_tsih = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        node = self.config.node
+        listeners = await trio.open_tcp_listeners(
+            node.redirector_port, host=node.redirector_address
+        )
+        self.port = listeners[0].socket.getsockname()[1]
+        log.info("redirector listening on %s:%s", node.redirector_address, self.port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self.handle_connection, listeners)
+            task_status.started(self.port)
+
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        try:
+            await _Connection(self, stream).run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away: nothing to tell anyone
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    # -- decisions ------------------------------------------------------------------------
+
+    async def prepare(self, target_name: str) -> None:
+        """Before the (synchronous) login state machine asks where ``target_name`` goes:
+        make sure the health view is fresh enough to answer without waiting later."""
+        if self.health.started_at is not None and not self.policy.healthy_nodes():
+            await self.health.wait_first_verdicts(self.config.timers.nop_timeout)
+        local = self.health.local_key
+        if self.policy.is_healthy(local) and self.policy.local_is_stable(self.clock()):
+            await self.health.recheck_local()
+
+    def resolve(
+        self, initiator_name: str, target_name: str | None, session_type: SessionType
+    ) -> Resolution:
+        if session_type is SessionType.DISCOVERY:
+            self.stats.discovery_sessions += 1
+            return Accept()
+        vdisk_id = self.config.vdisk_targets().get(target_name or "")
+        if vdisk_id is None:
+            return Refuse(LoginStatus.NOT_FOUND)
+        chosen = self.policy.choose(vdisk_id, self.clock())
+        if chosen is None:
+            self.stats.refused += 1
+            self.logger.warning("No healthy portal for target %s", target_name)
+            return Refuse(LoginStatus.SERVICE_UNAVAILABLE)
+        node = self.config.node_of(chosen)
+        assert target_name is not None
+        log_redirect(
+            self.logger, target_name, node.cvm_advertised_address, node.cvm_advertised_port
+        )
+        self.stats.redirects[chosen] = self.stats.redirects.get(chosen, 0) + 1
+        return Redirect.to(
+            node.cvm_advertised_address, node.cvm_advertised_port, self.config.portal_group_tag
+        )
+
+    def allocate_tsih(self, request: SessionRequest) -> int | Refuse:
+        # Only discovery sessions complete here; TSIHs need to be unique among live ones.
+        if request.tsih != 0:
+            return Refuse(LoginStatus.SESSION_DOES_NOT_EXIST)
+        self._next_tsih = self._next_tsih % _TSIH_LIMIT + 1
+        return self._next_tsih
+
+    def discovery_targets(self) -> list[TargetRecord]:
+        node = self.config.node
+        address = f"{node.redirector_portal},{self.config.portal_group_tag}"
+        return [TargetRecord(name, (address,)) for name in sorted(self.config.vdisk_targets())]
+
+    def login_config(self) -> TargetLoginConfig:
+        return TargetLoginConfig(
+            portal_group_tag=self.config.portal_group_tag,
+            resolve=self.resolve,
+            allocate_tsih=self.allocate_tsih,
+            max_recv_data_segment_length=MAX_RECV_DATA_SEGMENT_LENGTH,
+        )
+
+
+def _normal_login_target(pdu: LoginRequest) -> str | None:
+    """The TargetName of a Normal session's first login PDU, when it says so in full."""
+    if pdu.cont:
+        return None
+    try:
+        pairs = dict(decode_text(bytes(pdu.data)))
+    except (TextError, ValueError):
+        return None
+    if pairs.get("SessionType", "Normal") != "Normal":
+        return None
+    return pairs.get("TargetName")
+
+
+class _Connection:
+    """One client connection: login (redirect, refuse or discovery), then discovery PDUs."""
+
+    def __init__(self, server: RedirectorServer, stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.stream = stream
+        self.framer = PduFramer(receiving_from="initiator")
+        self.login = TargetLogin(server.login_config())
+        self._prepared = False
+
+    async def run(self) -> None:
+        timeout = self.server.config.timers.login_timeout
+        with trio.move_on_after(timeout):
+            if not await self._login():
+                return
+        if self.login.redirected or self.login.failed:
+            await self._linger()
+        elif self.login.complete:
+            await self._discovery_session()
+
+    async def _linger(self) -> None:
+        """Let the initiator close after a redirect or a refusal, as tgtd does: libiscsi
+        takes a close that races its reading of the answer for a lost connection."""
+        with trio.move_on_after(LINGER_TIMEOUT):
+            while await self.stream.receive_some(RECEIVE_SIZE):
+                pass
+
+    async def _login(self) -> bool:
+        """Answer Login Requests; False when the connection is to be dropped now."""
+        while not self.login.finished:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return False
+            self.framer.feed(data)
+            while not self.login.finished:
+                try:
+                    pdu = self.framer.next_pdu()
+                except IscsiProtocolError as error:
+                    self.server.stats.bad_clients += 1
+                    log.info("dropping a client: %s", error)
+                    return False
+                if pdu is None:
+                    break
+                if not isinstance(pdu, LoginRequest):
+                    self.server.stats.bad_clients += 1
+                    await self._reject(pdu, RejectReason.PROTOCOL_ERROR)
+                    return False
+                if not self._prepared:
+                    target = _normal_login_target(pdu)
+                    if target is not None:
+                        self._prepared = True
+                        await self.server.prepare(target)
+                response = self.login.receive(pdu)
+                await self.stream.send_all(encode_pdu(response))
+        return True
+
+    async def _reject(self, pdu: Pdu, reason: RejectReason) -> None:
+        await self.stream.send_all(
+            encode_pdu(Reject(reason=reason, stat_sn=self.login.stat_sn, data=encode_bhs(pdu)))
+        )
+
+    async def _discovery_session(self) -> None:
+        params = self.login.params
+        self.framer.header_digest = params.header_digest
+        self.framer.data_digest = params.data_digest
+        self.framer.max_recv_data_segment_length = MAX_RECV_DATA_SEGMENT_LENGTH
+        session = _DiscoverySession(self.server, self.login)
+        while True:
+            with trio.move_on_after(DISCOVERY_IDLE_TIMEOUT) as idle:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            if idle.cancelled_caught or not data:
+                return
+            self.framer.feed(data)
+            while True:
+                try:
+                    pdu = self.framer.next_pdu()
+                except IscsiProtocolError as error:
+                    if error.fatal:
+                        return
+                    await self.stream.send_all(self._encode(session.reject_header(error)))
+                    continue
+                if pdu is None:
+                    break
+                replies, done = session.receive(pdu)
+                if replies:
+                    await self.stream.send_all(b"".join(self._encode(reply) for reply in replies))
+                if done:
+                    return
+
+    def _encode(self, pdu: Pdu) -> bytes:
+        params = self.login.params
+        return encode_pdu(pdu, header_digest=params.header_digest, data_digest=params.data_digest)
+
+
+class _DiscoverySession:
+    """Full feature phase of a discovery session, sans-IO: Text (SendTargets), NOP-Out and
+    Logout are answered; anything else is rejected."""
+
+    def __init__(self, server: RedirectorServer, login: TargetLogin) -> None:
+        self.stat_sn = login.stat_sn
+        self.exp_cmd_sn = login.cmd_sn
+        self.window = login.config.cmd_window
+        self.responder = TextResponder(
+            session_type=SessionType.DISCOVERY,
+            targets=server.discovery_targets,
+            max_send_length=login.params.initiator_max_recv_data_segment_length,
+        )
+
+    @property
+    def max_cmd_sn(self) -> int:
+        return (self.exp_cmd_sn + self.window - 1) & _SERIAL_MASK
+
+    def _take_stat_sn(self) -> int:
+        stat_sn = self.stat_sn
+        self.stat_sn = (self.stat_sn + 1) & _SERIAL_MASK
+        return stat_sn
+
+    def _advance(self, immediate: bool) -> None:
+        if not immediate:
+            self.exp_cmd_sn = (self.exp_cmd_sn + 1) & _SERIAL_MASK
+
+    def receive(self, pdu: Pdu) -> tuple[list[Pdu], bool]:
+        """The PDUs to send back and whether the connection ends after them."""
+        if isinstance(pdu, NopOut):
+            if pdu.itt == RESERVED_TAG:
+                return [], False  # an answer to a ping we never send; harmless
+            self._advance(pdu.immediate)
+            stat_sn = self._take_stat_sn()
+            nop = NopIn(
+                lun=pdu.lun,
+                itt=pdu.itt,
+                ttt=RESERVED_TAG,
+                stat_sn=stat_sn,
+                exp_cmd_sn=self.exp_cmd_sn,
+                max_cmd_sn=self.max_cmd_sn,
+                data=bytes(pdu.data[:MAX_RECV_DATA_SEGMENT_LENGTH]),
+            )
+            return [nop], False
+        if isinstance(pdu, TextRequest):
+            self._advance(pdu.immediate)
+            stat_sn = self.stat_sn
+            try:
+                response = self.responder.receive(
+                    pdu, stat_sn=stat_sn, exp_cmd_sn=self.exp_cmd_sn, max_cmd_sn=self.max_cmd_sn
+                )
+            except TextError:
+                return [self._reject(pdu, RejectReason.PROTOCOL_ERROR)], False
+            self._take_stat_sn()
+            return [response], False
+        if isinstance(pdu, LogoutRequest):
+            self._advance(pdu.immediate)
+            logout = LogoutResponse(
+                itt=pdu.itt,
+                stat_sn=self._take_stat_sn(),
+                exp_cmd_sn=self.exp_cmd_sn,
+                max_cmd_sn=self.max_cmd_sn,
+            )
+            return [logout], True
+        return [self._reject(pdu, RejectReason.PROTOCOL_ERROR)], False
+
+    def _reject(self, pdu: Pdu, reason: RejectReason) -> Reject:
+        return Reject(
+            reason=reason,
+            stat_sn=self._take_stat_sn(),
+            exp_cmd_sn=self.exp_cmd_sn,
+            max_cmd_sn=self.max_cmd_sn,
+            data=encode_bhs(pdu),
+        )
+
+    def reject_header(self, error: IscsiProtocolError) -> Reject:
+        """A Reject for a PDU the framer refused without losing the stream (data digest)."""
+        return Reject(
+            reason=error.reject_reason,
+            stat_sn=self._take_stat_sn(),
+            exp_cmd_sn=self.exp_cmd_sn,
+            max_cmd_sn=self.max_cmd_sn,
+            data=error.header or b"",
+        )
