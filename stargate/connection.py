@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
-EAGER_SEND_EVERY = 4  # PDUs handled between non-blocking sends within one wake-up
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
@@ -141,16 +140,6 @@ class _DirectSocket:
                     await trio.lowlevel.wait_writable(self._raw)
                 except OSError as error:
                     raise trio.BrokenResourceError(str(error)) from error
-
-    def try_send(self, data: bytearray) -> None:
-        """Send what the socket takes right now, without waiting; drop it from ``data``."""
-        try:
-            sent = self._raw.send(data)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return  # the next awaited send reports the broken connection
-        del data[:sent]
 
     def detach(self) -> None:
         self._raw.detach()
@@ -415,7 +404,6 @@ class FullFeatureConnection:
             self._last_receive = trio.current_time()
             framer.feed(data)
             self._in_batch = True
-            handled = 0
             try:
                 while True:
                     try:
@@ -430,12 +418,6 @@ class FullFeatureConnection:
                         self._reject(pdu, RejectReason.PROTOCOL_ERROR)
                     else:
                         handler(pdu)
-                    handled += 1
-                    if handled % EAGER_SEND_EVERY == 0 and self._direct and not self._sending:
-                        # Let the initiator start on the first responses while we work
-                        # on the rest: on few cores, one send per batch makes the two
-                        # sides take turns instead of overlapping.
-                        self._direct.try_send(self._out)
             except _StopBatch:
                 pass
             finally:
