@@ -295,13 +295,15 @@ def _logout_request() -> st.SearchStrategy[Pdu]:
 @st.composite
 def _snack_request(draw: st.DrawFn) -> Pdu:
     snack_type = draw(st.sampled_from(list(SnackType)))
-    # Status and DataACK SNACKs carry no task: their ITT is the reserved tag.
+    # Status and DataACK SNACKs carry no task: their ITT is the reserved tag. The TTT
+    # field is a SNACK Tag (R-Data) or the acknowledged TTT (DataACK), else reserved.
     task_free = snack_type in (SnackType.STATUS, SnackType.DATA_ACK)
+    tagged = snack_type in (SnackType.R_DATA, SnackType.DATA_ACK)
     return SnackRequest(
         snack_type=snack_type,
         lun=draw(u64),
-        itt=RESERVED_TAG if task_free else draw(u32),
-        ttt=draw(u32),
+        itt=RESERVED_TAG if task_free else draw(task_tag),
+        ttt=draw(task_tag) if tagged else RESERVED_TAG,
         exp_stat_sn=draw(serial),
         beg_run=draw(serial),
         run_length=draw(u32),
@@ -332,25 +334,27 @@ def _residual_flags(draw: st.DrawFn) -> tuple[bool, bool]:
 
 @st.composite
 def _scsi_response(draw: st.DrawFn) -> Pdu:
-    bidi_overflow, bidi_underflow = draw(_residual_flags())
-    overflow, underflow = draw(_residual_flags())
     response = draw(scsi_response_code)
+    completed = response == ScsiResponseCode.COMPLETED
+    # Status, residual flags and counts are meaningful (else reserved) only when the
+    # command completed at the target.
+    bidi_overflow, bidi_underflow = draw(_residual_flags()) if completed else (False, False)
+    overflow, underflow = draw(_residual_flags()) if completed else (False, False)
     return ScsiResponse(
         bidi_overflow=bidi_overflow,
         bidi_underflow=bidi_underflow,
         overflow=overflow,
         underflow=underflow,
         response=response,
-        # Status is valid only when the command completed at the target.
-        status=draw(scsi_status) if response == ScsiResponseCode.COMPLETED else 0,
+        status=draw(scsi_status) if completed else 0,
         itt=draw(task_tag),
         snack_tag=draw(u32),
         stat_sn=draw(serial),
         exp_cmd_sn=draw(serial),
         max_cmd_sn=draw(serial),
         exp_data_sn=draw(serial),
-        bidi_residual_count=draw(u32),
-        residual_count=draw(u32),
+        bidi_residual_count=draw(u32) if completed else 0,
+        residual_count=draw(u32) if completed else 0,
         data=draw(data_segments(260)),
         ahs=draw(st.one_of(st.just([]), ahs_lists())),
     )
