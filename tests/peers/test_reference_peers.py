@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_tool
+from tests.helpers.net import free_port as pick_free_port
 from tests.helpers.procs import ProcessError, ProcessReaper
+from tests.peers import tgtd as tgtd_module
 from tests.peers import tools
 from tests.peers.capture import IscsiCapture
 from tests.peers.fio import (
@@ -30,7 +32,7 @@ from tests.peers.fio import (
     job_errors,
     run_fio,
 )
-from tests.peers.tgtd import ChapAccount, MiB, RedirectTo, TgtdTarget
+from tests.peers.tgtd import ChapAccount, MiB, RedirectTo, TgtdError, TgtdTarget
 
 TgtdFactory = Callable[..., TgtdTarget]
 
@@ -65,6 +67,58 @@ def test_reaper_stops_a_process_that_ignores_sigterm(
     assert process.stop(grace=0.2) == -signal.SIGKILL
     with pytest.raises(ProcessLookupError):
         os.kill(process.pid, 0)
+
+
+# --- the tgtd fixture itself ----------------------------------------------------------------
+
+
+def _processes_with_argument(argument: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if argument.encode() in cmdline.read_bytes().split(b"\0"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_tgtd_on_a_taken_port_fails_and_leaves_nothing_running(
+    free_port: int, tmp_data_dir: Path
+) -> None:
+    """tgtd itself keeps running when its port is taken, while the port's owner answers."""
+    require_tool("tgtd")
+    with (
+        socket.create_server(("127.0.0.1", free_port)),
+        pytest.raises(TgtdError, match="is taken"),
+        TgtdTarget(port=free_port, data_dir=tmp_data_dir),
+    ):
+        pass
+    assert _processes_with_argument(f"portal=127.0.0.1:{free_port}") == []
+
+
+def test_tgtd_picks_another_port_when_the_free_one_was_taken_meanwhile(
+    free_port: int, tgtd_factory: TgtdFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.create_server(("127.0.0.1", free_port)):
+        ports = iter([free_port, pick_free_port()])
+        monkeypatch.setattr(tgtd_module, "free_port", lambda host: next(ports))
+        target = tgtd_factory()
+        assert target.port != free_port
+        assert tools.iscsi_inq(target.url()).device_type == "DIRECT_ACCESS"
+
+
+def test_tgtd_retries_when_its_control_socket_number_is_in_use(
+    tgtd: TgtdTarget, tgtd_factory: TgtdFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    numbers = iter([tgtd.control_socket, 31_000 + os.getpid() % 1000])
+    monkeypatch.setattr(TgtdTarget, "_unused_control_socket", staticmethod(lambda: next(numbers)))
+    second = tgtd_factory()
+    assert second.control_socket not in (0, tgtd.control_socket)
+    assert tools.iscsi_inq(second.url()).device_type == "DIRECT_ACCESS"
+    assert tools.iscsi_inq(tgtd.url()).device_type == "DIRECT_ACCESS"  # the first one untouched
+    second.stop()
+    assert (Path("/var/run/tgtd") / f"socket.{tgtd.control_socket}").exists()
 
 
 # --- libiscsi tools against tgtd -------------------------------------------------------------

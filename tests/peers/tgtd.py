@@ -17,6 +17,7 @@ import contextlib
 import random
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,10 @@ CONTROL_SOCKET_DIR = Path("/var/run/tgtd")
 #: tgtd ignores a redirect to the initiator's own address (its loop guard); this IPv4-mapped
 #: IPv6 spelling of 127.0.0.1 gets past it and libiscsi connects to it fine.
 LOOPBACK_REDIRECT_ADDRESS = "[::ffff:127.0.0.1]"
+#: What tgtd logs when its portal's port is taken (it keeps running without the portal)...
+PORTAL_BIND_FAILURE = "failed to create/bind to portal"
+#: ...and when another tgtd holds the control socket number (it exits).
+CONTROL_SOCKET_CLASH = "another tgtd is using"
 
 
 class TgtdError(RuntimeError):
@@ -117,13 +122,12 @@ class TgtdTarget:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.popen.wait(timeout=3.0)
             process.kill()
-        for path in (self._socket_path(), self._socket_path().with_name(self._lock_name())):
-            path.unlink(missing_ok=True)
+        self._remove_control_socket_files()
         for lun_path in self.lun_paths:
             lun_path.unlink(missing_ok=True)
         self.lun_paths.clear()
         if self._owned_data_dir is not None:
-            # only our LUN files were in it; the logs stay if the caller chose no log_dir
+            # it held only our LUN files and, unless log_dir was given, tgtd's log
             with contextlib.suppress(OSError):
                 for leftover in self._owned_data_dir.glob("*.log"):
                     leftover.unlink()
@@ -185,42 +189,57 @@ class TgtdTarget:
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def _start_daemon(self) -> None:
-        """Start tgtd on a control socket number nobody else holds (bounded retries)."""
+        """Start tgtd on a free control socket number and port (bounded retries).
+
+        Two clashes are retried: another tgtd holding the control socket number (tgtd exits),
+        and the picked port taken meanwhile (tgtd logs it and runs on without a portal, while
+        whoever took the port answers in its place).
+        """
         assert self.data_dir is not None
-        if self.port == 0:
-            self.port = free_port(self.host)
+        pick_port = self.port == 0
         failures: list[str] = []
         for _attempt in range(5):
+            if pick_port:
+                self.port = free_port(self.host)
             self.control_socket = self._unused_control_socket()
             process = spawn(
-                [
-                    "tgtd",
-                    "-f",
-                    "-C",
-                    str(self.control_socket),
-                    "--iscsi",
-                    f"portal={self.host}:{self.port}",
-                ],
+                ["tgtd", "-f", "-C", str(self.control_socket),
+                 "--iscsi", f"portal={self.host}:{self.port}"],
                 log_dir=self.log_dir or self.data_dir,
                 name=f"tgtd-{self.control_socket}",
-            )
+            )  # fmt: skip
             self.process = process
             try:
                 process.wait_for_port(self.host, self.port, timeout=self.start_timeout)
                 self._wait_for_control_socket()
+                if PORTAL_BIND_FAILURE in process.log_text():
+                    raise TgtdError(f"{self.portal} is taken:\n{process.describe()}")
                 return
             except (ProcessError, TgtdError) as error:
                 failures.append(str(error))
                 self.process = None
                 process.kill()
-                if "lock" not in process.log_text():  # only a socket clash is worth a retry
+                log = process.log_text()
+                if CONTROL_SOCKET_CLASH in log:
+                    self.control_socket = 0  # another tgtd's: not ours to clean up
+                    continue
+                self._remove_control_socket_files()
+                if not (pick_port and PORTAL_BIND_FAILURE in log):
                     break
         raise TgtdError("tgtd did not start:\n" + "\n".join(failures))
 
     def _wait_for_control_socket(self) -> None:
-        # The portal answers once tgtd's iSCSI driver is up; tgtadm needs the control socket,
-        # which tgtd creates before that. One harmless query proves it.
-        self.tgtadm("--op", "show", "--mode", "target")
+        """Poll with a harmless tgtadm query until tgtd's control socket answers."""
+        assert self.process is not None
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                self.tgtadm("--op", "show", "--mode", "target")
+                return
+            except TgtdError:
+                if time.monotonic() > deadline or not self.process.is_running():
+                    raise
+                time.sleep(0.05)
 
     @staticmethod
     def _unused_control_socket() -> int:
@@ -230,11 +249,13 @@ class TgtdTarget:
                 return number
         raise TgtdError(f"no free tgtd control socket number in {CONTROL_SOCKET_DIR}")
 
-    def _socket_path(self) -> Path:
-        return CONTROL_SOCKET_DIR / f"socket.{self.control_socket}"
-
-    def _lock_name(self) -> str:
-        return f"socket.{self.control_socket}.lock"
+    def _remove_control_socket_files(self) -> None:
+        if self.control_socket:
+            for suffix in ("", ".lock"):
+                (CONTROL_SOCKET_DIR / f"socket.{self.control_socket}{suffix}").unlink(
+                    missing_ok=True
+                )
+            self.control_socket = 0
 
     def _add_lun(self, lun: int, size: int) -> None:
         assert self.data_dir is not None
