@@ -22,8 +22,8 @@ from .pdu import BHS_LENGTH, Opcode, Pdu
 
 Peer = Literal["initiator", "target"]
 
-# RFC 7143 section 6.1: a Login Request or Response carries at most 8192 data bytes,
-# whatever MaxRecvDataSegmentLength says.
+# A Login Request or Response carries at most 8192 data bytes (RFC 7143), whatever
+# MaxRecvDataSegmentLength says: the declared value applies from the full feature phase.
 LOGIN_DATA_SEGMENT_LIMIT = 8192
 DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH = 8192
 _LOGIN_OPCODES = frozenset({int(Opcode.LOGIN_REQUEST), int(Opcode.LOGIN_RESPONSE)})
