@@ -323,10 +323,12 @@ class Session:
 
     async def _shutdown(self) -> None:
         with trio.CancelScope(shield=True):
-            if self._state is _State.UP and self._conn is not None:
+            was_up = self._state is _State.UP
+            # CLOSED first: the target closing the connection after our logout is no loss.
+            self._state = _State.CLOSED
+            if was_up and self._conn is not None:
                 with trio.move_on_after(self.config.logout_timeout):
                     await self._logout()
-            self._state = _State.CLOSED
             self._failure = SessionClosed("session closed")
             for task in self._tasks.values():
                 task.error = self._failure

@@ -53,7 +53,11 @@ async def run_vm_workload(
     config: SessionConfig | None = None,
     on_tick: Callable[[list[DiskRun]], None] | None = None,
     vm_name: str = "vm",
+    stop: trio.Event | None = None,
 ) -> list[DiskRun]:
+    """Attach every vDisk, run the workload on each for ``seconds`` (0: until ``stop``),
+    detach; per-vDisk outcomes and statistics in the returned runs."""
+    stop = stop if stop is not None else trio.Event()
     runs = [DiskRun(vdisk) for vdisk in vdisks]
     async with VM(portal, name=vm_name, config=config) as vm:
         for run in runs:
@@ -68,7 +72,10 @@ async def run_vm_workload(
                 if workload == "verify":
                     region = region_bytes // run.device.block_size
                     verifier = Verifier(run.device, region_blocks=region)
-                    run.verify = await verifier.run(seconds, queue_depth=queue_depth)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_stop_when, stop, verifier.stop)
+                        run.verify = await verifier.run(seconds, queue_depth=queue_depth)
+                        nursery.cancel_scope.cancel()
                 else:
                     report = await run_bench(
                         run.device,
@@ -77,6 +84,7 @@ async def run_vm_workload(
                         queue_depth=queue_depth,
                         seconds=seconds,
                         region_bytes=region_bytes,
+                        stop=stop,
                     )
                     run.extra = report.as_dict()
             except InitiatorError as error:
@@ -99,3 +107,8 @@ async def run_vm_workload(
         if on_tick is not None:
             on_tick(runs)
     return runs
+
+
+async def _stop_when(event: trio.Event, stop: Callable[[], None]) -> None:
+    await event.wait()
+    stop()

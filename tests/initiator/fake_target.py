@@ -313,10 +313,16 @@ class FakeSession:
 
 
 @dataclass
+class Address:
+    host: str
+    port: int
+
+
+@dataclass
 class FakeRedirector:
     """Answers every login with a 0x0101 redirect to ``destination`` (changeable)."""
 
-    destination: FakeTarget
+    destination: FakeTarget | Address
     host: str = "127.0.0.1"
     port: int = 0
     logins: int = 0
@@ -351,4 +357,4 @@ class FakeRedirector:
             await stream.aclose()
 
 
-__all__ = ["IQN", "FakeRedirector", "FakeTarget", "SessionRequest"]
+__all__ = ["IQN", "Address", "FakeRedirector", "FakeTarget", "SessionRequest"]
