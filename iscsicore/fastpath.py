@@ -53,7 +53,11 @@ _Buffer = bytes | bytearray | memoryview
 
 def _lengths_word(pdu: Pdu, ahs_length: int) -> int:
     data_length = len(pdu.data)
-    if data_length > _MAX_DATA_SEGMENT or not 0 <= ahs_length <= wire.MAX_TOTAL_AHS_LENGTH:
+    if (
+        data_length > _MAX_DATA_SEGMENT
+        or not 0 <= ahs_length <= wire.MAX_TOTAL_AHS_LENGTH
+        or ahs_length & 3
+    ):
         raise PduEncodeError(f"data segment {data_length} / AHS {ahs_length} bytes too long")
     return (ahs_length // 4) << 24 | data_length
 

@@ -562,6 +562,8 @@ def encode_bhs(pdu: Pdu, ahs_length: int | None = None) -> bytes:
     layout = LAYOUTS[pdu.OPCODE]
     if ahs_length is None:
         ahs_length = len(encode_ahs(pdu.ahs)) if pdu.ahs else 0
+    elif ahs_length % 4:
+        raise PduEncodeError(f"AHS length {ahs_length} is not a whole number of words")
     values: dict[str, Any] = {name: getattr(pdu, name) for name in layout.field_names}
     container: dict[str, Any] = {
         group: {name: values.pop(name) for name in members}

@@ -531,6 +531,15 @@ def test_out_of_range_fields_raise_encode_error(codec, pdu: Pdu) -> None:
         encode(pdu)
 
 
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("cls", [ScsiCommand, DataOut, NopOut])
+@pytest.mark.parametrize("ahs_length", [2, 1024, -4])
+def test_given_ahs_length_must_fit_the_field(codec, cls: type[Pdu], ahs_length: int) -> None:
+    encode, _ = codec
+    with pytest.raises(PduEncodeError):
+        encode(cls(), ahs_length)
+
+
 def test_ahs_beyond_total_ahs_length_reach() -> None:
     with pytest.raises(PduEncodeError):
         wire.encode_ahs([Ahs(1, bytes(1021))])
