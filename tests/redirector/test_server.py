@@ -1,0 +1,194 @@
+"""The redirector's portal, in process, against real cluster-mode stargate processes:
+redirects (0x0101 with the CVM's advertised address), refusals (0x0203, 0x0301), discovery
+answered with the redirector's own portal, and clients that misbehave."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+
+from initiator.discovery import send_targets
+from initiator.monitor import PortalMonitor
+from initiator.url import Portal
+from iscsicore.login import LoginDone, LoginFailed, LoginRedirect
+from iscsicore.pdu import LoginStatus
+from redirector.app import Redirector
+from redirector.config import RedirectorConfig, Timers
+from redirector.log import redirector_logger
+from stargate.cluster.spec import ClusterSpec, NodeSpec
+from tests.conftest import require_tool
+from tests.helpers.procs import ProcessReaper
+from tests.redirector.cluster import PORT, TestCluster, login_once
+
+IQN = "iqn.2010-06.com.nutanix:vmdisk-"
+TIMERS = Timers(nop_interval=0.5, nop_timeout=2.0, login_timeout=1.0, startup_grace=1.0)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, process_reaper: ProcessReaper) -> TestCluster:
+    cluster = TestCluster.create(tmp_path / "cluster", process_reaper, nodes=2)
+    cluster.create_vm("web", disks=2, size="16M")
+    return cluster
+
+
+@asynccontextmanager
+async def running_redirector(
+    cluster: TestCluster, node_id: int = 1, timers: Timers = TIMERS
+) -> AsyncIterator[Redirector]:
+    config = RedirectorConfig(
+        cluster.directory, ClusterSpec.load(cluster.directory), node_id, timers
+    )
+    redirector = Redirector(config, redirector_logger(cluster.redirector_log(node_id)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(redirector.run)
+        yield redirector
+        nursery.cancel_scope.cancel()
+
+
+async def test_login_is_redirected_to_the_local_stargate(cluster: TestCluster) -> None:
+    cluster.start_stargates()
+    local = cluster.node(1)
+    async with running_redirector(cluster):
+        outcome = await login_once(local.redirector_address, PORT, IQN + "web-0")
+    assert isinstance(outcome, LoginRedirect)
+    assert (outcome.host, outcome.port, outcome.permanent) == (local.cvm_address, PORT, False)
+    assert outcome.tpgt == 1
+    log = cluster.redirector_log(1).read_text()
+    assert f"Redirecting target {IQN}web-0 to {local.cvm_address}:{PORT}" in log
+
+
+async def test_target_address_is_the_advertised_one(cluster: TestCluster) -> None:
+    """NAT / a QEMU guest: initiators are sent to the CVM's advertised address."""
+    spec = ClusterSpec.load(cluster.directory)
+    first = spec.node(1)
+    advertised = replace(first, cvm_advertised_address="10.9.8.7", cvm_advertised_port=13261)
+    nodes: list[NodeSpec] = [advertised, *spec.nodes[1:]]
+    replace(spec, nodes=nodes).save(cluster.directory)
+    cluster.spec = ClusterSpec.load(cluster.directory)
+    cluster.start_stargates()
+    async with running_redirector(cluster):
+        outcome = await login_once(first.redirector_address, PORT, IQN + "web-1")
+    assert isinstance(outcome, LoginRedirect)
+    assert (outcome.host, outcome.port) == ("10.9.8.7", 13261)
+
+
+async def test_unknown_vdisk_is_not_found(cluster: TestCluster) -> None:
+    cluster.start_stargates()
+    async with running_redirector(cluster):
+        outcome = await login_once(cluster.node(1).redirector_address, PORT, IQN + "nope")
+    assert isinstance(outcome, LoginFailed)
+    assert outcome.raw_status == LoginStatus.NOT_FOUND == 0x0203
+
+
+async def test_no_healthy_stargate_means_service_unavailable(cluster: TestCluster) -> None:
+    # No stargate runs: once the startup grace is over every one is down.
+    async with running_redirector(cluster) as redirector:
+        await trio.sleep(TIMERS.startup_grace + 0.3)
+        assert redirector.policy.healthy_nodes() == []
+        outcome = await login_once(cluster.node(1).redirector_address, PORT, IQN + "web-0")
+    assert isinstance(outcome, LoginFailed)
+    assert outcome.raw_status == LoginStatus.SERVICE_UNAVAILABLE == 0x0301
+
+
+async def test_a_vdisk_created_later_is_redirected_too(cluster: TestCluster) -> None:
+    cluster.start_stargates()
+    async with running_redirector(cluster):
+        cluster.create_vm("late", disks=1, size="8M")
+        outcome = await login_once(cluster.node(1).redirector_address, PORT, IQN + "late-0")
+    assert isinstance(outcome, LoginRedirect)
+
+
+async def test_discovery_is_answered_by_the_redirector(cluster: TestCluster) -> None:
+    iscsi_ls = require_tool("iscsi-ls", why="libiscsi's discovery client")
+    cluster.start_stargates()
+    node = cluster.node(1)
+    async with running_redirector(cluster):
+        result = await trio.run_process(
+            [iscsi_ls, f"iscsi://{node.redirector_address}:{PORT}"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    listing = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    found = re.findall(r"Target:(\S+) Portal:(\S+)", listing)
+    assert sorted(found) == [
+        (f"{IQN}web-0", f"{node.redirector_address}:{PORT},1"),
+        (f"{IQN}web-1", f"{node.redirector_address}:{PORT},1"),
+    ]
+
+
+async def test_libiscsi_follows_the_redirect_to_the_stargate(cluster: TestCluster) -> None:
+    iscsi_inq = require_tool("iscsi-inq", why="libiscsi follows 0x0101")
+    iscsi_ls = require_tool("iscsi-ls", why="libiscsi's discovery client")
+    cluster.start_stargates()
+    node = cluster.node(1)
+    async with running_redirector(cluster):
+        url = f"iscsi://{node.redirector_address}:{PORT}/{IQN}web-0/0"
+        inquiry = await trio.run_process(
+            [iscsi_inq, url], capture_stdout=True, capture_stderr=True, check=False
+        )
+        # -s asks each target for its LUNs: a login per vDisk, each followed to a stargate.
+        sizes = await trio.run_process(
+            [iscsi_ls, "-s", f"iscsi://{node.redirector_address}:{PORT}"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert inquiry.returncode == 0, inquiry.stderr.decode()
+    assert "DIRECT_ACCESS" in inquiry.stdout.decode()
+    assert sizes.stdout.decode().count("Lun:0") == 2, sizes.stdout.decode()
+    serving = await cluster.serving_nodes()
+    assert serving["web-0"] == 1
+
+
+async def test_discovery_session_answers_nop_out(cluster: TestCluster) -> None:
+    """The redirector's discovery sessions stay usable as health checks of the redirector."""
+    node = cluster.node(1)
+    async with running_redirector(cluster):
+        monitor = PortalMonitor(Portal(node.redirector_address, PORT), interval=0.1, timeout=2.0)
+        assert await monitor.check_once(), monitor.error
+
+
+async def test_misbehaving_clients_do_not_hold_up_others(cluster: TestCluster) -> None:
+    cluster.start_stargates()
+    node = cluster.node(1)
+    async with running_redirector(cluster) as redirector:
+        silent = await trio.open_tcp_stream(node.redirector_address, PORT)
+        garbage = await trio.open_tcp_stream(node.redirector_address, PORT)
+        await garbage.send_all(b"\xff" * 48 + b"GET / HTTP/1.1\r\n\r\n")
+        not_login = await trio.open_tcp_stream(node.redirector_address, PORT)
+        await not_login.send_all(bytes([0x00]) + bytes(47))  # a NOP-Out before any login
+        with trio.fail_after(3):
+            outcome = await login_once(node.redirector_address, PORT, IQN + "web-0")
+        assert isinstance(outcome, LoginRedirect)
+        # The garbage sender and the NOP-Out sender are dropped; the silent one after the
+        # login timeout.
+        with trio.fail_after(TIMERS.login_timeout + 3):
+            assert await garbage.receive_some(4096) == b""
+            answer = await not_login.receive_some(4096)
+            assert answer[:1] == b"\x3f"  # a Reject
+            assert await silent.receive_some(4096) == b""
+        assert redirector.server.stats.bad_clients == 2
+        for stream in (silent, garbage, not_login):
+            await stream.aclose()
+
+
+async def test_discovery_with_the_project_initiator(cluster: TestCluster) -> None:
+    """A complete discovery login through the shared state machine, then the session's
+    SendTargets answer (iscsicore.text) lists the redirector's own portal."""
+    node = cluster.node(1)
+    async with running_redirector(cluster):
+        outcome = await login_once(node.redirector_address, PORT, None)
+        assert isinstance(outcome, LoginDone)
+        targets = await send_targets(Portal(node.redirector_address, PORT))
+    names = sorted(target.name for target in targets)
+    assert names == [f"{IQN}web-0", f"{IQN}web-1"]
+    for target in targets:
+        assert target.portals == [f"{node.redirector_address}:{PORT},1"]
