@@ -71,6 +71,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
+# Responses queued before they must go out: bounds memory when an initiator sends many
+# large reads at once (and stops reading).
+OUTPUT_HIGH_WATER = 4 * 1024 * 1024
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
@@ -331,6 +334,7 @@ class FullFeatureConnection:
         self._tasks: dict[int, ScsiTask] = {}
         self._out = bytearray()
         self._sending = False
+        self._unsent = 0
         self._in_batch = False
         self._writer_wakeup = trio.Event()
         self._next_ttt = 1
@@ -395,36 +399,48 @@ class FullFeatureConnection:
     # -- receiving ----------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        framer = self.framer
         handlers = self._handlers()
         while True:
             data = await self._io.receive_some(RECEIVE_SIZE)
             if not data:
                 return
             self._last_receive = trio.current_time()
-            framer.feed(data)
-            self._in_batch = True
-            try:
-                while True:
-                    try:
-                        pdu = framer.next_pdu()
-                    except IscsiProtocolError as error:
-                        self._protocol_error(error)
-                        continue
-                    if pdu is None:
-                        break
-                    handler = handlers.get(type(pdu))
-                    if handler is None:
-                        self._reject(pdu, RejectReason.PROTOCOL_ERROR)
-                    else:
-                        handler(pdu)
-            except _StopBatch:
-                pass
-            finally:
-                self._in_batch = False
-            await self._flush()
-            if self._closing_reason is not None:
-                raise ConnectionClosed(self._closing_reason)
+            self.framer.feed(data)
+            while True:
+                self._in_batch = True
+                try:
+                    output_full = self._handle_buffered_pdus(handlers)
+                finally:
+                    self._in_batch = False
+                # Sending is also the backpressure: an initiator that does not read its
+                # responses stops us reading its commands.
+                await self._flush()
+                if self._closing_reason is not None:
+                    raise ConnectionClosed(self._closing_reason)
+                if not output_full:
+                    break
+
+    def _handle_buffered_pdus(self, handlers: dict[type, Callable[[Any], None]]) -> bool:
+        """Handle the complete PDUs received; True if it stopped early because the output
+        reached `OUTPUT_HIGH_WATER` (then send, and come back for the rest)."""
+        framer = self.framer
+        try:
+            while len(self._out) < OUTPUT_HIGH_WATER:
+                try:
+                    pdu = framer.next_pdu()
+                except IscsiProtocolError as error:
+                    self._protocol_error(error)
+                    continue
+                if pdu is None:
+                    return False
+                handler = handlers.get(type(pdu))
+                if handler is None:
+                    self._reject(pdu, RejectReason.PROTOCOL_ERROR)
+                else:
+                    handler(pdu)
+        except _StopBatch:
+            return False
+        return True
 
     def _handlers(self) -> dict[type, Callable[[Any], None]]:
         return {
@@ -477,9 +493,16 @@ class FullFeatureConnection:
             while self._out:
                 chunk = self._out
                 self._out = bytearray()
+                self._unsent = len(chunk)
                 await self._io.send_all(chunk)
         finally:
             self._sending = False
+            self._unsent = 0
+
+    @property
+    def buffered_output(self) -> int:
+        """Response bytes held in memory: queued, or handed to a send not yet finished."""
+        return len(self._out) + self._unsent
 
     async def _writer(self) -> None:
         while True:

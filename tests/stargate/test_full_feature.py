@@ -7,6 +7,7 @@ import struct
 
 import trio
 
+from iscsicore.framing import encode_pdu
 from iscsicore.pdu import (
     R2T,
     RESERVED_TAG,
@@ -42,6 +43,7 @@ from tests.stargate.client import (
     write10,
 )
 
+MiB = 1 << 20
 FAST_PINGS = ConnectionTimers(nop_interval=0.2, nop_timeout=0.4)
 
 
@@ -386,3 +388,23 @@ async def test_target_cold_reset_closes_every_connection_of_the_target(
     assert await first.closed_by_target()
     assert await second.closed_by_target()
     await clear_unit_attention(other_vdisk)  # another vDisk is another target: untouched
+
+
+async def test_an_initiator_that_stops_reading_holds_bounded_output(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(nursery, memory_target("vd1", 64 << 20))
+    initiator = await logged_in(server)
+    await clear_unit_attention(initiator)
+    blocks = 2048  # 1 MiB each
+    commands = [
+        initiator.command(read10(i * blocks, blocks), read_length=blocks * 512) for i in range(40)
+    ]
+    # All in one segment: the target sees them in a single wake-up.
+    await initiator.stream.send_all(b"".join(encode_pdu(command) for command in commands))
+    await trio.sleep(0.5)
+    (connection,) = server._connections
+    assert connection.buffered_output <= 4 * MiB + blocks * 512 + 4096  # high water + one
+    for command in commands:
+        result = await initiator.collect(command.itt)
+        assert result.status == ScsiStatus.GOOD and len(result.data) == blocks * 512
