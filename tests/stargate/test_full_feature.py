@@ -408,3 +408,24 @@ async def test_an_initiator_that_stops_reading_holds_bounded_output(
     for command in commands:
         result = await initiator.collect(command.itt)
         assert result.status == ScsiStatus.GOOD and len(result.data) == blocks * 512
+
+
+async def test_a_data_digest_error_is_rejected_and_the_connection_goes_on(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(nursery)
+    initiator = await logged_in(server, proposals=proposals(data_digest=("CRC32C",)))
+    assert initiator.data_digest
+    wire = bytearray(
+        encode_pdu(
+            NopOut(immediate=True, itt=11, cmd_sn=initiator.cmd_sn, data=b"ping-data"),
+            data_digest=True,
+        )
+    )
+    wire[-1] ^= 0xFF  # corrupt the data digest
+    await initiator.stream.send_all(bytes(wire))
+    reject = await initiator.receive()
+    assert isinstance(reject, Reject) and reject.reason == RejectReason.DATA_DIGEST_ERROR
+    await initiator.send(NopOut(immediate=True, itt=12, cmd_sn=initiator.cmd_sn, data=b"ok"))
+    answer = await initiator.receive()
+    assert isinstance(answer, NopIn) and answer.itt == 12 and bytes(answer.data) == b"ok"
