@@ -177,5 +177,5 @@ async def run_bench(
     report.seconds = trio.current_time() - started
     report.cpu_seconds = time.process_time() - cpu_started
     report.reconnects = device.stats.reconnects - reconnects_before
-    report.longest_pause_s = device.stats.pauses.longest_so_far(trio.current_time())
+    report.longest_pause_s = device.stats.pauses.longest_so_far(time.monotonic())
     return report

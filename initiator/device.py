@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-
-import trio
+from time import monotonic
 
 from iscsicore.pdu import TmfResponse
 
@@ -149,7 +148,7 @@ class BlockDevice:
         check: bool = True,
     ) -> CommandResult:
         stats = self.session.stats
-        started = trio.current_time()
+        started = monotonic()  # the stats clock (not trio's, which has a random offset)
         stats.pauses.started(started)
         try:
             result = await self.session.execute(
@@ -163,7 +162,7 @@ class BlockDevice:
             stats.errors += 1
             raise
         finally:
-            finished = trio.current_time()
+            finished = monotonic()
             stats.pauses.finished(finished)
         stats.latency.add(finished - started)
         if kind == "read":

@@ -7,6 +7,7 @@ the device now are recorded by the session and reported alongside.
 
 from __future__ import annotations
 
+import math
 import random
 from array import array
 from dataclasses import dataclass, field
@@ -35,8 +36,12 @@ class LatencyRecorder:
         if not self.samples:
             return {}
         ordered = sorted(self.samples)
-        last = len(ordered) - 1
-        result = {f"p{p:g}": ordered[min(last, int(last * p / 100 + 0.5))] * 1e6 for p in points}
+        count = len(ordered)
+        # Nearest rank: the smallest sample with at least p% of the samples at or below it.
+        result = {
+            f"p{p:g}": ordered[max(0, min(count, math.ceil(p / 100 * count)) - 1)] * 1e6
+            for p in points
+        }
         result["max"] = ordered[-1] * 1e6
         result["mean"] = sum(ordered) / len(ordered) * 1e6
         return result

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -161,7 +162,7 @@ class Verifier:
         stats = self.device.stats
         self.report.reconnects = stats.reconnects
         self.report.retried_commands = stats.retried_commands
-        self.report.longest_pause_s = stats.pauses.longest_so_far(trio.current_time())
+        self.report.longest_pause_s = stats.pauses.longest_so_far(time.monotonic())
         self.report.portal = stats.portal
 
     def _pick_chunk(self) -> int | None:
