@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 AscPair = tuple[int, int]
 PHYSICAL_BLOCK_SIZE = 4096
+_NACA = 0x04  # NACA bit of the CONTROL byte, the last byte of every CDB
 
 # Opcodes a ReservationChecker emulates when it lists them in ``handled_opcodes``.
 RESERVATION_OPCODES: frozenset[int] = frozenset(
@@ -304,6 +305,12 @@ class LogicalUnit:
                 SenseKey.ILLEGAL_REQUEST,
                 Asc.INVALID_FIELD_IN_CDB,
                 field_pointer=FieldPointer(in_cdb=True, byte=len(cdb)),
+            )
+        if cdb[spec.cdb_length - 1] & _NACA:  # no ACA support (SAM-5 5.9.1.2)
+            raise CheckCondition(
+                SenseKey.ILLEGAL_REQUEST,
+                Asc.INVALID_FIELD_IN_CDB,
+                field_pointer=FieldPointer(in_cdb=True, byte=spec.cdb_length - 1, bit=2),
             )
         if opcode in sbc.MEDIUM_WRITERS and self.write_protected:
             raise CheckCondition(SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)

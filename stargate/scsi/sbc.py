@@ -59,6 +59,7 @@ MEDIUM_WRITERS: frozenset[int] = frozenset(
 )
 _WRITE_SAME_CHUNK = 1 << 20  # pattern buffer size for WRITE SAME: bounded memory per command
 _LBA_STATUS_SCAN_BLOCKS = 1 << 24  # GET LBA STATUS looks at most this far ahead
+_LBA_STATUS_WINDOW_BLOCKS = 1 << 20  # ... asking the store this much at a time
 
 
 # ---- shared checks --------------------------------------------------------------------
@@ -178,20 +179,32 @@ def get_lba_status(lu: LogicalUnit, command: Command) -> ScsiResult:
     length = allocation_length(cdb, 10, 4)
     if lba >= lu.block_count:
         raise illegal_request(Asc.LBA_OUT_OF_RANGE)
-    block = lu.block_size
-    span = min(lu.block_count - lba, _LBA_STATUS_SCAN_BLOCKS)
     max_descriptors = max(1, (length - 8) // 16)
-    descriptors = bytearray()
-    for extent in lu.store.allocated_extents(lba * block, span * block)[:max_descriptors]:
-        status = 0 if extent.mapped else 1  # 0: mapped, 1: deallocated
-        first, count = extent.offset // block, extent.length // block
-        while count:
-            piece = min(count, 0xFFFFFFFF)
-            descriptors += struct.pack(">QIB3x", first, piece, status)
-            first += piece
-            count -= piece
+    descriptors = b"".join(
+        struct.pack(">QIB3x", first, count, 0 if mapped else 1)  # 0 mapped, 1 deallocated
+        for first, count, mapped in _provisioning_runs(lu, lba, max_descriptors)
+    )
     payload = struct.pack(">I4x", len(descriptors) + 4) + descriptors
     return data_in(payload, length)
+
+
+def _provisioning_runs(lu: LogicalUnit, lba: int, max_runs: int) -> list[tuple[int, int, bool]]:
+    """(first LBA, blocks, mapped) runs from ``lba``: the store is asked window by window
+    so a fragmented vDisk costs only as much scanning as the answer needs."""
+    block = lu.block_size
+    end = min(lu.block_count, lba + _LBA_STATUS_SCAN_BLOCKS)  # < 2^32: one descriptor each
+    runs: list[tuple[int, int, bool]] = []
+    position = lba
+    while position < end and len(runs) <= max_runs:  # the last run may still grow
+        window = min(end - position, _LBA_STATUS_WINDOW_BLOCKS)
+        for extent in lu.store.allocated_extents(position * block, window * block):
+            first, count = extent.offset // block, extent.length // block
+            if runs and runs[-1][2] == extent.mapped and sum(runs[-1][:2]) == first:
+                runs[-1] = (runs[-1][0], runs[-1][1] + count, extent.mapped)
+            else:
+                runs.append((first, count, extent.mapped))
+        position += window
+    return runs[:max_runs]
 
 
 def service_action_in_16(lu: LogicalUnit, command: Command) -> ScsiResult:

@@ -168,3 +168,10 @@ def test_random_cdbs_never_raise(cdb: bytes, data_out: bytes) -> None:
     if result.status == ScsiStatus.CHECK_CONDITION:
         assert result.sense
         assert sense_of(result).key != SenseKey.HARDWARE_ERROR  # no emulation bug hit
+
+
+def test_naca_is_refused() -> None:
+    sense = sense_of(run(make_unit(), bytes([0, 0, 0, 0, 0, 0x04])))
+    assert sense.code is Asc.INVALID_FIELD_IN_CDB
+    assert sense.field_pointer is not None
+    assert (sense.field_pointer.byte, sense.field_pointer.bit) == (5, 2)

@@ -438,3 +438,13 @@ def test_compare_and_write_data_out_must_match_length() -> None:
         assert sense_of(run(unit, _caw(0, 1), bytes(size))).code is Asc.INVALID_FIELD_IN_CDB
     # 256 blocks do not fit the one-byte field: encoded as 0 with 512 blocks of Data-Out.
     assert sense_of(run(unit, _caw(0, 0), bytes(512 * BLOCK))).code is Asc.INVALID_FIELD_IN_CDB
+
+
+def test_get_lba_status_limits_descriptors_to_the_allocation_length() -> None:
+    unit = make_unit()
+    for lba in range(0, BLOCKS, 256):  # alternate mapped / deallocated 128-block runs
+        run(unit, rw10(ScsiOp.WRITE_10, lba, 128), _pattern(128))
+    reply = run(unit, _get_lba_status(0, 8 + 3 * 16)).data
+    assert struct.unpack_from(">I", reply)[0] == 4 + 3 * 16
+    runs = [struct.unpack_from(">QIB", reply, 8 + 16 * i) for i in range(3)]
+    assert runs == [(0, 128, 0), (128, 128, 1), (256, 128, 0)]
