@@ -1,36 +1,21 @@
-"""SendTargets (RFC 7143 appendix C): which targets an initiator may see, and where.
+"""SendTargets for stargate: which vDisk targets an initiator may see, and where.
 
-Answers Text Requests in discovery sessions (and SendTargets in normal sessions). Long
-answers are split into data segments of the initiator's MaxRecvDataSegmentLength with the
-C bit; the initiator fetches the rest with empty requests carrying our Target Transfer Tag.
+The text exchange itself (C-bit continuation, TTTs, answers to other keys) is the shared
+`iscsicore.text.TextResponder`; this module decides the target list: only targets whose
+ACL admits the initiator, each at the portal group's advertised addresses (the cluster sets
+an advertised address per stargate).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
-
-from iscsicore.keys import TextAssembler, TextError, TextSplitter, decode_text, encode_text
-from iscsicore.pdu import RESERVED_TAG, RejectReason, TextRequest, TextResponse
-from stargate.target import TargetRegistry, VDiskTarget
-
-_ALL = "All"
-
-
-def send_targets_pairs(
-    targets: Iterable[VDiskTarget], addresses: list[str]
-) -> list[tuple[str, str]]:
-    """TargetName / TargetAddress pairs, one group per target."""
-    pairs: list[tuple[str, str]] = []
-    for target in targets:
-        pairs.append(("TargetName", target.name))
-        pairs.extend(("TargetAddress", address) for address in addresses)
-    return pairs
+from iscsicore.keys import SessionType, TextError
+from iscsicore.pdu import RejectReason, TextRequest, TextResponse
+from iscsicore.text import TargetRecord, TextResponder
+from stargate.target import TargetRegistry
 
 
 class SendTargetsResponder:
-    """The text exchange of one connection (one per connection: it keeps continuation
-    state)."""
+    """Text Requests of one connection (it keeps the continuation state)."""
 
     def __init__(
         self,
@@ -38,63 +23,27 @@ class SendTargetsResponder:
         initiator_name: str,
         max_send_segment: int,
         *,
-        current_target: str | None = None,
+        current_target: str | None = None,  # None in a discovery session
     ) -> None:
         self.registry = registry
         self.initiator_name = initiator_name
-        self.current_target = current_target  # None in a discovery session
-        self._splitter = TextSplitter(max(512, max_send_segment))
-        self._assembler = TextAssembler()
-        self._pending: list[bytes] = []
-        self._pending_ttt = RESERVED_TAG
-        self._ttts = itertools.count(1)
-
-    def respond(self, request: TextRequest) -> TextResponse | RejectReason:
-        if request.ttt != RESERVED_TAG:
-            if request.ttt != self._pending_ttt or not self._pending:
-                return RejectReason.INVALID_PDU_FIELD
-            return self._next_chunk(request)
-        self._pending = []
-        try:
-            text = self._assembler.feed(request.data, request.cont)
-            if text is None:  # more of the request follows: acknowledge, ask for it
-                return TextResponse(final=False, itt=request.itt, ttt=self._new_ttt())
-            pairs = decode_text(text)
-        except TextError:
-            self._assembler.reset()
-            return RejectReason.PROTOCOL_ERROR
-        self._pending = self._splitter.split(encode_text(self._answer(pairs)))
-        return self._next_chunk(request)
-
-    def _answer(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        answer: list[tuple[str, str]] = []
-        addresses = self.registry.portal_group.target_address_values()
-        for key, value in pairs:
-            if key != "SendTargets":
-                answer.append((key, "NotUnderstood"))
-                continue
-            visible = self.registry.visible_to(self.initiator_name)
-            if value == _ALL and self.current_target is None:
-                chosen = visible
-            elif value == "" and self.current_target is not None:
-                chosen = [t for t in visible if t.name == self.current_target]
-            else:
-                chosen = [t for t in visible if t.name == value]
-            answer += send_targets_pairs(chosen, addresses)
-        return answer
-
-    def _next_chunk(self, request: TextRequest) -> TextResponse:
-        chunk = self._pending.pop(0) if self._pending else b""
-        more = bool(self._pending)
-        self._pending_ttt = self._new_ttt() if more else RESERVED_TAG
-        return TextResponse(
-            final=not more,
-            cont=more,
-            lun=request.lun,
-            itt=request.itt,
-            ttt=self._pending_ttt,
-            data=chunk,
+        self._responder = TextResponder(
+            session_type=SessionType.DISCOVERY if current_target is None else SessionType.NORMAL,
+            targets=self.visible_targets,
+            max_send_length=max_send_segment,
+            session_target=current_target,
         )
 
-    def _new_ttt(self) -> int:
-        return next(self._ttts) & 0x7FFFFFFF or 1
+    def visible_targets(self) -> list[TargetRecord]:
+        addresses = tuple(self.registry.portal_group.target_address_values())
+        return [
+            TargetRecord(target.name, addresses)
+            for target in self.registry.visible_to(self.initiator_name)
+        ]
+
+    def respond(self, request: TextRequest) -> TextResponse | RejectReason:
+        """The answer (sequence numbers are the connection's to fill in), or why to Reject."""
+        try:
+            return self._responder.receive(request, stat_sn=0, exp_cmd_sn=0, max_cmd_sn=0)
+        except TextError:
+            return RejectReason.PROTOCOL_ERROR
