@@ -94,7 +94,9 @@ def test_up_refuses_a_busy_address_and_says_why(cluster_dir: Path, tmp_data_dir:
 def test_vm_create_and_vdisk_list(stargate_cluster: RunningCluster) -> None:
     require_tool("iscsi-inq")
     cluster = stargate_cluster
-    created = cluster.cli_json("vm", "create", "web", "--node", "2", "--disks", "3", "--size", "16M")
+    created = cluster.cli_json(
+        "vm", "create", "web", "--node", "2", "--disks", "3", "--size", "16M"
+    )
     assert created["vm"] == "web" and created["home_node"] == 2
     assert created["portal"] == cluster.spec.node(2).redirector_portal
     assert [vdisk["id"] for vdisk in created["vdisks"]] == ["web-0", "web-1", "web-2"]
