@@ -30,7 +30,7 @@ from stargate.cluster.spec import (
     ClusterSpecError,
     create_vm,
 )
-from stargate.cluster.supervisor import READY_TIMEOUT, ProcessStatus, Supervisor
+from stargate.cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 
 
 def _cli_error(message: str) -> Exception:
@@ -268,8 +268,9 @@ def _foreground(supervisor: Supervisor) -> int:
 
 def _stop_all(supervisor: Supervisor) -> list[str]:
     # Redirectors first: no new logins are sent to stargates that are about to go.
-    ordered = sorted(supervisor.processes, key=lambda p: p.kind.value != "redirector")
-    return [process.name for process in ordered if supervisor.stop(process)]
+    redirectors = [p for p in supervisor.processes if p.kind is ProcessKind.REDIRECTOR]
+    stargates = [p for p in supervisor.processes if p.kind is ProcessKind.STARGATE]
+    return supervisor.stop_many(redirectors) + supervisor.stop_many(stargates)
 
 
 def cluster_down(args: argparse.Namespace) -> int:

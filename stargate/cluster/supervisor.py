@@ -229,6 +229,26 @@ class Supervisor:
         self.paths.pid_file(process.name).unlink(missing_ok=True)
         return True
 
+    def stop_many(self, processes: list[ManagedProcess], *, grace: float = STOP_GRACE) -> list[str]:
+        """`stop` for several processes at once: all are signalled, then waited for together.
+        Returns the names of those that were running."""
+        running = [(process, self.pid_of(process)) for process in processes]
+        running_now = [(process, pid) for process, pid in running if pid is not None]
+        for _, pid in running_now:
+            for signum in (signal.SIGCONT, signal.SIGTERM):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(self.pid_of(p) for p, _ in running_now):
+            time.sleep(0.02)
+        for process, _ in running_now:
+            survivor = self.pid_of(process)
+            if survivor is not None:
+                os.kill(survivor, signal.SIGKILL)
+                self._wait_gone(process, grace)
+        for process in processes:
+            self.paths.pid_file(process.name).unlink(missing_ok=True)
+        return [process.name for process, _ in running_now]
+
     def kill(self, process: ManagedProcess) -> int:
         pid = self.send(process, signal.SIGKILL)
         self._wait_gone(process, STOP_GRACE)
