@@ -1,7 +1,7 @@
 """Full-feature phase of one connection: SCSI commands and their data, task management,
 NOP pings, text, logout and asynchronous messages.
 
-The hot path is one trio task: ``receive_some`` of a large size, every complete PDU in the
+The hot path is one trio task: one large ``receive_some``, every complete PDU in the
 buffer handled synchronously (reads and writes run inline through the logical unit), every
 response appended to one bytearray, and ONE ``send_all`` per wake-up. Only fdatasync goes to
 a worker thread. Responses produced outside a wake-up (a sync finished, a queued command got
@@ -14,7 +14,6 @@ cannot trust drops the connection after a Reject.
 from __future__ import annotations
 
 import logging
-import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -100,52 +99,12 @@ class TaskDirectory(Protocol):
     def connections_of(self, target_name: str) -> list[FullFeatureConnection]: ...
 
 
-class _DirectSocket:
-    """Socket I/O for a `trio.SocketStream` without trio's per-call checkpoints.
+class ByteChannel(Protocol):
+    """Where the connection's bytes go: a trio stream, or the server's direct socket."""
 
-    trio's ``receive_some``/``send_all`` each yield to the scheduler even when the socket is
-    ready: several scheduler passes per request, which dominates at low queue depth. Here a
-    ready socket costs one system call; only a socket that is not ready waits (and that
-    wait is the checkpoint). The stdlib socket shares trio's descriptor and is detached,
-    never closed: the stream still owns it.
-    """
+    async def receive_some(self, max_bytes: int) -> bytes | bytearray: ...
 
-    # Yield to the scheduler at least this often while the peer keeps us busy.
-    CHECKPOINT_EVERY = 16
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._raw = socket.socket(fileno=stream.socket.fileno())
-        self._raw.setblocking(False)
-        self._busy_rounds = 0
-
-    async def receive_some(self, max_bytes: int) -> bytes:
-        self._busy_rounds += 1
-        if self._busy_rounds >= self.CHECKPOINT_EVERY:
-            self._busy_rounds = 0
-            await trio.lowlevel.checkpoint()
-        while True:
-            try:
-                return self._raw.recv(max_bytes)
-            except BlockingIOError:
-                self._busy_rounds = 0
-                await trio.lowlevel.wait_readable(self._raw)
-            except OSError as error:
-                raise trio.BrokenResourceError(str(error)) from error
-
-    async def send_all(self, data: bytes | bytearray) -> None:
-        with memoryview(data) as view:
-            sent = 0
-            total = len(view)
-            while sent < total:
-                try:
-                    sent += self._raw.send(view[sent:])
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self._raw)
-                except OSError as error:
-                    raise trio.BrokenResourceError(str(error)) from error
-
-    def detach(self) -> None:
-        self._raw.detach()
+    async def send_all(self, data: bytes | bytearray) -> None: ...
 
 
 class ConnectionClosed(Exception):
@@ -298,7 +257,7 @@ class FullFeatureConnection:
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
+        channel: ByteChannel,
         framer: PduFramer,
         session: Session,
         params: SessionParams,
@@ -312,9 +271,7 @@ class FullFeatureConnection:
         directory: TaskDirectory | None = None,
         on_close: Callable[[FullFeatureConnection], None] | None = None,
     ) -> None:
-        self.stream = stream
-        self._direct: _DirectSocket | None = None  # set up by run(), which also detaches it
-        self._io: trio.abc.Stream | _DirectSocket = stream
+        self._io = channel
         self.framer = framer
         self.session = session
         self.params = params
@@ -352,9 +309,6 @@ class FullFeatureConnection:
     async def run(self) -> str:
         """Serve until logout, a drop or a dead peer; return why the connection ended."""
         reason = "closed"
-        if isinstance(self.stream, trio.SocketStream):
-            self._direct = _DirectSocket(self.stream)
-            self._io = self._direct
         self.queue.session_opened()
         try:
             async with trio.open_nursery() as nursery:
@@ -375,8 +329,6 @@ class FullFeatureConnection:
                 reason = self._closing_reason
             self._abort_all_tasks()
             self.queue.session_closed(self)
-            if self._direct is not None:
-                self._direct.detach()
             if self.on_close is not None:
                 self.on_close(self)
         return self._closing_reason or reason
