@@ -12,9 +12,11 @@ Typical use::
     result.assert_passed("discovery", "login")
 
 The guest reaches the portal ``10.0.2.100:3260`` (port 3260 unless the key says
-``"10.0.2.101:3261"``); each connection it opens there is relayed by a fresh
-``busybox nc`` to the host portal (``127.0.0.1:port``, or ``(host, port)`` for another loopback
-address). Guest addresses should be 10.0.2.100 to 10.0.2.199.
+``"10.0.2.101:3261"``); each connection it opens there is relayed by a fresh ``relay.py``
+to the host portal (``127.0.0.1:port``, or ``(host, port)`` for another loopback address),
+which `Guest.repoint` can change while the guest runs. Guest addresses should be 10.0.2.100
+to 10.0.2.199. A target that redirects must name the guest-side address (10.0.2.1xx:port) in
+its TargetAddress: the guest can reach nothing else.
 
 Channels: the kernel console and every command's output go to ``<workdir>/console.log``
 (ttyS0); the scenario's protocol lines (``STEP``, ``WAITING``, ``VALUE``, ``DONE``, see
@@ -32,6 +34,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -41,10 +44,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from tests.guest.build import BUSYBOX_STATIC, GuestArtifacts, ensure_guest_artifacts
+from tests.guest.build import GuestArtifacts, ensure_guest_artifacts
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 GUEST_LIBRARY = SCENARIO_DIR / "_guestlib.sh"
+RELAY = Path(__file__).parent / "relay.py"
 DEFAULT_GUEST_PORT = 3260
 KERNEL_COMMAND_LINE = "console=ttyS0,115200 panic=1 loglevel=5 mitigations=off"
 _GUEST_COUNTER = itertools.count()
@@ -90,19 +94,16 @@ class Portal:
         return f"{self.guest_ip}:{self.guest_port}"
 
     def guestfwd(self, route_file: Path) -> str:
-        """The netdev option relaying this portal; the host side is read from ``route_file``
-        ("HOST PORT") at each connection, so `Guest.repoint` can move it while the guest runs.
+        """The netdev option relaying this portal through ``relay.py`` (one per connection),
+        which reads the host side from ``route_file`` at each connection attempt.
 
-        slirp runs the command (split like a shell would, no shell) for each connection the
-        guest opens, with the connection as its stdin, stdout AND stderr: nc's "can't
-        connect" message would reach the initiator as PDU bytes, hence the 2>/dev/null.
-        A refused host port looks to the guest like an accepted connection closed at once.
-        QEMU splits options on commas: the path must have none.
+        slirp runs the command (split like a shell would, no shell) with the connection as
+        its stdin, stdout and stderr. QEMU splits options on commas: no commas in paths.
         """
-        if "," in str(route_file) or "'" in str(route_file):
-            raise ValueError(f"no commas or quotes in the guest workdir: {route_file}")
-        relay = f"exec {BUSYBOX_STATIC} nc $(cat {route_file}) 2>/dev/null"
-        return f"guestfwd=tcp:{self.guest_ip}:{self.guest_port}-cmd:/bin/sh -c '{relay}'"
+        command = shlex.join([sys.executable, "-I", "-S", str(RELAY), str(route_file)])
+        if "," in command:
+            raise ValueError(f"no commas allowed in the relay command: {command}")
+        return f"guestfwd=tcp:{self.guest_ip}:{self.guest_port}-cmd:{command}"
 
     def route_file_name(self) -> str:
         return f"route-{self.guest_ip}-{self.guest_port}"
@@ -235,7 +236,14 @@ class Guest:
     ``portals`` maps guest portal (``"10.0.2.100"`` or ``"10.0.2.100:3261"``) to the host port
     on 127.0.0.1, or to ``(host, port)``. ``env`` is exported to the scenario; ``PORTALS``
     (space-separated guest portals, in the given order) is always set. ``timeout`` bounds the
-    whole guest: QEMU is killed when it expires, whatever the test is doing. Logs and the
+    whole guest: QEMU is killed when it expires, whatever the test is doing.
+
+    ``connect_patience``: while a host portal refuses, each guest connection to it is held
+    open and silent for up to this many seconds, retried, and relayed once the portal
+    answers (a down target looks like a host dropping packets; the initiator's own login
+    timeout decides). 0 closes it at once instead (see relay.py for why that is risky).
+
+    Logs and the
     files given to QEMU go to ``workdir`` (default: a fresh ``<name>-N-xxxx`` directory under
     ``$STARGATE_GUEST_LOG_DIR`` or ``/tmp/stargate-emu-guest``; kept after the test).
     """
@@ -252,6 +260,7 @@ class Guest:
         name: str | None = None,
         memory_mb: int = 1024,
         cpus: int = 2,
+        connect_patience: float = 60.0,
     ) -> None:
         self.image = image
         self.portals = parse_portals(portals)
@@ -259,6 +268,7 @@ class Guest:
         self.timeout = timeout
         self.env = {"PORTALS": " ".join(p.guest_portal for p in self.portals), **(env or {})}
         self.memory_mb = memory_mb
+        self.connect_patience = connect_patience
         self.cpus = cpus
         if workdir is None:
             log_root = default_log_root()
@@ -299,7 +309,7 @@ class Guest:
         forwards: list[str] = []
         for portal in self.portals:
             route_file = self.workdir / portal.route_file_name()
-            route_file.write_text(f"{portal.host} {portal.host_port}\n")
+            route_file.write_text(f"{portal.host} {portal.host_port} {self.connect_patience}\n")
             forwards.append(portal.guestfwd(route_file))
         netdev = ",".join(["user", "id=n0", "restrict=on", "ipv6=off", *forwards])
         return [
@@ -492,21 +502,30 @@ class Guest:
             if got.kind == "STEP" and got.name == name:
                 return got
 
-    def repoint(self, guest_portal: str, host_port: int, host: str = "127.0.0.1") -> None:
+    def repoint(
+        self,
+        guest_portal: str,
+        host_port: int,
+        host: str = "127.0.0.1",
+        *,
+        patience: float | None = None,
+    ) -> None:
         """Relay the guest's NEW connections to ``guest_portal`` to another host portal
-        (open connections stay where they are). E.g. a restarted target on a fresh port,
-        configured before the guest can reach it."""
+        (open connections stay where they are): e.g. a restarted target on a fresh port,
+        configured before the guest can reach it. ``patience``: see ``connect_patience``."""
         guest_ip, _, port_text = guest_portal.partition(":")
         guest_port = int(port_text) if port_text else DEFAULT_GUEST_PORT
+        patience = self.connect_patience if patience is None else patience
         for portal in self.portals:
             if (portal.guest_ip, portal.guest_port) == (guest_ip, guest_port):
                 route_file = self.workdir / portal.route_file_name()
                 staging = route_file.with_name(route_file.name + ".new")
-                staging.write_text(f"{host} {host_port}\n")
-                staging.replace(route_file)  # atomic: a relay never reads half a line
+                staging.write_text(f"{host} {host_port} {patience}\n")
+                staging.replace(route_file)  # atomic: a relay never reads half a file
                 if self._control_file is not None:
                     self._control_file.write(
-                        f"{self.elapsed:8.2f} = {guest_portal} -> {host}:{host_port}\n"
+                        f"{self.elapsed:8.2f} = {guest_portal} -> {host}:{host_port}"
+                        f" (patience {patience} s)\n"
                     )
                 return
         raise KeyError(f"no guest portal {guest_portal}")

@@ -187,8 +187,9 @@ def test_target_killed_and_restarted_during_fio(
 
 
 def test_closed_portal_fails_fast(guest_image: GuestImage, request: pytest.FixtureRequest) -> None:
-    # Nothing listens on the host port: the relay must close the guest's connection at once
-    # without sending it anything (nc's error message once reached the initiator as PDU bytes).
+    # Nothing listens on the host port and the relay has no patience: it must close the
+    # guest's connection at once without sending it anything (busybox nc as the relay once
+    # sent its "can't connect" message, which the initiator parsed as a PDU).
     with Guest(
         guest_image,
         {FIRST_PORTAL: free_port()},
@@ -196,6 +197,7 @@ def test_closed_portal_fails_fast(guest_image: GuestImage, request: pytest.Fixtu
         env={"MAX_SECONDS": "15"},
         timeout=180,
         name=request.node.name,
+        connect_patience=0,
     ) as guest:
         result = guest.wait_done()
         report(guest)
