@@ -165,6 +165,7 @@ class Session:
         self._next_itt = 1
         self._generation = 0
         self._changed = trio.Event()  # set and replaced whenever a waiter may proceed
+        self._changed_waiters = 0
         self._conn: Connection | None = None
         # PDUs waiting for the writer task; swapped out whole on each write.
         self._outbox: list[Pdu] = []
@@ -237,8 +238,9 @@ class Session:
         self._wake()
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._changed_waiters:  # most window updates have nobody waiting: skip the Event
+            self._changed.set()
+            self._changed = trio.Event()
 
     async def _supervise(self) -> None:
         """Run the connection's tasks; when it is lost, reconnect; until closed."""
@@ -373,8 +375,10 @@ class Session:
         With ``check`` a status other than GOOD raises (``CheckCondition`` with decoded
         sense, else ``ScsiError``).
         """
+        if len(cdb) > 16:
+            raise ValueError("CDBs longer than 16 bytes (extended CDB AHS) are not supported")
         task = _Task(
-            cdb=bytes(cdb),
+            cdb=bytes(cdb).ljust(16, b"\x00"),
             lun_raw=lun_from_number(lun),
             read_length=read_length,
             write_data=memoryview(write_data).cast("B") if write_data is not None else None,
@@ -465,7 +469,11 @@ class Session:
                 self._cmd_sn, self._exp_cmd_sn, self._max_cmd_sn
             ):
                 return
-            await self._changed.wait()
+            self._changed_waiters += 1
+            try:
+                await self._changed.wait()
+            finally:
+                self._changed_waiters -= 1
 
     def _allocate_itt(self) -> int:
         while True:
@@ -500,7 +508,7 @@ class Session:
             ),
             cmd_sn=task.cmd_sn,
             exp_stat_sn=self._exp_stat_sn,
-            cdb=task.cdb.ljust(16, b"\x00") if len(task.cdb) <= 16 else task.cdb[:16],
+            cdb=task.cdb,
         )
         pdus: list[Pdu] = [command]
         data = task.write_data
@@ -698,6 +706,8 @@ class Session:
                 raise TargetProtocolError(f"unexpected {pdu.opcode.name} in full-feature phase")
 
     def _update_sn(self, exp_cmd_sn: int, max_cmd_sn: int) -> None:
+        if exp_cmd_sn == self._exp_cmd_sn and max_cmd_sn == self._max_cmd_sn:
+            return  # the common case: nothing moved
         if sn_diff(max_cmd_sn, exp_cmd_sn) < -1:
             return  # RFC 7143 4.2.2.1: such values are ignored
         changed = False
