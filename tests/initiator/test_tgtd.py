@@ -17,6 +17,7 @@ from initiator.errors import AuthenticationError, CheckCondition, LoginError, Re
 from initiator.login_flow import LoginOptions
 from initiator.session import SessionConfig
 from initiator.url import parse_portal, parse_url
+from iscsicore.pdu import TmfResponse
 from iscsicore.scsi.sense import SenseKey
 from tests.peers.tgtd import ChapAccount, MiB, RedirectTo, TgtdTarget
 
@@ -191,3 +192,18 @@ async def test_redirect_loop_is_an_error(tgtd_factory: TgtdFactory) -> None:
     with trio.fail_after(10), pytest.raises(RedirectError):
         async with BlockDevice.open(tgt.url(), quick_config()):
             pass
+
+
+async def test_task_management_and_unsupported_commands(tgtd_factory: TgtdFactory) -> None:
+    tgt = tgtd_factory(lun_sizes=[4 * MiB])
+    async with BlockDevice.open(tgt.url(), quick_config()) as disk:
+        response = await disk.abort_task(0x4242)  # no such task
+        assert response in (TmfResponse.TASK_DOES_NOT_EXIST, TmfResponse.COMPLETE)
+        await disk.lun_reset()
+        await disk.write(0, b"z" * 512)  # the reset's UNIT ATTENTION is retried, unseen
+        assert await disk.read(0, 1) == b"z" * 512
+        with pytest.raises(CheckCondition) as caught:
+            await disk.execute(bytes([0xC7]) + bytes(15))  # a vendor opcode tgtd lacks
+        assert caught.value.sense_key == SenseKey.ILLEGAL_REQUEST
+        assert caught.value.asc == 0x20  # INVALID COMMAND OPERATION CODE
+        assert disk.stats.unit_attentions >= 1
