@@ -64,17 +64,22 @@ def connect(route_file: str, guest: socket.socket, pending: bytearray) -> socket
         delay = min(delay * 2, 0.25)
 
 
-def pump(guest: socket.socket, target: socket.socket) -> None:
-    """Copy both ways until both directions ended; a reset ends both."""
+def pump(guest: socket.socket, target: socket.socket) -> tuple[int, int, str]:
+    """Copy both ways until both directions ended; a reset ends both.
+
+    Returns (bytes guest->target, bytes target->guest, how it ended)."""
     peers = {guest: target, target: guest}
+    sent = {guest: 0, target: 0}
+    ended = "closed"
     while peers:
         readable, _, _ = select.select(list(peers), [], [])
         for source in readable:
             destination = peers[source]
             try:
                 data = source.recv(BUFFER)
-            except OSError:
-                return
+            except OSError as error:
+                ended = f"{'guest' if source is guest else 'target'} {error.strerror}"
+                return sent[guest], sent[target], ended
             if not data:
                 with contextlib.suppress(OSError):
                     destination.shutdown(socket.SHUT_WR)
@@ -82,23 +87,43 @@ def pump(guest: socket.socket, target: socket.socket) -> None:
                 continue
             try:
                 destination.sendall(data)
-            except OSError:
-                return
+            except OSError as error:
+                ended = f"{'target' if source is guest else 'guest'} {error.strerror}"
+                return sent[guest], sent[target], ended
+            sent[source] += len(data)
+    return sent[guest], sent[target], ended
+
+
+def log_line(route_file: str, message: str) -> None:
+    """One line per connection in ROUTE_FILE.log (best effort)."""
+    with contextlib.suppress(OSError), open(route_file + ".log", "a") as log:
+        log.write(f"{time.strftime('%H:%M:%S')} pid {os.getpid()} {message}\n")
 
 
 def main(argv: list[str]) -> int:
     # stderr is the guest's connection too: nothing but target bytes may reach it.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+    route_file = argv[1]
     guest = socket.socket(fileno=0)
     pending = bytearray()
-    target = connect(argv[1], guest, pending)
+    started = time.monotonic()
+    target = connect(route_file, guest, pending)
+    waited = time.monotonic() - started
     if target is None:
+        log_line(route_file, f"gave up after {waited:.1f} s ({len(pending)} bytes pending)")
         return 1
+    host, port = target.getpeername()[:2]
+    peer = f"{host}:{port}"
     with target:
         if pending:
             target.sendall(pending)
-        pump(guest, target)
+        up, down, ended = pump(guest, target)
+    log_line(
+        route_file,
+        f"to {peer} after {waited:.1f} s: {up + len(pending)} bytes up, {down} down, "
+        f"{time.monotonic() - started:.1f} s, {ended}",
+    )
     return 0
 
 

@@ -7,6 +7,9 @@ for a second target).
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,12 +18,10 @@ import pytest
 
 from tests.conftest import running_in_ci
 from tests.guest.build import GuestBuildError
-from tests.guest.harness import Guest, GuestImage, format_steps
+from tests.guest.harness import RELAY, Guest, GuestImage, format_steps, parse_control_line
 from tests.helpers.net import free_port
 from tests.helpers.procs import spawn
 from tests.peers.tgtd import MiB, RedirectTo, TgtdTarget
-
-pytestmark = pytest.mark.slow
 
 TARGET_IQN = "iqn.2026-11.test.tgtd:guest"
 FIRST_PORTAL = "10.0.2.100"
@@ -47,6 +48,7 @@ def report(guest: Guest) -> None:
     print(f"\n{format_steps(guest.steps)}\nvalues: {guest.values}\nlogs: {guest.workdir}")
 
 
+@pytest.mark.slow
 def test_discovery_login_session(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -66,6 +68,7 @@ def test_discovery_login_session(
     assert result.values["disk_bytes"] == str(64 * MiB)
 
 
+@pytest.mark.slow
 def test_ext4_survives_relogin(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -83,6 +86,7 @@ def test_ext4_survives_relogin(
     result.assert_passed("mkfs", "write", "fsck", "logout", "relogin", "verify", "fsck-again")
 
 
+@pytest.mark.slow
 def test_fio_verify_raw_disk(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -100,6 +104,7 @@ def test_fio_verify_raw_disk(
     result.assert_passed("login", "fio")
 
 
+@pytest.mark.slow
 def test_login_follows_redirect(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -159,6 +164,7 @@ def restart_tgtd_keeping_data(tgtd: TgtdTarget) -> None:
     tgtd.tgtadm("--op", "bind", "--mode", "target", "--tid", tid, "-I", "ALL")
 
 
+@pytest.mark.slow
 def test_target_killed_and_restarted_during_fio(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -186,6 +192,7 @@ def test_target_killed_and_restarted_during_fio(
     result.assert_passed("fio-running", "connection-dropped", "session-recovered", "fio")
 
 
+@pytest.mark.slow
 def test_closed_portal_fails_fast(guest_image: GuestImage, request: pytest.FixtureRequest) -> None:
     # Nothing listens on the host port and the relay has no patience: it must close the
     # guest's connection at once without sending it anything (busybox nc as the relay once
@@ -202,3 +209,72 @@ def test_closed_portal_fails_fast(guest_image: GuestImage, request: pytest.Fixtu
         result = guest.wait_done()
         report(guest)
     result.assert_passed("no-bytes", "discovery-fails", "fails-fast")
+
+
+# --- the harness's own parts, no QEMU (fast) -------------------------------------------------
+
+
+def start_relay(route_file: Path) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """relay.py as slirp runs it: the guest's end of a socket pair as stdin/stdout/stderr."""
+    guest_end, relay_end = socket.socketpair()
+    relay = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(RELAY), str(route_file)],
+        stdin=relay_end.fileno(),
+        stdout=relay_end.fileno(),
+        stderr=relay_end.fileno(),
+    )
+    relay_end.close()
+    guest_end.settimeout(10)
+    return guest_end, relay
+
+
+def test_relay_holds_the_connection_until_the_portal_answers(tmp_path: Path) -> None:
+    port = free_port()
+    route_file = tmp_path / "route"
+    route_file.write_text(f"127.0.0.1 {port} 20\n")
+    guest, relay = start_relay(route_file)
+    try:
+        guest.sendall(b"login")  # sent while nothing listens: buffered by the relay
+        time.sleep(0.6)
+        assert relay.poll() is None
+        with socket.create_server(("127.0.0.1", port)) as server:
+            server.settimeout(10)
+            connection, _ = server.accept()
+            with connection:
+                assert connection.recv(100) == b"login"
+                connection.sendall(b"response")
+                assert guest.recv(100) == b"response"
+        assert guest.recv(100) == b""  # the target closed: the guest sees it
+        guest.close()  # and closes its side, as the initiator does: the relay is done
+        assert relay.wait(timeout=10) == 0
+    finally:
+        relay.kill()
+        relay.wait()
+        guest.close()
+    assert "to 127.0.0.1" in (tmp_path / "route.log").read_text()
+
+
+def test_relay_without_patience_closes_at_once_and_silently(tmp_path: Path) -> None:
+    route_file = tmp_path / "route"
+    route_file.write_text(f"127.0.0.1 {free_port()} 0\n")
+    guest, relay = start_relay(route_file)
+    try:
+        started = time.monotonic()
+        assert guest.recv(100) == b""
+        assert time.monotonic() - started < 5
+        assert relay.wait(timeout=10) == 1
+    finally:
+        relay.kill()
+        relay.wait()
+        guest.close()
+
+
+def test_control_lines_parse() -> None:
+    step = parse_control_line("STEP fio PASS rc=0 IOPS=1.2k", 1.0)
+    assert step is not None and step.kind == "STEP" and step.passed
+    assert step.name == "fio" and step.detail == "rc=0 IOPS=1.2k"
+    failed = parse_control_line("STEP login FAIL", 1.0)
+    assert failed is not None and failed.passed is False and failed.detail == ""
+    waiting = parse_control_line("WAITING kill-target", 2.0)
+    assert waiting is not None and (waiting.kind, waiting.name) == ("WAITING", "kill-target")
+    assert parse_control_line("some console noise", 3.0) is None
