@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 
+import pytest
 import trio
 
 from iscsicore.framing import encode_pdu
@@ -289,6 +290,7 @@ async def test_async_logout_request_and_drop(nursery: trio.Nursery) -> None:
     server = await start_stargate(nursery)
     asked = await logged_in(server, "vd1")
     bystander = await logged_in(server, "vd2")
+    await clear_unit_attention(asked)  # the server has registered the session by now
     assert server.request_logout("vd1", seconds=7) == 1
     message = await asked.receive()
     assert isinstance(message, AsyncMessage)
@@ -429,3 +431,38 @@ async def test_a_data_digest_error_is_rejected_and_the_connection_goes_on(
     await initiator.send(NopOut(immediate=True, itt=12, cmd_sn=initiator.cmd_sn, data=b"ok"))
     answer = await initiator.receive()
     assert isinstance(answer, NopIn) and answer.itt == 12 and bytes(answer.data) == b"ok"
+
+
+async def test_an_initiator_ignoring_a_logout_request_is_dropped(nursery: trio.Nursery) -> None:
+    server = await start_stargate(nursery, timers=ConnectionTimers(nop_interval=0.2))
+    stubborn = await logged_in(server)
+    await clear_unit_attention(stubborn)  # the server has registered the session by now
+    assert server.request_logout("vd1", seconds=1) == 1
+    message = await stubborn.receive()
+    assert isinstance(message, AsyncMessage) and message.async_event == AsyncEvent.LOGOUT_REQUEST
+    started = trio.current_time()
+    while True:  # answer pings (alive), but never log out
+        try:
+            pdu = await stubborn.receive(timeout=5)
+        except (EOFError, trio.BrokenResourceError):
+            break
+        if isinstance(pdu, NopIn) and pdu.ttt != RESERVED_TAG:
+            await stubborn.send(
+                NopOut(immediate=True, itt=RESERVED_TAG, ttt=pdu.ttt, cmd_sn=stubborn.cmd_sn)
+            )
+    assert 0.9 <= trio.current_time() - started < 3
+
+
+async def test_shutdown_drops_every_session_and_stops_serving(nursery: trio.Nursery) -> None:
+    server = await start_stargate(nursery)
+    clients = [await logged_in(server, "vd1"), await logged_in(server, "vd2")]
+    with trio.fail_after(5):
+        await server.shutdown(grace=2)
+    for client in clients:
+        message = await client.receive()
+        assert isinstance(message, AsyncMessage)
+        assert message.async_event == AsyncEvent.DROP_ALL_CONNECTIONS
+        assert await client.closed_by_target()
+    assert server.port is not None
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", server.port)
