@@ -53,9 +53,11 @@ def unique_cluster_base(nodes: int = 4) -> str:
 def run_cli(
     *args: str, check: bool = True, timeout: float = CLI_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m stargate ARGS` and return its completed process (text)."""
+    """Run `python -m stargate ARGS` and return its completed process (text; tables are
+    rendered 200 columns wide so that nothing a test looks for is cut)."""
     result = subprocess.run(
         [sys.executable, "-m", "stargate", *args],
+        env={**os.environ, "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -155,3 +155,53 @@ def test_cvm_fault_injection_changes_status(stargate_cluster: RunningCluster, ac
     assert (final["health"], final["state"]) == ("up", "running")
     refused = cluster.cli("cvm", "cont", "9", check=False)
     assert refused.returncode == 2 and "no node 9" in refused.stderr
+
+
+def test_top_shows_the_cluster_live(stargate_cluster: RunningCluster) -> None:
+    require_tool("qemu-io")
+    cluster = stargate_cluster
+    cluster.cli("vm", "create", "web", "--node", "1", "--disks", "1", "--size", "8M")
+    qemu_io(cluster.stargate_url(1, "web-0"), ["write -P 0x33 0 64k"])
+    output = cluster.cli("top", "--iterations", "2", "--interval", "0.2").stdout
+    assert "CVMs" in output and "vDisks" in output
+    assert cluster.spec.node(1).cvm_portal in output and cluster.spec.node(2).cvm_portal in output
+    row = next(line for line in output.splitlines() if "web-0" in line)
+    assert [cell.strip() for cell in row.split("│")][1:5] == ["web-0", "web", "1", "1"]
+
+
+def test_full_cluster_with_redirectors(cluster_dir: Path) -> None:
+    require_tool("qemu-io")
+    base = unique_cluster_base()
+    up = json.loads(
+        run_cli(
+            "cluster",
+            "up",
+            "--nodes",
+            "2",
+            "--dir",
+            str(cluster_dir),
+            "--base-address",
+            base,
+            "--detach",
+        ).stdout
+    )
+    for node in up["nodes"]:
+        assert node["redirector"]["health"] == "up" and node["stargate"]["health"] == "up"
+    status = json.loads(run_cli("cluster", "status", "--dir", str(cluster_dir), "--json").stdout)
+    assert sorted(entry["name"] for entry in status) == [
+        "redirector-1", "redirector-2", "stargate-1", "stargate-2",
+    ]  # fmt: skip
+    assert all(Path(entry["log"]).exists() for entry in status)
+    created = json.loads(
+        run_cli(
+            "vm", "create", "app", "--dir", str(cluster_dir), "--node", "2", "--size", "8M"
+        ).stdout
+    )
+    portal = created["portal"]  # node 2's redirector: it sends the login to stargate 2
+    url = f"iscsi://{portal}/{created['vdisks'][0]['iqn']}/0"
+    qemu_io(url, ["write -P 0x42 0 64k", "read -P 0x42 0 64k"])
+    listing = json.loads(run_cli("vdisk", "list", "--dir", str(cluster_dir), "--json").stdout)
+    assert listing[0]["serving_node"] == 2
+    redirector_pids = [node["redirector"]["pid"] for node in up["nodes"]]
+    run_cli("cluster", "down", "--dir", str(cluster_dir))
+    assert not any(pid_alive(pid) for pid in redirector_pids)
