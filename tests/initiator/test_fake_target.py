@@ -334,3 +334,25 @@ async def test_cmdsn_window_is_respected(window: int) -> None:
     await run_with_responder(slow_reads, body, target)
     assert len(held) == 32
     assert target.window_violations == []
+
+
+async def test_underflow_residual_trims_the_data() -> None:
+    async def short_read(session: FakeSession, cmd: ScsiCommand) -> bool:
+        if not is_read(cmd) or cmd.expected_data_transfer_length != 4096:
+            return False
+        await session.send(
+            DataIn(
+                final=True, status_present=True, underflow=True, residual_count=3584,
+                itt=cmd.itt, data=b"r" * 512, **session.completion_fields(),
+            )
+        )  # fmt: skip
+        return True
+
+    async def body(device: BlockDevice) -> None:
+        result = await device.execute(
+            bytes([0x88, 0]) + bytes(8) + (8).to_bytes(4, "big") + bytes(2), read_length=4096
+        )
+        assert result.underflow and result.residual == 3584
+        assert bytes(result.data) == b"r" * 512
+
+    await run_with_responder(short_read, body)
