@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from initiator.device import BlockDevice
-from initiator.errors import CheckCondition, LoginError
+from initiator.errors import AuthenticationError, CheckCondition, LoginError
+from initiator.login_flow import LoginOptions
 from initiator.probe import probe
 from initiator.session import SessionConfig
 from initiator.url import parse_portal
@@ -20,6 +21,7 @@ from initiator.vm_workload import run_vm_workload
 from iscsicore.pdu import TmfResponse
 from iscsicore.scsi.sense import SenseKey
 from stargate.server import StargateServer
+from stargate.target import ChapCredentials as StargateChap
 from stargate.target import target_name_for
 from tests.stargate.client import memory_target, start_stargate
 
@@ -152,3 +154,28 @@ async def test_vm_attach_of_an_unknown_vdisk_raises_login_error(nursery: trio.Nu
             await vm.attach("does-not-exist")
         assert caught.value.status == 0x0203
         assert set(vm.report()) == {"vd0"}
+
+
+async def test_digests_and_chap_against_stargate(nursery: trio.Nursery) -> None:
+    server = await start_stargate(
+        nursery,
+        memory_target(
+            "sec",
+            8 * MiB,
+            chap=StargateChap("vm-user", "vm-secret-1234"),
+            mutual_chap=StargateChap("cvm-user", "cvm-secret-123"),
+        ),
+    )
+    url = (
+        f"iscsi://vm-user%vm-secret-1234@127.0.0.1:{server.port}/{target_name_for('sec')}/0"
+        "?target_user=cvm-user&target_password=cvm-secret-123"
+    )
+    config = SessionConfig(login=LoginOptions(header_digest=True, data_digest=True))
+    async with BlockDevice.open(url, config) as disk:
+        assert disk.session.params.header_digest and disk.session.params.data_digest
+        report = await Verifier(disk, region_blocks=2048, seed=5).run(1.0, queue_depth=8)
+        assert report.ok and report.writes > 10
+    wrong = url.replace("vm-secret-1234", "not-the-secret")
+    with pytest.raises(AuthenticationError):
+        async with BlockDevice.open(wrong):
+            pass
