@@ -19,6 +19,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from stargate.cluster import demo
 from stargate.cluster.client import vdisk_table
 from stargate.cluster.spec import (
     DEFAULT_BASE_ADDRESS,
@@ -67,6 +68,7 @@ def register(subparsers: Any) -> None:
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     top.add_argument("--iterations", type=int, help="refresh this many times, then exit")
     top.set_defaults(handler=run_top_command)
+    demo.register(subparsers)
 
 
 def _register_cluster(subparsers: Any) -> None:
