@@ -1,5 +1,6 @@
 """Micro-benchmark of the BHS codecs: µs per build and per parse, construct vs struct fast path,
-for the five hot PDUs; plus whole-PDU framing of a 4 KiB Data-In.
+for the five hot PDUs; plus whole PDUs through encode_pdu and PduFramer (a SCSI Command, and
+a 4 KiB Data-In with both digests).
 
     python -m benchmarks.codec_bench [--json FILE] [--repeat N]
 
@@ -14,10 +15,11 @@ import sys
 import timeit
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from iscsicore import fastpath, wire
-from iscsicore.framing import PduFramer, encode_pdu
+from iscsicore.framing import PduFramer, Peer, encode_pdu
 from iscsicore.pdu import R2T, DataIn, DataOut, Pdu, ScsiCommand, ScsiResponse, lun_from_number
 
 SAMPLES: tuple[Pdu, ...] = (
@@ -71,44 +73,50 @@ def run(repeat: int = 5) -> list[Result]:
         ):
             if decode(header) != wire.decode_bhs(header):  # never time a wrong answer
                 raise AssertionError(f"{codec} decodes {name} differently")
-            results.append(
-                Result(name, "build", codec, _best_us(lambda e=encode, p=pdu: e(p), repeat))
-            )
-            results.append(
-                Result(name, "parse", codec, _best_us(lambda d=decode, h=header: d(h), repeat))
-            )
-    data_in = SAMPLES[2]
-    framed = encode_pdu(data_in, header_digest=True, data_digest=True)
-    framer = PduFramer(receiving_from="target", header_digest=True, data_digest=True)
+            results.append(Result(name, "build", codec, _best_us(partial(encode, pdu), repeat)))
+            results.append(Result(name, "parse", codec, _best_us(partial(decode, header), repeat)))
+    results += _framing_results(
+        "ScsiCommand", SAMPLES[0], "initiator", digests=False, repeat=repeat
+    )
+    results += _framing_results(
+        "DataIn+4KiB+digests", SAMPLES[2], "target", digests=True, repeat=repeat
+    )
+    return results
+
+
+def _framing_results(
+    name: str, pdu: Pdu, sender: Peer, *, digests: bool, repeat: int
+) -> list[Result]:
+    """Whole PDUs: encode_pdu, and PduFramer.feed + next_pdu of one complete PDU."""
+    framed = encode_pdu(pdu, header_digest=digests, data_digest=digests)
+    framer = PduFramer(receiving_from=sender, header_digest=digests, data_digest=digests)
 
     def frame_one() -> object:
         framer.feed(framed)
         return framer.next_pdu()
 
-    results.append(
-        Result(
-            "DataIn+4KiB+digests",
-            "build",
-            "framing",
-            _best_us(lambda: encode_pdu(data_in, header_digest=True, data_digest=True), repeat),
-        )
-    )
-    results.append(Result("DataIn+4KiB+digests", "parse", "framing", _best_us(frame_one, repeat)))
-    return results
+    def build() -> object:
+        return encode_pdu(pdu, header_digest=digests, data_digest=digests)
+
+    return [
+        Result(name, "build", "framing", _best_us(build, repeat)),
+        Result(name, "parse", "framing", _best_us(frame_one, repeat)),
+    ]
 
 
 def _table(results: list[Result]) -> str:
     rows = [f"{'PDU':<22}{'op':<7}{'construct µs':>14}{'fastpath µs':>13}{'speed-up':>10}"]
     by_key = {(r.pdu, r.operation, r.codec): r.microseconds for r in results}
-    for pdu in dict.fromkeys(r.pdu for r in results):
+    for pdu in dict.fromkeys(r.pdu for r in results if r.codec != "framing"):
         for operation in ("build", "parse"):
-            if (pdu, operation, "framing") in by_key:
-                framing_us = by_key[pdu, operation, "framing"]
-                rows.append(f"{pdu:<22}{operation:<7}{'':>14}{framing_us:>13.2f}   (framing)")
-                continue
             slow = by_key[pdu, operation, "construct"]
             fast = by_key[pdu, operation, "fastpath"]
             rows.append(f"{pdu:<22}{operation:<7}{slow:>14.2f}{fast:>13.2f}{slow / fast:>9.1f}x")
+    rows.append("")
+    rows.append(f"{'whole PDU':<22}{'op':<7}{'framing µs':>14}")
+    for result in results:
+        if result.codec == "framing":
+            rows.append(f"{result.pdu:<22}{result.operation:<7}{result.microseconds:>14.2f}")
     return "\n".join(rows)
 
 
