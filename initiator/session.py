@@ -317,6 +317,9 @@ class Session:
                     last_error = error
                     log.info("reconnect to %s failed: %s", self.target, error)
                     continue
+                if self._state is not _State.DOWN:  # closed while we logged in
+                    await established.connection.aclose()
+                    return
                 self.stats.reconnects += 1
                 self._install(established)
                 log.info(
