@@ -367,3 +367,44 @@ def test_changing_settings_reparses_a_header_already_buffered() -> None:
     framer.feed(following[60:])
     assert framer.next_pdu() == command
     assert framer.buffered == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_data_digest_errors_never_lose_sync(data: st.DataObject) -> None:
+    """Corrupt the data of some PDUs: exactly those raise DataDigestError, each consumed,
+    and every other PDU still arrives intact, however the stream is split."""
+    sent = data.draw(st.lists(initiator_pdus(), min_size=1, max_size=6))
+    corrupt = [bool(p.data) and data.draw(st.booleans()) for p in sent]
+    blob = bytearray()
+    for pdu, bad in zip(sent, corrupt, strict=True):
+        encoded = bytearray(encode_pdu(pdu, header_digest=True, data_digest=True))
+        if bad:
+            header_end = BHS_LENGTH + len(wire.encode_ahs(pdu.ahs)) + 4
+            encoded[data.draw(st.integers(header_end, len(encoded) - 1))] ^= 0x5A
+        blob += encoded
+    cuts = data.draw(st.lists(st.integers(0, len(blob)), max_size=8))
+    framer = PduFramer(
+        receiving_from="initiator",
+        max_recv_data_segment_length=1 << 24,
+        header_digest=True,
+        data_digest=True,
+    )
+    outcomes: list[Pdu | bytes] = []
+    for chunk in _split(bytes(blob), cuts):
+        framer.feed(chunk)
+        while True:
+            try:
+                received = framer.next_pdu()
+            except DataDigestError as error:
+                assert error.header is not None
+                outcomes.append(error.header)
+                continue
+            if received is None:
+                break
+            outcomes.append(received)
+    expected = [
+        encode_pdu(p)[:BHS_LENGTH] if bad else p for p, bad in zip(sent, corrupt, strict=True)
+    ]
+    assert outcomes == expected
+    assert framer.buffered == 0 and not framer.failed
