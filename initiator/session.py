@@ -463,13 +463,14 @@ class Session:
             raise _status_error(result)
         return result
 
-    async def _wait_for_slot(self) -> None:
-        """Wait until the session is up and CmdSN is inside the target's command window."""
+    async def _wait_for_slot(self, *, immediate: bool = False) -> None:
+        """Wait until the session is up and, unless for an immediate PDU (which does not
+        consume a CmdSN), CmdSN is inside the target's command window."""
         while True:
             if self._failure is not None:
                 raise self._failure
-            if self._state is _State.UP and in_window(
-                self._cmd_sn, self._exp_cmd_sn, self._max_cmd_sn
+            if self._state is _State.UP and (
+                immediate or in_window(self._cmd_sn, self._exp_cmd_sn, self._max_cmd_sn)
             ):
                 return
             self._changed_waiters += 1
@@ -566,7 +567,7 @@ class Session:
         self, function: TmfFunction, *, lun: int = 0, referenced_task_tag: int = RESERVED_TAG
     ) -> TmfResponse | int:
         while True:
-            await self._wait_for_slot()
+            await self._wait_for_slot(immediate=True)
             exchange, itt = self._open_exchange()
             referenced = self._tasks.get(referenced_task_tag)
             self._enqueue(
@@ -641,7 +642,7 @@ class Session:
 
     async def ping(self) -> float:
         """One NOP-Out/NOP-In round trip, in seconds."""
-        await self._wait_for_slot()
+        await self._wait_for_slot(immediate=True)
         started = trio.current_time()
         exchange = self._send_ping()
         await exchange.done.wait()
