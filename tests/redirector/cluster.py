@@ -72,7 +72,13 @@ class TestCluster:
     # -- processes --------------------------------------------------------------------------
 
     def start_stargate(self, node_id: int, *, wait: bool = True) -> ManagedProcess:
-        argv = [sys.executable, "-m", "stargate.cluster.cvm", "--dir", self.directory]
+        argv: list[str | Path] = [
+            sys.executable,
+            "-m",
+            "stargate.cluster.cvm",
+            "--dir",
+            self.directory,
+        ]
         process = self.reaper.spawn([*argv, "--node", str(node_id)], name=f"stargate-{node_id}")
         self.stargates[node_id] = process
         if wait:
@@ -88,7 +94,7 @@ class TestCluster:
             )
 
     def start_redirector(self, node_id: int, *options: str) -> ManagedProcess:
-        argv = [sys.executable, "-m", "redirector", "--dir", self.directory]
+        argv: list[str | Path] = [sys.executable, "-m", "redirector", "--dir", self.directory]
         log = self.redirector_log(node_id)
         process = self.reaper.spawn(
             [*argv, "--node", str(node_id), "--log", log, *options], name=f"redirector-{node_id}"

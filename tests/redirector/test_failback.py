@@ -1,0 +1,169 @@
+"""Failback: once the local stargate is stable, each remote stargate serving one of the
+node's vDisks is asked (HTTP) to log its sessions out; failures are retried, boundedly.
+
+The remote stargates' HTTP pages are stand-ins here (the real ones are exercised by
+test_failover.py); the clock is the test's, so the stable window costs no time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from redirector.config import RedirectorConfig, Timers
+from redirector.failback import MAX_ATTEMPTS, Failback
+from redirector.log import redirector_logger
+from redirector.policy import PlacementPolicy
+from stargate.cluster.http import HttpRequest, HttpResponse, serve_http
+from tests.redirector.cluster import make_spec
+
+STABLE_WINDOW = 5.0
+
+
+@dataclass
+class FakeClock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakePage:
+    """A stargate's HTTP page that records control requests; fails the first ``failures``."""
+
+    failures: int = 0
+    requests: list[HttpRequest] = field(default_factory=list)
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        self.requests.append(request)
+        if len(self.requests) <= self.failures:
+            return HttpResponse.json({"error": "busy"}, 503)
+        return HttpResponse.json({"vdisk": request.path.split("/")[3], "sessions_asked": 1})
+
+
+@dataclass
+class Setup:
+    failback: Failback
+    policy: PlacementPolicy
+    clock: FakeClock
+    pages: dict[int, FakePage]
+    log_file: Path
+
+
+@asynccontextmanager
+async def failback_setup(tmp_path: Path, failures: int = 0) -> AsyncIterator[Setup]:
+    spec = make_spec(tmp_path, 3, stable_window=STABLE_WINDOW)
+    config = RedirectorConfig(tmp_path, spec, 1, Timers(failback_logout_seconds=7))
+    clock = FakeClock()
+    policy = PlacementPolicy(nodes=["1", "2", "3"], local="1", stable_window=STABLE_WINDOW)
+    log_file = tmp_path / "redirector.log"
+    logger: logging.Logger = redirector_logger(log_file)
+    failback = Failback(config, policy, logger, clock=clock)
+    pages = {node.node_id: FakePage(failures) for node in spec.nodes}
+    async with trio.open_nursery() as nursery:
+        for node in spec.nodes:
+            await nursery.start(serve_http, pages[node.node_id].handle, node.cvm_address, 2009)
+        yield Setup(failback, policy, clock, pages, log_file)
+        nursery.cancel_scope.cancel()
+
+
+def fail_over(setup: Setup) -> dict[str, str | None]:
+    """Node 1 goes down at t=1: vDisks a and b are placed on the remotes; it is back at t=2."""
+    policy, clock = setup.policy, setup.clock
+    for node in ("1", "2", "3"):
+        policy.mark_up(node, 0.0)
+    clock.now = 1.0
+    policy.mark_down("1", clock.now)
+    placed = {vdisk: policy.choose(vdisk, clock.now) for vdisk in ("a", "b")}
+    clock.now = 2.0
+    policy.mark_up("1", clock.now)
+    return placed
+
+
+async def test_logout_asked_of_each_remote_once_stable(tmp_path: Path) -> None:
+    async with failback_setup(tmp_path) as setup:
+        placed = fail_over(setup)
+        assert placed == {"a": "2", "b": "3"}
+        setup.clock.now = 2.0 + STABLE_WINDOW - 0.1  # not yet stable
+        await setup.failback.step()
+        assert all(not page.requests for page in setup.pages.values())
+
+        setup.clock.now = 2.0 + STABLE_WINDOW
+        await setup.failback.step()
+        (to_2,) = setup.pages[2].requests
+        (to_3,) = setup.pages[3].requests
+        assert (to_2.method, to_2.path, to_2.query) == (
+            "POST",
+            "/control/vdisks/a/logout",
+            {"seconds": ["7"]},
+        )
+        assert to_3.path == "/control/vdisks/b/logout"
+        assert not setup.pages[1].requests  # never the local stargate
+        assert setup.policy.remote_placements() == {}
+        assert setup.failback.stats.requested == 2
+
+        await setup.failback.step()  # forgotten: asked once only
+        assert len(setup.pages[2].requests) == 1
+    log = setup.log_file.read_text()
+    assert "Failing back target iqn.2010-06.com.nutanix:vmdisk-a: " in log
+
+
+async def test_failed_requests_are_retried_with_backoff(tmp_path: Path) -> None:
+    async with failback_setup(tmp_path, failures=2) as setup:
+        fail_over(setup)
+        setup.clock.now = 10.0
+        await setup.failback.step()
+        assert len(setup.pages[2].requests) == 1
+        await setup.failback.step()  # within the backoff: not asked again yet
+        assert len(setup.pages[2].requests) == 1
+        for _ in range(4):
+            setup.clock.now += 5.0
+            await setup.failback.step()
+        assert len(setup.pages[2].requests) == 3  # two failures, then success
+        assert "a" not in setup.policy.remote_placements()
+
+
+async def test_retries_are_bounded(tmp_path: Path) -> None:
+    async with failback_setup(tmp_path, failures=100) as setup:
+        fail_over(setup)
+        for step in range(MAX_ATTEMPTS + 5):
+            setup.clock.now = 10.0 + 10.0 * step
+            await setup.failback.step()
+        assert len(setup.pages[2].requests) == MAX_ATTEMPTS
+        assert setup.policy.remote_placements() == {}
+        assert setup.failback.stats.abandoned == 2
+    assert "abandoned after" in setup.log_file.read_text()
+
+
+async def test_unreachable_remote_is_retried_then_abandoned(tmp_path: Path) -> None:
+    """A remote stargate whose page does not answer at all (nothing listens)."""
+    spec = make_spec(tmp_path, 2, stable_window=STABLE_WINDOW)
+    config = RedirectorConfig(tmp_path, spec, 1)
+    clock = FakeClock()
+    policy = PlacementPolicy(nodes=["1", "2"], local="1", stable_window=STABLE_WINDOW)
+    failback = Failback(config, policy, redirector_logger(tmp_path / "r.log"), clock=clock)
+    policy.mark_up("2", 0.0)
+    policy.mark_down("1", 0.0)
+    assert policy.choose("a", 0.0) == "2"
+    policy.mark_up("1", 1.0)
+    for step in range(MAX_ATTEMPTS):
+        clock.now = 10.0 + 10.0 * step
+        await failback.step()
+    assert policy.remote_placements() == {}
+    assert failback.stats.abandoned == 1
+
+
+async def test_a_remote_that_died_is_not_asked(tmp_path: Path) -> None:
+    async with failback_setup(tmp_path) as setup:
+        fail_over(setup)
+        setup.policy.mark_down("2", setup.clock.now)  # its vDisk must be placed anew
+        setup.clock.now = 100.0
+        await setup.failback.step()
+        assert not setup.pages[2].requests
+        assert len(setup.pages[3].requests) == 1
