@@ -1,0 +1,151 @@
+"""Health checks against real cluster-mode stargate processes: a killed stargate is down
+at once (refused/reset connection), a SIGSTOPped one after the NOP timeout, a revived one up
+again; the local stargate's crash is seen at redirect time without waiting for a ping; the
+transitions are logged in AHV's format."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from redirector.config import RedirectorConfig, Timers
+from redirector.health import HealthChecker
+from redirector.log import redirector_logger
+from redirector.policy import PlacementPolicy
+from stargate.cluster.spec import ClusterSpec
+from tests.helpers.procs import ProcessReaper
+from tests.redirector.cluster import PORT, TestCluster
+
+INTERVAL = 0.5
+NOP_TIMEOUT = 2.0
+TIMERS = Timers(nop_interval=INTERVAL, nop_timeout=NOP_TIMEOUT, startup_grace=1.0)
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, process_reaper: ProcessReaper) -> TestCluster:
+    return TestCluster.create(tmp_path / "cluster", process_reaper, nodes=2)
+
+
+@dataclass
+class Checker:
+    health: HealthChecker
+    policy: PlacementPolicy
+    log_file: Path
+
+    async def wait(self, node: str, healthy: bool, timeout: float) -> float:
+        """Seconds until ``node`` has the given health; fails after ``timeout``."""
+        started = trio.current_time()
+        with trio.fail_after(timeout):
+            while self.policy.is_healthy(node) != healthy:
+                await trio.sleep(0.01)
+        return trio.current_time() - started
+
+
+@asynccontextmanager
+async def checking(cluster: TestCluster, timers: Timers = TIMERS) -> AsyncIterator[Checker]:
+    spec = ClusterSpec.load(cluster.directory)
+    config = RedirectorConfig(cluster.directory, spec, 1, timers)
+    policy = PlacementPolicy(nodes=["1", "2"], local="1", stable_window=spec.stable_window)
+    log_file = cluster.redirector_log(1)
+    health = HealthChecker(config, policy, redirector_logger(log_file))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(health.run)
+        yield Checker(health, policy, log_file)
+        nursery.cancel_scope.cancel()
+
+
+def log_lines(checker: Checker) -> list[str]:
+    return checker.log_file.read_text().splitlines()
+
+
+async def test_killed_stargate_is_down_at_once_and_up_when_back(cluster: TestCluster) -> None:
+    cluster.start_stargates()
+    remote = cluster.node(2).cvm_address
+    async with checking(cluster) as checker:
+        await checker.wait("1", True, 10)
+        await checker.wait("2", True, 10)
+        cluster.kill_stargate(2)
+        # The reset session or the refused reconnect: within one ping interval.
+        assert await checker.wait("2", False, 5) < INTERVAL + 0.5
+        assert checker.policy.is_healthy("1")
+        cluster.start_stargate(2)
+        await checker.wait("2", True, 10)
+    lines = log_lines(checker)
+    assert any(
+        re.fullmatch(rf"{STAMP} - WARNING - Portal {remote}:{PORT} is down", line) for line in lines
+    )
+    ups = [
+        line
+        for line in lines
+        if re.fullmatch(rf"{STAMP} - INFO - Portal {remote}:{PORT} is up", line)
+    ]
+    assert len(ups) == 2  # at startup and once back
+
+
+async def test_hung_stargate_is_down_after_the_nop_timeout(cluster: TestCluster) -> None:
+    cluster.start_stargates()
+    remote = cluster.node(2).cvm_address
+    async with checking(cluster) as checker:
+        await checker.wait("2", True, 10)
+        cluster.signal_stargate(2, signal.SIGSTOP)
+        try:
+            # A stopped process still accepts connections (the kernel's backlog) and its
+            # socket stays open: only the unanswered NOP-Out tells.
+            elapsed = await checker.wait("2", False, INTERVAL + NOP_TIMEOUT + 3)
+            assert elapsed >= NOP_TIMEOUT - 0.1
+        finally:
+            cluster.signal_stargate(2, signal.SIGCONT)
+        await checker.wait("2", True, NOP_TIMEOUT + INTERVAL + 5)
+    text = checker.log_file.read_text()
+    down = text.index(f"Portal {remote}:{PORT} is down")
+    assert f"Portal {remote}:{PORT} is up" in text[down:]
+
+
+async def test_local_crash_is_seen_at_redirect_time(cluster: TestCluster) -> None:
+    """Pings too rare to notice in time: the redirect-time check alone marks it down."""
+    cluster.start_stargates()
+    slow = Timers(nop_interval=60.0, nop_timeout=NOP_TIMEOUT, startup_grace=1.0)
+    async with checking(cluster, slow) as checker:
+        await checker.wait("1", True, 10)
+        assert await checker.health.recheck_local()  # alive: nothing changes
+        assert checker.policy.is_healthy("1")
+        cluster.kill_stargate(1)
+        with trio.fail_after(1):
+            assert not await checker.health.recheck_local()
+        assert not checker.policy.is_healthy("1")
+    assert f"Portal {cluster.node(1).cvm_address}:{PORT} is down" in checker.log_file.read_text()
+
+
+async def test_a_stargate_starting_late_is_not_held_to_the_stable_window(
+    cluster: TestCluster,
+) -> None:
+    """At `cluster up` the redirector may be checking before the stargates listen: within
+    the startup grace that is not "down", so the local stargate gets its vDisks at once."""
+    timers = Timers(nop_interval=INTERVAL, nop_timeout=NOP_TIMEOUT, startup_grace=20.0)
+    async with checking(cluster, timers) as checker:
+        await trio.sleep(1.0)  # refused connections meanwhile
+        cluster.start_stargates()
+        await checker.wait("1", True, 15)
+        assert checker.policy.local_is_stable(trio.current_time())
+        assert checker.policy.choose("vd", trio.current_time()) == "1"
+    assert "is down" not in checker.log_file.read_text()
+
+
+async def test_never_seen_stargates_are_down_after_the_startup_grace(
+    cluster: TestCluster,
+) -> None:
+    async with checking(cluster) as checker:
+        with trio.fail_after(TIMERS.startup_grace + 3):
+            while "is down" not in checker.log_file.read_text():
+                await trio.sleep(0.05)
+        assert checker.policy.healthy_nodes() == []
+    downs = [line for line in log_lines(checker) if line.endswith(" is down")]
+    assert len(downs) == 2
