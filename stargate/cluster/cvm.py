@@ -42,6 +42,7 @@ from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
 from stargate.session import SessionTable
+from stargate.stats import VDiskStats
 from stargate.stores.file import FileStore
 from stargate.stores.meta import VDiskMeta
 from stargate.target import TARGET_NAME_PREFIX, PortalGroup, TargetRegistry, VDiskTarget
@@ -122,6 +123,10 @@ class ClusterStargate:
         self.claims: dict[str, Claim] = {}  # by target name
         self._stores: dict[str, FileStore] = {}  # by target name
         self._reservations: dict[str, Any] = {}  # by target name
+        # One counter set per vDisk for the life of the process, across moves away and back:
+        # the page's counters stay monotonic, and connections of an earlier opening still
+        # decrement the gauges they incremented.
+        self.vdisk_stats: dict[str, VDiskStats] = {}
         self._nursery: trio.Nursery | None = None
         self.registry = ClusterRegistry(self._open_target, self.paths)
         config = ServerConfig(
@@ -185,6 +190,7 @@ class ClusterStargate:
         target = VDiskTarget(
             vdisk_id, FencedLogicalUnit(lu, claim, self.lose), block_size=store.block_size
         )
+        target.stats = self.vdisk_stats.setdefault(vdisk_id, target.stats)
         self.claims[target.name] = claim
         self._stores[target.name] = store
         self._reservations[target.name] = reservations

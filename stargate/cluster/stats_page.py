@@ -63,13 +63,22 @@ class StatsPage:
 
     def stats_document(self) -> dict[str, Any]:
         cvm = self.cvm
-        per_vdisk = cvm.server.stats()
-        for name, claim in list(cvm.claims.items()):
-            vdisk_id = claim.vdisk_id
-            entry = per_vdisk.setdefault(vdisk_id, {"vdisk_id": vdisk_id})
+        # Every vDisk this stargate served since it started; "released" once it moved away.
+        per_vdisk: dict[str, dict[str, object]] = {
+            vdisk_id: {
+                **stats.snapshot(),
+                "state": "released",
+                "epoch": None,
+                "queued_waiting_now": 0,
+            }
+            for vdisk_id, stats in cvm.vdisk_stats.items()
+        }
+        for vdisk_id, live in cvm.server.stats().items():
+            per_vdisk.setdefault(vdisk_id, {}).update(live)
+        for claim in list(cvm.claims.values()):
+            entry = per_vdisk.setdefault(claim.vdisk_id, {"vdisk_id": claim.vdisk_id})
             entry["state"] = claim.state.value
             entry["epoch"] = claim.fence.record.epoch if claim.fence else None
-            entry["target"] = name
         return {
             "node": cvm.node_id,
             "pid": os.getpid(),

@@ -87,6 +87,10 @@ async def test_ownership_ping_pong_never_loses_an_acknowledged_write(tmp_data_di
                 await disk.write(round_number, bytes([round_number]) * BLOCK)
         record = read_record(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-1"))
         assert record is not None and record.epoch == 6
+        for cvm in cvms:  # counters survive the vDisk moving away and back
+            _, document = await http_json("GET", f"{cvm.node.http_url}/stats.json")
+            assert document["vdisks"]["vm-1"]["writes"] == 3
+            assert document["vdisks"]["vm-1"]["logins"] == 3
 
 
 async def test_take_over_when_the_owner_does_not_answer(tmp_data_dir: Path) -> None:
