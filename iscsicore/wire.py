@@ -486,14 +486,21 @@ class HeaderLengths(NamedTuple):
     data_segment_length: int  # without padding
 
 
+def _require_header(bhs: bytes | bytearray | memoryview) -> None:
+    if len(bhs) < BHS_LENGTH:
+        raise MalformedPdu(f"a BHS is {BHS_LENGTH} bytes, not {len(bhs)}", header=bytes(bhs))
+
+
 def bhs_lengths(bhs: bytes | bytearray | memoryview) -> HeaderLengths:
     """TotalAHSLength (in bytes) and DataSegmentLength of a 48-byte header."""
+    _require_header(bhs)
     (word,) = _LENGTHS.unpack_from(bhs)
     return HeaderLengths((word >> 24) * 4, word & 0xFFFFFF)
 
 
 def opcode_of(bhs: bytes | bytearray | memoryview) -> Opcode:
     """The opcode in byte 0; reserved opcode values raise UnknownOpcode."""
+    _require_header(bhs)
     value = bhs[0] & OPCODE_MASK
     opcode = _OPCODES_BY_VALUE.get(value)
     if opcode is None:

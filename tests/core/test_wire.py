@@ -465,6 +465,13 @@ def test_reserved_opcodes_are_unknown(codec, opcode: int, immediate: bool) -> No
     assert caught.value.header == header
 
 
+@pytest.mark.parametrize("length", [0, 1, 47])
+def test_header_helpers_need_a_whole_header(length: int) -> None:
+    for helper in (wire.opcode_of, wire.bhs_lengths):
+        with pytest.raises(MalformedPdu):
+            helper(bytes(length))
+
+
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("length", [0, 47, 49, 96])
 def test_a_bhs_is_48_bytes(codec, length: int) -> None:
