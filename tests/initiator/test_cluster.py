@@ -1,7 +1,7 @@
-"""The initiator against the real cluster's stargates (shared vDisk files, ownership
-hand-over), with a scripted redirector in front, as the node's redirector would be: a CVM
-is killed mid-workload and the vDisks move to the other node; later they fail back by
-logout request. The verify workload on every vDisk sees no mismatch and no error."""
+"""The initiator against the real cluster (stargates sharing vDisk files with ownership
+hand-over; the real redirectors, or a scripted one in front): a CVM is killed mid-workload
+and the vDisks move to the other node; later they fail back by logout request. The verify
+workload on every vDisk sees no mismatch and no error."""
 
 from __future__ import annotations
 
@@ -55,22 +55,42 @@ def free_base(nodes: int = 2) -> str:
     raise RuntimeError("no free cluster base address")
 
 
+def start_cluster(directory: Path, *, redirectors: bool) -> None:
+    stargate_cli(
+        "cluster", "up", "--nodes", "2", "--dir", str(directory), "--base-address", free_base(),
+        "--stable-window", "2", "--detach", *([] if redirectors else ["--no-redirectors"]),
+    )  # fmt: skip
+    stargate_cli("vm", "create", "--dir", str(directory), "--node", "1", "--disks", "2",
+                 "--size", "32M", "vm1")  # fmt: skip
+
+
+def stop_cluster(directory: Path) -> None:
+    if (directory / "cluster.json").exists():
+        supervisor = Supervisor(directory, redirectors=True)
+        for process in supervisor.processes:
+            supervisor.stop(process, grace=3.0)
+
+
 @pytest.fixture
-def cluster(tmp_data_dir: Path) -> Iterator[Path]:
+def redirected_cluster(tmp_data_dir: Path) -> Iterator[Path]:
+    """Two nodes, each a stargate and a redirector; vm1 (two vDisks) at home on node 1."""
     directory = tmp_data_dir / "cluster"
     try:
-        stargate_cli(
-            "cluster", "up", "--nodes", "2", "--dir", str(directory),
-            "--base-address", free_base(), "--detach", "--no-redirectors",
-        )  # fmt: skip
-        stargate_cli("vm", "create", "--dir", str(directory), "--node", "1", "--disks", "2",
-                     "--size", "32M", "vm1")  # fmt: skip
+        start_cluster(directory, redirectors=True)
         yield directory
     finally:
-        if (directory / "cluster.json").exists():
-            supervisor = Supervisor(directory, redirectors=False)
-            for process in supervisor.processes:
-                supervisor.stop(process, grace=3.0)
+        stop_cluster(directory)
+
+
+@pytest.fixture
+def cluster(tmp_data_dir: Path) -> Iterator[Path]:
+    """Two stargates and no redirector: the tests put their own scripted one in front."""
+    directory = tmp_data_dir / "cluster"
+    try:
+        start_cluster(directory, redirectors=False)
+        yield directory
+    finally:
+        stop_cluster(directory)
 
 
 def cvm(node: NodeSpec) -> Address:
@@ -153,3 +173,64 @@ async def test_failover_and_failback_under_verify(cluster: Path, nursery: trio.N
         assert snap["portal"] == f"{node1.cvm_portal},1"
     served_by = {str(row[0]["portal"]) for row in snapshots if row and row[0].get("portal")}
     assert f"{node2.cvm_portal},1" in served_by
+
+
+async def test_real_redirector_failover_and_failback(
+    redirected_cluster: Path, nursery: trio.Nursery
+) -> None:
+    """Everything real: the VM logs in through node 1's redirector; node 1's CVM is killed
+    (the redirector sends re-logins to node 2), then started again (after the stable
+    window the redirector has node 2 send AsyncEvent 1, and the sessions come home)."""
+    spec = ClusterSpec.load(redirected_cluster)
+    node1, node2 = spec.node(1), spec.node(2)
+    vdisks = ["vm1-0", "vm1-1"]
+    devices: dict[str, BlockDevice] = {}
+    stop = trio.Event()
+
+    async def serving(node: NodeSpec) -> None:
+        expected = f"{node.cvm_portal},1"
+        while len(devices) < len(vdisks) or any(
+            d.stats.portal != expected for d in devices.values()
+        ):
+            await trio.sleep(0.05)
+
+    async def fail_over_then_back() -> None:
+        try:
+            with trio.fail_after(90):
+                await serving(node1)
+                await trio.sleep(1.0)
+                await trio.to_thread.run_sync(
+                    stargate_cli, "cvm", "kill", "--dir", str(redirected_cluster), "1"
+                )
+                await serving(node2)
+                await trio.sleep(1.0)
+                await trio.to_thread.run_sync(
+                    stargate_cli, "cvm", "start", "--dir", str(redirected_cluster), "1"
+                )
+                await serving(node1)  # failback, driven by the redirector alone
+                await trio.sleep(1.0)
+        finally:
+            stop.set()
+
+    def tick(runs: list[DiskRun]) -> None:
+        for run in runs:
+            if run.device is not None:
+                devices[run.vdisk] = run.device
+
+    nursery.start_soon(fail_over_then_back)
+    runs = await run_vm_workload(
+        parse_portal(node1.redirector_portal),
+        vdisks,
+        seconds=0,
+        queue_depth=4,
+        region_bytes=4 << 20,
+        config=SessionConfig(replacement_timeout=60),
+        on_tick=tick,
+        stop=stop,
+    )
+    for run in runs:
+        snap = run.snapshot()
+        assert snap["verify_ok"] and snap["mismatches"] == 0, json.dumps(snap, default=str)
+        assert snap["reconnects"] == 2, snap
+        assert snap["portal"] == f"{node1.cvm_portal},1"
+        assert float(snap["longest_pause_s"]) < 30  # type: ignore[arg-type]
