@@ -234,3 +234,62 @@ async def test_real_redirector_failover_and_failback(
         assert snap["reconnects"] == 2, snap
         assert snap["portal"] == f"{node1.cvm_portal},1"
         assert float(snap["longest_pause_s"]) < 30  # type: ignore[arg-type]
+
+
+async def test_hung_cvm_is_detected_by_nop_and_the_vdisks_move(
+    redirected_cluster: Path, nursery: trio.Nursery
+) -> None:
+    """SIGSTOP on node 1's CVM: the socket stays open, so only the initiator's NOP-Out
+    timeout notices; re-logins through the redirector land on node 2, which takes the
+    vDisks over without node 1's consent. SIGCONT later: node 1 finds it lost them."""
+    spec = ClusterSpec.load(redirected_cluster)
+    node1, node2 = spec.node(1), spec.node(2)
+    vdisks = ["vm1-0", "vm1-1"]
+    devices: dict[str, BlockDevice] = {}
+    stop = trio.Event()
+
+    async def serving(node: NodeSpec) -> None:
+        expected = f"{node.cvm_portal},1"
+        while len(devices) < len(vdisks) or any(
+            d.stats.portal != expected for d in devices.values()
+        ):
+            await trio.sleep(0.05)
+
+    async def hang_then_resume() -> None:
+        directory = str(redirected_cluster)
+        try:
+            with trio.fail_after(90):
+                await serving(node1)
+                await trio.sleep(1.0)
+                await trio.to_thread.run_sync(stargate_cli, "cvm", "stop", "--dir", directory, "1")
+                try:
+                    await serving(node2)
+                    await trio.sleep(1.0)
+                finally:
+                    await trio.to_thread.run_sync(
+                        stargate_cli, "cvm", "cont", "--dir", directory, "1"
+                    )
+                await trio.sleep(1.0)
+        finally:
+            stop.set()
+
+    def tick(runs: list[DiskRun]) -> None:
+        for run in runs:
+            if run.device is not None:
+                devices[run.vdisk] = run.device
+
+    nursery.start_soon(hang_then_resume)
+    runs = await run_vm_workload(
+        parse_portal(node1.redirector_portal),
+        vdisks,
+        seconds=0,
+        queue_depth=4,
+        region_bytes=4 << 20,
+        config=SessionConfig(nop_interval=0.5, nop_timeout=1.5, replacement_timeout=60),
+        on_tick=tick,
+        stop=stop,
+    )
+    for run in runs:
+        snap = run.snapshot()
+        assert snap["verify_ok"] and snap["mismatches"] == 0, json.dumps(snap, default=str)
+        assert int(snap["reconnects"]) >= 1, snap  # type: ignore[call-overload]
