@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,10 @@ from stargate.cluster.http import HttpError, http_json, serve_http
 from stargate.cluster.ownership import Fence, OwnershipFile
 from stargate.cluster.spec import ClusterPaths, ClusterSpec, list_vdisks
 from stargate.cluster.stats_page import StatsPage
+from stargate.connection import FullFeatureConnection
 from stargate.login_phase import LoginPolicy
 from stargate.scsi.lu import LogicalUnit
-from stargate.scsi.reserve import vdisk_reservations
+from stargate.scsi.reserve import Reservations, vdisk_reservations
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
 from stargate.session import SessionTable
 from stargate.stats import VDiskStats
@@ -53,6 +55,22 @@ RELEASE_TIMEOUT = 5.0  # how long the previous owner may take to release before 
 DRAIN_TIMEOUT = 2.0  # how long a releasing owner lets in-flight commands finish
 DROP_TIMEOUT = 1.5  # how long dropped connections get to go before they are closed
 WATCH_INTERVAL = 0.25  # how often owned vDisks' records are checked for a take-over
+
+
+@dataclass(eq=False)
+class OpenedVDisk:
+    """One opening of a vDisk at this stargate: from a login naming it until it goes."""
+
+    target: VDiskTarget
+    store: FileStore
+    reservations: Reservations
+    claim: Claim
+
+    def close_files(self) -> None:
+        with contextlib.suppress(OSError):
+            self.store.sync()
+            self.store.close()
+        self.claim.file.close()
 
 
 class ClusterRegistry(TargetRegistry):
@@ -121,8 +139,7 @@ class ClusterStargate:
         self.drain_timeout = drain_timeout
         self.started = time.time()
         self.claims: dict[str, Claim] = {}  # by target name
-        self._stores: dict[str, FileStore] = {}  # by target name
-        self._reservations: dict[str, Any] = {}  # by target name
+        self._opened: dict[str, OpenedVDisk] = {}  # by target name
         # One counter set per vDisk for the life of the process, across moves away and back:
         # the page's counters stay monotonic, and connections of an earlier opening still
         # decrement the gauges they incremented.
@@ -166,8 +183,9 @@ class ClusterStargate:
         await self.server.shutdown()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
-        for name in list(self._stores):
-            self._close_store(name)
+        for opened in list(self._opened.values()):
+            self._detach(opened.claim)
+            opened.close_files()
 
     # -- opening vDisks -----------------------------------------------------------------
 
@@ -192,18 +210,9 @@ class ClusterStargate:
         )
         target.stats = self.vdisk_stats.setdefault(vdisk_id, target.stats)
         self.claims[target.name] = claim
-        self._stores[target.name] = store
-        self._reservations[target.name] = reservations
+        self._opened[target.name] = OpenedVDisk(target, store, reservations, claim)
         log.info("opened vDisk %s", vdisk_id)
         return target
-
-    def _close_store(self, target_name: str) -> None:
-        store = self._stores.pop(target_name, None)
-        self._reservations.pop(target_name, None)
-        if store is not None:
-            with contextlib.suppress(OSError):
-                store.sync()
-                store.close()
 
     # -- acquiring ----------------------------------------------------------------------
 
@@ -225,9 +234,9 @@ class ClusterStargate:
         if claim.state is not ClaimState.ACQUIRING:
             return  # released or lost while we waited
         claim.fence = Fence(claim.file, claim.file.claim(self.node_id))
-        reservations = self._reservations.get(claim.target_name)
-        if reservations is not None:
-            reservations.reload()  # the previous owner may have changed them
+        opened = self._opened.get(claim.target_name)
+        if opened is not None and opened.claim is claim:
+            opened.reservations.reload()  # the previous owner may have changed them
         claim.state = ClaimState.OWNED
         log.info("vDisk %s: serving, epoch %d", claim.vdisk_id, claim.fence.record.epoch)
         queue = self.server.queue
@@ -257,12 +266,15 @@ class ClusterStargate:
             return {"vdisk": vdisk_id, "released": True, "was_serving": False}
         was_serving = claim.state is ClaimState.OWNED
         claim.state = ClaimState.RELEASING
-        target = self.registry.get(name) if name in self._stores else None
-        if was_serving and target is not None:
+        opened = self._opened.get(name)
+        if was_serving and opened is not None:
+            stats = opened.target.stats
             with trio.move_on_after(self.drain_timeout):
-                while target.stats.queue_depth - claim.live_parked() > 0:
+                while stats.queue_depth - claim.live_parked() > 0:
                     await trio.sleep(0.005)
-        await self._retire(claim, f"released to node {by}")
+        detached = self._detach(claim)
+        if detached is not None:
+            await self._close(detached, f"released to node {by}")
         return {"vdisk": vdisk_id, "released": True, "was_serving": was_serving}
 
     def lose(self, claim: Claim) -> None:
@@ -270,30 +282,40 @@ class ClusterStargate:
         if claim.state is ClaimState.GONE:
             return
         log.warning("vDisk %s: taken over by node %d", claim.vdisk_id, claim.file.read().node_id)
-        claim.state = ClaimState.GONE
-        if self._nursery is not None:
-            self._nursery.start_soon(self._retire, claim, "taken over by another stargate")
+        detached = self._detach(claim)
+        if detached is not None and self._nursery is not None:
+            self._nursery.start_soon(self._close, detached, "taken over by another stargate")
 
-    async def _retire(self, claim: Claim, reason: str) -> None:
+    def _detach(self, claim: Claim) -> OpenedVDisk | None:
+        """Forget the vDisk at once (a new login opens it afresh); None if done already."""
         claim.state = ClaimState.GONE
         name = claim.target_name
-        if self.claims.get(name) is claim:
-            del self.claims[name]
-        if self.registry.remove(name) is None:
-            return  # retired already
-        connections = self.server.connections_of(name)
-        for connection in connections:
+        opened = self._opened.get(name)
+        if opened is None or opened.claim is not claim:
+            return None
+        del self._opened[name]
+        del self.claims[name]
+        self.registry.remove(name)
+        return opened
+
+    async def _close(self, opened: OpenedVDisk, reason: str) -> None:
+        """Drop the connections of this opening of the vDisk, then close its files."""
+
+        def its_connections() -> list[FullFeatureConnection]:
+            connections = self.server.connections_of(opened.target.name)
+            return [c for c in connections if c.target is opened.target]
+
+        for connection in its_connections():
             # Time2Wait 2: the initiator does not bounce straight back (it moved, or will).
             connection.drop(all_connections=True, time2wait=2, time2retain=0)
         with trio.move_on_after(DROP_TIMEOUT):
-            while self.server.connections_of(name):
+            while its_connections():
                 await trio.sleep(0.01)
-        for connection in self.server.connections_of(name):
+        for connection in its_connections():
             connection.close(reason)
-        claim.parked.clear()
-        self._close_store(name)
-        claim.file.close()
-        log.info("vDisk %s: no longer served here (%s)", claim.vdisk_id, reason)
+        opened.claim.parked.clear()
+        opened.close_files()
+        log.info("vDisk %s: no longer served here (%s)", opened.target.vdisk_id, reason)
 
     async def _watch(self) -> None:
         while True:
