@@ -237,6 +237,8 @@ class StargateServer:
             target.stats.logins += 1
             target.stats.sessions += 1
             target.stats.connections += 1
+        if self._closing:  # logged in while the server shuts down: told to go at once
+            connection.drop(all_connections=True)
         try:
             reason = await connection.run()
             log.info("session %#x of %s ended: %s", session.tsih, session.initiator_name, reason)
