@@ -334,12 +334,13 @@ class LogicalUnit:
 
     def logical_unit_reset(self, by: Nexus | None = None) -> None:
         """LOGICAL UNIT RESET (or TARGET RESET / COLD RESET): mode pages back to defaults,
-        SPC-2 reservations released, BUS DEVICE RESET FUNCTION OCCURRED for every nexus,
-        the requester's included (SAM-5 6.3.3 "each I_T nexus"; iscsi-test-cu's
-        MultipathIO.Reset expects it on every path). Aborting tasks is the queue's job."""
+        SPC-2 reservations released, BUS DEVICE RESET FUNCTION OCCURRED for every other
+        nexus; the requester learns of the reset from its TMF response. (Open question,
+        shared with tmf.py: LIO and iscsi-test-cu's MultipathIO.Reset also give the
+        requester the unit attention.) Aborting tasks is the queue's job."""
         self.modes = ModeState()
         self.reservations.logical_unit_reset(by)
-        self.unit_attentions.establish(Asc.BUS_DEVICE_RESET.value)
+        self.unit_attentions.establish(Asc.BUS_DEVICE_RESET.value, exclude=by)
 
     def resize(self, size: int) -> None:
         """Grow or shrink the medium; every nexus learns CAPACITY DATA HAS CHANGED."""

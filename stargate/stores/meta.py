@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+# iSCSI names allow lowercase letters, digits, '-', '.' and ':' (RFC 3720 3.2.6.2); the
+# target name "iqn.2010-06.com.nutanix:vmdisk-<id>" must stay within 223 bytes.
+MAX_VDISK_ID_LENGTH = 192
+_VDISK_ID_RE = re.compile(rf"[a-z0-9][a-z0-9.-]{{0,{MAX_VDISK_ID_LENGTH - 1}}}")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(I?B)?\s*$", re.IGNORECASE)
 
 # IEEE company id placed in the NAA designator: an emulator has no registered OUI, so this
@@ -60,8 +64,12 @@ class VDiskMeta:
     created: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
-        if not self.vdisk_id or "/" in self.vdisk_id or self.vdisk_id.startswith("."):
-            raise ValueError(f"invalid vDisk id {self.vdisk_id!r}")
+        if not _VDISK_ID_RE.fullmatch(self.vdisk_id):
+            raise ValueError(
+                f"invalid vDisk id {self.vdisk_id!r}: use 1-{MAX_VDISK_ID_LENGTH} lowercase "
+                "letters, digits, '-' or '.', starting with a letter or digit (it becomes "
+                "part of an iSCSI name and of file names)"
+            )
         if self.block_size not in (512, 1024, 2048, 4096):
             raise ValueError(f"block size {self.block_size} is not 512, 1024, 2048 or 4096")
         if self.size <= 0 or self.size % self.block_size:

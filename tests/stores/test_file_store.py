@@ -104,6 +104,9 @@ def test_meta_round_trip_and_validation(tmp_path: Path) -> None:
     assert VDiskMeta("x", 512).serial == "x"
     for bad in (
         {"vdisk_id": "a/b", "size": 512},
+        {"vdisk_id": ".hidden", "size": 512},
+        {"vdisk_id": "Upper", "size": 512},
+        {"vdisk_id": "x" * 193, "size": 512},
         {"vdisk_id": "a", "size": 100},
         {"vdisk_id": "a", "size": 512, "block_size": 520},
     ):
