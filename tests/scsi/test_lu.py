@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, SenseKey
 from stargate.scsi.lu import LogicalUnit, Nexus, ScsiResult
+from stargate.scsi.pr_store import MemoryPrStore
+from stargate.scsi.reserve import Reservations
+from stargate.scsi.ua import UnitAttentionQueues
 from stargate.stores import MemoryStore, VDiskMeta
 from tests.scsi import BLOCK, BLOCKS, NEXUS, OTHER_NEXUS, make_unit, run, rw10, sense_of
 
@@ -175,3 +178,38 @@ def test_naca_is_refused() -> None:
     assert sense.code is Asc.INVALID_FIELD_IN_CDB
     assert sense.field_pointer is not None
     assert (sense.field_pointer.byte, sense.field_pointer.bit) == (5, 2)
+
+
+def _unit_with_reservations() -> LogicalUnit:
+    """The unit as stargate wires it: the real reservation engine and UA queues."""
+    queues = UnitAttentionQueues()
+    meta = VDiskMeta("vd1", 256 * BLOCK)
+    return LogicalUnit(
+        MemoryStore(meta),
+        meta,
+        reservations=Reservations.with_store(MemoryPrStore(), queues),
+        unit_attentions=queues,
+    )
+
+
+_WIRED = _unit_with_reservations()
+_RESERVATION_OPS = [0x5E, 0x5F, 0x16, 0x17, 0x56, 0x57]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cdb=st.builds(
+        lambda opcode, rest: bytes([opcode]) + rest,
+        st.sampled_from([*_RESERVATION_OPS, ScsiOp.READ_10, ScsiOp.WRITE_10, ScsiOp.INQUIRY]),
+        st.binary(min_size=5, max_size=15),
+    ),
+    data_out=st.binary(max_size=64),
+    initiator=st.sampled_from([NEXUS, OTHER_NEXUS]),
+)
+def test_random_cdbs_through_the_wired_unit_never_raise(
+    cdb: bytes, data_out: bytes, initiator: Nexus
+) -> None:
+    result = _WIRED.execute(cdb, data_out, initiator)
+    assert isinstance(result, ScsiResult)
+    if result.status == ScsiStatus.CHECK_CONDITION:
+        assert sense_of(result).key != SenseKey.HARDWARE_ERROR
