@@ -139,3 +139,23 @@ def test_parse_size(text: str | int, size: int) -> None:
 def test_parse_size_errors_name_the_input(text: str) -> None:
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
+
+
+def test_punch_falls_back_to_writing_zeros(store: FileStore) -> None:
+    store.write(0, b"\xee" * 8192)
+    store._punch_supported = False  # as after EOPNOTSUPP from fallocate
+    store.punch_hole(512, 4096)
+    assert store.read(0, 8192) == b"\xee" * 512 + bytes(4096) + b"\xee" * 3584
+
+
+def test_short_writes_are_completed(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwrite = os.pwrite
+
+    def dribble(fd: int, data: memoryview, offset: int) -> int:
+        return real_pwrite(fd, data[:100], offset)  # never more than 100 bytes at a time
+
+    monkeypatch.setattr(os, "pwrite", dribble)
+    payload = os.urandom(4096)
+    store.write(4096, payload)
+    monkeypatch.undo()
+    assert store.read(4096, 4096) == payload
