@@ -196,17 +196,21 @@ class GuestResult:
 
 
 def logs_tail(console_log: Path, control_log: Path, lines: int = 60) -> str:
-    def tail(path: Path) -> str:
+    def tail(path: Path, count: int = lines) -> str:
         try:
             text = path.read_text(errors="replace").replace("\r", "")
         except OSError:
             return "(missing)"
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(text.splitlines()[-count:])
 
-    return (
+    text = (
         f"--- control ({control_log}) ---\n{tail(control_log)}\n"
         f"--- console tail ({console_log}) ---\n{tail(console_log)}"
     )
+    qemu_stderr = console_log.with_name("qemu-stderr.log")
+    if qemu_stderr.exists() and qemu_stderr.stat().st_size:
+        text += f"\n--- QEMU stderr ({qemu_stderr}) ---\n{tail(qemu_stderr, 20)}"
+    return text
 
 
 def resolve_scenario(scenario: str | Path) -> str:

@@ -49,6 +49,7 @@ def report(guest: Guest) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(270)
 def test_discovery_login_session(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -69,6 +70,7 @@ def test_discovery_login_session(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(330)
 def test_ext4_survives_relogin(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -87,6 +89,7 @@ def test_ext4_survives_relogin(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(330)
 def test_fio_verify_raw_disk(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -105,6 +108,7 @@ def test_fio_verify_raw_disk(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(270)
 def test_login_follows_redirect(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -165,6 +169,7 @@ def restart_tgtd_keeping_data(tgtd: TgtdTarget) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(390)
 def test_target_killed_and_restarted_during_fio(
     guest_image: GuestImage, tgtd_factory: TgtdFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -193,6 +198,7 @@ def test_target_killed_and_restarted_during_fio(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(270)
 def test_closed_portal_fails_fast(guest_image: GuestImage, request: pytest.FixtureRequest) -> None:
     # Nothing listens on the host port and the relay has no patience: it must close the
     # guest's connection at once without sending it anything (busybox nc as the relay once

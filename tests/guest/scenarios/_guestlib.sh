@@ -197,6 +197,36 @@ iscsi_wait_state() {
     return 1
 }
 
+# ----------------------------------------------------------------------------- fio
+
+# fio_start DISK SIZE [FIO OPTIONS...]: 4 KiB random writes at queue depth 32, libaio,
+# direct, each block verified with crc32c after the writes; in the background. Sets FIO_PID
+# and FIO_OUT. Later options override (e.g. --rw=randrw, --bs=64k, --verify=md5).
+fio_start() {
+    local disk=$1 size=$2
+    shift 2
+    FIO_OUT=/tmp/fio-$(date +%s)-$$.out
+    fio --name=guest --filename="$disk" --rw=randwrite --bs=4k --iodepth=32 \
+        --ioengine=libaio --direct=1 --size="$size" --verify=crc32c --verify_fatal=1 \
+        --do_verify=1 "$@" >"$FIO_OUT" 2>&1 &
+    FIO_PID=$!
+}
+
+# fio_finish STEP_NAME: wait for fio_start's fio; STEP PASS when it exited 0 with err=0.
+fio_finish() {
+    local name=$1 rc
+    wait "$FIO_PID"
+    rc=$?
+    cat "$FIO_OUT"
+    value "$name-iops" "$(grep -o 'IOPS=[^,]*' "$FIO_OUT" | tr '\n' ' ')"
+    if [ "$rc" -eq 0 ] && grep -q 'err= 0' "$FIO_OUT"; then
+        step_pass "$name" "rc=0 $(grep -o 'IOPS=[^,]*' "$FIO_OUT" | head -1)"
+        return 0
+    fi
+    step_fail "$name" "rc=$rc $(grep -i 'err=\|verify\|error' "$FIO_OUT" | head -3 | tr '\n' ';')"
+    return 1
+}
+
 # ----------------------------------------------------------------------------- set-up
 
 setup_network() {

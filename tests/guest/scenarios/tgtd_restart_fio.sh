@@ -14,13 +14,10 @@ disk=$(iscsi_disk "$TARGET_IQN" 30) || {
 }
 step_pass login "$disk"
 
-fio --name=outage --filename="$disk" --rw=randwrite --bs=4k --iodepth=32 \
-    --ioengine=libaio --direct=1 --size="${FIO_SIZE:-96m}" --verify=crc32c \
-    --verify_fatal=1 --do_verify=1 >/tmp/fio.out 2>&1 &
-fio_pid=$!
+fio_start "$disk" "${FIO_SIZE:-96m}"
 sleep 3
-if kill -0 "$fio_pid" 2>/dev/null; then
-    step_pass fio-running "pid $fio_pid"
+if kill -0 "$FIO_PID" 2>/dev/null; then
+    step_pass fio-running "pid $FIO_PID"
 else
     step_fail fio-running "fio ended before the outage"
 fi
@@ -31,9 +28,7 @@ outage_start=$(uptime_s)
 iscsi_wait_state "$TARGET_IQN" LOGGED_IN 150
 value relogin_seen_at "$(uptime_s) (outage answered at $outage_start)"
 
-wait "$fio_pid"
-rc=$?
-cat /tmp/fio.out
+fio_finish fio
 errors_after=$(dmesg | grep -c 'detected conn error')
 dmesg | grep -i 'connection\|iscsi' | tail -20
 value conn_errors "$((errors_after - errors_before))"
@@ -41,9 +36,4 @@ check connection-dropped "conn errors: $((errors_after - errors_before))" \
     [ "$errors_after" -gt "$errors_before" ]
 check session-recovered "state=$(iscsi_session_field "$TARGET_IQN" "iSCSI Session State")" \
     [ "$(iscsi_session_field "$TARGET_IQN" "iSCSI Session State")" = LOGGED_IN ]
-if [ "$rc" -eq 0 ] && grep -q 'err= 0' /tmp/fio.out; then
-    step_pass fio "rc=0 $(grep -o 'IOPS=[^,]*' /tmp/fio.out | head -1)"
-else
-    step_fail fio "rc=$rc $(grep -i 'err=\|verify\|error' /tmp/fio.out | head -3 | tr '\n' ';')"
-fi
 iscsi_logout "$TARGET_IQN" "$portal"
