@@ -22,13 +22,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
-from iscsicore.scsi.sense import (
-    Asc,
-    CheckCondition,
-    FieldPointer,
-    SenseKey,
-    build_sense,
-)
+from iscsicore.scsi.sense import Asc, CheckCondition, FieldPointer, SenseKey
 from stargate.scsi import sbc, spc, xcopy
 from stargate.scsi.command import Command, CommandSpec, Nexus, ScsiResult
 from stargate.scsi.modes import ModeState
@@ -265,11 +259,8 @@ class LogicalUnit:
             return self.check_condition(condition)
         except OSError as exc:
             log.error("I/O error on vDisk %s: %s", self.meta.vdisk_id, exc)
-            code = (
-                Asc.UNRECOVERED_READ_ERROR
-                if cdb and cdb[0] in sbc.READ_OPCODES
-                else (Asc.WRITE_ERROR)
-            )
+            reading = bool(cdb) and cdb[0] in sbc.READ_OPCODES
+            code = Asc.UNRECOVERED_READ_ERROR if reading else Asc.WRITE_ERROR
             return self.check_condition(CheckCondition(SenseKey.MEDIUM_ERROR, code))
         except Exception:  # emulation bug: answer like a failing device, keep serving
             log.exception("internal error executing CDB %s", bytes(cdb).hex())
@@ -323,9 +314,6 @@ class LogicalUnit:
             sense=condition.sense(descriptor_format=self.modes.descriptor_sense),
         )
 
-    def sense_bytes(self, condition: CheckCondition) -> bytes:
-        return condition.sense(descriptor_format=self.modes.descriptor_sense)
-
     # ---- task management and events -------------------------------------------------------
     def nexus_lost(self, nexus: Nexus) -> None:
         """The session behind ``nexus`` ended: drop its unit attentions and SPC-2 holds."""
@@ -351,7 +339,3 @@ class LogicalUnit:
 
 def _reservation_handler(lu: LogicalUnit, command: Command) -> ScsiResult:
     return lu.reservations.execute(command.cdb, command.data_out, command.nexus)
-
-
-def build_unit_attention_sense(code: AscPair, *, descriptor_format: bool = False) -> bytes:
-    return build_sense(SenseKey.UNIT_ATTENTION, code, descriptor_format=descriptor_format)
