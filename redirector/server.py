@@ -243,11 +243,7 @@ class _Connection:
         self.framer.max_recv_data_segment_length = MAX_RECV_DATA_SEGMENT_LENGTH
         session = _DiscoverySession(self.server, self.login)
         while True:
-            with trio.move_on_after(DISCOVERY_IDLE_TIMEOUT) as idle:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            if idle.cancelled_caught or not data:
-                return
-            self.framer.feed(data)
+            # PDUs first: some may have come in with the last login PDU.
             while True:
                 try:
                     pdu = self.framer.next_pdu()
@@ -263,6 +259,11 @@ class _Connection:
                     await self.stream.send_all(b"".join(self._encode(reply) for reply in replies))
                 if done:
                     return
+            with trio.move_on_after(DISCOVERY_IDLE_TIMEOUT) as idle:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            if idle.cancelled_caught or not data:
+                return
+            self.framer.feed(data)
 
     def _encode(self, pdu: Pdu) -> bytes:
         params = self.login.params

@@ -12,21 +12,78 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from initiator.discovery import send_targets
 from initiator.monitor import PortalMonitor
 from initiator.url import Portal
+from iscsicore.framing import PduFramer, encode_pdu
+from iscsicore.keys import encode_text
 from iscsicore.login import LoginDone, LoginFailed, LoginRedirect
-from iscsicore.pdu import LoginStatus
+from iscsicore.pdu import (
+    LoginRequest,
+    LoginResponse,
+    LoginStatus,
+    LogoutResponse,
+    NopIn,
+    Pdu,
+    Reject,
+    TextResponse,
+)
 from redirector.app import Redirector
 from redirector.config import RedirectorConfig, Timers
 from redirector.log import redirector_logger
-from stargate.cluster.spec import ClusterSpec, NodeSpec
+from redirector.server import RedirectorServer
+from stargate.cluster.spec import ClusterSpec, NodeSpec, create_vm
 from tests.conftest import require_tool
+from tests.core.strategies import initiator_pdus
 from tests.helpers.procs import ProcessReaper
-from tests.redirector.cluster import PORT, TestCluster, login_once
+from tests.redirector.cluster import PORT, TestCluster, login_once, make_spec
 
 IQN = "iqn.2010-06.com.nutanix:vmdisk-"
+
+
+def login_requests_with_keys() -> st.SearchStrategy[LoginRequest]:
+    """Login Requests that name real things (this cluster's vDisk, both session types),
+    so that arbitrary sequences reach the redirect, refusal and discovery paths."""
+    pairs = st.lists(
+        st.sampled_from(
+            [
+                ("InitiatorName", "iqn.2024-01.test:fuzz"),
+                ("TargetName", IQN + "web-0"),
+                ("TargetName", IQN + "nope"),
+                ("SessionType", "Discovery"),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "None"),
+                ("HeaderDigest", "None"),
+                ("MaxRecvDataSegmentLength", "65536"),
+            ]
+        ),
+        max_size=6,
+    )
+    return st.builds(
+        lambda keys, transit, csg, nsg, cmd_sn: LoginRequest(
+            transit=transit, csg=csg, nsg=nsg, isid=0x80_0000_0000_01, cmd_sn=cmd_sn,
+            data=encode_text(keys),
+        ),
+        pairs,
+        st.booleans(),
+        st.sampled_from([0, 1, 3]),
+        st.sampled_from([0, 1, 3]),
+        st.integers(0, 3),
+    )  # fmt: skip
+
+
+def complete_login(session_type: str) -> LoginRequest:
+    """A one-PDU login straight to the full feature phase."""
+    keys = [("InitiatorName", "iqn.2024-01.test:fuzz"), ("SessionType", session_type)]
+    if session_type == "Normal":
+        keys.append(("TargetName", IQN + "web-0"))
+    return LoginRequest(transit=True, csg=1, nsg=3, isid=0x80_0000_0000_02, data=encode_text(keys))
+
+
 TIMERS = Timers(nop_interval=0.5, nop_timeout=2.0, login_timeout=1.0, startup_grace=1.0)
 
 
@@ -192,3 +249,56 @@ async def test_discovery_with_the_project_initiator(cluster: TestCluster) -> Non
     assert names == [f"{IQN}web-0", f"{IQN}web-1"]
     for target in targets:
         assert target.portals == [f"{node.redirector_address}:{PORT},1"]
+
+
+# -- arbitrary input ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def offline_server(tmp_path_factory: pytest.TempPathFactory) -> RedirectorServer:
+    """A redirector whose stargates are all unknown (never checked): logins end in 0x0301,
+    discovery sessions complete. No sockets: connections are memory streams."""
+    directory = tmp_path_factory.mktemp("offline-cluster")
+    spec = make_spec(directory, 2, stable_window=5.0)
+    create_vm(directory, "web", home_node=1, disks=1, size="1M")
+    config = RedirectorConfig(directory, spec, 1, replace(TIMERS, login_timeout=0.5))
+    logger = redirector_logger(directory / "redirector.log")
+    redirector = Redirector(config, logger)
+    return redirector.server
+
+
+async def _converse(server: RedirectorServer, data: bytes) -> bytes:
+    client, redirector_end = trio.testing.memory_stream_pair()
+    answers = bytearray()
+
+    async def client_side() -> None:
+        await client.send_all(data)
+        await client.send_eof()
+        while chunk := await client.receive_some(65536):
+            answers.extend(chunk)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client_side)
+            await server.handle_connection(redirector_end)  # closes its end: the client sees EOF
+    await client.aclose()
+    return bytes(answers)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([[], [complete_login("Discovery")], [complete_login("Normal")]]),
+    st.lists(st.one_of(login_requests_with_keys(), initiator_pdus()), max_size=6),
+    st.binary(max_size=64),
+)
+def test_arbitrary_input_never_breaks_a_connection_task(
+    offline_server: RedirectorServer, login: list[Pdu], pdus: list[Pdu], garbage: bytes
+) -> None:
+    """Whatever an initiator sends, after a complete login or not, the connection task ends
+    by itself (no exception, no hang) and every answer is a well-formed target PDU."""
+    data = b"".join(encode_pdu(pdu) for pdu in [*login, *pdus]) + garbage
+    answers = trio.run(_converse, offline_server, data)
+    framer = PduFramer(receiving_from="target", max_recv_data_segment_length=1 << 24)
+    framer.feed(answers)
+    while (pdu := framer.next_pdu()) is not None:
+        assert isinstance(pdu, LoginResponse | Reject | TextResponse | NopIn | LogoutResponse)
