@@ -430,7 +430,7 @@ def unmap(lu: LogicalUnit, command: Command) -> ScsiResult:
     block = lu.block_size
     for extent in ranges:
         lu.store.punch_hole(extent.lba * block, extent.blocks * block)
-    return GOOD
+    return ScsiResult(ScsiStatus.GOOD, needs_sync=_needs_sync(lu, False))
 
 
 # ---- cache ------------------------------------------------------------------------------
