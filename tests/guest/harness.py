@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from tests.guest.build import GuestArtifacts, ensure_guest_artifacts
 
@@ -246,6 +246,7 @@ class Guest:
     open and silent for up to this many seconds, retried, and relayed once the portal
     answers (a down target looks like a host dropping packets; the initiator's own login
     timeout decides). 0 closes it at once instead (see relay.py for why that is risky).
+    ``kernel_args`` are appended to the kernel command line, ``qemu_args`` to QEMU's.
 
     Logs and the
     files given to QEMU go to ``workdir`` (default: a fresh ``<name>-N-xxxx`` directory under
@@ -265,6 +266,8 @@ class Guest:
         memory_mb: int = 1024,
         cpus: int = 2,
         connect_patience: float = 60.0,
+        kernel_args: str = "",
+        qemu_args: Sequence[str] = (),
     ) -> None:
         self.image = image
         self.portals = parse_portals(portals)
@@ -273,6 +276,8 @@ class Guest:
         self.env = {"PORTALS": " ".join(p.guest_portal for p in self.portals), **(env or {})}
         self.memory_mb = memory_mb
         self.connect_patience = connect_patience
+        self.kernel_args = kernel_args
+        self.qemu_args = list(qemu_args)
         self.cpus = cpus
         if workdir is None:
             log_root = default_log_root()
@@ -336,7 +341,7 @@ class Guest:
             "-initrd",
             str(self.image.initrd),
             "-append",
-            KERNEL_COMMAND_LINE,
+            f"{KERNEL_COMMAND_LINE} {self.kernel_args}".strip(),
             "-chardev",
             f"file,id=console,path={self.console_log}",
             "-serial",
@@ -350,6 +355,7 @@ class Guest:
             "-device",
             "virtio-net-pci,netdev=n0,romfile=",
             *fw_cfg,
+            *self.qemu_args,
         ]
 
     def start(self) -> Guest:
@@ -588,18 +594,13 @@ def run_scenario(
     scenario: str | Path,
     *,
     on_wait: Mapping[str, Callable[[], str | None]] | None = None,
-    timeout: float = 300.0,
-    env: Mapping[str, str] | None = None,
-    workdir: Path | None = None,
-    name: str | None = None,
+    **guest_options: Any,
 ) -> GuestResult:
-    """Run a scenario to the end; ``on_wait[event]`` (a callable returning an optional
-    payload string) runs on the host for each ``WAITING event``, then the guest is signalled.
-    An unexpected WAITING aborts the guest's wait."""
+    """Run a scenario to the end; ``on_wait[event]`` (returning an optional payload string)
+    runs on the host for each ``WAITING event``, then the guest is signalled. An unexpected
+    WAITING aborts the guest's wait. ``guest_options`` go to `Guest` (timeout, env, name...)."""
     handlers = dict(on_wait or {})
-    with Guest(
-        image, portals, scenario, timeout=timeout, env=env, workdir=workdir, name=name
-    ) as guest:
+    with Guest(image, portals, scenario, **guest_options) as guest:
         for event in guest.events():
             if event.kind != "WAITING":
                 continue
