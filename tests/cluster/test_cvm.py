@@ -177,3 +177,38 @@ async def test_control_logout_asks_the_sessions_and_release_of_unknown_is_harmle
         assert status == 200 and answer["was_serving"] is False
         status, _ = await http_json("POST", f"{base}/vm-0/nonsense")
         assert status == 404
+
+
+async def test_two_initiators_pulling_a_vdisk_back_and_forth_lose_no_acked_write(
+    tmp_data_dir: Path,
+) -> None:
+    """Each initiator writes its own blocks through its own stargate: every login moves the
+    vDisk, the other is dropped mid-stream and comes back. Every block must end up holding
+    the last generation acknowledged for it, or a later one that was sent."""
+    blocks_each, duration = 16, 6.0
+    acked: dict[int, int] = {}
+    sent: dict[int, int] = {}
+
+    async def writer(cvm: ClusterStargate, first_lba: int) -> None:
+        async with BlockDevice.open(url(cvm, "vm-0"), CONFIG) as disk:
+            generation = 0
+            with trio.move_on_after(duration):
+                while True:
+                    generation += 1
+                    for lba in range(first_lba, first_lba + blocks_each):
+                        sent[lba] = generation
+                        await disk.write(lba, generation.to_bytes(4, "big") * (BLOCK // 4))
+                        acked[lba] = generation
+
+    async with two_cvms(tmp_data_dir / "c") as (first, second):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, first, 0)
+            await trio.sleep(0.3)
+            nursery.start_soon(writer, second, blocks_each)
+        record = read_record(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-0"))
+        assert record is not None and record.epoch >= 3  # it did move back and forth
+        async with BlockDevice.open(url(first, "vm-0"), CONFIG) as reader:
+            data = await reader.read(0, 2 * blocks_each)
+    for lba in range(2 * blocks_each):
+        found = int.from_bytes(data[lba * BLOCK : lba * BLOCK + 4], "big")
+        assert acked[lba] <= found <= sent[lba], (lba, acked[lba], found, sent[lba])
