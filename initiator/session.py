@@ -390,7 +390,12 @@ class Session:
         )
         reissues = transient_retries = 0
         while True:
-            await self._wait_for_slot()
+            if not (
+                self._state is _State.UP
+                and self._failure is None
+                and in_window(self._cmd_sn, self._exp_cmd_sn, self._max_cmd_sn)
+            ):
+                await self._wait_for_slot()  # the common case above skips a coroutine
             self._issue(task)
             try:
                 await task.done.wait()
@@ -410,6 +415,9 @@ class Session:
             else:
                 if task.error is not None:
                     raise task.error
+                assert task.response is not None
+                if task.response.status == ScsiStatus.GOOD:
+                    return self._result(task, check)
                 retry_after = self._transient_status(task)
                 if retry_after is None or transient_retries >= _TRANSIENT_RETRIES:
                     return self._result(task, check)
