@@ -2,8 +2,10 @@
 and events. Sampled from the initiator's own statistics, not from the stargates: the point
 is what a VM experiences while its CVM fails and comes back.
 
-A pause is the time since the disk last completed an I/O, sampled every `SAMPLE_INTERVAL`;
-the longest one inside a phase (failover, failback) is that phase's pause.
+A pause is a gap between I/O completions while I/O was outstanding, as the initiator's
+`PauseTracker` measures it. A phase's pause (failover, failback) is the longest gap that was
+under way or ended while the phase lasted: the tracker's ongoing gap is sampled every
+`SAMPLE_INTERVAL`, and a new record of its longest gap set between two samples is exact.
 """
 
 from __future__ import annotations
@@ -46,25 +48,25 @@ class DiskWatch:
     mean_latency_ms: float | None = None
     events: list[str] = field(default_factory=list)
     pauses: dict[Phase, float] = field(default_factory=dict)
-    _last_ios: int = 0
-    _last_progress: float = field(default_factory=time.monotonic)
+    _seen_longest: float = 0.0
     _window_start: tuple[float, int, int] | None = None  # (time, ios, latency samples)
 
     @property
     def current_pause(self) -> float:
-        return time.monotonic() - self._last_progress
+        """How long the disk's outstanding I/O has gone without a completion (0: none)."""
+        pauses = self.device.stats.pauses
+        return time.monotonic() - pauses.last_progress if pauses.outstanding else 0.0
 
     def sample(self, now: float, phase: Phase, node_of: Callable[[str], int | None]) -> str | None:
         """Update from the device's statistics; returns an event line when the serving CVM
         changed."""
         stats = self.device.stats
-        ios = stats.ios
-        if ios != self._last_ios:
-            self._last_ios = ios
-            self._last_progress = now
+        tracker = stats.pauses
         if phase in PAUSE_PHASES:
-            pause = now - self._last_progress
-            self.pauses[phase] = max(self.pauses.get(phase, 0.0), pause)
+            ongoing = now - tracker.last_progress if tracker.outstanding else 0.0
+            new_record = tracker.longest if tracker.longest > self._seen_longest else 0.0
+            self.pauses[phase] = max(self.pauses.get(phase, 0.0), ongoing, new_record)
+        self._seen_longest = tracker.longest
         self._update_rates(now)
         node = node_of(stats.portal) if stats.portal else None
         if node is not None and node != self.serving_node:

@@ -79,6 +79,10 @@ class StatsPage:
             entry = per_vdisk.setdefault(claim.vdisk_id, {"vdisk_id": claim.vdisk_id})
             entry["state"] = claim.state.value
             entry["epoch"] = claim.fence.record.epoch if claim.fence else None
+        for vdisk_id, entry in per_vdisk.items():  # who serves it now, as the record says
+            record = read_record(cvm.paths.ownership_file(vdisk_id))
+            entry["owner_node"] = record.node_id if record and record.claimed else None
+            entry["owner_epoch"] = record.epoch if record else 0
         return {
             "node": cvm.node_id,
             "pid": os.getpid(),

@@ -9,7 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 
+from initiator.discovery import send_targets
+from initiator.url import parse_portal
 from stargate.cluster.spec import ClusterSpec
 from tests.cluster.conftest import RunningCluster, run_cli, unique_cluster_base
 from tests.conftest import require_tool
@@ -73,6 +76,12 @@ def test_up_writes_the_spec_with_advertised_addresses(cluster_dir: Path) -> None
     assert spec.node(1).redirector_portal == "10.0.2.101:3261"
     status = json.loads(run_cli("cluster", "status", "--dir", str(cluster_dir), "--json").stdout)
     assert status[0]["health"] == "up"  # it binds its own address, advertises the other
+    run_cli("vm", "create", "web", "--dir", str(cluster_dir), "--node", "1", "--size", "1M")
+    portal = parse_portal(f"{spec.node(1).cvm_address}:3261")
+    listed = trio.run(send_targets, portal)  # discovery at the stargate itself
+    assert [(target.name, target.portals) for target in listed] == [
+        ("iqn.2010-06.com.nutanix:vmdisk-web-0", ["10.0.2.100:3262,1"])
+    ]
 
 
 def test_up_refuses_a_busy_address_and_says_why(cluster_dir: Path, tmp_data_dir: Path) -> None:

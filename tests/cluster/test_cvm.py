@@ -132,6 +132,7 @@ async def test_stats_pages_count_ios_in_json_and_prometheus(tmp_data_dir: Path) 
     assert counters["writes"] == 5 and counters["bytes_written"] == 5 * BLOCK
     assert counters["reads"] >= 3 and counters["bytes_read"] >= 3 * 2 * BLOCK
     assert counters["state"] == "owned" and document["node"] == 1
+    assert (counters["owner_node"], counters["owner_epoch"]) == (1, counters["epoch"])
     assert sum(counters["latency"]["counts"]) >= 8
     assert metrics.status == 200 and metrics.content_type.startswith("text/plain")
     samples = parse_prometheus(metrics.body.decode())
