@@ -10,8 +10,9 @@ be written (stargate/scsi/pr.py, ua.py, reserve.py) independently of block emula
   reservation commands themselves (PERSISTENT RESERVE IN/OUT, RESERVE/RELEASE 6/10).
 * ``UnitAttentions``: the per-nexus queue of unit attention conditions.
 
-Order of checks for each command (SAM-5 5.3, SPC-4 5.14): CDB length, unit attention
-(except INQUIRY, REPORT LUNS, REQUEST SENSE), reservation conflict, then the command.
+Order of checks for each command (SAM-5 5.3, SPC-4 5.14): unit attention (except INQUIRY,
+REPORT LUNS, REQUEST SENSE), reservation conflict, then the reservation commands go to their
+engine; for the rest: supported opcode, CDB length, NACA, write protection, the command.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ AscPair = tuple[int, int]
 PHYSICAL_BLOCK_SIZE = 4096
 _NACA = 0x04  # NACA bit of the CONTROL byte, the last byte of every CDB
 
-# Opcodes a ReservationChecker emulates when it lists them in ``handled_opcodes``.
+# The opcodes a ReservationChecker may take over by listing them in ``handled_opcodes``.
 RESERVATION_OPCODES: frozenset[int] = frozenset(
     {
         ScsiOp.PERSISTENT_RESERVE_IN,
@@ -210,6 +211,9 @@ class LogicalUnit:
         self.meta = meta
         self._block_size = store.block_size  # fixed for the life of a vDisk
         self.reservations: ReservationChecker = reservations or NoReservations()
+        foreign = self.reservations.handled_opcodes - RESERVATION_OPCODES
+        if foreign:
+            raise ValueError(f"reservation engine claims other opcodes: {sorted(foreign)}")
         self.unit_attentions: UnitAttentions = unit_attentions or SimpleUnitAttentions()
         self.modes = ModeState()
         self.relative_port_id = relative_port_id
@@ -243,7 +247,7 @@ class LogicalUnit:
         table = dict(_DISPATCH)
         for opcode in self.reservations.handled_opcodes:
             table[opcode] = CommandSpec(
-                name=ScsiOp(opcode).name if opcode in ScsiOp._value2member_map_ else "",
+                name=ScsiOp(opcode).name,
                 handler=_reservation_handler,
                 cdb_length=spc.reservation_cdb_length(opcode),
             )

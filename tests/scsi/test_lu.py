@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -213,3 +214,10 @@ def test_random_cdbs_through_the_wired_unit_never_raise(
     assert isinstance(result, ScsiResult)
     if result.status == ScsiStatus.CHECK_CONDITION:
         assert sense_of(result).key != SenseKey.HARDWARE_ERROR
+
+
+def test_a_reservation_engine_cannot_take_over_other_commands() -> None:
+    meta = VDiskMeta("vd1", BLOCKS * BLOCK)
+    greedy = _FakeReservations(handled_opcodes=frozenset({ScsiOp.RESERVE_6, ScsiOp.READ_10}))
+    with pytest.raises(ValueError, match="other opcodes"):
+        LogicalUnit(MemoryStore(meta), meta, reservations=greedy)
