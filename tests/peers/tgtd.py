@@ -47,7 +47,7 @@ class TgtdError(RuntimeError):
 @dataclass(frozen=True)
 class ChapAccount:
     user: str
-    password: str  # tgtd, like RFC 7143 practice, wants 12 to 16 characters for CHAP secrets
+    password: str  # tgtd takes any length; RFC 7143 asks for at least 12 bytes (96 bits)
 
 
 @dataclass(frozen=True)
