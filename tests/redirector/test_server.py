@@ -4,7 +4,10 @@ answered with the redirector's own portal, and clients that misbehave."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -302,3 +305,20 @@ def test_arbitrary_input_never_breaks_a_connection_task(
     framer.feed(answers)
     while (pdu := framer.next_pdu()) is not None:
         assert isinstance(pdu, LoginResponse | Reject | TextResponse | NopIn | LogoutResponse)
+
+
+# -- the process ----------------------------------------------------------------------------
+
+
+def test_process_ends_cleanly_on_sigterm(cluster: TestCluster) -> None:
+    process = cluster.start_redirector(1)
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.popen.wait(timeout=10) == 0, process.log_tail()
+    assert "Traceback" not in process.log_text()
+
+
+def test_process_refuses_an_unknown_node(cluster: TestCluster) -> None:
+    argv = [sys.executable, "-m", "redirector", "--dir", str(cluster.directory), "--node", "9"]
+    process = cluster.reaper.spawn(argv, name="redirector-9")
+    assert process.popen.wait(timeout=30) == 2
+    assert "no node 9" in process.log_text()
