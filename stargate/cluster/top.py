@@ -127,18 +127,28 @@ def _fmt_us(value: float | None) -> str:
     return f"{value / 1000:.2f} ms" if value >= 1000 else f"{value:.0f} µs"
 
 
+def _process_state(supervisor: Supervisor, name: str) -> str:
+    try:
+        process = supervisor.process(name)
+    except ValueError:
+        return "-"  # not started by this cluster (stargates-only mode)
+    pid, state = supervisor.state(process)
+    return f"{state} ({pid})" if pid else state
+
+
 def render(model: TopModel, supervisor: Supervisor | None) -> Group:
     spec = model.spec
     cvms = Table(title="CVMs (stargates)", expand=True)
-    for column in ("node", "address", "process", "health", "conns", "queue", "IOPS", "MB/s"):
+    columns = ("node", "address", "process", "health", "conns", "queue", "IOPS", "MB/s")
+    for column in (*columns, "redirector"):
         cvms.add_column(column, justify="right" if column in ("IOPS", "MB/s") else "left")
     rates = model.rates()
     for node in spec.nodes:
         _, answer = model.latest.get(node.node_id, (0.0, PageAnswer(node.node_id, None)))
-        state = "?"
+        state = redirector_state = "?"
         if supervisor is not None:
-            pid, state = supervisor.state(supervisor.process(node.stargate_name))
-            state = f"{state} ({pid})" if pid else state
+            state = _process_state(supervisor, node.stargate_name)
+            redirector_state = _process_state(supervisor, node.redirector_name)
         node_rates = [r for r in rates if r.node_id == node.node_id]
         if answer.answered:
             queue = answer.document.get("queue", {})
@@ -157,6 +167,7 @@ def render(model: TopModel, supervisor: Supervisor | None) -> Group:
             queue_text,
             f"{sum(r.iops for r in node_rates):.0f}",
             f"{sum(r.read_mbps + r.write_mbps for r in node_rates):.1f}",
+            redirector_state,
         )
     vdisks = Table(title="vDisks", expand=True)
     vdisk_columns = ("vDisk", "VM", "home", "served by", "IOPS", "read MB/s", "write MB/s")
