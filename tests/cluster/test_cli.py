@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,6 +57,10 @@ def test_up_detach_status_down(stargate_cluster: RunningCluster) -> None:
         "stargate-2": "up",
     }
     assert Path(str(table["stargate-1"]["log"])).read_text().count("iSCSI") >= 1
+    again = cluster.cli("cluster", "up", "--nodes", "2", "--detach", "--no-redirectors")
+    assert [node["stargate"]["pid"] for node in json.loads(again.stdout)["nodes"]] == pids
+    other_size = cluster.cli("cluster", "up", "--nodes", "3", "--detach", check=False)
+    assert other_size.returncode == 2 and "has 2 nodes, not 3" in other_size.stderr
     human = cluster.cli("cluster", "status").stdout
     assert "stargate-1" in human and "up" in human
     down = cluster.cli("cluster", "down").stdout
@@ -214,3 +221,29 @@ def test_full_cluster_with_redirectors(cluster_dir: Path) -> None:
     redirector_pids = [node["redirector"]["pid"] for node in up["nodes"]]
     run_cli("cluster", "down", "--dir", str(cluster_dir))
     assert not any(pid_alive(pid) for pid in redirector_pids)
+
+
+def test_foreground_up_takes_the_cluster_down_on_ctrl_c(cluster_dir: Path) -> None:
+    base = unique_cluster_base()
+    argv = ["cluster", "up", "--nodes", "1", "--dir", str(cluster_dir), "--base-address", base]
+    with subprocess.Popen(
+        [sys.executable, "-m", "stargate", *argv, "--no-redirectors"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    ) as foreground:
+        try:
+            assert foreground.stdout is not None
+            first_line = foreground.stdout.readline().decode()  # printed once all answer
+            assert "Ctrl-C takes it down" in first_line
+            pid = json.loads(
+                run_cli("cluster", "status", "--dir", str(cluster_dir), "--json").stdout
+            )[0]["pid"]
+            assert pid_alive(pid)
+            foreground.send_signal(signal.SIGINT)
+            assert foreground.wait(timeout=30) == 0
+        finally:
+            if foreground.poll() is None:
+                foreground.kill()
+    assert not pid_alive(pid)
+    assert not list((cluster_dir / "run").glob("*.pid"))
