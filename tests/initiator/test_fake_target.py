@@ -16,13 +16,14 @@ from initiator.errors import (
     CheckCondition,
     CommandRetriesExhausted,
     LoginError,
+    RedirectError,
     TargetProtocolError,
     TargetUnreachable,
 )
 from initiator.login_flow import LoginOptions
 from initiator.session import SessionConfig
 from iscsicore.pdu import R2T, DataIn, ScsiCommand, ScsiResponse
-from tests.initiator.fake_target import IQN, FakeRedirector, FakeSession, FakeTarget
+from tests.initiator.fake_target import IQN, Address, FakeRedirector, FakeSession, FakeTarget
 
 MiB = 1 << 20
 
@@ -356,3 +357,28 @@ async def test_underflow_residual_trims_the_data() -> None:
         assert bytes(result.data) == b"r" * 512
 
     await run_with_responder(short_read, body)
+
+
+@pytest.mark.parametrize(("hops", "ok"), [(8, True), (9, False)])
+async def test_redirect_hops_are_bounded(hops: int, ok: bool) -> None:
+    """A chain of redirectors: 8 hops are followed (libiscsi-like bound), a 9th is refused."""
+    target = FakeTarget(bytearray(1 * MiB))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(target.serve)
+        destination: FakeTarget | Address = target
+        first: FakeRedirector | None = None
+        for _ in range(hops):
+            first = FakeRedirector(destination=destination)
+            await nursery.start(first.serve)
+            destination = Address(first.host, first.port)
+        assert first is not None
+        url = f"iscsi://127.0.0.1:{first.port}/{IQN}/0"
+        if ok:
+            async with BlockDevice.open(url) as device:
+                assert device.session.portal is not None
+                assert device.session.portal.port == target.port
+        else:
+            with pytest.raises(RedirectError, match="more than 8 redirects"):
+                async with BlockDevice.open(url):
+                    pass
+        nursery.cancel_scope.cancel()
