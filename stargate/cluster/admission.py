@@ -44,7 +44,12 @@ class Claim:
     parked: list[QueuedCommand] = field(default_factory=list)
 
     def may_execute(self) -> bool:
-        return self.state is ClaimState.OWNED and self.fence is not None and self.fence.holds()
+        # RELEASING: commands admitted before the release began still run (the drain).
+        return (
+            self.state in (ClaimState.OWNED, ClaimState.RELEASING)
+            and self.fence is not None
+            and self.fence.holds()
+        )
 
     def live_parked(self) -> int:
         return sum(1 for command in self.parked if not command.cancelled)
