@@ -569,6 +569,16 @@ class FullFeatureConnection:
         else:
             implied = blocks * self.block_size
             needed = min(edtl, implied)
+            if task.cdb[0] == ScsiOp.COMPARE_AND_WRITE and edtl != implied:
+                # Atomic: half a compare-and-write means nothing. The CDB (whose NUMBER OF
+                # LOGICAL BLOCKS is what disagrees with the data) is at fault.
+                task.residual = (edtl < implied, abs(implied - edtl))
+                self._finish(
+                    task,
+                    ScsiStatus.CHECK_CONDITION,
+                    sense=build_fixed(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_CDB),
+                )
+                return False
             if edtl < implied:
                 task.residual = (True, implied - edtl)
                 patched = with_write_blocks(task.cdb, edtl // self.block_size)

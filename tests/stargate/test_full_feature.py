@@ -466,3 +466,17 @@ async def test_shutdown_drops_every_session_and_stops_serving(nursery: trio.Nurs
     assert server.port is not None
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", server.port)
+
+
+async def test_compare_and_write_whose_data_disagrees_with_the_cdb_is_refused(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(nursery)
+    initiator = await logged_in(server)
+    await clear_unit_attention(initiator)
+    compare_and_write = bytes([0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+    result = await initiator.scsi(compare_and_write, write_data=bytes(3 * 512))
+    assert result.status == ScsiStatus.CHECK_CONDITION
+    assert parse_sense_bytes(result.sense) == bytes([0x24, 0x00])
+    matching = await initiator.scsi(compare_and_write, write_data=bytes(2 * 512))
+    assert matching.status == ScsiStatus.GOOD  # zeros compared equal to zeros
