@@ -8,8 +8,10 @@ while the claim is OWNED and its fence holds:
   is owned; commands of a vDisk being released or lost stay parked and never run (their
   connections are being dropped, the initiator re-issues them elsewhere).
 - `FencedLogicalUnit` checks the fence right before executing: a command admitted before a
-  take-over (e.g. one that waited for Data-Out while this process was stopped) fails with
-  NOT READY / TARGET PORT IN TRANSITION instead of touching the vDisk.
+  take-over (e.g. one that waited for Data-Out while this process was stopped) is answered
+  BUSY instead of touching the vDisk. BUSY, because initiators retry it (QEMU, Linux and
+  ours alike) where NOT READY would reach the VM as an I/O error; the retry lands at the
+  new owner once the connection, dropped right after, is re-established.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from enum import Enum
 from typing import Any
 
 from iscsicore.scsi.opcodes import ScsiStatus
-from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
 from stargate.cluster.ownership import Fence, OwnershipFile
 from stargate.queue import Admission, CommandQueue, QueuedCommand
 from stargate.scsi.command import ScsiResult
@@ -61,9 +62,7 @@ LostCallback = Callable[[Claim], None]
 AcquireCallback = Callable[[Claim], None]
 
 
-def _not_ready_in_transition() -> ScsiResult:
-    sense = build_fixed(SenseKey.NOT_READY, Asc.LOGICAL_UNIT_NOT_READY_TARGET_PORT_IN_TRANSITION)
-    return ScsiResult(ScsiStatus.CHECK_CONDITION, sense=sense)
+_BUSY = ScsiResult(ScsiStatus.BUSY)
 
 
 class FencedLogicalUnit:
@@ -79,7 +78,7 @@ class FencedLogicalUnit:
         if self.claim.may_execute():
             return self.inner.execute(cdb, data_out, nexus)
         self._on_lost(self.claim)
-        return _not_ready_in_transition()
+        return _BUSY
 
     def __getattr__(self, name: str) -> Any:
         # nexus_lost, reset, reservations...: everything else is the inner unit's.

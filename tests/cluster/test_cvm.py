@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from initiator.device import BlockDevice
@@ -180,36 +181,46 @@ async def test_control_logout_asks_the_sessions_and_release_of_unknown_is_harmle
         assert status == 404
 
 
+@pytest.mark.parametrize("chunk_blocks", [1, 512], ids=["512B-writes", "256KiB-writes-with-R2T"])
 async def test_two_initiators_pulling_a_vdisk_back_and_forth_lose_no_acked_write(
-    tmp_data_dir: Path,
+    tmp_data_dir: Path, chunk_blocks: int
 ) -> None:
-    """Each initiator writes its own blocks through its own stargate: every login moves the
-    vDisk, the other is dropped mid-stream and comes back. Every block must end up holding
-    the last generation acknowledged for it, or a later one that was sent."""
-    blocks_each, duration = 16, 6.0
+    """Each initiator writes its own chunks through its own stargate: every login moves the
+    vDisk, the other is dropped mid-stream and comes back (large writes are mid-R2T when
+    that happens). No write fails, and every chunk ends up holding the last generation
+    acknowledged for it, or a later one that was sent."""
+    chunks_each, duration = 4, 6.0
     acked: dict[int, int] = {}
     sent: dict[int, int] = {}
 
-    async def writer(cvm: ClusterStargate, first_lba: int) -> None:
+    async def writer(cvm: ClusterStargate, first_chunk: int) -> None:
         async with BlockDevice.open(url(cvm, "vm-0"), CONFIG) as disk:
             generation = 0
             with trio.move_on_after(duration):
                 while True:
                     generation += 1
-                    for lba in range(first_lba, first_lba + blocks_each):
-                        sent[lba] = generation
-                        await disk.write(lba, generation.to_bytes(4, "big") * (BLOCK // 4))
-                        acked[lba] = generation
+                    for chunk in range(first_chunk, first_chunk + chunks_each):
+                        payload = generation.to_bytes(4, "big") * (chunk_blocks * BLOCK // 4)
+                        sent[chunk] = generation
+                        await disk.write(chunk * chunk_blocks, payload)
+                        acked[chunk] = generation
 
     async with two_cvms(tmp_data_dir / "c") as (first, second):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer, first, 0)
             await trio.sleep(0.3)
-            nursery.start_soon(writer, second, blocks_each)
+            nursery.start_soon(writer, second, chunks_each)
         record = read_record(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-0"))
         assert record is not None and record.epoch >= 3  # it did move back and forth
         async with BlockDevice.open(url(first, "vm-0"), CONFIG) as reader:
-            data = await reader.read(0, 2 * blocks_each)
-    for lba in range(2 * blocks_each):
-        found = int.from_bytes(data[lba * BLOCK : lba * BLOCK + 4], "big")
-        assert acked[lba] <= found <= sent[lba], (lba, acked[lba], found, sent[lba])
+            data = await reader.read(0, 2 * chunks_each * chunk_blocks)
+    for chunk in range(2 * chunks_each):
+        generations = {
+            int.from_bytes(data[offset : offset + 4], "big")
+            for offset in range(
+                chunk * chunk_blocks * BLOCK, (chunk + 1) * chunk_blocks * BLOCK, BLOCK
+            )
+        }
+        assert len(generations) == 1, f"chunk {chunk} is torn: {sorted(generations)}"
+        found = generations.pop()
+        assert acked[chunk] <= found <= sent[chunk], (chunk, acked[chunk], found, sent[chunk])
