@@ -58,7 +58,8 @@ Protocol: ``step NAME CMD...``, ``step_pass NAME DETAIL``, ``step_fail NAME DETA
 iSCSI: ``iscsi_discover PORTAL``, ``iscsi_connect IQN PORTAL`` (prints /dev/sdX),
 ``iscsi_add_node``, ``iscsi_set IQN PORTAL NAME VALUE``, ``iscsi_login``, ``iscsi_logout``,
 ``iscsi_disk IQN``, ``iscsi_session_info IQN``, ``iscsi_session_field IQN "Current Portal"``,
-``iscsi_wait_state IQN LOGGED_IN [S]``, ``iscsi_wait_no_session IQN [S]``.
+``iscsi_wait_state IQN LOGGED_IN [S]``, ``iscsi_wait_no_session IQN [S]``,
+``iscsi_wait_portal IQN 10.0.2.101:3261 [S]`` (failover/failback landed), ``report_session``.
 fio: ``fio_start DISK SIZE [OPTIONS]`` (background, crc32c verify), ``fio_finish STEP``.
 Output of commands goes to the console log; only protocol lines go to the host.
 

@@ -111,7 +111,9 @@ iscsi_discover() {
 # iscsi_add_node IQN PORTAL: a node record for a portal the guest can reach (discovery
 # through a guestfwd returns the target's host-side portal, which the guest cannot reach).
 iscsi_add_node() {
-    iscsiadm -m node -o new -T "$1" -p "$2" >/dev/null
+    # (a discovery that reported this very portal made it already)
+    iscsiadm -m node -T "$1" -p "$2" >/dev/null 2>&1 ||
+        iscsiadm -m node -o new -T "$1" -p "$2" >/dev/null
 }
 
 # iscsi_set IQN PORTAL NAME VALUE: update one node setting (before login).
@@ -182,6 +184,30 @@ iscsi_wait_no_session() {
         sleep 0.2
     done
     return 1
+}
+
+# iscsi_wait_portal IQN PORTAL [TIMEOUT_S]: until the session is LOGGED_IN with
+# "Current Portal" PORTAL (host:port, without the ",tpgt"): a failover or failback landed.
+iscsi_wait_portal() {
+    local deadline current
+    deadline=$(($(date +%s) + ${3:-60}))
+    while [ "$(date +%s)" -le "$deadline" ]; do
+        current=$(iscsi_session_field "$1" "Current Portal")
+        if [ "${current%,*}" = "$2" ] &&
+            [ "$(iscsi_session_field "$1" "iSCSI Session State")" = LOGGED_IN ]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+# report_session IQN [PREFIX]: VALUE lines for the session's portals and state.
+report_session() {
+    local prefix=${2:-session}
+    value "$prefix-current-portal" "$(iscsi_session_field "$1" "Current Portal")"
+    value "$prefix-persistent-portal" "$(iscsi_session_field "$1" "Persistent Portal")"
+    value "$prefix-state" "$(iscsi_session_field "$1" "iSCSI Session State")"
 }
 
 # iscsi_wait_state IQN STATE [TIMEOUT_S]: until "iSCSI Session State" is STATE (LOGGED_IN...).
