@@ -19,15 +19,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from iscsicore.keys import SessionType
-from iscsicore.login import Accept, Resolution
 from stargate.cluster.admission import (
     Claim,
     ClaimState,
@@ -36,18 +34,17 @@ from stargate.cluster.admission import (
 )
 from stargate.cluster.http import HttpError, http_json, serve_http
 from stargate.cluster.ownership import Fence, OwnershipFile
-from stargate.cluster.spec import ClusterPaths, ClusterSpec, list_vdisks
+from stargate.cluster.registry import ClusterRegistry, OwnershipLoginPolicy
+from stargate.cluster.spec import ClusterPaths, ClusterSpec
 from stargate.cluster.stats_page import StatsPage
 from stargate.connection import FullFeatureConnection
-from stargate.login_phase import LoginPolicy
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
-from stargate.session import SessionTable
 from stargate.stats import VDiskStats
 from stargate.stores.file import FileStore
 from stargate.stores.meta import VDiskMeta
-from stargate.target import TARGET_NAME_PREFIX, PortalGroup, TargetRegistry, VDiskTarget
+from stargate.target import TARGET_NAME_PREFIX, VDiskTarget
 
 log = logging.getLogger("stargate.cluster.cvm")
 
@@ -71,53 +68,6 @@ class OpenedVDisk:
             self.store.sync()
             self.store.close()
         self.claim.file.close()
-
-
-class ClusterRegistry(TargetRegistry):
-    """The registry of a cluster stargate: any vDisk of DIR/vdisks is opened on first use."""
-
-    def __init__(self, opener: Callable[[str], VDiskTarget | None], paths: ClusterPaths) -> None:
-        super().__init__(PortalGroup())
-        self._opener = opener
-        self._paths = paths
-
-    def get(self, name: str) -> VDiskTarget | None:
-        target = super().get(name)
-        if target is not None or not name.startswith(TARGET_NAME_PREFIX):
-            return target
-        vdisk_id = name.removeprefix(TARGET_NAME_PREFIX)
-        if not vdisk_id or "/" in vdisk_id or vdisk_id.startswith("."):
-            return None
-        if not self._paths.vdisk_meta_file(vdisk_id).exists():
-            return None
-        target = self._opener(vdisk_id)
-        if target is not None:
-            self.add(target)
-        return target
-
-    def visible_to(self, initiator_name: str) -> list[VDiskTarget]:
-        # Discovery lists every vDisk of the cluster, not only those opened so far.
-        for info in list_vdisks(self._paths.root):
-            self.get(f"{TARGET_NAME_PREFIX}{info.vdisk_id}")
-        return super().visible_to(initiator_name)
-
-
-class OwnershipLoginPolicy(LoginPolicy):
-    """Accepting a normal login for a vDisk starts taking the vDisk over."""
-
-    def __init__(
-        self, registry: TargetRegistry, sessions: SessionTable, on_login: Callable[[str], None]
-    ) -> None:
-        super().__init__(registry, sessions)
-        self._on_login = on_login
-
-    def resolve(
-        self, initiator_name: str, target_name: str | None, session_type: SessionType
-    ) -> Resolution:
-        resolution = super().resolve(initiator_name, target_name, session_type)
-        if isinstance(resolution, Accept) and session_type is SessionType.NORMAL and target_name:
-            self._on_login(target_name)
-        return resolution
 
 
 class ClusterStargate:
