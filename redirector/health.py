@@ -5,7 +5,7 @@ pings it with NOP-Outs: a refused or reset connection means down at once, an una
 NOP-Out (a hung, e.g. SIGSTOPped, stargate) after the NOP timeout, a new successful session
 means up. At redirect time the local stargate gets one more quick look (a TCP connect): a
 crashed local stargate refuses it at once, so a vDisk's re-login never waits for the next
-ping to learn that.
+ping to learn that (a remote stargate about to be chosen gets the same look).
 """
 
 from __future__ import annotations
@@ -129,16 +129,18 @@ class HealthChecker:
             for state in self.nodes.values():
                 await state.first_verdict.wait()
 
-    async def recheck_local(self) -> bool:
-        """Connect to the local stargate once; a refusal marks it down at once. Returns
+    async def recheck(self, key: str) -> bool:
+        """Connect to stargate ``key`` once; a refusal marks it down at once. Returns
         whether it may still be used (a connection accepted, or a slow answer: the NOP
         checks judge those)."""
-        state = self.nodes[self.local_key]
-        refused = await _connection_refused(state.portal, QUICK_CHECK_TIMEOUT)
-        if refused:
-            self.report(state.key, False, "connection refused at redirect time")
+        state = self.nodes[key]
+        if await _connection_refused(state.portal, QUICK_CHECK_TIMEOUT):
+            self.report(key, False, "connection refused at redirect time")
             return False
         return True
+
+    async def recheck_local(self) -> bool:
+        return await self.recheck(self.local_key)
 
 
 async def _connection_refused(portal: Portal, timeout: float) -> bool:

@@ -110,12 +110,18 @@ class RedirectorServer:
 
     async def prepare(self, target_name: str) -> None:
         """Before the (synchronous) login state machine asks where ``target_name`` goes:
-        make sure the health view is fresh enough to answer without waiting later."""
+        make the health view fresh enough that the answer is a stargate that listens."""
         if self.health.started_at is not None and not self.policy.healthy_nodes():
             await self.health.wait_first_verdicts(self.config.timers.nop_timeout)
-        local = self.health.local_key
-        if self.policy.is_healthy(local) and self.policy.local_is_stable(self.clock()):
-            await self.health.recheck_local()
+        vdisk_id = self.config.vdisk_targets().get(target_name)
+        if vdisk_id is None:
+            return
+        # A crashed stargate refuses connections: learn it now rather than at the next ping
+        # (the choice is remembered by the policy, so `resolve` makes the same one).
+        for _ in self.config.spec.nodes:
+            chosen = self.policy.choose(vdisk_id, self.clock())
+            if chosen is None or await self.health.recheck(chosen):
+                return
 
     def resolve(
         self, initiator_name: str, target_name: str | None, session_type: SessionType

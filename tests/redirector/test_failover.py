@@ -184,6 +184,34 @@ async def test_hung_stargate_is_detected_by_nop_timeout(cluster: TestCluster) ->
     assert_logged_failover(cluster)
 
 
+async def test_a_remote_that_dies_too_hands_its_vdisks_to_another(cluster: TestCluster) -> None:
+    """Node 1 dies: the vDisks spread over nodes 2 and 3. Node 2 dies too: its vDisks go to
+    node 3, the others stay. Both come back: everything fails back to node 1."""
+    node1 = cluster.node(1)
+    async with verify_workload(Portal(node1.redirector_address, PORT)) as workload:
+        await workload.wait_progress()
+        cluster.kill_stargate(1)
+        serving = await wait_until(cluster, on_remotes, FAILOVER_TIMEOUT)
+        assert on_remotes(serving), serving
+        on_node_3 = {vdisk for vdisk in VDISKS if serving[vdisk] == 3}
+
+        cluster.kill_stargate(2)
+        serving = await wait_until(
+            cluster, lambda s: all(s.get(v) == 3 for v in VDISKS), FAILOVER_TIMEOUT
+        )
+        assert all(serving[vdisk] == 3 for vdisk in VDISKS), serving
+        await workload.wait_progress(FAILOVER_TIMEOUT)
+        for vdisk in on_node_3:  # never disturbed by node 2's death
+            assert workload.devices[vdisk].stats.reconnects == 1
+
+        cluster.start_stargate(2)
+        cluster.start_stargate(1)
+        serving = await wait_until(cluster, at_home, FAILBACK_TIMEOUT)
+        assert at_home(serving), serving
+        await workload.wait_progress(FAILOVER_TIMEOUT)
+    assert_clean(workload)
+
+
 # -- QEMU's libiscsi ------------------------------------------------------------------------
 
 
