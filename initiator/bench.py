@@ -63,6 +63,7 @@ class BenchReport:
             "ios": self.ios,
             "reads": self.reads,
             "writes": self.writes,
+            "bytes": self.bytes,
             "iops": self.iops,
             "mb_per_s": self.mb_per_s,
             "latency_us": self.latency.percentiles(),

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("url")
     bench.add_argument("--rw", choices=[p.value for p in Pattern], default="randread")
     bench.add_argument("--bs", default="4k")
+    bench.add_argument(
+        "--rwmixread", type=int, default=50, help="randrw: percent of reads (default 50)"
+    )
     bench.add_argument("--qd", type=int, default=32)
     bench.add_argument("--seconds", type=float, default=10.0, help="0: until SIGINT/SIGTERM")
     bench.add_argument("--size", help="confine I/O to the first SIZE bytes")
@@ -285,8 +288,8 @@ def _progress(console: Console, enabled: bool, total: float) -> Progress | None:
 
 async def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     block_size = parse_size(args.bs)
-    if args.qd < 1 or args.seconds < 0:
-        raise ValueError("--qd must be >= 1 and --seconds >= 0")
+    if args.qd < 1 or args.seconds < 0 or not 0 <= args.rwmixread <= 100:
+        raise ValueError("--qd must be >= 1, --seconds >= 0, --rwmixread 0..100")
     live = console.is_terminal and not args.json
     async with BlockDevice.open(args.url, _config(args)) as device:
         progress = _progress(console, live, args.seconds)
@@ -312,6 +315,7 @@ async def cmd_bench(args: argparse.Namespace, console: Console) -> int:
                     region_bytes=parse_size(args.size) if args.size else None,
                     progress=callback,
                     stop=stop,
+                    read_fraction=args.rwmixread / 100,
                 )
                 nursery.cancel_scope.cancel()
         finally:

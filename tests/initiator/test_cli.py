@@ -87,6 +87,13 @@ def test_bench_json(tgtd_factory: TgtdFactory) -> None:
         report = json.loads(done.stdout)
         assert report["ios"] > 0 and report["iops"] > 0 and report["errors"] == 0
         assert {"p50", "p99", "max"} <= set(report["latency_us"])
+        assert report["bytes"] == report["ios"] * 4096
+    mixed = initiator(
+        "bench", tgt.url(), "--rw", "randrw", "--rwmixread", "90", "--qd", "8",
+        "--seconds", "1", "--json",
+    )  # fmt: skip
+    report = json.loads(mixed.stdout)
+    assert report["reads"] > 4 * report["writes"] > 0
 
 
 def test_verify_json(tgtd_factory: TgtdFactory) -> None:
