@@ -121,7 +121,9 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     assert directory is not None
     directory = directory.resolve()
     if ClusterPaths(directory).spec_file.exists():
-        console.print(f"{directory} holds a cluster already: give the demo a fresh --dir")
+        console.print(
+            f"{directory} holds a cluster already: give the demo a fresh --dir", markup=False
+        )
         return 2
     try:
         return trio.run(_demo, options, directory, console)
@@ -139,7 +141,7 @@ async def _demo(options: DemoOptions, directory: Path, console: Console) -> int:
             directory, NODES, stable_window=options.stable_window, base_address=options.base_address
         )
     except ClusterSpecError as error:
-        console.print(f"demo: {error}")
+        console.print(f"demo: {error}", markup=False)
         return 2
     supervisor = Supervisor(directory, redirectors=True)
     supervisor.remember_mode(redirectors=True)
@@ -163,20 +165,20 @@ async def _demo(options: DemoOptions, directory: Path, console: Console) -> int:
         with view:
             rows, failure = await _run_vm(options, spec, supervisor, record.vdisk_ids, view)
     except DemoFailed as error:
-        console.print(f"demo failed: {error}")
+        console.print(f"demo failed: {error}", markup=False)
         return 1
     finally:
-        console.print("taking the cluster down")
+        console.print("taking the cluster down", markup=False)
         await trio.to_thread.run_sync(_stop_all, supervisor)
     view.summary(rows)
     if failure:
-        console.print(f"FAILED: {failure}")
+        console.print(f"FAILED: {failure}", markup=False)
         return 1
     failed = [row.vdisk for row in rows if not row.ok or row.final_node != HOME_NODE]
     if failed:
-        console.print(f"FAILED: {', '.join(failed)}")
+        console.print(f"FAILED: {', '.join(failed)}", markup=False)
         return 1
-    console.print("OK: every vDisk failed over and back; no error, no mismatch")
+    console.print("OK: every vDisk failed over and back; no error, no mismatch", markup=False)
     return 0
 
 
@@ -322,6 +324,10 @@ class _Scenario:
                 event = disk.sample(now, self.view.phase, self.node_of)
                 if event is not None:
                     self.view.disk_event(disk, event)
+            self.view.cvm_states = {
+                node.node_id: self.supervisor.state(self.supervisor.stargate(node.node_id))[1]
+                for node in self.spec.nodes
+            }
             self.view.refresh(self.disks)
             await trio.sleep(SAMPLE_INTERVAL)
 

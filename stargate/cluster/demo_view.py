@@ -50,6 +50,7 @@ class DemoView:
         self.phase = Phase.STARTING
         self.headline = ""
         self.cluster_events: list[str] = []
+        self.cvm_states: dict[int, str] = {}  # node -> process state (running, exited, ...)
         self._live: Live | None = None
         self._last_status = 0.0
 
@@ -75,11 +76,13 @@ class DemoView:
         line = f"{time.strftime('%H:%M:%S')} {text}"
         self.cluster_events.append(line)
         if self._live is None:
-            self.console.print(line, highlight=False, soft_wrap=True)
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     def disk_event(self, disk: DiskWatch, text: str) -> None:
         if self._live is None:
-            self.console.print(f"{time.strftime('%H:%M:%S')} {disk.vdisk}: {text}", highlight=False)
+            self.console.print(
+                f"{time.strftime('%H:%M:%S')} {disk.vdisk}: {text}", highlight=False, markup=False
+            )
 
     def refresh(self, disks: list[DiskWatch]) -> None:
         if self._live is not None:
@@ -94,11 +97,15 @@ class DemoView:
                 for d in disks
             ]
             self.console.print(
-                f"  [{self.phase.value}] " + " | ".join(parts), highlight=False, soft_wrap=True
+                f"  [{self.phase.value}] " + " | ".join(parts),
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
             )
 
     def _render(self, disks: list[DiskWatch]) -> Group:
-        table = Table(title=f"[{self.phase.value}] {self.headline}", expand=True)
+        title = Text(f"[{self.phase.value}] {self.headline}")  # Text: brackets are not markup
+        table = Table(title=title, expand=True)
         for column in ("vDisk", "CVM", "IOPS", "latency", "pause now", "reconnects", "events"):
             table.add_column(column)
         for disk in disks:
@@ -112,8 +119,9 @@ class DemoView:
                 str(disk.device.stats.reconnects),
                 "\n".join(disk.events[-3:]),
             )
+        cvms = Text("  ".join(f"CVM {node}: {state}" for node, state in self.cvm_states.items()))
         log = Text("\n".join(self.cluster_events[-6:]), style="dim")
-        return Group(table, log)
+        return Group(cvms, table, log)
 
     # -- summary --------------------------------------------------------------------------
 
@@ -153,6 +161,7 @@ class DemoView:
                 f"bytes_verified={row.bytes_verified} mismatches={row.mismatches} "
                 f"errors={row.errors} final_cvm={row.final_node or 0}",
                 highlight=False,
+                markup=False,
                 soft_wrap=True,
             )
 
