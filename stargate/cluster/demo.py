@@ -4,9 +4,10 @@
    created on node 1.
 2. The VM (the project's initiator, `initiator.VM`) logs in to every vDisk through node 1's
    redirector and runs the data-loss detector (`initiator.verify`) on each.
-3. Node 1's stargate is killed: each vDisk's re-login is redirected to a remote CVM.
-4. It is restarted: after the stable window the remote stargates log the sessions out and
-   the re-logins land on node 1 again.
+3. Node 1's stargate is killed (or, with ``--failure hang``, SIGSTOPped: found out by NOP
+   timeouts): each vDisk's re-login is redirected to a remote CVM.
+4. It is restarted (or continued): after the stable window the remote stargates log the
+   sessions out and the re-logins land on node 1 again.
 5. The workload stops, a final pass re-reads every block written; the summary gives the
    I/O pause per vDisk at failover and at failback, bytes verified and errors.
 
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,11 @@ LOG_POLL_INTERVAL = 0.25
 SUMMARY_WIDTH = 150
 
 
+class Failure(Enum):
+    KILL = "kill"  # SIGKILL, then start it again
+    HANG = "hang"  # SIGSTOP, then SIGCONT
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     directory: Path | None
@@ -68,6 +76,7 @@ class DemoOptions:
     queue_depth: int = 4
     steady_seconds: float = 5.0
     hold_seconds: float = 5.0
+    failure: Failure = Failure.KILL
     live: bool = False
 
 
@@ -96,6 +105,12 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--steady-seconds", type=float, default=5.0)
     demo.add_argument("--hold-seconds", type=float, default=5.0)
     demo.add_argument(
+        "--failure",
+        choices=[failure.value for failure in Failure],
+        default=Failure.KILL.value,
+        help="kill node 1's stargate (SIGKILL) or hang it (SIGSTOP)",
+    )
+    demo.add_argument(
         "--plain", action="store_true", help="plain lines, even on a terminal (no live view)"
     )
     demo.set_defaults(handler=run_demo_command)
@@ -109,6 +124,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         disk_size=args.disk_size,
         steady_seconds=args.steady_seconds,
         hold_seconds=args.hold_seconds,
+        failure=Failure(args.failure),
         live=sys.stdout.isatty() and not args.plain,
     )
     # Without a terminal rich assumes 80 columns: too narrow for the summary table.
@@ -281,8 +297,13 @@ class _Scenario:
         await self._wait("every vDisk served by node 1", self._all_on({HOME_NODE}), 30.0)
         await trio.sleep(options.steady_seconds)
 
-        view.announce(Phase.FAILOVER, f"killing node {HOME_NODE}'s stargate (SIGKILL)")
-        await trio.to_thread.run_sync(supervisor.kill, home_cvm)
+        hang = options.failure is Failure.HANG
+        if hang:
+            view.announce(Phase.FAILOVER, f"hanging node {HOME_NODE}'s stargate (SIGSTOP)")
+            supervisor.send(home_cvm, signal.SIGSTOP)
+        else:
+            view.announce(Phase.FAILOVER, f"killing node {HOME_NODE}'s stargate (SIGKILL)")
+            await trio.to_thread.run_sync(supervisor.kill, home_cvm)
         await self._wait("every vDisk on a remote CVM", self._all_on(remotes), FAILOVER_TIMEOUT)
         placement = ", ".join(f"{d.vdisk} -> CVM {d.serving_node}" for d in self.disks)
         view.announce(Phase.FAILED_OVER, f"failed over: {placement}")
@@ -291,9 +312,13 @@ class _Scenario:
         window = self.spec.stable_window
         view.announce(
             Phase.FAILBACK,
-            f"restarting node {HOME_NODE}'s stargate; failback once healthy for {window:g} s",
+            f"{'continuing' if hang else 'restarting'} node {HOME_NODE}'s stargate; "
+            f"failback once healthy for {window:g} s",
         )
-        supervisor.start(home_cvm)
+        if hang:
+            supervisor.send(home_cvm, signal.SIGCONT)
+        else:
+            supervisor.start(home_cvm)
         if await supervisor.wait_ready([home_cvm]):
             raise DemoFailed(f"{home_cvm.name} did not come back:\n{supervisor.log_tail(home_cvm)}")
         await self._wait(
