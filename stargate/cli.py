@@ -138,6 +138,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--login-timeout", type=_positive_float, default=15.0)
     parser.add_argument("--nop-interval", type=_positive_float, default=5.0)
     parser.add_argument("--nop-timeout", type=_positive_float, default=10.0)
+    parser.add_argument(
+        "--eager-send-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also send responses after every N PDUs of a wake-up (0: once per wake-up)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     parser.set_defaults(handler=run_target)
 
@@ -212,6 +219,7 @@ def run_target(args: argparse.Namespace) -> int:
         queue_depth=args.queue_depth,
         login_timeout=args.login_timeout,
         timers=ConnectionTimers(nop_interval=args.nop_interval, nop_timeout=args.nop_timeout),
+        eager_send_every=max(0, args.eager_send_every),
     )
     server = StargateServer(registry, config)
     listen_error: OSError | None = None

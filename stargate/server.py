@@ -81,6 +81,14 @@ class DirectSocket:
                 except OSError as error:
                     raise trio.BrokenResourceError(str(error)) from error
 
+    def try_send(self, data: bytearray) -> None:
+        """Send what the socket takes right now, never waiting; drop that from ``data``."""
+        try:
+            sent = self._raw.send(data)
+        except OSError:
+            return  # would block, or broken: the next awaited send deals with it
+        del data[:sent]
+
     def detach(self) -> None:
         self._raw.detach()
 
@@ -106,6 +114,7 @@ class ServerConfig:
     queue_depth: int = DEFAULT_QUEUE_DEPTH
     login_timeout: float = DEFAULT_LOGIN_TIMEOUT
     timers: ConnectionTimers = field(default_factory=ConnectionTimers)
+    eager_send_every: int = 0  # see FullFeatureConnection: 0 sends once per wake-up
 
 
 def format_address(host: str, port: int) -> str:
@@ -229,6 +238,7 @@ class StargateServer:
             timers=self.config.timers,
             text_responder=responder,
             directory=self,
+            eager_send_every=self.config.eager_send_every,
         )
         session.closer = connection.close
         self.sessions.add(session)

@@ -352,6 +352,7 @@ async def start_stargate(
     queue_depth: int = 128,
     login_timeout: float = 5.0,
     timers: ConnectionTimers | None = None,
+    eager_send_every: int = 0,
 ) -> StargateServer:
     registry = TargetRegistry()
     for target in targets or (memory_target("vd1"), memory_target("vd2")):
@@ -364,6 +365,7 @@ async def start_stargate(
             queue_depth=queue_depth,
             login_timeout=login_timeout,
             timers=timers or ConnectionTimers(),
+            eager_send_every=eager_send_every,
         ),
     )
     await nursery.start(server.serve)

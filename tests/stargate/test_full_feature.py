@@ -480,3 +480,20 @@ async def test_compare_and_write_whose_data_disagrees_with_the_cdb_is_refused(
     assert parse_sense_bytes(result.sense) == bytes([0x24, 0x00])
     matching = await initiator.scsi(compare_and_write, write_data=bytes(2 * 512))
     assert matching.status == ScsiStatus.GOOD  # zeros compared equal to zeros
+
+
+@pytest.mark.parametrize("eager_send_every", [0, 1, 3])
+async def test_pipelined_reads_with_and_without_eager_sends(
+    nursery: trio.Nursery, eager_send_every: int
+) -> None:
+    server = await start_stargate(nursery, eager_send_every=eager_send_every)
+    initiator = await logged_in(server)
+    await clear_unit_attention(initiator)
+    payload = os.urandom(32 * 4096)
+    assert (await initiator.scsi(write10(0, 256), write_data=payload)).status == ScsiStatus.GOOD
+    commands = [initiator.command(read10(i * 8, 8), read_length=4096) for i in range(32)]
+    await initiator.stream.send_all(b"".join(encode_pdu(command) for command in commands))
+    for index, command in enumerate(commands):
+        result = await initiator.collect(command.itt)
+        assert result.status == ScsiStatus.GOOD
+        assert bytes(result.data) == payload[index * 4096 : (index + 1) * 4096]
