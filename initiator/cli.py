@@ -150,11 +150,12 @@ async def cmd_ls(args: argparse.Namespace, console: Console) -> int:
     targets = await send_targets(portal, config.login)
     listing: list[dict[str, Any]] = []
     for target in targets:
-        luns = await list_luns(portal, target.name, config)
+        served_by, luns = await list_luns(portal, target.name, config)
         listing.append(
             {
                 "target": target.name,
                 "portals": target.portals,
+                "served_by": served_by,
                 "luns": [
                     {
                         "lun": lun.lun,
@@ -172,10 +173,10 @@ async def cmd_ls(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(listing, indent=2))
         return 0
     table = Table(title=f"Targets at {portal}")
-    for column in ("Target", "Portal", "LUN", "Size", "Block", "Product"):
+    for column in ("Target", "Served by", "LUN", "Size", "Block", "Product"):
         table.add_column(column)
     for entry in listing:
-        portals = ", ".join(entry["portals"])
+        portals = entry["served_by"]
         if not entry["luns"]:
             table.add_row(entry["target"], portals, "-", "", "", "")
         for lun in entry["luns"]:

@@ -90,11 +90,15 @@ async def _text_exchange(established: Established, exchange: TextExchange) -> Te
     raise TargetProtocolError(f"SendTargets answer spans more than {_MAX_TEXT_ROUNDS} PDUs")
 
 
-async def list_luns(portal: Portal, target: str, config: SessionConfig) -> list[LunInfo]:
-    """REPORT LUNS, then capacity and identity of each LUN, through one session."""
+async def list_luns(
+    portal: Portal, target: str, config: SessionConfig
+) -> tuple[str, list[LunInfo]]:
+    """REPORT LUNS, then capacity and identity of each LUN, through one session; with the
+    portal that served it (after any redirect)."""
     infos: list[LunInfo] = []
     quick = replace(config, replacement_timeout=min(config.replacement_timeout, 5.0))
     async with Session.connect(portal, target, quick) as session:
+        served_by = str(session.portal)
         result = await session.execute(cdb.report_luns(), read_length=4096)
         for lun in cdb.parse_report_luns(bytes(result.data)):
             info = LunInfo(lun)
@@ -117,4 +121,4 @@ async def list_luns(portal: Portal, target: str, config: SessionConfig) -> list[
             except InitiatorError as error:
                 info.error = str(error)
             infos.append(info)
-    return infos
+    return served_by, infos

@@ -3,8 +3,8 @@
 ``establish`` dials a portal, runs the login exchange and, on a 0x0101/0x0102 redirect,
 dials the TargetAddress it names, up to ``max_redirects`` hops and never the same portal
 twice in one attempt (a loop). The login exchange itself (security stage with CHAP,
-operational negotiation) is the shared sans-IO
-state machine ``iscsicore.login.InitiatorLogin``; this module only moves its PDUs.
+operational negotiation) is the shared sans-IO state machine
+``iscsicore.login.InitiatorLogin``; this module only moves its PDUs.
 """
 
 from __future__ import annotations

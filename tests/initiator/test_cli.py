@@ -47,6 +47,7 @@ def test_ls_lists_targets_luns_and_sizes(tgtd_factory: TgtdFactory) -> None:
     assert done.returncode == 0, done.stderr
     [entry] = json.loads(done.stdout)
     assert entry["target"] == tgt.iqn
+    assert entry["served_by"] == f"{tgt.portal}"
     sizes = {lun["lun"]: lun["size_bytes"] for lun in entry["luns"]}
     assert sizes[1] == 8 * MiB and sizes[2] == 16 * MiB
     table = initiator("ls", tgt.portal)
