@@ -52,7 +52,9 @@ def _add_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, sort_keys=True), flush=True)
+    # A closed pipe (`| head`) is the reader's choice, not an error worth a traceback.
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps(document, indent=2, sort_keys=True), flush=True)
 
 
 # -- registration --------------------------------------------------------------------------
@@ -290,8 +292,9 @@ def cluster_status(args: argparse.Namespace) -> int:
         _print_json([status.to_json() for status in statuses])
         return 0
     table = Table(title=f"cluster {supervisor.directory}")
-    for column in ("process", "pid", "state", "health", "address", "log"):
-        table.add_column(column)
+    for column in ("process", "pid", "state", "health", "address"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("log", overflow="fold")
     styles = {"up": "green", "stopped": "yellow", "starting": "yellow", "down": "red"}
     for status in statuses:
         table.add_row(

@@ -16,6 +16,7 @@ import trio
 
 from initiator.discovery import send_targets
 from initiator.url import parse_portal
+from stargate.cluster.http import http_json, http_request
 from stargate.cluster.spec import ClusterSpec
 from tests.cluster.conftest import RunningCluster, run_cli, unique_cluster_base
 from tests.conftest import require_tool
@@ -145,6 +146,12 @@ def test_libiscsi_and_qemu_io_through_a_cluster_stargate(stargate_cluster: Runni
     qemu_io(cluster.stargate_url(1, "db-0"), ["read -P 0x6b 64k 4k", "read -P 0x5a 0 64k"])
     listing = {row["id"]: row for row in cluster.cli_json("vdisk", "list", "--json")}
     assert listing["db-0"]["serving_node"] == 1 and listing["db-0"]["epoch"] == 3
+    metrics = trio.run(http_request, "GET", f"{cluster.spec.node(2).http_url}/metrics")
+    labels = '{node="2",vdisk="db-0"}'
+    assert f"stargate_vdisk_reads_total{labels} " in metrics.body.decode()
+    assert f"stargate_vdisk_owned{labels} 0" in metrics.body.decode()  # it moved back to 1
+    _, stats = trio.run(http_json, "GET", f"{cluster.spec.node(2).http_url}/stats.json")
+    assert stats["vdisks"]["db-0"]["writes"] >= 1 and stats["vdisks"]["db-0"]["owner_node"] == 1
 
 
 @pytest.mark.parametrize("action", ["kill", "stop", "restart"])
