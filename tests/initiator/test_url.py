@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -78,3 +80,10 @@ def test_ipv4_mapped_address_is_dialled_as_ipv4() -> None:
 def test_portal_text_round_trips(host: str, port: int, tpgt: int | None) -> None:
     portal = Portal(host, port, tpgt)
     assert parse_portal(str(portal)) == portal
+
+
+@given(st.text(max_size=80))
+def test_any_text_parses_or_raises_url_error(text: str) -> None:
+    for candidate in (text, f"iscsi://{text}", f"iscsi://h/{text}"):
+        with contextlib.suppress(UrlError):
+            parse_url(candidate)
