@@ -6,6 +6,10 @@ HTTP page (``POST /control/vdisks/<id>/logout``) to send AsyncEvent 1 (logout re
 the vDisk's sessions and drop them after a timeout; the initiator logs in again through
 this redirector, which now sends it home. A request that fails is retried a bounded number
 of times; a remote CVM that goes down meanwhile drops the placement itself (policy).
+
+A redirector that restarts knows no placements: the first time the local stargate is stable
+it also looks at the ownership records of its node's VMs' vDisks, and those a remote
+stargate owns are failed back the same way (once that stargate is seen healthy).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import trio
 from redirector.config import RedirectorConfig
 from redirector.policy import PlacementPolicy
 from stargate.cluster.http import HttpError, http_json
+from stargate.cluster.ownership import read_record
+from stargate.cluster.spec import load_vms
 from stargate.target import target_name_for
 
 CHECK_INTERVAL = 0.5
@@ -50,6 +56,8 @@ class Failback:
     clock: Callable[[], float] = trio.current_time
     stats: FailbackStats = field(default_factory=FailbackStats)
     _attempts: dict[str, _Attempts] = field(default_factory=dict)
+    _strays: dict[str, str] = field(default_factory=dict)  # vDisk -> remote node key
+    _looked_for_strays: bool = False
 
     async def run(self) -> None:
         while True:
@@ -58,7 +66,15 @@ class Failback:
 
     async def step(self) -> None:
         """Ask for the logout of every vDisk due to come home (concurrently)."""
-        due = self.policy.failback_due(self.clock())
+        now = self.clock()
+        if not self.policy.local_is_stable(now):
+            return
+        if not self._looked_for_strays:
+            self._looked_for_strays = True
+            self._strays = self.stray_vdisks()
+        # A stray owned by a stargate not (yet) seen healthy waits: asking it would fail.
+        strays = {v: node for v, node in self._strays.items() if self.policy.is_healthy(node)}
+        due = {**strays, **self.policy.failback_due(now)}
         for vdisk in list(self._attempts):
             if vdisk not in due:
                 del self._attempts[vdisk]  # came home, or its remote CVM died
@@ -106,3 +122,19 @@ class Failback:
     def _forget(self, vdisk: str) -> None:
         self.policy.forget(vdisk)
         self._attempts.pop(vdisk, None)
+        self._strays.pop(vdisk, None)
+
+    def stray_vdisks(self) -> dict[str, str]:
+        """vDisks of this node's VMs owned by a remote stargate, by their records."""
+        local = self.config.node_id
+        remote_ids = set(self.config.spec.node_ids) - {local}
+        strays = {}
+        for vm in load_vms(self.config.directory):
+            if vm.home_node != local:
+                continue
+            for vdisk in vm.vdisk_ids:
+                record = read_record(self.config.paths.ownership_file(vdisk))
+                if record is None or record.node_id not in remote_ids:
+                    continue
+                strays[vdisk] = self.config.node_key(record.node_id)
+        return strays

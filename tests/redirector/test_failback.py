@@ -20,6 +20,8 @@ from redirector.failback import MAX_ATTEMPTS, Failback
 from redirector.log import redirector_logger
 from redirector.policy import PlacementPolicy
 from stargate.cluster.http import HttpRequest, HttpResponse, serve_http
+from stargate.cluster.ownership import OwnershipFile
+from stargate.cluster.spec import ClusterPaths, create_vm
 from tests.redirector.cluster import make_spec
 
 STABLE_WINDOW = 5.0
@@ -167,3 +169,30 @@ async def test_a_remote_that_died_is_not_asked(tmp_path: Path) -> None:
         await setup.failback.step()
         assert not setup.pages[2].requests
         assert len(setup.pages[3].requests) == 1
+
+
+async def test_a_restarted_redirector_fails_back_what_remotes_own(tmp_path: Path) -> None:
+    """No placements in memory (the redirector restarted): the ownership records of the
+    node's VMs' vDisks tell which remote stargates to ask, once the local one is stable."""
+    async with failback_setup(tmp_path) as setup:
+        create_vm(tmp_path, "home", home_node=1, disks=3, size="1M")
+        create_vm(tmp_path, "elsewhere", home_node=2, disks=1, size="1M")
+        paths = ClusterPaths(tmp_path)
+        OwnershipFile(paths.ownership_file("home-0")).claim(2)
+        OwnershipFile(paths.ownership_file("home-1")).claim(1)  # at home already
+        OwnershipFile(paths.ownership_file("home-2")).claim(3)
+        OwnershipFile(paths.ownership_file("elsewhere-0")).claim(3)  # not this node's VM
+        policy = setup.policy
+        policy.mark_up("1", 0.0)
+        policy.mark_up("2", 0.0)  # node 3 not seen yet
+        await setup.failback.step()
+        assert [r.path for r in setup.pages[2].requests] == ["/control/vdisks/home-0/logout"]
+        assert not setup.pages[3].requests and not setup.pages[1].requests
+
+        policy.mark_up("3", 1.0)
+        setup.clock.now = 1.0
+        await setup.failback.step()
+        assert [r.path for r in setup.pages[3].requests] == ["/control/vdisks/home-2/logout"]
+        for _ in range(3):  # each asked once
+            await setup.failback.step()
+        assert len(setup.pages[2].requests) == len(setup.pages[3].requests) == 1

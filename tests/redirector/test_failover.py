@@ -212,6 +212,25 @@ async def test_a_remote_that_dies_too_hands_its_vdisks_to_another(cluster: TestC
     assert_clean(workload)
 
 
+async def test_a_restarted_redirector_still_fails_back(cluster: TestCluster) -> None:
+    """The redirector restarts while the vDisks are away: the new one learns from the
+    ownership records which remote stargates to ask once node 1 is back."""
+    node1 = cluster.node(1)
+    async with verify_workload(Portal(node1.redirector_address, PORT)) as workload:
+        await workload.wait_progress()
+        cluster.kill_stargate(1)
+        serving = await wait_until(cluster, on_remotes, FAILOVER_TIMEOUT)
+        assert on_remotes(serving), serving
+
+        cluster.redirectors[1].kill()
+        cluster.start_redirector(1, *REDIRECTOR_TIMERS)
+        cluster.start_stargate(1)
+        serving = await wait_until(cluster, at_home, FAILBACK_TIMEOUT)
+        assert at_home(serving), serving
+        await workload.wait_progress(FAILOVER_TIMEOUT)
+    assert_clean(workload)
+
+
 # -- QEMU's libiscsi ------------------------------------------------------------------------
 
 
