@@ -3,7 +3,7 @@ vDisks it may redirect, and its timers. Built from DIR/cluster.json (the cluster
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from redirector.policy import PlacementMode
@@ -37,6 +37,10 @@ class RedirectorConfig:
     node_id: int
     timers: Timers = Timers()
     portal_group_tag: int = DEFAULT_PORTAL_GROUP_TAG
+    catalog: VDiskCatalog = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "catalog", VDiskCatalog(self.directory))  # frozen dataclass
 
     @classmethod
     def load(
@@ -70,8 +74,27 @@ class RedirectorConfig:
         return self.spec.node(int(key))
 
     def vdisk_targets(self) -> dict[str, str]:
-        """Target name -> vDisk id of every vDisk of the cluster, read afresh (vDisks come
-        and go while the redirector runs)."""
-        return {
-            target_name_for(info.vdisk_id): info.vdisk_id for info in list_vdisks(self.directory)
-        }
+        """Target name -> vDisk id of every vDisk of the cluster (vDisks come and go while
+        the redirector runs)."""
+        return self.catalog.targets()
+
+
+@dataclass
+class VDiskCatalog:
+    """The cluster's vDisks, read again only when DIR/vdisks changed (its mtime): every
+    login asks, and a failover is a burst of logins."""
+
+    directory: Path
+    _stamp: int | None = None
+    _targets: dict[str, str] = field(default_factory=dict)
+
+    def targets(self) -> dict[str, str]:
+        try:
+            stamp = ClusterPaths(self.directory).vdisks.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        if stamp != self._stamp:
+            infos = list_vdisks(self.directory)
+            self._targets = {target_name_for(info.vdisk_id): info.vdisk_id for info in infos}
+            self._stamp = stamp
+        return self._targets
