@@ -77,8 +77,12 @@ def fio_job_options(job: FioJob) -> list[str]:
     return options
 
 
-def fio_measurement(job_report: Mapping[str, Any]) -> Measurement:
-    """One job (or group) of fio's JSON report: reads and writes together, worst p99."""
+def fio_measurement(job_report: Mapping[str, Any], runtime_divisor: int = 1) -> Measurement:
+    """One job (or group) of fio's JSON report: reads and writes together, worst p99.
+
+    A group (``--group_reporting``) reports the sum of its jobs' runtimes: pass the number of
+    jobs as ``runtime_divisor`` to get the wall time they ran side by side.
+    """
     ios = io_bytes = 0
     p99_values: list[float] = []
     for direction in ("read", "write"):
@@ -88,7 +92,7 @@ def fio_measurement(job_report: Mapping[str, Any]) -> Measurement:
         percentiles = stats.get("clat_ns", {}).get("percentile", {})
         if stats.get("total_ios") and "99.000000" in percentiles:
             p99_values.append(float(percentiles["99.000000"]) / 1000)
-    seconds = float(job_report.get("job_runtime", 0)) / 1000
+    seconds = float(job_report.get("job_runtime", 0)) / 1000 / runtime_divisor
     return Measurement(ios, io_bytes, seconds, max(p99_values) if p99_values else None)
 
 
@@ -137,8 +141,8 @@ class FioClient:
             run_command(argv, timeout=seconds + CLIENT_SLACK_SECONDS + len(jobs))
             report = parse_fio_report(report_path.read_text())
         job_reports = report.get("jobs", [])
-        if group:
-            return {"all": fio_measurement(job_reports[0])}
+        if group:  # a group's job_runtime adds up its jobs' runtimes
+            return {"all": fio_measurement(job_reports[0], runtime_divisor=len(jobs))}
         return {job_report["jobname"]: fio_measurement(job_report) for job_report in job_reports}
 
     def measure(self, url: str, workload: Workload, seconds: float) -> Measurement | None:

@@ -100,6 +100,11 @@ class BenchCluster:
     def stargate_pid(self, node: int) -> int:
         return int(self.document["nodes"][node - 1]["stargate"]["pid"])
 
+    def serving_node(self) -> list[int | None]:
+        """Which node serves each vDisk now (``stargate vdisk list``)."""
+        listing = json.loads(self.cli("vdisk", "list", "--json"))
+        return [entry.get("serving_node") for entry in listing]
+
     def cvm(self, action: str, node: int) -> None:
         self.cli("cvm", action, str(node))
 

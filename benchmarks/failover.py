@@ -32,6 +32,7 @@ FAILBACK_RUN_SECONDS = STABLE_WINDOW_SECONDS + 7.0
 QEMU_IO_SLEEP_MS = 10
 FAILOVER_WORKLOAD = Workload("randrw-4k-qd4", Pattern.RANDRW, 4 * KiB, 4, read_percent=70)
 _OPS_PER_SECOND = re.compile(r"and ([\d.]+) ops/sec")
+_FAILED_COMMAND = re.compile(r"^\S+ failed: ", re.MULTILINE)
 
 
 def _stderr(line: str) -> None:
@@ -81,18 +82,29 @@ class PauseProbe:
             report = json.loads(stdout)
             pause = initiator_measurement(report).longest_pause_s or 0.0
             return pause, {"reconnects": report.get("reconnects"), "errors": report.get("errors")}
-        return slowest_qemu_io_command_seconds(stdout + stderr), {}
+        output = stdout + stderr
+        details = {
+            "reads_done": len(_OPS_PER_SECOND.findall(output)),
+            "failed_commands": len(_FAILED_COMMAND.findall(output)),
+        }
+        return slowest_qemu_io_command_seconds(output), details
+
+    def running(self) -> bool:
+        return self.process.poll() is None
 
 
 def one_cycle(cluster: BenchCluster, client: str, url: str) -> dict[str, Any]:
     """Kill node 1's stargate under I/O, then start it and wait through the failback."""
     probe = PauseProbe(client, url, KILL_RUN_SECONDS)
     time.sleep(KILL_AFTER_SECONDS)
+    running_at_kill = probe.running()
     cluster.cvm("kill", 1)
     kill_pause, kill_details = probe.finish(timeout=KILL_RUN_SECONDS + 60)
+    kill_details |= {"client_running_at_kill": running_at_kill, "served_by": cluster.serving_node()}
     cluster.cvm("start", 1)
     probe = PauseProbe(client, url, FAILBACK_RUN_SECONDS)
     failback_pause, failback_details = probe.finish(timeout=FAILBACK_RUN_SECONDS + 60)
+    failback_details["served_by"] = cluster.serving_node()
     return {
         "kill_pause_s": kill_pause,
         "failback_pause_s": failback_pause,
