@@ -31,6 +31,7 @@ from stargate.cluster.spec import ClusterPaths, ClusterSpec, NodeSpec
 STOP_GRACE = 5.0
 PROBE_TIMEOUT = 1.0
 READY_TIMEOUT = 20.0
+STATE_CHANGE_TIMEOUT = 2.0
 
 
 class ProcessKind(Enum):
@@ -212,6 +213,16 @@ class Supervisor:
         if pid is None:
             raise ProcessLookupError(f"{process.name} is not running")
         os.kill(pid, signum)
+        if signum in (signal.SIGSTOP, signal.SIGCONT):
+            # Delivery is asynchronous: return once the state shows it, so that what the
+            # caller does next (a status, a test's check) sees the process stopped/running.
+            want_stopped = signum == signal.SIGSTOP
+            deadline = time.monotonic() + STATE_CHANGE_TIMEOUT
+            while time.monotonic() < deadline:
+                stat = _proc_stat(pid)
+                if stat is None or (stat[0] == "T") == want_stopped:
+                    break
+                time.sleep(0.005)
         return pid
 
     def stop(self, process: ManagedProcess, *, grace: float = STOP_GRACE) -> bool:
