@@ -42,10 +42,10 @@ def section_runners(settings: Settings) -> dict[Section, Callable[[], Any]]:
     from benchmarks.failover import run_failover
     from benchmarks.memory import run_memory
     from benchmarks.scale import run_fairness, run_scale
-    from benchmarks.standard import run_standard
+    from benchmarks.standard import Client, run_standard
 
     fio = FioClient()
-    clients = [fio, QemuImgClient(settings.disk_size), InitiatorClient()]
+    clients: list[Client] = [fio, QemuImgClient(settings.disk_size), InitiatorClient()]
     return {
         Section.STANDARD: lambda: run_standard(settings, clients, log=log),
         Section.SCALE: lambda: run_scale(settings, fio, log=log),
