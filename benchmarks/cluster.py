@@ -91,14 +91,26 @@ class BenchCluster:
         """URLs through the VM's home redirector (what QEMU would be given)."""
         return [f"iscsi://{created['portal']}/{disk['iqn']}/0" for disk in created["vdisks"]]
 
-    def stargate_portal(self, node: int) -> str:
+    def _node(self, node: int) -> dict[str, Any]:
         for entry in self.document["nodes"]:
-            if entry.get("id", entry.get("node")) == node:
-                return str(entry["stargate"]["address"])
-        return str(self.document["nodes"][node - 1]["stargate"]["address"])
+            if entry.get("node") == node:
+                found: dict[str, Any] = entry
+                return found
+        raise ClusterError(f"no node {node} in {self.document}")
 
-    def stargate_pid(self, node: int) -> int:
-        return int(self.document["nodes"][node - 1]["stargate"]["pid"])
+    def stargate_address(self, node: int) -> str:
+        """``host:port`` of node's stargate itself (no redirector in between)."""
+        return str(self._node(node)["stargate"]["address"])
+
+    def stargate_pids(self) -> list[int]:
+        return [int(entry["stargate"]["pid"]) for entry in self.document["nodes"]]
+
+    def direct_urls(self, created: dict[str, Any]) -> list[str]:
+        """URLs that spread a VM's vDisks over every stargate, round robin, directly."""
+        return [
+            f"iscsi://{self.stargate_address(index % self.nodes + 1)}/{disk['iqn']}/0"
+            for index, disk in enumerate(created["vdisks"])
+        ]
 
     def serving_node(self) -> list[int | None]:
         """Which node serves each vDisk now (``stargate vdisk list``)."""

@@ -147,6 +147,8 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
         f"- runs per figure: {settings['runs']} (median), {settings['seconds']} s each, "
         f"stargate and tgtd alternated; vDisk/LUN: {settings['disk_size'] >> 20} MiB file in "
         f"/dev/shm; quick: {settings['quick']}; wall time {machine.get('wall_seconds', '?')} s",
+        "- sections measured: "
+        + ", ".join(f"{name} ({date})" for name, date in results.get("section_dates", {}).items()),
     ]
 
 
@@ -210,9 +212,36 @@ def scale_lines(scale: dict[str, Any]) -> list[str]:
         "",
     ]
     lines += markdown_table(header, rows)
-    for cluster_step in scale.get("cluster", []):
-        lines.append(f"- cluster: {json.dumps(cluster_step)}")
+    cluster = scale.get("cluster", [])
+    if cluster:
+        single = {
+            step["disks"]: step["median"]["stargate"]["iops"] for step in scale["single_stargate"]
+        }
+        first = cluster[0]["iops"]
+        rows = [
+            [
+                str(step["disks"]),
+                str(step["queue_depth_per_disk"]),
+                number(step["iops"], 0),
+                number(ratio_of(step["iops"], first)) + "x",
+                number(step["p99_latency_us"], 0),
+                number(ratio_of(step["iops"], single.get(step["disks"]))) + "x",
+            ]
+            for step in cluster
+        ]
+        lines += ["", "The same through a 3-CVM cluster (vDisks spread over the stargates):", ""]
+        lines += markdown_table(
+            ["vDisks", "QD each", "cluster IOPS", "vs 1", "p99 µs", "vs one stargate"], rows
+        )
+    if "cluster_error" in scale:
+        lines.append(f"- cluster: not measured: `{scale['cluster_error'][:300]}`")
     return lines
+
+
+def ratio_of(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
 
 
 def fairness_lines(fairness: dict[str, Any]) -> list[str]:

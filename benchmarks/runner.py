@@ -55,6 +55,19 @@ def section_runners(settings: Settings) -> dict[Section, Callable[[], Any]]:
     }
 
 
+def merge_previous(results: dict[str, Any], previous_path: Path) -> None:
+    """Start from a previous run's sections (and their dates and errors)."""
+    if not previous_path.exists():
+        return
+    previous = json.loads(previous_path.read_text())
+    date = previous.get("machine", {}).get("date", "?")
+    results["sections"].update(previous.get("sections", {}))
+    results["errors"].update(previous.get("errors", {}))
+    dates = previous.get("section_dates") or dict.fromkeys(previous.get("sections", {}), date)
+    results["section_dates"].update(dates)
+    results["previous_machine"] = previous.get("machine")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1 run, short durations")
@@ -66,6 +79,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="runs per figure (median; default 3)")
     parser.add_argument("--seconds", type=float, help="seconds per measurement")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results go")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other sections of an existing results.json (re-run some sections only)",
+    )
     return parser.parse_args(argv)
 
 
@@ -84,13 +102,18 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {**settings.__dict__, "sections": [section.value for section in sections]},
         "sections": {},
         "errors": {},
+        "section_dates": {},
     }
+    if args.merge:
+        merge_previous(results, args.out / "results.json")
     runners = section_runners(settings)
     started = time.monotonic()
     for section in sections:
         log(f"== {section.value}")
         try:
             results["sections"][section.value] = runners[section]()
+            results["errors"].pop(section.value, None)
+            results["section_dates"][section.value] = results["machine"]["date"]
         except Exception as error:  # one broken section must not cost the others' results
             log(traceback.format_exc())
             results["errors"][section.value] = f"{type(error).__name__}: {error}"[:4000]

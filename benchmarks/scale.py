@@ -13,14 +13,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.clients import ClientError, FioClient, FioJob
+from benchmarks.cluster import BenchCluster, ClusterError
 from benchmarks.cpu import CpuMeter
 from benchmarks.settings import Settings
 from benchmarks.standard import alternating, median_or_none, ratio
-from benchmarks.targets import BenchTarget, StargateServer, TargetKind, TgtdServer
+from benchmarks.targets import BenchTarget, MiB, StargateServer, TargetKind, TgtdServer
 from benchmarks.workloads import KiB, Measurement, Pattern, Workload
 
 Log = Callable[[str], None]
 FAIRNESS_BULLY_QUEUE_DEPTH = 128
+CLUSTER_NODES = 3
 
 
 def _stderr(line: str) -> None:
@@ -104,6 +106,42 @@ def with_relative_figures(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return steps
 
 
+def cluster_steps(settings: Settings, fio: FioClient, log: Log) -> list[dict[str, Any]]:
+    """The same steps through a 3-CVM cluster, the vDisks spread over its stargates."""
+    disks = max(settings.scale_counts)
+    steps: list[dict[str, Any]] = []
+    with BenchCluster(nodes=CLUSTER_NODES, redirectors=False) as cluster:
+        size_mib = settings.scale_disk_size // MiB
+        created = cluster.create_vm("scalevm", node=1, disks=disks, size=f"{size_mib}M")
+        urls = cluster.direct_urls(created)
+        for disk_count in settings.scale_counts:
+            workload = scale_workload(disk_count, settings.scale_total_queue_depth)
+            jobs = [FioJob(f"disk{i}", urls[i], workload) for i in range(disk_count)]
+            measurements: list[Measurement] = []
+            errors: list[str] = []
+            for _run in range(settings.runs):
+                try:
+                    measurements.append(fio.run_jobs(jobs, settings.seconds, group=True)["all"])
+                except ClientError as error:
+                    errors.append(str(error)[:2000])
+                    continue
+                log(
+                    f"  cluster {disk_count:3} vDisks QD{workload.queue_depth:<3} "
+                    f"{measurements[-1].iops:9.0f} IOPS "
+                    f"p99 {measurements[-1].p99_latency_us or 0:8.0f} us"
+                )
+            steps.append(
+                {
+                    "disks": disk_count,
+                    "queue_depth_per_disk": workload.queue_depth,
+                    "iops": median_or_none([m.iops for m in measurements]),
+                    "p99_latency_us": median_or_none([m.p99_latency_us for m in measurements]),
+                    "errors": errors,
+                }
+            )
+    return steps
+
+
 def run_scale(settings: Settings, fio: FioClient, log: Log = _stderr) -> dict[str, Any]:
     disks = max(settings.scale_counts)
     with (
@@ -111,10 +149,16 @@ def run_scale(settings: Settings, fio: FioClient, log: Log = _stderr) -> dict[st
         StargateServer(disks, settings.scale_disk_size) as stargate,
     ):
         steps = scale_steps(settings, fio, [stargate, tgtd], log)
-    return {
+    results: dict[str, Any] = {
         "total_queue_depth": settings.scale_total_queue_depth,
         "single_stargate": with_relative_figures(steps),
     }
+    try:
+        results["cluster"] = cluster_steps(settings, fio, log)
+    except ClusterError as error:
+        results["cluster_error"] = str(error)[:2000]
+        log(f"  cluster scale: FAILED {error}")
+    return results
 
 
 # --- fairness --------------------------------------------------------------------------------
