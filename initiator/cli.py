@@ -331,11 +331,13 @@ async def cmd_bench(args: argparse.Namespace, console: Console) -> int:
         console.print(
             f"{args.rw} bs={block_size} qd={args.qd}: [bold]{report.iops:,.0f} IOPS[/bold], "
             f"{report.mb_per_s:,.1f} MB/s in {report.seconds:.1f} s "
-            f"({report.ios} I/Os, {report.errors} errors, {report.reconnects} reconnects)"
+            f"({report.ios} I/Os, {report.errors} errors, {report.reconnects} reconnects)",
+            highlight=False,
         )
         if latency:
             console.print(
-                "latency µs: " + ", ".join(f"{key} {value:,.0f}" for key, value in latency.items())
+                "latency µs: " + ", ".join(f"{key} {value:,.0f}" for key, value in latency.items()),
+                highlight=False,
             )
     return 0 if report.errors == 0 else EXIT_ERROR
 
@@ -375,7 +377,8 @@ async def cmd_verify(args: argparse.Namespace, console: Console) -> int:
             f"verify {verdict}: {report.writes} writes, {report.reads} reads, "
             f"{report.blocks_verified} blocks checked, {report.mismatch_count} mismatches, "
             f"{report.errors} errors, {report.reconnects} reconnects, "
-            f"longest pause {report.longest_pause_s:.2f} s, now via {report.portal or '-'}"
+            f"longest pause {report.longest_pause_s:.2f} s, now via {report.portal or '-'}",
+            highlight=False,
         )
         for mismatch in report.mismatches:
             console.print(f"  {mismatch}", highlight=False)
