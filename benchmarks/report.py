@@ -284,6 +284,19 @@ def memory_lines(memory: dict[str, Any]) -> list[str]:
     return markdown_table(["process and state", "RSS MiB"], rows)
 
 
+def profile_lines(profile: dict[str, Any]) -> list[str]:
+    rows = [
+        [number(100 * (entry["self_share"] or 0), 1) + "%", f"`{entry['function']}`"]
+        for entry in profile["top_self"][:15]
+    ]
+    lines = [
+        f"py-spy, {profile['samples']} samples of stargate under fio 4 KiB randread QD32 "
+        "(profile.txt has the inclusive view too).",
+        "",
+    ]
+    return lines + markdown_table(["self time", "function (file:line)"], rows)
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     sections = results["sections"]
     lines = ["# stargate vs tgtd", "", *machine_lines(results), "", "## Goals", ""]
@@ -304,6 +317,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ("fairness", "Fairness", fairness_lines),
         ("failover", "Failover", failover_lines),
         ("memory", "Memory", memory_lines),
+        ("profile", "Profile", profile_lines),
     ]
     for key, title, render in renderers:
         if key in sections:

@@ -38,9 +38,10 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def section_runners(settings: Settings) -> dict[Section, Callable[[], Any]]:
+def section_runners(settings: Settings, out_dir: Path) -> dict[Section, Callable[[], Any]]:
     from benchmarks.failover import run_failover
     from benchmarks.memory import run_memory
+    from benchmarks.profile import run_profile
     from benchmarks.scale import run_fairness, run_scale
     from benchmarks.standard import Client, run_standard
 
@@ -52,6 +53,7 @@ def section_runners(settings: Settings) -> dict[Section, Callable[[], Any]]:
         Section.FAIRNESS: lambda: run_fairness(settings, fio, log=log),
         Section.FAILOVER: lambda: run_failover(settings, log=log),
         Section.MEMORY: lambda: run_memory(settings, log=log),
+        Section.PROFILE: lambda: run_profile(settings, fio, out_dir, log=log),
     }
 
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.merge:
         merge_previous(results, args.out / "results.json")
-    runners = section_runners(settings)
+    runners = section_runners(settings, args.out)
     started = time.monotonic()
     for section in sections:
         log(f"== {section.value}")

@@ -14,6 +14,7 @@ class Section(StrEnum):
     FAIRNESS = "fairness"  # QD 1 vDisk beside a QD 128 one
     FAILOVER = "failover"  # client I/O pause when the local stargate dies, and at failback
     MEMORY = "memory"  # RSS with 1, 100, 1000 vDisks and 1000 idle connections
+    PROFILE = "profile"  # py-spy on stargate under 4 KiB randread QD32
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from benchmarks.clients import (
 )
 from benchmarks.cpu import parse_stat_cpu_ticks
 from benchmarks.failover import slowest_qemu_io_command_seconds
+from benchmarks.profile import summarize_collapsed
 from benchmarks.report import judge_goals
 from benchmarks.standard import alternating, median_or_none, ratio
 from benchmarks.workloads import Measurement
@@ -149,3 +150,19 @@ def test_goal_verdicts() -> None:
     assert verdicts["target CPU per 4 KiB I/O vs tgtd (randread QD32)"] == "PASS"
     assert verdicts["stargate RSS with 1000 vDisks"] == "NOT YET"
     assert verdicts["fairness: QD1 p99 beside QD128 vs alone"] == "not measured"
+
+
+def test_collapsed_stacks_summed_per_function() -> None:
+    collapsed = (
+        "main (a.py:1);serve (b.py:2);read (c.py:3) 6\n"
+        "main (a.py:1);serve (b.py:2) 3\n"
+        "main (a.py:1);serve (b.py:2);serve (b.py:2) 1\n"
+        "garbage\n"
+    )
+    samples, functions = summarize_collapsed(collapsed)
+    by_name = {entry.function: entry for entry in functions}
+    assert samples == 10
+    assert by_name["read (c.py:3)"].self_samples == 6
+    assert by_name["serve (b.py:2)"].self_samples == 4
+    assert by_name["serve (b.py:2)"].total_samples == 10  # recursion counted once
+    assert by_name["main (a.py:1)"].self_samples == 0
