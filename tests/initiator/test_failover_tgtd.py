@@ -20,24 +20,28 @@ from tests.peers.tgtd import MiB, TgtdTarget
 TgtdFactory = Callable[..., TgtdTarget]
 
 
-async def test_verify_survives_tgtd_kill_and_restart(tgtd_factory: TgtdFactory) -> None:
+@pytest.mark.parametrize("crashes", [1, 2])
+async def test_verify_survives_tgtd_kill_and_restart(
+    tgtd_factory: TgtdFactory, crashes: int
+) -> None:
     tgt = tgtd_factory(lun_sizes=[16 * MiB])
     config = SessionConfig(replacement_timeout=30.0)
     async with BlockDevice.open(tgt.url(), config) as disk:
         verifier = Verifier(disk, chunk_blocks=8, region_blocks=4096, seed=1)
 
         async def crash_and_recover() -> None:
-            await trio.sleep(1.0)
-            await trio.to_thread.run_sync(tgtd_control.kill, tgt)
-            await trio.sleep(1.0)
-            await trio.to_thread.run_sync(tgtd_control.restart, tgt)
+            for _ in range(crashes):
+                await trio.sleep(1.0)
+                await trio.to_thread.run_sync(tgtd_control.kill, tgt)
+                await trio.sleep(1.0)
+                await trio.to_thread.run_sync(tgtd_control.restart, tgt)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(crash_and_recover)
-            report = await verifier.run(5.0, queue_depth=16)
+            report = await verifier.run(3.0 + 2.0 * crashes, queue_depth=16)
     assert report.mismatch_count == 0, report.mismatches
     assert report.errors == 0, report.last_error
-    assert report.reconnects >= 1
+    assert report.reconnects == crashes
     assert report.writes > 100 and report.reads > 100
     assert report.final_pass_blocks > 0
     assert 0.9 < report.longest_pause_s < 10, "the outage should show as a pause"
