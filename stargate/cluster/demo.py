@@ -136,31 +136,63 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     directory = Path(tempfile.mkdtemp(prefix="stargate-demo-")) if temporary else options.directory
     assert directory is not None
     directory = directory.resolve()
-    if ClusterPaths(directory).spec_file.exists():
-        console.print(
-            f"{directory} holds a cluster already: give the demo a fresh --dir", markup=False
-        )
-        return 2
     try:
-        return trio.run(_demo, options, directory, console)
+        if ClusterPaths(directory).spec_file.exists():
+            message = f"{directory} holds a cluster already: give the demo a fresh --dir"
+            console.print(message, markup=False)
+            return 2
+        try:
+            spec = ClusterSpec.create(
+                directory,
+                NODES,
+                stable_window=options.stable_window,
+                base_address=options.base_address,
+            )
+        except ClusterSpecError as error:
+            console.print(f"demo: {error}", markup=False)
+            return 2
+        supervisor = Supervisor(directory, redirectors=True)
+        supervisor.remember_mode(redirectors=True)
+        try:
+            return trio.run(_interruptible_demo, options, spec, supervisor, console)
+        finally:
+            # Outside trio, whatever ended the run (an error, SIGINT, SIGTERM): the cluster's
+            # processes run in their own sessions and would outlive us.
+            console.print("taking the cluster down", markup=False)
+            _stop_all(supervisor)
     finally:
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+async def _interruptible_demo(
+    options: DemoOptions, spec: ClusterSpec, supervisor: Supervisor, console: Console
+) -> int:
+    """The demo, ended early (status 130) by SIGINT or SIGTERM."""
+    result = 130
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def play() -> None:
+                nonlocal result
+                result = await _demo(options, spec, supervisor, console)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(play)
+            async for signum in signals:
+                console.print(f"{signal.Signals(signum).name}: stopping the demo", markup=False)
+                nursery.cancel_scope.cancel()
+                break
+    return result
+
+
 # -- the scenario ---------------------------------------------------------------------------
 
 
-async def _demo(options: DemoOptions, directory: Path, console: Console) -> int:
-    try:
-        spec = ClusterSpec.create(
-            directory, NODES, stable_window=options.stable_window, base_address=options.base_address
-        )
-    except ClusterSpecError as error:
-        console.print(f"demo: {error}", markup=False)
-        return 2
-    supervisor = Supervisor(directory, redirectors=True)
-    supervisor.remember_mode(redirectors=True)
+async def _demo(
+    options: DemoOptions, spec: ClusterSpec, supervisor: Supervisor, console: Console
+) -> int:
+    directory = supervisor.directory
     view = DemoView(console, live=options.live)
     try:
         view.event(f"starting a {NODES}-node cluster in {directory}")
@@ -183,9 +215,6 @@ async def _demo(options: DemoOptions, directory: Path, console: Console) -> int:
     except DemoFailed as error:
         console.print(f"demo failed: {error}", markup=False)
         return 1
-    finally:
-        console.print("taking the cluster down", markup=False)
-        await trio.to_thread.run_sync(_stop_all, supervisor)
     view.summary(rows)
     if failure:
         console.print(f"FAILED: {failure}", markup=False)
