@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,26 @@ def test_demo_headless(tmp_path: Path, process_reaper: ProcessReaper) -> None:
     assert re.search(r"redirector-1: Failing back target \S+vmdisk-demo-vm-\d", output)
     assert "\x1b[" not in output  # no terminal: no escape sequences, plain lines
     # The cluster is down: nothing answers, no pid file left.
+    spec = ClusterSpec.load(directory)
+    for node in spec.nodes:
+        assert not tcp_port_answers(node.cvm_address, node.cvm_port)
+        assert not tcp_port_answers(node.redirector_address, node.redirector_port)
+    assert not list(ClusterPaths(directory).run.glob("*.pid"))
+
+
+def test_demo_interrupted_takes_the_cluster_down(
+    tmp_path: Path, process_reaper: ProcessReaper
+) -> None:
+    directory = tmp_path / "demo"
+    argv: list[str | Path] = [sys.executable, "-m", "stargate.cluster.demo", "--dir", directory]
+    demo = process_reaper.spawn([*argv, "--base-address", demo_base_address()], name="demo")
+    deadline = time.monotonic() + 60
+    while "VM I/O through node 1" not in demo.log_text():
+        assert demo.is_running() and time.monotonic() < deadline, demo.log_text()
+        time.sleep(0.1)
+    os.kill(demo.pid, signal.SIGTERM)
+    assert demo.popen.wait(timeout=60) == 130, demo.log_text()
+    assert "taking the cluster down" in demo.log_text()
     spec = ClusterSpec.load(directory)
     for node in spec.nodes:
         assert not tcp_port_answers(node.cvm_address, node.cvm_port)
