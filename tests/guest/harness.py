@@ -616,6 +616,58 @@ def format_steps(steps: Sequence[GuestEvent]) -> str:
     return "\n".join(f"{e.at:7.1f}s {e}" for e in steps)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one scenario by hand against portals already listening on the host::
+
+        python -m tests.guest.harness write_probe --portal 10.0.2.100=40123 \\
+            --env TARGET_IQN=iqn.2010-06.com.nutanix:vmdisk-7 --timeout 300
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.guest.harness")
+    parser.add_argument("scenario", help="a name in tests/guest/scenarios or a .sh path")
+    parser.add_argument(
+        "--portal",
+        action="append",
+        default=[],
+        metavar="GUEST[:PORT]=[HOST:]PORT",
+        help="guest portal relayed to a host portal; repeatable",
+    )
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--patience", type=float, default=60.0, help="connect_patience")
+    args = parser.parse_args(argv)
+    portals: dict[str, int | tuple[str, int]] = {}
+    for spec in args.portal:
+        guest_side, _, host_side = spec.partition("=")
+        host, _, port = host_side.rpartition(":")
+        portals[guest_side] = (host, int(port)) if host else int(port)
+    env = dict(item.split("=", 1) for item in args.env)
+    path = Path(args.scenario)
+    scenario: str | Path = path if path.suffix == ".sh" and path.exists() else args.scenario
+    image = GuestImage.ensure()
+    with Guest(
+        image,
+        portals,
+        scenario,
+        env=env,
+        timeout=args.timeout,
+        name=path.stem,
+        connect_patience=args.patience,
+    ) as guest:
+        print(f"logs: {guest.workdir}", flush=True)
+        for event in guest.events():
+            print(f"{event.at:7.1f}s {event}", flush=True)
+            if event.kind == "WAITING":
+                input(f"guest waits for {event.name!r}: press Enter to answer GO ")
+                guest.signal(event.name)
+        result = guest.wait_done(timeout=10)
+    if result.timed_out:
+        print(f"timed out after {args.timeout:.0f} s")
+    print(f"exit code {result.exit_code}, {len(result.failed_steps)} failed steps")
+    return 0 if result.exit_code == 0 and not result.failed_steps else 1
+
+
 __all__ = [
     "Guest",
     "GuestError",
@@ -624,6 +676,11 @@ __all__ = [
     "GuestResult",
     "Portal",
     "format_steps",
+    "main",
     "parse_portals",
     "run_scenario",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
