@@ -15,7 +15,7 @@ from initiator.device import BlockDevice
 from initiator.session import SessionConfig
 from stargate.cluster.cvm import ClusterStargate
 from stargate.cluster.http import http_json, http_request
-from stargate.cluster.ownership import read_record
+from stargate.cluster.ownership import OwnershipFile, read_record
 from stargate.cluster.spec import ClusterPaths, ClusterSpec, create_vm
 from tests.cluster.conftest import unique_cluster_base
 
@@ -224,3 +224,44 @@ async def test_two_initiators_pulling_a_vdisk_back_and_forth_lose_no_acked_write
         assert len(generations) == 1, f"chunk {chunk} is torn: {sorted(generations)}"
         found = generations.pop()
         assert acked[chunk] <= found <= sent[chunk], (chunk, acked[chunk], found, sent[chunk])
+
+
+CHUNKS = 16  # 16 x 256 KiB: half the vDisk
+
+
+@pytest.mark.parametrize("chunk_blocks", [1, 512], ids=["512B-writes", "256KiB-writes-with-R2T"])
+async def test_a_take_over_under_load_costs_the_initiator_latency_not_errors(
+    tmp_data_dir: Path, chunk_blocks: int
+) -> None:
+    """The record moves to node 2 behind stargate 1's back while an initiator writes through
+    1 (what a resumed, stopped owner finds): commands caught in between are answered BUSY
+    or parked, the session is dropped, and the initiator's retries all succeed."""
+    async with two_cvms(tmp_data_dir / "c") as (first, _):
+        async with BlockDevice.open(url(first, "vm-0"), CONFIG) as disk:
+            written = 0
+
+            async def keep_writing() -> None:
+                nonlocal written
+                while True:
+                    payload = written.to_bytes(4, "big") * (chunk_blocks * BLOCK // 4)
+                    await disk.write((written % CHUNKS) * chunk_blocks, payload)
+                    written += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_writing)
+                await trio.sleep(0.3)
+                before = written
+                OwnershipFile(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-0")).claim(2)
+                with trio.fail_after(15):
+                    while written < before + 50 or disk.stats.snapshot()["reconnects"] < 1:
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+            for lba in range(CHUNKS):  # the last acknowledged write of each block is on disk
+                last = max(n for n in range(written) if n % CHUNKS == lba)
+                found = int.from_bytes((await disk.read(lba * chunk_blocks, 1))[:4], "big")
+                in_flight = (
+                    written if written % CHUNKS == lba else last
+                )  # cancelled, may have landed
+                assert found in (last, in_flight), (lba, last, found)
+        record = read_record(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-0"))
+        assert record is not None and record.node_id == 1 and record.epoch == 3
