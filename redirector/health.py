@@ -129,6 +129,15 @@ class HealthChecker:
             for state in self.nodes.values():
                 await state.first_verdict.wait()
 
+    async def wait_local_verdict(self) -> None:
+        """During the startup grace, wait for the local stargate's first verdict: a login
+        right after `cluster up` belongs to it, not to whichever remote answered first."""
+        if self.started_at is None:
+            return
+        remaining = self.config.timers.startup_grace - (self.clock() - self.started_at)
+        with trio.move_on_after(max(0.0, remaining)):
+            await self.nodes[self.local_key].first_verdict.wait()
+
     async def recheck(self, key: str) -> bool:
         """Connect to stargate ``key`` once; a refusal marks it down at once. Returns
         whether it may still be used (a connection accepted, or a slow answer: the NOP

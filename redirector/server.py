@@ -111,6 +111,7 @@ class RedirectorServer:
     async def prepare(self, target_name: str) -> None:
         """Before the (synchronous) login state machine asks where ``target_name`` goes:
         make the health view fresh enough that the answer is a stargate that listens."""
+        await self.health.wait_local_verdict()
         if self.health.started_at is not None and not self.policy.healthy_nodes():
             await self.health.wait_first_verdicts(self.config.timers.nop_timeout)
         vdisk_id = self.config.vdisk_targets().get(target_name)

@@ -164,6 +164,32 @@ async def test_a_vdisk_created_later_is_redirected_too(cluster: TestCluster) -> 
     assert isinstance(outcome, LoginRedirect)
 
 
+async def test_a_login_right_after_startup_waits_for_the_local_verdict(
+    cluster: TestCluster,
+) -> None:
+    """`cluster up` then an immediate login: the local stargate, slower to answer than a
+    remote one, still gets the vDisk."""
+    cluster.start_stargate(2)
+    timers = replace(TIMERS, startup_grace=20.0, login_timeout=20.0)
+    async with running_redirector(cluster, timers=timers) as redirector:
+        with trio.fail_after(10):
+            while not redirector.policy.is_healthy("2"):
+                await trio.sleep(0.05)
+        async with trio.open_nursery() as nursery:
+            outcome: list[object] = []
+
+            async def log_in() -> None:
+                address = cluster.node(1).redirector_address
+                outcome.append(await login_once(address, PORT, IQN + "web-0"))
+
+            nursery.start_soon(log_in)
+            await trio.sleep(0.5)
+            await trio.to_thread.run_sync(cluster.start_stargate, 1)
+    (redirect,) = outcome
+    assert isinstance(redirect, LoginRedirect)
+    assert redirect.host == cluster.node(1).cvm_address
+
+
 async def test_discovery_is_answered_by_the_redirector(cluster: TestCluster) -> None:
     iscsi_ls = require_tool("iscsi-ls", why="libiscsi's discovery client")
     cluster.start_stargates()
