@@ -38,6 +38,7 @@ from iscsicore.pdu import (
 from redirector.app import Redirector
 from redirector.config import RedirectorConfig, Timers
 from redirector.log import redirector_logger
+from redirector.policy import PlacementMode
 from redirector.server import RedirectorServer
 from stargate.cluster.spec import ClusterSpec, NodeSpec, create_vm
 from tests.conftest import require_tool
@@ -348,3 +349,13 @@ def test_process_refuses_an_unknown_node(cluster: TestCluster) -> None:
     process = cluster.reaper.spawn(argv, name="redirector-9")
     assert process.popen.wait(timeout=30) == 2
     assert "no node 9" in process.log_text()
+
+
+def test_placement_mode_and_stable_window_come_from_the_spec(cluster: TestCluster) -> None:
+    spec = replace(ClusterSpec.load(cluster.directory), placement="random", stable_window=42.0)
+    spec.save(cluster.directory)
+    config = RedirectorConfig.load(cluster.directory, 2)
+    redirector = Redirector(config, redirector_logger(cluster.redirector_log(2)))
+    assert redirector.policy.mode is PlacementMode.RANDOM
+    assert redirector.policy.stable_window == 42.0
+    assert (redirector.policy.local, redirector.policy.nodes) == ("2", ["1", "2"])
