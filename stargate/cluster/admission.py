@@ -11,7 +11,11 @@ while the claim is OWNED and its fence holds:
   take-over (e.g. one that waited for Data-Out while this process was stopped) is answered
   BUSY instead of touching the vDisk. BUSY, because initiators retry it (QEMU, Linux and
   ours alike) where NOT READY would reach the VM as an I/O error; the retry lands at the
-  new owner once the connection, dropped right after, is re-established.
+  new owner once the connection, dropped right after, is re-established. A command during
+  which the fence broke is answered BUSY too, whatever it did.
+- `FencedStore` checks it again right before each write, hole punch or resize: the window
+  a stopped process could resume into shrinks to the few bytecodes before the system call,
+  and work that runs beside the commands (a SANITIZE's worker thread) stops at once.
 """
 
 from __future__ import annotations
@@ -65,6 +69,50 @@ AcquireCallback = Callable[[Claim], None]
 _BUSY = ScsiResult(ScsiStatus.BUSY)
 
 
+class StaleOwnerError(OSError):
+    """A write reached the store after this stargate lost the vDisk: refused."""
+
+
+class FencedStore:
+    """A block store that refuses to change the vDisk unless the claim may execute."""
+
+    def __init__(self, inner: Any, claim: Claim) -> None:
+        self.inner = inner
+        self.claim = claim
+        # Bound once: reads are the hot path and must not go through __getattr__.
+        self.read = inner.read
+        self.sync = inner.sync
+        self.allocated_extents = inner.allocated_extents
+        self.close = inner.close
+
+    @property
+    def size(self) -> int:
+        return int(self.inner.size)
+
+    @property
+    def block_size(self) -> int:
+        return int(self.inner.block_size)
+
+    def _check(self) -> None:
+        if not self.claim.may_execute():
+            raise StaleOwnerError(f"vDisk {self.claim.vdisk_id} is no longer served here")
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self._check()
+        self.inner.write(offset, data)
+
+    def punch_hole(self, offset: int, length: int) -> None:
+        self._check()
+        self.inner.punch_hole(offset, length)
+
+    def resize(self, size: int) -> None:
+        self._check()
+        self.inner.resize(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class FencedLogicalUnit:
     """A `LogicalUnit` that executes only while this stargate holds the vDisk."""
 
@@ -76,7 +124,9 @@ class FencedLogicalUnit:
 
     def execute(self, cdb: bytes, data_out: Any, nexus: Any) -> Any:
         if self.claim.may_execute():
-            return self.inner.execute(cdb, data_out, nexus)
+            result = self.inner.execute(cdb, data_out, nexus)
+            if self.claim.may_execute():
+                return result
         self._on_lost(self.claim)
         return _BUSY
 
@@ -124,8 +174,10 @@ class OwnershipQueue(CommandQueue):
             if admission is Admission.RUN:
                 command.dispatch()
             elif admission is Admission.FULL:
-                # The initiator was told nothing yet; rather than fail it, run it over depth.
+                # The initiator was told nothing yet; rather than fail it, run it over depth
+                # (accounted as `admit` would, so that its `release` balances).
                 self.in_flight += 1
+                self.buffered_bytes += command.buffer_bytes
                 command.dispatch()
 
     def forget_cancelled(self) -> None:

@@ -30,6 +30,7 @@ from stargate.cluster.admission import (
     Claim,
     ClaimState,
     FencedLogicalUnit,
+    FencedStore,
     OwnershipQueue,
 )
 from stargate.cluster.http import HttpError, http_json, serve_http
@@ -147,13 +148,16 @@ class ClusterStargate:
             log.error("cannot open vDisk %s: %s", vdisk_id, error)
             return None
         reservations, unit_attentions = vdisk_reservations(self.paths.vdisks, vdisk_id)
-        lu = LogicalUnit(
-            store, store.meta, reservations=reservations, unit_attentions=unit_attentions
-        )
         claim = Claim(
             vdisk_id,
             f"{TARGET_NAME_PREFIX}{vdisk_id}",
             OwnershipFile(self.paths.ownership_file(vdisk_id)),
+        )
+        lu = LogicalUnit(
+            FencedStore(store, claim),
+            store.meta,
+            reservations=reservations,
+            unit_attentions=unit_attentions,
         )
         target = VDiskTarget(
             vdisk_id, FencedLogicalUnit(lu, claim, self.lose), block_size=store.block_size

@@ -66,7 +66,10 @@ class OwnershipFile:
 
     def matches(self, expected: OwnershipRecord) -> bool:
         """The hot-path check: one unpack and a comparison."""
-        node_id, epoch = _RECORD.unpack_from(self._map, 0)
+        try:
+            node_id, epoch = _RECORD.unpack_from(self._map, 0)
+        except ValueError:  # closed: the vDisk was let go (a worker thread may still ask)
+            return False
         return node_id == expected.node_id and epoch == expected.epoch
 
     def claim(self, node_id: int) -> OwnershipRecord:
