@@ -231,6 +231,30 @@ async def test_a_restarted_redirector_still_fails_back(cluster: TestCluster) -> 
     assert_clean(workload)
 
 
+async def test_whole_cluster_outage_is_ridden_out(cluster: TestCluster) -> None:
+    """Every stargate dies: logins are refused (0x0301, service unavailable) and the guest
+    keeps retrying; when they come back the I/O resumes, first on the remote CVMs (node 1
+    must be stable for the window first), then at home."""
+    node1 = cluster.node(1)
+    async with verify_workload(Portal(node1.redirector_address, PORT)) as workload:
+        await workload.wait_progress()
+        for node_id in (1, 2, 3):
+            cluster.kill_stargate(node_id)
+        await trio.sleep(2.0)
+        stalled = workload.ios()
+        await trio.sleep(0.5)
+        assert workload.ios() == stalled  # nothing completes with no CVM
+        for node_id in (2, 3, 1):
+            cluster.start_stargate(node_id)
+        await workload.wait_progress(FAILOVER_TIMEOUT)
+        serving = await wait_until(cluster, at_home, FAILBACK_TIMEOUT)
+        assert at_home(serving), serving
+        await workload.wait_progress(FAILOVER_TIMEOUT)
+    assert_clean(workload)
+    log = cluster.redirector_log(1).read_text()
+    assert "No healthy portal for target" in log
+
+
 # -- QEMU's libiscsi ------------------------------------------------------------------------
 
 
