@@ -28,20 +28,20 @@ proto() {
 
 # step_pass NAME [DETAIL...] / step_fail NAME [DETAIL...]
 step_pass() {
-    local name=$1
+    local name="$1"
     shift
     proto "STEP $name PASS $*"
 }
 
 step_fail() {
-    local name=$1
+    local name="$1"
     shift
     proto "STEP $name FAIL $*"
 }
 
 # step NAME COMMAND [ARGS...]: run the command (output to the console), PASS when it exits 0.
 step() {
-    local name=$1 rc
+    local name="$1" rc
     shift
     echo "== step $name: $*"
     if "$@"; then
@@ -56,7 +56,7 @@ step() {
 
 # check NAME DETAIL CONDITION...: PASS when the test command (e.g. [ "$a" = "$b" ]) holds.
 check() {
-    local name=$1 detail=$2
+    local name="$1" detail="$2"
     shift 2
     if "$@"; then
         step_pass "$name" "$detail"
@@ -71,8 +71,9 @@ value() {
 }
 
 # wait_host EVENT: tell the host, block until it answers `GO EVENT [payload]`.
+# shellcheck disable=SC2034  # HOST_REPLY is read by the scenarios
 wait_host() {
-    local event=$1 line
+    local event="$1" line
     HOST_REPLY=
     proto "WAITING $event"
     while IFS= read -r line <&3; do
@@ -204,7 +205,7 @@ iscsi_wait_portal() {
 
 # report_session IQN [PREFIX]: VALUE lines for the session's portals and state.
 report_session() {
-    local prefix=${2:-session}
+    local prefix="${2:-session}"
     value "$prefix-current-portal" "$(iscsi_session_field "$1" "Current Portal")"
     value "$prefix-persistent-portal" "$(iscsi_session_field "$1" "Persistent Portal")"
     value "$prefix-state" "$(iscsi_session_field "$1" "iSCSI Session State")"
@@ -229,7 +230,7 @@ iscsi_wait_state() {
 # direct, each block verified with crc32c after the writes; in the background. Sets FIO_PID
 # and FIO_OUT. Later options override (e.g. --rw=randrw, --bs=64k, --verify=md5).
 fio_start() {
-    local disk=$1 size=$2
+    local disk="$1" size="$2"
     shift 2
     FIO_OUT=/tmp/fio-$(date +%s)-$$.out
     fio --name=guest --filename="$disk" --rw=randwrite --bs=4k --iodepth=32 \
@@ -240,7 +241,7 @@ fio_start() {
 
 # fio_finish STEP_NAME: wait for fio_start's fio; STEP PASS when it exited 0 with err=0.
 fio_finish() {
-    local name=$1 rc
+    local name="$1" rc
     wait "$FIO_PID"
     rc=$?
     cat "$FIO_OUT"
@@ -290,9 +291,11 @@ guest_main() {
     (
         if [ -f "$RUN_DIR/env.sh" ]; then
             set -a
+            # shellcheck disable=SC1091  # written by the harness at boot
             . "$RUN_DIR/env.sh"
             set +a
         fi
+        # shellcheck disable=SC1091  # written by the harness at boot
         . "$RUN_DIR/scenario.sh"
     )
     local rc=$?

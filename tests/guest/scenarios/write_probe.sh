@@ -11,7 +11,7 @@ disk=$(iscsi_connect "$TARGET_IQN" "$portal") || {
 step_pass login "$disk"
 
 probe() {
-    local name=$1 started rc
+    local name="$1" started rc
     shift
     started=$(uptime_s)
     "$@" >/tmp/probe.out 2>&1
