@@ -13,7 +13,10 @@ cannot trust drops the connection after a Reject.
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
+import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +61,9 @@ from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
 from iscsicore.seqnum import SERIAL_MASK
 from iscsicore.wire import full_cdb
+from stargate.faults.channel import BlackholeChannel
+from stargate.faults.injector import FaultInjector
+from stargate.faults.model import DropMode, Fault, FaultKind
 from stargate.queue import Admission, CommandQueue
 from stargate.scsi import tmf
 from stargate.scsi.ua import UnitAttentionQueues
@@ -169,6 +175,7 @@ class TaskPhase(Enum):
     WAITING_FOR_SLOT = "waiting_for_slot"
     RECEIVING = "receiving"
     SYNCING = "syncing"
+    HELD = "held"  # executed, its status held back by a fault (delay, hang)
     DONE = "done"
 
 
@@ -271,8 +278,15 @@ class FullFeatureConnection:
         directory: TaskDirectory | None = None,
         on_close: Callable[[FullFeatureConnection], None] | None = None,
         eager_send_every: int = 0,
+        faults: FaultInjector | None = None,
     ) -> None:
-        self._io = channel
+        self._io: ByteChannel = channel
+        # Fault injection: the reader looks at `faults.armed` once per batch; only then do
+        # PDUs go through `_on_pdu_with_faults`.
+        self.faults = faults if faults is not None else FaultInjector()
+        self._fault_handlers: dict[type, Callable[[Any], None]] | None = None
+        self._execution_faults: dict[int, Fault] = {}  # by ITT: faults `_execute` applies
+        self._keepalive_scope: trio.CancelScope | None = None
         # 0: one send per wake-up. N: also a non-blocking send after every N PDUs handled,
         # so that on a box with spare cores initiator and target overlap instead of taking
         # turns (a tuning knob for benchmarks; A/B runs on a loaded 2-core box were a wash).
@@ -291,6 +305,7 @@ class FullFeatureConnection:
         self.lu = self.target.lu if self.target is not None else None
         self.block_size = self.target.block_size if self.target is not None else 512
         self.vdisk_key = self.target.name if self.target is not None else ""
+        self.vdisk_id = self.target.vdisk_id if self.target is not None else ""
         self.stats = self.target.stats if self.target is not None else None
         self._stat_sn = stat_sn & SERIAL_MASK
         self._tasks: dict[int, ScsiTask] = {}
@@ -366,7 +381,9 @@ class FullFeatureConnection:
             while True:
                 self._in_batch = True
                 try:
-                    output_full = self._handle_buffered_pdus(handlers)
+                    output_full = self._handle_buffered_pdus(
+                        self._faulted_handlers(handlers) if self.faults.armed else handlers
+                    )
                 finally:
                     self._in_batch = False
                 # Sending is also the backpressure: an initiator that does not read its
@@ -747,6 +764,11 @@ class FullFeatureConnection:
 
     def _execute(self, task: ScsiTask) -> None:
         assert self.lu is not None
+        if self._execution_faults:
+            fault = self._execution_faults.pop(task.itt, None)
+            if fault is not None:
+                self._execute_faulted(task, fault)
+                return
         data_out: bytes | bytearray | memoryview = task.buffer if task.buffer is not None else b""
         if lun_number(task.command.lun) != 0 and task.cdb[0] == ScsiOp.INQUIRY:
             result_status, result_data, result_sense = _GOOD, _no_lun_inquiry(task.cdb), b""
@@ -942,6 +964,10 @@ class FullFeatureConnection:
 
     async def _keepalive(self) -> None:
         """Ping an idle initiator; drop the connection when it stays silent."""
+        with trio.CancelScope() as self._keepalive_scope:
+            await self._keepalive_loop()
+
+    async def _keepalive_loop(self) -> None:
         interval = self.timers.nop_interval
         while True:
             await trio.sleep(interval)
@@ -1099,6 +1125,7 @@ class FullFeatureConnection:
             TaskPhase.WAITING_FOR_SLOT: tmf.TaskState.PENDING,
             TaskPhase.RECEIVING: tmf.TaskState.WAITING_FOR_DATA,
             TaskPhase.SYNCING: tmf.TaskState.RUNNING,
+            TaskPhase.HELD: tmf.TaskState.RUNNING,
         }
         return [
             tmf.Task(
@@ -1178,6 +1205,221 @@ class FullFeatureConnection:
     @property
     def outstanding_tasks(self) -> int:
         return len(self._tasks)
+
+    # -- fault injection (only reached while a fault is armed) ------------------------------
+
+    def _faulted_handlers(
+        self, handlers: dict[type, Callable[[Any], None]]
+    ) -> dict[type, Callable[[Any], None]]:
+        if self._fault_handlers is None:
+            self._fault_handlers = {
+                pdu_type: functools.partial(self._on_pdu_with_faults, handler)
+                for pdu_type, handler in handlers.items()
+            }
+        return self._fault_handlers
+
+    def _on_pdu_with_faults(self, handler: Callable[[Any], None], pdu: Pdu) -> None:
+        faults = self.faults
+        is_command = isinstance(pdu, ScsiCommand)
+        fault = faults.pdu_fault(
+            self.vdisk_id,
+            int(pdu.OPCODE),
+            write_command=isinstance(pdu, ScsiCommand) and pdu.write,
+        )
+        if fault is not None and self._apply_pdu_fault(fault, handler, pdu):
+            return
+        if is_command and self.lu is not None and faults.armed:
+            assert isinstance(pdu, ScsiCommand)
+            cdb = full_cdb(pdu) if pdu.ahs else pdu.cdb
+            scsi_fault = faults.scsi_fault(self.vdisk_id, cdb)
+            if scsi_fault is not None:
+                self._on_faulted_command(pdu, cdb, scsi_fault)
+                return
+        handler(pdu)
+
+    def _apply_pdu_fault(self, fault: Fault, handler: Callable[[Any], None], pdu: Pdu) -> bool:
+        """Apply a PDU/connection fault; True if it consumed the PDU."""
+        kind = fault.kind
+        if kind is FaultKind.DROP_CONNECTION:
+            self.drop_by_fault(fault.mode)
+            return True
+        if kind in (FaultKind.SWALLOW_NOP_OUT, FaultKind.SWALLOW_TMF):
+            return True
+        if kind is FaultKind.REJECT:
+            if isinstance(pdu, ScsiCommand | NopOut | TextRequest | TaskMgmtRequest):
+                self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate)
+            self._reject(pdu, fault.reason)
+            return True
+        if kind is FaultKind.STAT_SN_JUMP:
+            self._stat_sn = (self._stat_sn + fault.amount) & SERIAL_MASK
+            return False
+        if kind is FaultKind.FREEZE_WINDOW:
+            self._freeze_window(fault.duration or 10.0)
+            return False
+        if kind in (FaultKind.CORRUPT_HEADER_DIGEST, FaultKind.CORRUPT_DATA_DIGEST):
+            start = len(self._out)
+            handler(pdu)
+            self._corrupt_digest(start, header=kind is FaultKind.CORRUPT_HEADER_DIGEST)
+            return True
+        if kind in (FaultKind.DELAY_R2T, FaultKind.WITHHOLD_R2T) and isinstance(pdu, ScsiCommand):
+            self._hold_r2ts(fault, handler, pdu)
+            return True
+        return False
+
+    def drop_by_fault(self, mode: DropMode) -> None:
+        """End the connection as a fault says: reset, orderly close, or blackhole."""
+        if mode is DropMode.BLACKHOLE:
+            self.blackhole()
+            return
+        if mode is DropMode.RESET:
+            self._out.clear()  # a reset loses what was not sent
+            raw = getattr(self._io, "_raw", None) or getattr(self._io, "socket", None)
+            if raw is not None:
+                # Linger 0: the close that follows sends RST instead of FIN.
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._closing_reason = f"fault: connection {mode.value}"
+        if self._in_batch:
+            raise _StopBatch
+        self.close(self._closing_reason)
+
+    def blackhole(self) -> None:
+        """Stop answering but keep the socket open: only the initiator's NOP timeout (or
+        its command timeout) finds out. Our own pings stop too."""
+        if isinstance(self._io, BlackholeChannel):
+            return
+        self._out.clear()
+        self._io = BlackholeChannel(self._io)
+        self._pending_logout_deadline = None
+        if self._keepalive_scope is not None:
+            self._keepalive_scope.cancel()
+
+    def _freeze_window(self, seconds: float) -> None:
+        """MaxCmdSN stops advancing: the initiator's queue stalls (instance attribute over
+        the method, so the unfaulted path pays nothing)."""
+        frozen_max = self.session.max_cmd_sn
+        session = self.session
+
+        def frozen() -> tuple[int, int]:
+            return session.exp_cmd_sn, frozen_max
+
+        self._window = frozen  # type: ignore[method-assign]
+
+        async def thaw() -> None:
+            await trio.sleep(seconds)
+            if self.__dict__.get("_window") is frozen:
+                del self._window
+            self.window_opened()
+
+        if self._nursery is not None:
+            self._nursery.start_soon(thaw)
+
+    def _corrupt_digest(self, start: int, *, header: bool) -> None:
+        """Flip a bit of the first response PDU's header or data digest (if negotiated)."""
+        out = self._out
+        if len(out) < start + 48:
+            return
+        ahs = out[start + 4] * 4
+        if header:
+            if self._header_digest:
+                out[start + 48 + ahs] ^= 0x01
+            return
+        length = int.from_bytes(out[start + 5 : start + 8], "big")
+        if self._data_digest and length:
+            position = start + 48 + ahs + (4 if self._header_digest else 0) + length
+            position += len(_PADDING[length & 3])
+            if position < len(out):
+                out[position] ^= 0x01
+
+    def _hold_r2ts(self, fault: Fault, handler: Callable[[Any], None], pdu: ScsiCommand) -> None:
+        """Handle a write command without sending its R2Ts; send them after the delay, or
+        never (the initiator's command timeout finds it)."""
+        self._send_r2ts = _no_r2ts  # type: ignore[method-assign]
+        try:
+            handler(pdu)
+        finally:
+            del self._send_r2ts
+        task = self._tasks.get(pdu.itt)
+        if task is None or fault.kind is FaultKind.WITHHOLD_R2T or self._nursery is None:
+            return
+
+        async def release_later(seconds: float) -> None:
+            await trio.sleep(seconds)
+            if task.phase is TaskPhase.RECEIVING:
+                self._send_r2ts(task)
+                self._wake_writer()
+
+        self._nursery.start_soon(release_later, fault.delay.draw(_rng))
+
+    def _on_faulted_command(self, command: ScsiCommand, cdb: bytes, fault: Fault) -> None:
+        kind = fault.kind
+        status = _FAULT_STATUS.get(kind)
+        if status is None:
+            # Applied when it executes (delay, hang, short transfer, drop mid Data-In).
+            self._execution_faults[command.itt] = fault
+            self._on_scsi_command(command)
+            if command.itt not in self._tasks:
+                self._execution_faults.pop(command.itt, None)  # never reached execution
+            return
+        if self.session.check_cmd_sn(command.cmd_sn, immediate=command.immediate) is (
+            CmdSnVerdict.OUT_OF_WINDOW
+        ):
+            return
+        task = ScsiTask(self, command, cdb)
+        if self.stats is not None:
+            self.stats.command_started()
+        sense = b""
+        if kind is FaultKind.CHECK_CONDITION:
+            sense = build_fixed(SenseKey(fault.sense_key & 0x0F), (fault.asc, fault.ascq))
+        # Its Data-Out (if any) finds no task and is dropped, as for any failed command.
+        self._finish(task, status, sense=sense)
+
+    def _execute_faulted(self, task: ScsiTask, fault: Fault) -> None:
+        assert self.lu is not None
+        data_out: bytes | bytearray | memoryview = task.buffer if task.buffer is not None else b""
+        result = self.lu.execute(task.cdb, data_out, self.nexus)
+        kind = fault.kind
+        if kind is FaultKind.SHORT_TRANSFER:
+            data = result.data
+            keep = int(len(data) * fault.fraction) // self.block_size * self.block_size
+            self._finish(task, result.status, memoryview(data)[:keep], result.sense)
+            return
+        task.phase = TaskPhase.HELD
+        self._tasks[task.itt] = task  # abortable; ended with the connection
+        if kind is FaultKind.DROP_MID_DATA_IN:
+            data = result.data
+            half = min(len(data), task.edtl) // 2
+            if half:
+                _, max_cmd_sn = self._window()
+                self._send_data_in(task, data, half, False, _GOOD, False, False, 0, max_cmd_sn)
+            self.drop_by_fault(DropMode.RESET)
+            return
+        if kind is FaultKind.HANG or self._nursery is None:
+            return
+        self._nursery.start_soon(self._finish_later, task, result, fault.delay.draw(_rng))
+
+    async def _finish_later(self, task: ScsiTask, result: Any, seconds: float) -> None:
+        await trio.sleep(seconds)  # only this command waits; the event loop goes on
+        if task.phase is not TaskPhase.HELD:
+            return  # aborted meanwhile
+        if result.needs_sync and result.status == _GOOD:
+            task.phase = TaskPhase.SYNCING
+            await self._sync_then_finish(task, result)
+            return
+        self._finish(task, result.status, result.data, result.sense)
+        self._wake_writer()
+
+
+_FAULT_STATUS: dict[FaultKind, int] = {
+    FaultKind.CHECK_CONDITION: int(ScsiStatus.CHECK_CONDITION),
+    FaultKind.BUSY: int(ScsiStatus.BUSY),
+    FaultKind.TASK_SET_FULL: int(ScsiStatus.TASK_SET_FULL),
+    FaultKind.RESERVATION_CONFLICT: int(ScsiStatus.RESERVATION_CONFLICT),
+}
+_rng = random.Random()
+
+
+def _no_r2ts(task: ScsiTask) -> None:
+    """Stands in for `_send_r2ts` while a fault holds a command's R2Ts back."""
 
 
 class _StopBatch(Exception):

@@ -1,0 +1,60 @@
+"""The fault control endpoints of a stargate's HTTP page (cluster CVM or `stargate target
+--http`). Applying or clearing a fault never restarts anything or drops a session by itself.
+
+GET    /faults                  armed faults, recent firings, network state (JSON)
+POST   /faults                  arm one fault (a JSON object) or several (a JSON list)
+DELETE /faults[?vdisk=ID]       clear all faults (of one vDisk)
+DELETE /faults/<id>             clear one fault
+GET    /auditor                 the initiator auditor's findings (when one is attached)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from stargate.cluster.http import HttpRequest, HttpResponse
+from stargate.faults.injector import FaultInjector
+from stargate.faults.model import Fault
+
+_ONE_FAULT_RE = re.compile(r"^/faults/(\d+)$")
+RECENT_EVENTS = 200
+
+
+def faults_document(injector: FaultInjector) -> dict[str, Any]:
+    return {
+        "faults": [fault.to_dict() for fault in injector.list()],
+        "events": [event.to_dict() for event in list(injector.events)[-RECENT_EVENTS:]],
+        "network_paused": injector.network_paused,
+    }
+
+
+async def handle_fault_request(
+    injector: FaultInjector, request: HttpRequest, auditor: Any = None
+) -> HttpResponse | None:
+    """Answer a /faults or /auditor request; None for any other path."""
+    path = request.path
+    if path == "/auditor" and request.method == "GET":
+        findings = auditor.document() if auditor is not None else {"findings": []}
+        return HttpResponse.json(findings)
+    if path != "/faults" and _ONE_FAULT_RE.match(path) is None:
+        return None
+    if request.method == "GET":
+        return HttpResponse.json(faults_document(injector))
+    if request.method == "POST" and path == "/faults":
+        try:
+            document = json.loads(request.body or b"null")
+            items = document if isinstance(document, list) else [document]
+            faults = [Fault.from_dict(item) for item in items]
+        except (ValueError, TypeError, AttributeError) as error:
+            return HttpResponse.json({"error": f"bad fault: {error}"}, 400)
+        added = injector.add_all(faults)
+        return HttpResponse.json({"added": [fault.to_dict() for fault in added]})
+    if request.method == "DELETE":
+        match = _ONE_FAULT_RE.match(path)
+        if match is not None:
+            removed = injector.remove(int(match.group(1)))
+            return HttpResponse.json({"removed": int(removed)}, 200 if removed else 404)
+        return HttpResponse.json({"removed": injector.clear(request.query_value("vdisk"))})
+    return HttpResponse.json({"error": f"method {request.method} not allowed"}, 405)

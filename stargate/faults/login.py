@@ -1,0 +1,89 @@
+"""Login faults at a stargate: fail with a chosen status, redirect (temporarily or for
+good, to anywhere: to itself for a redirect loop), or answer slowly.
+
+The login machine's ``resolve`` is wrapped (only while a fault is armed), so the fault
+decides once the initiator has said which target it wants.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import trio
+
+from iscsicore.keys import SessionType
+from iscsicore.login import Redirect, Refuse, Resolution, TargetLoginConfig
+from iscsicore.pdu import LoginStatus
+from stargate.faults.injector import FaultInjector
+from stargate.faults.model import Fault, FaultKind
+from stargate.target import TARGET_NAME_PREFIX
+
+PERMANENT_REDIRECT = 0x0102
+
+
+@dataclass
+class _Decision:
+    fault: Fault | None = None
+
+
+class SlowLoginStream(trio.abc.Stream):
+    """The login's stream, each response held back by the slow-login fault's delay."""
+
+    def __init__(self, inner: trio.abc.Stream, decision: _Decision) -> None:
+        self._inner = inner
+        self._decision = decision
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        fault = self._decision.fault
+        if fault is not None and fault.kind is FaultKind.LOGIN_DELAY:
+            await trio.sleep(fault.delay.draw(_rng))
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def faulted_login(
+    config: TargetLoginConfig, stream: trio.abc.Stream, faults: FaultInjector
+) -> tuple[TargetLoginConfig, trio.abc.Stream]:
+    """The login config and stream to use while faults are armed."""
+    decision = _Decision()
+    plain_resolve = config.resolve
+
+    def resolve(
+        initiator_name: str, target_name: str | None, session_type: SessionType
+    ) -> Resolution:
+        vdisk_id = (target_name or "").removeprefix(TARGET_NAME_PREFIX)
+        fault = None
+        if session_type is SessionType.NORMAL:
+            fault = faults.login_fault(vdisk_id)
+        decision.fault = fault
+        if fault is not None and fault.kind is FaultKind.LOGIN_FAIL:
+            return Refuse(_login_status(fault.status))
+        if fault is not None and fault.kind is FaultKind.LOGIN_REDIRECT:
+            return Redirect(_with_tpgt(fault.portal), permanent=fault.status == PERMANENT_REDIRECT)
+        return plain_resolve(initiator_name, target_name, session_type)
+
+    config.resolve = resolve
+    return config, SlowLoginStream(stream, decision)
+
+
+def _login_status(raw: int) -> LoginStatus:
+    try:
+        return LoginStatus(raw)
+    except ValueError:
+        return LoginStatus.NOT_FOUND if raw >> 8 == 2 else LoginStatus.SERVICE_UNAVAILABLE
+
+
+def _with_tpgt(portal: str) -> str:
+    return portal if "," in portal else f"{portal},1"
+
+
+_rng = random.Random()

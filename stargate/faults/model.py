@@ -1,0 +1,234 @@
+"""What a fault is: its kind, where it applies (scope and match), when it fires (trigger)
+and its parameters. Plain dataclasses that round-trip through JSON/TOML dictionaries, so the
+Python API, the HTTP control page, the CLI and scenario files all speak the same shape:
+
+    {"kind": "check_condition", "vdisk": "vd1", "opcodes": [0x28], "lba": [100, 199],
+     "sense_key": 3, "asc": 0x11, "ascq": 0, "count": 5, "probability": 0.5}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class FaultKind(Enum):
+    # SCSI: decided per command
+    CHECK_CONDITION = "check_condition"
+    BUSY = "busy"
+    TASK_SET_FULL = "task_set_full"
+    RESERVATION_CONFLICT = "reservation_conflict"
+    SHORT_TRANSFER = "short_transfer"  # a read returns fewer bytes: underflow residual
+    DELAY = "delay"  # the response waits (trio.sleep, only this command)
+    HANG = "hang"  # the command never completes (task management can still abort it)
+    # iSCSI PDUs and the connection: decided per PDU received
+    DROP_CONNECTION = "drop_connection"  # mode: reset | close | blackhole
+    DROP_MID_DATA_IN = "drop_mid_data_in"  # half a read's Data-In, then a reset
+    CORRUPT_HEADER_DIGEST = "corrupt_header_digest"
+    CORRUPT_DATA_DIGEST = "corrupt_data_digest"
+    STAT_SN_JUMP = "stat_sn_jump"  # amount: +N skips, -1 repeats
+    FREEZE_WINDOW = "freeze_window"  # MaxCmdSN stops advancing for `duration` seconds
+    DELAY_R2T = "delay_r2t"
+    WITHHOLD_R2T = "withhold_r2t"
+    SWALLOW_NOP_OUT = "swallow_nop_out"
+    SWALLOW_TMF = "swallow_tmf"
+    REJECT = "reject"  # reason: RFC 7143 reject reason code
+    # Login (at this stargate)
+    LOGIN_FAIL = "login_fail"  # status: 0x0201, 0x0203, 0x0301, 0x0302...
+    LOGIN_REDIRECT = "login_redirect"  # status 0x0101/0x0102 to `portal`
+    LOGIN_DELAY = "login_delay"
+    # Immediate actions: fire once when armed (now, or at `at`/`after`)
+    UNIT_ATTENTION = "unit_attention"  # asc/ascq queued for every nexus of the vDisk
+    ASYNC_LOGOUT = "async_logout"  # AsyncEvent 1 with time2wait = Parameter3
+    ASYNC_DROP_CONNECTION = "async_drop_connection"  # AsyncEvent 2
+    ASYNC_DROP_SESSION = "async_drop_session"  # AsyncEvent 3
+    NETWORK_PAUSE = "network_pause"  # blackhole every connection of this stargate
+
+
+SCSI_KINDS = frozenset(
+    {
+        FaultKind.CHECK_CONDITION,
+        FaultKind.BUSY,
+        FaultKind.TASK_SET_FULL,
+        FaultKind.RESERVATION_CONFLICT,
+        FaultKind.SHORT_TRANSFER,
+        FaultKind.DELAY,
+        FaultKind.HANG,
+        FaultKind.DROP_MID_DATA_IN,
+    }
+)
+LOGIN_KINDS = frozenset({FaultKind.LOGIN_FAIL, FaultKind.LOGIN_REDIRECT, FaultKind.LOGIN_DELAY})
+ACTION_KINDS = frozenset(
+    {
+        FaultKind.UNIT_ATTENTION,
+        FaultKind.ASYNC_LOGOUT,
+        FaultKind.ASYNC_DROP_CONNECTION,
+        FaultKind.ASYNC_DROP_SESSION,
+        FaultKind.NETWORK_PAUSE,
+    }
+)
+PDU_KINDS = frozenset(FaultKind) - SCSI_KINDS - LOGIN_KINDS - ACTION_KINDS
+
+
+# Unit attentions by name (the `asc` of a unit_attention fault may be one of these).
+UNIT_ATTENTION_NAMES: dict[str, tuple[int, int]] = {
+    "power_on": (0x29, 0x01),
+    "reset": (0x29, 0x00),
+    "capacity_changed": (0x2A, 0x09),
+    "luns_changed": (0x3F, 0x0E),
+}
+
+
+class DropMode(Enum):
+    RESET = "reset"  # SO_LINGER 0: the initiator sees ECONNRESET at once
+    CLOSE = "close"  # an orderly FIN
+    BLACKHOLE = "blackhole"  # socket kept open, nothing answered: only NOP timeouts find it
+
+
+class IoClass(Enum):
+    READ = "read"
+    WRITE = "write"
+    FLUSH = "flush"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """A fixed delay, or one drawn per command: uniform [low, high] or exponential (mean)."""
+
+    seconds: float = 0.0
+    distribution: str = "fixed"  # fixed | uniform | exponential
+    high: float = 0.0
+
+    def draw(self, rng: random.Random) -> float:
+        if self.distribution == "uniform":
+            return rng.uniform(self.seconds, max(self.seconds, self.high))
+        if self.distribution == "exponential":
+            return rng.expovariate(1.0 / self.seconds) if self.seconds > 0 else 0.0
+        return self.seconds
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Fault:
+    kind: FaultKind
+    # Scope: None matches every vDisk (or every connection) of the stargate.
+    vdisk: str | None = None
+    # Match (SCSI and PDU faults): CDB opcodes, an inclusive LBA range, an I/O class, and
+    # for PDU faults the iSCSI opcodes of the PDUs received that count.
+    opcodes: tuple[int, ...] = ()
+    lba: tuple[int, int] | None = None
+    io: IoClass | None = None
+    pdu_opcodes: tuple[int, ...] = ()
+    # Trigger
+    at: float | None = None  # wall-clock time (time.time()) before which it does not fire
+    after_seconds: float | None = None  # ... or this long after it was added
+    skip: int = 0  # let the first N matches through ("after N commands or PDUs")
+    count: int | None = None  # fire at most this many times (None: until cleared)
+    probability: float = 1.0
+    duration: float | None = None  # disarmed this long after it first could fire
+    only_failed_over: bool = False  # only while the vDisk is served away from its home
+    # Parameters
+    sense_key: int = 0x03  # MEDIUM ERROR
+    asc: int = 0x11  # UNRECOVERED READ ERROR
+    ascq: int = 0x00
+    delay: Delay = field(default_factory=Delay)
+    fraction: float = 0.5  # SHORT_TRANSFER: share of the data returned
+    mode: DropMode = DropMode.RESET
+    amount: int = 1  # STAT_SN_JUMP
+    reason: int = 0x09  # REJECT: invalid PDU field
+    status: int = 0x0201  # LOGIN_FAIL / LOGIN_REDIRECT: status class << 8 | detail
+    portal: str = ""  # LOGIN_REDIRECT: host:port
+    time2wait: int = 2
+    time2retain: int = 0
+    seed: int | None = None
+    # Bookkeeping
+    fault_id: int = field(default_factory=lambda: next(_ids))
+    fired: int = 0
+    seen: int = 0
+    added_at: float = 0.0
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> Fault:
+        """Build from the JSON/TOML shape; raises ValueError naming a bad key."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"fired", "seen", "added_at"}
+        values: dict[str, Any] = {}
+        for key, value in document.items():
+            name = key.replace("-", "_")
+            if name == "id":
+                name = "fault_id"
+            if name not in known:
+                raise ValueError(f"unknown fault field {key!r}")
+            values[name] = value
+        if "kind" not in values:
+            raise ValueError("a fault needs a kind")
+        try:
+            values["kind"] = FaultKind(values["kind"])
+            if "mode" in values:
+                values["mode"] = DropMode(values["mode"])
+            if values.get("io") is not None:
+                values["io"] = IoClass(values["io"])
+        except ValueError as error:
+            raise ValueError(str(error)) from None
+        for name in ("opcodes", "pdu_opcodes"):
+            if name in values:
+                values[name] = tuple(_int(v) for v in values[name])
+        if values.get("lba") is not None:
+            first, last = values["lba"]
+            values["lba"] = (int(first), int(last))
+        if "delay" in values:
+            values["delay"] = _delay(values["delay"])
+        named = UNIT_ATTENTION_NAMES.get(str(values.get("asc", "")))
+        if named is not None:
+            values["asc"], values["ascq"] = named
+        for name in ("status", "sense_key", "asc", "ascq", "reason"):
+            if name in values:
+                values[name] = _int(values[name])
+        fault = cls(**values)
+        if not 0.0 <= fault.probability <= 1.0:
+            raise ValueError("probability must lie in [0, 1]")
+        if fault.kind is FaultKind.LOGIN_REDIRECT and not fault.portal:
+            raise ValueError("login_redirect needs a portal (host:port)")
+        return fault
+
+    def to_dict(self) -> dict[str, Any]:
+        document: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, Delay):
+                value = dataclasses.asdict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            document["id" if item.name == "fault_id" else item.name] = value
+        return document
+
+    def describe(self) -> str:
+        where = f"vDisk {self.vdisk}" if self.vdisk else "every vDisk"
+        return f"#{self.fault_id} {self.kind.value} on {where}"
+
+
+def _int(value: Any) -> int:
+    """Integers may come as 17, "17" or "0x11" (sense codes read better in hex)."""
+    return int(value, 0) if isinstance(value, str) else int(value)
+
+
+def _delay(value: Any) -> Delay:
+    if isinstance(value, Delay):
+        return value
+    if isinstance(value, int | float):
+        return Delay(float(value))
+    if isinstance(value, dict):
+        return Delay(
+            float(value.get("seconds", 0.0)),
+            str(value.get("distribution", "fixed")),
+            float(value.get("high", 0.0)),
+        )
+    raise ValueError(f"delay must be seconds or a table, not {value!r}")

@@ -1,0 +1,26 @@
+"""The HTTP page of a plain `stargate target --http HOST:PORT`: statistics and the fault
+control endpoints (the cluster's CVMs serve the same endpoints on their own page)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stargate.cluster.http import HttpRequest, HttpResponse
+from stargate.faults.http import handle_fault_request
+from stargate.server import StargateServer
+
+
+class TargetPage:
+    def __init__(self, server: StargateServer, auditor: Any = None) -> None:
+        self.server = server
+        self.auditor = auditor
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        answer = await handle_fault_request(self.server.faults, request, self.auditor)
+        if answer is not None:
+            return answer
+        if request.method == "GET" and request.path in ("/", "/stats.json"):
+            return HttpResponse.json(
+                {"vdisks": self.server.stats(), "queue": self.server.queue_stats()}
+            )
+        return HttpResponse.json({"error": f"no page {request.path}"}, 404)
