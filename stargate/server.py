@@ -25,6 +25,10 @@ from iscsicore.keys import SessionType
 from iscsicore.login import TargetLogin
 from stargate.connection import ByteChannel, ConnectionTimers, FullFeatureConnection
 from stargate.discovery import SendTargetsResponder
+from stargate.faults.actions import ServerActions
+from stargate.faults.channel import blackhole_stream
+from stargate.faults.injector import FaultInjector
+from stargate.faults.login import faulted_login
 from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, run_login
 from stargate.queue import CommandQueue
 from stargate.scsi.command import Nexus
@@ -132,6 +136,9 @@ class StargateServer:
         self._connections: set[FullFeatureConnection] = set()
         self._cancel_scope: trio.CancelScope | None = None
         self._closing = False
+        # Fault injection (stargate.faults): costs the transport one check per batch.
+        self.faults = FaultInjector()
+        self.faults.perform_action = ServerActions(self)
 
     # -- serving ------------------------------------------------------------------------
 
@@ -149,6 +156,7 @@ class StargateServer:
         with trio.CancelScope() as scope:
             self._cancel_scope = scope
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.faults.run_actions)
                 task_status.started(self.port)
                 await trio.serve_listeners(
                     self._handle_connection, listeners, handler_nursery=nursery
@@ -185,9 +193,16 @@ class StargateServer:
         if isinstance(stream, trio.SocketStream):
             # trio sets it already; say so explicitly: latency of small responses matters.
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.faults.network_paused:
+            await blackhole_stream(stream, self.faults)
+            return
         framer = PduFramer(receiving_from="initiator")
-        login = TargetLogin(self.policy.login_config(cmd_window=min(64, self.queue.depth)))
-        outcome = await run_login(stream, framer, login, timeout=self.config.login_timeout)
+        login_config = self.policy.login_config(cmd_window=min(64, self.queue.depth))
+        login_stream = stream
+        if self.faults.armed:
+            login_config, login_stream = faulted_login(login_config, stream, self.faults)
+        login = TargetLogin(login_config)
+        outcome = await run_login(login_stream, framer, login, timeout=self.config.login_timeout)
         if not outcome.complete:
             log.info("login from %s ended: %s", login.initiator_name or "?", outcome.reason)
             return
@@ -239,6 +254,7 @@ class StargateServer:
             text_responder=responder,
             directory=self,
             eager_send_every=self.config.eager_send_every,
+            faults=self.faults,
         )
         session.closer = connection.close
         self.sessions.add(session)
@@ -264,6 +280,9 @@ class StargateServer:
                     nexus_lost(nexus)
 
     # -- the cluster's control API ------------------------------------------------------
+
+    def all_connections(self) -> list[FullFeatureConnection]:
+        return list(self._connections)
 
     def connections_of(self, target_name: str) -> list[FullFeatureConnection]:
         return [c for c in self._connections if c.session.target_name == target_name]
