@@ -28,7 +28,7 @@ from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskT
 log = logging.getLogger("stargate")
 
 # Modules whose ``register(subparsers)`` adds subcommands, in help order.
-SUBCOMMAND_MODULES: list[str] = ["stargate.cli", "stargate.cluster.commands"]
+SUBCOMMAND_MODULES: list[str] = ["stargate.cli", "stargate.cluster.commands", "stargate.faults.cli"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -129,6 +129,15 @@ def register(subparsers: Any) -> None:
         help="a vDisk to serve, created with SIZE (512M, 4G) unless it exists; repeatable",
     )
     parser.add_argument("--memory", action="store_true", help="keep vDisks in memory only")
+    parser.add_argument(
+        "--null", action="store_true", help="null vDisks: reads return zeros, writes discarded"
+    )
+    parser.add_argument(
+        "--http",
+        type=parse_portal,
+        metavar="HOST:PORT",
+        help="serve statistics and the fault control endpoints (stargate fault --url)",
+    )
     parser.add_argument("--queue-depth", type=_positive_int, default=DEFAULT_QUEUE_DEPTH)
     parser.add_argument("--chap", type=parse_credentials, metavar="USER:SECRET")
     parser.add_argument("--mutual-chap", type=parse_credentials, metavar="USER:SECRET")
@@ -155,10 +164,12 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
     from stargate.stores.file import FileStore
     from stargate.stores.memory import MemoryStore
     from stargate.stores.meta import VDiskMeta
+    from stargate.stores.null import NullStore
 
     if args.mutual_chap is not None and args.chap is None:
         raise CliError("--mutual-chap needs --chap (the initiator authenticates first)")
-    if not args.memory and args.data_dir is None:
+    in_memory = args.memory or args.null
+    if not in_memory and args.data_dir is None:
         raise CliError("--data-dir is required unless --memory is given")
     seen: set[str] = set()
     targets: list[VDiskTarget] = []
@@ -168,20 +179,24 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
             raise CliError(f"vDisk {spec.vdisk_id} given twice")
         seen.add(spec.vdisk_id)
         exists = args.data_dir is not None and (args.data_dir / f"{spec.vdisk_id}.json").exists()
-        if spec.size is None and (args.memory or not exists):
+        if spec.size is None and (in_memory or not exists):
             raise CliError(f"vDisk {spec.vdisk_id} does not exist: give its size, ID:SIZE")
         try:
             meta = VDiskMeta(spec.vdisk_id, spec.size or 512)
-            store: Any = (
-                MemoryStore(meta) if args.memory else FileStore.open_or_create(args.data_dir, meta)
-            )
+            store: Any
+            if args.null:
+                store = NullStore(meta)
+            elif args.memory:
+                store = MemoryStore(meta)
+            else:
+                store = FileStore.open_or_create(args.data_dir, meta)
         except (OSError, ValueError) as error:
             raise CliError(f"cannot open vDisk {spec.vdisk_id}: {error}") from None
         stores.append(store)
         # SPC-4 persistent reservations (DIR/<id>.pr.json) and SPC-2 RESERVE, wired to the
         # unit attention queues they raise conditions in.
         reservations, unit_attentions = vdisk_reservations(
-            None if args.memory else args.data_dir, spec.vdisk_id
+            None if in_memory else args.data_dir, spec.vdisk_id
         )
         lu = LogicalUnit(
             store,
@@ -224,7 +239,7 @@ def run_target(args: argparse.Namespace) -> int:
     server = StargateServer(registry, config)
     listen_error: OSError | None = None
     try:
-        trio.run(_serve_until_signalled, server)
+        trio.run(_serve_until_signalled, server, args.http)
     except* OSError as group:  # from inside trio's nursery: wrapped in a group
         listen_error = _first_os_error(group)
     finally:
@@ -242,10 +257,19 @@ def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
     return first if isinstance(first, OSError) else _first_os_error(first)
 
 
-async def _serve_until_signalled(server: StargateServer) -> None:
+async def _serve_until_signalled(
+    server: StargateServer, http_portal: tuple[str, int] | None = None
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)
+            if http_portal is not None:
+                from stargate.cluster.http import serve_http
+                from stargate.faults.target_page import TargetPage
+
+                page = TargetPage(server)
+                http_port = await nursery.start(serve_http, page.handle, *http_portal)
+                print(f"stargate: HTTP on {http_portal[0]}:{http_port}", flush=True)
             names = ", ".join(target.name for target in server.registry)
             log.info("serving %s on port %s", names, port)
             print(f"stargate: listening on {server.config.host}:{port}", flush=True)
