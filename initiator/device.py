@@ -63,7 +63,7 @@ class BlockDevice:
 
     # ------------------------------------------------------------------ I/O
 
-    async def read(self, lba: int, blocks: int) -> bytearray:
+    async def read(self, lba: int, blocks: int) -> bytes | bytearray:
         length = blocks * self.block_size
         result = await self._io(cdb.read16(lba, blocks), read_length=length, kind="read")
         return result.data

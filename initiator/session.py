@@ -104,7 +104,7 @@ class _State(Enum):
 @dataclass(slots=True)
 class CommandResult:
     status: int
-    data: bytearray  # Data-In, trimmed to what the target sent
+    data: bytes | bytearray  # Data-In, trimmed to what the target sent
     sense: bytes = b""
     residual: int = 0
     underflow: bool = False
@@ -120,7 +120,10 @@ class _Task:
     read_length: int
     write_data: memoryview | None
     attr: int
-    buffer: bytearray
+    # Data-In lands in ``buffer`` (allocated on first use), except the common case of one
+    # Data-In carrying everything and the status: its bytes are kept as they are, no copy.
+    buffer: bytearray | None = None
+    whole: bytes | None = None
     itt: int = RESERVED_TAG
     cmd_sn: int = 0
     generation: int = -1
@@ -136,6 +139,7 @@ class _Task:
         self.error = None
         self.response = None
         self.received = 0
+        self.whole = None
         self.itt = RESERVED_TAG
 
 
@@ -386,7 +390,6 @@ class Session:
             read_length=read_length,
             write_data=memoryview(write_data).cast("B") if write_data is not None else None,
             attr=attr,
-            buffer=bytearray(read_length),
         )
         reissues = transient_retries = 0
         while True:
@@ -456,9 +459,15 @@ class Session:
         transferred = task.received
         if response.underflow:
             transferred = min(transferred, max(0, task.read_length - residual))
-        data = task.buffer
-        if transferred < len(data):
-            del data[transferred:]
+        data: bytes | bytearray
+        if task.whole is not None:
+            data = task.whole if transferred >= len(task.whole) else task.whole[:transferred]
+        elif task.buffer is not None:
+            data = task.buffer
+            if transferred < len(data):
+                del data[transferred:]
+        else:
+            data = b""
         result = CommandResult(
             status=response.status,
             data=data,
@@ -755,7 +764,12 @@ class Session:
             )
             return
         if data:
-            task.buffer[pdu.buffer_offset : end] = data
+            if task.buffer is None and pdu.buffer_offset == 0 and pdu.status_present:
+                task.whole = bytes(data)  # already a private copy from the framer: free
+            else:
+                if task.buffer is None:
+                    task.buffer = bytearray(task.read_length)
+                task.buffer[pdu.buffer_offset : end] = data
             task.received = max(task.received, end)
         if pdu.status_present:
             task.response = pdu
