@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import require_tool
 from tests.helpers.net import free_port as pick_free_port
+from tests.helpers.net import tcp_port_answers
 from tests.helpers.procs import ProcessError, ProcessReaper
 from tests.peers import tgtd as tgtd_module
 from tests.peers import tools
@@ -119,6 +120,35 @@ def test_tgtd_retries_when_its_control_socket_number_is_in_use(
     assert tools.iscsi_inq(tgtd.url()).device_type == "DIRECT_ACCESS"  # the first one untouched
     second.stop()
     assert (Path("/var/run/tgtd") / f"socket.{tgtd.control_socket}").exists()
+
+
+def test_tgtd_restart_after_a_crash_keeps_port_and_data(tgtd: TgtdTarget) -> None:
+    require_tool("qemu-io")
+    tools.qemu_io(tgtd.url(), ["write -P 0x3c 512k 64k"])
+    port, old_pid = tgtd.port, tgtd.process.pid if tgtd.process else 0
+    tgtd.crash()
+    assert not tcp_port_answers(tgtd.host, port)
+    tgtd.restart()
+    assert tgtd.port == port
+    assert tgtd.process is not None and tgtd.process.pid != old_pid
+    tools.qemu_io(tgtd.url(), ["read -P 0x3c 512k 64k", "read -P 0 0 64k"])
+    (listed,) = tools.iscsi_ls(tgtd.portal_url())
+    assert listed.portal == f"{tgtd.portal},1"  # only the real portal is left
+
+
+def test_frozen_tgtd_accepts_but_never_answers_and_still_stops(tgtd: TgtdTarget) -> None:
+    require_tool("iscsi-inq")
+    tgtd.freeze()
+    assert tgtd.process is not None
+    assert Path(f"/proc/{tgtd.process.pid}/stat").read_text().split()[2] == "T"
+    with pytest.raises(tools.PeerToolError, match="timed out"):
+        tools.iscsi_inq(tgtd.url(), timeout=2)
+    tgtd.freeze(False)
+    assert tools.iscsi_inq(tgtd.url()).device_type == "DIRECT_ACCESS"
+    tgtd.freeze()
+    started = time.monotonic()
+    tgtd.stop()
+    assert time.monotonic() - started < 5
 
 
 # --- libiscsi tools against tgtd -------------------------------------------------------------

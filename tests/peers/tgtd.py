@@ -14,7 +14,9 @@ tgtd numbers data LUNs from 1 (LUN 0 is its controller LUN); stargate serves a v
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import subprocess
 import tempfile
 import time
@@ -101,10 +103,15 @@ class TgtdTarget:
 
     def start(self) -> None:
         self._prepare_data_dir()
+        self._create_lun_files()
         self._start_daemon()
+        self._configure()
+
+    def _configure(self) -> None:
+        """Create the target over the LUN files, bind all initiators, accounts, redirect."""
         self.tgtadm("--op", "new", "--mode", "target", "--tid", str(self.tid), "-T", self.iqn)
-        for lun, size in enumerate(self.lun_sizes, start=1):
-            self._add_lun(lun, size)
+        for lun, path in enumerate(self.lun_paths, start=1):
+            self._add_lun(lun, path)
         self.tgtadm("--op", "bind", "--mode", "target", "--tid", str(self.tid), "-I", "ALL")
         if self.chap is not None:
             self._add_account(self.chap, outgoing=False)
@@ -113,11 +120,50 @@ class TgtdTarget:
         if self.redirect is not None:
             self.set_redirect(self.redirect)
 
+    # --- faults: crash, restart, freeze --------------------------------------------------
+
+    def crash(self) -> None:
+        """SIGKILL tgtd by PID, as in a crash: connections drop at once, LUN files stay."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+        self._remove_control_socket_files()
+
+    def restart(self) -> None:
+        """Start tgtd again on the same port over the same LUN files (crashing it first if it
+        still runs). It is fully configured before it listens on that port, so no login can
+        land in a window where the target does not exist yet."""
+        if self.process is not None:
+            self.crash()
+        real_port = self.port
+        self.port = 0  # tgtd starts on a throwaway portal while it is configured...
+        try:
+            self._start_daemon()
+            self._configure()
+            staging_portal = self.portal
+            self.tgtadm(
+                "--op", "new", "--mode", "portal", "--param", f"portal={self.host}:{real_port}"
+            )
+            self.tgtadm("--op", "delete", "--mode", "portal", "--param", f"portal={staging_portal}")
+        finally:
+            self.port = real_port  # ...then serves on the real one
+
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) tgtd: connections stay open but nothing answers."""
+        assert self.process is not None, "tgtd is not running"
+        pid = self.process.pid
+        os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+        deadline = time.monotonic() + 5.0  # signals land asynchronously: wait until they did
+        while (_process_state(pid) == "T") != frozen and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def stop(self) -> None:
         """Take tgtd down through tgtadm, SIGKILL it if that did not work, remove its files."""
         process, self.process = self.process, None
         if process is not None:
             if process.is_running():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGCONT)  # a frozen tgtd cannot answer tgtadm
                 self._shut_down_politely()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.popen.wait(timeout=3.0)
@@ -196,6 +242,8 @@ class TgtdTarget:
         whoever took the port answers in its place).
         """
         assert self.data_dir is not None
+        if self.process is None or not self.process.is_running():
+            self._remove_control_socket_files()  # a killed predecessor's, if any
         pick_port = self.port == 0
         failures: list[str] = []
         for _attempt in range(5):
@@ -257,12 +305,17 @@ class TgtdTarget:
                 )
             self.control_socket = 0
 
-    def _add_lun(self, lun: int, size: int) -> None:
+    def _create_lun_files(self) -> None:
+        """Sparse, zeroed backing files, one per LUN (an existing file is emptied)."""
         assert self.data_dir is not None
-        path = self.data_dir / f"{self.iqn.rsplit(':', 1)[-1]}-lun{lun}.img"
-        with path.open("wb") as backing:
-            backing.truncate(size)
-        self.lun_paths.append(path)
+        self.lun_paths.clear()
+        for lun, size in enumerate(self.lun_sizes, start=1):
+            path = self.data_dir / f"{self.iqn.rsplit(':', 1)[-1]}-lun{lun}.img"
+            with path.open("wb") as backing:
+                backing.truncate(size)
+            self.lun_paths.append(path)
+
+    def _add_lun(self, lun: int, path: Path) -> None:
         self.tgtadm(
             "--op", "new", "--mode", "logicalunit", "--tid", str(self.tid), "--lun", str(lun),
             "-b", str(path), "--bstype", self.backing_store,
@@ -291,3 +344,12 @@ class TgtdTarget:
         for step in steps:
             with contextlib.suppress(TgtdError):
                 self.tgtadm(*step)
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat: R running, S sleeping, T stopped..."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return stat.rsplit(")", 1)[1].split()[0]  # after "(comm)", which may hold spaces
