@@ -82,26 +82,22 @@ def _register_cluster(subparsers: Any) -> None:
     up.add_argument(
         "--stable-window",
         type=float,
-        default=DEFAULT_STABLE_WINDOW,
         metavar="SECONDS",
         help="how long a CVM must be healthy before failback",
     )
     up.add_argument(
         "--policy",
         choices=PLACEMENTS,
-        default="round-robin",
         help="how a redirector picks a remote CVM for a vDisk",
     )
     up.add_argument(
         "--base-address",
-        default=DEFAULT_BASE_ADDRESS,
         help="node i: redirector base+i*256+1, stargate base+i*256+2",
     )
     up.add_argument(
         "--advertise",
         type=_advertisement,
         action="append",
-        default=[],
         metavar="[cvm:|redirector:]NODE=ADDR[:PORT]",
         help="the address initiators reach a CVM (or redirector) at; repeatable",
     )
@@ -184,21 +180,9 @@ def cluster_up(args: argparse.Namespace) -> int:
     paths = ClusterPaths(directory)
     try:
         if paths.spec_file.exists():
-            spec = ClusterSpec.load(directory)
-            if len(spec.nodes) != args.nodes:
-                raise _cli_error(
-                    f"{paths.spec_file} has {len(spec.nodes)} nodes, not {args.nodes}: "
-                    "use another --dir"
-                )
+            _check_same_cluster(ClusterSpec.load(directory), args)
         else:
-            ClusterSpec.create(
-                directory,
-                args.nodes,
-                stable_window=args.stable_window,
-                placement=args.policy,
-                base_address=args.base_address,
-                advertise=args.advertise,
-            )
+            ClusterSpec.create(directory, args.nodes, **_spec_options(args, None))
     except ClusterSpecError as error:
         raise _cli_error(str(error)) from None
     supervisor = Supervisor(directory, redirectors=not args.no_redirectors)
@@ -218,6 +202,38 @@ def cluster_up(args: argparse.Namespace) -> int:
         _print_json(cluster_document(supervisor, trio.run(supervisor.statuses)))
         return 0
     return _foreground(supervisor)
+
+
+def _spec_options(args: argparse.Namespace, stored: ClusterSpec | None) -> dict[str, Any]:
+    """The spec options given on the command line; those not given: stored, or defaults."""
+    return {
+        "stable_window": args.stable_window
+        if args.stable_window is not None
+        else (stored.stable_window if stored else DEFAULT_STABLE_WINDOW),
+        "placement": args.policy or (stored.placement if stored else "round-robin"),
+        "base_address": args.base_address
+        or (stored.base_address if stored else DEFAULT_BASE_ADDRESS),
+        "advertise": args.advertise or [],
+    }
+
+
+def _check_same_cluster(stored: ClusterSpec, args: argparse.Namespace) -> None:
+    """`cluster up` on an existing directory starts the cluster it describes: options that
+    would describe another one are refused rather than silently ignored."""
+    if len(stored.nodes) != args.nodes:
+        raise _cli_error(
+            f"{args.dir}/cluster.json has {len(stored.nodes)} nodes, not {args.nodes}: "
+            "use another --dir"
+        )
+    wanted = ClusterSpec.build(args.nodes, **_spec_options(args, stored))
+    if not args.advertise:  # not given: keep the stored advertised addresses
+        wanted = ClusterSpec(stored.nodes, wanted.stable_window, wanted.placement,
+                             wanted.base_address)  # fmt: skip
+    if wanted != stored:
+        raise _cli_error(
+            f"{args.dir}/cluster.json describes another cluster than these options: "
+            "start it without them, or use another --dir"
+        )
 
 
 def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> dict[str, Any]:

@@ -252,6 +252,33 @@ class ClusterSpec:
         http_port: int = DEFAULT_HTTP_PORT,
     ) -> ClusterSpec:
         """Lay out ``directory`` and write cluster.json for ``nodes`` nodes (ids 1..nodes)."""
+        spec = cls.build(
+            nodes,
+            stable_window=stable_window,
+            placement=placement,
+            base_address=base_address,
+            advertise=advertise,
+            cvm_port=cvm_port,
+            redirector_port=redirector_port,
+            http_port=http_port,
+        )
+        spec.save(directory)
+        return spec
+
+    @classmethod
+    def build(
+        cls,
+        nodes: int,
+        *,
+        stable_window: float = DEFAULT_STABLE_WINDOW,
+        placement: Placement = "round-robin",
+        base_address: str = DEFAULT_BASE_ADDRESS,
+        advertise: list[Advertisement] | None = None,
+        cvm_port: int = DEFAULT_ISCSI_PORT,
+        redirector_port: int = DEFAULT_ISCSI_PORT,
+        http_port: int = DEFAULT_HTTP_PORT,
+    ) -> ClusterSpec:
+        """The spec of ``nodes`` nodes (ids 1..nodes), without writing it anywhere."""
         if nodes < 1:
             raise ClusterSpecError("a cluster has at least one node")
         overrides = {(ad.role, ad.node_id): ad for ad in advertise or []}
@@ -277,9 +304,7 @@ class ClusterSpec:
                     http_port=http_port,
                 )
             )
-        spec = cls(node_specs, stable_window, placement, base_address)
-        spec.save(directory)
-        return spec
+        return cls(node_specs, stable_window, placement, base_address)
 
     def save(self, directory: Path | str) -> None:
         paths = ClusterPaths(Path(directory))

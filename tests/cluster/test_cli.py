@@ -62,6 +62,8 @@ def test_up_detach_status_down(stargate_cluster: RunningCluster) -> None:
     assert [node["stargate"]["pid"] for node in json.loads(again.stdout)["nodes"]] == pids
     other_size = cluster.cli("cluster", "up", "--nodes", "3", "--detach", check=False)
     assert other_size.returncode == 2 and "has 2 nodes, not 3" in other_size.stderr
+    other_window = cluster.cli("cluster", "up", "--nodes", "2", "--stable-window", "9", check=False)
+    assert other_window.returncode == 2 and "another cluster" in other_window.stderr
     human = cluster.cli("cluster", "status").stdout
     assert "stargate-1" in human and "up" in human
     down = cluster.cli("cluster", "down").stdout
