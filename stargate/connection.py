@@ -323,6 +323,8 @@ class FullFeatureConnection:
         self._data_digest = params.data_digest
         self._max_send_segment = params.initiator_max_recv_data_segment_length
         self._pending_logout_deadline: float | None = None
+        self.logout_requested_at: float | None = None  # wall clock, for the auditor
+        self.cmd_sn_out_of_window = 0
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -550,6 +552,7 @@ class FullFeatureConnection:
         elif session.check_cmd_sn(cmd_sn, immediate=command.immediate) is (
             CmdSnVerdict.OUT_OF_WINDOW
         ):
+            self.cmd_sn_out_of_window += 1  # for the initiator auditor
             return  # silently ignored; its Data-Out will find no task and be dropped too
         if command.itt in self._tasks:
             self._reject(command, RejectReason.TASK_IN_PROGRESS)
@@ -1188,6 +1191,7 @@ class FullFeatureConnection:
     def request_logout(self, seconds: int) -> None:
         """AsyncEvent 1: ask the initiator to log out within ``seconds``; drop it if not."""
         self.send_async_event(AsyncEvent.LOGOUT_REQUEST, parameter3=seconds)
+        self.logout_requested_at = time.time()
         self._pending_logout_deadline = trio.current_time() + seconds
 
     def drop(self, *, all_connections: bool, time2wait: int = 2, time2retain: int = 0) -> None:
@@ -1220,20 +1224,22 @@ class FullFeatureConnection:
 
     def _on_pdu_with_faults(self, handler: Callable[[Any], None], pdu: Pdu) -> None:
         faults = self.faults
-        is_command = isinstance(pdu, ScsiCommand)
+        command = pdu if isinstance(pdu, ScsiCommand) else None
+        cdb = None
+        if command is not None:
+            cdb = full_cdb(command) if command.ahs else command.cdb
         fault = faults.pdu_fault(
             self.vdisk_id,
             int(pdu.OPCODE),
-            write_command=isinstance(pdu, ScsiCommand) and pdu.write,
+            write_command=command is not None and command.write,
+            cdb=cdb,
         )
         if fault is not None and self._apply_pdu_fault(fault, handler, pdu):
             return
-        if is_command and self.lu is not None and faults.armed:
-            assert isinstance(pdu, ScsiCommand)
-            cdb = full_cdb(pdu) if pdu.ahs else pdu.cdb
+        if command is not None and cdb is not None and self.lu is not None and faults.armed:
             scsi_fault = faults.scsi_fault(self.vdisk_id, cdb)
             if scsi_fault is not None:
-                self._on_faulted_command(pdu, cdb, scsi_fault)
+                self._on_faulted_command(command, cdb, scsi_fault)
                 return
         handler(pdu)
 

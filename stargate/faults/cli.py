@@ -67,6 +67,22 @@ def register(subparsers: Any) -> None:
     clear.add_argument("--vdisk", help="only the faults of this vDisk")
     clear.set_defaults(handler=fault_clear)
 
+    scenario = subparsers.add_parser("scenario", help="run a TOML fault scenario")
+    scenario_actions = scenario.add_subparsers(
+        dest="scenario_action", metavar="ACTION", required=True
+    )
+    run = scenario_actions.add_parser("run", help="cluster up, workload, steps, timeline")
+    run.add_argument("file", type=Path)
+    run.add_argument("--dir", type=Path, required=True, help="the cluster directory")
+    run.add_argument("--keep", action="store_true", help="leave the cluster running")
+    run.set_defaults(handler=scenario_run)
+
+    timeline = subparsers.add_parser("timeline", help="per-vDisk failover timeline of a cluster")
+    timeline.add_argument("--dir", type=Path, required=True)
+    timeline.add_argument("--json", action="store_true", help="print the JSON document")
+    timeline.add_argument("--png", type=Path, help="also draw it here")
+    timeline.set_defaults(handler=timeline_command)
+
 
 def _add_where(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", action="append", default=[], help="a stargate's HTTP page")
@@ -201,3 +217,59 @@ def fault_clear(args: argparse.Namespace) -> int:
         return 0
 
     return _run(clear, args)
+
+
+def scenario_run(args: argparse.Namespace) -> int:
+    from stargate.faults.scenario import Scenario, ScenarioError, run_scenario
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            scenario = Scenario.load(args.file)
+            result = trio.run(lambda: run_scenario(scenario, args.dir, keep=args.keep))
+        except ScenarioError as error:
+            raise FaultCliError(str(error)) from None
+        print(f"timeline: {result.timeline_json}")
+        if result.timeline_png is not None:
+            print(f"drawing: {result.timeline_png}")
+        _print_summary(result.document)
+        print(f"verify: {result.mismatches} mismatch(es)")
+        return 1 if result.mismatches else 0
+
+    return _run(run, args)
+
+
+def timeline_command(args: argparse.Namespace) -> int:
+    from stargate.faults.timeline import build_timeline, write_timeline
+
+    def show(args: argparse.Namespace) -> int:
+        try:
+            document = build_timeline(args.dir.resolve())
+        except (OSError, ValueError) as error:
+            raise FaultCliError(str(error)) from None
+        write_timeline(args.dir.resolve(), document)
+        if args.png is not None:
+            from stargate.faults.timeline_png import draw_timeline
+
+            draw_timeline(document, args.png)
+        if args.json:
+            print(json.dumps(document, indent=1, sort_keys=True))
+        else:
+            _print_summary(document)
+        return 0
+
+    return _run(show, args)
+
+
+def _print_summary(document: dict[str, Any]) -> None:
+    t0 = document.get("t0") or 0.0
+    for vdisk, timeline in document["vdisks"].items():
+        serving = " -> ".join(str(segment["node"]) for segment in timeline["serving"]) or "-"
+        print(f"{vdisk} (home {timeline['home']}): served by {serving}, "
+              f"{len(timeline['failovers'])} failover(s), {len(timeline['failbacks'])} "
+              f"failback(s), {len(timeline['faults'])} fault(s) fired")  # fmt: skip
+        for disruption in timeline["disruptions"]:
+            gap = disruption["gap_s"]
+            gap_text = f"{gap:.2f} s without I/O" if gap is not None else "no I/O around it"
+            print(
+                f"  +{disruption['t'] - t0:7.2f} s  {gap_text}: {'; '.join(disruption['causes'])}"
+            )

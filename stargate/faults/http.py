@@ -5,7 +5,8 @@ GET    /faults                  armed faults, recent firings, network state (JSO
 POST   /faults                  arm one fault (a JSON object) or several (a JSON list)
 DELETE /faults[?vdisk=ID]       clear all faults (of one vDisk)
 DELETE /faults/<id>             clear one fault
-GET    /auditor                 the initiator auditor's findings (when one is attached)
+GET    /auditor                 the initiator auditor's findings
+GET    /forensics               this stargate's forensics events (logins, faults, I/O spans)
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 from typing import Any
 
 from stargate.cluster.http import HttpRequest, HttpResponse
+from stargate.faults.auditor import InitiatorAuditor
+from stargate.faults.forensics import Forensics
 from stargate.faults.injector import FaultInjector
 from stargate.faults.model import Fault
 
@@ -31,13 +34,16 @@ def faults_document(injector: FaultInjector) -> dict[str, Any]:
 
 
 async def handle_fault_request(
-    injector: FaultInjector, request: HttpRequest, auditor: Any = None
+    injector: FaultInjector, request: HttpRequest, forensics: Forensics | None = None
 ) -> HttpResponse | None:
-    """Answer a /faults or /auditor request; None for any other path."""
+    """Answer a /faults, /auditor or /forensics request; None for any other path."""
     path = request.path
     if path == "/auditor" and request.method == "GET":
-        findings = auditor.document() if auditor is not None else {"findings": []}
-        return HttpResponse.json(findings)
+        auditor = forensics.auditor if forensics is not None else InitiatorAuditor()
+        return HttpResponse.json(auditor.document())
+    if path == "/forensics" and request.method == "GET":
+        events = forensics.document() if forensics is not None else {"events": []}
+        return HttpResponse.json(events)
     if path != "/faults" and _ONE_FAULT_RE.match(path) is None:
         return None
     if request.method == "GET":

@@ -121,12 +121,20 @@ class FaultInjector:
             SCSI_KINDS, vdisk_id, lambda fault: cdb_matches(fault, cdb), f"cdb {cdb[:1].hex()}"
         )
 
-    def pdu_fault(self, vdisk_id: str, opcode: int, *, write_command: bool) -> Fault | None:
+    def pdu_fault(
+        self, vdisk_id: str, opcode: int, *, write_command: bool, cdb: bytes | None = None
+    ) -> Fault | None:
+        """A PDU fault for a PDU received; a fault naming CDB opcodes, an LBA range or an
+        I/O class matches only SCSI commands (``cdb``) that fit them."""
+
         def matches(fault: Fault) -> bool:
             implied = IMPLIED_PDU_OPCODES.get(fault.kind)
             if implied is not None and opcode not in implied:
                 return False
             if fault.kind in R2T_KINDS and not write_command:
+                return False
+            wants_cdb = bool(fault.opcodes) or fault.lba is not None or fault.io is not None
+            if wants_cdb and (cdb is None or not cdb_matches(fault, cdb)):
                 return False
             return not fault.pdu_opcodes or opcode in fault.pdu_opcodes
 

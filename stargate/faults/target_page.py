@@ -3,20 +3,19 @@ control endpoints (the cluster's CVMs serve the same endpoints on their own page
 
 from __future__ import annotations
 
-from typing import Any
-
 from stargate.cluster.http import HttpRequest, HttpResponse
+from stargate.faults.forensics import Forensics
 from stargate.faults.http import handle_fault_request
 from stargate.server import StargateServer
 
 
 class TargetPage:
-    def __init__(self, server: StargateServer, auditor: Any = None) -> None:
+    def __init__(self, server: StargateServer, forensics: Forensics | None = None) -> None:
         self.server = server
-        self.auditor = auditor
+        self.forensics = forensics
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
-        answer = await handle_fault_request(self.server.faults, request, self.auditor)
+        answer = await handle_fault_request(self.server.faults, request, self.forensics)
         if answer is not None:
             return answer
         if request.method == "GET" and request.path in ("/", "/stats.json"):
