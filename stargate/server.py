@@ -27,6 +27,7 @@ from stargate.connection import ByteChannel, ConnectionTimers, FullFeatureConnec
 from stargate.discovery import SendTargetsResponder
 from stargate.faults.actions import ServerActions
 from stargate.faults.channel import blackhole_stream
+from stargate.faults.forensics import Forensics
 from stargate.faults.injector import FaultInjector
 from stargate.faults.login import faulted_login
 from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, run_login
@@ -139,6 +140,7 @@ class StargateServer:
         # Fault injection (stargate.faults): costs the transport one check per batch.
         self.faults = FaultInjector()
         self.faults.perform_action = ServerActions(self)
+        self.forensics: Forensics | None = None  # set by Forensics.attach
 
     # -- serving ------------------------------------------------------------------------
 
@@ -265,10 +267,15 @@ class StargateServer:
             target.stats.connections += 1
         if self._closing:  # logged in while the server shuts down: told to go at once
             connection.drop(all_connections=True)
+        if self.forensics is not None:
+            self.forensics.session_started(session, connection)
+        reason = "connection handler failed"
         try:
             reason = await connection.run()
             log.info("session %#x of %s ended: %s", session.tsih, session.initiator_name, reason)
         finally:
+            if self.forensics is not None:
+                self.forensics.session_ended(session, connection, reason)
             session.closed = True
             self._connections.discard(connection)
             self.sessions.remove(session)
