@@ -265,9 +265,13 @@ async def _serve_until_signalled(
             port = await nursery.start(server.serve)
             if http_portal is not None:
                 from stargate.cluster.http import serve_http
+                from stargate.faults.forensics import Forensics
                 from stargate.faults.target_page import TargetPage
 
-                page = TargetPage(server)
+                forensics = Forensics("target")
+                forensics.attach(server)
+                nursery.start_soon(forensics.sample_io, server)
+                page = TargetPage(server, forensics)
                 http_port = await nursery.start(serve_http, page.handle, *http_portal)
                 print(f"stargate: HTTP on {http_portal[0]}:{http_port}", flush=True)
             names = ", ".join(target.name for target in server.registry)
