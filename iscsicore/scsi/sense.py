@@ -50,6 +50,7 @@ class Asc(Enum):
     LOGICAL_UNIT_NOT_READY_MANUAL_INTERVENTION_REQUIRED = (0x04, 0x03)
     LOGICAL_UNIT_NOT_READY_TARGET_PORT_IN_TRANSITION = (0x04, 0x0A)
     LOGICAL_UNIT_NOT_READY_TARGET_PORT_IN_STANDBY = (0x04, 0x0B)
+    LOGICAL_UNIT_NOT_READY_SANITIZE_IN_PROGRESS = (0x04, 0x1B)
     LOGICAL_UNIT_COMMUNICATION_FAILURE = (0x08, 0x00)
     UNREACHABLE_COPY_TARGET = (0x08, 0x04)
     COPY_TARGET_DEVICE_NOT_REACHABLE = (0x0D, 0x02)
@@ -151,6 +152,21 @@ class FieldPointer:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgressIndication:
+    """Sense-key-specific progress indication (SPC-4 4.5.2.4.4) for NOT READY while an
+    operation such as SANITIZE runs: ``fraction`` done, 0.0 to 1.0, sent as x/65536."""
+
+    fraction: float
+
+    def encode(self) -> bytes:
+        done = min(0xFFFF, max(0, int(self.fraction * 0x10000)))
+        return bytes([0x80]) + struct.pack(">H", done)
+
+
+SenseKeySpecific = FieldPointer | ProgressIndication
+
+
+@dataclass(frozen=True, slots=True)
 class SenseData:
     key: SenseKey | int
     asc: int
@@ -173,7 +189,7 @@ def build_fixed(
     *,
     information: int | None = None,
     command_specific: int | None = None,
-    field_pointer: FieldPointer | None = None,
+    field_pointer: SenseKeySpecific | None = None,
     deferred: bool = False,
 ) -> bytes:
     """Fixed-format sense data (18 bytes). An information value wider than 32 bits cannot be
@@ -201,7 +217,7 @@ def build_descriptor(
     *,
     information: int | None = None,
     command_specific: int | None = None,
-    field_pointer: FieldPointer | None = None,
+    field_pointer: SenseKeySpecific | None = None,
     deferred: bool = False,
 ) -> bytes:
     """Descriptor-format sense data (SPC-4 4.5.2) with only the descriptors that apply."""
@@ -238,7 +254,7 @@ def build_sense(
     descriptor_format: bool = False,
     information: int | None = None,
     command_specific: int | None = None,
-    field_pointer: FieldPointer | None = None,
+    field_pointer: SenseKeySpecific | None = None,
 ) -> bytes:
     """Either format, as chosen by the D_SENSE bit of the control mode page or a DESC bit."""
     builder = build_descriptor if descriptor_format else build_fixed
@@ -342,7 +358,7 @@ class CheckCondition(Exception):
         *,
         information: int | None = None,
         command_specific: int | None = None,
-        field_pointer: FieldPointer | None = None,
+        field_pointer: SenseKeySpecific | None = None,
     ) -> None:
         asc, ascq = _pair(code)
         super().__init__(f"{key.name} asc={asc:#04x} ascq={ascq:#04x}")

@@ -27,6 +27,7 @@ from iscsicore.scsi.sense import Asc, CheckCondition, FieldPointer, SenseKey
 from stargate.scsi import sbc, spc, xcopy
 from stargate.scsi.command import Command, CommandSpec, Nexus, ScsiResult
 from stargate.scsi.modes import ModeState
+from stargate.scsi.sanitize import HoldFlushUntilSanitized, SanitizeJob, Sanitizer
 from stargate.stores.base import BlockStore
 from stargate.stores.meta import VDiskMeta
 
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 AscPair = tuple[int, int]
 PHYSICAL_BLOCK_SIZE = 4096
 _NACA = 0x04  # NACA bit of the CONTROL byte, the last byte of every CDB
+# Commands a failed sanitize refuses until EXIT FAILURE MODE or a successful sanitize.
+_MEDIUM_ACCESS: frozenset[int] = sbc.READ_OPCODES | sbc.MEDIUM_WRITERS
 
 # The opcodes a ReservationChecker may take over by listing them in ``handled_opcodes``.
 RESERVATION_OPCODES: frozenset[int] = frozenset(
@@ -221,6 +224,8 @@ class LogicalUnit:
         self.copy_target_resolver = copy_target_resolver
         self.copy_results = xcopy.CopyResults()
         self.read_only = read_only
+        self.sanitizer = Sanitizer()
+        self._store_while_sanitizing: BlockStore | None = None
 
     # ---- geometry -------------------------------------------------------------------
     @property
@@ -285,6 +290,11 @@ class LogicalUnit:
             code = self.unit_attentions.consume(nexus)
             if code is not None:
                 return self.check_condition(CheckCondition(SenseKey.UNIT_ATTENTION, code))
+        if self._store_while_sanitizing is not None and not self.sanitizer.in_progress:
+            self.store, self._store_while_sanitizing = self._store_while_sanitizing, None
+        refusal = self.sanitizer.refusal(opcode, opcode in _MEDIUM_ACCESS)
+        if refusal is not None:
+            raise refusal
         if self.reservations.check(nexus, cdb):
             return ScsiResult(ScsiStatus.RESERVATION_CONFLICT)
         if handled_by_reservations:
@@ -318,6 +328,13 @@ class LogicalUnit:
             sense=condition.sense(descriptor_format=self.modes.descriptor_sense),
         )
 
+    def hold_flushes_until(self, job: SanitizeJob) -> None:
+        """A SANITIZE without IMMED: its needs_sync completion waits for ``job`` (see
+        `HoldFlushUntilSanitized`); the real store is back once the job has ended."""
+        if self._store_while_sanitizing is None:
+            self._store_while_sanitizing = self.store
+        self.store = HoldFlushUntilSanitized(self._store_while_sanitizing, job)
+
     # ---- task management and events -------------------------------------------------------
     def nexus_lost(self, nexus: Nexus) -> None:
         """The session behind ``nexus`` ended: drop its unit attentions and SPC-2 holds."""
@@ -326,13 +343,15 @@ class LogicalUnit:
 
     def logical_unit_reset(self, by: Nexus | None = None) -> None:
         """LOGICAL UNIT RESET (or TARGET RESET / COLD RESET): mode pages back to defaults,
-        SPC-2 reservations released, BUS DEVICE RESET FUNCTION OCCURRED for every other
-        nexus; the requester learns of the reset from its TMF response. (Open question,
-        shared with tmf.py: LIO and iscsi-test-cu's MultipathIO.Reset also give the
-        requester the unit attention.) Aborting tasks is the queue's job."""
+        SPC-2 reservations released, BUS DEVICE RESET FUNCTION OCCURRED for every nexus,
+        the requester's included (SAM-5 6.4: "a unit attention condition for all I_T
+        nexuses"; LIO does the same). A running sanitize goes on (SBC-3 4.11). Aborting
+        tasks is the queue's job."""
         self.modes = ModeState()
         self.reservations.logical_unit_reset(by)
-        self.unit_attentions.establish(Asc.BUS_DEVICE_RESET.value, exclude=by)
+        if by is not None:
+            self.unit_attentions.establish(Asc.BUS_DEVICE_RESET.value, nexus=by)
+        self.unit_attentions.establish(Asc.BUS_DEVICE_RESET.value)
 
     def resize(self, size: int) -> None:
         """Grow or shrink the medium; every nexus learns CAPACITY DATA HAS CHANGED."""

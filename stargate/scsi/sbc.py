@@ -29,6 +29,7 @@ from iscsicore.scsi.sense import (
     invalid_field_in_cdb,
     invalid_field_in_parameter_list,
 )
+from stargate.scsi import sanitize
 from stargate.scsi.command import GOOD, Command, CommandSpec, Handler, ScsiResult, data_in
 from stargate.scsi.vpd import BLOCK_LIMITS
 
@@ -55,6 +56,7 @@ MEDIUM_WRITERS: frozenset[int] = frozenset(
         ScsiOp.ORWRITE_16,
         ScsiOp.COMPARE_AND_WRITE,
         ScsiOp.UNMAP,
+        ScsiOp.SANITIZE,
     }
 )
 _WRITE_SAME_CHUNK = 1 << 20  # pattern buffer size for WRITE SAME: bounded memory per command
@@ -524,6 +526,9 @@ COMMANDS: dict[int, CommandSpec] = {
     ),
     ScsiOp.UNMAP: CommandSpec(
         "UNMAP", unmap, 10, usage=bytes([0x42, 0, 0, 0, 0, 0, 0x3F, 0xFF, 0xFF, 0x00])
+    ),
+    ScsiOp.SANITIZE: CommandSpec(
+        "SANITIZE", sanitize.sanitize, 10, service_actions=sanitize.SANITIZE_USAGE
     ),
     ScsiOp.READ_CAPACITY_10: CommandSpec(
         "READ CAPACITY(10)",

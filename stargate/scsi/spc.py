@@ -18,6 +18,7 @@ from iscsicore.scsi.sense import (
 )
 from stargate.scsi import modes, opcodes_report, vpd
 from stargate.scsi.command import GOOD, Command, CommandSpec, ScsiResult, data_in
+from stargate.scsi.sanitize import request_sense_while_sanitizing
 
 if TYPE_CHECKING:
     from stargate.scsi.lu import LogicalUnit
@@ -44,15 +45,17 @@ def inquiry(lu: LogicalUnit, command: Command) -> ScsiResult:
 
 
 def request_sense(lu: LogicalUnit, command: Command) -> ScsiResult:
-    """Report (and clear) a pending unit attention, else NO SENSE (SPC-4 6.39).
-
-    Autosense returns every other error with its CHECK CONDITION, so nothing else is ever
-    pending here."""
+    """Report (and clear) a pending unit attention, else the progress of a running
+    sanitize, else NO SENSE (SPC-4 6.39). Autosense returns every other error with its
+    CHECK CONDITION, so nothing else is ever pending here."""
     cdb = command.cdb
     descriptor_format = bool(cdb[1] & 0x01)
     code = lu.unit_attentions.consume(command.nexus)
+    sanitizing = request_sense_while_sanitizing(lu)
     if code is not None:
         sense = build_sense(SenseKey.UNIT_ATTENTION, code, descriptor_format=descriptor_format)
+    elif sanitizing is not None:
+        sense = sanitizing.sense(descriptor_format=descriptor_format)
     else:
         sense = build_sense(
             SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE, descriptor_format=descriptor_format

@@ -200,11 +200,12 @@ def decide(
         victims = frozenset(t.nexus for t in cleared) - {requester}
         notices = (UnitAttentionNotice(Asc.COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, victims),)
         return _outcome(cleared, notices if victims else ())
-    # LOGICAL UNIT RESET
+    # LOGICAL UNIT RESET: SAM-5 6.4 "a unit attention condition for all I_T nexuses", the
+    # requester's included (LIO does so; libiscsi's MultipathIO.Reset checks it).
     cleared = tuple(t for t in on_lun if _before(t, request, requester))
     return _outcome(
         cleared,
-        (UnitAttentionNotice(Asc.BUS_DEVICE_RESET, others),),
+        (UnitAttentionNotice(Asc.BUS_DEVICE_RESET, everyone | {requester}),),
         release_spc2_reservation=True,
         reset_logical_unit_state=True,
     )

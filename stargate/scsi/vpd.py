@@ -170,6 +170,8 @@ def _block_limits(lu: LogicalUnit, nexus: Nexus) -> bytes:
 def _block_device_characteristics(lu: LogicalUnit, nexus: Nexus) -> bytes:
     body = bytearray(0x3C)
     struct.pack_into(">H", body, 0, 0x0001)  # MEDIUM ROTATION RATE 1: non-rotating
+    # WABEREQ 01b: after a SANITIZE BLOCK ERASE, reads succeed (and return zeros: LBPRZ).
+    body[3] = 0x40
     return _page(VpdPage.BLOCK_DEVICE_CHARACTERISTICS, bytes(body))
 
 

@@ -46,10 +46,12 @@ def test_unit_attention_preempts_the_command() -> None:
     assert run(unit, rw10(ScsiOp.READ_10, 0, 1)).data == bytes(BLOCK)
 
 
-def test_logical_unit_reset_tells_the_other_nexuses() -> None:
+def test_logical_unit_reset_tells_every_nexus() -> None:
     unit = make_unit()
+    run(unit, TUR)
     run(unit, TUR, nexus=OTHER_NEXUS)
     unit.logical_unit_reset(by=NEXUS)
+    assert sense_of(run(unit, TUR)).code is Asc.BUS_DEVICE_RESET  # the requester too
     assert run(unit, TUR).status == ScsiStatus.GOOD
     assert sense_of(run(unit, TUR, nexus=OTHER_NEXUS)).code is Asc.BUS_DEVICE_RESET
     assert run(unit, TUR, nexus=OTHER_NEXUS).status == ScsiStatus.GOOD

@@ -134,8 +134,10 @@ def test_persistent_registrations_survive_a_logical_unit_reset() -> None:
     lu_out(unit, A, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, 0, KEY_A)
     lu_out(unit, A, PrOutAction.RESERVE, KEY_A, 0, PrType.EXCLUSIVE_ACCESS)
     unit.logical_unit_reset(B)
-    clear_ua(unit, A)
+    for nexus in (A, B):  # BUS DEVICE RESET for every nexus, the requester B's included
+        clear_ua(unit, nexus)
     assert status(unit, B, READ10) == ScsiStatus.RESERVATION_CONFLICT
+    assert status(unit, A, READ10) == ScsiStatus.GOOD
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,7 @@ TABLE = [
         0,
         TmfResponse.FUNCTION_COMPLETE,
         (A10, A11, B90, B91),
-        {Asc.BUS_DEVICE_RESET: frozenset({B, C})},
+        {Asc.BUS_DEVICE_RESET: frozenset({A, B, C})},
         True,
     ),
     (
@@ -205,7 +205,7 @@ def test_apply_lun_reset_unit_attentions() -> None:
     for nexus in (A, B, C):
         queues.consume(nexus)  # past the power-on condition
     decide_for(request(TmfFunction.LOGICAL_UNIT_RESET)).apply_unit_attentions(queues)
-    assert queues.pending(A) is None
+    assert queues.pending(A) == Asc.BUS_DEVICE_RESET.value  # the requester too (SAM-5 6.4)
     assert queues.pending(B) == Asc.BUS_DEVICE_RESET.value
     assert queues.pending(C) == Asc.BUS_DEVICE_RESET.value
 
@@ -221,8 +221,16 @@ def test_apply_cold_reset_unit_attentions() -> None:
 
 
 def test_unit_attention_notice_without_nexuses_is_dropped() -> None:
-    outcome = decide(request(TmfFunction.LOGICAL_UNIT_RESET), (A10,), known_luns=LUNS)
+    # A warm reset tells the other nexuses only: with none, no notice at all.
+    outcome = decide(request(TmfFunction.TARGET_WARM_RESET), (A10,), known_luns=LUNS)
     assert outcome.unit_attentions == ()
+
+
+def test_lun_reset_tells_the_requester_even_when_alone() -> None:
+    outcome = decide(request(TmfFunction.LOGICAL_UNIT_RESET), (A10,), known_luns=LUNS)
+    assert [(n.code, n.nexuses) for n in outcome.unit_attentions] == [
+        (Asc.BUS_DEVICE_RESET, frozenset({A}))
+    ]
 
 
 # ---- PREEMPT AND ABORT ---------------------------------------------------------------------

@@ -213,14 +213,17 @@ def test_through_the_unit_request_sense_returns_the_ua_with_good_status() -> Non
     assert unit.execute(TUR, b"", A).status == ScsiStatus.GOOD
 
 
-def test_through_the_unit_a_lun_reset_tells_the_other_nexuses() -> None:
+def test_through_the_unit_a_lun_reset_tells_every_nexus_the_requester_too() -> None:
+    # SAM-5 6.4: "a unit attention condition for all I_T nexuses"; libiscsi's
+    # MultipathIO.Reset expects it on the session that sent the reset as well.
     unit, _queues = make_unit()
     for nexus in (A, B):
         unit.execute(TUR, b"", nexus)
     unit.logical_unit_reset(A)
-    assert unit.execute(TUR, b"", A).status == ScsiStatus.GOOD
-    sense = sense_of(unit.execute(bytes([ScsiOp.READ_CAPACITY_10]) + bytes(9), b"", B))
-    assert sense.code is Asc.BUS_DEVICE_RESET
+    for nexus in (A, B):
+        sense = sense_of(unit.execute(bytes([ScsiOp.READ_CAPACITY_10]) + bytes(9), b"", nexus))
+        assert sense.code is Asc.BUS_DEVICE_RESET
+        assert unit.execute(TUR, b"", nexus).status == ScsiStatus.GOOD
 
 
 def test_through_the_unit_a_resize_tells_everyone() -> None:
