@@ -129,6 +129,7 @@ def register(subparsers: Any) -> None:
         help="a vDisk to serve, created with SIZE (512M, 4G) unless it exists; repeatable",
     )
     parser.add_argument("--memory", action="store_true", help="keep vDisks in memory only")
+    parser.add_argument("--read-only", action="store_true", help="serve the vDisks write-protected")
     parser.add_argument(
         "--null", action="store_true", help="null vDisks: reads return zeros, writes discarded"
     )
@@ -203,6 +204,7 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
             getattr(store, "meta", meta),
             reservations=reservations,
             unit_attentions=unit_attentions,
+            read_only=args.read_only,
         )
         allowed = frozenset(args.allow) if args.allow else None
         targets.append(
