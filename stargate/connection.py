@@ -837,13 +837,17 @@ class FullFeatureConnection:
         sent = 0
         if task.residual is not None:
             overflow, residual = task.residual
-        else:
-            available = len(data) if command.read else 0
+        elif command.read:
+            available = len(data)
             sent = min(available, edtl)
             if available > edtl:
                 overflow, residual = True, available - edtl
             else:
                 overflow, residual = False, edtl - sent
+        else:
+            # A write moved all of its EDTL (mismatches with the CDB set task.residual);
+            # reporting the EDTL as residual makes Linux retry the write forever.
+            overflow, residual = False, 0
         underflow = residual > 0 and not overflow
         overflow = residual > 0 and overflow
         collapse = status == _GOOD and not sense

@@ -149,6 +149,21 @@ async def test_read_residuals(nursery: trio.Nursery) -> None:
     assert len(long.data) == 512
 
 
+async def test_exact_writes_report_no_residual(nursery: trio.Nursery) -> None:
+    # Linux's SCSI layer retries a write whose response claims an underflow, forever.
+    server = await start_stargate(nursery)
+    initiator = await logged_in(server, proposals=proposals(initial_r2t=False))
+    await clear_unit_attention(initiator)
+    for blocks in (1, 8, 300):
+        write = await initiator.scsi(write10(0, blocks), write_data=os.urandom(blocks * 512))
+        assert (write.status, write.underflow, write.overflow, write.residual) == (
+            ScsiStatus.GOOD,
+            False,
+            False,
+            0,
+        )
+
+
 async def test_write_residuals_write_only_what_both_allow(nursery: trio.Nursery) -> None:
     server = await start_stargate(nursery)
     initiator = await logged_in(server)
