@@ -52,3 +52,14 @@ def test_qemu_sees_a_medium_error_only_in_the_injected_range(
     assert "read failed" in _qemu_io_output(url, "read 1020k 8k")  # overlaps the range
     target.fault("clear")
     assert "failed" not in _qemu_io_output(url, "read -P 7 1M 4k")
+
+
+def test_null_backend_reads_zeros_and_discards_writes(
+    require_tool: Callable[..., str], faulty_target: Callable[..., FaultyTarget]
+) -> None:
+    require_tool("qemu-io")
+    target = faulty_target("--null")
+    url = target.url()
+    qemu_io(url, ["write -P 0x5a 0 1M", "flush"])
+    output = qemu_io(url, ["read -P 0 0 1M"])  # the write went nowhere
+    assert "read 1048576/1048576" in output

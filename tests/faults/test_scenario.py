@@ -62,5 +62,14 @@ def test_failover_then_faults_during_failback(tmp_path: Path) -> None:
         assert failback and failback[0]["gap_s"] is not None, timeline["disruptions"]
         fired_on_1 = {f["kind"] for f in timeline["faults"] if f["node"] == 1}
         assert fired_on_1 == {"delay", "busy"}, timeline["faults"]
-        assert all(f["t"] >= timeline["failbacks"][0]["t"] for f in timeline["faults"])
+        on_1 = [f for f in timeline["faults"] if f["node"] == 1]
+        assert all(f["t"] >= timeline["failbacks"][0]["t"] for f in on_1)
+    # The asynchronous logout on node 2 (only while failed over): logged out, back in, and
+    # the stall it caused measured.
+    vm1_0 = document["vdisks"]["vm1-0"]
+    logout = [d for d in vm1_0["disruptions"] if any("async_logout" in c for c in d["causes"])]
+    assert logout and logout[0]["gap_s"] is not None, vm1_0["disruptions"]
+    asked = [e for e in vm1_0["session_ends"] if e["logout_requested_at"] is not None]
+    assert asked and asked[0]["node"] == 2 and asked[0]["reason"] == "logged out", asked
+    assert not [f for f in document["vdisks"]["vm1-1"]["faults"] if f["kind"] == "async_logout"]
     assert all(report["mismatch_count"] == 0 for report in document["verify"].values())
