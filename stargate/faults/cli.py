@@ -88,6 +88,12 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", action="append", default=[], help="a stargate's HTTP page")
     parser.add_argument("--dir", type=Path, help="a cluster directory (every CVM's page)")
     parser.add_argument("--node", type=int, action="append", default=[], help="only this CVM")
+    parser.add_argument(
+        "--redirector",
+        type=int,
+        metavar="NODE",
+        help="login faults at this node's redirector (kept in DIR/faults/; needs --dir)",
+    )
 
 
 def page_urls(args: argparse.Namespace) -> list[str]:
@@ -175,9 +181,46 @@ def _run(handler: Any, args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
 
 
+def _redirector_file(args: argparse.Namespace) -> Path | None:
+    if args.redirector is None:
+        return None
+    if args.dir is None:
+        raise FaultCliError("--redirector needs --dir")
+    from redirector.faults import redirector_faults_file
+
+    return redirector_faults_file(args.dir.resolve(), args.redirector)
+
+
+def _read_redirector_faults(path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads(path.read_text() or "[]"))
+    except FileNotFoundError:
+        return []
+    except ValueError as error:
+        raise FaultCliError(f"{path}: {error}") from None
+
+
 def fault_add(args: argparse.Namespace) -> int:
     def add(args: argparse.Namespace) -> int:
         document = fault_document(args)
+        redirector_file = _redirector_file(args)
+        if redirector_file is not None:
+            from stargate.faults.model import LOGIN_KINDS, Fault
+
+            try:
+                fault = Fault.from_dict(document)
+            except ValueError as error:
+                raise FaultCliError(str(error)) from None
+            if fault.kind not in LOGIN_KINDS - {FaultKind.LOGIN_DELAY}:
+                raise FaultCliError("a redirector takes login_fail and login_redirect faults")
+            faults = _read_redirector_faults(redirector_file)
+            # Ids unique within the file (each CLI run would otherwise start at 1).
+            fault.fault_id = 1 + max((int(f.get("id", 0)) for f in faults), default=0)
+            faults.append(fault.to_dict())
+            redirector_file.parent.mkdir(parents=True, exist_ok=True)
+            redirector_file.write_text(json.dumps(faults, indent=1) + "\n")
+            print(f"redirector {args.redirector}: armed #{fault.fault_id} {fault.kind.value}")
+            return 0
         for url, answer in trio.run(_each, "POST", page_urls(args), "/faults", document):
             for fault in answer["added"]:
                 print(f"{url}: armed #{fault['id']} {fault['kind']}")
@@ -209,6 +252,14 @@ def fault_list(args: argparse.Namespace) -> int:
 
 def fault_clear(args: argparse.Namespace) -> int:
     def clear(args: argparse.Namespace) -> int:
+        redirector_file = _redirector_file(args)
+        if redirector_file is not None:
+            faults = _read_redirector_faults(redirector_file)
+            kept = [f for f in faults if args.id is not None and f.get("id") != args.id]
+            redirector_file.parent.mkdir(parents=True, exist_ok=True)
+            redirector_file.write_text(json.dumps(kept, indent=1) + "\n")
+            print(f"redirector {args.redirector}: cleared {len(faults) - len(kept)}")
+            return 0
         path = f"/faults/{args.id}" if args.id is not None else "/faults"
         if args.vdisk and args.id is None:
             path += f"?vdisk={args.vdisk}"

@@ -66,23 +66,23 @@ def faulted_login(
             fault = faults.login_fault(vdisk_id)
         decision.fault = fault
         if fault is not None and fault.kind is FaultKind.LOGIN_FAIL:
-            return Refuse(_login_status(fault.status))
+            return Refuse(login_status(fault.status))
         if fault is not None and fault.kind is FaultKind.LOGIN_REDIRECT:
-            return Redirect(_with_tpgt(fault.portal), permanent=fault.status == PERMANENT_REDIRECT)
+            return Redirect(with_tpgt(fault.portal), permanent=fault.status == PERMANENT_REDIRECT)
         return plain_resolve(initiator_name, target_name, session_type)
 
     config.resolve = resolve
     return config, SlowLoginStream(stream, decision)
 
 
-def _login_status(raw: int) -> LoginStatus:
+def login_status(raw: int) -> LoginStatus:
     try:
         return LoginStatus(raw)
     except ValueError:
         return LoginStatus.NOT_FOUND if raw >> 8 == 2 else LoginStatus.SERVICE_UNAVAILABLE
 
 
-def _with_tpgt(portal: str) -> str:
+def with_tpgt(portal: str) -> str:
     return portal if "," in portal else f"{portal},1"
 
 

@@ -157,10 +157,13 @@ class Fault:
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> Fault:
         """Build from the JSON/TOML shape; raises ValueError naming a bad key."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"fired", "seen", "added_at"}
+        bookkeeping = {"fired", "seen", "added_at"}  # reported by to_dict, never set
+        known = {f.name for f in dataclasses.fields(cls)} - bookkeeping
         values: dict[str, Any] = {}
         for key, value in document.items():
             name = key.replace("-", "_")
+            if name in bookkeeping:
+                continue
             if name == "id":
                 name = "fault_id"
             if name not in known:
