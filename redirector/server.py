@@ -46,6 +46,7 @@ from iscsicore.pdu import (
 from iscsicore.text import TargetRecord, TextResponder
 from iscsicore.wire import encode_bhs
 from redirector.config import RedirectorConfig
+from redirector.faults import RedirectorFaults
 from redirector.health import HealthChecker
 from redirector.log import log_redirect
 from redirector.policy import PlacementPolicy
@@ -84,6 +85,7 @@ class RedirectorServer:
         self.logger = logger
         self.clock = clock
         self.stats = RedirectorStats()
+        self.faults = RedirectorFaults(config.directory, config.node_id)  # login faults
         self.port: int | None = None
         self._next_tsih = 0
 
@@ -133,6 +135,9 @@ class RedirectorServer:
         vdisk_id = self.config.vdisk_targets().get(target_name or "")
         if vdisk_id is None:
             return Refuse(LoginStatus.NOT_FOUND)
+        faulted = self.faults.resolve(vdisk_id)
+        if faulted is not None:
+            return faulted
         chosen = self.policy.choose(vdisk_id, self.clock())
         if chosen is None:
             self.stats.refused += 1
