@@ -299,6 +299,8 @@ def run_fio(
                 errors="replace",
                 timeout=timeout,
                 stdin=subprocess.DEVNULL,
+                # fio leaves its verify state file (local-job-N-verify.state) in its cwd.
+                cwd=scratch,
                 check=False,
             )
         except subprocess.TimeoutExpired as error:
