@@ -7,12 +7,15 @@ while fio drives it, and the collapsed stacks are summed per function (self and 
 from __future__ import annotations
 
 import collections
+import re
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,14 @@ def summarize_collapsed(text: str) -> tuple[int, list[FunctionTime]]:
     return samples, functions
 
 
+_LINE_NUMBER = re.compile(r":\d+\)")
+
+
+def without_line_numbers(collapsed: str) -> str:
+    """``func (file.py:12)`` -> ``func (file.py)``: one entry per function, not per line."""
+    return _LINE_NUMBER.sub(")", collapsed)
+
+
 def profile_table(samples: int, functions: list[FunctionTime]) -> str:
     def share(count: int) -> str:
         return f"{100 * count / samples:5.1f}%" if samples else "  -  "
@@ -80,42 +91,58 @@ def profile_table(samples: int, functions: list[FunctionTime]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(pid: int, seconds: float, output: Path, fmt: str) -> subprocess.Popen[bytes]:
+class Sampling(StrEnum):
+    """What a sample means: the thread was not idle (WALL, counts time spent descheduled in
+    a system call, e.g. after a loopback send woke the client), or it held the GIL (GIL:
+    Python code running, close to the process's user CPU time)."""
+
+    WALL = "wall"
+    GIL = "gil"
+
+
+def record(pid: int, seconds: float, output: Path, sampling: Sampling) -> None:
     argv = [py_spy_executable(), "record", "--pid", str(pid), "--duration", str(int(seconds))]
-    argv += ["--rate", str(SAMPLES_PER_SECOND), "--format", fmt, "--output", str(output)]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    argv += ["--rate", str(SAMPLES_PER_SECOND), "--format", "raw", "--output", str(output)]
+    if sampling is Sampling.GIL:
+        argv.append("--gil")
+    completed = subprocess.run(argv, capture_output=True, timeout=seconds + 60, check=False)
+    if completed.returncode != 0 or not output.exists():
+        errors = completed.stderr.decode(errors="replace")[-2000:]
+        raise RuntimeError(f"py-spy failed ({completed.returncode}): {errors}")
 
 
 def run_profile(
     settings: Settings, fio: FioClient, out_dir: Path, log: Log = _stderr
 ) -> dict[str, Any]:
+    """Sample stargate under fio twice (wall, then GIL) and write profile.txt."""
     seconds = max(3.0, settings.seconds * 2)
     out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"seconds_each": seconds}
+    report = [f"stargate under fio {RANDREAD_QD32.label}, py-spy {seconds:.0f} s per sampling"]
     with StargateServer(1, settings.disk_size) as stargate, tempfile.TemporaryDirectory() as tmp:
         fill_backing_file(stargate.backing_file(0))
-        raw_path = Path(tmp) / "profile.txt"
-        load = threading.Thread(
-            target=fio.run_jobs,
-            args=([FioJob("profile", stargate.url(0), RANDREAD_QD32)], seconds + 2),
-            daemon=True,
-        )
+        job = FioJob("profile", stargate.url(0), RANDREAD_QD32)
+        load = threading.Thread(target=fio.run_jobs, args=([job], 2 * seconds + 4), daemon=True)
         load.start()
-        sampler = record(stargate.pid, seconds, raw_path, "raw")
-        _, errors = sampler.communicate(timeout=seconds + 60)
-        load.join(timeout=seconds + 120)
-        if sampler.returncode != 0 or not raw_path.exists():
-            raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace')[-2000:]}")
-        samples, functions = summarize_collapsed(raw_path.read_text())
-    table = profile_table(samples, functions)
-    (out_dir / "profile.txt").write_text(
-        f"stargate under fio {RANDREAD_QD32.label}, py-spy {seconds:.0f} s\n\n{table}"
-    )
-    log(table)
-    top = sorted(functions, key=lambda f: f.self_samples, reverse=True)[:TOP_FUNCTIONS]
-    return {
-        "samples": samples,
-        "top_self": [
-            {"function": f.function, "self_share": f.self_samples / samples if samples else None}
-            for f in top
-        ],
-    }
+        time.sleep(1.0)  # past the login
+        for sampling in Sampling:
+            raw_path = Path(tmp) / f"{sampling.value}.txt"
+            record(stargate.pid, seconds, raw_path, sampling)
+            samples, functions = summarize_collapsed(without_line_numbers(raw_path.read_text()))
+            table = profile_table(samples, functions)
+            report += ["", f"=== sampling: {sampling.value}", table]
+            log(f"  {sampling.value}: {samples} samples")
+            top = sorted(functions, key=lambda f: f.self_samples, reverse=True)[:TOP_FUNCTIONS]
+            results[sampling.value] = {
+                "samples": samples,
+                "top_self": [
+                    {
+                        "function": f.function,
+                        "self_share": f.self_samples / samples if samples else None,
+                    }
+                    for f in top
+                ],
+            }
+        load.join(timeout=2 * seconds + 120)
+    (out_dir / "profile.txt").write_text("\n".join(report) + "\n")
+    return results

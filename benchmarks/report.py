@@ -285,16 +285,22 @@ def memory_lines(memory: dict[str, Any]) -> list[str]:
 
 
 def profile_lines(profile: dict[str, Any]) -> list[str]:
-    rows = [
-        [number(100 * (entry["self_share"] or 0), 1) + "%", f"`{entry['function']}`"]
-        for entry in profile["top_self"][:15]
-    ]
     lines = [
-        f"py-spy, {profile['samples']} samples of stargate under fio 4 KiB randread QD32 "
-        "(profile.txt has the inclusive view too).",
-        "",
+        f"py-spy on stargate under fio 4 KiB randread QD32, {profile.get('seconds_each')} s "
+        "per sampling: *wall* counts every non-idle sample (also time descheduled inside a "
+        "system call), *gil* only samples holding the GIL (Python running). profile.txt has "
+        "the inclusive view."
     ]
-    return lines + markdown_table(["self time", "function (file:line)"], rows)
+    for sampling in ("wall", "gil"):
+        if sampling not in profile:
+            continue
+        rows = [
+            [number(100 * (entry["self_share"] or 0), 1) + "%", f"`{entry['function']}`"]
+            for entry in profile[sampling]["top_self"][:12]
+        ]
+        lines += ["", f"{sampling}: {profile[sampling]['samples']} samples", ""]
+        lines += markdown_table(["self", "function (file:line)"], rows)
+    return lines
 
 
 def render_markdown(results: dict[str, Any]) -> str:

@@ -38,7 +38,9 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def section_runners(settings: Settings, out_dir: Path) -> dict[Section, Callable[[], Any]]:
+def section_runners(
+    settings: Settings, out_dir: Path, client_names: list[str]
+) -> dict[Section, Callable[[], Any]]:
     from benchmarks.failover import run_failover
     from benchmarks.memory import run_memory
     from benchmarks.profile import run_profile
@@ -46,7 +48,8 @@ def section_runners(settings: Settings, out_dir: Path) -> dict[Section, Callable
     from benchmarks.standard import Client, run_standard
 
     fio = FioClient()
-    clients: list[Client] = [fio, QemuImgClient(settings.disk_size), InitiatorClient()]
+    every_client: list[Client] = [fio, QemuImgClient(settings.disk_size), InitiatorClient()]
+    clients = [client for client in every_client if client.kind.value in client_names]
     return {
         Section.STANDARD: lambda: run_standard(settings, clients, log=log),
         Section.SCALE: lambda: run_scale(settings, fio, log=log),
@@ -77,6 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default="",
         help="comma-separated sections: " + ",".join(section.value for section in Section),
+    )
+    parser.add_argument(
+        "--clients",
+        default="fio,qemu-img,initiator",
+        help="clients of the standard section (comma-separated)",
     )
     parser.add_argument("--runs", type=int, help="runs per figure (median; default 3)")
     parser.add_argument("--seconds", type=float, help="seconds per measurement")
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.merge:
         merge_previous(results, args.out / "results.json")
-    runners = section_runners(settings, args.out)
+    runners = section_runners(settings, args.out, args.clients.split(","))
     started = time.monotonic()
     for section in sections:
         log(f"== {section.value}")

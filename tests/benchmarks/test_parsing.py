@@ -16,7 +16,7 @@ from benchmarks.clients import (
 )
 from benchmarks.cpu import parse_stat_cpu_ticks
 from benchmarks.failover import slowest_qemu_io_command_seconds
-from benchmarks.profile import summarize_collapsed
+from benchmarks.profile import summarize_collapsed, without_line_numbers
 from benchmarks.report import judge_goals
 from benchmarks.standard import alternating, median_or_none, ratio
 from benchmarks.workloads import Measurement
@@ -166,3 +166,11 @@ def test_collapsed_stacks_summed_per_function() -> None:
     assert by_name["serve (b.py:2)"].self_samples == 4
     assert by_name["serve (b.py:2)"].total_samples == 10  # recursion counted once
     assert by_name["main (a.py:1)"].self_samples == 0
+
+
+def test_profile_lines_fold_into_functions() -> None:
+    collapsed = "main (a.py:1);read (c.py:3) 2\nmain (a.py:1);read (c.py:9) 3\n"
+    samples, functions = summarize_collapsed(without_line_numbers(collapsed))
+    by_name = {entry.function: entry for entry in functions}
+    assert samples == 5
+    assert by_name["read (c.py)"].self_samples == 5
