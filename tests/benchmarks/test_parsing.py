@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from benchmarks.cpu import parse_stat_cpu_ticks
 from benchmarks.failover import slowest_qemu_io_command_seconds
 from benchmarks.profile import summarize_collapsed, without_line_numbers
 from benchmarks.report import judge_goals
+from benchmarks.runner import merge_previous
 from benchmarks.standard import alternating, median_or_none, ratio
 from benchmarks.workloads import Measurement
 
@@ -174,3 +177,19 @@ def test_profile_lines_fold_into_functions() -> None:
     by_name = {entry.function: entry for entry in functions}
     assert samples == 5
     assert by_name["read (c.py)"].self_samples == 5
+
+
+def test_merge_keeps_the_other_sections(tmp_path: Path) -> None:
+    previous = {
+        "machine": {"date": "2026-11-24 00:44 UTC"},
+        "sections": {"standard": [], "memory": {"rss_bytes": {}}},
+        "errors": {"failover": "boom"},
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(previous))
+    results: dict[str, Any] = {"sections": {}, "errors": {}, "section_dates": {}}
+    merge_previous(results, path)
+    assert set(results["sections"]) == {"standard", "memory"}
+    assert results["section_dates"]["memory"] == "2026-11-24 00:44 UTC"
+    assert results["errors"] == {"failover": "boom"}
+    merge_previous(results, tmp_path / "missing.json")  # nothing to merge: no error
