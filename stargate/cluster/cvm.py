@@ -39,6 +39,7 @@ from stargate.cluster.registry import ClusterRegistry, OwnershipLoginPolicy
 from stargate.cluster.spec import ClusterPaths, ClusterSpec
 from stargate.cluster.stats_page import StatsPage
 from stargate.connection import FullFeatureConnection
+from stargate.faults.cluster import attach_forensics
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
@@ -112,6 +113,7 @@ class ClusterStargate:
             self.registry, self.server.sessions, self._on_login
         )
         self.page = StatsPage(self)
+        self.forensics = attach_forensics(self)  # stargate.faults: timeline, auditor
 
     @property
     def node_id(self) -> int:
@@ -128,6 +130,7 @@ class ClusterStargate:
                 serve_http, self.page.handle, self.node.cvm_address, self.node.http_port
             )
             nursery.start_soon(self._watch)
+            nursery.start_soon(self.forensics.sample_io, self.server)
             task_status.started()
 
     async def shutdown(self) -> None:

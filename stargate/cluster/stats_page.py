@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from stargate.cluster.http import HttpRequest, HttpResponse
 from stargate.cluster.ownership import read_record
 from stargate.cluster.spec import list_vdisks
+from stargate.faults.http import handle_fault_request
+from stargate.faults.summary import stats_section
 from stargate.stats import LATENCY_BUCKET_BOUNDS_US
 
 if TYPE_CHECKING:
@@ -33,6 +35,10 @@ class StatsPage:
         self.cvm = cvm
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
+        # /faults, /auditor, /forensics: stargate.faults' endpoints.
+        faulted = await handle_fault_request(self.cvm.server.faults, request, self.cvm.forensics)
+        if faulted is not None:
+            return faulted
         if request.method == "GET":
             if request.path in ("/stats.json", "/"):
                 return HttpResponse.json(self.stats_document())
@@ -92,6 +98,7 @@ class StatsPage:
             "uptime_s": time.time() - cvm.started,
             "time": time.time(),
             "queue": cvm.server.queue_stats(),
+            **stats_section(cvm.server.faults, cvm.forensics),  # stargate.faults
             "vdisks": per_vdisk,
         }
 

@@ -21,6 +21,7 @@ from rich.text import Text
 from stargate.cluster.client import PageAnswer, fetch_all
 from stargate.cluster.spec import ClusterSpec, list_vdisks
 from stargate.cluster.supervisor import Supervisor
+from stargate.faults.summary import top_line
 from stargate.stats import LATENCY_BUCKET_BOUNDS_US
 
 
@@ -194,7 +195,10 @@ def render(model: TopModel, supervisor: Supervisor | None) -> Group:
             str(row.connections),
             str(row.queue_depth),
         )
-    return Group(cvms, vdisks, Text(time.strftime("%H:%M:%S  (Ctrl-C to quit)"), style="dim"))
+    documents = [answer.document for _, answer in model.latest.values()]
+    faults = Text(top_line(documents))  # stargate.faults: armed faults, initiator auditor
+    clock = Text(time.strftime("%H:%M:%S  (Ctrl-C to quit)"), style="dim")
+    return Group(cvms, vdisks, faults, clock)
 
 
 async def run_top(
