@@ -4,7 +4,9 @@ in DIR/<id>.pr.json always, as a cluster's shared state must).
 
 A real `stargate target` process: register and reserve (Write Exclusive) through iSCSI,
 stop the process with SIGTERM, start a new one on the same data directory, and ask again
-with PERSISTENT RESERVE IN; another initiator still conflicts on a write.
+with PERSISTENT RESERVE IN; another initiator still conflicts on a write. Then the same
+across a 2-node cluster: the vDisk moves to the other stargate at a login there, and its
+reservation state comes along.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import trio
 from iscsicore.login import LoginDone
 from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.target import target_name_for
+from tests.cluster.conftest import RunningCluster, cluster_dir, stargate_cluster
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.stargate.client import TestInitiator, clear_unit_attention, write10
@@ -55,16 +58,16 @@ def start_target(reaper: ProcessReaper, data_dir: Path) -> tuple[ManagedProcess,
     return process, port
 
 
-async def session(port: int, isid: int) -> TestInitiator:
-    initiator = await TestInitiator.connect(port)
-    outcome = await initiator.login(target_name_for(VDISK), isid=isid)
+async def session(port: int, isid: int, host: str = HOST, vdisk: str = VDISK) -> TestInitiator:
+    initiator = await TestInitiator.connect(port, host)
+    outcome = await initiator.login(target_name_for(vdisk), isid=isid)
     assert isinstance(outcome, LoginDone)
     await clear_unit_attention(initiator)
     return initiator
 
 
-async def register_and_reserve(port: int) -> None:
-    holder = await session(port, HOLDER_ISID)
+async def register_and_reserve(port: int, host: str = HOST, vdisk: str = VDISK) -> None:
+    holder = await session(port, HOLDER_ISID, host, vdisk)
     for cdb, parameters in (
         (pr_out(REGISTER), pr_out_parameters(0, KEY)),
         (pr_out(RESERVE, WRITE_EXCLUSIVE), pr_out_parameters(KEY, 0)),
@@ -74,13 +77,15 @@ async def register_and_reserve(port: int) -> None:
     await holder.close()
 
 
-async def reservation_state(port: int) -> tuple[list[int], int | None, int | None, int]:
+async def reservation_state(
+    port: int, host: str = HOST, vdisk: str = VDISK
+) -> tuple[list[int], int | None, int | None, int]:
     """(registered keys, reservation key, type, status of a write from another nexus)."""
-    holder = await session(port, HOLDER_ISID)
+    holder = await session(port, HOLDER_ISID, host, vdisk)
     keys = await holder.scsi(pr_in(READ_KEYS), read_length=256)
     reservation = await holder.scsi(pr_in(READ_RESERVATION), read_length=256)
     await holder.close()
-    other = await session(port, OTHER_ISID)
+    other = await session(port, OTHER_ISID, host, vdisk)
     write = await other.scsi(write10(0, 1), write_data=bytes(512))
     await other.close()
     assert keys.status == reservation.status == ScsiStatus.GOOD
@@ -119,3 +124,26 @@ def test_pr_cdb_helpers_match_the_spc4_layout() -> None:
     assert (
         len(pr_in(READ_KEYS)) == 10 and struct.unpack_from(">H", pr_in(READ_KEYS, 300), 7)[0] == 300
     )
+
+
+def test_registrations_and_the_reservation_move_with_the_vdisk_to_another_stargate(
+    stargate_cluster: RunningCluster,
+) -> None:
+    cluster = stargate_cluster
+    cluster.cli("vm", "create", "pr", "--node", "1", "--disks", "1", "--size", "16M")
+    first, second = (cluster.spec.node(node_id) for node_id in (1, 2))
+    trio.run(register_and_reserve, first.cvm_advertised_port, first.cvm_advertised_address, "pr-0")
+    on_first = trio.run(
+        reservation_state, first.cvm_advertised_port, first.cvm_advertised_address, "pr-0"
+    )
+    assert on_first == ([KEY], KEY, WRITE_EXCLUSIVE, ScsiStatus.RESERVATION_CONFLICT)
+    # A login at stargate 2 moves the vDisk there.
+    on_second = trio.run(
+        reservation_state, second.cvm_advertised_port, second.cvm_advertised_address, "pr-0"
+    )
+    assert on_second == on_first
+    listing = {row["id"]: row for row in cluster.cli_json("vdisk", "list", "--json")}
+    assert listing["pr-0"]["serving_node"] == 2
+
+
+__all__ = ["cluster_dir", "stargate_cluster"]  # fixtures, imported for pytest
