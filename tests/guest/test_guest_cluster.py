@@ -180,7 +180,12 @@ def test_failover_and_failback_under_fio(
         "fio-failback",
         "fio-clean",
         "fio-overlapped-failback",
+        "no-io-errors",
+        "fio-overlapped-failover",
     )
+    # The failback was the remote CVM's AsyncEvent (logout request), not a dropped connection.
+    console = (guest.workdir / "console.log").read_text(errors="replace")
+    assert "Target requests logout" in console
     assert result.values["failover-current-portal"].split(",")[0] in (
         cluster.remote_stargate_portals(HOME)
     )

@@ -224,6 +224,31 @@ iscsi_wait_state() {
     return 1
 }
 
+# wait_pid PID TIMEOUT_S: until the process has ended (0) or TIMEOUT_S passed (1).
+wait_pid() {
+    local deadline
+    deadline=$(($(date +%s) + $2))
+    while kill -0 "$1" 2>/dev/null; do
+        [ "$(date +%s)" -le "$deadline" ] || return 1
+        sleep 0.2
+    done
+    return 0
+}
+
+# run_bounded TIMEOUT_S CMD...: run CMD in the background; its exit status, or 124 when it
+# still runs after TIMEOUT_S (a command stuck on I/O cannot be killed: it is left running).
+run_bounded() {
+    local seconds="$1" pid
+    shift
+    "$@" &
+    pid=$!
+    wait_pid "$pid" "$seconds" || {
+        echo "guestlib: still running after $seconds s: $*"
+        return 124
+    }
+    wait "$pid"
+}
+
 # ----------------------------------------------------------------------------- fio
 
 # fio_start DISK SIZE [FIO OPTIONS...]: 4 KiB random writes at queue depth 32, libaio,
@@ -239,9 +264,15 @@ fio_start() {
     FIO_PID=$!
 }
 
-# fio_finish STEP_NAME: wait for fio_start's fio; STEP PASS when it exited 0 with err=0.
+# fio_finish STEP_NAME [TIMEOUT_S]: wait for fio_start's fio; STEP PASS when it exited 0 with
+# err=0. With TIMEOUT_S, a fio still running then (hung I/O) is a FAIL, and is left running.
 fio_finish() {
     local name="$1" rc
+    if [ -n "$2" ] && ! wait_pid "$FIO_PID" "$2"; then
+        cat "$FIO_OUT"
+        step_fail "$name" "fio still running after $2 s (hung I/O?)"
+        return 1
+    fi
     wait "$FIO_PID"
     rc=$?
     cat "$FIO_OUT"

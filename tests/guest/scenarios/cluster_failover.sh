@@ -27,6 +27,13 @@ report_session "$TARGET_IQN" before
 check at-home "$(iscsi_session_field "$TARGET_IQN" "Current Portal")" \
     iscsi_wait_portal "$TARGET_IQN" "$LOCAL_PORTAL" 5
 
+# at_home: the session is LOGGED_IN on the local stargate now (one look, no waiting).
+at_home() {
+    [ "$(iscsi_session_field "$TARGET_IQN" "iSCSI Session State")" = LOGGED_IN ] || return 1
+    at_home_current=$(iscsi_session_field "$TARGET_IQN" "Current Portal")
+    [ "${at_home_current%,*}" = "$LOCAL_PORTAL" ]
+}
+
 on_remote() {
     [ "$(iscsi_session_field "$TARGET_IQN" "iSCSI Session State")" = LOGGED_IN ] || return 1
     on_remote_current=$(iscsi_session_field "$TARGET_IQN" "Current Portal")
@@ -52,9 +59,13 @@ while ! on_remote && [ "$(date +%s)" -le "$deadline" ]; do
     sleep 0.2
 done
 landed_at=$(uptime_s)
+fio_running_at_failover=no
+kill -0 "$FIO_PID" 2>/dev/null && fio_running_at_failover=yes
 report_session "$TARGET_IQN" failover
 check failed-over "$(iscsi_session_field "$TARGET_IQN" "Current Portal") after $(awk -v a="$killed_at" -v b="$landed_at" 'BEGIN { printf "%.1f", b - a }') s" on_remote
-fio_finish fio-failover
+fio_finish fio-failover 120 || exit 1
+check fio-overlapped-failover "fio running when the session landed: $fio_running_at_failover" \
+    [ "$fio_running_at_failover" = yes ]
 errors_after=$(dmesg | grep -c 'detected conn error')
 value conn_errors "$((errors_after - errors_before))"
 check still-on-remote "$(iscsi_session_field "$TARGET_IQN" "Current Portal")" on_remote
@@ -72,11 +83,11 @@ round=1
 failed_rounds=0
 fio_start "$disk" "$fio_size"
 while [ "$(date +%s)" -le "$deadline" ]; do
-    if iscsi_wait_portal "$TARGET_IQN" "$LOCAL_PORTAL" 0; then
+    if at_home; then
         break
     fi
     if ! kill -0 "$FIO_PID" 2>/dev/null; then
-        fio_finish "fio-wait-$round" || failed_rounds=$((failed_rounds + 1))
+        fio_finish "fio-wait-$round" 5 || failed_rounds=$((failed_rounds + 1))
         round=$((round + 1))
         fio_start "$disk" "$fio_size"
     fi
@@ -87,11 +98,13 @@ fio_running_at_failback=no
 kill -0 "$FIO_PID" 2>/dev/null && fio_running_at_failback=yes
 report_session "$TARGET_IQN" failback
 check failed-back "home after $(awk -v a="$started_at" -v b="$back_at" 'BEGIN { printf "%.1f", b - a }') s, fio running: $fio_running_at_failback" \
-    iscsi_wait_portal "$TARGET_IQN" "$LOCAL_PORTAL" 0
-fio_finish fio-failback || failed_rounds=$((failed_rounds + 1))
+    at_home
+fio_finish fio-failback 120 || failed_rounds=$((failed_rounds + 1))
 value fio_rounds "$round"
 check fio-clean "failed rounds: $failed_rounds" [ "$failed_rounds" -eq 0 ]
 check fio-overlapped-failback "fio running when the session came home: $fio_running_at_failback" \
     [ "$fio_running_at_failback" = yes ]
 dmesg | grep -i 'connection\|iscsi' | tail -20
+io_errors=$(dmesg | grep -c 'I/O error')
+check no-io-errors "kernel I/O errors: $io_errors" [ "$io_errors" -eq 0 ]
 step logout iscsi_logout "$TARGET_IQN" "$REDIRECTOR"

@@ -66,17 +66,23 @@ check all-failed-over "$on_remote of $iqn_number on remote CVMs:$portals" \
 check spread "$remote_used remote CVMs used:$portals" [ "$remote_used" -ge 2 ]
 
 io_errors=0
+io_failed=
 for iqn in $VDISK_IQNS; do
     disk=$(iscsi_disk "$iqn" 10) || {
         io_errors=$((io_errors + 1))
         continue
     }
     dd if=/dev/urandom of=/tmp/block bs=64k count=4 2>/dev/null
-    dd if=/tmp/block of="$disk" bs=64k count=4 oflag=direct 2>/dev/console &&
-        dd if="$disk" of=/tmp/back bs=64k count=4 iflag=direct 2>/dev/console &&
-        cmp /tmp/block /tmp/back || io_errors=$((io_errors + 1))
+    if ! run_bounded 30 dd if=/tmp/block of="$disk" bs=64k count=4 oflag=direct ||
+        ! run_bounded 30 dd if="$disk" of=/tmp/back bs=64k count=4 iflag=direct ||
+        ! cmp /tmp/block /tmp/back; then
+        io_errors=$((io_errors + 1))
+        io_failed="$io_failed $disk"
+    fi
 done
-check io-after-failover "disks with errors: $io_errors" [ "$io_errors" -eq 0 ]
+check io-after-failover "disks with errors: $io_errors${io_failed:+ ($io_failed)}" \
+    [ "$io_errors" -eq 0 ]
+[ "$io_errors" -eq 0 ] || exit 1 # a logout would wait for the stuck I/O
 for iqn in $VDISK_IQNS; do
     iscsi_logout "$iqn" "$REDIRECTOR" >/dev/console 2>&1
 done
