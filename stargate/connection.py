@@ -1297,6 +1297,7 @@ class FullFeatureConnection:
         its command timeout) finds out. Our own pings stop too."""
         if isinstance(self._io, BlackholeChannel):
             return
+        log.info("blackholing a connection of %s (fault)", self.session.initiator_name)
         self._out.clear()
         self._io = BlackholeChannel(self._io)
         self._pending_logout_deadline = None
@@ -1401,7 +1402,8 @@ class FullFeatureConnection:
             if half:
                 _, max_cmd_sn = self._window()
                 self._send_data_in(task, data, half, False, _GOOD, False, False, 0, max_cmd_sn)
-            self.drop_by_fault(DropMode.RESET)
+            # An orderly close: a reset would make the peer's kernel drop the half sent.
+            self.drop_by_fault(DropMode.CLOSE)
             return
         if kind is FaultKind.HANG or self._nursery is None:
             return

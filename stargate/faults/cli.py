@@ -11,6 +11,7 @@ HTTP page -- one `stargate target --http`, or the CVMs of a cluster directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,12 @@ def timeline_command(args: argparse.Namespace) -> int:
             document = build_timeline(args.dir.resolve())
         except (OSError, ValueError) as error:
             raise FaultCliError(str(error)) from None
+        previous = args.dir.resolve() / "forensics" / "timeline.json"
+        if previous.exists():  # keep what only the scenario run knew (the verify reports)
+            with contextlib.suppress(ValueError):
+                verify = json.loads(previous.read_text()).get("verify")
+                if verify is not None:
+                    document["verify"] = verify
         write_timeline(args.dir.resolve(), document)
         if args.png is not None:
             from stargate.faults.timeline_png import draw_timeline

@@ -27,7 +27,7 @@ class FaultKind(Enum):
     HANG = "hang"  # the command never completes (task management can still abort it)
     # iSCSI PDUs and the connection: decided per PDU received
     DROP_CONNECTION = "drop_connection"  # mode: reset | close | blackhole
-    DROP_MID_DATA_IN = "drop_mid_data_in"  # half a read's Data-In, then a reset
+    DROP_MID_DATA_IN = "drop_mid_data_in"  # half a read's Data-In, then the connection closes
     CORRUPT_HEADER_DIGEST = "corrupt_header_digest"
     CORRUPT_DATA_DIGEST = "corrupt_data_digest"
     STAT_SN_JUMP = "stat_sn_jump"  # amount: +N skips, -1 repeats

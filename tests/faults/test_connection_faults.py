@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.request import urlopen
 
+import pytest
 import trio
 
 from initiator.session import Session, SessionConfig
@@ -69,3 +70,27 @@ async def test_blackhole_is_found_only_by_the_nop_timeout(nursery: trio.Nursery)
     assert len(logins) == 2
     ends = [e["reason"] for e in forensics.events if e["event"] == "session_end"]
     assert not any("NOP-In" in reason for reason in ends)  # the target never gave up itself
+
+
+@pytest.mark.slow
+def test_libiscsi_finds_a_blackhole_by_its_nop_timeout(
+    require_tool: Callable[..., str], faulty_target: Callable[..., FaultyTarget]
+) -> None:
+    """QEMU pings every 5 s and gives up after 3 unanswered NOP-Outs; only then does
+    libiscsi reconnect and re-issue the read. The target never closes the socket."""
+    require_tool("qemu-io")
+    target = faulty_target("--memory")
+    url = target.url()
+    qemu_io(url, ["write -P 0x3c 0 64k"])
+    target.fault("add", "drop_connection", "--mode", "blackhole", "--opcode", "0x28",
+                 "--count", "1")  # fmt: skip
+    started = time.monotonic()
+    output = qemu_io(url, ["read -P 0x3c 0 64k"], timeout=180)
+    elapsed = time.monotonic() - started
+    assert "read 65536/65536" in output
+    assert elapsed >= 10, elapsed  # found by pings, not by a reset
+    events = _forensics(target)
+    assert len([e for e in events if e["event"] == "login"]) >= 3
+    (fired,) = [e for e in events if e["event"] == "fault"]
+    ends = [e for e in events if e["event"] == "session_end" and e["t"] > fired["t"]]
+    assert ends and ends[0]["t"] - fired["t"] >= 10, ends  # dark for the whole NOP timeout

@@ -3,6 +3,7 @@ a refused login (0x0301) and a redirect loop back to the redirector itself."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +19,13 @@ from tests.helpers.procs import ProcessReaper
 from tests.redirector.cluster import PORT, TestCluster
 
 
-def _fault(directory: Path, *words: str) -> None:
+def _fault(directory: Path, *words: str, where: tuple[str, ...] = ("--redirector", "1")) -> str:
     completed = subprocess.run(
-        [sys.executable, "-m", "stargate", "fault", *words, "--dir", str(directory),
-         "--redirector", "1"],
+        [sys.executable, "-m", "stargate", "fault", *words, "--dir", str(directory), *where],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
+    return completed.stdout
 
 
 def test_redirector_refuses_then_loops_then_behaves(
@@ -56,3 +57,11 @@ def test_redirector_refuses_then_loops_then_behaves(
         trio.run(login)
     _fault(cluster.directory, "clear")
     assert trio.run(login) == 1
+
+    # The same CLI arms faults on a running CVM, through its HTTP page.
+    cvm = ("--node", "1")
+    _fault(cluster.directory, "add", "busy", "--vdisk", "vm1-0", "--count", "3", where=cvm)
+    listing = json.loads(_fault(cluster.directory, "list", "--json", where=cvm))
+    (page,) = listing.values()
+    assert [f["kind"] for f in page["faults"]] == ["busy"]
+    assert "cleared 1" in _fault(cluster.directory, "clear", where=cvm)

@@ -72,4 +72,13 @@ def test_failover_then_faults_during_failback(tmp_path: Path) -> None:
     asked = [e for e in vm1_0["session_ends"] if e["logout_requested_at"] is not None]
     assert asked and asked[0]["node"] == 2 and asked[0]["reason"] == "logged out", asked
     assert not [f for f in document["vdisks"]["vm1-1"]["faults"] if f["kind"] == "async_logout"]
+    # `stargate timeline` rebuilds the same document from the files the processes left.
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "stargate", "timeline", "--dir", str(directory), "--json",
+         "--png", str(tmp_path / "again.png")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    again = json.loads(rebuilt.stdout)
+    assert again["vdisks"]["vm1-0"]["failbacks"] == document["vdisks"]["vm1-0"]["failbacks"]
+    assert (tmp_path / "again.png").stat().st_size > 10_000
     assert all(report["mismatch_count"] == 0 for report in document["verify"].values())
