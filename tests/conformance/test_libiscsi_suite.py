@@ -12,6 +12,7 @@ test that printed ``[SKIPPED]`` as skipped. tgtd on this kind of machine: 160 pa
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ VDISK_SIZE = "256M"
 # target must not drop it for that, or libiscsi reconnects and sees a fresh unit attention
 # on every try.
 QUIET_NOP = ("--nop-interval", "600", "--nop-timeout", "600")
+# A test's teardown may log right after its status on the same line ("passed    [FAILED]
+# PRIN ..." after Reserve6.LUNReset's own unit attention): put the status on its own line.
+_GLUED_STATUS = re.compile(r"^(passed|FAILED) {2,}(?=\S)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ def start_target(process_reaper: ProcessReaper, tmp_data_dir: Path) -> Iterator[
 def run_suite(urls: list[str], tests: str, *extra_args: str, timeout: float) -> ConformanceSummary:
     argv = ["iscsi-test-cu", "--dataloss", "-v", *extra_args, "-t", tests, *urls]
     completed = run_tool(argv, timeout=timeout, check=False)
-    summary = parse_test_cu_output(completed.stdout, completed.returncode)
+    output = _GLUED_STATUS.sub(r"\1\n    ", completed.stdout)
+    summary = parse_test_cu_output(output, completed.returncode)
     if completed.returncode not in (0, 1) or summary.cunit_ran is None:
         raise PeerToolError(
             f"{' '.join(argv)} exited with {completed.returncode}\n"
@@ -99,9 +104,8 @@ def test_the_whole_suite_with_sanitize_passes_more_than_tgtd_and_fails_nothing(
     summary = run_suite([target.url], "ALL", "-S", timeout=1800)
     counts = report(summary, "all", tmp_path)
     assert target.process.is_running(), "the suite crashed the target"
-    # Our per-test parse and CUnit's own failure count must both be clean (a test whose
-    # verbose output swallowed its status line is missing from the parse, not hidden).
-    assert summary.failed == 0 and summary.cunit_failed == 0, counts
+    assert summary.consistent, counts  # every test parsed, as many failures as CUnit says
+    assert summary.failed == 0, counts
     assert summary.passed > TGTD_PASSED, counts
 
 
