@@ -192,15 +192,15 @@ iscsi_wait_no_session() {
 iscsi_wait_portal() {
     local deadline current
     deadline=$(($(date +%s) + ${3:-60}))
-    while [ "$(date +%s)" -le "$deadline" ]; do
+    while :; do # looks at least once, so a TIMEOUT_S of 0 is a single check
         current=$(iscsi_session_field "$1" "Current Portal")
         if [ "${current%,*}" = "$2" ] &&
             [ "$(iscsi_session_field "$1" "iSCSI Session State")" = LOGGED_IN ]; then
             return 0
         fi
+        [ "$(date +%s)" -lt "$deadline" ] || return 1
         sleep 0.2
     done
-    return 1
 }
 
 # report_session IQN [PREFIX]: VALUE lines for the session's portals and state.
@@ -215,13 +215,13 @@ report_session() {
 iscsi_wait_state() {
     local deadline
     deadline=$(($(date +%s) + ${3:-60}))
-    while [ "$(date +%s)" -le "$deadline" ]; do
+    while :; do # looks at least once, so a TIMEOUT_S of 0 is a single check
         if [ "$(iscsi_session_field "$1" "iSCSI Session State")" = "$2" ]; then
             return 0
         fi
+        [ "$(date +%s)" -lt "$deadline" ] || return 1
         sleep 0.2
     done
-    return 1
 }
 
 # wait_pid PID TIMEOUT_S: until the process has ended (0) or TIMEOUT_S passed (1).
