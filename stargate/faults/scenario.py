@@ -163,9 +163,10 @@ class _Recorder:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def emit(self, event: str, *, moment: float | None = None, **fields: Any) -> None:
+        record = {"t": time.time() if moment is None else moment, "event": event, **fields}
         with self.path.open("a") as out:
-            out.write(json.dumps({"t": time.time(), "event": event, **fields}) + "\n")
+            out.write(json.dumps(record) + "\n")
 
 
 def prepare_cluster(scenario: Scenario, directory: Path) -> None:
@@ -251,9 +252,17 @@ async def _run_workload_and_steps(
             started = trio.current_time()
             for step in scenario.steps:
                 await trio.sleep_until(started + step.at)
+                begun = time.time()  # the step's moment: when it began, not when it was done
                 detail = await _perform(step, supervisor)
+                vdisk = step.fault.get("vdisk") if step.fault is not None else None
                 recorder.emit(
-                    "step", at=step.at, what=step.describe(), detail=detail, node=step.node
+                    "step",
+                    moment=begun,
+                    at=step.at,
+                    what=step.describe(),
+                    detail=detail,
+                    node=step.node,
+                    vdisk=vdisk,
                 )
             await trio.sleep_until(started + scenario.duration)
             for verifier in verifiers:
