@@ -149,7 +149,10 @@ def _device_identification(lu: LogicalUnit, nexus: Nexus) -> bytes:
 def _block_limits(lu: LogicalUnit, nexus: Nexus) -> bytes:
     limits = BLOCK_LIMITS
     body = bytearray(0x3C)
-    body[0] = 0x01  # WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 is refused
+    # WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 ("to the end") is refused. SBC-3
+    # allows either; with WSNZ 0 a vDisk larger than MAXIMUM WRITE SAME LENGTH must refuse
+    # it anyway, so libiscsi's ZeroBlocks tests would skip all the same, on any real size.
+    body[0] = 0x01
     body[1] = limits.max_compare_and_write_blocks
     # Granularities in logical blocks: one physical block (4 KiB, page cache and holes).
     physical = lu.blocks_per_physical_block
