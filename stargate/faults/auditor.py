@@ -4,6 +4,8 @@
   needs the same ISID);
 - ``reconnect_storm``: many logins of one initiator to one target in a short time;
 - ``no_backoff``: reconnects at a steady short interval that never grows;
+- ``unbounded_backoff``: reconnect gaps that keep growing past a sane ceiling (a path that
+  came back is left unused for minutes);
 - ``duplicate_session``: a login (new ISID) while a session of that initiator to that
   target still exists;
 - ``cmd_sn_out_of_window``: commands whose CmdSN lay outside [ExpCmdSN, MaxCmdSN];
@@ -15,6 +17,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +26,7 @@ STORM_LOGINS = 10
 CHURN_LOGINS = 4  # this many logins in a row, each with an ISID never seen before
 NO_BACKOFF_RECONNECTS = 6  # this many reconnect gaps, none growing
 MAX_FINDINGS = 500
+BACKOFF_CEILING = 30.0  # seconds: a reconnect gap past this, after growing ones, is too long
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,18 +59,19 @@ class _Pair:
 
 
 class InitiatorAuditor:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.findings: deque[Finding] = deque(maxlen=MAX_FINDINGS)
         self.counts: dict[str, int] = defaultdict(int)
         self._pairs: dict[tuple[str, str], _Pair] = defaultdict(_Pair)
 
     def _report(self, kind: str, initiator: str, target: str, detail: str) -> None:
-        self.findings.append(Finding(time.time(), kind, initiator, target, detail))
+        self.findings.append(Finding(self.clock(), kind, initiator, target, detail))
         self.counts[kind] += 1
 
     def login(self, initiator: str, target: str, isid: int) -> None:
         pair = self._pairs[(initiator, target)]
-        now = time.time()
+        now = self.clock()
         others_live = [i for i, n in pair.live_isids.items() if n > 0 and i != isid]
         if others_live:
             self._report(
@@ -97,6 +102,7 @@ class InitiatorAuditor:
                 target,
                 f"{STORM_LOGINS} logins within {STORM_WINDOW:g} s",
             )
+        self._check_backoff(pair, initiator, target)
         gaps = [b - a for a, b in itertools.pairwise(pair.logins)]
         last = gaps[-NO_BACKOFF_RECONNECTS:]
         steady = len(last) == NO_BACKOFF_RECONNECTS and max(last) < 2.0
@@ -111,6 +117,22 @@ class InitiatorAuditor:
                 initiator,
                 target,
                 f"{len(last)} reconnect gaps of {min(last):.2f}-{max(last):.2f} s, none growing",
+            )
+
+    def _check_backoff(self, pair: _Pair, initiator: str, target: str) -> None:
+        gaps = [b - a for a, b in itertools.pairwise(pair.logins)][-3:]
+        if (
+            len(gaps) == 3
+            and gaps[-1] > BACKOFF_CEILING
+            and gaps[0] < gaps[1] < gaps[2]
+            and "unbounded_backoff" not in pair.reported
+        ):
+            pair.reported.add("unbounded_backoff")
+            self._report(
+                "unbounded_backoff",
+                initiator,
+                target,
+                "reconnect gaps " + ", ".join(f"{gap:.0f}" for gap in gaps) + " s, still growing",
             )
 
     def session_ended(
