@@ -118,9 +118,14 @@ class FencedLogicalUnit:
 
     def __init__(self, inner: Any, claim: Claim, on_lost: LostCallback) -> None:
         self.inner = inner
-        self.store = inner.store
         self.claim = claim
         self._on_lost = on_lost
+
+    @property
+    def store(self) -> Any:
+        # Read through every time: SANITIZE swaps the unit's store for one whose sync()
+        # waits for the erase, and the transport must sync that one before status.
+        return self.inner.store
 
     def execute(self, cdb: bytes, data_out: Any, nexus: Any) -> Any:
         if self.claim.may_execute():
