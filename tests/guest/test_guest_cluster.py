@@ -78,6 +78,15 @@ def report(guest: Guest, cluster: GuestCluster) -> None:
     print(f"cluster logs: {cluster.directory / 'logs'}")
 
 
+def serving_node(cluster: GuestCluster, vdisk_id: str) -> int | None:
+    """The node whose stargate serves ``vdisk_id`` now (``stargate vdisk list``)."""
+    for row in cluster.vdisks():
+        if row["id"] == vdisk_id:
+            node: int | None = row["serving_node"]
+            return node
+    raise KeyError(vdisk_id)
+
+
 def failover_env(cluster: GuestCluster) -> dict[str, str]:
     return {
         "REDIRECTOR": redirector_guest_portal(HOME),
@@ -163,6 +172,7 @@ def test_failover_and_failback_under_fio(
         print(f"kill took {cluster.cvm('kill', HOME):.1f} s")
         guest.signal("kill-local")
         guest.wait_for("start-local", timeout=200)
+        serving_after_failover = serving_node(cluster, "vm1-0")
         started = time.monotonic()
         print(f"start took {cluster.cvm('start', HOME):.1f} s")
         guest.signal("start-local")
@@ -186,9 +196,11 @@ def test_failover_and_failback_under_fio(
     # The failback was the remote CVM's AsyncEvent (logout request), not a dropped connection.
     console = (guest.workdir / "console.log").read_text(errors="replace")
     assert "Target requests logout" in console
-    assert result.values["failover-current-portal"].split(",")[0] in (
-        cluster.remote_stargate_portals(HOME)
-    )
+    failover_portal = result.values["failover-current-portal"].split(",")[0]
+    assert failover_portal in cluster.remote_stargate_portals(HOME)
+    # The cluster agrees with the guest: the CVM it is connected to serves the vDisk.
+    assert serving_after_failover is not None
+    assert stargate_guest_portal(serving_after_failover) == failover_portal
     assert result.values["failback-current-portal"] == f"{stargate_guest_portal(HOME)},1"
     assert result.values["failback-persistent-portal"] == f"{redirector_guest_portal(HOME)},1"
 
@@ -212,6 +224,12 @@ def test_three_vdisks_spread_over_remote_cvms(
         guest.signal("kill-local")
         result = guest.wait_done()
         report(guest, cluster)
+    # The cluster agrees with the guest: each vDisk is served where its session went (the
+    # guest logged out at the end, but nothing moves a vDisk back while node 1 is down).
+    served_at = {
+        f"iqn.2010-06.com.nutanix:vmdisk-{row['id']}": row["serving_node"]
+        for row in cluster.vdisks()
+    }
     result.assert_passed(
         "login-1",
         "login-2",
@@ -222,6 +240,6 @@ def test_three_vdisks_spread_over_remote_cvms(
         "spread",
         "io-after-failover",
     )
-    portals = {result.values[f"portal-{iqn}"].split(",")[0] for iqn in iqns}
-    assert portals <= set(cluster.remote_stargate_portals(HOME))
-    assert len(portals) == 2
+    portal_of = {iqn: result.values[f"portal-{iqn}"].split(",")[0] for iqn in iqns}
+    assert set(portal_of.values()) == set(cluster.remote_stargate_portals(HOME))
+    assert {iqn: stargate_guest_portal(served_at[iqn]) for iqn in iqns} == portal_of
