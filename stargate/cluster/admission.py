@@ -127,6 +127,10 @@ class FencedLogicalUnit:
         # waits for the erase, and the transport must sync that one before status.
         return self.inner.store
 
+    @store.setter
+    def store(self, store: Any) -> None:
+        self.inner.store = store
+
     def execute(self, cdb: bytes, data_out: Any, nexus: Any) -> Any:
         if self.claim.may_execute():
             result = self.inner.execute(cdb, data_out, nexus)

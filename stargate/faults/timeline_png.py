@@ -1,6 +1,6 @@
 """Draw a timeline document (`stargate.faults.timeline`) as a PNG: one lane per vDisk, I/O
 activity coloured by the CVM serving it, faults and scenario steps marked, stalls labelled.
-Needs matplotlib (the ``bench`` optional dependencies)."""
+matplotlib is imported here only, so the rest of stargate starts without paying for it."""
 
 from __future__ import annotations
 
