@@ -1,0 +1,167 @@
+"""stargate's blackhole fault against the real Linux initiator (open-iscsi in a QEMU guest).
+
+One ``stargate target --memory --http`` per test; the guest reaches it at 10.0.2.100:3260
+through a guestfwd relay, sets short NOP-Out timeouts and a replacement_timeout as a user
+would, starts fio and announces it; the host then arms ``drop_connection --mode blackhole
+--duration S`` with the ``stargate fault`` CLI. The target stops answering that connection
+but keeps its socket open: only the initiator's NOP-Out timeout finds out.
+
+What the fault does to new connections: it is a PDU fault, so a new login is answered
+while it is armed, and the new connection goes dark at its first full-feature PDU (the
+retried SCSI commands or a NOP-Out). Once ``duration`` has passed, the fault is gone and the
+next login's session works.
+
+* shorter than replacement_timeout (drop_connection alone): the initiator logs in again
+  (more than once if a login lands inside the window), the queued I/O is retried and fio
+  ends without an error;
+* longer than replacement_timeout: drop_connection alone never gets there, since each login
+  inside the window succeeds, unblocks the session and stops the replacement timer (seen:
+  five NOP timeouts and relogins in 30 s, then fio ended cleanly). A real blackhole swallows
+  the new connections' logins too, so this test also arms ``login_delay`` for the same
+  duration with a delay longer than the blackhole: each login times out (login_timeout 5 s),
+  the session stays blocked, replacement_timeout expires, the kernel fails the queued I/O,
+  fio reports EIO, and the guest reports that as the expected outcome.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from stargate.target import target_name_for
+from tests.conftest import running_in_ci
+from tests.guest.build import GuestBuildError
+from tests.guest.harness import Guest, GuestImage, GuestResult, format_steps
+from tests.helpers.net import free_port
+from tests.helpers.procs import ManagedProcess, ProcessReaper
+
+pytestmark = pytest.mark.slow
+
+HOST = "127.0.0.1"
+GUEST_PORTAL = "10.0.2.100"
+GUEST_PORT = 3260
+VDISK = "vd1"
+
+
+@dataclass
+class BlackholeTarget:
+    process: ManagedProcess
+    port: int
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
+
+    def fault(self, *words: str) -> str:
+        """``stargate fault WORDS... --url <this target>``, as a user types it."""
+        completed = subprocess.run(
+            [sys.executable, "-m", "stargate", "fault", *words, "--url", self.url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        return completed.stdout
+
+
+@pytest.fixture(scope="module")
+def guest_image() -> Iterator[GuestImage]:
+    try:
+        yield GuestImage.ensure()
+    except GuestBuildError as error:
+        if running_in_ci():
+            pytest.fail(f"guest image: {error}", pytrace=False)
+        pytest.skip(f"guest image cannot be built here: {error}")
+
+
+@pytest.fixture
+def target(process_reaper: ProcessReaper) -> BlackholeTarget:
+    port, http_port = free_port(HOST), free_port(HOST)
+    argv = [sys.executable, "-m", "stargate", "target", "--portal", f"{HOST}:{port}"]
+    argv += ["--advertise", f"{GUEST_PORTAL}:{GUEST_PORT}", "--memory"]
+    argv += ["--vdisk", f"{VDISK}:64M", "--http", f"{HOST}:{http_port}"]
+    process = process_reaper.spawn(argv, name="stargate-blackhole")
+    process.wait_for_port(HOST, port, timeout=30)
+    process.wait_for_port(HOST, http_port, timeout=30)
+    return BlackholeTarget(process, port, http_port)
+
+
+def run_blackhole(
+    image: GuestImage,
+    target: BlackholeTarget,
+    request: pytest.FixtureRequest,
+    *,
+    expect: str,
+    blackhole_seconds: float,
+    env: dict[str, str],
+    hold_logins: bool = False,
+) -> GuestResult:
+    with Guest(
+        image,
+        {GUEST_PORTAL: target.port},
+        "fault_blackhole",
+        env={"TARGET_IQN": target_name_for(VDISK), "EXPECT": expect, **env},
+        timeout=80,
+        name=request.node.name,
+    ) as guest:
+        guest.wait_for("blackhole", timeout=60)
+        armed = target.fault(
+            "add", "drop_connection", "--mode", "blackhole",
+            "--duration", str(blackhole_seconds),
+        )  # fmt: skip
+        if hold_logins:  # new connections' logins go unanswered too
+            armed += target.fault(
+                "add", "login_delay", "--delay", str(blackhole_seconds + 30),
+                "--duration", str(blackhole_seconds),
+            )  # fmt: skip
+        armed_at = time.monotonic()
+        print(f"armed: {armed.strip()}")
+        guest.signal("blackhole")
+        result = guest.wait_done()
+        print(f"guest done {time.monotonic() - armed_at:.1f} s after the blackhole was armed")
+        print(f"\n{format_steps(guest.steps)}\nvalues: {guest.values}\nlogs: {guest.workdir}")
+    return result
+
+
+@pytest.mark.timeout(120)
+def test_blackhole_shorter_than_replacement_timeout_is_ridden_out(
+    guest_image: GuestImage, target: BlackholeTarget, request: pytest.FixtureRequest
+) -> None:
+    # NOP-Out every 2 s, 2 s to answer: the dark connection is found within ~4 s; the 6 s
+    # blackhole ends well inside the 15 s replacement_timeout.
+    result = run_blackhole(
+        guest_image,
+        target,
+        request,
+        expect="survive",
+        blackhole_seconds=6.0,
+        env={"REPLACEMENT_TIMEOUT": "15", "IO_SECONDS": "22", "FIO_BOUND": "45"},
+    )
+    result.assert_passed("login", "fio-running", "connection-dropped", "fio", "session-recovered")
+    assert result.values["fio_eio"] == "no"
+
+
+@pytest.mark.timeout(120)
+def test_blackhole_longer_than_replacement_timeout_fails_io(
+    guest_image: GuestImage, target: BlackholeTarget, request: pytest.FixtureRequest
+) -> None:
+    # replacement_timeout 5 s against a 30 s blackhole (connections and logins): the queued
+    # I/O must fail with EIO, well before the blackhole ends.
+    result = run_blackhole(
+        guest_image,
+        target,
+        request,
+        expect="eio",
+        blackhole_seconds=30.0,
+        env={"REPLACEMENT_TIMEOUT": "5", "IO_SECONDS": "40", "FIO_BOUND": "40"},
+        hold_logins=True,
+    )
+    result.assert_passed("login", "fio-running", "connection-dropped", "io-error")
+    assert result.values["fio_eio"] == "yes"
