@@ -85,6 +85,10 @@ RECEIVE_SIZE = 256 * 1024
 # Responses queued before they must go out: bounds memory when an initiator sends many
 # large reads at once (and stops reading).
 OUTPUT_HIGH_WATER = 4 * 1024 * 1024
+# PDUs one connection handles before it sends and lets the other connections run: a vDisk
+# with 128 commands in flight must not make a neighbour's single command wait for all of
+# them (the one queue is fair only if every connection gets to put its commands in).
+TURN_BUDGET = 8
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
@@ -254,7 +258,7 @@ class FullFeatureConnection:
             while True:
                 self._in_batch = True
                 try:
-                    output_full = self._handle_buffered_pdus(
+                    more_buffered = self._handle_buffered_pdus(
                         self._faulted_handlers(handlers) if self.faults.armed else handlers
                     )
                 finally:
@@ -264,18 +268,20 @@ class FullFeatureConnection:
                 await self._flush()
                 if self._closing_reason is not None:
                     raise ConnectionClosed(self._closing_reason)
-                if not output_full:
+                if not more_buffered:
                     break
+                await trio.lowlevel.checkpoint()  # the other connections' turn
 
     def _handle_buffered_pdus(self, handlers: dict[type, Callable[[Any], None]]) -> bool:
-        """Handle the complete PDUs received; True if it stopped early because the output
-        reached `OUTPUT_HIGH_WATER` (then send, and come back for the rest)."""
+        """Handle the complete PDUs received; True if it stopped early, its output at
+        `OUTPUT_HIGH_WATER` or its turn of `TURN_BUDGET` PDUs used (then send, let the other
+        connections run, and come back for the rest)."""
         framer = self.framer
         eager_every = self.eager_send_every
         try_send = getattr(self._io, "try_send", None) if eager_every else None
         handled = 0
         try:
-            while len(self._out) < OUTPUT_HIGH_WATER:
+            while len(self._out) < OUTPUT_HIGH_WATER and handled < TURN_BUDGET:
                 try:
                     pdu = framer.next_pdu()
                 except IscsiProtocolError as error:
