@@ -249,6 +249,35 @@ run_bounded() {
     wait "$pid"
 }
 
+# session_sampler_start FILE: in the background, every 0.2 s, append
+# "<uptime> <state of the first iSCSI session, from sysfs> <fio alive: yes|no>" to FILE.
+# Cheap (no iscsiadm), so a reconnect too short for a polling loop still shows in it.
+# Sets SAMPLER_PID; stop it with kill.
+session_sampler_start() {
+    (
+        while :; do
+            state=NONE
+            for file in /sys/class/iscsi_session/session*/state; do
+                [ -r "$file" ] && state=$(cat "$file") && break
+            done
+            fio=no
+            pidof fio >/dev/null 2>&1 && fio=yes
+            echo "$(uptime_s) $state $fio"
+            sleep 0.2
+        done
+    ) >>"$1" 2>/dev/null &
+    SAMPLER_PID=$!
+}
+
+# fio_during_reconnect FILE SINCE: yes when FILE (session_sampler_start's) has a sample after
+# uptime SINCE with the session not LOGGED_IN while fio ran (its I/O waited for the
+# reconnect), else no.
+fio_during_reconnect() {
+    awk -v since="$2" '
+        $1 >= since && $2 != "LOGGED_IN" && $3 == "yes" { found = 1 }
+        END { print (found ? "yes" : "no") }' "$1"
+}
+
 # ----------------------------------------------------------------------------- fio
 
 # fio_start DISK SIZE [FIO OPTIONS...]: 4 KiB random writes at queue depth 32, libaio,

@@ -43,6 +43,10 @@ on_remote() {
     return 1
 }
 
+# Overlap evidence: fio alive while the session was down (not only at a polling instant).
+samples=/tmp/session-samples
+session_sampler_start "$samples"
+
 # -- failover ---------------------------------------------------------------------------
 fio_start "$disk" "$fio_size"
 sleep 2
@@ -59,7 +63,7 @@ while ! on_remote && [ "$(date +%s)" -le "$deadline" ]; do
     sleep 0.2
 done
 landed_at=$(uptime_s)
-fio_running_at_failover=no
+fio_running_at_failover=$(fio_during_reconnect "$samples" "$killed_at")
 kill -0 "$FIO_PID" 2>/dev/null && fio_running_at_failover=yes
 report_session "$TARGET_IQN" failover
 check failed-over "$(iscsi_session_field "$TARGET_IQN" "Current Portal") after $(awk -v a="$killed_at" -v b="$landed_at" 'BEGIN { printf "%.1f", b - a }') s" on_remote
@@ -71,6 +75,7 @@ value conn_errors "$((errors_after - errors_before))"
 check still-on-remote "$(iscsi_session_field "$TARGET_IQN" "Current Portal")" on_remote
 
 [ "${DO_FAILBACK:-1}" = 1 ] || {
+    kill "$SAMPLER_PID" 2>/dev/null
     iscsi_logout "$TARGET_IQN" "$REDIRECTOR"
     exit 0
 }
@@ -94,7 +99,9 @@ while [ "$(date +%s)" -le "$deadline" ]; do
     sleep 0.5
 done
 back_at=$(uptime_s)
-fio_running_at_failback=no
+# fio's I/O spanned the failback when fio ran while the session was away from the remote
+# CVM (sampled), or still runs now that it is home.
+fio_running_at_failback=$(fio_during_reconnect "$samples" "$started_at")
 kill -0 "$FIO_PID" 2>/dev/null && fio_running_at_failback=yes
 report_session "$TARGET_IQN" failback
 check failed-back "home after $(awk -v a="$started_at" -v b="$back_at" 'BEGIN { printf "%.1f", b - a }') s, fio running: $fio_running_at_failback" \
@@ -104,6 +111,9 @@ value fio_rounds "$round"
 check fio-clean "failed rounds: $failed_rounds" [ "$failed_rounds" -eq 0 ]
 check fio-overlapped-failback "fio running when the session came home: $fio_running_at_failback" \
     [ "$fio_running_at_failback" = yes ]
+kill "$SAMPLER_PID" 2>/dev/null
+echo "session samples not LOGGED_IN (uptime state fio):"
+grep -v LOGGED_IN "$samples" | tail -20
 dmesg | grep -i 'connection\|iscsi' | tail -20
 io_errors=$(dmesg | grep -c 'I/O error')
 check no-io-errors "kernel I/O errors: $io_errors" [ "$io_errors" -eq 0 ]
