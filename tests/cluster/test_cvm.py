@@ -4,7 +4,7 @@ library: ownership moves on login, the HTTP page, the logout control."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -49,7 +49,9 @@ async def vdisk_entry(cvm: ClusterStargate, vdisk_id: str) -> dict[str, object]:
     return next(entry for entry in document if entry["id"] == vdisk_id)
 
 
-async def wait_for(predicate_coroutine, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(
+    predicate_coroutine: Callable[[], Awaitable[bool]], timeout: float = 5.0
+) -> None:
     with trio.fail_after(timeout):
         while not await predicate_coroutine():
             await trio.sleep(0.02)
@@ -174,7 +176,7 @@ async def test_control_logout_asks_the_sessions_and_release_of_unknown_is_harmle
         # The initiator logs out, logs in again (same stargate here) and goes on.
         await disk.write(1, b"\x02" * BLOCK)
         assert await disk.read(0, 2) == b"\x01" * BLOCK + b"\x02" * BLOCK
-        assert disk.stats.snapshot()["reconnects"] >= 1
+        assert disk.stats.reconnects >= 1
         status, answer = await http_json("POST", f"{base}/vm-1/release?by=2")
         assert status == 200 and answer["was_serving"] is False
         status, _ = await http_json("POST", f"{base}/vm-0/nonsense")
@@ -253,7 +255,7 @@ async def test_a_take_over_under_load_costs_the_initiator_latency_not_errors(
                 before = written
                 OwnershipFile(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-0")).claim(2)
                 with trio.fail_after(15):
-                    while written < before + 50 or disk.stats.snapshot()["reconnects"] < 1:
+                    while written < before + 50 or disk.stats.reconnects < 1:
                         await trio.sleep(0.05)
                 nursery.cancel_scope.cancel()
             for lba in range(CHUNKS):  # the last acknowledged write of each block is on disk

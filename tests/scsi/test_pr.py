@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from iscsicore.scsi.opcodes import PrInAction, PrOutAction, PrType, ScsiOp, ScsiStatus
-from iscsicore.scsi.sense import Asc, CheckCondition, SenseKey
+from iscsicore.scsi.sense import Asc, CheckCondition, FieldPointer, SenseKey
 from stargate.scsi.command import Nexus, ScsiResult
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.pr import (
     Access,
+    PersistentReservations,
     command_access,
     iscsi_transport_id,
     parse_iscsi_transport_id,
@@ -104,7 +105,7 @@ class Bench:
         self.res.on_preempt_and_abort = self.aborted.append
 
     @property
-    def pr(self):  # type: ignore[no-untyped-def]
+    def pr(self) -> PersistentReservations:
         return self.res.persistent
 
     def execute(self, nexus: Nexus, cdb: bytes, data: bytes = b"") -> Outcome | ScsiResult:
@@ -141,7 +142,10 @@ class Bench:
 
     def register(self, nexus: Nexus, key: int, **flags: bool) -> None:
         assert (
-            self.out(nexus, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, 0, key, **flags) == GOOD
+            self.out(
+                nexus, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, 0, key, data=None, **flags
+            )
+            == GOOD
         )
 
     def reserve(self, nexus: Nexus, key: int, pr_type: PrType) -> Outcome:
@@ -165,7 +169,7 @@ class Bench:
         return struct.unpack_from(">Q", data, 8)[0], data[21] & 0x0F
 
     def uas(self, nexus: Nexus) -> list[Asc | tuple[int, int]]:
-        return [Asc.lookup(*ua) or tuple(ua) for ua in self.ua.all_pending(nexus)]
+        return [Asc.lookup(*ua) or (ua[0], ua[1]) for ua in self.ua.all_pending(nexus)]
 
 
 def assert_check(outcome: Outcome, code: Asc, key: SenseKey = SenseKey.ILLEGAL_REQUEST) -> None:
@@ -186,7 +190,7 @@ def test_prin_undefined_service_actions_are_invalid_field_in_cdb(action: int) ->
     outcome = Bench().execute(A, prin_cdb(action))
     assert_check(outcome, Asc.INVALID_FIELD_IN_CDB)  # type: ignore[arg-type]
     assert isinstance(outcome, CheckCondition)
-    assert outcome.field_pointer is not None and outcome.field_pointer.byte == 1
+    assert isinstance(outcome.field_pointer, FieldPointer) and outcome.field_pointer.byte == 1
 
 
 def test_read_keys_lists_every_registration_and_generation_counts_changes() -> None:
@@ -377,7 +381,8 @@ def test_spec_i_pt_is_not_supported(action: PrOutAction) -> None:
     data = prout_params(0, KEY_A, spec_i_pt=True) + struct.pack(">I", len(tid)) + tid
     outcome = Bench().out(A, action, data=data)
     assert_check(outcome, Asc.INVALID_FIELD_IN_PARAMETER_LIST)
-    assert isinstance(outcome, CheckCondition) and outcome.field_pointer is not None
+    assert isinstance(outcome, CheckCondition)
+    assert isinstance(outcome.field_pointer, FieldPointer)
     assert (outcome.field_pointer.byte, outcome.field_pointer.bit) == (20, 3)
 
 
@@ -447,7 +452,8 @@ def test_reserve_with_invalid_scope_or_type(scope: int, pr_type: int, byte: int)
     bench.register(A, KEY_A)
     outcome = bench.out(A, PrOutAction.RESERVE, KEY_A, scope=scope, pr_type=pr_type)
     assert_check(outcome, Asc.INVALID_FIELD_IN_CDB)
-    assert isinstance(outcome, CheckCondition) and outcome.field_pointer is not None
+    assert isinstance(outcome, CheckCondition)
+    assert isinstance(outcome.field_pointer, FieldPointer)
     assert outcome.field_pointer.byte == byte
 
 
@@ -1181,7 +1187,8 @@ def test_all_tg_pt_registration_replaces_the_ports_other_registrations() -> None
     bench.register(through_other_port, KEY_B)
     bench.register(A, KEY_A, all_tg_pt=True)
     assert bench.keys()[1] == [KEY_A]
-    assert bench.pr.registration_of(through_other_port).key == KEY_A  # type: ignore[union-attr]
+    registration = bench.pr.registration_of(through_other_port)
+    assert registration is not None and registration.key == KEY_A
 
 
 def test_pr_commands_never_work_from_a_stale_state(tmp_path: Path) -> None:
