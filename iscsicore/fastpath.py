@@ -85,11 +85,83 @@ def _encode_scsi_command(pdu: ScsiCommand, ahs_length: int) -> bytes:
     )
 
 
-def _encode_scsi_response(pdu: ScsiResponse, ahs_length: int) -> bytes:
+def scsi_response_bhs(
+    flags: int,
+    response: int,
+    status: int,
+    lengths_word: int,
+    itt: int,
+    snack_tag: int,
+    stat_sn: int,
+    exp_cmd_sn: int,
+    max_cmd_sn: int,
+    exp_data_sn: int,
+    bidi_residual_count: int,
+    residual_count: int,
+) -> bytes:
+    """A SCSI Response BHS from its fields, for senders that skip the `ScsiResponse` object.
+
+    ``flags`` is byte 1 without its fixed bit (o u O U: 0x10 0x08 0x04 0x02);
+    ``lengths_word`` is bytes 4-7 (TotalAHSLength/4 << 24 | DataSegmentLength).
+    `encode_bhs` encodes every `ScsiResponse` through here, so the property tests that
+    hold it equal to ``wire`` hold this too.
+    """
     return SCSI_RESPONSE.pack(
         _SCSI_RESPONSE,
-        _FIXED_ONE
-        | (0x10 if pdu.bidi_overflow else 0)
+        _FIXED_ONE | flags,
+        response,
+        status,
+        lengths_word,
+        itt,
+        snack_tag,
+        stat_sn,
+        exp_cmd_sn,
+        max_cmd_sn,
+        exp_data_sn,
+        bidi_residual_count,
+        residual_count,
+    )
+
+
+def data_in_bhs(
+    flags: int,
+    status: int,
+    lengths_word: int,
+    lun: int,
+    itt: int,
+    ttt: int,
+    stat_sn: int,
+    exp_cmd_sn: int,
+    max_cmd_sn: int,
+    data_sn: int,
+    buffer_offset: int,
+    residual_count: int,
+) -> bytes:
+    """A Data-In BHS from its fields, for senders that skip the `DataIn` object.
+
+    ``flags`` is byte 1 (F A 0 0 0 O U S: 0x80 0x40 0x04 0x02 0x01); ``lengths_word`` as
+    for `scsi_response_bhs`. `encode_bhs` encodes every `DataIn` through here.
+    """
+    return DATA_IN.pack(
+        _DATA_IN,
+        flags,
+        status,
+        lengths_word,
+        lun,
+        itt,
+        ttt,
+        stat_sn,
+        exp_cmd_sn,
+        max_cmd_sn,
+        data_sn,
+        buffer_offset,
+        residual_count,
+    )
+
+
+def _encode_scsi_response(pdu: ScsiResponse, ahs_length: int) -> bytes:
+    return scsi_response_bhs(
+        (0x10 if pdu.bidi_overflow else 0)
         | (0x08 if pdu.bidi_underflow else 0)
         | (0x04 if pdu.overflow else 0)
         | (0x02 if pdu.underflow else 0),
@@ -108,8 +180,7 @@ def _encode_scsi_response(pdu: ScsiResponse, ahs_length: int) -> bytes:
 
 
 def _encode_data_in(pdu: DataIn, ahs_length: int) -> bytes:
-    return DATA_IN.pack(
-        _DATA_IN,
+    return data_in_bhs(
         (0x80 if pdu.final else 0)
         | (0x40 if pdu.acknowledge else 0)
         | (0x04 if pdu.overflow else 0)
@@ -192,21 +263,49 @@ def _malformed(name: str, why: str, header: bytes) -> MalformedPdu:
     return MalformedPdu(f"{name}: {why}", header=header)
 
 
-def _decode_scsi_command(header: bytes) -> Pdu:
-    fields = SCSI_COMMAND.unpack(header)
-    b1 = header[1]
+def _scsi_command(fields: tuple[Any, ...]) -> ScsiCommand | None:
+    """The command in unpacked `SCSI_COMMAND` fields; None for a reserved task attribute."""
+    b0, b1, _lengths, lun, itt, edtl, cmd_sn, exp_stat_sn, cdb = fields
     attr = b1 & _ATTR_MASK
     if attr > _MAX_TASK_ATTRIBUTE:
-        raise _malformed("ScsiCommand", f"reserved task attribute {attr}", header)
-    # lun, itt, expected_data_transfer_length, cmd_sn, exp_stat_sn, cdb
+        return None
     return ScsiCommand(
-        bool(header[0] & _IMMEDIATE),
+        bool(b0 & _IMMEDIATE),
         bool(b1 & 0x80),
         bool(b1 & 0x40),
         bool(b1 & 0x20),
         attr,
-        *fields[3:],
+        lun,
+        itt,
+        edtl,
+        cmd_sn,
+        exp_stat_sn,
+        cdb,
     )
+
+
+def _decode_scsi_command(header: bytes) -> Pdu:
+    pdu = _scsi_command(SCSI_COMMAND.unpack(header))
+    if pdu is None:
+        raise _malformed("ScsiCommand", f"reserved task attribute {header[1] & 7}", header)
+    return pdu
+
+
+def scsi_command_at(buffer: _Buffer, offset: int) -> tuple[ScsiCommand, int] | None:
+    """(command, DataSegmentLength) of the SCSI Command BHS at ``buffer[offset:]``, read
+    in place with one unpack: the receive path's shortcut for the commonest PDU.
+
+    None when the general decoder must look (not a SCSI Command, an AHS, or a header it
+    rejects): it then decodes or raises exactly as before. Data is left to the caller.
+    """
+    fields = SCSI_COMMAND.unpack_from(buffer, offset)
+    lengths = fields[2]
+    if fields[0] & wire.OPCODE_MASK != _SCSI_COMMAND or lengths >> 24:
+        return None
+    pdu = _scsi_command(fields)
+    if pdu is None:
+        return None
+    return pdu, lengths
 
 
 def _decode_scsi_response(header: bytes) -> Pdu:

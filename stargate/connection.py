@@ -28,6 +28,7 @@ import trio
 from iscsicore import fastpath
 from iscsicore.digest import digest_bytes, digest_of_parts
 from iscsicore.errors import IscsiProtocolError
+from iscsicore.fastpath import data_in_bhs, scsi_response_bhs
 from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionParams
 from iscsicore.pdu import (
@@ -47,7 +48,6 @@ from iscsicore.pdu import (
     Reject,
     RejectReason,
     ScsiCommand,
-    ScsiResponse,
     SnackRequest,
     TaskMgmtRequest,
     TaskMgmtResponse,
@@ -95,6 +95,11 @@ INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
 _GOOD = int(ScsiStatus.GOOD)
+_COMPLETED = 0  # SCSI Response: command completed at target
+# Byte 1 flags of SCSI Response and Data-In (see fastpath.scsi_response_bhs/data_in_bhs)
+_OVERFLOW = 0x04
+_UNDERFLOW = 0x02
+_FINAL_WITH_STATUS = 0x81  # Data-In F and S bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,12 +331,14 @@ class FullFeatureConnection:
 
     def _append(self, pdu: Pdu) -> None:
         """Encode ``pdu`` into the output buffer (BHS, digests, data, padding)."""
+        self._append_bhs(fastpath.encode_bhs(pdu, 0), pdu.data)
+
+    def _append_bhs(self, bhs: bytes, data: bytes | bytearray | memoryview) -> None:
+        """Queue an encoded BHS (no AHS) and its data segment, with digests and padding."""
         out = self._out
-        bhs = fastpath.encode_bhs(pdu, 0)
         out += bhs
         if self._header_digest:
             out += digest_bytes(bhs)
-        data = pdu.data
         length = len(data)
         if length:
             out += data
@@ -534,11 +541,17 @@ class FullFeatureConnection:
     ) -> None:
         if offset >= task.needed:
             return  # data the CDB does not use (EDTL > transfer length): discarded
-        end = min(offset + len(data), task.needed)
+        length = len(data)
+        end = min(offset + length, task.needed)
         buffer = task.buffer
         if buffer is None:
-            task.early_data.append((offset, memoryview(data)[: end - offset]))
+            # Held as received when all of it is used (the common case): no view to make.
+            task.early_data.append(
+                (offset, data if end - offset == length else memoryview(data)[: end - offset])
+            )
         else:
+            if not isinstance(buffer, bytearray):  # the received data itself, in use as is
+                buffer = task.buffer = bytearray(buffer)
             buffer[offset:end] = memoryview(data)[: end - offset]
         task.received += end - offset
 
@@ -546,6 +559,15 @@ class FullFeatureConnection:
     def _allocate_buffer(task: ScsiTask) -> None:
         """The write buffer, allocated only with a slot (and its bytes) held."""
         if task.needed and task.buffer is None:
+            early_data = task.early_data
+            if len(early_data) == 1 and task.data_complete:
+                offset, chunk = early_data[0]
+                if offset == 0 and len(chunk) == task.needed and type(chunk) is not memoryview:
+                    # All the data came in one piece (immediate data): use it as it is,
+                    # nothing will be written into the buffer any more.
+                    task.buffer = chunk
+                    early_data.clear()
+                    return
             buffer = task.buffer = bytearray(task.needed)
             for offset, chunk in task.early_data:
                 buffer[offset : offset + len(chunk)] = chunk
@@ -736,19 +758,23 @@ class FullFeatureConnection:
             )
             if collapse:
                 return
-        self._append(
-            ScsiResponse(
-                overflow=overflow,
-                underflow=underflow,
-                status=status,
-                itt=task.itt,
-                stat_sn=self._next_stat_sn(),
-                exp_cmd_sn=exp_cmd_sn,
-                max_cmd_sn=max_cmd_sn,
-                exp_data_sn=data_in_count,
-                residual_count=residual,
-                data=struct.pack(">H", len(sense)) + sense if sense else b"",
-            )
+        sense_data = struct.pack(">H", len(sense)) + sense if sense else b""
+        self._append_bhs(
+            scsi_response_bhs(
+                (_OVERFLOW if overflow else 0) | (_UNDERFLOW if underflow else 0),
+                _COMPLETED,
+                status,
+                len(sense_data),
+                task.itt,
+                0,
+                self._next_stat_sn(),
+                exp_cmd_sn,
+                max_cmd_sn,
+                data_in_count,
+                0,
+                residual,
+            ),
+            sense_data,
         )
 
     def _send_data_in(
@@ -770,22 +796,26 @@ class FullFeatureConnection:
         exp_cmd_sn = self.session.exp_cmd_sn
         lun = task.command.lun
         if total <= segment and total <= burst and collapse:
-            # One PDU carries data and status: the 4 KiB read case, without the loop.
-            self._append(
-                DataIn(
-                    final=True,
-                    status_present=True,
-                    status=status,
-                    overflow=overflow,
-                    underflow=underflow,
-                    residual_count=residual,
-                    lun=lun,
-                    itt=task.itt,
-                    stat_sn=self._next_stat_sn(),
-                    exp_cmd_sn=exp_cmd_sn,
-                    max_cmd_sn=max_cmd_sn,
-                    data=data if total == len(data) else memoryview(data)[:total],
-                )
+            # One PDU carries data and status: the 4 KiB read case, without the loop and
+            # without a DataIn object.
+            self._append_bhs(
+                data_in_bhs(
+                    _FINAL_WITH_STATUS
+                    | (_OVERFLOW if overflow else 0)
+                    | (_UNDERFLOW if underflow else 0),
+                    status,
+                    total,
+                    lun,
+                    task.itt,
+                    RESERVED_TAG,
+                    self._next_stat_sn(),
+                    exp_cmd_sn,
+                    max_cmd_sn,
+                    0,
+                    0,
+                    residual,
+                ),
+                data if total == len(data) else memoryview(data)[:total],
             )
             return 1
         view = memoryview(data)

@@ -126,7 +126,8 @@ class ScsiTask:
         self.has_slot = False
         self.aborted = False
         self.needed = 0  # Data-Out bytes the command will use
-        self.buffer: bytearray | None = None  # allocated once the task holds a slot
+        # Allocated once the task holds a slot; immediate data that is all of it is used as is.
+        self.buffer: bytes | bytearray | memoryview | None = None
         # Immediate/unsolicited data received before that (at most FirstBurstLength).
         self.early_data: list[tuple[int, bytes | bytearray | memoryview]] = []
         self.received = 0

@@ -18,6 +18,7 @@ engine; for the rest: supported opcode, CDB length, NACA, write protection, the 
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
@@ -28,6 +29,7 @@ from stargate.scsi import sbc, spc, xcopy
 from stargate.scsi.command import Command, CommandSpec, Nexus, ScsiResult
 from stargate.scsi.modes import ModeState
 from stargate.scsi.sanitize import HoldFlushUntilSanitized, SanitizeJob, Sanitizer
+from stargate.scsi.vpd import BLOCK_LIMITS
 from stargate.stores.base import BlockStore
 from stargate.stores.meta import VDiskMeta
 
@@ -48,6 +50,26 @@ PHYSICAL_BLOCK_SIZE = 4096
 _NACA = 0x04  # NACA bit of the CONTROL byte, the last byte of every CDB
 # Commands a failed sanitize refuses until EXIT FAILURE MODE or a successful sanitize.
 _MEDIUM_ACCESS: frozenset[int] = sbc.READ_OPCODES | sbc.MEDIUM_WRITERS
+
+# The plain READ/WRITE fast path (`LogicalUnit._fast_read_write`): the CDB layouts of
+# READ/WRITE(10) and (16), SBC-3 5.x: opcode, flags, LBA, [group,] length, [group,] control.
+_RW_10 = struct.Struct(">xBIxHB")  # flags, lba, blocks, control
+_RW_16 = struct.Struct(">xBQIxB")
+_READ_10 = int(ScsiOp.READ_10)
+_READ_16 = int(ScsiOp.READ_16)
+_WRITE_10 = int(ScsiOp.WRITE_10)
+_WRITE_16 = int(ScsiOp.WRITE_16)
+# opcode -> (layout, CDB length, is a write)
+_FAST_READ_WRITE: dict[int, tuple[struct.Struct, int, bool]] = {
+    _READ_10: (_RW_10, 10, False),
+    _WRITE_10: (_RW_10, 10, True),
+    _READ_16: (_RW_16, 16, False),
+    _WRITE_16: (_RW_16, 16, True),
+}
+_MAX_TRANSFER_BLOCKS = BLOCK_LIMITS.max_transfer_blocks
+_FUA = 0x08
+_PROTECT_MASK = 0xE0  # RDPROTECT / WRPROTECT
+_GOOD_STATUS = ScsiStatus.GOOD
 
 # The opcodes a ReservationChecker may take over by listing them in ``handled_opcodes``.
 RESERVATION_OPCODES: frozenset[int] = frozenset(
@@ -263,6 +285,11 @@ class LogicalUnit:
     ) -> ScsiResult:
         """Run one command to completion; never raises for bad input."""
         try:
+            fast = _FAST_READ_WRITE.get(cdb[0]) if cdb else None
+            if fast is not None:
+                result = self._fast_read_write(cdb, data_out, nexus, *fast)
+                if result is not None:
+                    return result
             return self._execute(bytes(cdb), data_out, nexus)
         except CheckCondition as condition:
             return self.check_condition(condition)
@@ -320,6 +347,62 @@ class LogicalUnit:
         if opcode in sbc.MEDIUM_WRITERS and self.write_protected:
             raise CheckCondition(SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)
         return spec.handler(self, Command(cdb, data_out, nexus))
+
+    def _fast_read_write(
+        self,
+        cdb: bytes,
+        data_out: bytes | bytearray | memoryview,
+        nexus: Nexus,
+        layout: struct.Struct,
+        cdb_length: int,
+        is_write: bool,
+    ) -> ScsiResult | None:
+        """READ/WRITE(10/16) in one step, when nothing unusual is in play; None: use the
+        general path (`_execute`), which then answers exactly as it always does.
+
+        Only a valid CDB (no protection, no NACA, blocks in range and under the transfer
+        limit, all the Data-Out there) on a unit with no sanitize state and not write
+        protected gets here; everything checked before the unit attention is side-effect
+        free, so falling back repeats nothing. What follows keeps `_execute`'s order: unit
+        attention, reservation conflict, then the transfer (as `sbc.read`/`sbc.write`).
+        """
+        if len(cdb) < cdb_length:
+            return None
+        flags, lba, blocks, control = layout.unpack_from(cdb)
+        store = self.store
+        if (
+            flags & _PROTECT_MASK
+            or control & _NACA
+            or not 0 < blocks <= _MAX_TRANSFER_BLOCKS
+            or (lba + blocks) * self._block_size > store.size
+            or self._store_while_sanitizing is not None
+            or self.sanitizer.job is not None
+            or self.sanitizer.failed
+        ):
+            return None
+        block = self._block_size
+        length = blocks * block
+        if is_write and (
+            self.read_only
+            or self.modes.software_write_protect
+            or type(data_out) is memoryview
+            or len(data_out) < length
+        ):
+            return None
+        code = self.unit_attentions.consume(nexus)
+        if code is not None:
+            return self.check_condition(CheckCondition(SenseKey.UNIT_ATTENTION, code))
+        if self.reservations.check(nexus, cdb):
+            return ScsiResult(ScsiStatus.RESERVATION_CONFLICT)
+        if not is_write:
+            return ScsiResult(_GOOD_STATUS, store.read(lba * block, length))
+        store.write(
+            lba * block, data_out if len(data_out) == length else memoryview(data_out)[:length]
+        )
+        return ScsiResult(
+            _GOOD_STATUS,
+            needs_sync=bool(flags & _FUA) or not self.modes.write_cache_enabled,
+        )
 
     def check_condition(self, condition: CheckCondition) -> ScsiResult:
         """CHECK CONDITION with sense in the format the control mode page selects."""

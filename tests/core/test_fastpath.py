@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 
 from iscsicore import fastpath, wire
 from iscsicore.errors import IscsiProtocolError, PduEncodeError
-from iscsicore.pdu import BHS_LENGTH, PDU_CLASSES, Ahs, Pdu
+from iscsicore.pdu import (
+    BHS_LENGTH,
+    PDU_CLASSES,
+    Ahs,
+    DataIn,
+    Opcode,
+    Pdu,
+    ScsiCommand,
+    ScsiResponse,
+)
 
 from .strategies import HOT_CLASSES, ahs_lists, pdus, pdus_of, raw_headers
 
@@ -109,3 +118,96 @@ def test_non_hot_classes_fall_back_to_construct() -> None:
         assert fastpath.encode_bhs(pdu) == wire.encode_bhs(pdu)
         header = wire.encode_bhs(pdu)
         assert fastpath.decode_bhs(header, wire.encode_ahs(pdu.ahs)) == pdu
+
+
+# ---------------------------------------------------------------------------------------
+# The object-free shortcuts of the hot path: proven against the construct declarations too.
+
+
+@settings(deadline=None)
+@given(
+    data=st.data(),
+    prefix=st.binary(max_size=7),
+    any_opcode=st.booleans(),
+)
+def test_scsi_command_at_equals_construct_decode(
+    data: st.DataObject, prefix: bytes, any_opcode: bool
+) -> None:
+    """In place at any offset: the command and its lengths word exactly as wire decodes
+    them, or None where wire would need an AHS, raise, or give another PDU."""
+    if any_opcode:
+        header = data.draw(st.binary(min_size=BHS_LENGTH, max_size=BHS_LENGTH))
+    else:
+        header = data.draw(
+            raw_headers(
+                Opcode.SCSI_COMMAND, total_ahs_length=data.draw(st.sampled_from([0, 0, 1, None]))
+            )
+        )
+    buffer = bytearray(prefix + header + b"tail")
+    found = fastpath.scsi_command_at(buffer, len(prefix))
+    try:
+        expected: object = wire.decode_bhs(header)
+    except IscsiProtocolError:
+        expected = None
+    if found is None:
+        assert header[4] or not isinstance(expected, ScsiCommand)
+        return
+    command, lengths_word = found
+    assert not header[4]
+    assert command == expected
+    assert lengths_word == int.from_bytes(header[4:8], "big")
+
+
+@settings(deadline=None)
+@given(pdu=pdus_of(DataIn), ahs_length=st.sampled_from([0, 4, 8]))
+def test_data_in_bhs_equals_construct_encode(pdu: DataIn, ahs_length: int) -> None:
+    flags = (
+        (0x80 if pdu.final else 0)
+        | (0x40 if pdu.acknowledge else 0)
+        | (0x04 if pdu.overflow else 0)
+        | (0x02 if pdu.underflow else 0)
+        | (0x01 if pdu.status_present else 0)
+    )
+    lengths_word = (ahs_length // 4) << 24 | len(pdu.data)
+    bhs = fastpath.data_in_bhs(
+        flags,
+        pdu.status,
+        lengths_word,
+        pdu.lun,
+        pdu.itt,
+        pdu.ttt,
+        pdu.stat_sn,
+        pdu.exp_cmd_sn,
+        pdu.max_cmd_sn,
+        pdu.data_sn,
+        pdu.buffer_offset,
+        pdu.residual_count,
+    )
+    assert bhs == wire.encode_bhs(pdu, ahs_length)
+
+
+@settings(deadline=None)
+@given(pdu=pdus_of(ScsiResponse), ahs_length=st.sampled_from([0, 4, 8]))
+def test_scsi_response_bhs_equals_construct_encode(pdu: ScsiResponse, ahs_length: int) -> None:
+    flags = (
+        (0x10 if pdu.bidi_overflow else 0)
+        | (0x08 if pdu.bidi_underflow else 0)
+        | (0x04 if pdu.overflow else 0)
+        | (0x02 if pdu.underflow else 0)
+    )
+    lengths_word = (ahs_length // 4) << 24 | len(pdu.data)
+    bhs = fastpath.scsi_response_bhs(
+        flags,
+        pdu.response,
+        pdu.status,
+        lengths_word,
+        pdu.itt,
+        pdu.snack_tag,
+        pdu.stat_sn,
+        pdu.exp_cmd_sn,
+        pdu.max_cmd_sn,
+        pdu.exp_data_sn,
+        pdu.bidi_residual_count,
+        pdu.residual_count,
+    )
+    assert bhs == wire.encode_bhs(pdu, ahs_length)
