@@ -7,11 +7,13 @@ firewall dropping packets): its commands and pings go unanswered; only its own t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
 
 RECEIVE_SIZE = 65536
+HOLD_POLL = 0.25  # how often a held connection looks whether its fault is still on
 
 
 class _Channel(Protocol):
@@ -43,10 +45,18 @@ async def blackhole_stream(stream: trio.abc.ReceiveStream, still_paused: object)
     """Hold a connection accepted while the network is paused: read and discard until the
     peer goes (its login timeout), or the pause ends (then it is closed: a late SYN-ACK
     would not revive a real TCP connection either)."""
-    paused = getattr(still_paused, "network_paused", False)
-    while paused:
-        with trio.move_on_after(0.25):
-            data = await stream.receive_some(RECEIVE_SIZE)
+    await hold_unanswered(stream, lambda: bool(getattr(still_paused, "network_paused", False)))
+
+
+async def hold_unanswered(stream: trio.abc.ReceiveStream, still_on: Callable[[], bool]) -> None:
+    """Read and discard what the peer sends, answering nothing, while ``still_on()``; return
+    when the peer closes (or breaks) the connection or ``still_on()`` turns false (checked
+    every HOLD_POLL seconds). The caller closes the connection."""
+    while still_on():
+        with trio.move_on_after(HOLD_POLL):
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
             if not data:
                 return
-        paused = getattr(still_paused, "network_paused", False)

@@ -25,6 +25,7 @@ from stargate.faults.model import (
     LOGIN_KINDS,
     PDU_KINDS,
     SCSI_KINDS,
+    DropMode,
     Fault,
     FaultKind,
 )
@@ -38,6 +39,9 @@ IMPLIED_PDU_OPCODES: dict[FaultKind, tuple[int, ...]] = {
     FaultKind.WITHHOLD_R2T: (0x01,),
 }
 R2T_KINDS = frozenset({FaultKind.DELAY_R2T, FaultKind.WITHHOLD_R2T})
+_DROP_KINDS = frozenset({FaultKind.DROP_CONNECTION})
+LOGIN_REQUEST_OPCODE = 0x03
+BLACKHOLE_ONLY = frozenset({DropMode.BLACKHOLE})
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +146,31 @@ class FaultInjector:
 
     def login_fault(self, vdisk_id: str | None) -> Fault | None:
         return self._first(LOGIN_KINDS, vdisk_id or "", lambda fault: True, "login")
+
+    def login_drop(
+        self, vdisk_id: str | None, modes: frozenset[DropMode] = BLACKHOLE_ONLY
+    ) -> Fault | None:
+        """A ``drop_connection`` fault (of one of ``modes``) that fires on this new login:
+        the Login Request is a PDU received, so it counts as one match. ``vdisk_id`` None
+        or "" is a discovery login: only a fault scoped to every vDisk takes it."""
+
+        def matches(fault: Fault) -> bool:
+            if fault.mode not in modes:
+                return False
+            if fault.opcodes or fault.lba is not None or fault.io is not None:
+                return False  # waits for a SCSI command that fits
+            return not fault.pdu_opcodes or LOGIN_REQUEST_OPCODE in fault.pdu_opcodes
+
+        return self._first(_DROP_KINDS, vdisk_id or "", matches, "at login")
+
+    def still_on(self, fault: Fault) -> bool:
+        """Is ``fault`` still armed (not cleared, not expired)? A fault whose count is
+        used up counts as on: what it did (a blackholed login) stays done."""
+        if fault.count is not None and fault.fired >= fault.count:
+            return True
+        if fault.fault_id not in self.faults:
+            return False
+        return not window_open(fault, now())[1]
 
     def _first(
         self,

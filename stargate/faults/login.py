@@ -1,5 +1,6 @@
 """Login faults at a stargate: fail with a chosen status, redirect (temporarily or for
-good, to anywhere: to itself for a redirect loop), or answer slowly.
+good, to anywhere: to itself for a redirect loop), answer slowly, or never (a
+``drop_connection`` blackhole swallows new logins of its scope while it is on).
 
 The login machine's ``resolve`` is wrapped (only while a fault is armed), so the fault
 decides once the initiator has said which target it wants.
@@ -15,6 +16,7 @@ import trio
 from iscsicore.keys import SessionType
 from iscsicore.login import Redirect, Refuse, Resolution, TargetLoginConfig
 from iscsicore.pdu import LoginStatus
+from stargate.faults.channel import hold_unanswered
 from stargate.faults.injector import FaultInjector
 from stargate.faults.model import Fault, FaultKind
 from stargate.target import TARGET_NAME_PREFIX
@@ -25,16 +27,24 @@ PERMANENT_REDIRECT = 0x0102
 @dataclass
 class _Decision:
     fault: Fault | None = None
+    blackhole: Fault | None = None  # the login is never answered while this is on
 
 
 class SlowLoginStream(trio.abc.Stream):
     """The login's stream, each response held back by the slow-login fault's delay."""
 
-    def __init__(self, inner: trio.abc.Stream, decision: _Decision) -> None:
+    def __init__(self, inner: trio.abc.Stream, decision: _Decision, faults: FaultInjector) -> None:
         self._inner = inner
         self._decision = decision
+        self._faults = faults
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        blackhole = self._decision.blackhole
+        if blackhole is not None:
+            # Nothing goes out; the login ends (and the connection closes) when the fault
+            # is cleared or expires, the initiator gives up, or the login timeout passes.
+            await hold_unanswered(self._inner, lambda: self._faults.still_on(blackhole))
+            return
         fault = self._decision.fault
         if fault is not None and fault.kind is FaultKind.LOGIN_DELAY:
             await trio.sleep(fault.delay.draw(_rng))
@@ -61,6 +71,11 @@ def faulted_login(
         initiator_name: str, target_name: str | None, session_type: SessionType
     ) -> Resolution:
         vdisk_id = (target_name or "").removeprefix(TARGET_NAME_PREFIX)
+        decision.blackhole = faults.login_drop(vdisk_id)
+        if decision.blackhole is not None:
+            # Never sent; a refusal keeps the target from acting on the login (a cluster
+            # CVM would start taking the vDisk over on an Accept).
+            return Refuse(LoginStatus.SERVICE_UNAVAILABLE)
         fault = None
         if session_type is SessionType.NORMAL:
             fault = faults.login_fault(vdisk_id)
@@ -72,7 +87,7 @@ def faulted_login(
         return plain_resolve(initiator_name, target_name, session_type)
 
     config.resolve = resolve
-    return config, SlowLoginStream(stream, decision)
+    return config, SlowLoginStream(stream, decision, faults)
 
 
 def login_status(raw: int) -> LoginStatus:
