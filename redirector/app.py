@@ -16,8 +16,10 @@ import trio
 from redirector.config import RedirectorConfig
 from redirector.failback import Failback
 from redirector.health import HealthChecker
+from redirector.page import RedirectorPage
 from redirector.policy import PlacementPolicy
 from redirector.server import RedirectorServer
+from stargate.cluster.http import serve_http
 
 
 class Redirector:
@@ -30,6 +32,7 @@ class Redirector:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self.logger = logger
         self.policy = PlacementPolicy(
             nodes=[config.node_key(node.node_id) for node in config.spec.nodes],
             local=config.node_key(config.node_id),
@@ -43,9 +46,21 @@ class Redirector:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Health checks first (their first verdicts arrive while the portal opens), then
-        the portal; failback runs alongside. Reports the bound port."""
+        the portal; failback and the HTTP page run alongside. Reports the bound port."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.health.run)
             port = await nursery.start(self.server.serve)
             nursery.start_soon(self.failback.run)
+            await self._start_page(nursery)
             task_status.started(port)
+
+    async def _start_page(self, nursery: trio.Nursery) -> None:
+        """The fault control page; a redirector without it still redirects."""
+        node = self.config.node
+        try:
+            await nursery.start(
+                serve_http, RedirectorPage(self.server).handle, node.redirector_address,
+                node.http_port,
+            )  # fmt: skip
+        except* OSError as group:
+            self.logger.warning("No HTTP page (faults cannot be armed): %s", group.exceptions[0])

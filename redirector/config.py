@@ -21,6 +21,11 @@ DEFAULT_STARTUP_GRACE = 10.0
 DEFAULT_FAILBACK_LOGOUT_SECONDS = 5
 
 
+def redirector_page_url(node: NodeSpec) -> str:
+    """The redirector's HTTP page (faults, counters): its address, the CVMs' page port."""
+    return f"http://{node.redirector_address}:{node.http_port}"
+
+
 @dataclass(frozen=True)
 class Timers:
     nop_interval: float = DEFAULT_NOP_INTERVAL

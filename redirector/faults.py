@@ -1,78 +1,83 @@
-"""Login faults at a redirector: fail a login with a chosen status, redirect somewhere else
-(for good or not), or to the redirector itself (a redirect loop).
+"""Login faults at a redirector (a portal): fail a login with a chosen status, redirect it
+somewhere else (for good or not) or back to the redirector itself (a redirect loop), answer
+it slowly, or never (a ``drop_connection`` blackhole; ``reset``/``close`` end it instead).
 
-A redirector has no HTTP page; its faults live in DIR/faults/redirector-<node>.json (a JSON
-list of faults in `stargate.faults.model` shape), written by `stargate fault add
---redirector N`, re-read whenever the file changes (one stat per login).
+The faults live in the redirector's memory, in the same `FaultInjector` a stargate uses, so
+they have the same triggers (vDisk scope, count, probability, skip, time window) and are
+armed, listed and cleared live through the redirector's HTTP page (`redirector.page`), by
+`stargate fault add|list|clear --redirector N` or a scenario step.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
+import random
+from dataclasses import dataclass
 
 from iscsicore.login import Redirect, Refuse, Resolution
+from iscsicore.pdu import LoginStatus
 from stargate.faults.injector import FaultInjector
 from stargate.faults.login import PERMANENT_REDIRECT, login_status, with_tpgt
-from stargate.faults.model import Fault, FaultKind
+from stargate.faults.model import LOGIN_KINDS, DropMode, Fault, FaultKind
 
-log = logging.getLogger(__name__)
+SELF_PORTAL = "self"  # login_redirect portal = the redirector's own: a redirect loop
+REDIRECTOR_KINDS = LOGIN_KINDS | {FaultKind.DROP_CONNECTION}
 
 
-def redirector_faults_file(directory: Path, node_id: int) -> Path:
-    return directory / "faults" / f"redirector-{node_id}.json"
+def redirector_fault_error(fault: Fault) -> str | None:
+    """Why a redirector cannot apply ``fault``; None when it can."""
+    if fault.kind not in REDIRECTOR_KINDS:
+        return (
+            f"a redirector only answers logins: it takes login_fail, login_redirect, "
+            f"login_delay and drop_connection faults, not {fault.kind.value}"
+        )
+    if fault.opcodes or fault.lba is not None or fault.io is not None or fault.pdu_opcodes:
+        return "a redirector sees no SCSI command: --opcode, --lba, --io, --pdu-opcode do not apply"
+    if fault.only_failed_over:
+        return "--only-failed-over is for CVM faults (a redirector serves no vDisk)"
+    return None
+
+
+@dataclass(frozen=True)
+class FaultedLogin:
+    """What a fault does to one login at the redirector."""
+
+    fault: Fault
+    resolution: Resolution | None = None  # None: the redirector decides as usual
+    delay: float = 0.0  # seconds before the login response goes out
+    drop: DropMode | None = None  # the connection ends (reset, close) or goes dark
 
 
 class RedirectorFaults:
-    def __init__(self, directory: Path, node_id: int) -> None:
-        self.path = redirector_faults_file(directory, node_id)
+    def __init__(self, own_portal: str) -> None:
+        self.own_portal = own_portal  # host:port the initiators reach this redirector at
         self.injector = FaultInjector()
-        self._stamp: int | None = None
-        self._spent: set[int] = set()
-        self._known: set[int] = set()
 
-    def _reload(self) -> None:
-        try:
-            stamp = self.path.stat().st_mtime_ns
-        except OSError:
-            stamp = None
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            text = self.path.read_text() if stamp is not None else "[]"
-            wanted = [Fault.from_dict(document) for document in json.loads(text or "[]")]
-        except (OSError, ValueError, TypeError) as error:
-            log.warning("ignoring redirector faults in %s: %s", self.path, error)
-            return
-        # Faults already armed keep their counters (a count=1 fault that fired stays spent);
-        # those gone from the file are disarmed, new ones armed.
-        ids = {fault.fault_id for fault in wanted}
-        self._spent = {i for i in self._spent if i in ids}
-        for fault_id in [i for i in self.injector.faults if i not in ids]:
-            self.injector.remove(fault_id)
-        for fault in wanted:
-            if fault.fault_id not in self.injector.faults and fault.fault_id not in self._spent:
-                self.injector.add(fault)
-
-    def _note_spent(self) -> None:
-        """Remember faults that used up their count (the injector forgets them)."""
-        self._spent |= self._known - set(self.injector.faults)
-        self._known = set(self.injector.faults) | self._spent
-
-    def resolve(self, vdisk_id: str) -> Resolution | None:
-        """The faulted answer to a login for ``vdisk_id``; None to decide as usual."""
-        self._reload()
-        self._known |= set(self.injector.faults)
-        if not self.injector.armed:
+    def decide(self, vdisk_id: str | None) -> FaultedLogin | None:
+        """The fault that fires on a login for ``vdisk_id`` (None: a discovery login, which
+        only an unscoped drop_connection touches); None to answer as usual."""
+        injector = self.injector
+        if not injector.armed:
             return None
-        fault = self.injector.login_fault(vdisk_id)
-        self._note_spent()
+        dropped = self._drop(vdisk_id)
+        if dropped is not None or vdisk_id is None:
+            return dropped
+        fault = injector.login_fault(vdisk_id)
         if fault is None:
             return None
         if fault.kind is FaultKind.LOGIN_REDIRECT:
-            return Redirect(with_tpgt(fault.portal), permanent=fault.status == PERMANENT_REDIRECT)
+            portal = self.own_portal if fault.portal == SELF_PORTAL else fault.portal
+            redirect = Redirect(with_tpgt(portal), permanent=fault.status == PERMANENT_REDIRECT)
+            return FaultedLogin(fault, redirect)
         if fault.kind is FaultKind.LOGIN_FAIL:
-            return Refuse(login_status(fault.status))
-        return None
+            return FaultedLogin(fault, Refuse(login_status(fault.status)))
+        return FaultedLogin(fault, delay=fault.delay.draw(_rng))
+
+    def _drop(self, vdisk_id: str | None) -> FaultedLogin | None:
+        fault = self.injector.login_drop(vdisk_id, frozenset(DropMode))
+        if fault is None:
+            return None
+        # Never sent: a drop_connection login gets no answer.
+        return FaultedLogin(fault, Refuse(LoginStatus.SERVICE_UNAVAILABLE), drop=fault.mode)
+
+
+_rng = random.Random()

@@ -13,6 +13,9 @@ nothing is dropped after the login timeout; neither holds up anybody else's logi
 from __future__ import annotations
 
 import logging
+import math
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,10 +49,12 @@ from iscsicore.pdu import (
 from iscsicore.text import TargetRecord, TextResponder
 from iscsicore.wire import encode_bhs
 from redirector.config import RedirectorConfig
-from redirector.faults import RedirectorFaults
+from redirector.faults import FaultedLogin, RedirectorFaults
 from redirector.health import HealthChecker
 from redirector.log import log_redirect
 from redirector.policy import PlacementPolicy
+from stargate.faults.channel import hold_unanswered
+from stargate.faults.model import DropMode
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ class RedirectorServer:
         self.logger = logger
         self.clock = clock
         self.stats = RedirectorStats()
-        self.faults = RedirectorFaults(config.directory, config.node_id)  # login faults
+        self.faults = RedirectorFaults(config.node.redirector_portal)  # login faults
         self.port: int | None = None
         self._next_tsih = 0
 
@@ -127,17 +132,29 @@ class RedirectorServer:
                 return
 
     def resolve(
-        self, initiator_name: str, target_name: str | None, session_type: SessionType
+        self,
+        initiator_name: str,
+        target_name: str | None,
+        session_type: SessionType,
+        on_fault: Callable[[FaultedLogin], None] | None = None,
     ) -> Resolution:
+        """Where a login goes; a fault that fires on it is passed to ``on_fault`` (the
+        connection applies its delay or drop)."""
         if session_type is SessionType.DISCOVERY:
+            faulted = self.faults.decide(None)
+            if faulted is not None and on_fault is not None:
+                on_fault(faulted)
+                return faulted.resolution or Accept()
             self.stats.discovery_sessions += 1
             return Accept()
         vdisk_id = self.config.vdisk_targets().get(target_name or "")
         if vdisk_id is None:
             return Refuse(LoginStatus.NOT_FOUND)
-        faulted = self.faults.resolve(vdisk_id)
-        if faulted is not None:
-            return faulted
+        faulted = self.faults.decide(vdisk_id)
+        if faulted is not None and on_fault is not None:
+            on_fault(faulted)
+            if faulted.resolution is not None:
+                return faulted.resolution
         chosen = self.policy.choose(vdisk_id, self.clock())
         if chosen is None:
             self.stats.refused += 1
@@ -165,10 +182,17 @@ class RedirectorServer:
         address = f"{node.redirector_portal},{self.config.portal_group_tag}"
         return [TargetRecord(name, (address,)) for name in sorted(self.config.vdisk_targets())]
 
-    def login_config(self) -> TargetLoginConfig:
+    def login_config(
+        self, on_fault: Callable[[FaultedLogin], None] | None = None
+    ) -> TargetLoginConfig:
+        def resolve(
+            initiator_name: str, target_name: str | None, session_type: SessionType
+        ) -> Resolution:
+            return self.resolve(initiator_name, target_name, session_type, on_fault)
+
         return TargetLoginConfig(
             portal_group_tag=self.config.portal_group_tag,
-            resolve=self.resolve,
+            resolve=resolve,
             allocate_tsih=self.allocate_tsih,
             max_recv_data_segment_length=MAX_RECV_DATA_SEGMENT_LENGTH,
         )
@@ -194,12 +218,17 @@ class _Connection:
         self.server = server
         self.stream = stream
         self.framer = PduFramer(receiving_from="initiator")
-        self.login = TargetLogin(server.login_config())
+        self.fault: FaultedLogin | None = None  # the fault that fired on this login
+        self.login = TargetLogin(server.login_config(self._on_fault))
         self._prepared = False
+        self._login_scope = trio.CancelScope()
+
+    def _on_fault(self, faulted: FaultedLogin) -> None:
+        self.fault = faulted
 
     async def run(self) -> None:
         timeout = self.server.config.timers.login_timeout
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(timeout) as self._login_scope:
             if not await self._login():
                 return
         if self.login.redirected or self.login.failed:
@@ -240,7 +269,28 @@ class _Connection:
                         self._prepared = True
                         await self.server.prepare(target)
                 response = self.login.receive(pdu)
+                if self.fault is not None and not await self._apply_fault(self.fault):
+                    return False
                 await self.stream.send_all(encode_pdu(response))
+        return True
+
+    async def _apply_fault(self, faulted: FaultedLogin) -> bool:
+        """Hold the response back (slow login) or drop the connection; False: dropped.
+        Neither counts against the login timeout, which is for silent initiators."""
+        self.fault = None  # once per login
+        faults = self.server.faults.injector
+        if faulted.drop is DropMode.BLACKHOLE:
+            self._login_scope.deadline = math.inf
+            await hold_unanswered(self.stream, lambda: faults.still_on(faulted.fault))
+            return False
+        if faulted.drop is DropMode.RESET and isinstance(self.stream, trio.SocketStream):
+            # Linger 0: the close that follows sends RST instead of FIN.
+            self.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if faulted.drop is not None:
+            return False
+        if faulted.delay > 0:
+            self._login_scope.deadline += faulted.delay
+            await trio.sleep(faulted.delay)
         return True
 
     async def _reject(self, pdu: Pdu, reason: RejectReason) -> None:

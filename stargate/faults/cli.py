@@ -1,10 +1,12 @@
-"""`stargate fault add|list|clear`: arm and clear faults on a running stargate through its
-HTTP page -- one `stargate target --http`, or the CVMs of a cluster directory.
+"""`stargate fault add|list|clear`: arm and clear faults on a running stargate or
+redirector through its HTTP page -- one `stargate target --http`, or the CVMs
+(``--node N``) and redirectors (``--redirector N``) of a cluster directory.
 
     stargate fault add check_condition --dir DIR --vdisk vd1 --opcode 0x28 --lba 100-199 \\
         --sense 3/0x11/0 --count 5
     stargate fault add delay --url http://127.0.0.1:8080 --io read --delay uniform:0.05:0.2
-    stargate fault list --dir DIR --json
+    stargate fault add login_delay --dir DIR --redirector 1 --delay 2 --count 1
+    stargate fault list --dir DIR --json          # every CVM and every redirector
     stargate fault clear --dir DIR [--id N] [--vdisk ID]
 """
 
@@ -13,13 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from stargate.cluster.http import HttpError, http_json
-from stargate.faults.model import DropMode, FaultKind, IoClass
+from stargate.faults.model import DropMode, Fault, FaultKind, IoClass
 
 
 class FaultCliError(Exception):
@@ -29,7 +32,16 @@ class FaultCliError(Exception):
 def register(subparsers: Any) -> None:
     fault = subparsers.add_parser("fault", help="inject faults into a running stargate")
     actions = fault.add_subparsers(dest="fault_action", metavar="ACTION", required=True)
-    add = actions.add_parser("add", help="arm a fault (applied live, no session dropped)")
+    add = actions.add_parser(
+        "add",
+        help="arm a fault (applied live, no session dropped)",
+        description="Arm a fault on running stargates (--url, --dir [--node N]) or "
+        "redirectors (--dir --redirector N). A redirector takes login faults: login_fail "
+        "(--status 0x0201|0x0203|0x0301|0x0302...), login_redirect (--portal HOST:PORT or "
+        "self for a redirect loop, --status 0x0101|0x0102), login_delay (--delay) and "
+        "drop_connection (--mode blackhole: the login is never answered). See "
+        "stargate/faults/README.md.",
+    )
     add.add_argument("kind", choices=[kind.value for kind in FaultKind])
     _add_where(add)
     add.add_argument("--vdisk", help="only this vDisk (default: every vDisk)")
@@ -45,13 +57,13 @@ def register(subparsers: Any) -> None:
     add.add_argument("--duration", type=float, help="seconds armed once it may fire")
     add.add_argument("--only-failed-over", action="store_true", default=None)
     add.add_argument("--sense", help="KEY/ASC/ASCQ, e.g. 3/0x11/0 (medium error)")
-    add.add_argument("--delay", help="SECONDS, uniform:LOW:HIGH or exp:MEAN")
+    add.add_argument("--delay", help="delay, login_delay: SECONDS, uniform:LOW:HIGH or exp:MEAN")
     add.add_argument("--fraction", type=float, help="short_transfer: share returned")
     add.add_argument("--mode", choices=[mode.value for mode in DropMode])
     add.add_argument("--amount", type=int, help="stat_sn_jump: +N skips, -1 repeats")
     add.add_argument("--reason", help="reject reason code")
-    add.add_argument("--status", help="login status, e.g. 0x0301")
-    add.add_argument("--portal", help="login_redirect: HOST:PORT")
+    add.add_argument("--status", help="login status: 0x02xx/0x03xx to fail, 0x0101/0x0102")
+    add.add_argument("--portal", help="login_redirect: HOST:PORT (self: the redirector's own)")
     add.add_argument("--ua", dest="asc_name", help="power_on|reset|capacity_changed|luns_changed")
     add.add_argument("--time2wait", type=int)
     add.add_argument("--time2retain", type=int)
@@ -92,25 +104,54 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redirector",
         type=int,
+        action="append",
+        default=[],
         metavar="NODE",
-        help="login faults at this node's redirector (kept in DIR/faults/; needs --dir)",
+        help="this node's redirector (login faults; needs --dir); repeatable",
     )
 
 
-def page_urls(args: argparse.Namespace) -> list[str]:
-    urls = [url.rstrip("/") for url in args.url]
+@dataclass(frozen=True)
+class Page:
+    """One fault control page: a CVM's, a redirector's, or one named by --url."""
+
+    label: str
+    url: str
+    redirector: bool = False
+    named: bool = True  # asked for by name (else: one of every page of the cluster)
+
+
+def fault_pages(args: argparse.Namespace, *, every_redirector: bool = False) -> list[Page]:
+    """The pages a command goes to: those named, else every CVM of --dir (and, with
+    ``every_redirector``, every redirector too)."""
+    pages = [Page(url.rstrip("/"), url.rstrip("/")) for url in args.url]
+    if (args.node or args.redirector) and args.dir is None:
+        raise FaultCliError("--node and --redirector need --dir (the cluster directory)")
     if args.dir is not None:
+        from redirector.config import redirector_page_url
         from stargate.cluster.spec import ClusterSpec, ClusterSpecError
 
         try:
             spec = ClusterSpec.load(args.dir)
-            nodes = [spec.node(n) for n in args.node] if args.node else spec.nodes
+            named = bool(args.node or args.redirector)
+            cvms = [spec.node(n) for n in args.node] if named else spec.nodes
+            redirectors = [spec.node(n) for n in args.redirector]
+            if not named and every_redirector:
+                redirectors = spec.nodes
         except (ClusterSpecError, OSError) as error:
             raise FaultCliError(str(error)) from None
-        urls += [node.http_url for node in nodes]
-    if not urls:
-        raise FaultCliError("say where: --url URL or --dir DIR")
-    return urls
+        pages += [Page(f"cvm {node.node_id}", node.http_url, named=named) for node in cvms]
+        pages += [
+            Page(f"redirector {node.node_id}", redirector_page_url(node), True, named)
+            for node in redirectors
+        ]
+    if not pages:
+        raise FaultCliError("say where: --url URL, or --dir DIR [--node N] [--redirector N]")
+    return pages
+
+
+def page_urls(args: argparse.Namespace) -> list[str]:
+    return [page.url for page in fault_pages(args)]
 
 
 def fault_document(args: argparse.Namespace) -> dict[str, Any]:
@@ -129,7 +170,10 @@ def fault_document(args: argparse.Namespace) -> dict[str, Any]:
         document["pdu_opcodes"] = args.pdu_opcode
     if args.lba:
         first, _, last = args.lba.partition("-")
-        document["lba"] = [int(first, 0), int(last or first, 0)]
+        try:
+            document["lba"] = [int(first, 0), int(last or first, 0)]
+        except ValueError:
+            raise FaultCliError(f"bad --lba {args.lba!r}: FIRST-LAST, e.g. 100-199") from None
     if args.sense:
         key, asc, ascq = [*args.sense.split("/"), "0", "0"][:3]
         document.update(sense_key=key, asc=asc, ascq=ascq)
@@ -160,16 +204,28 @@ def parse_delay(text: str) -> dict[str, Any]:
         raise FaultCliError(f"bad delay {text!r}: SECONDS, uniform:LOW:HIGH or exp:MEAN") from None
 
 
-async def _each(method: str, urls: list[str], path: str, document: Any = None) -> list[Any]:
+@dataclass
+class PageAnswer:
+    page: Page
+    document: Any = None
+    error: str | None = None  # the page did not answer (only for pages not named)
+
+
+async def _each(
+    method: str, pages: list[Page], path: str, document: Any = None
+) -> list[PageAnswer]:
     answers = []
-    for url in urls:
+    for page in pages:
         try:
-            status, answer = await http_json(method, url + path, document=document, timeout=10)
+            status, answer = await http_json(method, page.url + path, document=document, timeout=10)
         except HttpError as error:
-            raise FaultCliError(str(error)) from None
+            if page.named:
+                raise FaultCliError(f"{page.label}: {error}") from None
+            answers.append(PageAnswer(page, error=str(error)))
+            continue
         if status >= 400 and not (status == 404 and method == "DELETE"):
-            raise FaultCliError(f"{url}: {answer.get('error', status)}")
-        answers.append((url, answer))
+            raise FaultCliError(f"{page.label}: {answer.get('error', status)}")
+        answers.append(PageAnswer(page, answer))
     return answers
 
 
@@ -182,49 +238,30 @@ def _run(handler: Any, args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
 
 
-def _redirector_file(args: argparse.Namespace) -> Path | None:
-    if args.redirector is None:
-        return None
-    if args.dir is None:
-        raise FaultCliError("--redirector needs --dir")
-    from redirector.faults import redirector_faults_file
+def checked_fault(document: dict[str, Any], pages: list[Page]) -> Fault:
+    """The fault as the pages will build it, so that bad input is reported here."""
+    from redirector.faults import redirector_fault_error
+    from stargate.faults.http import stargate_fault_error
 
-    return redirector_faults_file(args.dir.resolve(), args.redirector)
-
-
-def _read_redirector_faults(path: Path) -> list[dict[str, Any]]:
     try:
-        return list(json.loads(path.read_text() or "[]"))
-    except FileNotFoundError:
-        return []
-    except ValueError as error:
-        raise FaultCliError(f"{path}: {error}") from None
+        fault = Fault.from_dict(document)
+    except (ValueError, TypeError) as error:
+        raise FaultCliError(f"bad fault: {error}") from None
+    for page in pages:
+        reason = (redirector_fault_error if page.redirector else stargate_fault_error)(fault)
+        if reason is not None:
+            raise FaultCliError(f"{page.label}: {reason}")
+    return fault
 
 
 def fault_add(args: argparse.Namespace) -> int:
     def add(args: argparse.Namespace) -> int:
         document = fault_document(args)
-        redirector_file = _redirector_file(args)
-        if redirector_file is not None:
-            from stargate.faults.model import LOGIN_KINDS, Fault
-
-            try:
-                fault = Fault.from_dict(document)
-            except ValueError as error:
-                raise FaultCliError(str(error)) from None
-            if fault.kind not in LOGIN_KINDS - {FaultKind.LOGIN_DELAY}:
-                raise FaultCliError("a redirector takes login_fail and login_redirect faults")
-            faults = _read_redirector_faults(redirector_file)
-            # Ids unique within the file (each CLI run would otherwise start at 1).
-            fault.fault_id = 1 + max((int(f.get("id", 0)) for f in faults), default=0)
-            faults.append(fault.to_dict())
-            redirector_file.parent.mkdir(parents=True, exist_ok=True)
-            redirector_file.write_text(json.dumps(faults, indent=1) + "\n")
-            print(f"redirector {args.redirector}: armed #{fault.fault_id} {fault.kind.value}")
-            return 0
-        for url, answer in trio.run(_each, "POST", page_urls(args), "/faults", document):
-            for fault in answer["added"]:
-                print(f"{url}: armed #{fault['id']} {fault['kind']}")
+        pages = fault_pages(args)
+        checked_fault(document, pages)
+        for answer in trio.run(_each, "POST", pages, "/faults", document):
+            for fault in answer.document["added"]:
+                print(f"{answer.page.label}: armed #{fault['id']} {fault['kind']}")
         return 0
 
     return _run(add, args)
@@ -232,40 +269,69 @@ def fault_add(args: argparse.Namespace) -> int:
 
 def fault_list(args: argparse.Namespace) -> int:
     def listing(args: argparse.Namespace) -> int:
-        answers = trio.run(_each, "GET", page_urls(args), "/faults")
+        answers = trio.run(_each, "GET", fault_pages(args, every_redirector=True), "/faults")
         if args.json:
-            print(json.dumps({url: answer for url, answer in answers}, indent=1))
-            return 0
-        for url, answer in answers:
-            paused = "  NETWORK PAUSED" if answer["network_paused"] else ""
-            print(f"{url}: {len(answer['faults'])} armed{paused}")
-            for fault in answer["faults"]:
-                where = fault["vdisk"] or "*"
-                print(
-                    f"  #{fault['id']:<4} {fault['kind']:<22} vdisk={where} fired={fault['fired']}"
+            print(
+                json.dumps(
+                    {a.page.url: a.document or {"error": a.error} for a in answers}, indent=1
                 )
-            for event in answer["events"][-10:]:
-                print(f"  fired #{event['fault_id']} {event['kind']} {event['detail']}")
+            )
+            return 0
+        for answer in answers:
+            _print_page(answer)
         return 0
 
     return _run(listing, args)
 
 
+def _print_page(answer: PageAnswer) -> None:
+    label = answer.page.label
+    if answer.error is not None:
+        print(f"{label}: not answering ({answer.error})")
+        return
+    document = answer.document
+    paused = "  NETWORK PAUSED" if document["network_paused"] else ""
+    where = "" if label == answer.page.url else f" ({answer.page.url})"
+    print(f"{label}{where}: {len(document['faults'])} armed{paused}")
+    for fault in document["faults"]:
+        print(f"  {describe_fault(fault)}")
+    for event in document["events"][-10:]:
+        print(f"  fired #{event['fault_id']} {event['kind']} {event['detail']}")
+
+
+def describe_fault(fault: dict[str, Any]) -> str:
+    """One line per armed fault: what, where, and the parameters that say what it does."""
+    parts = [f"#{fault['id']:<4} {fault['kind']:<22} vdisk={fault['vdisk'] or '*'}"]
+    kind = fault["kind"]
+    if kind in ("login_fail", "login_redirect"):
+        parts.append(f"status={int(fault['status']):#06x}")
+    if kind == "login_redirect":
+        parts.append(f"portal={fault['portal']}")
+    if kind == "drop_connection":
+        parts.append(f"mode={fault['mode']}")
+    delay = fault.get("delay") or {}
+    if kind in ("delay", "delay_r2t", "login_delay"):
+        distribution = delay.get("distribution", "fixed")
+        high = f"..{delay.get('high')}" if distribution == "uniform" else ""
+        parts.append(f"delay={delay.get('seconds')}{high} s ({distribution})")
+    for name in ("count", "probability", "duration"):
+        if fault.get(name) not in (None, 1.0):
+            parts.append(f"{name}={fault[name]}")
+    parts.append(f"fired={fault['fired']}")
+    return " ".join(parts)
+
+
 def fault_clear(args: argparse.Namespace) -> int:
     def clear(args: argparse.Namespace) -> int:
-        redirector_file = _redirector_file(args)
-        if redirector_file is not None:
-            faults = _read_redirector_faults(redirector_file)
-            kept = [f for f in faults if args.id is not None and f.get("id") != args.id]
-            redirector_file.parent.mkdir(parents=True, exist_ok=True)
-            redirector_file.write_text(json.dumps(kept, indent=1) + "\n")
-            print(f"redirector {args.redirector}: cleared {len(faults) - len(kept)}")
-            return 0
         path = f"/faults/{args.id}" if args.id is not None else "/faults"
         if args.vdisk and args.id is None:
             path += f"?vdisk={args.vdisk}"
-        for url, answer in trio.run(_each, "DELETE", page_urls(args), path):
-            print(f"{url}: cleared {answer.get('removed', 0)}")
+        pages = fault_pages(args, every_redirector=True)
+        for answer in trio.run(_each, "DELETE", pages, path):
+            if answer.error is not None:
+                print(f"{answer.page.label}: not answering ({answer.error})")
+            else:
+                print(f"{answer.page.label}: cleared {answer.document.get('removed', 0)}")
         return 0
 
     return _run(clear, args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from stargate.cluster.http import HttpRequest, HttpResponse
@@ -33,10 +34,22 @@ def faults_document(injector: FaultInjector) -> dict[str, Any]:
     }
 
 
+def stargate_fault_error(fault: Fault) -> str | None:
+    """Why a stargate cannot apply ``fault``; None when it can."""
+    if fault.portal == "self":
+        return "portal self (a redirect loop) is for a redirector; give a stargate HOST:PORT"
+    return None
+
+
 async def handle_fault_request(
-    injector: FaultInjector, request: HttpRequest, forensics: Forensics | None = None
+    injector: FaultInjector,
+    request: HttpRequest,
+    forensics: Forensics | None = None,
+    *,
+    refuse: Callable[[Fault], str | None] | None = None,
 ) -> HttpResponse | None:
-    """Answer a /faults, /auditor or /forensics request; None for any other path."""
+    """Answer a /faults, /auditor or /forensics request; None for any other path.
+    ``refuse`` says why a fault cannot be armed here (a redirector takes login faults)."""
     path = request.path
     if path == "/auditor" and request.method == "GET":
         auditor = forensics.auditor if forensics is not None else InitiatorAuditor()
@@ -55,6 +68,10 @@ async def handle_fault_request(
             faults = [Fault.from_dict(item) for item in items]
         except (ValueError, TypeError, AttributeError) as error:
             return HttpResponse.json({"error": f"bad fault: {error}"}, 400)
+        for fault in faults:
+            reason = (refuse or stargate_fault_error)(fault)
+            if reason is not None:
+                return HttpResponse.json({"error": reason}, 400)
         added = injector.add_all(faults)
         return HttpResponse.json({"added": [fault.to_dict() for fault in added]})
     if request.method == "DELETE":

@@ -112,6 +112,9 @@ class Delay:
         return self.seconds
 
 
+DELAY_DISTRIBUTIONS = ("fixed", "uniform", "exponential")
+REDIRECT_STATUSES = (0x0101, 0x0102)
+
 _ids = itertools.count(1)
 
 
@@ -193,12 +196,34 @@ class Fault:
         for name in ("status", "sense_key", "asc", "ascq", "reason"):
             if name in values:
                 values[name] = _int(values[name])
+        if values["kind"] is FaultKind.LOGIN_REDIRECT:
+            values.setdefault("status", 0x0101)
         fault = cls(**values)
-        if not 0.0 <= fault.probability <= 1.0:
-            raise ValueError("probability must lie in [0, 1]")
-        if fault.kind is FaultKind.LOGIN_REDIRECT and not fault.portal:
-            raise ValueError("login_redirect needs a portal (host:port)")
+        fault.validate()
         return fault
+
+    def validate(self) -> None:
+        """Raise ValueError, saying what is wrong, for parameters that cannot work."""
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError("probability must lie in [0, 1]")
+        if self.count is not None and self.count < 1:
+            raise ValueError("count must be at least 1")
+        if self.kind is FaultKind.LOGIN_REDIRECT:
+            if not self.portal:
+                raise ValueError("login_redirect needs a portal (host:port, or self)")
+            if self.status not in REDIRECT_STATUSES:
+                raise ValueError("login_redirect status: 0x0101 (temporary) or 0x0102 (for good)")
+        if self.kind is FaultKind.LOGIN_FAIL and self.status >> 8 not in (0x02, 0x03):
+            raise ValueError(
+                f"login_fail status {self.status:#06x}: want an initiator error 0x02xx "
+                "(0x0201 authentication, 0x0203 not found...) or a target error 0x03xx "
+                "(0x0301 service unavailable, 0x0302 out of resources)"
+            )
+        delay = self.delay
+        if delay.distribution not in DELAY_DISTRIBUTIONS:
+            raise ValueError(f"delay distribution is one of {', '.join(DELAY_DISTRIBUTIONS)}")
+        if delay.seconds < 0 or delay.high < 0:
+            raise ValueError("a delay is not negative")
 
     def to_dict(self) -> dict[str, Any]:
         document: dict[str, Any] = {}

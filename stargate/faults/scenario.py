@@ -32,8 +32,13 @@ of faults and cluster events, for reproducible failover runs (`stargate scenario
     fault = { kind = "delay", io = "read", delay = 0.2, duration = 10 }
 
     [[step]]
+    at = 12
+    redirector = 1                 # a fault at node 1's redirector (login faults only)
+    fault = { kind = "login_delay", delay = 2, count = 3 }
+
+    [[step]]
     at = 20
-    clear_faults = true
+    clear_faults = true            # every CVM and redirector (or node = N, redirector = N)
 
 Every step is recorded in DIR/forensics/scenario.jsonl; at the end the timeline is built
 (DIR/forensics/timeline.json, timeline.png).
@@ -70,17 +75,38 @@ class ScenarioError(Exception):
 class Step:
     at: float
     node: int | None = None
+    redirector: int | None = None  # the step's fault or clearing is for this redirector
     cvm: str | None = None
     fault: dict[str, Any] | None = None
     clear_faults: bool = False
 
     def describe(self) -> str:
         where = f"CVM {self.node}" if self.node is not None else "every CVM"
+        if self.redirector is not None:
+            where = f"redirector {self.redirector}"
+        elif self.node is None and self.clear_faults:
+            where = "every CVM and redirector"
         if self.cvm is not None:
             return f"cvm {self.cvm} {self.node}"
         if self.fault is not None:
             return f"fault {self.fault['kind']} on {where}"
         return f"clear faults on {where}"
+
+
+def _check_fault(step: Step, name: str) -> None:
+    """Validated when the file is loaded, not mid-run."""
+    from redirector.faults import redirector_fault_error
+    from stargate.faults.http import stargate_fault_error
+
+    assert step.fault is not None
+    try:
+        fault = Fault.from_dict(dict(step.fault))
+    except (ValueError, TypeError) as error:
+        raise ScenarioError(f"{name}: step at {step.at}: {error}") from None
+    check = redirector_fault_error if step.redirector is not None else stargate_fault_error
+    reason = check(fault)
+    if reason is not None:
+        raise ScenarioError(f"{name}: step at {step.at}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -126,11 +152,10 @@ class Scenario:
                 raise ScenarioError(f"{name}: a step does one of cvm, fault, clear_faults")
             if step.cvm is not None and (step.cvm not in CVM_OPERATIONS or step.node is None):
                 raise ScenarioError(f"{name}: cvm step needs node and one of {CVM_OPERATIONS}")
+            if step.redirector is not None and (step.cvm is not None or step.node is not None):
+                raise ScenarioError(f"{name}: step at {step.at}: redirector or node, not both")
             if step.fault is not None:
-                try:
-                    Fault.from_dict(dict(step.fault))  # validated now, not mid-run
-                except ValueError as error:
-                    raise ScenarioError(f"{name}: step at {step.at}: {error}") from None
+                _check_fault(step, name)
         if not vms:
             raise ScenarioError(f"{name}: no [[vm]]: nothing to run I/O against")
         return cls(
@@ -253,7 +278,7 @@ async def _run_workload_and_steps(
             for step in scenario.steps:
                 await trio.sleep_until(started + step.at)
                 begun = time.time()  # the step's moment: when it began, not when it was done
-                detail = await _perform(step, supervisor)
+                detail = await perform_step(step, supervisor)
                 vdisk = step.fault.get("vdisk") if step.fault is not None else None
                 recorder.emit(
                     "step",
@@ -302,7 +327,9 @@ async def _vm_workload(
         task_status.started()
 
 
-async def _perform(step: Step, supervisor: Any) -> str:
+async def perform_step(step: Step, supervisor: Any) -> str:
+    """Do one step: a CVM operation (needs the `Supervisor`), or arm or clear faults
+    through the pages of `supervisor.spec`'s CVMs and redirectors; says what happened."""
     spec = supervisor.spec
     if step.cvm is not None:
         assert step.node is not None
@@ -319,17 +346,30 @@ async def _perform(step: Step, supervisor: Any) -> str:
         pid = supervisor.start(process)
         await supervisor.wait_ready([process], 30.0)
         return f"pid {pid} started"
-    nodes = [spec.node(step.node)] if step.node is not None else spec.nodes
     answers = []
-    for node in nodes:
+    for label, url in _step_pages(step, spec):
         try:
             if step.fault is not None:
                 status, _answer = await http_json(
-                    "POST", f"{node.http_url}/faults", document=step.fault, timeout=5
+                    "POST", f"{url}/faults", document=step.fault, timeout=5
                 )
             else:
-                status, _ = await http_json("DELETE", f"{node.http_url}/faults", timeout=5)
-            answers.append(f"node {node.node_id}: {status}")
+                status, _ = await http_json("DELETE", f"{url}/faults", timeout=5)
+            answers.append(f"{label}: {status}")
         except HttpError as error:
-            answers.append(f"node {node.node_id}: {error}")
+            answers.append(f"{label}: {error}")
     return "; ".join(answers)
+
+
+def _step_pages(step: Step, spec: Any) -> list[tuple[str, str]]:
+    """(label, page URL) of the CVMs and redirectors a fault or clearing step is for."""
+    from redirector.config import redirector_page_url
+
+    if step.redirector is not None:
+        node = spec.node(step.redirector)
+        return [(f"redirector {node.node_id}", redirector_page_url(node))]
+    nodes = [spec.node(step.node)] if step.node is not None else spec.nodes
+    pages = [(f"node {node.node_id}", node.http_url) for node in nodes]
+    if step.clear_faults and step.node is None:
+        pages += [(f"redirector {node.node_id}", redirector_page_url(node)) for node in nodes]
+    return pages

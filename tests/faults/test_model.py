@@ -63,3 +63,17 @@ def test_time_window_scope_and_failed_over_only() -> None:
     assert faults.scsi_fault("vd1", _read16(8, 1)) is None  # outside the LBA range
     assert faults.scsi_fault("vd1", _read16(7, 4)) is not None  # overlaps it
     assert [event.kind for event in faults.events] == ["busy"]
+
+
+def test_login_parameters_are_checked() -> None:
+    assert Fault.from_dict({"kind": "login_redirect", "portal": "h:1"}).status == 0x0101
+    assert Fault.from_dict({"kind": "login_fail", "status": "0x0203"}).status == 0x0203
+    for bad, message in (
+        ({"kind": "login_fail", "status": "0x0101"}, "0x02xx"),
+        ({"kind": "login_redirect", "portal": "h:1", "status": "0x0301"}, "0x0102"),
+        ({"kind": "login_delay", "delay": -1}, "not negative"),
+        ({"kind": "login_delay", "delay": {"distribution": "normal"}}, "distribution"),
+        ({"kind": "busy", "count": 0}, "count"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Fault.from_dict(bad)

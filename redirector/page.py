@@ -1,0 +1,31 @@
+"""The redirector's HTTP page, on the port a CVM's page uses, at the redirector's address
+(``http://<redirector address>:<http_port>``): its login faults and its counters.
+
+GET    /faults, POST /faults, DELETE /faults[/<id>]   as on a stargate (stargate.faults.http)
+GET    /stats.json                                    redirects, refusals, sessions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from redirector.faults import redirector_fault_error
+from redirector.server import RedirectorServer
+from stargate.cluster.http import HttpRequest, HttpResponse
+from stargate.faults.http import handle_fault_request
+
+
+class RedirectorPage:
+    def __init__(self, server: RedirectorServer) -> None:
+        self.server = server
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        answer = await handle_fault_request(
+            self.server.faults.injector, request, refuse=redirector_fault_error
+        )
+        if answer is not None:
+            return answer
+        if request.path == "/stats.json" and request.method == "GET":
+            stats = dataclasses.asdict(self.server.stats)
+            return HttpResponse.json({"node": self.server.config.node_id, **stats})
+        return HttpResponse.json({"error": f"no page {request.path}"}, 404)
