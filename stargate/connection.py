@@ -133,6 +133,13 @@ class ConnectionClosed(Exception):
 
 
 _ANY_LUN_OPCODES = frozenset({ScsiOp.REPORT_LUNS, ScsiOp.INQUIRY, ScsiOp.REQUEST_SENSE})
+# The commands `_run_plain` may take: READ/WRITE(10/16); for writes, where the CDB says
+# how many blocks (to compare with the EDTL).
+_PLAIN_READS = frozenset({int(ScsiOp.READ_10), int(ScsiOp.READ_16)})
+_PLAIN_WRITE_BLOCKS = {
+    int(ScsiOp.WRITE_10): struct.Struct(">7xH"),
+    int(ScsiOp.WRITE_16): struct.Struct(">10xI"),
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -441,6 +448,26 @@ class FullFeatureConnection:
         if command.itt in self._tasks:
             self._reject(command, RejectReason.TASK_IN_PROGRESS)
             return
+        if not command.ahs and not command.lun and not self._execution_faults:
+            cdb = command.cdb
+            opcode = cdb[0]
+            if opcode in _PLAIN_READS:
+                if command.read and not command.write and self.queue.admit_now(0):
+                    self._run_plain(command, cdb, b"", IoKind.READ, 0)
+                    return
+            elif opcode in _PLAIN_WRITE_BLOCKS:
+                edtl = command.expected_data_transfer_length
+                if (
+                    command.write
+                    and command.final
+                    and not command.read
+                    and 0 < edtl <= MAX_TRANSFER_BYTES
+                    and len(command.data) == edtl
+                    and _PLAIN_WRITE_BLOCKS[opcode].unpack_from(cdb)[0] * self.block_size == edtl
+                    and self.queue.admit_now(edtl)
+                ):
+                    self._run_plain(command, cdb, command.data, IoKind.WRITE, edtl)
+                    return
         cdb = full_cdb(command) if command.ahs else command.cdb
         task = ScsiTask(self, command, cdb)
         if self.stats is not None:
@@ -472,6 +499,53 @@ class FullFeatureConnection:
             self._finish(task, ScsiStatus.TASK_SET_FULL)
         elif self.stats is not None:
             self.stats.queued_waiting += 1
+
+    def _run_plain(
+        self,
+        command: ScsiCommand,
+        cdb: bytes,
+        data_out: bytes | bytearray | memoryview,
+        kind: IoKind,
+        buffer_bytes: int,
+    ) -> None:
+        """A READ/WRITE(10/16) on LUN 0 that already holds its queue slot (``admit_now``)
+        and all its data (a write's EDTL is exactly its CDB's length, all immediate): run
+        at once, without a task object. Never registered, as the general path's inline
+        commands: nothing can refer to it before its status. Answered exactly as `_finish`
+        would answer the same command (a sync, when needed, takes the general route)."""
+        stats = self.stats
+        if stats is not None:
+            stats.command_started()
+        started_ns = time.perf_counter_ns()
+        assert self.lu is not None
+        result = self.lu.execute(cdb, data_out, self.nexus)
+        status = result.status
+        if result.needs_sync and status == _GOOD:
+            task = ScsiTask(self, command, cdb)
+            task.started_ns = started_ns
+            task.has_slot = True
+            task.needed = task.received = buffer_bytes
+            self._start_sync(task, result)
+            return
+        self.queue.release(buffer_bytes)
+        data = result.data
+        self._send_status_of(
+            command.itt,
+            command.lun,
+            command.expected_data_transfer_length,
+            command.read,
+            None,
+            status,
+            data,
+            result.sense,
+        )
+        if stats is not None:
+            stats.command_finished(
+                kind,
+                buffer_bytes if kind is IoKind.WRITE else len(data),
+                time.perf_counter_ns() - started_ns,
+                status == _GOOD,
+            )
 
     def _plan_data_out(self, task: ScsiTask) -> bool:
         """Work out how much Data-Out to collect and the write residual; False if failed."""
@@ -672,18 +746,21 @@ class FullFeatureConnection:
                 self._execute_faulted(task, fault)
                 return
         data_out: bytes | bytearray | memoryview = task.buffer if task.buffer is not None else b""
-        if lun_number(task.command.lun) != 0 and task.cdb[0] == ScsiOp.INQUIRY:
+        if task.command.lun and lun_number(task.command.lun) != 0 and task.cdb[0] == ScsiOp.INQUIRY:
             result_status, result_data, result_sense = _GOOD, _no_lun_inquiry(task.cdb), b""
             self._finish(task, result_status, result_data, result_sense)
             return
         result = self.lu.execute(task.cdb, data_out, self.nexus)
         if result.needs_sync and result.status == _GOOD:
-            task.phase = TaskPhase.SYNCING
-            self._tasks[task.itt] = task  # abortable (its status suppressed) while syncing
-            assert self._nursery is not None
-            self._nursery.start_soon(self._sync_then_finish, task, result)
+            self._start_sync(task, result)
             return
         self._finish(task, result.status, result.data, result.sense)
+
+    def _start_sync(self, task: ScsiTask, result: Any) -> None:
+        task.phase = TaskPhase.SYNCING
+        self._tasks[task.itt] = task  # abortable (its status suppressed) while syncing
+        assert self._nursery is not None
+        self._nursery.start_soon(self._sync_then_finish, task, result)
 
     async def _sync_then_finish(self, task: ScsiTask, result: Any) -> None:
         assert self.lu is not None
@@ -731,12 +808,33 @@ class FullFeatureConnection:
     def _send_status(
         self, task: ScsiTask, status: int, data: bytes | bytearray | memoryview, sense: bytes
     ) -> None:
-        command = task.command
-        edtl = task.edtl
+        self._send_status_of(
+            task.itt,
+            task.command.lun,
+            task.edtl,
+            task.command.read,
+            task.residual,
+            status,
+            data,
+            sense,
+        )
+
+    def _send_status_of(
+        self,
+        itt: int,
+        lun: int,
+        edtl: int,
+        read: bool,
+        write_residual: tuple[bool, int] | None,
+        status: int,
+        data: bytes | bytearray | memoryview,
+        sense: bytes,
+    ) -> None:
+        """Queue a command's Data-In and status (``write_residual``: fixed at arrival)."""
         sent = 0
-        if task.residual is not None:
-            overflow, residual = task.residual
-        elif command.read:
+        if write_residual is not None:
+            overflow, residual = write_residual
+        elif read:
             available = len(data)
             sent = min(available, edtl)
             if available > edtl:
@@ -754,7 +852,7 @@ class FullFeatureConnection:
         data_in_count = 0
         if sent:
             data_in_count = self._send_data_in(
-                task, data, sent, collapse, status, overflow, underflow, residual, max_cmd_sn
+                itt, lun, data, sent, collapse, status, overflow, underflow, residual, max_cmd_sn
             )
             if collapse:
                 return
@@ -765,7 +863,7 @@ class FullFeatureConnection:
                 _COMPLETED,
                 status,
                 len(sense_data),
-                task.itt,
+                itt,
                 0,
                 self._next_stat_sn(),
                 exp_cmd_sn,
@@ -779,7 +877,8 @@ class FullFeatureConnection:
 
     def _send_data_in(
         self,
-        task: ScsiTask,
+        itt: int,
+        lun: int,
         data: bytes | bytearray | memoryview,
         total: int,
         collapse: bool,
@@ -794,7 +893,6 @@ class FullFeatureConnection:
         segment = self._max_send_segment
         burst = self.params.max_burst_length
         exp_cmd_sn = self.session.exp_cmd_sn
-        lun = task.command.lun
         if total <= segment and total <= burst and collapse:
             # One PDU carries data and status: the 4 KiB read case, without the loop and
             # without a DataIn object.
@@ -806,7 +904,7 @@ class FullFeatureConnection:
                     status,
                     total,
                     lun,
-                    task.itt,
+                    itt,
                     RESERVED_TAG,
                     self._next_stat_sn(),
                     exp_cmd_sn,
@@ -819,7 +917,6 @@ class FullFeatureConnection:
             )
             return 1
         view = memoryview(data)
-        itt = task.itt
         offset = 0
         data_sn = 0
         while offset < total:
@@ -1315,7 +1412,18 @@ class FullFeatureConnection:
             half = min(len(data), task.edtl) // 2
             if half:
                 _, max_cmd_sn = self._window()
-                self._send_data_in(task, data, half, False, _GOOD, False, False, 0, max_cmd_sn)
+                self._send_data_in(
+                    task.itt,
+                    task.command.lun,
+                    data,
+                    half,
+                    False,
+                    _GOOD,
+                    False,
+                    False,
+                    0,
+                    max_cmd_sn,
+                )
             # An orderly close: a reset would make the peer's kernel drop the half sent.
             self.drop_by_fault(DropMode.CLOSE)
             return

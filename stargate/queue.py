@@ -69,6 +69,7 @@ class CommandQueue:
         self._dispatching = False
         self._sessions = 0
         self._closed_windows: dict[int, WindowListener] = {}
+        self._plain_admission = type(self).admit is CommandQueue.admit
 
     # -- sessions and their command windows -----------------------------------------
 
@@ -127,6 +128,24 @@ class CommandQueue:
             return Admission.QUEUED
         self.task_set_full_count += 1
         return Admission.FULL
+
+    def admit_now(self, buffer_bytes: int = 0) -> bool:
+        """A slot for a command that will run to completion right now and never wait: True
+        (the slot is held, `release()` it) when `admit` would say RUN; False: call `admit`.
+
+        The inline path without a queued-command object. A subclass that decides admission
+        itself (overrides `admit`) never gets True here, so its rules always apply.
+        """
+        if (
+            self._plain_admission
+            and self.in_flight < self.depth
+            and self.waiting == 0
+            and self._fits(buffer_bytes)
+        ):
+            self.in_flight += 1
+            self.buffered_bytes += buffer_bytes
+            return True
+        return False
 
     def release(self, buffer_bytes: int = 0) -> None:
         """Give back a slot (and the command's buffer bytes); hand free slots to waiting

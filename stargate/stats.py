@@ -13,6 +13,7 @@ from enum import Enum
 # Latency buckets: upper bounds in microseconds, powers of two from 16 µs to ~8.4 s. The last
 # bucket counts everything slower.
 LATENCY_BUCKET_BOUNDS_US: tuple[int, ...] = tuple(1 << shift for shift in range(4, 24))
+_LAST_BUCKET = len(LATENCY_BUCKET_BOUNDS_US)  # index of the "slower than all" bucket
 
 
 class IoKind(Enum):
@@ -32,9 +33,11 @@ class LatencyHistogram:
     def record(self, latency_ns: int) -> None:
         micros = latency_ns // 1000
         # bit_length picks the power-of-two bucket without a search: 16 µs -> index 0.
-        index = max(0, micros.bit_length() - 4)
-        if index >= len(self.counts):
-            index = len(self.counts) - 1
+        index = micros.bit_length() - 4
+        if index < 0:
+            index = 0
+        elif index > _LAST_BUCKET:
+            index = _LAST_BUCKET
         self.counts[index] += 1
         self.total_us += micros
         self.samples += 1
@@ -91,7 +94,7 @@ class VDiskStats:
             self.max_queue_depth = self.queue_depth
 
     def command_finished(
-        self, kind: IoKind, byte_count: int, latency_ns: int, *, good: bool = True
+        self, kind: IoKind, byte_count: int, latency_ns: int, good: bool = True
     ) -> None:
         self.queue_depth -= 1
         if kind is IoKind.READ:
