@@ -39,7 +39,8 @@ def register(subparsers: Any) -> None:
         "redirectors (--dir --redirector N). A redirector takes login faults: login_fail "
         "(--status 0x0201|0x0203|0x0301|0x0302...), login_redirect (--portal HOST:PORT or "
         "self for a redirect loop, --status 0x0101|0x0102), login_delay (--delay) and "
-        "drop_connection (--mode blackhole: the login is never answered). See "
+        "drop_connection (--mode blackhole: the login is never answered; reset, close). "
+        "On a stargate, a blackhole also leaves new logins of its scope unanswered. See "
         "stargate/faults/README.md.",
     )
     add.add_argument("kind", choices=[kind.value for kind in FaultKind])
@@ -271,17 +272,25 @@ def fault_list(args: argparse.Namespace) -> int:
     def listing(args: argparse.Namespace) -> int:
         answers = trio.run(_each, "GET", fault_pages(args, every_redirector=True), "/faults")
         if args.json:
-            print(
-                json.dumps(
-                    {a.page.url: a.document or {"error": a.error} for a in answers}, indent=1
-                )
-            )
-            return 0
+            pages = {a.page.url: _page_document(a) for a in answers}
+            print(json.dumps(pages, indent=1))
+            return _none_answered(answers)
         for answer in answers:
             _print_page(answer)
-        return 0
+        return _none_answered(answers)
 
     return _run(listing, args)
+
+
+def _page_document(answer: PageAnswer) -> dict[str, Any]:
+    """A page's /faults answer (or why it did not answer), with the page's name."""
+    document = answer.document if answer.error is None else {"error": answer.error}
+    return {"page": answer.page.label, **document}
+
+
+def _none_answered(answers: list[PageAnswer]) -> int:
+    """The exit status of list and clear: 1 when no page answered at all."""
+    return 0 if any(answer.error is None for answer in answers) else 1
 
 
 def _print_page(answer: PageAnswer) -> None:
@@ -327,12 +336,13 @@ def fault_clear(args: argparse.Namespace) -> int:
         if args.vdisk and args.id is None:
             path += f"?vdisk={args.vdisk}"
         pages = fault_pages(args, every_redirector=True)
-        for answer in trio.run(_each, "DELETE", pages, path):
+        answers = trio.run(_each, "DELETE", pages, path)
+        for answer in answers:
             if answer.error is not None:
                 print(f"{answer.page.label}: not answering ({answer.error})")
             else:
                 print(f"{answer.page.label}: cleared {answer.document.get('removed', 0)}")
-        return 0
+        return _none_answered(answers)
 
     return _run(clear, args)
 

@@ -218,6 +218,7 @@ def test_list_and_clear_reach_cvms_and_redirectors(redirector: TestCluster) -> N
     _fault(directory, "add", "login_delay", "--delay", "0.1", "--vdisk", "vm1-1")
     _fault(directory, "add", "busy", "--vdisk", "vm1-0", "--count", "3", where=("--node", "1"))
     listing = json.loads(_fault(directory, "list", "--json", where=()))
+    assert sorted(page["page"] for page in listing.values()) == ["cvm 1", "redirector 1"]
     kinds = sorted(fault["kind"] for page in listing.values() for fault in page["faults"])
     assert kinds == ["busy", "login_delay"]
     assert "cleared" in _fault(directory, "clear", where=())
