@@ -8,7 +8,7 @@ import time
 import trio
 
 from iscsicore.login import LoginFailed
-from iscsicore.pdu import RESERVED_TAG, NopIn, NopOut, Reject
+from iscsicore.pdu import RESERVED_TAG, DataIn, NopIn, NopOut, Reject, ScsiResponse
 from stargate.faults import Delay, DropMode, Fault, FaultKind, IoClass
 from stargate.target import target_name_for
 from tests.stargate.client import (
@@ -155,6 +155,7 @@ async def test_stat_sn_jump_reject_and_swallowed_nop(nursery: trio.Nursery) -> N
     server.faults.add(Fault(FaultKind.STAT_SN_JUMP, amount=5, count=1))
     await initiator.send(initiator.command(read10(0, 1), read_length=512))
     pdu = await initiator.receive()
+    assert isinstance(pdu, DataIn | ScsiResponse)
     assert pdu.stat_sn == (last_stat_sn + 5) & 0xFFFFFFFF
 
     server.faults.add(Fault(FaultKind.SWALLOW_NOP_OUT, count=1))

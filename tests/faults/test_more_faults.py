@@ -9,7 +9,14 @@ import pytest
 import trio
 
 from iscsicore.errors import IscsiProtocolError
-from iscsicore.pdu import AsyncMessage, DataIn, NopIn, ScsiResponse, TaskMgmtRequest
+from iscsicore.pdu import (
+    AsyncMessage,
+    DataIn,
+    NopIn,
+    ScsiResponse,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
+)
 from stargate.faults import Delay, Fault, FaultKind
 from stargate.target import target_name_for
 from tests.stargate.client import (
@@ -78,7 +85,8 @@ async def test_swallowed_task_management(nursery: trio.Nursery) -> None:
     await initiator.send(tmf)
     assert await initiator.receive_or_none(1.0) is None
     await initiator.send(tmf)  # count=1: the retry is answered
-    assert (await initiator.receive(5)).itt == tmf.itt
+    answer = await initiator.receive(5)
+    assert isinstance(answer, TaskMgmtResponse) and answer.itt == tmf.itt
 
 
 async def test_drop_in_the_middle_of_a_data_in_sequence(nursery: trio.Nursery) -> None:
