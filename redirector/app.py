@@ -20,6 +20,7 @@ from redirector.page import RedirectorPage
 from redirector.policy import PlacementPolicy
 from redirector.server import RedirectorServer
 from stargate.cluster.http import serve_http
+from stargate.faults.forensics import Forensics
 
 
 class Redirector:
@@ -43,6 +44,20 @@ class Redirector:
         self.health = HealthChecker(config, self.policy, logger, clock=clock)
         self.server = RedirectorServer(config, self.policy, self.health, logger, clock=clock)
         self.failback = Failback(config, self.policy, logger, clock=clock)
+        self._record_faults()
+
+    def _record_faults(self) -> None:
+        """Faults fired here go to DIR/forensics/redirector-N.jsonl, which `stargate timeline`
+        merges with the stargates' records (a slow or refused login shows in the vDisk's lane)."""
+        directory = self.config.directory / "forensics"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self.logger.warning("No forensics (the timeline misses this redirector): %s", error)
+            return
+        name = f"redirector-{self.config.node_id}"
+        forensics = Forensics(name, directory / f"{name}.jsonl")
+        self.server.faults.injector.listeners.append(forensics.fault_fired)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Health checks first (their first verdicts arrive while the portal opens), then

@@ -1,7 +1,9 @@
 """The per-vDisk failover timeline of a cluster directory, from what its processes left:
 the stargates' forensics files (DIR/forensics/stargate-<n>.jsonl: logins, session ends,
-faults fired, I/O activity spans), the scenario's own events (DIR/forensics/scenario.jsonl)
-and the redirectors' logs (DIR/logs/redirector-<n>.log: "Redirecting target T to H:P").
+faults fired, I/O activity spans), the redirectors' (DIR/forensics/redirector-<n>.jsonl:
+login faults fired, "node": "redirector-<n>"), the scenario's own events
+(DIR/forensics/scenario.jsonl) and the redirectors' logs (DIR/logs/redirector-<n>.log:
+"Redirecting target T to H:P").
 
 For each vDisk: which CVM served it when, redirects (which redirector sent it to which CVM),
 failovers and failbacks, faults fired, and for each disruption the gap between the last I/O
@@ -98,8 +100,9 @@ def build_timeline(directory: Path) -> dict[str, Any]:
     homes = {info.vdisk_id: info.home_node for info in list_vdisks(directory)}
     forensics = directory / "forensics"
     records: list[dict[str, Any]] = []
-    for path in sorted(forensics.glob("stargate-*.jsonl")):
-        records += read_jsonl(path)
+    for pattern in ("stargate-*.jsonl", "redirector-*.jsonl"):  # redirectors: faults fired
+        for path in sorted(forensics.glob(pattern)):
+            records += read_jsonl(path)
     scenario = (
         read_jsonl(forensics / "scenario.jsonl") if (forensics / "scenario.jsonl").exists() else []
     )

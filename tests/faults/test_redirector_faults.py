@@ -23,6 +23,7 @@ from initiator.url import Portal
 from iscsicore.login import LoginDone, LoginFailed, LoginRedirect
 from iscsicore.pdu import LoginStatus
 from stargate.faults.scenario import Scenario, ScenarioError, perform_step
+from stargate.faults.timeline import build_timeline
 from stargate.target import target_name_for
 from tests.helpers.procs import ProcessReaper
 from tests.peers.tools import PeerToolError, iscsi_inq, iscsi_url
@@ -147,6 +148,12 @@ def test_iscsi_inq_through_a_slow_redirector_waits_the_delay(
     (fault,) = page["faults"]
     assert (fault["kind"], fault["vdisk"], fault["fired"]) == ("login_delay", "vm1-0", 1)
     assert page["events"][-1]["kind"] == "login_delay"
+    # The firing is in the vDisk's lane of the cluster's timeline, from the redirector.
+    lane = build_timeline(directory)["vdisks"]["vm1-0"]
+    assert any(
+        (record["kind"], record["node"]) == ("login_delay", "redirector-1")
+        for record in lane["faults"]
+    )
     assert trio.run(_login, redirector, OTHER) == 1  # another vDisk: no delay
     assert "cleared 1" in _fault(directory, "clear")
 
