@@ -89,6 +89,9 @@ OUTPUT_HIGH_WATER = 4 * 1024 * 1024
 # with 128 commands in flight must not make a neighbour's single command wait for all of
 # them (the one queue is fair only if every connection gets to put its commands in).
 TURN_BUDGET = 8
+# ... and when it is the only session (no neighbour to wait for it): fewer sends and
+# scheduler passes per command.
+SOLE_TURN_BUDGET = 64
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
@@ -292,8 +295,9 @@ class FullFeatureConnection:
         eager_every = self.eager_send_every
         try_send = getattr(self._io, "try_send", None) if eager_every else None
         handled = 0
+        budget = TURN_BUDGET if self.queue.sessions > 1 else SOLE_TURN_BUDGET
         try:
-            while len(self._out) < OUTPUT_HIGH_WATER and handled < TURN_BUDGET:
+            while len(self._out) < OUTPUT_HIGH_WATER and handled < budget:
                 try:
                     pdu = framer.next_pdu()
                 except IscsiProtocolError as error:
@@ -398,7 +402,8 @@ class FullFeatureConnection:
         queue = self.queue
         if queue.waiting == 0 and queue.in_flight < queue.depth // 2:
             # Plenty of room: the share formula without the calls (hot path).
-            share = max(1, (queue.depth - queue.in_flight) // max(1, queue.sessions))
+            sessions = queue.sessions
+            share = (queue.depth - queue.in_flight) // (sessions if sessions > 1 else 1) or 1
         else:
             share = queue.window_share(self)
         max_cmd_sn = session.advertise_window(share)
@@ -513,14 +518,14 @@ class FullFeatureConnection:
         at once, without a task object. Never registered, as the general path's inline
         commands: nothing can refer to it before its status. Answered exactly as `_finish`
         would answer the same command (a sync, when needed, takes the general route)."""
-        stats = self.stats
-        if stats is not None:
-            stats.command_started()
         started_ns = time.perf_counter_ns()
         assert self.lu is not None
         result = self.lu.execute(cdb, data_out, self.nexus)
         status = result.status
+        stats = self.stats
         if result.needs_sync and status == _GOOD:
+            if stats is not None:
+                stats.command_started()
             task = ScsiTask(self, command, cdb)
             task.started_ns = started_ns
             task.has_slot = True
@@ -529,18 +534,58 @@ class FullFeatureConnection:
             return
         self.queue.release(buffer_bytes)
         data = result.data
-        self._send_status_of(
-            command.itt,
-            command.lun,
-            command.expected_data_transfer_length,
-            command.read,
-            None,
-            status,
-            data,
-            result.sense,
-        )
+        edtl = command.expected_data_transfer_length
+        if status == _GOOD and kind is IoKind.WRITE:
+            # All of the EDTL written, nothing to report but GOOD (as `_send_status_of`).
+            exp_cmd_sn, max_cmd_sn = self._window()
+            self._append_bhs(
+                scsi_response_bhs(
+                    0,
+                    _COMPLETED,
+                    _GOOD,
+                    0,
+                    command.itt,
+                    0,
+                    self._next_stat_sn(),
+                    exp_cmd_sn,
+                    max_cmd_sn,
+                    0,
+                    0,
+                    0,
+                ),
+                b"",
+            )
+        elif (
+            status == _GOOD
+            and 0 < edtl == len(data)
+            and edtl <= self._max_send_segment
+            and edtl <= self.params.max_burst_length
+        ):
+            # Exactly the EDTL read, in one Data-In carrying the status (as `_send_data_in`).
+            exp_cmd_sn, max_cmd_sn = self._window()
+            self._append_bhs(
+                data_in_bhs(
+                    _FINAL_WITH_STATUS,
+                    _GOOD,
+                    edtl,
+                    command.lun,
+                    command.itt,
+                    RESERVED_TAG,
+                    self._next_stat_sn(),
+                    exp_cmd_sn,
+                    max_cmd_sn,
+                    0,
+                    0,
+                    0,
+                ),
+                data,
+            )
+        else:
+            self._send_status_of(
+                command.itt, command.lun, edtl, command.read, None, status, data, result.sense
+            )
         if stats is not None:
-            stats.command_finished(
+            stats.command_completed(
                 kind,
                 buffer_bytes if kind is IoKind.WRITE else len(data),
                 time.perf_counter_ns() - started_ns,

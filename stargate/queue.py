@@ -67,21 +67,17 @@ class CommandQueue:
         self._sub_queues: dict[str, deque[QueuedCommand]] = {}
         self._round_robin: deque[str] = deque()  # vDisks with waiting commands, next first
         self._dispatching = False
-        self._sessions = 0
+        self.sessions = 0  # sessions sharing the slots (read on every response)
         self._closed_windows: dict[int, WindowListener] = {}
         self._plain_admission = type(self).admit is CommandQueue.admit
 
     # -- sessions and their command windows -----------------------------------------
 
-    @property
-    def sessions(self) -> int:
-        return self._sessions
-
     def session_opened(self) -> None:
-        self._sessions += 1
+        self.sessions += 1
 
     def session_closed(self, listener: WindowListener | None = None) -> None:
-        self._sessions = max(0, self._sessions - 1)
+        self.sessions = max(0, self.sessions - 1)
         if listener is not None:
             self._closed_windows.pop(id(listener), None)
 
@@ -100,7 +96,7 @@ class CommandQueue:
             if listener is not None:
                 self._closed_windows[id(listener)] = listener
             return 0
-        return max(1, free // max(1, self._sessions))
+        return max(1, free // max(1, self.sessions))
 
     # -- admission --------------------------------------------------------------------
 

@@ -109,6 +109,25 @@ class VDiskStats:
             self.errors += 1
         self.latency.record(latency_ns)
 
+    def command_completed(
+        self, kind: IoKind, byte_count: int, latency_ns: int, good: bool = True
+    ) -> None:
+        """`command_started` and `command_finished` at once, for a command that ran to
+        completion within one call (nothing could look at the counters in between)."""
+        if self.queue_depth >= self.max_queue_depth:
+            self.max_queue_depth = self.queue_depth + 1
+        if kind is IoKind.READ:
+            self.reads += 1
+            self.bytes_read += byte_count
+        elif kind is IoKind.WRITE:
+            self.writes += 1
+            self.bytes_written += byte_count
+        else:
+            self.other_commands += 1
+        if not good:
+            self.errors += 1
+        self.latency.record(latency_ns)
+
     def snapshot(self) -> dict[str, object]:
         return {
             "vdisk_id": self.vdisk_id,
