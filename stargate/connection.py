@@ -457,7 +457,7 @@ class FullFeatureConnection:
             cdb = command.cdb
             opcode = cdb[0]
             if opcode in _PLAIN_READS:
-                if command.read and not command.write and self.queue.admit_now(0):
+                if command.read and not command.write and self.queue.admit_now(self.vdisk_key):
                     self._run_plain(command, cdb, b"", IoKind.READ, 0)
                     return
             elif opcode in _PLAIN_WRITE_BLOCKS:
@@ -469,7 +469,7 @@ class FullFeatureConnection:
                     and 0 < edtl <= MAX_TRANSFER_BYTES
                     and len(command.data) == edtl
                     and _PLAIN_WRITE_BLOCKS[opcode].unpack_from(cdb)[0] * self.block_size == edtl
-                    and self.queue.admit_now(edtl)
+                    and self.queue.admit_now(self.vdisk_key, edtl)
                 ):
                     self._run_plain(command, cdb, command.data, IoKind.WRITE, edtl)
                     return

@@ -69,7 +69,10 @@ class CommandQueue:
         self._dispatching = False
         self.sessions = 0  # sessions sharing the slots (read on every response)
         self._closed_windows: dict[int, WindowListener] = {}
-        self._plain_admission = type(self).admit is CommandQueue.admit
+        self._admit_now_allowed = (
+            type(self).admit is CommandQueue.admit
+            or type(self).admit_now is not CommandQueue.admit_now
+        )
 
     # -- sessions and their command windows -----------------------------------------
 
@@ -125,19 +128,18 @@ class CommandQueue:
         self.task_set_full_count += 1
         return Admission.FULL
 
-    def admit_now(self, buffer_bytes: int = 0) -> bool:
-        """A slot for a command that will run to completion right now and never wait: True
-        (the slot is held, `release()` it) when `admit` would say RUN; False: call `admit`.
+    def admit_now(self, vdisk: str, buffer_bytes: int = 0) -> bool:
+        """A slot for a command of ``vdisk`` that will run to completion right now and never
+        wait: True (the slot is held, `release()` it) when `admit` would say RUN; False:
+        call `admit`. The inline path, without a queued-command object.
 
-        The inline path without a queued-command object. A subclass that decides admission
-        itself (overrides `admit`) never gets True here, so its rules always apply.
+        A subclass that decides admission itself (overrides `admit`) gets False here unless
+        it overrides this too, applying its own rules before `_take_free_slot`.
         """
-        if (
-            self._plain_admission
-            and self.in_flight < self.depth
-            and self.waiting == 0
-            and self._fits(buffer_bytes)
-        ):
+        return self._admit_now_allowed and self._take_free_slot(buffer_bytes)
+
+    def _take_free_slot(self, buffer_bytes: int) -> bool:
+        if self.in_flight < self.depth and self.waiting == 0 and self._fits(buffer_bytes):
             self.in_flight += 1
             self.buffered_bytes += buffer_bytes
             return True

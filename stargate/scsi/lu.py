@@ -70,6 +70,8 @@ _MAX_TRANSFER_BLOCKS = BLOCK_LIMITS.max_transfer_blocks
 _FUA = 0x08
 _PROTECT_MASK = 0xE0  # RDPROTECT / WRPROTECT
 _GOOD_STATUS = ScsiStatus.GOOD
+_GOOD_WRITTEN = ScsiResult(_GOOD_STATUS)  # immutable: shared by every plain write
+_GOOD_THEN_SYNC = ScsiResult(_GOOD_STATUS, needs_sync=True)
 
 # The opcodes a ReservationChecker may take over by listing them in ``handled_opcodes``.
 RESERVATION_OPCODES: frozenset[int] = frozenset(
@@ -399,10 +401,9 @@ class LogicalUnit:
         store.write(
             lba * block, data_out if len(data_out) == length else memoryview(data_out)[:length]
         )
-        return ScsiResult(
-            _GOOD_STATUS,
-            needs_sync=bool(flags & _FUA) or not self.modes.write_cache_enabled,
-        )
+        if flags & _FUA or not self.modes.write_cache_enabled:
+            return _GOOD_THEN_SYNC
+        return _GOOD_WRITTEN
 
     def check_condition(self, condition: CheckCondition) -> ScsiResult:
         """CHECK CONDITION with sense in the format the control mode page selects."""

@@ -52,17 +52,17 @@ class _Command:
 
 def test_admit_now_is_admit_run_without_a_command() -> None:
     queue = CommandQueue(2)
-    assert queue.admit_now(10)
+    assert queue.admit_now("a", 10)
     assert (queue.in_flight, queue.buffered_bytes) == (1, 10)
     assert queue.admit("a", _Command()) is Admission.RUN
-    assert not queue.admit_now()  # full
+    assert not queue.admit_now("a")  # full
     waiting = _Command()
     assert queue.admit("a", waiting) is Admission.QUEUED
     queue.release(10)
     assert waiting.dispatched
-    assert not queue.admit_now()  # full again (the waiting one got the slot)
+    assert not queue.admit_now("a")  # full again (the waiting one got the slot)
     queue.release()
-    assert queue.admit_now()  # nobody waits, a slot is free
+    assert queue.admit_now("b")  # nobody waits, a slot is free
 
 
 def test_admit_now_never_bypasses_a_subclass_admit() -> None:
@@ -70,7 +70,16 @@ def test_admit_now_never_bypasses_a_subclass_admit() -> None:
         def admit(self, vdisk: str, command: Any) -> Admission:
             return Admission.QUEUED
 
-    assert not Gated(8).admit_now()
+    assert not Gated(8).admit_now("a")
+
+    class GatedWithItsOwnShortcut(Gated):
+        def admit_now(self, vdisk: str, buffer_bytes: int = 0) -> bool:
+            return vdisk == "open" and self._take_free_slot(buffer_bytes)
+
+    queue = GatedWithItsOwnShortcut(8)
+    assert not queue.admit_now("closed")
+    assert queue.admit_now("open", 5)
+    assert (queue.in_flight, queue.buffered_bytes) == (1, 5)
 
 
 def _unit(fresh_nexus: bool) -> tuple[LogicalUnit, VDiskTarget]:
