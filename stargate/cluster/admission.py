@@ -173,6 +173,16 @@ class OwnershipQueue(CommandQueue):
         claim.parked.append(command)
         return Admission.QUEUED
 
+    def admit_now(self, vdisk: str, buffer_bytes: int = 0) -> bool:
+        """The inline path, while the vDisk is owned and fenced (else `admit` decides:
+        it parks the command and starts the claim's hand-over)."""
+        claim = self._claims.get(vdisk)
+        if claim is not None and not (
+            claim.state is ClaimState.OWNED and claim.fence is not None and claim.fence.holds()
+        ):
+            return False
+        return self._take_free_slot(buffer_bytes)
+
     def resume(self, claim: Claim) -> None:
         """The claim is owned now: its parked commands enter the queue, in arrival order."""
         parked, claim.parked = claim.parked, []

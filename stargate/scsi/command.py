@@ -16,11 +16,11 @@ if TYPE_CHECKING:
     from stargate.scsi.lu import LogicalUnit
 
 
-@dataclass(frozen=True, slots=True)
-class Nexus:
+class Nexus(NamedTuple):
     """An I_T nexus: the SCSI initiator port (iSCSI: initiator name + ",i,0x" + ISID) and
     the target port (target name + ",t,0x" + TPGT). Hashable: unit attentions and
-    reservations are kept per nexus."""
+    reservations are kept per nexus, looked up on every command; a NamedTuple hashes
+    about three times faster than a frozen dataclass."""
 
     initiator_port: str
     target_port: str

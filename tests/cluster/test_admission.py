@@ -87,6 +87,28 @@ def test_queue_parks_and_reports_a_lost_claim(tmp_path: Path) -> None:
     assert claim.live_parked() == 2
 
 
+def test_inline_admission_only_while_owned_and_fenced(tmp_path: Path) -> None:
+    """`admit_now` (the plain READ/WRITE path) takes a slot only when `admit` would say
+    RUN without side effects; otherwise the command goes through `admit`, which parks it."""
+    claim = Claim("vd", NAME, OwnershipFile(tmp_path / "vd"))
+    events = Events()
+    queue = OwnershipQueue(
+        1, {NAME: claim}, on_lost=events.lost.append, on_unclaimed=events.unclaimed.append
+    )
+    assert not queue.admit_now(NAME)  # IDLE: not ours yet
+    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, claim.file.claim(1))
+    assert queue.admit_now(NAME, 4096) and (queue.in_flight, queue.buffered_bytes) == (1, 4096)
+    assert not queue.admit_now(NAME)  # depth 1: full
+    queue.release(4096)
+    assert queue.admit_now("another-target")  # not a cluster vDisk: the plain rules
+    queue.release()
+    take_over(tmp_path)
+    assert not queue.admit_now(NAME)  # the record moved: `admit` reports the loss
+    claim.state = ClaimState.RELEASING
+    assert not queue.admit_now(NAME)
+    assert queue.in_flight == 0 and events.lost == [] and events.unclaimed == []
+
+
 def test_fenced_store_refuses_changes_once_the_record_moved(tmp_path: Path) -> None:
     claim = owned_claim(tmp_path)
     store = FencedStore(MemoryStore(VDiskMeta("vd", 1 << 20)), claim)
