@@ -29,7 +29,7 @@ from stargate.faults.actions import ServerActions
 from stargate.faults.channel import blackhole_stream
 from stargate.faults.forensics import Forensics
 from stargate.faults.injector import FaultInjector
-from stargate.faults.login import faulted_login
+from stargate.faults.login import faulted_login, hold_swallowed_login
 from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, run_login
 from stargate.queue import CommandQueue
 from stargate.scsi.command import Nexus
@@ -205,6 +205,8 @@ class StargateServer:
             login_config, login_stream = faulted_login(login_config, stream, self.faults)
         login = TargetLogin(login_config)
         outcome = await run_login(login_stream, framer, login, timeout=self.config.login_timeout)
+        if await hold_swallowed_login(login_stream):
+            return
         if not outcome.complete:
             log.info("login from %s ended: %s", login.initiator_name or "?", outcome.reason)
             return
@@ -282,9 +284,7 @@ class StargateServer:
             if target is not None:
                 target.stats.sessions -= 1
                 target.stats.connections -= 1
-                nexus_lost = getattr(target.lu, "nexus_lost", None)
-                if nexus_lost is not None:
-                    nexus_lost(nexus)
+                target.lu.nexus_lost(nexus)
 
     # -- the cluster's control API ------------------------------------------------------
 

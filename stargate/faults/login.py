@@ -39,16 +39,19 @@ class SlowLoginStream(trio.abc.Stream):
         self._faults = faults
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        blackhole = self._decision.blackhole
-        if blackhole is not None:
-            # Nothing goes out; the login ends (and the connection closes) when the fault
-            # is cleared or expires, the initiator gives up, or the login timeout passes.
-            await hold_unanswered(self._inner, lambda: self._faults.still_on(blackhole))
-            return
+        if self._decision.blackhole is not None:
+            return  # nothing goes out: see `hold_swallowed_login`
         fault = self._decision.fault
         if fault is not None and fault.kind is FaultKind.LOGIN_DELAY:
             await trio.sleep(fault.delay.draw(_rng))
         await self._inner.send_all(data)
+
+    async def hold_if_swallowed(self) -> bool:
+        blackhole = self._decision.blackhole
+        if blackhole is None:
+            return False
+        await hold_unanswered(self._inner, lambda: self._faults.still_on(blackhole))
+        return True
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()
@@ -99,6 +102,16 @@ def login_status(raw: int) -> LoginStatus:
 
 def with_tpgt(portal: str) -> str:
     return portal if "," in portal else f"{portal},1"
+
+
+async def hold_swallowed_login(stream: trio.abc.Stream) -> bool:
+    """After the login phase: when a blackhole swallowed this login (``stream`` is the one
+    `faulted_login` returned), hold the connection unanswered until the fault is cleared
+    or expires, or the initiator gives up; True then (the caller closes the connection).
+    Outside the login phase's deadline, as a dead path has no timeout of its own."""
+    if not isinstance(stream, SlowLoginStream):
+        return False
+    return await stream.hold_if_swallowed()
 
 
 _rng = random.Random()

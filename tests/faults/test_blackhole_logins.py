@@ -57,6 +57,24 @@ async def test_blackholed_vdisk_swallows_new_logins_until_cleared(nursery: trio.
     await _login(server, "vd1")
 
 
+async def test_a_swallowed_login_outlasts_the_login_timeout(nursery: trio.Nursery) -> None:
+    """The stargate's login timeout bounds answered logins only: a dead path does not close
+    the connection after it, only the fault's end does."""
+    server = await start_stargate(nursery, login_timeout=0.5)
+    fault = server.faults.add(
+        Fault(FaultKind.DROP_CONNECTION, vdisk="vd1", mode=DropMode.BLACKHOLE)
+    )
+    assert server.port is not None
+    held = await TestInitiator.connect(server.port)
+    with trio.move_on_after(2.0) as unanswered:  # four login timeouts
+        await held.login(target_name_for("vd1"))
+    assert unanswered.cancelled_caught
+    assert not await held.closed_by_target(0.5)
+    server.faults.remove(fault.fault_id)
+    assert await held.closed_by_target(5.0)
+    await held.close()
+
+
 async def test_blackhole_of_every_vdisk_swallows_discovery_too_until_it_expires(
     nursery: trio.Nursery,
 ) -> None:
