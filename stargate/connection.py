@@ -1086,13 +1086,12 @@ class FullFeatureConnection:
             response = LogoutResponseCode.CID_NOT_FOUND
         else:
             response = LogoutResponseCode.SUCCESS
-        nexus_lost = getattr(self.lu, "nexus_lost", None)
-        if response is LogoutResponseCode.SUCCESS and nexus_lost is not None:
+        if response is LogoutResponseCode.SUCCESS and self.lu is not None:
             # The I_T nexus ends here (one connection per session): its SPC-2 reservation
             # and the like must be gone before the initiator reads the response and sends
             # its next command on another session (libiscsi's Sanitize.Reset does). The
             # server's own call when the connection ends is then a no-op.
-            nexus_lost(self.nexus)
+            self.lu.nexus_lost(self.nexus)
         exp_cmd_sn, max_cmd_sn = self._window()
         self._append(
             LogoutResponse(

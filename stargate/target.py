@@ -45,6 +45,9 @@ class LogicalUnitLike(Protocol):
         self, cdb: bytes, data_out: bytes | bytearray | memoryview, nexus: Any
     ) -> ScsiResultLike: ...
 
+    def nexus_lost(self, nexus: Any) -> None:
+        """The I_T nexus ended (logout, connection gone): its SPC-2 reservation goes."""
+
 
 @dataclass(frozen=True, slots=True)
 class ChapCredentials:
