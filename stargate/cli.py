@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from stargate.connection import ConnectionTimers
+from stargate.connection import DEFAULT_BUSY_POLL_SECONDS, ConnectionTimers
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
 from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskTarget
 
@@ -95,6 +95,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1000000")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -154,6 +164,14 @@ def register(subparsers: Any) -> None:
         default=0,
         metavar="N",
         help="also send responses after every N PDUs of a wake-up (0: once per wake-up)",
+    )
+    parser.add_argument(
+        "--busy-poll-us",
+        type=_non_negative_float,
+        default=DEFAULT_BUSY_POLL_SECONDS * 1e6,
+        metavar="US",
+        help="while one vDisk session is alone, poll its socket this long for the next "
+        "command before waiting (QD 1 latency; 0: off; default %(default)g)",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     parser.set_defaults(handler=run_target)
@@ -237,6 +255,7 @@ def run_target(args: argparse.Namespace) -> int:
         login_timeout=args.login_timeout,
         timers=ConnectionTimers(nop_interval=args.nop_interval, nop_timeout=args.nop_timeout),
         eager_send_every=max(0, args.eager_send_every),
+        busy_poll_us=args.busy_poll_us,
     )
     server = StargateServer(registry, config)
     listen_error: OSError | None = None

@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
@@ -92,6 +92,9 @@ TURN_BUDGET = 8
 # ... and when it is the only session (no neighbour to wait for it): fewer sends and
 # scheduler passes per command.
 SOLE_TURN_BUDGET = 64
+# How long the only vDisk session polls its socket for the next command before it waits
+# (`DirectSocket.spin_seconds`; `stargate target --busy-poll-us`).
+DEFAULT_BUSY_POLL_SECONDS = 50e-6
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
@@ -129,6 +132,13 @@ class ByteChannel(Protocol):
     async def receive_some(self, max_bytes: int) -> bytes | bytearray: ...
 
     async def send_all(self, data: bytes | bytearray) -> None: ...
+
+
+@runtime_checkable
+class BusyPoller(Protocol):
+    """A channel that can poll for input a while before it waits (the server's socket)."""
+
+    spin_seconds: float
 
 
 class ConnectionClosed(Exception):
@@ -169,6 +179,7 @@ class FullFeatureConnection:
         on_close: Callable[[FullFeatureConnection], None] | None = None,
         eager_send_every: int = 0,
         faults: FaultInjector | None = None,
+        busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS,
     ) -> None:
         self._io: ByteChannel = channel
         # Fault injection: the reader looks at `faults.armed` once per batch; only then do
@@ -181,6 +192,7 @@ class FullFeatureConnection:
         # so that on a box with spare cores initiator and target overlap instead of taking
         # turns (a tuning knob for benchmarks; A/B runs on a loaded 2-core box were a wash).
         self.eager_send_every = eager_send_every
+        self.busy_poll_seconds = busy_poll_seconds
         self.framer = framer
         self.session = session
         self.params = params
@@ -221,7 +233,11 @@ class FullFeatureConnection:
     async def run(self) -> str:
         """Serve until logout, a drop or a dead peer; return why the connection ended."""
         reason = "closed"
-        self.queue.session_opened()
+        # Discovery sessions send no SCSI commands: no share of the queue, and they do not
+        # make a vDisk session less alone (turn budget, busy polling).
+        counted = self.lu is not None
+        if counted:
+            self.queue.session_opened()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -240,7 +256,7 @@ class FullFeatureConnection:
             if self._closing_reason is not None and reason == "closed":
                 reason = self._closing_reason
             self._abort_all_tasks()
-            self.queue.session_closed(self)
+            self.queue.session_closed(self, counted=counted)
             if self.on_close is not None:
                 self.on_close(self)
         return self._closing_reason or reason
@@ -264,8 +280,14 @@ class FullFeatureConnection:
 
     async def _reader(self) -> None:
         handlers = self._handlers()
+        io = self._io
+        poller = io if isinstance(io, BusyPoller) and self.busy_poll_seconds > 0 else None
         while True:
-            data = await self._io.receive_some(RECEIVE_SIZE)
+            if poller is not None:
+                # Only the only vDisk session may hold the thread while it polls: with
+                # neighbours, their commands would wait for its spin.
+                poller.spin_seconds = self.busy_poll_seconds if self.queue.sessions == 1 else 0.0
+            data = await io.receive_some(RECEIVE_SIZE)
             if not data:
                 return
             self._last_receive = trio.current_time()

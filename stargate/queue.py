@@ -79,8 +79,12 @@ class CommandQueue:
     def session_opened(self) -> None:
         self.sessions += 1
 
-    def session_closed(self, listener: WindowListener | None = None) -> None:
-        self.sessions = max(0, self.sessions - 1)
+    def session_closed(
+        self, listener: WindowListener | None = None, *, counted: bool = True
+    ) -> None:
+        """A session ended (``counted``: it had called `session_opened`)."""
+        if counted:
+            self.sessions = max(0, self.sessions - 1)
         if listener is not None:
             self._closed_windows.pop(id(listener), None)
 

@@ -344,6 +344,7 @@ def test_existing_vdisk_is_reopened_with_its_data(
         (["--vdisk", "vd1:1M", "--memory", "--mutual-chap", "a:b"], "needs --chap"),
         (["--vdisk", "vd1:1M", "--memory", "--chap", "nocolon"], "USER:SECRET"),
         (["--vdisk", "vd1:1M", "--memory", "--queue-depth", "0"], "at least 1"),
+        (["--vdisk", "vd1:1M", "--memory", "--busy-poll-us", "-5"], "between 0 and"),
     ],
 )
 def test_cli_reports_bad_arguments_without_a_traceback(args: list[str], message: str) -> None:
