@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import running_in_ci
-from tests.guest.build import GuestBuildError
 from tests.guest.cluster_fixture import (
     GuestCluster,
     redirector_guest_portal,
@@ -32,16 +30,6 @@ STABLE_WINDOW = 10.0
 # A redirect to a stargate that just died is held by the relay this long before it closes
 # (a real network refuses at once; see relay.py for why not 0).
 CONNECT_PATIENCE = 5.0
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> Iterator[GuestImage]:
-    try:
-        yield GuestImage.ensure()
-    except GuestBuildError as error:
-        if running_in_ci():
-            pytest.fail(f"guest image: {error}", pytrace=False)
-        pytest.skip(f"guest image cannot be built here: {error}")
 
 
 @pytest.fixture

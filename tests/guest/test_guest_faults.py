@@ -23,14 +23,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from stargate.target import target_name_for
-from tests.conftest import running_in_ci
-from tests.guest.build import GuestBuildError
 from tests.guest.harness import Guest, GuestImage, GuestResult, format_steps
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
@@ -64,16 +61,6 @@ class BlackholeTarget:
         )
         assert completed.returncode == 0, completed.stderr
         return completed.stdout
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> Iterator[GuestImage]:
-    try:
-        yield GuestImage.ensure()
-    except GuestBuildError as error:
-        if running_in_ci():
-            pytest.fail(f"guest image: {error}", pytrace=False)
-        pytest.skip(f"guest image cannot be built here: {error}")
 
 
 @pytest.fixture

@@ -11,13 +11,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import running_in_ci
-from tests.guest.build import GuestBuildError
 from tests.guest.harness import RELAY, Guest, GuestImage, format_steps, parse_control_line
 from tests.helpers.net import free_port
 from tests.helpers.procs import spawn
@@ -30,17 +28,6 @@ GUEST_PORT = 3260
 DOWN_SECONDS = 4.0
 
 TgtdFactory = Callable[..., TgtdTarget]
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> Iterator[GuestImage]:
-    """The cached guest image (built on first use, ~15 s; installs QEMU etc. if missing)."""
-    try:
-        yield GuestImage.ensure()
-    except GuestBuildError as error:
-        if running_in_ci():
-            pytest.fail(f"guest image: {error}", pytrace=False)
-        pytest.skip(f"guest image cannot be built here: {error}")
 
 
 def report(guest: Guest) -> None:
