@@ -116,10 +116,7 @@ class CommandQueue:
         )
 
     def admit(self, vdisk: str, command: QueuedCommand) -> Admission:
-        buffer_bytes = command.buffer_bytes
-        if self.in_flight < self.depth and self.waiting == 0 and self._fits(buffer_bytes):
-            self.in_flight += 1
-            self.buffered_bytes += buffer_bytes
+        if self._take_free_slot(command.buffer_bytes):
             return Admission.RUN
         if self.waiting < self.max_waiting:
             sub_queue = self._sub_queues.get(vdisk)

@@ -48,6 +48,10 @@ class Claim:
     fence: Fence | None = None
     parked: list[QueuedCommand] = field(default_factory=list)
 
+    def serving(self) -> bool:
+        """Owned by this stargate and its fence still holds: new commands may start."""
+        return self.state is ClaimState.OWNED and self.fence is not None and self.fence.holds()
+
     def may_execute(self) -> bool:
         # RELEASING: commands admitted before the release began still run (the drain).
         return (
@@ -164,9 +168,9 @@ class OwnershipQueue(CommandQueue):
         claim = self._claims.get(vdisk)
         if claim is None:
             return super().admit(vdisk, command)  # not a cluster vDisk (tests)
+        if claim.serving():
+            return super().admit(vdisk, command)
         if claim.state is ClaimState.OWNED:
-            if claim.fence is not None and claim.fence.holds():
-                return super().admit(vdisk, command)
             self._on_lost(claim)
         elif claim.state is ClaimState.IDLE:
             self._on_unclaimed(claim)
@@ -177,9 +181,7 @@ class OwnershipQueue(CommandQueue):
         """The inline path, while the vDisk is owned and fenced (else `admit` decides:
         it parks the command and starts the claim's hand-over)."""
         claim = self._claims.get(vdisk)
-        if claim is not None and not (
-            claim.state is ClaimState.OWNED and claim.fence is not None and claim.fence.holds()
-        ):
+        if claim is not None and not claim.serving():
             return False
         return self._take_free_slot(buffer_bytes)
 
