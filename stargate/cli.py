@@ -171,8 +171,8 @@ def register(subparsers: Any) -> None:
         type=_non_negative_float,
         default=DEFAULT_BUSY_POLL_SECONDS * 1e6,
         metavar="US",
-        help="while one vDisk session is alone, poll its socket this long for the next "
-        "command before waiting (QD 1 latency; 0: off; default %(default)g)",
+        help="after serving, poll the connections this long for the next command before "
+        "sleeping (low queue depth latency; 0: off; default %(default)g)",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     parser.set_defaults(handler=run_target)

@@ -64,6 +64,7 @@ from stargate.faults.channel import BlackholeChannel
 from stargate.faults.injector import FaultInjector
 from stargate.faults.model import DropMode, Fault, FaultKind
 from stargate.queue import Admission, CommandQueue
+from stargate.reader_hub import ReaderHub, Turn
 from stargate.scsi import tmf
 from stargate.scsi.ua import UnitAttentionQueues
 from stargate.session import CmdSnVerdict, Session
@@ -92,8 +93,8 @@ TURN_BUDGET = 8
 # ... and when it is the only session (no neighbour to wait for it): fewer sends and
 # scheduler passes per command.
 SOLE_TURN_BUDGET = 64
-# How long the only vDisk session polls its socket for the next command before it waits
-# (`DirectSocket.spin_seconds`; `stargate target --busy-poll-us`).
+# How long the server's reader hub polls for the next command before it sleeps
+# (`ReaderHub`; `stargate target --busy-poll-us`).
 DEFAULT_BUSY_POLL_SECONDS = 50e-6
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
@@ -135,10 +136,15 @@ class ByteChannel(Protocol):
 
 
 @runtime_checkable
-class BusyPoller(Protocol):
-    """A channel that can poll for input a while before it waits (the server's socket)."""
+class ReadySocket(Protocol):
+    """A channel with a socket underneath (the server's direct socket): it can be served by
+    the server's `ReaderHub`, which needs its descriptor and calls that never wait."""
 
-    spin_seconds: float
+    def fileno(self) -> int: ...
+
+    def receive_now(self, max_bytes: int) -> bytes | None: ...
+
+    def try_send(self, data: bytearray) -> None: ...
 
 
 class ConnectionClosed(Exception):
@@ -179,7 +185,7 @@ class FullFeatureConnection:
         on_close: Callable[[FullFeatureConnection], None] | None = None,
         eager_send_every: int = 0,
         faults: FaultInjector | None = None,
-        busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS,
+        hub: ReaderHub | None = None,
     ) -> None:
         self._io: ByteChannel = channel
         # Fault injection: the reader looks at `faults.armed` once per batch; only then do
@@ -192,7 +198,13 @@ class FullFeatureConnection:
         # so that on a box with spare cores initiator and target overlap instead of taking
         # turns (a tuning knob for benchmarks; A/B runs on a loaded 2-core box were a wash).
         self.eager_send_every = eager_send_every
-        self.busy_poll_seconds = busy_poll_seconds
+        # The server's one reader for all connections; serves this one while its channel
+        # is a socket (not after a fault replaced it).
+        self._hub: ReaderHub | None = None
+        self._hub_socket: ReadySocket | None = None
+        if hub is not None and isinstance(channel, ReadySocket):
+            self._hub, self._hub_socket = hub, channel
+        self._handler_table: dict[type, Callable[[Any], None]] = {}
         self.framer = framer
         self.session = session
         self.params = params
@@ -279,35 +291,75 @@ class FullFeatureConnection:
     # -- receiving ----------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        handlers = self._handlers()
-        io = self._io
-        poller = io if isinstance(io, BusyPoller) and self.busy_poll_seconds > 0 else None
+        self._handler_table = handlers = self._handlers()
+        await self._serve_buffered(handlers)  # what came with the login PDUs
         while True:
-            if poller is not None:
-                # Only the only vDisk session may hold the thread while it polls: with
-                # neighbours, their commands would wait for its spin.
-                poller.spin_seconds = self.busy_poll_seconds if self.queue.sessions == 1 else 0.0
-            data = await io.receive_some(RECEIVE_SIZE)
+            if self._hub is not None and self._io is self._hub_socket:
+                turn = await self._hub.park(self)
+                if turn is Turn.EOF:
+                    return
+                # Turn.TASK: output the socket would not take, a close, a new channel.
+                await self._serve_buffered(handlers)
+                continue
+            data = await self._io.receive_some(RECEIVE_SIZE)
             if not data:
                 return
             self._last_receive = trio.current_time()
             self.framer.feed(data)
-            while True:
-                self._in_batch = True
-                try:
-                    more_buffered = self._handle_buffered_pdus(
-                        self._faulted_handlers(handlers) if self.faults.armed else handlers
-                    )
-                finally:
-                    self._in_batch = False
-                # Sending is also the backpressure: an initiator that does not read its
-                # responses stops us reading its commands.
-                await self._flush()
-                if self._closing_reason is not None:
-                    raise ConnectionClosed(self._closing_reason)
-                if not more_buffered:
-                    break
-                await trio.lowlevel.checkpoint()  # the other connections' turn
+            await self._serve_buffered(handlers)
+
+    async def _serve_buffered(self, handlers: dict[type, Callable[[Any], None]]) -> None:
+        """Handle the PDUs buffered, a turn at a time, sending after each turn."""
+        while True:
+            more_buffered = self._handle_turn(handlers)
+            # Sending is also the backpressure: an initiator that does not read its
+            # responses stops us reading its commands.
+            await self._flush()
+            if self._closing_reason is not None:
+                raise ConnectionClosed(self._closing_reason)
+            if not more_buffered:
+                return
+            await trio.lowlevel.checkpoint()  # the other connections' turn
+
+    def _handle_turn(self, handlers: dict[type, Callable[[Any], None]]) -> bool:
+        self._in_batch = True
+        try:
+            return self._handle_buffered_pdus(
+                self._faulted_handlers(handlers) if self.faults.armed else handlers
+            )
+        finally:
+            self._in_batch = False
+
+    # -- served by the reader hub ---------------------------------------------------------
+
+    def fileno(self) -> int:
+        assert self._hub_socket is not None
+        return self._hub_socket.fileno()
+
+    def serve_turn(self, receive: bool) -> Turn:
+        """One turn, called by the hub: receive what is there, handle up to a turn's budget
+        of PDUs, send what the socket takes. Never waits."""
+        hub_socket = self._hub_socket
+        if self._io is not hub_socket:
+            return Turn.TASK  # a fault replaced the channel while we were parked
+        assert hub_socket is not None
+        if receive:
+            data = hub_socket.receive_now(RECEIVE_SIZE)
+            if data is None:
+                return Turn.IDLE  # nothing after all
+            if not data:
+                return Turn.EOF
+            self._last_receive = trio.current_time()
+            self.framer.feed(data)
+        more_buffered = self._handle_turn(self._handler_table)
+        if self._closing_reason is not None or self._io is not hub_socket:
+            return Turn.TASK  # the task flushes through the channel, then closes
+        out = self._out
+        if out and not self._sending:
+            hub_socket.try_send(out)
+            if out:
+                return Turn.TASK  # the socket is full: wait for it in our own task
+        return Turn.MORE if more_buffered else Turn.IDLE
 
     def _handle_buffered_pdus(self, handlers: dict[type, Callable[[Any], None]]) -> bool:
         """Handle the complete PDUs received; True if it stopped early, its output at

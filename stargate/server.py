@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,6 +37,7 @@ from stargate.faults.injector import FaultInjector
 from stargate.faults.login import faulted_login, hold_swallowed_login
 from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, run_login
 from stargate.queue import CommandQueue
+from stargate.reader_hub import ReaderHub
 from stargate.scsi.command import Nexus
 from stargate.session import Session, SessionTable
 from stargate.target import TargetRegistry, VDiskTarget
@@ -65,9 +65,9 @@ class DirectSocket:
         self._raw = socket.socket(fileno=stream.socket.fileno())
         self._raw.setblocking(False)
         self._busy_rounds = 0
-        # Busy polling: when the socket is not ready, retry for up to this long before
-        # waiting (the connection sets it: only while it is the only session).
-        self.spin_seconds = 0.0
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
 
     async def receive_some(self, max_bytes: int) -> bytes:
         self._busy_rounds += 1
@@ -75,32 +75,20 @@ class DirectSocket:
             self._busy_rounds = 0
             await trio.lowlevel.checkpoint()
         while True:
-            try:
-                return self._raw.recv(max_bytes)
-            except BlockingIOError:
-                self._busy_rounds = 0
-                if self.spin_seconds:
-                    data = self._spin_receive(max_bytes)
-                    if data is not None:
-                        return data
-                await trio.lowlevel.wait_readable(self._raw)
-            except OSError as error:
-                raise trio.BrokenResourceError(str(error)) from error
+            data = self.receive_now(max_bytes)
+            if data is not None:
+                return data
+            self._busy_rounds = 0
+            await trio.lowlevel.wait_readable(self._raw)
 
-    def _spin_receive(self, max_bytes: int) -> bytes | None:
-        """At queue depth 1 the next command follows each response within tens of µs: a
-        few non-blocking receives then cost less than a trip through trio's scheduler and
-        epoll (re-arm, wait, wake-up). None when nothing came within ``spin_seconds``."""
-        deadline = time.perf_counter() + self.spin_seconds
-        recv = self._raw.recv
-        while time.perf_counter() < deadline:
-            try:
-                return recv(max_bytes)
-            except BlockingIOError:
-                continue
-            except OSError as error:
-                raise trio.BrokenResourceError(str(error)) from error
-        return None
+    def receive_now(self, max_bytes: int) -> bytes | None:
+        """What the socket holds (b"" at EOF), or None if nothing has come."""
+        try:
+            return self._raw.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as error:
+            raise trio.BrokenResourceError(str(error)) from error
 
     async def send_all(self, data: bytes | bytearray) -> None:
         with memoryview(data) as view:
@@ -148,8 +136,8 @@ class ServerConfig:
     login_timeout: float = DEFAULT_LOGIN_TIMEOUT
     timers: ConnectionTimers = field(default_factory=ConnectionTimers)
     eager_send_every: int = 0  # see FullFeatureConnection: 0 sends once per wake-up
-    # The only vDisk session polls its socket this long for the next command before it
-    # waits: at queue depth 1 that beats a trip through trio's scheduler and epoll.
+    # The reader hub polls this long for the next command before it sleeps: at low queue
+    # depth that beats a sleep and a wake-up.
     busy_poll_us: float = DEFAULT_BUSY_POLL_SECONDS * 1e6
 
 
@@ -166,6 +154,8 @@ class StargateServer:
         self.policy = LoginPolicy(registry, self.sessions)
         self.port: int | None = None
         self._connections: set[FullFeatureConnection] = set()
+        # One reader for every connection (see stargate.reader_hub).
+        self.hub = ReaderHub(spin_seconds=self.config.busy_poll_us / 1e6)
         self._cancel_scope: trio.CancelScope | None = None
         self._closing = False
         # Fault injection (stargate.faults): costs the transport one check per batch.
@@ -190,6 +180,7 @@ class StargateServer:
             self._cancel_scope = scope
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.faults.run_actions)
+                await nursery.start(self.hub.run)
                 task_status.started(self.port)
                 await trio.serve_listeners(
                     self._handle_connection, listeners, handler_nursery=nursery
@@ -290,7 +281,7 @@ class StargateServer:
             directory=self,
             eager_send_every=self.config.eager_send_every,
             faults=self.faults,
-            busy_poll_seconds=self.config.busy_poll_us / 1e6,
+            hub=self.hub if self.hub.running else None,  # serve_stream works without
         )
         session.closer = connection.close
         self.sessions.add(session)
