@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -43,3 +44,19 @@ class CpuMeter:
 
     def stop(self) -> float:
         return cpu_seconds(self.pid) - self._started_at
+
+
+class ChildrenCpuMeter:
+    """CPU seconds of the child processes that ended (and were waited for) between `start`
+    and `stop`: what a client run as a subprocess spent."""
+
+    def start(self) -> None:
+        self._started_at = _children_cpu_seconds()
+
+    def stop(self) -> float:
+        return _children_cpu_seconds() - self._started_at
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -186,6 +186,13 @@ def standard_rows(standard: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def cpu_pair(figures: dict[str, Any]) -> str:
+    """ "target / client" CPU µs per I/O (older results have no client figure)."""
+    target = number(figures.get("target_cpu_us_per_io"), 1)
+    client = number(figures.get("client_cpu_us_per_io"), 1)
+    return f"{target} / {client}"
+
+
 def scale_lines(scale: dict[str, Any]) -> list[str]:
     rows = []
     for step in scale["single_stargate"]:
@@ -198,17 +205,20 @@ def scale_lines(scale: dict[str, Any]) -> list[str]:
                 number(median["stargate"]["iops"], 0),
                 number(relative["stargate"]) + "x",
                 number(median["stargate"]["p99_latency_us"], 0),
+                cpu_pair(median["stargate"]),
                 number(median["tgtd"]["iops"], 0),
                 number(relative["tgtd"]) + "x",
                 number(median["tgtd"]["p99_latency_us"], 0),
+                cpu_pair(median["tgtd"]),
                 number(step["stargate_vs_tgtd_iops"]) + "x",
             ]
         )
-    header = ["vDisks", "QD each", "stargate IOPS", "vs 1", "p99 µs", "tgtd IOPS", "vs 1",
-              "p99 µs", "stargate/tgtd"]  # fmt: skip
+    header = ["vDisks", "QD each", "stargate IOPS", "vs 1", "p99 µs", "CPU µs/IO", "tgtd IOPS",
+              "vs 1", "p99 µs", "CPU µs/IO", "stargate/tgtd"]  # fmt: skip
     lines = [
         f"4 KiB random read, fio, one libiscsi connection per vDisk, "
-        f"{scale['total_queue_depth']} I/Os outstanding in all.",
+        f"{scale['total_queue_depth']} I/Os outstanding in all. CPU µs/IO: target / fio (the "
+        "client's own CPU per I/O; on 2 cores the two share the machine).",
         "",
     ]
     lines += markdown_table(header, rows)

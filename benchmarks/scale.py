@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks.clients import ClientError, FioClient, FioJob
 from benchmarks.cluster import BenchCluster, ClusterError
-from benchmarks.cpu import CpuMeter
+from benchmarks.cpu import ChildrenCpuMeter, CpuMeter
 from benchmarks.settings import Settings
 from benchmarks.standard import alternating, median_or_none, ratio
 from benchmarks.targets import BenchTarget, MiB, StargateServer, TargetKind, TgtdServer
@@ -42,9 +42,11 @@ def measure_aggregate(
     fio: FioClient, target: BenchTarget, jobs: Sequence[FioJob], seconds: float
 ) -> Measurement:
     meter = CpuMeter(target.pid)
+    client_meter = ChildrenCpuMeter()
     meter.start()
+    client_meter.start()
     measured = fio.run_jobs(jobs, seconds, group=True)["all"]
-    return measured.with_target_cpu(meter.stop())
+    return measured.with_target_cpu(meter.stop()).with_client_cpu(client_meter.stop())
 
 
 def scale_steps(
@@ -67,7 +69,9 @@ def scale_steps(
                 runs[target.kind.value].append(measured)
                 log(
                     f"  scale {disk_count:3} vDisks QD{workload.queue_depth:<3} {target.kind:8} "
-                    f"{measured.iops:9.0f} IOPS p99 {measured.p99_latency_us or 0:8.0f} us"
+                    f"{measured.iops:9.0f} IOPS p99 {measured.p99_latency_us or 0:8.0f} us, "
+                    f"CPU/IO target {measured.target_cpu_us_per_io or 0:.1f} us, "
+                    f"fio {measured.client_cpu_us_per_io or 0:.1f} us"
                 )
         steps.append(
             {
@@ -80,6 +84,9 @@ def scale_steps(
                         "p99_latency_us": median_or_none([m.p99_latency_us for m in ms]),
                         "target_cpu_us_per_io": median_or_none(
                             [m.target_cpu_us_per_io for m in ms]
+                        ),
+                        "client_cpu_us_per_io": median_or_none(
+                            [m.client_cpu_us_per_io for m in ms]
                         ),
                     }
                     for kind, ms in runs.items()

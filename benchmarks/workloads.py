@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 KiB = 1024
@@ -72,6 +72,7 @@ class Measurement:
     p99_latency_us: float | None = None
     target_cpu_seconds: float | None = None
     longest_pause_s: float | None = None
+    client_cpu_seconds: float | None = None  # the client's own CPU (where it was measured)
 
     @property
     def iops(self) -> float:
@@ -87,15 +88,17 @@ class Measurement:
             return None
         return self.target_cpu_seconds / self.ios * 1e6
 
+    @property
+    def client_cpu_us_per_io(self) -> float | None:
+        if self.client_cpu_seconds is None or self.ios == 0:
+            return None
+        return self.client_cpu_seconds / self.ios * 1e6
+
     def with_target_cpu(self, cpu_seconds: float) -> Measurement:
-        return Measurement(
-            self.ios,
-            self.bytes,
-            self.seconds,
-            self.p99_latency_us,
-            cpu_seconds,
-            self.longest_pause_s,
-        )
+        return replace(self, target_cpu_seconds=cpu_seconds)
+
+    def with_client_cpu(self, cpu_seconds: float) -> Measurement:
+        return replace(self, client_cpu_seconds=cpu_seconds)
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {
@@ -106,5 +109,6 @@ class Measurement:
             "mb_per_s": self.mb_per_s,
             "p99_latency_us": self.p99_latency_us,
             "target_cpu_us_per_io": self.target_cpu_us_per_io,
+            "client_cpu_us_per_io": self.client_cpu_us_per_io,
             "longest_pause_s": self.longest_pause_s,
         }

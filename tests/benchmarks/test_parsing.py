@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,10 @@ from benchmarks.clients import (
     parse_qemu_img_bench_seconds,
     scattered_stride,
 )
-from benchmarks.cpu import parse_stat_cpu_ticks
+from benchmarks.cpu import ChildrenCpuMeter, parse_stat_cpu_ticks
 from benchmarks.failover import slowest_qemu_io_command_seconds
 from benchmarks.profile import summarize_collapsed, without_line_numbers
-from benchmarks.report import judge_goals
+from benchmarks.report import judge_goals, scale_lines
 from benchmarks.runner import merge_previous
 from benchmarks.standard import alternating, median_or_none, ratio
 from benchmarks.workloads import Measurement
@@ -125,6 +127,37 @@ def test_cpu_per_io_and_ratios() -> None:
     assert ratio(None, 2.0) is None and ratio(1.0, 0.0) is None
     assert median_or_none([3.0, None, 1.0, 2.0]) == 2.0
     assert median_or_none([None]) is None
+
+
+def test_client_cpu_per_io_is_what_the_client_process_spent() -> None:
+    measured = Measurement(ios=1000, bytes=0, seconds=1.0).with_client_cpu(0.02)
+    assert measured.client_cpu_us_per_io == pytest.approx(20.0)
+    assert measured.as_dict()["client_cpu_us_per_io"] == pytest.approx(20.0)
+    meter = ChildrenCpuMeter()
+    meter.start()
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", busy], check=True, timeout=60)
+    assert meter.stop() >= 0.25  # the child's CPU, counted once it was waited for
+
+
+def test_scale_table_shows_target_and_client_cpu_per_io() -> None:
+    def step(disks: int, iops: float, cpu: tuple[float, float] | None) -> dict[str, Any]:
+        figures = {"iops": iops, "p99_latency_us": 100.0}
+        if cpu is not None:
+            figures |= {"target_cpu_us_per_io": cpu[0], "client_cpu_us_per_io": cpu[1]}
+        return {
+            "disks": disks,
+            "queue_depth_per_disk": 64 // disks,
+            "median": {"stargate": figures, "tgtd": {"iops": iops / 2, "p99_latency_us": 200.0}},
+            "iops_vs_one_connection": {"stargate": 1.0, "tgtd": 1.0},
+            "stargate_vs_tgtd_iops": 2.0,
+        }
+
+    scale = {"total_queue_depth": 64, "single_stargate": [step(1, 90e3, (10.4, 8.0)),
+                                                          step(64, 45e3, None)]}  # fmt: skip
+    lines = scale_lines(scale)
+    assert "| 1 | 64 | 90,000 | 1.00x | 100 | 10.4 / 8.0 | 45,000 |" in "\n".join(lines)
+    assert "| - / - |" in lines[-1]  # results from before the client was measured
 
 
 def test_targets_alternate() -> None:
