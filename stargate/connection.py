@@ -227,6 +227,7 @@ class FullFeatureConnection:
         self._tasks: dict[int, ScsiTask] = {}
         self._out = bytearray()
         self._sending = False
+        self._send_finished: trio.Event | None = None  # set when a waited-for send ends
         self._unsent = 0
         self._in_batch = False
         self._writer_wakeup = trio.Event()
@@ -298,10 +299,12 @@ class FullFeatureConnection:
         while True:
             if self._hub is not None and self._io is self._hub_socket:
                 turn = await self._hub.park(self)
+                # Turn.TASK: output to wait for, a close, a new channel; at Turn.EOF what
+                # is still buffered is handled and answered first, as it would have been
+                # before the EOF was read.
+                await self._serve_buffered(handlers)
                 if turn is Turn.EOF:
                     return
-                # Turn.TASK: output the socket would not take, a close, a new channel.
-                await self._serve_buffered(handlers)
                 continue
             data = await self._io.receive_some(RECEIVE_SIZE)
             if not data:
@@ -311,17 +314,20 @@ class FullFeatureConnection:
             await self._serve_buffered(handlers)
 
     async def _serve_buffered(self, handlers: dict[type, Callable[[Any], None]]) -> None:
-        """Handle the PDUs buffered, a turn at a time, sending after each turn."""
-        while True:
-            more_buffered = self._handle_turn(handlers)
-            # Sending is also the backpressure: an initiator that does not read its
-            # responses stops us reading its commands.
-            await self._flush()
-            if self._closing_reason is not None:
-                raise ConnectionClosed(self._closing_reason)
-            if not more_buffered:
-                return
+        """Send what is queued and stop if the connection is closing (a hub turn may have
+        left either); then handle the PDUs buffered, a turn at a time, sending after each."""
+        await self._send_or_close()
+        while self._handle_turn(handlers):
+            await self._send_or_close()
             await trio.lowlevel.checkpoint()  # the other connections' turn
+        await self._send_or_close()
+
+    async def _send_or_close(self) -> None:
+        # Sending is also the backpressure: an initiator that does not read its responses
+        # stops us reading its commands.
+        await self._flush()
+        if self._closing_reason is not None:
+            raise ConnectionClosed(self._closing_reason)
 
     def _handle_turn(self, handlers: dict[type, Callable[[Any], None]]) -> bool:
         self._in_batch = True
@@ -342,8 +348,10 @@ class FullFeatureConnection:
         """One turn, called by the hub: receive what is there, handle up to a turn's budget
         of PDUs, send what the socket takes. Never waits."""
         hub_socket = self._hub_socket
-        if self._io is not hub_socket:
-            return Turn.TASK  # a fault replaced the channel while we were parked
+        if self._io is not hub_socket or self._sending:
+            # A fault replaced the channel, or another task's send is waiting for the
+            # socket: our task waits for it (reading on would lose the backpressure).
+            return Turn.TASK
         assert hub_socket is not None
         if receive:
             data = hub_socket.receive_now(RECEIVE_SIZE)
@@ -357,7 +365,7 @@ class FullFeatureConnection:
         if self._closing_reason is not None or self._io is not hub_socket:
             return Turn.TASK  # the task flushes through the channel, then closes
         out = self._out
-        if out and not self._sending:
+        if out:
             hub_socket.try_send(out)
             if out:
                 return Turn.TASK  # the socket is full: wait for it in our own task
@@ -440,8 +448,12 @@ class FullFeatureConnection:
             self._writer_wakeup.set()
 
     async def _flush(self) -> None:
-        if self._sending:
-            return  # the task already sending drains whatever is appended meanwhile
+        """Send the output; if another task is sending, wait until it has sent everything
+        (it drains whatever is appended meanwhile)."""
+        while self._sending:
+            if self._send_finished is None:
+                self._send_finished = trio.Event()
+            await self._send_finished.wait()
         self._sending = True
         try:
             while self._out:
@@ -452,6 +464,9 @@ class FullFeatureConnection:
         finally:
             self._sending = False
             self._unsent = 0
+            if self._send_finished is not None:
+                self._send_finished.set()
+                self._send_finished = None
 
     @property
     def buffered_output(self) -> int:

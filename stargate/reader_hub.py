@@ -154,8 +154,10 @@ class ReaderHub:
         backlog = self._backlog
         self._backlog = {}
         for fd, _events in ready:
-            backlog.pop(fd, None)  # its receive comes with a turn
-            self._serve(fd, receive=True)
+            # A client with input left handles it before it receives more (its buffer must
+            # not grow by a receive per turn); its socket stays ready meanwhile.
+            backlogged = backlog.pop(fd, 0) is None
+            self._serve(fd, receive=not backlogged)
         for fd in backlog:
             self._serve(fd, receive=False)
 

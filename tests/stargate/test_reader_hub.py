@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
+from iscsicore.framing import encode_pdu
+from iscsicore.pdu import LogoutReason, LogoutRequest, LogoutResponse, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.reader_hub import ReaderHub, Turn
 from tests.stargate.client import (
@@ -170,6 +172,32 @@ async def test_a_client_with_input_left_goes_after_the_others_in_the_next_pass(
     assert results == []
 
 
+async def test_a_client_with_input_left_receives_no_more_until_it_has_handled_it(
+    hub: ReaderHub, pairs: Callable[[], Pair], nursery: trio.Nursery
+) -> None:
+    """Its socket stays readable, but a receive per turn would grow its buffer without
+    bound (a flood of pings): it gets turns without a receive until its turn ends idle."""
+    pair = pairs()
+    client = ScriptedClient("a", pair.ours, [Turn.MORE, Turn.MORE, Turn.IDLE])
+    results: list[object] = []
+    nursery.start_soon(_parked_until_returned, hub, client, results)
+    await trio.testing.wait_all_tasks_blocked()
+    pair.peer.send(b"burst")
+    with trio.fail_after(5):
+        while not client.log:
+            await trio.sleep(0)
+    pair.peer.send(b"more")  # readable while the backlog is still there
+    with trio.fail_after(5):
+        while len(client.log) < 4:
+            await trio.sleep(0.01)
+    assert [(receive, data) for _, receive, data in client.log] == [
+        (True, b"burst"),
+        (False, b""),
+        (False, b""),
+        (True, b"more"),
+    ]
+
+
 async def test_cancelling_a_parked_task_unregisters_its_socket(
     hub: ReaderHub, pairs: Callable[[], Pair]
 ) -> None:
@@ -298,3 +326,48 @@ async def test_a_server_serves_many_connections_through_its_hub(nursery: trio.Nu
     with trio.fail_after(5):
         while server.hub.parked:
             await trio.sleep(0.01)
+
+
+async def test_nothing_after_a_logout_in_the_same_turn_is_executed(nursery: trio.Nursery) -> None:
+    """A write pipelined behind a Logout in one segment: the turn that handles the Logout
+    stops there; the Logout Response is the last PDU and the write is never executed."""
+    server = await start_stargate(nursery)
+    initiator = await logged_in(server)
+    await clear_unit_attention(initiator)
+    before = initiator.command(
+        write10(0, 1), write_data=b"\x11" * 512, immediate_data=b"\x11" * 512
+    )
+    logout = LogoutRequest(
+        immediate=True, reason=LogoutReason.CLOSE_SESSION, itt=99, cmd_sn=initiator.cmd_sn
+    )
+    after = initiator.command(write10(1, 1), write_data=b"\x22" * 512, immediate_data=b"\x22" * 512)
+    await initiator.stream.send_all(b"".join(encode_pdu(pdu) for pdu in (before, logout, after)))
+    first = await initiator.receive()
+    assert isinstance(first, ScsiResponse) and first.status == ScsiStatus.GOOD
+    assert isinstance(await initiator.receive(), LogoutResponse)
+    with pytest.raises(EOFError):  # nothing answers the write after it: it was not run
+        await initiator.receive()
+    reader = await logged_in(server)
+    await clear_unit_attention(reader)
+    result = await reader.scsi(read10(0, 2), read_length=1024)
+    assert bytes(result.data) == b"\x11" * 512 + bytes(512)  # the write after it never ran
+
+
+async def test_commands_buffered_before_a_half_close_are_all_answered(
+    nursery: trio.Nursery,
+) -> None:
+    """40 commands then a FIN in one go, with a neighbour session (turns of 4 PDUs): the
+    EOF comes after the commands, so every one of them is answered."""
+    server = await start_stargate(nursery)
+    neighbour = await logged_in(server, "vd2")
+    initiator = await logged_in(server, "vd1")
+    await clear_unit_attention(initiator)
+    commands = [initiator.command(read10(index, 1), read_length=512) for index in range(40)]
+    await initiator.stream.send_all(b"".join(encode_pdu(command) for command in commands))
+    assert isinstance(initiator.stream, trio.SocketStream)
+    await initiator.stream.send_eof()
+    for command in commands:
+        result = await initiator.collect(command.itt)
+        assert result.status == ScsiStatus.GOOD and len(result.data) == 512
+    assert await initiator.closed_by_target()
+    await neighbour.close()
