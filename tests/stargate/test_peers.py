@@ -4,6 +4,7 @@ clients, garbage, silent clients, and SIGKILL of the target itself mid-write."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -184,6 +186,38 @@ def test_fio_libiscsi_verify_workload(
     job = report["jobs"][0]
     assert job["write"]["io_bytes"] >= 16 * MiB
     assert job["read"]["io_bytes"] >= 16 * MiB  # the verify pass read everything back
+
+
+@pytest.mark.slow
+def test_many_vdisks_written_and_verified_at_once(
+    require_tool: Callable[..., str], start_stargate_process: StargateFactory
+) -> None:
+    """16 fio processes, a connection each, write and verify their own vDisk at the same
+    time: every connection is read by the server's one reader hub, whose turns interleave
+    them; each must get exactly its own data back."""
+    require_tool("fio")
+    count = 16
+    target = start_stargate_process(*(f"vd{index}:8M" for index in range(count)))
+
+    def write_and_verify(index: int) -> dict[str, Any]:
+        return run_fio(
+            target.url(f"vd{index}"),
+            rw="randwrite",
+            block_size="4k",
+            iodepth=2,
+            size="4M",
+            verify="crc32c",
+            options={"randseed": index + 1},
+            timeout=300,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        reports = list(pool.map(write_and_verify, range(count)))
+    for report in reports:
+        assert job_errors(report) == [0]
+        job = report["jobs"][0]
+        assert job["write"]["io_bytes"] >= 4 * MiB
+        assert job["read"]["io_bytes"] >= 4 * MiB  # the verify pass read it all back
 
 
 # ---------------------------------------------------------------------------------------
