@@ -277,13 +277,15 @@ async def test_the_hub_polls_a_while_before_it_sleeps(
     hub = ReaderHub(spin_seconds=spin_seconds)
     await nursery.start(hub.run)
     pair = pairs()
-    client = ScriptedClient("a", pair.ours)
+    first_served = threading.Event()
+    client = ScriptedClient("a", pair.ours, on_turn=first_served.set)
     results: list[object] = []
     nursery.start_soon(_parked_until_returned, hub, client, results)
     await trio.testing.wait_all_tasks_blocked()
 
-    def initiator() -> None:  # a command, and the next one 20 ms after it
+    def initiator() -> None:  # a command, and the next one 20 ms after its answer
         pair.peer.send(b"first")
+        assert first_served.wait(5)
         time.sleep(0.02)
         pair.peer.send(b"second")
 
