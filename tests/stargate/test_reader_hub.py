@@ -15,10 +15,18 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
-from iscsicore.framing import encode_pdu
+from iscsicore.framing import PduFramer, encode_pdu
+from iscsicore.keys import SessionParams, SessionType
 from iscsicore.pdu import LogoutReason, LogoutRequest, LogoutResponse, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
+from stargate.connection import FullFeatureConnection
+from stargate.queue import CommandQueue
 from stargate.reader_hub import ReaderHub, Turn
+from stargate.scsi.command import Nexus
+from stargate.scsi.lu import LogicalUnit
+from stargate.session import Session
+from stargate.stores import MemoryStore, VDiskMeta
+from stargate.target import VDiskTarget
 from tests.stargate.client import (
     clear_unit_attention,
     logged_in,
@@ -296,6 +304,93 @@ async def test_the_hub_polls_a_while_before_it_sleeps(
             await trio.sleep(0.001)
     sender.join()
     assert hub.spin_hits == caught
+
+
+# -- a connection's side: backpressure ----------------------------------------------------
+
+
+class GatedSocket:
+    """A direct socket whose sends wait until the test opens the gate (a full socket)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.gate = trio.Event()
+        self.sent: list[bytes] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive_now(self, max_bytes: int) -> bytes | None:
+        try:
+            return self.sock.recv(max_bytes)
+        except BlockingIOError:
+            return None
+
+    def try_send(self, data: bytearray) -> None:
+        pass  # the socket takes nothing
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        await trio.lowlevel.wait_readable(self.sock)
+        return self.sock.recv(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray) -> None:
+        await self.gate.wait()
+        self.sent.append(bytes(data))
+
+
+def _vdisk_connection(channel: GatedSocket, hub: ReaderHub) -> FullFeatureConnection:
+    meta = VDiskMeta("vd1", 1 << 20)
+    session = Session(
+        initiator_name="iqn.2026-11.test:i",
+        isid=1,
+        tsih=1,
+        session_type=SessionType.NORMAL,
+        target=VDiskTarget("vd1", LogicalUnit(MemoryStore(meta), meta)),
+        exp_cmd_sn=1,
+    )
+    return FullFeatureConnection(
+        channel,
+        PduFramer(receiving_from="initiator"),
+        session,
+        SessionParams(),
+        CommandQueue(8),
+        nexus=Nexus("iqn.2026-11.test:i,i,0x1", "iqn.2010-06.com.nutanix:vmdisk-vd1,t,0x1"),
+        cid=0,
+        stat_sn=1,
+        hub=hub,
+    )
+
+
+async def test_while_another_task_sends_the_hub_reads_nothing_and_a_flush_waits(
+    hub: ReaderHub, pairs: Callable[[], Pair], nursery: trio.Nursery
+) -> None:
+    """The writer task's send waits for a full socket: a turn must not read the initiator's
+    next commands (it goes to the connection's task), and a second flush waits for the
+    first instead of returning at once."""
+    pair = pairs()
+    channel = GatedSocket(pair.ours)
+    connection = _vdisk_connection(channel, hub)
+    connection._out += b"a ping's answer"
+    nursery.start_soon(connection._flush)  # the writer: stuck at the gate
+    await trio.testing.wait_all_tasks_blocked()
+    pair.peer.send(b"next commands")
+    assert connection.serve_turn(receive=True) is Turn.TASK
+    assert pair.ours.recv(100) == b"next commands"  # still in the socket: not read
+
+    connection._out += b"more output"
+    second_done = trio.Event()
+
+    async def second_flush() -> None:
+        await connection._flush()
+        second_done.set()
+
+    nursery.start_soon(second_flush)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not second_done.is_set()  # waits for the send in progress
+    channel.gate.set()
+    with trio.fail_after(5):
+        await second_done.wait()
+    assert b"".join(channel.sent) == b"a ping's answermore output"
 
 
 # -- the hub inside a real server ----------------------------------------------------------
