@@ -21,7 +21,8 @@ from typing import Any
 
 import trio
 
-from stargate.connection import DEFAULT_BUSY_POLL_SECONDS, ConnectionTimers
+from stargate.connection import ConnectionTimers
+from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
 from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskTarget
 

@@ -95,9 +95,6 @@ TURN_BUDGET = 4
 # ... and when it is the only session (no neighbour to wait for it): fewer sends and
 # scheduler passes per command.
 SOLE_TURN_BUDGET = 64
-# How long the server's reader hub polls for the next command before it sleeps
-# (`ReaderHub`; `stargate target --busy-poll-us`).
-DEFAULT_BUSY_POLL_SECONDS = 50e-6
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
@@ -206,7 +203,7 @@ class FullFeatureConnection:
         self._hub_socket: ReadySocket | None = None
         if hub is not None and isinstance(channel, ReadySocket):
             self._hub, self._hub_socket = hub, channel
-        self._handler_table: dict[type, Callable[[Any], None]] = {}
+        self._handler_table = self._handlers()
         self.framer = framer
         self.session = session
         self.params = params
@@ -249,7 +246,7 @@ class FullFeatureConnection:
         """Serve until logout, a drop or a dead peer; return why the connection ended."""
         reason = "closed"
         # Discovery sessions send no SCSI commands: no share of the queue, and they do not
-        # make a vDisk session less alone (turn budget, busy polling).
+        # make a vDisk session less alone (its turn budget).
         counted = self.lu is not None
         if counted:
             self.queue.session_opened()
@@ -294,15 +291,14 @@ class FullFeatureConnection:
     # -- receiving ----------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        self._handler_table = handlers = self._handlers()
-        await self._serve_buffered(handlers)  # what came with the login PDUs
+        await self._serve_buffered()  # what came with the login PDUs
         while True:
             if self._hub is not None and self._io is self._hub_socket:
                 turn = await self._hub.park(self)
                 # Turn.TASK: output to wait for, a close, a new channel; at Turn.EOF what
                 # is still buffered is handled and answered first, as it would have been
                 # before the EOF was read.
-                await self._serve_buffered(handlers)
+                await self._serve_buffered()
                 if turn is Turn.EOF:
                     return
                 continue
@@ -311,13 +307,13 @@ class FullFeatureConnection:
                 return
             self._last_receive = trio.current_time()
             self.framer.feed(data)
-            await self._serve_buffered(handlers)
+            await self._serve_buffered()
 
-    async def _serve_buffered(self, handlers: dict[type, Callable[[Any], None]]) -> None:
+    async def _serve_buffered(self) -> None:
         """Send what is queued and stop if the connection is closing (a hub turn may have
         left either); then handle the PDUs buffered, a turn at a time, sending after each."""
         await self._send_or_close()
-        while self._handle_turn(handlers):
+        while self._handle_turn():
             await self._send_or_close()
             await trio.lowlevel.checkpoint()  # the other connections' turn
         await self._send_or_close()
@@ -329,7 +325,8 @@ class FullFeatureConnection:
         if self._closing_reason is not None:
             raise ConnectionClosed(self._closing_reason)
 
-    def _handle_turn(self, handlers: dict[type, Callable[[Any], None]]) -> bool:
+    def _handle_turn(self) -> bool:
+        handlers = self._handler_table
         self._in_batch = True
         try:
             return self._handle_buffered_pdus(
@@ -361,7 +358,7 @@ class FullFeatureConnection:
                 return Turn.EOF
             self._last_receive = trio.current_time()
             self.framer.feed(data)
-        more_buffered = self._handle_turn(self._handler_table)
+        more_buffered = self._handle_turn()
         if self._closing_reason is not None or self._io is not hub_socket:
             return Turn.TASK  # the task flushes through the channel, then closes
         out = self._out

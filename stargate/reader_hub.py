@@ -31,6 +31,10 @@ from typing import Protocol
 import outcome
 import trio
 
+# How long the hub polls for the next command before it sleeps, by default
+# (`stargate target --busy-poll-us`).
+DEFAULT_BUSY_POLL_SECONDS = 50e-6
+
 
 class Turn(enum.Enum):
     """What a client's turn left to do."""
@@ -61,8 +65,7 @@ class ReaderHub:
     they have nothing to do."""
 
     def __init__(self, spin_seconds: float = 0.0) -> None:
-        self._epoll = select.epoll()  # replaced by each `run`, closed when it ends
-        self._epoll.close()
+        self._epoll: select.epoll | None = None  # while `run` runs
         self._parked: dict[int, _Parked] = {}
         # Clients whose turn ended with input buffered, in the order they are to be served.
         self._backlog: dict[int, None] = {}
@@ -77,17 +80,18 @@ class ReaderHub:
 
     @property
     def running(self) -> bool:
-        return not self._epoll.closed
+        return self._epoll is not None
 
     async def park(self, client: HubClient) -> Turn:
         """Hand the connection's input to the hub until its task is needed again: returns
         `Turn.TASK` or `Turn.EOF`, or raises what the client's `serve_turn` raised."""
-        if not self.running:
+        epoll = self._epoll
+        if epoll is None:
             raise trio.ClosedResourceError("the reader hub is not running")
         fd = client.fileno()
         self._parked[fd] = _Parked(client, trio.lowlevel.current_task())
         try:
-            self._epoll.register(fd, select.EPOLLIN)
+            epoll.register(fd, select.EPOLLIN)
         except OSError:
             del self._parked[fd]
             raise
@@ -102,8 +106,9 @@ class ReaderHub:
     def _forget(self, fd: int) -> None:
         del self._parked[fd]
         self._backlog.pop(fd, None)
-        with contextlib.suppress(OSError):  # closed meanwhile: the kernel dropped it
-            self._epoll.unregister(fd)
+        if self._epoll is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile: the kernel dropped it
+                self._epoll.unregister(fd)
 
     def _release(self, fd: int, parked: _Parked, result: outcome.Outcome[Turn]) -> None:
         if self._parked.get(fd) is not parked:
@@ -114,7 +119,7 @@ class ReaderHub:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve parked clients until cancelled (``await nursery.start(hub.run)``: clients
         may park once it has started)."""
-        if self.running:
+        if self._epoll is not None:
             raise RuntimeError("this ReaderHub is already running")
         self._epoll = epoll = select.epoll()
         task_status.started()
@@ -124,7 +129,7 @@ class ReaderHub:
                 while True:
                     ready = epoll.poll(0)
                     if not ready and not self._backlog:
-                        ready = self._spin()
+                        ready = self._spin(epoll)
                         if not ready:
                             break
                     self._serve_pass(ready)
@@ -135,12 +140,13 @@ class ReaderHub:
             for fd, parked in list(self._parked.items()):
                 self._release(fd, parked, outcome.Error(trio.ClosedResourceError("hub stopped")))
             epoll.close()
+            self._epoll = None
 
-    def _spin(self) -> list[tuple[int, int]]:
+    def _spin(self, epoll: select.epoll) -> list[tuple[int, int]]:
         seconds = self._spin_seconds
         if not seconds or not self._parked:
             return []
-        poll = self._epoll.poll
+        poll = epoll.poll
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             ready = poll(0)
@@ -156,7 +162,9 @@ class ReaderHub:
         for fd, _events in ready:
             # A client with input left handles it before it receives more (its buffer must
             # not grow by a receive per turn); its socket stays ready meanwhile.
-            backlogged = backlog.pop(fd, 0) is None
+            backlogged = fd in backlog
+            if backlogged:
+                del backlog[fd]
             self._serve(fd, receive=not backlogged)
         for fd in backlog:
             self._serve(fd, receive=False)

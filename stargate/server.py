@@ -23,12 +23,7 @@ import trio
 from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionType
 from iscsicore.login import TargetLogin
-from stargate.connection import (
-    DEFAULT_BUSY_POLL_SECONDS,
-    ByteChannel,
-    ConnectionTimers,
-    FullFeatureConnection,
-)
+from stargate.connection import ByteChannel, ConnectionTimers, FullFeatureConnection
 from stargate.discovery import SendTargetsResponder
 from stargate.faults.actions import ServerActions
 from stargate.faults.channel import blackhole_stream
@@ -37,7 +32,7 @@ from stargate.faults.injector import FaultInjector
 from stargate.faults.login import faulted_login, hold_swallowed_login
 from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, run_login
 from stargate.queue import CommandQueue
-from stargate.reader_hub import ReaderHub
+from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS, ReaderHub
 from stargate.scsi.command import Nexus
 from stargate.session import Session, SessionTable
 from stargate.target import TargetRegistry, VDiskTarget
