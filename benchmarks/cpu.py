@@ -50,6 +50,9 @@ class ChildrenCpuMeter:
     """CPU seconds of the child processes that ended (and were waited for) between `start`
     and `stop`: what a client run as a subprocess spent."""
 
+    def __init__(self) -> None:
+        self._started_at = 0.0
+
     def start(self) -> None:
         self._started_at = _children_cpu_seconds()
 
