@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.conftest import running_in_ci
@@ -12,11 +10,11 @@ from tests.guest.harness import GuestImage
 
 
 @pytest.fixture(scope="module")
-def guest_image() -> Iterator[GuestImage]:
+def guest_image() -> GuestImage:
     """The cached guest image (built on first use, ~15 s; installs QEMU etc. if missing).
     Where it cannot be built: a failure in CI, a skip on a developer's machine."""
     try:
-        yield GuestImage.ensure()
+        return GuestImage.ensure()
     except GuestBuildError as error:
         if running_in_ci():
             pytest.fail(f"guest image: {error}", pytrace=False)
