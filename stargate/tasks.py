@@ -152,6 +152,12 @@ class ScsiTask:
         self.has_slot = True
         self.connection._slot_granted(self)
 
+    def refuse(self, status: int) -> None:
+        """Answer ``status`` without running it, from outside the connection's own tasks
+        (a command that waited, parked, too long for its vDisk: cluster admission)."""
+        self.connection._finish(self, status)
+        self.connection._wake_writer()
+
     @property
     def data_complete(self) -> bool:
         return self.received >= self.needed and self.unsolicited is None

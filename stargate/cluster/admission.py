@@ -6,7 +6,12 @@ while the claim is OWNED and its fence holds:
 - `OwnershipQueue` (the server's shared command queue) parks a vDisk's commands while its
   claim is being acquired (the previous owner is releasing it) and releases them once it
   is owned; commands of a vDisk being released or lost stay parked and never run (their
-  connections are being dropped, the initiator re-issues them elsewhere).
+  connections are being dropped, the initiator re-issues them elsewhere). Nothing parked
+  outlives its connection (an aborted command is skipped) or its bound: a command parked
+  longer than `park_limit` is answered BUSY instead of run, whether the claim was won
+  since or not. Its initiator may have given up on it long ago (a connection whose close
+  this stargate has not read yet, e.g. it was stopped), and running it now could put old
+  data over writes acknowledged meanwhile through another stargate.
 - `FencedLogicalUnit` checks the fence right before executing: a command admitted before a
   take-over (e.g. one that waited for Data-Out while this process was stopped) is answered
   BUSY instead of touching the vDisk. BUSY, because initiators retry it (QEMU, Linux and
@@ -20,6 +25,7 @@ while the claim is OWNED and its fence holds:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,6 +35,11 @@ from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.cluster.ownership import Fence, OwnershipFile
 from stargate.queue import Admission, CommandQueue, QueuedCommand
 from stargate.scsi.command import ScsiResult
+from stargate.tasks import ScsiTask
+
+# How long a command may wait, parked, for its vDisk to be acquired: a little more than an
+# acquisition whose owner does not answer (the release timeout, 5 s) takes.
+DEFAULT_PARK_LIMIT = 7.0
 
 
 class ClaimState(Enum):
@@ -39,6 +50,12 @@ class ClaimState(Enum):
     GONE = "gone"  # released or taken over: nothing more runs here
 
 
+@dataclass(slots=True)
+class Parked:
+    command: QueuedCommand
+    since: float  # the queue's clock when it was parked
+
+
 @dataclass(eq=False)
 class Claim:
     vdisk_id: str
@@ -46,7 +63,7 @@ class Claim:
     file: OwnershipFile
     state: ClaimState = ClaimState.IDLE
     fence: Fence | None = None
-    parked: list[QueuedCommand] = field(default_factory=list)
+    parked: list[Parked] = field(default_factory=list)
 
     def serving(self) -> bool:
         """Owned by this stargate and its fence still holds: new commands may start."""
@@ -61,7 +78,7 @@ class Claim:
         )
 
     def live_parked(self) -> int:
-        return sum(1 for command in self.parked if not command.cancelled)
+        return sum(1 for entry in self.parked if not entry.command.cancelled)
 
 
 # Called when a command finds its claim no longer valid: the owner drops the vDisk.
@@ -158,11 +175,16 @@ class OwnershipQueue(CommandQueue):
         *,
         on_lost: LostCallback,
         on_unclaimed: AcquireCallback,
+        park_limit: float = DEFAULT_PARK_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(depth)
         self._claims = claims  # by target name, shared with the CVM
         self._on_lost = on_lost
         self._on_unclaimed = on_unclaimed
+        self.park_limit = park_limit
+        self._clock = clock  # monotonic: it keeps counting while the process is stopped
+        self.refused_stale = 0  # parked commands answered BUSY for waiting too long
 
     def admit(self, vdisk: str, command: QueuedCommand) -> Admission:
         claim = self._claims.get(vdisk)
@@ -174,7 +196,7 @@ class OwnershipQueue(CommandQueue):
             self._on_lost(claim)
         elif claim.state is ClaimState.IDLE:
             self._on_unclaimed(claim)
-        claim.parked.append(command)
+        claim.parked.append(Parked(command, self._clock()))
         return Admission.QUEUED
 
     def admit_now(self, vdisk: str, buffer_bytes: int = 0) -> bool:
@@ -186,10 +208,16 @@ class OwnershipQueue(CommandQueue):
         return self._take_free_slot(buffer_bytes)
 
     def resume(self, claim: Claim) -> None:
-        """The claim is owned now: its parked commands enter the queue, in arrival order."""
+        """The claim is owned now: its parked commands enter the queue, in arrival order,
+        except those whose connection went (never run) and those parked too long (BUSY)."""
+        now = self._clock()
         parked, claim.parked = claim.parked, []
-        for command in parked:
+        for entry in parked:
+            command = entry.command
             if command.cancelled:
+                continue
+            if now - entry.since > self.park_limit:
+                self._refuse(command)
                 continue
             admission = super().admit(claim.target_name, command)
             if admission is Admission.RUN:
@@ -201,8 +229,34 @@ class OwnershipQueue(CommandQueue):
                 self.buffered_bytes += command.buffer_bytes
                 command.dispatch()
 
+    def expire_parked(self, claim: Claim) -> None:
+        """Answer BUSY the commands parked longer than the bound (the claim still waits)."""
+        now = self._clock()
+        kept: list[Parked] = []
+        for entry in claim.parked:
+            if entry.command.cancelled:
+                continue
+            if now - entry.since > self.park_limit:
+                self._refuse(entry.command)
+            else:
+                kept.append(entry)
+        claim.parked = kept
+
+    def refuse_parked(self, claim: Claim) -> None:
+        """The claim will not be owned (acquisition gave up): BUSY to all its parked ones."""
+        parked, claim.parked = claim.parked, []
+        for entry in parked:
+            if not entry.command.cancelled:
+                self._refuse(entry.command)
+
+    def _refuse(self, command: QueuedCommand) -> None:
+        self.refused_stale += 1
+        if isinstance(command, ScsiTask):
+            command.refuse(ScsiStatus.BUSY)  # initiators retry BUSY
+        # Anything else (tests' commands) holds no slot and has nobody to answer.
+
     def forget_cancelled(self) -> None:
         super().forget_cancelled()
         for claim in self._claims.values():
             if claim.parked:
-                claim.parked = [command for command in claim.parked if not command.cancelled]
+                claim.parked = [entry for entry in claim.parked if not entry.command.cancelled]

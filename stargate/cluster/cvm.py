@@ -4,10 +4,11 @@
 
 Serves every vDisk under DIR/vdisks on the node's CVM address (port 3261), opening each one
 lazily when a login names it, and runs the HTTP stats/control page on port 2009. A login for
-a vDisk starts taking it over (ownership.py): the stargate recorded as owner is asked to
-release it (`POST /control/vdisks/<id>/release`), then the epoch is bumped; when the owner
-does not answer in time it is taken over all the same, and its fence stops it. Until the
-claim is owned, the vDisk's commands wait, parked, in the command queue (admission.py).
+a vDisk starts taking it over (acquisition.py): the stargate recorded as owner is asked to
+release it (`POST /control/vdisks/<id>/release`), then the epoch is bumped if the record is
+still the one read (compare-and-swap), else the next owner is asked; an owner that does not
+answer in time is taken over all the same, and its fence stops it. Until the claim is owned,
+the vDisk's commands wait, parked, in the command queue, for a bounded time (admission.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
+from stargate.cluster.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater
 from stargate.cluster.admission import (
     Claim,
     ClaimState,
@@ -54,6 +57,9 @@ RELEASE_TIMEOUT = 5.0  # how long the previous owner may take to release before 
 DRAIN_TIMEOUT = 2.0  # how long a releasing owner lets in-flight commands finish
 DROP_TIMEOUT = 1.5  # how long dropped connections get to go before they are closed
 WATCH_INTERVAL = 0.25  # how often owned vDisks' records are checked for a take-over
+PARK_MARGIN = 2.0  # parked commands are answered BUSY this long after the release timeout
+ACQUIRE_ROUNDS_TIME = 3  # an acquisition gives up after this many release timeouts
+SETTLE_TIMEOUT = 0.05  # at most this long for connections to notice a close before resuming
 
 
 @dataclass(eq=False)
@@ -89,6 +95,7 @@ class ClusterStargate:
         self.node = self.spec.node(node_id)
         self.release_timeout = release_timeout
         self.drain_timeout = drain_timeout
+        self.acquire_time_limit = ACQUIRE_ROUNDS_TIME * release_timeout
         self.started = time.time()
         self.claims: dict[str, Claim] = {}  # by target name
         self._opened: dict[str, OpenedVDisk] = {}  # by target name
@@ -107,7 +114,11 @@ class ClusterStargate:
         self.server = StargateServer(self.registry, config)
         # The hooks: the shared queue parks commands of unowned vDisks, logins acquire.
         self.server.queue = OwnershipQueue(
-            queue_depth, self.claims, on_lost=self.lose, on_unclaimed=self._start_acquiring
+            queue_depth,
+            self.claims,
+            on_lost=self.lose,
+            on_unclaimed=self._start_acquiring,
+            park_limit=release_timeout + PARK_MARGIN,
         )
         self.server.policy = OwnershipLoginPolicy(
             self.registry, self.server.sessions, self._on_login
@@ -185,20 +196,45 @@ class ClusterStargate:
         self._nursery.start_soon(self._acquire, claim)
 
     async def _acquire(self, claim: Claim) -> None:
-        record = claim.file.read()
-        if record.claimed and record.node_id != self.node_id:
-            await self._ask_release(record.node_id, claim.vdisk_id)
-        if claim.state is not ClaimState.ACQUIRING:
-            return  # released or lost while we waited
-        claim.fence = Fence(claim.file, claim.file.claim(self.node_id))
+        acquisition = Acquisition(
+            claim.file, self.node_id, now=trio.current_time(), time_limit=self.acquire_time_limit
+        )
+        step = acquisition.begin(trio.current_time())
+        while not isinstance(step, Claimed):
+            if isinstance(step, GaveUp):
+                self._give_up(claim, step.reason)
+                return
+            if isinstance(step, AskOwner):
+                await self._ask_release(step.owner_id, claim.vdisk_id)
+            elif isinstance(step, RetryLater):
+                await trio.sleep(step.delay)
+            if claim.state is not ClaimState.ACQUIRING:
+                return  # released or lost while we waited
+            step = acquisition.finish(trio.current_time())
+        claim.fence = Fence(claim.file, step.record)
         opened = self._opened.get(claim.target_name)
         if opened is not None and opened.claim is claim:
             opened.reservations.reload()  # the previous owner may have changed them
+        # Still ACQUIRING, so new commands park behind the old ones: first let connections
+        # whose close arrived while we waited (or were stopped) read it and abort theirs.
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            await trio.testing.wait_all_tasks_blocked()
+        if claim.state is not ClaimState.ACQUIRING:
+            return
         claim.state = ClaimState.OWNED
         log.info("vDisk %s: serving, epoch %d", claim.vdisk_id, claim.fence.record.epoch)
         queue = self.server.queue
         assert isinstance(queue, OwnershipQueue)
         queue.resume(claim)
+
+    def _give_up(self, claim: Claim, reason: str) -> None:
+        log.warning("vDisk %s: not acquired: %s", claim.vdisk_id, reason)
+        queue = self.server.queue
+        assert isinstance(queue, OwnershipQueue)
+        queue.refuse_parked(claim)
+        detached = self._detach(claim)
+        if detached is not None and self._nursery is not None:
+            self._nursery.start_soon(self._close, detached, f"not acquired: {reason}")
 
     async def _ask_release(self, owner_id: int, vdisk_id: str) -> None:
         try:
@@ -275,11 +311,15 @@ class ClusterStargate:
         log.info("vDisk %s: no longer served here (%s)", opened.target.vdisk_id, reason)
 
     async def _watch(self) -> None:
+        queue = self.server.queue
+        assert isinstance(queue, OwnershipQueue)
         while True:
             await trio.sleep(WATCH_INTERVAL)
             for claim in list(self.claims.values()):
                 if claim.state is ClaimState.OWNED and not claim.may_execute():
                     self.lose(claim)
+                elif claim.state is ClaimState.ACQUIRING and claim.parked:
+                    queue.expire_parked(claim)  # nothing waits past its bound
 
     # -- failback -----------------------------------------------------------------------
 
@@ -290,6 +330,16 @@ class ClusterStargate:
 # -- process ------------------------------------------------------------------------------
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds <= 600:
+        raise argparse.ArgumentTypeError(f"must be in (0, 600] seconds: {text!r}")
+    return seconds
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m stargate.cluster.cvm", description="One CVM's stargate in a cluster."
@@ -297,6 +347,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, required=True, help="the cluster directory")
     parser.add_argument("--node", type=int, required=True, help="this CVM's node id")
     parser.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH)
+    parser.add_argument(
+        "--release-timeout",
+        type=_positive_seconds,
+        default=RELEASE_TIMEOUT,
+        help="seconds a vDisk's owner may take to release it before it is taken over "
+        "(parked commands wait 2 s more at most)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return parser.parse_args(argv)
 
@@ -325,7 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s stargate-{args.node} %(levelname)s %(name)s: %(message)s",
     )
     try:
-        cvm = ClusterStargate(args.dir, args.node, queue_depth=args.queue_depth)
+        cvm = ClusterStargate(
+            args.dir,
+            args.node,
+            queue_depth=args.queue_depth,
+            release_timeout=args.release_timeout,
+        )
     except ValueError as error:
         print(f"stargate-{args.node}: {error}", file=sys.stderr)
         return 2

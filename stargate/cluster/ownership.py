@@ -1,7 +1,10 @@
 """Which stargate serves a vDisk: DIR/ownership/<id>, node id + epoch, shared by mmap.
 
-Every stargate maps the record of each vDisk it serves. Taking a vDisk over writes
-(new node, epoch + 1) under an exclusive lock, so two claims never reuse an epoch. The
+Every stargate maps the record of each vDisk it serves. Taking a vDisk over is a
+compare-and-swap (`compare_and_claim`): under an exclusive lock, (new node, epoch + 1) is
+written only if the record is still exactly the one the claimer read before asking its owner
+to release it, so two claims never reuse an epoch and a claimer that was paused cannot take
+the vDisk from an owner it never asked (acquisition.py drives the retries). The
 serving stargate remembers the record it wrote (`Fence`) and compares it with the mapped
 bytes before each command: the page is shared through the page cache, so a take-over by
 another process is visible to the very next check, with no system call on the hot path.
@@ -17,6 +20,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 # node id (uint32), epoch (uint32), little-endian: the 8 bytes of DESIGN.md.
@@ -32,6 +36,18 @@ class OwnershipRecord:
     @property
     def claimed(self) -> bool:
         return self.node_id != NO_NODE
+
+
+class ClaimOutcome(Enum):
+    CLAIMED = "claimed"  # written: the record returned is ours
+    MOVED = "moved"  # the record is no longer what was read: the one found is returned
+    LOCKED = "locked"  # another claimer holds the lock right now: try again shortly
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    outcome: ClaimOutcome
+    record: OwnershipRecord
 
 
 class OwnershipFile:
@@ -73,15 +89,39 @@ class OwnershipFile:
         return node_id == expected.node_id and epoch == expected.epoch
 
     def claim(self, node_id: int) -> OwnershipRecord:
-        """Make ``node_id`` the owner with a fresh epoch; returns the record written."""
+        """Make ``node_id`` the owner with a fresh epoch, whoever owns it now; returns the
+        record written. Unconditional: for setting records up (tests, tools); a stargate
+        takes a vDisk over with `compare_and_claim` only."""
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
-            _, epoch = _RECORD.unpack_from(self._map, 0)
-            record = OwnershipRecord(node_id, (epoch + 1) & 0xFFFFFFFF)
-            _RECORD.pack_into(self._map, 0, record.node_id, record.epoch)
-            return record
+            return self._write_next(node_id)
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    def compare_and_claim(self, expected: OwnershipRecord, node_id: int) -> ClaimResult:
+        """Write (``node_id``, epoch + 1) if the record is still ``expected``.
+
+        The lock is only tried, never waited for: a claimer stopped (SIGSTOP) while holding
+        it must not freeze the event loop of every other stargate; LOCKED says try again.
+        """
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EAGAIN / EACCES: another claimer holds it
+            return ClaimResult(ClaimOutcome.LOCKED, expected)
+        try:
+            current = OwnershipRecord(*_RECORD.unpack_from(self._map, 0))
+            if current != expected:
+                return ClaimResult(ClaimOutcome.MOVED, current)
+            return ClaimResult(ClaimOutcome.CLAIMED, self._write_next(node_id))
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    def _write_next(self, node_id: int) -> OwnershipRecord:
+        # Caller holds the lock. 2**32 take-overs are out of reach: no wrap-around handling.
+        _, epoch = _RECORD.unpack_from(self._map, 0)
+        record = OwnershipRecord(node_id, epoch + 1)
+        _RECORD.pack_into(self._map, 0, record.node_id, record.epoch)
+        return record
 
     def close(self) -> None:
         self._map.close()

@@ -85,6 +85,9 @@ class StatsPage:
             entry = per_vdisk.setdefault(claim.vdisk_id, {"vdisk_id": claim.vdisk_id})
             entry["state"] = claim.state.value
             entry["epoch"] = claim.fence.record.epoch if claim.fence else None
+            # Read from the record now: a stargate that was stopped never claims to serve
+            # a vDisk taken over meanwhile, even before its watcher has noticed.
+            entry["serving"] = claim.may_execute()
         for vdisk_id, entry in per_vdisk.items():  # who serves it now, as the record says
             record = read_record(cvm.paths.ownership_file(vdisk_id))
             entry["owner_node"] = record.node_id if record and record.claimed else None
@@ -109,6 +112,7 @@ class StatsPage:
         for info in list_vdisks(cvm.paths.root):
             record = read_record(cvm.paths.ownership_file(info.vdisk_id))
             claim = cvm.claims.get(info.iqn)
+            fence = claim.fence if claim is not None and claim.may_execute() else None
             counters = stats.get(info.vdisk_id, {})
             document.append(
                 {
@@ -116,7 +120,9 @@ class StatsPage:
                     "owner_node": record.node_id if record and record.claimed else None,
                     "epoch": record.epoch if record else 0,
                     "state": claim.state.value if claim else None,
-                    "serving": claim is not None and claim.may_execute(),
+                    # The fence, compared with the record at this moment (not the state).
+                    "serving": fence is not None,
+                    "serving_epoch": fence.record.epoch if fence is not None else None,
                     "connections": counters.get("connections", 0),
                 }
             )
@@ -173,7 +179,7 @@ def prometheus_text(document: dict[str, Any]) -> str:
     family("vdisk_owned", "gauge", "1 while this stargate serves the vDisk")
     for vdisk_id, counters in sorted(vdisks.items()):
         labels = f'node="{node}",vdisk="{_escape(vdisk_id)}"'
-        owned = 1 if counters.get("state") == "owned" else 0
+        owned = 1 if counters.get("state") == "owned" and counters.get("serving") else 0
         lines.append(f"stargate_vdisk_owned{{{labels}}} {owned}")
     family("vdisk_latency_seconds", "histogram", "command latency, arrival to status")
     for vdisk_id, counters in sorted(vdisks.items()):
