@@ -245,7 +245,7 @@ class ClusterStargate:
         try:
             status, answer = await http_json("POST", url, timeout=self.release_timeout)
         except HttpError as error:
-            log.warning("vDisk %s: taking over from node %d (%s)", vdisk_id, owner_id, error)
+            log.warning("vDisk %s: node %d did not release it (%s)", vdisk_id, owner_id, error)
             return
         log.info("vDisk %s: node %d released it (%s: %s)", vdisk_id, owner_id, status, answer)
 
