@@ -87,12 +87,14 @@ class ClusterStargate:
         node_id: int,
         *,
         queue_depth: int = DEFAULT_QUEUE_DEPTH,
-        release_timeout: float = RELEASE_TIMEOUT,
+        release_timeout: float | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
     ) -> None:
         self.paths = ClusterPaths(directory)
         self.spec = ClusterSpec.load(directory)
         self.node = self.spec.node(node_id)
+        if release_timeout is None:  # not given: cluster.json's, else the default
+            release_timeout = self.spec.release_timeout or RELEASE_TIMEOUT
         self.release_timeout = release_timeout
         self.drain_timeout = drain_timeout
         self.acquire_time_limit = ACQUIRE_ROUNDS_TIME * release_timeout
@@ -350,9 +352,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--release-timeout",
         type=_positive_seconds,
-        default=RELEASE_TIMEOUT,
+        default=None,
         help="seconds a vDisk's owner may take to release it before it is taken over "
-        "(parked commands wait 2 s more at most)",
+        "(default: cluster.json's release_timeout, else 5; parked commands wait 2 s more "
+        "at most)",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return parser.parse_args(argv)

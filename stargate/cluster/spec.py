@@ -211,6 +211,9 @@ class ClusterSpec:
     stable_window: float = DEFAULT_STABLE_WINDOW
     placement: Placement = "round-robin"
     base_address: str = DEFAULT_BASE_ADDRESS
+    # How long a vDisk's owner may take to release it before another stargate takes it
+    # over (the CVMs' `--release-timeout` wins); None: the CVM's default (5 s).
+    release_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -222,6 +225,8 @@ class ClusterSpec:
             raise ClusterSpecError(f"placement must be one of {PLACEMENTS}")
         if self.stable_window < 0:
             raise ClusterSpecError("the stable window cannot be negative")
+        if self.release_timeout is not None and not 0 < self.release_timeout <= 600:
+            raise ClusterSpecError("the release timeout must be in (0, 600] seconds")
 
     # -- lookup -------------------------------------------------------------------------
 
@@ -323,12 +328,15 @@ class ClusterSpec:
         return cls.from_json(raw)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "nodes": [node.to_json() for node in self.nodes],
             "stable_window": self.stable_window,
             "placement": self.placement,
             "base_address": self.base_address,
         }
+        if self.release_timeout is not None:
+            document["release_timeout"] = self.release_timeout
+        return document
 
     @classmethod
     def from_json(cls, raw: Any) -> ClusterSpec:
@@ -339,7 +347,16 @@ class ClusterSpec:
             stable_window=float(raw.get("stable_window", DEFAULT_STABLE_WINDOW)),
             placement=raw.get("placement", "round-robin"),
             base_address=str(raw.get("base_address", DEFAULT_BASE_ADDRESS)),
+            release_timeout=_optional_seconds(raw.get("release_timeout")),
         )
+
+
+def _optional_seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ClusterSpecError(f"release_timeout must be a number of seconds, not {value!r}")
+    return float(value)
 
 
 # -- VMs and vDisks ----------------------------------------------------------------------

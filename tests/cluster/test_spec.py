@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stargate.cluster.cvm import ClusterStargate, parse_args
 from stargate.cluster.spec import (
     Advertisement,
     ClusterPaths,
@@ -149,3 +150,28 @@ def test_vm_records_and_vdisk_listing(tmp_path: Path) -> None:
     with pytest.raises(ClusterSpecError, match="no node 5"):
         create_vm(tmp_path, "x", home_node=5, disks=1, size="1M")
     assert len(list_vdisks(tmp_path)) == 3  # refused requests created nothing
+
+
+def test_release_timeout_from_cluster_json_and_its_bounds(tmp_path: Path) -> None:
+    node = {"node_id": 1, "cvm_address": "127.0.0.1", "redirector_address": "127.0.0.2"}
+    spec = ClusterSpec.from_json({"nodes": [node], "release_timeout": 1.5})
+    assert spec.release_timeout == 1.5
+    assert ClusterSpec.from_json(spec.to_json()) == spec
+    assert "release_timeout" not in ClusterSpec.from_json({"nodes": [node]}).to_json()
+    for bad in (0, -1, 601, "5", True):
+        with pytest.raises(ClusterSpecError, match=r"release.timeout"):
+            ClusterSpec.from_json({"nodes": [node], "release_timeout": bad})
+    spec.save(tmp_path)
+    # The CVM takes it from cluster.json unless told otherwise on its command line.
+    assert ClusterStargate(tmp_path, 1).release_timeout == 1.5
+    assert ClusterStargate(tmp_path, 1, release_timeout=3.0).release_timeout == 3.0
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "soon"])
+def test_cvm_refuses_a_bad_release_timeout_flag(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--dir", ".", "--node", "1", "--release-timeout", value])
+    assert exited.value.code == 2
+    assert "--release-timeout" in capsys.readouterr().err
