@@ -59,7 +59,7 @@ async def vdisk_table(spec: ClusterSpec, paths: ClusterPaths) -> list[dict[str, 
     ownership record (the last stargate that took it, which may be down now).
     """
     answers = await fetch_all(spec, "/vdisks")
-    serving: dict[str, tuple[int, int]] = {}  # vdisk -> (node, connections)
+    serving: dict[str, tuple[int, int]] = {}  # vdisk -> (node, serving epoch)
     connections: dict[str, int] = {}
     for answer in answers:
         if not answer.answered:
@@ -68,7 +68,11 @@ async def vdisk_table(spec: ClusterSpec, paths: ClusterPaths) -> list[dict[str, 
             vdisk_id = entry["id"]
             connections[vdisk_id] = connections.get(vdisk_id, 0) + int(entry["connections"])
             if entry.get("serving"):
-                serving[vdisk_id] = (answer.node_id, int(entry["connections"]))
+                # Pages are read at slightly different moments: across a move, the older
+                # page may still say serving; the higher epoch is the current owner.
+                epoch = int(entry.get("serving_epoch") or 0)
+                if vdisk_id not in serving or epoch > serving[vdisk_id][1]:
+                    serving[vdisk_id] = (answer.node_id, epoch)
     table = []
     for info in list_vdisks(paths.root):
         record = read_record(paths.ownership_file(info.vdisk_id))
