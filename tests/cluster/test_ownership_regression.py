@@ -18,6 +18,8 @@ import pytest
 import trio
 
 from iscsicore.login import LoginDone
+from iscsicore.pdu import R2T, ScsiResponse
+from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.cluster.http import http_json
 from stargate.cluster.ownership import OwnershipRecord, read_record
 from stargate.cluster.spec import ClusterPaths, ClusterSpec, create_vm
@@ -130,3 +132,58 @@ async def test_a_resumed_claimer_neither_steals_nor_runs_writes_of_a_gone_connec
 
 def process_signal(process: ManagedProcess, signum: signal.Signals) -> None:
     os.kill(process.pid, signum)  # by pid, the process this test started
+
+
+async def test_a_resumed_owner_runs_nothing_that_waited_through_its_pause(
+    tmp_data_dir: Path, process_reaper: ProcessReaper
+) -> None:
+    """Node 1 is stopped with a WRITE waiting for its Data-Out (R2T sent) and a plain WRITE
+    (all immediate data: the inline fast path) in its socket; node 2 takes the vDisk over and
+    writes NEW. Resumed, node 1 proves its epoch before anything: neither write lands."""
+    directory = tmp_data_dir / "cluster"
+    spec = make_spec(directory, 2, stable_window=5.0)
+    create_vm(directory, "vm", home_node=1, disks=1, size="1M")
+    paths = ClusterPaths(directory)
+    target = f"{TARGET_NAME_PREFIX}vm-0"
+    cvms = start_cvms(directory, spec, process_reaper)
+    try:
+        waiting = await logged_in(spec, 1, target)
+        await clear_unit_attention(waiting)
+        plain = await logged_in(spec, 1, target)
+        await clear_unit_attention(plain)
+        pending = waiting.command(write10(0, 1), write_data=OLD)  # no immediate data: R2T
+        await waiting.send(pending)
+        r2t = await waiting.receive()
+        assert isinstance(r2t, R2T) and r2t.itt == pending.itt
+
+        process_signal(cvms[0], signal.SIGSTOP)
+        await plain.send(plain.command(write10(0, 1), write_data=OLD, immediate_data=OLD))
+        taker = await logged_in(spec, 2, target)
+        await clear_unit_attention(taker)  # node 2 takes over once node 1 does not answer
+        assert await write_block(taker, NEW) == 0
+        assert read_record(paths.ownership_file("vm-0")) == OwnershipRecord(2, 2)
+
+        process_signal(cvms[0], signal.SIGCONT)
+        await waiting.send_data_out(pending.itt, r2t.ttt, OLD, 0, BLOCK)
+        for initiator in (waiting, plain):  # BUSY, or the connection dropped: never GOOD
+            status = await status_or_drop(initiator)
+            assert status in (None, ScsiStatus.BUSY), status
+        with (paths.vdisks / "vm-0.img").open("rb") as image:
+            assert image.read(BLOCK) == NEW
+        assert (await taker.scsi(read10(0, 1), read_length=BLOCK)).data == NEW
+    finally:
+        for process in cvms:
+            if process.is_running():
+                process_signal(process, signal.SIGCONT)
+
+
+async def status_or_drop(initiator: TestInitiator) -> int | None:
+    """The status of the next SCSI Response, or None if the target drops the connection."""
+    with trio.fail_after(10):
+        while True:
+            try:
+                pdu = await initiator.receive(10)
+            except (EOFError, trio.BrokenResourceError):
+                return None
+            if isinstance(pdu, ScsiResponse):
+                return pdu.status
