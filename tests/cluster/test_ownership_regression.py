@@ -187,3 +187,44 @@ async def status_or_drop(initiator: TestInitiator) -> int | None:
                 return None
             if isinstance(pdu, ScsiResponse):
                 return pdu.status
+
+
+async def test_a_command_parked_past_its_bound_is_answered_busy_not_run(
+    tmp_data_dir: Path, process_reaper: ProcessReaper
+) -> None:
+    """Node 2 parks a WRITE while it asks node 1 (stopped) to release, and is stopped itself
+    for longer than the bound (release timeout + 2 s). Resumed, it wins the vDisk, but the
+    WRITE that waited that long is answered BUSY, on its live connection, and not run; the
+    initiator's retry then runs."""
+    directory = tmp_data_dir / "cluster"
+    spec = make_spec(directory, 2, stable_window=5.0)
+    create_vm(directory, "vm", home_node=1, disks=1, size="1M")
+    paths = ClusterPaths(directory)
+    target = f"{TARGET_NAME_PREFIX}vm-0"
+    cvms = start_cvms(directory, spec, process_reaper)
+    try:
+        first = await logged_in(spec, 1, target)
+        await clear_unit_attention(first)
+        process_signal(cvms[0], signal.SIGSTOP)
+        late = await logged_in(spec, 2, target)
+        command = late.command(write10(0, 1), write_data=OLD, immediate_data=OLD)
+        await late.send(command)
+        assert await late.receive_or_none(0.3) is None  # parked at node 2
+        process_signal(cvms[1], signal.SIGSTOP)
+        await trio.sleep(RELEASE_TIMEOUT + 2.5)
+        process_signal(cvms[1], signal.SIGCONT)
+        status = await status_or_drop(late)
+        assert status == ScsiStatus.BUSY, status
+        with (paths.vdisks / "vm-0.img").open("rb") as image:
+            assert image.read(BLOCK) == b"\0" * BLOCK
+        assert read_record(paths.ownership_file("vm-0")) == OwnershipRecord(2, 2)
+        result = await late.scsi(write10(0, 1), write_data=NEW)  # the retry: runs at once
+        if result.status == ScsiStatus.CHECK_CONDITION:  # the power-on unit attention
+            result = await late.scsi(write10(0, 1), write_data=NEW)
+        assert result.status == 0
+        with (paths.vdisks / "vm-0.img").open("rb") as image:
+            assert image.read(BLOCK) == NEW
+    finally:
+        for process in cvms:
+            if process.is_running():
+                process_signal(process, signal.SIGCONT)
