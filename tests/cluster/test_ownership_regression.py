@@ -217,6 +217,10 @@ async def test_a_command_parked_past_its_bound_is_answered_busy_not_run(
         assert status == ScsiStatus.BUSY, status
         with (paths.vdisks / "vm-0.img").open("rb") as image:
             assert image.read(BLOCK) == b"\0" * BLOCK
+        # (The watcher may answer it before the acquisition completes, or after.)
+        with trio.move_on_after(5):
+            while read_record(paths.ownership_file("vm-0")) != OwnershipRecord(2, 2):
+                await trio.sleep(0.05)
         assert read_record(paths.ownership_file("vm-0")) == OwnershipRecord(2, 2)
         result = await late.scsi(write10(0, 1), write_data=NEW)  # the retry: runs at once
         if result.status == ScsiStatus.CHECK_CONDITION:  # the power-on unit attention
