@@ -178,3 +178,41 @@ def test_resume_beyond_the_depth_accounts_like_admit(tmp_path: Path) -> None:
     queue.release(4096)
     queue.release(4096)
     assert (queue.in_flight, queue.buffered_bytes) == (0, 0)
+
+
+def test_nothing_parked_outlives_its_bound(tmp_path: Path) -> None:
+    claim = Claim("vd", NAME, OwnershipFile(tmp_path / "vd"))
+    now = [0.0]
+    queue = OwnershipQueue(
+        4,
+        {NAME: claim},
+        on_lost=lambda claim: None,
+        on_unclaimed=lambda claim: None,
+        park_limit=7.0,
+        clock=lambda: now[0],
+    )
+    ran: list[str] = []
+    commands = {}
+    for label, at in (("old", 0.0), ("older-but-gone", 0.5), ("recent", 5.0), ("new", 6.5)):
+        now[0] = at
+        commands[label] = FakeCommand(label, ran)
+        assert queue.admit(NAME, commands[label]) is Admission.QUEUED
+    commands["older-but-gone"].cancelled = True
+    now[0] = 7.2
+    queue.expire_parked(claim)  # the watcher, while the claim is still being acquired
+    assert [entry.command for entry in claim.parked] == [commands["recent"], commands["new"]]
+    assert queue.refused_stale == 1 and ran == []
+    now[0] = 12.1
+    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, claim.file.claim(1))
+    queue.resume(claim)
+    assert ran == ["new"] and queue.refused_stale == 2 and queue.in_flight == 1
+
+
+def test_a_claim_given_up_refuses_all_its_parked_commands(tmp_path: Path) -> None:
+    claim = Claim("vd", NAME, OwnershipFile(tmp_path / "vd"))
+    queue = OwnershipQueue(4, {NAME: claim}, on_lost=print, on_unclaimed=lambda claim: None)
+    ran: list[str] = []
+    for label in "ab":
+        queue.admit(NAME, FakeCommand(label, ran))
+    queue.refuse_parked(claim)
+    assert claim.parked == [] and ran == [] and queue.refused_stale == 2
