@@ -74,6 +74,7 @@ class StatsPage:
             vdisk_id: {
                 **stats.snapshot(),
                 "state": "released",
+                "serving": False,
                 "epoch": None,
                 "queued_waiting_now": 0,
             }

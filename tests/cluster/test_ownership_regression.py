@@ -20,6 +20,7 @@ import trio
 from iscsicore.login import LoginDone
 from iscsicore.pdu import R2T, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
+from stargate.cluster.client import vdisk_table
 from stargate.cluster.http import http_json
 from stargate.cluster.ownership import OwnershipRecord, read_record
 from stargate.cluster.spec import ClusterPaths, ClusterSpec, create_vm
@@ -165,6 +166,13 @@ async def test_a_resumed_owner_runs_nothing_that_waited_through_its_pause(
 
         process_signal(cvms[0], signal.SIGCONT)
         await waiting.send_data_out(pending.itt, r2t.ttt, OLD, 0, BLOCK)
+        # Its pages, first thing after the pause, do not claim it serves the vDisk.
+        _, stats = await http_json("GET", f"{spec.node(1).http_url}/stats.json")
+        assert stats["vdisks"]["vm-0"]["serving"] is False
+        assert [await serving_entry(spec, node_id) for node_id in (1, 2)] == [None, 2]
+        assert {row["id"]: row["serving_node"] for row in await vdisk_table(spec, paths)} == {
+            "vm-0": 2
+        }
         for initiator in (waiting, plain):  # BUSY, or the connection dropped: never GOOD
             status = await status_or_drop(initiator)
             assert status in (None, ScsiStatus.BUSY), status
@@ -175,6 +183,14 @@ async def test_a_resumed_owner_runs_nothing_that_waited_through_its_pause(
         for process in cvms:
             if process.is_running():
                 process_signal(process, signal.SIGCONT)
+
+
+async def serving_entry(spec: ClusterSpec, node_id: int) -> int | None:
+    """The epoch at which that stargate's /vdisks page says it serves vm-0, else None."""
+    _, document = await http_json("GET", f"{spec.node(node_id).http_url}/vdisks")
+    entry = next(entry for entry in document if entry["id"] == "vm-0")
+    assert entry["serving"] is (entry["serving_epoch"] is not None)
+    return entry["serving_epoch"]
 
 
 async def status_or_drop(initiator: TestInitiator) -> int | None:
