@@ -58,13 +58,16 @@ class OwnershipFile:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            # Grow a new (or short) file under the lock so a concurrent claim isn't truncated.
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            try:
-                if os.fstat(self._fd).st_size < _RECORD.size:
-                    os.ftruncate(self._fd, _RECORD.size)
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            # Grow a new (or short) file under the lock so a concurrent claim isn't truncated;
+            # an existing record is mapped without waiting for a lock another process may
+            # hold while stopped.
+            if os.fstat(self._fd).st_size < _RECORD.size:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX)
+                try:
+                    if os.fstat(self._fd).st_size < _RECORD.size:
+                        os.ftruncate(self._fd, _RECORD.size)
+                finally:
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
             self._map = mmap.mmap(self._fd, _RECORD.size)
         except BaseException:
             os.close(self._fd)

@@ -86,6 +86,7 @@ def test_a_lock_held_by_another_process_is_never_waited_for(tmp_path: Path) -> N
         assert isinstance(acquisition.begin(0.0), AskOwner)
         assert isinstance(acquisition.finish(1.0), RetryLater)
         assert isinstance(acquisition.finish(16.0), GaveUp)  # still held at its time limit
+        assert OwnershipFile(path).read() == OwnershipRecord(1, 1)  # opening does not wait
     finally:
         assert holder.stdin is not None
         holder.stdin.close()  # the holder exits, its lock with it
