@@ -17,7 +17,7 @@ from iscsicore.pdu import ScsiCommand
 from iscsicore.scsi.opcodes import ScsiOp
 from stargate import connection as connection_module
 from stargate.connection import FullFeatureConnection
-from stargate.queue import Admission, CommandQueue
+from stargate.queue import Admission, CommandQueue, Tenant
 from stargate.scsi.command import Nexus
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
@@ -44,6 +44,7 @@ class _Command:
     def __init__(self, buffer_bytes: int = 0) -> None:
         self.cancelled = False
         self.buffer_bytes = buffer_bytes
+        self.tenant: Tenant | None = None
         self.dispatched = False
 
     def dispatch(self) -> None:

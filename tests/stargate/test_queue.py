@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from iscsicore.pdu import R2T, RESERVED_TAG, DataIn, NopIn, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.seqnum import sn_diff
-from stargate.queue import Admission, CommandQueue
+from stargate.queue import Admission, CommandQueue, Tenant
 from stargate.session import CmdSnVerdict, Session, SessionType
 from tests.stargate.client import (
     TEST_UNIT_READY,
@@ -36,11 +36,12 @@ class Job:
     hold: bool = False
     name: str = field(default="")
     buffer_bytes: int = 0
+    tenant: Tenant | None = None
 
     def dispatch(self) -> None:
         self.log.append(self.vdisk)
         if not self.hold and self.queue is not None:
-            self.queue.release()  # runs inline, like a read
+            self.queue.release(self.buffer_bytes, self.tenant)  # runs inline, like a read
 
 
 def test_admission_runs_inline_until_full_then_waits_then_refuses() -> None:
@@ -108,10 +109,11 @@ def test_write_buffers_are_bounded_across_the_queue() -> None:
     big = Job("a", log, queue, hold=True, buffer_bytes=5000)
     assert queue.admit("a", big) is Admission.RUN  # an idle queue takes any one command
     assert queue.admit("b", Job("b", log, queue, hold=True, buffer_bytes=10)) is (Admission.QUEUED)
-    assert queue.admit("c", Job("c", log, queue)) is Admission.QUEUED  # FIFO behind it
+    # A command that needs no buffer bytes is not held up behind it: a slot is free.
+    assert queue.admit("c", Job("c", log, queue)) is Admission.RUN
     queue.release(big.buffer_bytes)
-    assert log == ["b", "c"]
-    assert queue.buffered_bytes == 10 and queue.in_flight == 1
+    assert log == ["b"]
+    assert queue.buffered_bytes == 10 and queue.in_flight == 2
 
 
 def _session(exp: int) -> Session:
