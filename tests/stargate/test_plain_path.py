@@ -74,8 +74,10 @@ def test_admit_now_never_bypasses_a_subclass_admit() -> None:
     assert not Gated(8).admit_now("a")
 
     class GatedWithItsOwnShortcut(Gated):
-        def admit_now(self, vdisk: str, buffer_bytes: int = 0) -> bool:
-            return vdisk == "open" and self._take_free_slot(buffer_bytes)
+        def admit_now(
+            self, vdisk: str, buffer_bytes: int = 0, tenant: Tenant | None = None
+        ) -> bool:
+            return vdisk == "open" and self._take_free_slot(buffer_bytes, tenant)
 
     queue = GatedWithItsOwnShortcut(8)
     assert not queue.admit_now("closed")

@@ -1,0 +1,158 @@
+"""Isolation between sessions, against a real `stargate target` process: a session that asks
+for much and sends nothing, or trickles a PDU, costs its own connection, never the others'.
+
+The two hostile cases of issue 13: (a) WRITE(10)s of 16 MiB whose data never comes, sent
+inside the CmdSN window, used to allocate 16 buffers of 16 MiB and stall every other vDisk
+until the hog went away; (b) a PDU fed one byte at a time held its connection forever.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from iscsicore.framing import encode_pdu
+from iscsicore.pdu import R2T, NopOut, ScsiResponse
+from iscsicore.scsi.opcodes import ScsiStatus
+from iscsicore.seqnum import sn_diff
+from stargate.target import target_name_for
+from tests.helpers.procs import ManagedProcess, ProcessReaper
+from tests.stargate.client import (
+    TEST_UNIT_READY,
+    TestInitiator,
+    clear_unit_attention,
+    proposals,
+    read10,
+    write10,
+)
+
+HOG_WRITE = 16 << 20  # the largest write a command may ask for
+HOG_COMMANDS = 300
+DATA_OUT_TIMEOUT = 6.0
+PDU_TIMEOUT = 3.0
+RSS_LIMIT = 150 << 20
+
+
+def _start_target(reaper: ProcessReaper, host: str, port: int, *extra: str) -> ManagedProcess:
+    argv = [sys.executable, "-m", "stargate", "target", "--portal", f"{host}:{port}"]
+    argv += ["--memory", "--vdisk", "hog:32M", "--vdisk", "victim:32M", *extra]
+    process = reaper.spawn(argv, name="stargate")
+    process.wait_for_port(host, port, timeout=30)
+    return process
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def _connect(host: str, port: int, vdisk: str, **overrides: object) -> TestInitiator:
+    initiator = await TestInitiator.connect(port, host)
+    await initiator.login(target_name_for(vdisk), proposals=proposals(**overrides))
+    await clear_unit_attention(initiator)
+    return initiator
+
+
+async def _flood_with_writes_and_no_data(hog: TestInitiator) -> tuple[int, int]:
+    """Send the hog's writes, each inside the advertised CmdSN window (until it stays
+    shut); returns how many R2Ts (slots granted) and TASK SET FULLs came back."""
+    r2ts = task_set_full = sent = 0
+    blocks = HOG_WRITE // 512
+    with trio.fail_after(20):
+        while sent < HOG_COMMANDS:
+            if sn_diff(hog.max_cmd_sn, hog.cmd_sn) >= 0:
+                command = hog.command(write10(sent * blocks % 65536, blocks), edtl=HOG_WRITE)
+                await hog.send(command)
+                sent += 1
+                continue
+            pdu = await hog.receive_or_none(1.0)  # a closed window: wait for it to reopen
+            if pdu is None:
+                break  # it stays shut: the hog sent all it may
+            r2ts += isinstance(pdu, R2T)
+            task_set_full += (
+                isinstance(pdu, ScsiResponse) and pdu.status == ScsiStatus.TASK_SET_FULL
+            )
+    while (pdu := await hog.receive_or_none(0.5)) is not None:
+        r2ts += isinstance(pdu, R2T)
+        task_set_full += isinstance(pdu, ScsiResponse) and pdu.status == ScsiStatus.TASK_SET_FULL
+    return r2ts, task_set_full
+
+
+async def _verified_io(victim: TestInitiator, rounds: int) -> float:
+    """Writes then reads back different data on every round; returns the slowest op."""
+    slowest = 0.0
+    for round_number in range(rounds):
+        data = os.urandom(64 * 1024)
+        lba = round_number * 128
+        started = time.monotonic()
+        written = await victim.scsi(write10(lba, 128), write_data=data, timeout=2)
+        read = await victim.scsi(read10(lba, 128), read_length=len(data), timeout=2)
+        slowest = max(slowest, time.monotonic() - started)
+        assert written.status == ScsiStatus.GOOD and read.status == ScsiStatus.GOOD
+        assert bytes(read.data) == data
+    return slowest
+
+
+async def test_a_session_that_never_sends_its_data_stalls_nobody_else(
+    process_reaper: ProcessReaper, loopback_address: str, free_port: int
+) -> None:
+    host = loopback_address
+    target = _start_target(
+        process_reaper, host, free_port, "--data-out-timeout", str(DATA_OUT_TIMEOUT)
+    )
+    hog = await _connect(host, free_port, "hog", initial_r2t=True, immediate_data=False)
+    victim = await _connect(host, free_port, "victim")
+    started = time.monotonic()
+    r2ts, task_set_full = await _flood_with_writes_and_no_data(hog)
+    # Its writes got a fair share of the slots, and TASK SET FULL beyond its waiting room.
+    assert r2ts >= 1 and task_set_full >= 1, (r2ts, task_set_full)
+    # Buffers follow the data: none came, so none was allocated.
+    assert _rss(target.pid) < RSS_LIMIT, _rss(target.pid)
+    # The other vDisk's session keeps going at full speed while the hog holds its share.
+    slowest = await _verified_io(victim, rounds=20)
+    assert slowest < 1.0, slowest
+    assert time.monotonic() - started < DATA_OUT_TIMEOUT, "checked before the deadline"
+    # Past the Data-Out deadline the hog's connection is dropped (ErrorRecoveryLevel 0).
+    assert await hog.closed_by_target(timeout=DATA_OUT_TIMEOUT + 5)
+    assert time.monotonic() - started >= DATA_OUT_TIMEOUT - 1
+    assert await _verified_io(victim, rounds=5) < 1.0
+    assert _rss(target.pid) < RSS_LIMIT
+    await hog.close()
+    await victim.close()
+
+
+async def test_a_pdu_trickled_byte_by_byte_is_dropped_after_the_pdu_deadline(
+    process_reaper: ProcessReaper, loopback_address: str, free_port: int
+) -> None:
+    host = loopback_address
+    _start_target(process_reaper, host, free_port, "--pdu-timeout", str(PDU_TIMEOUT))
+    trickler = await _connect(host, free_port, "hog")
+    bystander = await _connect(host, free_port, "victim")
+    segment = min(64 * 1024, trickler.target_mrdsl)
+    ping = NopOut(itt=0x1234, cmd_sn=trickler.cmd_sn, immediate=True, data=bytes(segment))
+    encoded = encode_pdu(ping)
+    await trickler.stream.send_all(encoded[:64])  # the header and a little data
+    started = time.monotonic()
+    closed_after: float | None = None
+    for offset in range(64, 64 + 20):  # one byte a second: never silent for the NOP timer
+        try:
+            await trickler.stream.send_all(encoded[offset : offset + 1])
+            await trickler.receive(timeout=1.0)
+        except trio.TooSlowError:
+            continue
+        except (EOFError, trio.BrokenResourceError):
+            closed_after = time.monotonic() - started
+            break
+        raise AssertionError("a PDU was answered before it was complete")
+    assert closed_after is not None, "the trickled PDU held its connection"
+    assert PDU_TIMEOUT - 0.5 <= closed_after <= PDU_TIMEOUT + 3, closed_after
+    # The other session did not notice.
+    assert (await bystander.scsi(TEST_UNIT_READY, timeout=2)).status == ScsiStatus.GOOD
+    await trickler.close()
+    await bystander.close()
