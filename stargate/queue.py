@@ -231,23 +231,42 @@ class CommandQueue:
         return self._admit_now_allowed and self._take_free_slot(buffer_bytes, tenant)
 
     def _take_free_slot(self, buffer_bytes: int, tenant: Tenant | None = None) -> bool:
+        # The inline path of every command: `_fits` and `_charge` written out, no calls.
+        if self.in_flight >= self.depth or (self.waiting and not self._may_overtake):
+            return False
         if (
-            self.in_flight < self.depth
-            and (self.waiting == 0 or self._may_overtake)
-            and self._fits(buffer_bytes, tenant)
+            buffer_bytes
+            and self.buffered_bytes
+            and self.buffered_bytes + buffer_bytes > self.max_buffered_bytes
         ):
-            self._charge(buffer_bytes, tenant)
-            return True
-        return False
+            return False
+        if tenant is not None:
+            session, vdisk = tenant.session, tenant.vdisk
+            if session.slots >= self.session_limits.slots or vdisk.slots >= self.vdisk_limits.slots:
+                return False
+            if buffer_bytes and not (
+                _bytes_fit(session, self.session_limits, buffer_bytes)
+                and _bytes_fit(vdisk, self.vdisk_limits, buffer_bytes)
+            ):
+                return False
+            session.slots += 1
+            session.buffered_bytes += buffer_bytes
+            vdisk.slots += 1
+            vdisk.buffered_bytes += buffer_bytes
+        self.in_flight += 1
+        self.buffered_bytes += buffer_bytes
+        return True
 
     def _charge(self, buffer_bytes: int, tenant: Tenant | None) -> None:
         """Account a slot (and its buffer bytes) as held, to the queue and the tenant."""
         self.in_flight += 1
         self.buffered_bytes += buffer_bytes
         if tenant is not None:
-            for share in (tenant.session, tenant.vdisk):
-                share.slots += 1
-                share.buffered_bytes += buffer_bytes
+            session, vdisk = tenant.session, tenant.vdisk
+            session.slots += 1
+            session.buffered_bytes += buffer_bytes
+            vdisk.slots += 1
+            vdisk.buffered_bytes += buffer_bytes
 
     def release(self, buffer_bytes: int = 0, tenant: Tenant | None = None) -> None:
         """Give back a slot (and the command's buffer bytes, charged to ``tenant`` as at
@@ -333,9 +352,11 @@ class CommandQueue:
 
 
 def _share_fits(share: Share, limits: ShareLimits, buffer_bytes: int) -> bool:
-    # A share holding no bytes takes any one write (as the queue does): no deadlock.
     return share.slots < limits.slots and (
-        buffer_bytes == 0
-        or share.buffered_bytes == 0
-        or share.buffered_bytes + buffer_bytes <= limits.buffered_bytes
+        buffer_bytes == 0 or _bytes_fit(share, limits, buffer_bytes)
     )
+
+
+def _bytes_fit(share: Share, limits: ShareLimits, buffer_bytes: int) -> bool:
+    # A share holding no bytes takes any one write (as the queue does): no deadlock.
+    return share.buffered_bytes == 0 or share.buffered_bytes + buffer_bytes <= limits.buffered_bytes
