@@ -153,6 +153,8 @@ class CommandQueue:
 
     @property
     def free_slots(self) -> int:
+        if self._may_overtake:  # the waiters wait for their own share: not for these slots
+            return max(0, self.depth - self.in_flight)
         return max(0, self.depth - self.in_flight - self.waiting)
 
     def window_share(self, listener: WindowListener | None = None) -> int:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from iscsicore.framing import encode_pdu
@@ -30,7 +31,6 @@ from tests.stargate.client import (
     write10,
 )
 
-HOG_WRITE = 16 << 20  # the largest write a command may ask for
 HOG_COMMANDS = 300
 DATA_OUT_TIMEOUT = 6.0
 PDU_TIMEOUT = 3.0
@@ -59,15 +59,15 @@ async def _connect(host: str, port: int, vdisk: str, **overrides: object) -> Tes
     return initiator
 
 
-async def _flood_with_writes_and_no_data(hog: TestInitiator) -> tuple[int, int]:
+async def _flood_with_writes_and_no_data(hog: TestInitiator, size: int) -> tuple[int, int]:
     """Send the hog's writes, each inside the advertised CmdSN window (until it stays
     shut); returns how many R2Ts (slots granted) and TASK SET FULLs came back."""
     r2ts = task_set_full = sent = 0
-    blocks = HOG_WRITE // 512
+    blocks = size // 512
     with trio.fail_after(20):
         while sent < HOG_COMMANDS:
             if sn_diff(hog.max_cmd_sn, hog.cmd_sn) >= 0:
-                command = hog.command(write10(sent * blocks % 65536, blocks), edtl=HOG_WRITE)
+                command = hog.command(write10(sent * blocks % 65536, blocks), edtl=size)
                 await hog.send(command)
                 sent += 1
                 continue
@@ -99,8 +99,10 @@ async def _verified_io(victim: TestInitiator, rounds: int) -> float:
     return slowest
 
 
+# The largest write a command may ask for (buffer bytes), and a small one (queue slots).
+@pytest.mark.parametrize("size", [16 << 20, 4096], ids=["16MiB", "4KiB"])
 async def test_a_session_that_never_sends_its_data_stalls_nobody_else(
-    process_reaper: ProcessReaper, loopback_address: str, free_port: int
+    process_reaper: ProcessReaper, loopback_address: str, free_port: int, size: int
 ) -> None:
     host = loopback_address
     target = _start_target(
@@ -109,9 +111,11 @@ async def test_a_session_that_never_sends_its_data_stalls_nobody_else(
     hog = await _connect(host, free_port, "hog", initial_r2t=True, immediate_data=False)
     victim = await _connect(host, free_port, "victim")
     started = time.monotonic()
-    r2ts, task_set_full = await _flood_with_writes_and_no_data(hog)
-    # Its writes got a fair share of the slots, and TASK SET FULL beyond its waiting room.
-    assert r2ts >= 1 and task_set_full >= 1, (r2ts, task_set_full)
+    r2ts, task_set_full = await _flood_with_writes_and_no_data(hog, size)
+    # Its writes got at most their share of the slots (3/4 of 128; 4 x 16 MiB of buffer
+    # bytes), then waited, then TASK SET FULL or a window that stays shut.
+    assert 1 <= r2ts <= 96, (r2ts, task_set_full)
+    assert size < 1 << 20 or (r2ts == 4 and task_set_full > 0), (r2ts, task_set_full)
     # Buffers follow the data: none came, so none was allocated.
     assert _rss(target.pid) < RSS_LIMIT, _rss(target.pid)
     # The other vDisk's session keeps going at full speed while the hog holds its share.

@@ -189,6 +189,18 @@ def test_buffer_bytes_are_bounded_per_session_and_per_vdisk() -> None:
     assert queue.admit_now("c", 500, queue.tenant("c"))
 
 
+def test_waiters_held_by_their_own_share_do_not_close_the_others_window() -> None:
+    queue = _isolating_queue()
+    queue.session_opened()
+    queue.session_opened()
+    hog = queue.tenant("a")
+    for _ in range(4):  # 2 hold slots, 2 wait for the hog's own share
+        queue.admit("a", Job("a", [], queue, hold=True, tenant=hog))
+    assert (queue.in_flight, queue.waiting) == (2, 2)
+    # 14 slots are free for anyone but the hog: each of the two sessions may send 7.
+    assert queue.free_slots == 14 and queue.window_share() == 7
+
+
 def test_cancelled_waiters_give_back_their_place_in_the_waiting_room() -> None:
     queue = _isolating_queue()
     hog = queue.tenant("a")
