@@ -1196,6 +1196,8 @@ class FullFeatureConnection:
                     if (
                         task.has_slot
                         and task.phase is TaskPhase.RECEIVING
+                        # data asked for (R2Ts withheld by a fault are our own doing)
+                        and (task.r2ts or task.unsolicited is not None)
                         and now - task.data_since > timers.data_out_timeout
                     ):
                         self._drop_overdue(
