@@ -9,6 +9,7 @@ until the hog went away; (b) a PDU fed one byte at a time held its connection fo
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from iscsicore.framing import encode_pdu
 from iscsicore.pdu import R2T, NopOut, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.seqnum import sn_diff
+from stargate.cli import _share_limits, build_parser
+from stargate.queue import ShareLimits
 from stargate.target import target_name_for
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.stargate.client import (
@@ -160,3 +163,29 @@ async def test_a_pdu_trickled_byte_by_byte_is_dropped_after_the_pdu_deadline(
     assert (await bystander.scsi(TEST_UNIT_READY, timeout=2)).status == ScsiStatus.GOOD
     await trickler.close()
     await bystander.close()
+
+
+def test_the_bounds_and_deadlines_are_flags_of_stargate_target() -> None:
+    args = build_parser().parse_args(
+        [
+            *("target", "--memory", "--vdisk", "vd1:8M", "--queue-depth", "64"),
+            *("--max-buffer-mib", "128", "--session-slots", "8", "--vdisk-buffer-mib", "40"),
+            *("--data-out-timeout", "7", "--pdu-timeout", "2.5"),
+        ]
+    )
+    session, vdisk = _share_limits(args, "session"), _share_limits(args, "vdisk")
+    assert session == ShareLimits(slots=8, buffered_bytes=32 << 20, waiting=16)
+    assert vdisk == ShareLimits(slots=48, buffered_bytes=40 << 20, waiting=16)
+    assert (args.data_out_timeout, args.pdu_timeout, args.max_buffer_mib) == (7, 2.5, 128)
+
+
+@pytest.mark.parametrize("flag", ["--session-slots", "--vdisk-buffer-mib", "--pdu-timeout"])
+def test_a_bound_that_is_not_positive_is_refused(flag: str) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "stargate", "target", "--memory", "--vdisk", "vd1:8M", flag, "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.returncode == 2 and flag in completed.stderr, completed.stderr
