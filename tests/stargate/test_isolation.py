@@ -35,7 +35,7 @@ from tests.stargate.client import (
 )
 
 HOG_COMMANDS = 300
-DATA_OUT_TIMEOUT = 6.0
+DATA_OUT_TIMEOUT = 8.0
 PDU_TIMEOUT = 3.0
 RSS_LIMIT = 150 << 20
 
