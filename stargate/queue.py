@@ -10,8 +10,8 @@ waiting room is bounded too; beyond it the answer is TASK SET FULL.
 Isolation: a command is charged to its *tenant*, the session that sent it and the vDisk it
 is for. Neither may hold more than its `ShareLimits` of the slots, of the write-buffer bytes
 or of the waiting room, so one session (or every session of one vDisk) cannot capture the
-queue: its excess waits in its own sub-queue, or gets TASK SET FULL, while the others' commands
-still find free slots. A waiting command that does not fit (its tenant's limits, or the
+queue: its excess waits (in its vDisk's sub-queue), or gets TASK SET FULL, while the others'
+commands still find free slots. A waiting command that does not fit (its tenant's limits, or the
 buffer bytes of the whole queue) is passed by the ones behind it that do, in its vDisk and in
 the others'.
 

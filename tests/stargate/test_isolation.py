@@ -22,6 +22,7 @@ from iscsicore.pdu import R2T, NopOut, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.seqnum import sn_diff
 from stargate.cli import _share_limits, build_parser
+from stargate.connection import ConnectionTimers
 from stargate.queue import ShareLimits
 from stargate.target import target_name_for
 from tests.helpers.procs import ManagedProcess, ProcessReaper
@@ -29,8 +30,11 @@ from tests.stargate.client import (
     TEST_UNIT_READY,
     TestInitiator,
     clear_unit_attention,
+    logged_in,
+    memory_target,
     proposals,
     read10,
+    start_stargate,
     write10,
 )
 
@@ -189,3 +193,37 @@ def test_a_bound_that_is_not_positive_is_refused(flag: str) -> None:
         check=False,
     )
     assert completed.returncode == 2 and flag in completed.stderr, completed.stderr
+
+
+async def test_a_dropped_hog_gives_back_every_slot_byte_and_waiting_place(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(
+        nursery,
+        memory_target("hog"),
+        memory_target("victim"),
+        queue_depth=8,
+        timers=ConnectionTimers(data_out_timeout=3.0),
+    )
+    hog = await logged_in(
+        server, "hog", proposals=proposals(initial_r2t=True, immediate_data=False)
+    )
+    victim = await logged_in(server, "victim")
+    for initiator in (hog, victim):
+        await clear_unit_attention(initiator)
+    size = 1 << 20
+    r2ts, _ = await _flood_with_writes_and_no_data(hog, size)
+    assert r2ts == 6  # 3/4 of the 8 slots; then up to 2 waiting places (1/4 of 8)
+    hog_share = server.queue.tenant(target_name_for("hog")).vdisk
+    assert (hog_share.slots, hog_share.buffered_bytes) == (6, 6 * size)
+    assert 1 <= hog_share.waiting <= 2
+    # The victim's writes, inline and through an R2T, run beside it.
+    data = os.urandom(128 * 1024)
+    assert (await victim.scsi(write10(0, 256), write_data=data, timeout=2)).status == 0
+    assert (await victim.scsi(read10(0, 256), read_length=len(data), timeout=2)).data == data
+    assert await hog.closed_by_target(timeout=5)
+    with trio.fail_after(2):
+        while server.queue.in_flight or server.queue.waiting:
+            await trio.sleep(0.01)
+    assert (server.queue.buffered_bytes, hog_share.slots, hog_share.buffered_bytes) == (0, 0, 0)
+    assert hog_share.waiting == 0
