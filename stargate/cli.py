@@ -21,7 +21,8 @@ from typing import Any
 
 import trio
 
-from stargate.connection import ConnectionTimers
+from stargate.connection import DEFAULT_DATA_OUT_TIMEOUT, DEFAULT_PDU_TIMEOUT, ConnectionTimers
+from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, ShareLimits
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
 from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskTarget
@@ -152,6 +153,48 @@ def register(subparsers: Any) -> None:
         help="serve statistics and the fault control endpoints (stargate fault --url)",
     )
     parser.add_argument("--queue-depth", type=_positive_int, default=DEFAULT_QUEUE_DEPTH)
+    isolation = parser.add_argument_group(
+        "isolation between sessions",
+        "What one session, and one vDisk with all its sessions, may hold of the shared "
+        "queue; beyond it its commands wait (a quarter of the waiting room at most) or get "
+        "TASK SET FULL, while the rest stays for the others.",
+    )
+    isolation.add_argument(
+        "--max-buffer-mib",
+        type=_positive_int,
+        default=DEFAULT_MAX_BUFFERED_BYTES >> 20,
+        metavar="MIB",
+        help="Data-Out buffers of all commands together (default %(default)s)",
+    )
+    for owner, who in (("session", "session"), ("vdisk", "vDisk (all its sessions)")):
+        isolation.add_argument(
+            f"--{owner}-slots",
+            type=_positive_int,
+            metavar="N",
+            help=f"queue slots one {who} may hold (default: 3/4 of --queue-depth)",
+        )
+        isolation.add_argument(
+            f"--{owner}-buffer-mib",
+            type=_positive_int,
+            metavar="MIB",
+            help=f"Data-Out buffers one {who} may hold (default: 1/4 of --max-buffer-mib)",
+        )
+    isolation.add_argument(
+        "--data-out-timeout",
+        type=_positive_float,
+        default=DEFAULT_DATA_OUT_TIMEOUT,
+        metavar="S",
+        help="a command holding a slot gets this long for the Data-Out it asked for; "
+        "else its connection is dropped (default %(default)g)",
+    )
+    isolation.add_argument(
+        "--pdu-timeout",
+        type=_positive_float,
+        default=DEFAULT_PDU_TIMEOUT,
+        metavar="S",
+        help="a PDU begun must be complete this long after; else its connection is dropped "
+        "(default %(default)g)",
+    )
     parser.add_argument("--chap", type=parse_credentials, metavar="USER:SECRET")
     parser.add_argument("--mutual-chap", type=parse_credentials, metavar="USER:SECRET")
     parser.add_argument(
@@ -240,6 +283,18 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
     return targets, stores
 
 
+def _share_limits(args: argparse.Namespace, owner: str) -> ShareLimits:
+    """What one session or one vDisk may hold: the flags given, the fair share for the rest."""
+    fair = ShareLimits.fair(args.queue_depth, args.queue_depth, args.max_buffer_mib << 20)
+    slots = getattr(args, f"{owner}_slots")
+    buffer_mib = getattr(args, f"{owner}_buffer_mib")
+    return ShareLimits(
+        slots=fair.slots if slots is None else slots,
+        buffered_bytes=fair.buffered_bytes if buffer_mib is None else buffer_mib << 20,
+        waiting=fair.waiting,
+    )
+
+
 def run_target(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -254,8 +309,16 @@ def run_target(args: argparse.Namespace) -> int:
         port=port,
         advertised_address=args.advertise,
         queue_depth=args.queue_depth,
+        max_buffered_bytes=args.max_buffer_mib << 20,
+        session_limits=_share_limits(args, "session"),
+        vdisk_limits=_share_limits(args, "vdisk"),
         login_timeout=args.login_timeout,
-        timers=ConnectionTimers(nop_interval=args.nop_interval, nop_timeout=args.nop_timeout),
+        timers=ConnectionTimers(
+            nop_interval=args.nop_interval,
+            nop_timeout=args.nop_timeout,
+            data_out_timeout=args.data_out_timeout,
+            pdu_timeout=args.pdu_timeout,
+        ),
         eager_send_every=max(0, args.eager_send_every),
         busy_poll_us=args.busy_poll_us,
     )

@@ -98,6 +98,8 @@ SOLE_TURN_BUDGET = 64
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
+DEFAULT_DATA_OUT_TIMEOUT = 30.0
+DEFAULT_PDU_TIMEOUT = 10.0
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
 _GOOD = int(ScsiStatus.GOOD)
@@ -112,6 +114,18 @@ _FINAL_WITH_STATUS = 0x81  # Data-In F and S bits
 class ConnectionTimers:
     nop_interval: float = 5.0  # seconds of silence from the initiator before a NOP-In ping
     nop_timeout: float = 10.0  # no byte for this long after a ping: the connection is dead
+    # A command holding a queue slot gets this long for the Data-Out it waits for (from the
+    # slot or its latest R2T); past it the connection is dropped (ErrorRecoveryLevel 0),
+    # which ends its tasks and gives back their slots and buffers.
+    data_out_timeout: float = DEFAULT_DATA_OUT_TIMEOUT
+    # A PDU whose first bytes came must be complete this long after (a PDU trickled in byte
+    # by byte would otherwise hold the connection and its buffer forever): else dropped.
+    pdu_timeout: float = DEFAULT_PDU_TIMEOUT
+
+    @property
+    def watchdog_tick(self) -> float:
+        """How often the deadlines are looked at: a quarter of the shorter, within bounds."""
+        return max(0.05, min(1.0, self.data_out_timeout / 4, self.pdu_timeout / 4))
 
 
 class TextResponder(Protocol):
@@ -220,6 +234,8 @@ class FullFeatureConnection:
         self.vdisk_key = self.target.name if self.target is not None else ""
         self.vdisk_id = self.target.vdisk_id if self.target is not None else ""
         self.stats = self.target.stats if self.target is not None else None
+        # Whom this connection's commands are charged to in the shared queue.
+        self.tenant = queue.tenant(self.vdisk_key) if self.lu is not None else None
         self._stat_sn = stat_sn & SERIAL_MASK
         self._tasks: dict[int, ScsiTask] = {}
         self._out = bytearray()
@@ -230,6 +246,9 @@ class FullFeatureConnection:
         self._writer_wakeup = trio.Event()
         self._next_ttt = 1
         self._last_receive = trio.current_time()
+        # When the incomplete PDU at the head of the framer began to arrive (None: none).
+        self._partial_since: float | None = None
+        self._watchdog_scope: trio.CancelScope | None = None
         self._closing_reason: str | None = None  # set: close once the output is flushed
         self._cancel_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -256,6 +275,7 @@ class FullFeatureConnection:
                 self._cancel_scope = nursery.cancel_scope
                 nursery.start_soon(self._closing_on_error, self._writer)
                 nursery.start_soon(self._closing_on_error, self._keepalive)
+                nursery.start_soon(self._watchdog)
                 try:
                     await self._reader()
                     reason = self._closing_reason or "connection closed by the initiator"
@@ -385,6 +405,10 @@ class FullFeatureConnection:
                     self._protocol_error(error)
                     continue
                 if pdu is None:
+                    if not framer.buffered:
+                        self._partial_since = None
+                    elif handled or self._partial_since is None:
+                        self._partial_since = self._last_receive  # a new PDU begins
                     return False
                 handler = handlers.get(type(pdu))
                 if handler is None:
@@ -397,6 +421,7 @@ class FullFeatureConnection:
                     try_send(self._out)
         except _StopBatch:
             return False
+        self._partial_since = None  # what is buffered next is looked at next turn
         return True
 
     def _handlers(self) -> dict[type, Callable[[Any], None]]:
@@ -545,7 +570,11 @@ class FullFeatureConnection:
             cdb = command.cdb
             opcode = cdb[0]
             if opcode in _PLAIN_READS:
-                if command.read and not command.write and self.queue.admit_now(self.vdisk_key):
+                if (
+                    command.read
+                    and not command.write
+                    and self.queue.admit_now(self.vdisk_key, 0, self.tenant)
+                ):
                     self._run_plain(command, cdb, b"", IoKind.READ, 0)
                     return
             elif opcode in _PLAIN_WRITE_BLOCKS:
@@ -557,7 +586,7 @@ class FullFeatureConnection:
                     and 0 < edtl <= MAX_TRANSFER_BYTES
                     and len(command.data) == edtl
                     and _PLAIN_WRITE_BLOCKS[opcode].unpack_from(cdb)[0] * self.block_size == edtl
-                    and self.queue.admit_now(self.vdisk_key, edtl)
+                    and self.queue.admit_now(self.vdisk_key, edtl, self.tenant)
                 ):
                     self._run_plain(command, cdb, command.data, IoKind.WRITE, edtl)
                     return
@@ -620,7 +649,7 @@ class FullFeatureConnection:
             task.needed = task.received = buffer_bytes
             self._start_sync(task, result)
             return
-        self.queue.release(buffer_bytes)
+        self.queue.release(buffer_bytes, self.tenant)
         data = result.data
         edtl = command.expected_data_transfer_length
         if status == _GOOD and kind is IoKind.WRITE:
@@ -759,12 +788,14 @@ class FullFeatureConnection:
         else:
             if not isinstance(buffer, bytearray):  # the received data itself, in use as is
                 buffer = task.buffer = bytearray(buffer)
-            buffer[offset:end] = memoryview(data)[: end - offset]
+            _put(buffer, offset, memoryview(data)[: end - offset])
         task.received += end - offset
 
     @staticmethod
     def _allocate_buffer(task: ScsiTask) -> None:
-        """The write buffer, allocated only with a slot (and its bytes) held."""
+        """The write buffer, started only with a slot (and its bytes) held, with the data
+        received so far: it grows as the rest arrives (`_store_data`), so a command whose
+        data never comes holds no memory for it."""
         if task.needed and task.buffer is None:
             early_data = task.early_data
             if len(early_data) == 1 and task.data_complete:
@@ -775,15 +806,15 @@ class FullFeatureConnection:
                     task.buffer = chunk
                     early_data.clear()
                     return
-            buffer = task.buffer = bytearray(task.needed)
-            for offset, chunk in task.early_data:
-                buffer[offset : offset + len(chunk)] = chunk
-            task.early_data.clear()
+            buffer = task.buffer = bytearray()
+            for offset, chunk in early_data:
+                _put(buffer, offset, chunk)
+            early_data.clear()
 
     def _slot_granted(self, task: ScsiTask) -> None:
         """The task holds a queue slot: collect its data or run it."""
         if task.aborted:
-            self.queue.release(task.needed)
+            self.queue.release(task.needed, self.tenant)
             task.has_slot = False
             return
         task.phase = TaskPhase.RECEIVING
@@ -791,6 +822,7 @@ class FullFeatureConnection:
         if task.data_complete:
             self._execute(task)
         else:
+            task.data_since = trio.current_time()  # the Data-Out deadline starts
             self._send_r2ts(task)
         # Granted from another connection's wake-up (a slot freed there): our writer sends.
         self._wake_writer()
@@ -820,6 +852,7 @@ class FullFeatureConnection:
                 )
             )
             task.r2t_sn += 1
+            task.data_since = trio.current_time()  # each burst asked for gets the full time
 
     def _new_ttt(self) -> int:
         ttt = self._next_ttt
@@ -929,7 +962,7 @@ class FullFeatureConnection:
             del self._tasks[task.itt]
         if task.has_slot:
             task.has_slot = False
-            self.queue.release(task.needed)
+            self.queue.release(task.needed, self.tenant)
         if not task.aborted:
             self._send_status(task, status, data, sense)
         if self.stats is not None:
@@ -1142,6 +1175,41 @@ class FullFeatureConnection:
                     self.close("no answer to NOP-In: connection presumed dead")
                     return
                 await trio.sleep(min(0.5, deadline - now))
+
+    async def _watchdog(self) -> None:
+        """Drop the connection when a PDU stays incomplete, or a command holding a slot
+        gets no Data-Out, past its deadline (`ConnectionTimers`): at ErrorRecoveryLevel 0
+        that is the answer, and it gives back the slots and buffers the peer held."""
+        timers = self.timers
+        with trio.CancelScope() as self._watchdog_scope:
+            while True:
+                await trio.sleep(timers.watchdog_tick)
+                now = trio.current_time()
+                partial_since = self._partial_since
+                if partial_since is not None and now - partial_since > timers.pdu_timeout:
+                    self._drop_overdue(
+                        f"a PDU stayed incomplete for {timers.pdu_timeout:g} s "
+                        f"({self.framer.buffered} bytes)"
+                    )
+                    return
+                for task in self._tasks.values():
+                    if (
+                        task.has_slot
+                        and task.phase is TaskPhase.RECEIVING
+                        # data asked for (R2Ts withheld by a fault are our own doing)
+                        and (task.r2ts or task.unsolicited is not None)
+                        and now - task.data_since > timers.data_out_timeout
+                    ):
+                        self._drop_overdue(
+                            f"no Data-Out for ITT {task.itt:#x} within "
+                            f"{timers.data_out_timeout:g} s ({task.received} of "
+                            f"{task.needed} bytes)"
+                        )
+                        return
+
+    def _drop_overdue(self, reason: str) -> None:
+        log.warning("dropping a connection of %s: %s", self.session.initiator_name, reason)
+        self.close(reason)
 
     # -- text, logout, SNACK ----------------------------------------------------------------
 
@@ -1446,6 +1514,8 @@ class FullFeatureConnection:
         self._pending_logout_deadline = None
         if self._keepalive_scope is not None:
             self._keepalive_scope.cancel()
+        if self._watchdog_scope is not None:
+            self._watchdog_scope.cancel()
 
     def _freeze_window(self, seconds: float) -> None:
         """MaxCmdSN stops advancing: the initiator's queue stalls (instance attribute over
@@ -1582,6 +1652,16 @@ _FAULT_STATUS: dict[FaultKind, int] = {
     FaultKind.RESERVATION_CONFLICT: int(ScsiStatus.RESERVATION_CONFLICT),
 }
 _rng = random.Random()
+
+
+def _put(buffer: bytearray, offset: int, chunk: bytes | bytearray | memoryview) -> None:
+    """Write ``chunk`` at ``offset``, growing the buffer when it goes past the end: a write
+    buffer holds the data received, never more (a hole only when a later Data-Out sequence
+    came first, DataSequenceInOrder=No)."""
+    filled = len(buffer)
+    if offset > filled:
+        buffer[filled:] = bytes(offset - filled)
+    buffer[offset : offset + len(chunk)] = chunk
 
 
 def _no_r2ts(task: ScsiTask) -> None:

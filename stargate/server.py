@@ -31,7 +31,7 @@ from stargate.faults.forensics import Forensics
 from stargate.faults.injector import FaultInjector
 from stargate.faults.login import faulted_login, hold_swallowed_login
 from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, run_login
-from stargate.queue import CommandQueue
+from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, CommandQueue, ShareLimits
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS, ReaderHub
 from stargate.scsi.command import Nexus
 from stargate.session import Session, SessionTable
@@ -128,6 +128,11 @@ class ServerConfig:
     port: int = 3261  # 0: any free port (see `StargateServer.port`)
     advertised_address: str | None = None  # "host:port" for SendTargets; default: bound
     queue_depth: int = DEFAULT_QUEUE_DEPTH
+    # Data-Out buffer bytes of all commands together, and what one session / one vDisk
+    # (all its sessions) may hold of the queue (None: `ShareLimits.fair`).
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    session_limits: ShareLimits | None = None
+    vdisk_limits: ShareLimits | None = None
     login_timeout: float = DEFAULT_LOGIN_TIMEOUT
     timers: ConnectionTimers = field(default_factory=ConnectionTimers)
     eager_send_every: int = 0  # see FullFeatureConnection: 0 sends once per wake-up
@@ -144,7 +149,12 @@ class StargateServer:
     def __init__(self, registry: TargetRegistry, config: ServerConfig | None = None) -> None:
         self.registry = registry
         self.config = config or ServerConfig()
-        self.queue = CommandQueue(self.config.queue_depth)
+        self.queue = CommandQueue(
+            self.config.queue_depth,
+            max_buffered_bytes=self.config.max_buffered_bytes,
+            session_limits=self.config.session_limits,
+            vdisk_limits=self.config.vdisk_limits,
+        )
         self.sessions = SessionTable()
         self.policy = LoginPolicy(registry, self.sessions)
         self.port: int | None = None

@@ -2,7 +2,7 @@
 and what a write CDB implies about its data (for exact residuals).
 
 The connection (`stargate.connection`) drives them; the command queue sees a task through
-the ``QueuedCommand`` protocol (``cancelled``, ``buffer_bytes``, ``dispatch``).
+the ``QueuedCommand`` protocol (``cancelled``, ``buffer_bytes``, ``tenant``, ``dispatch``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from stargate.stats import IoKind
 
 if TYPE_CHECKING:
     from stargate.connection import FullFeatureConnection
+    from stargate.queue import Tenant
 
 # CDB transfer lengths: what a write CDB implies, so EDTL mismatches get exact residuals
 
@@ -99,6 +100,7 @@ class ScsiTask:
         "cdb",
         "command",
         "connection",
+        "data_since",
         "early_data",
         "edtl",
         "has_slot",
@@ -126,7 +128,8 @@ class ScsiTask:
         self.has_slot = False
         self.aborted = False
         self.needed = 0  # Data-Out bytes the command will use
-        # Allocated once the task holds a slot; immediate data that is all of it is used as is.
+        # Started once the task holds a slot and grown as its data arrives (never reserved
+        # in full ahead of it); immediate data that is all of it is used as is.
         self.buffer: bytes | bytearray | memoryview | None = None
         # Immediate/unsolicited data received before that (at most FirstBurstLength).
         self.early_data: list[tuple[int, bytes | bytearray | memoryview]] = []
@@ -135,6 +138,7 @@ class ScsiTask:
         self.r2ts: dict[int, DataSequence] = {}
         self.next_r2t_offset = 0
         self.r2t_sn = 0
+        self.data_since = 0.0  # trio clock: when it began waiting for Data-Out with a slot
         # (overflow, count) fixed at arrival for writes; None: computed from Data-In.
         self.residual: tuple[bool, int] | None = None
         self.started_ns = time.perf_counter_ns()
@@ -147,6 +151,10 @@ class ScsiTask:
     @property
     def buffer_bytes(self) -> int:
         return self.needed
+
+    @property
+    def tenant(self) -> Tenant | None:
+        return self.connection.tenant
 
     def dispatch(self) -> None:
         self.has_slot = True

@@ -33,7 +33,7 @@ from typing import Any
 
 from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.cluster.ownership import Fence, OwnershipFile
-from stargate.queue import Admission, CommandQueue, QueuedCommand
+from stargate.queue import Admission, CommandQueue, QueuedCommand, Tenant
 from stargate.scsi.command import ScsiResult
 from stargate.tasks import ScsiTask
 
@@ -199,13 +199,13 @@ class OwnershipQueue(CommandQueue):
         claim.parked.append(Parked(command, self._clock()))
         return Admission.QUEUED
 
-    def admit_now(self, vdisk: str, buffer_bytes: int = 0) -> bool:
+    def admit_now(self, vdisk: str, buffer_bytes: int = 0, tenant: Tenant | None = None) -> bool:
         """The inline path, while the vDisk is owned and fenced (else `admit` decides:
         it parks the command and starts the claim's hand-over)."""
         claim = self._claims.get(vdisk)
         if claim is not None and not claim.serving():
             return False
-        return self._take_free_slot(buffer_bytes)
+        return self._take_free_slot(buffer_bytes, tenant)
 
     def resume(self, claim: Claim) -> None:
         """The claim is owned now: its parked commands enter the queue, in arrival order,
@@ -225,8 +225,7 @@ class OwnershipQueue(CommandQueue):
             elif admission is Admission.FULL:
                 # The initiator was told nothing yet; rather than fail it, run it over depth
                 # (accounted as `admit` would, so that its `release` balances).
-                self.in_flight += 1
-                self.buffered_bytes += command.buffer_bytes
+                self._charge(command.buffer_bytes, command.tenant)
                 command.dispatch()
 
     def expire_parked(self, claim: Claim) -> None:

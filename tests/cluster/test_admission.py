@@ -18,7 +18,7 @@ from stargate.cluster.admission import (
     StaleOwnerError,
 )
 from stargate.cluster.ownership import Fence, OwnershipFile
-from stargate.queue import Admission
+from stargate.queue import Admission, Tenant
 from stargate.scsi.command import ScsiResult
 from stargate.stores.memory import MemoryStore
 from stargate.stores.meta import VDiskMeta
@@ -32,6 +32,7 @@ class FakeCommand:
     log: list[str]
     cancelled: bool = False
     buffer_bytes: int = 0
+    tenant: Tenant | None = None
 
     def dispatch(self) -> None:
         self.log.append(self.label)

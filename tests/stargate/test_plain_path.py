@@ -17,7 +17,7 @@ from iscsicore.pdu import ScsiCommand
 from iscsicore.scsi.opcodes import ScsiOp
 from stargate import connection as connection_module
 from stargate.connection import FullFeatureConnection
-from stargate.queue import Admission, CommandQueue
+from stargate.queue import Admission, CommandQueue, Tenant
 from stargate.scsi.command import Nexus
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
@@ -44,6 +44,7 @@ class _Command:
     def __init__(self, buffer_bytes: int = 0) -> None:
         self.cancelled = False
         self.buffer_bytes = buffer_bytes
+        self.tenant: Tenant | None = None
         self.dispatched = False
 
     def dispatch(self) -> None:
@@ -73,8 +74,10 @@ def test_admit_now_never_bypasses_a_subclass_admit() -> None:
     assert not Gated(8).admit_now("a")
 
     class GatedWithItsOwnShortcut(Gated):
-        def admit_now(self, vdisk: str, buffer_bytes: int = 0) -> bool:
-            return vdisk == "open" and self._take_free_slot(buffer_bytes)
+        def admit_now(
+            self, vdisk: str, buffer_bytes: int = 0, tenant: Tenant | None = None
+        ) -> bool:
+            return vdisk == "open" and self._take_free_slot(buffer_bytes, tenant)
 
     queue = GatedWithItsOwnShortcut(8)
     assert not queue.admit_now("closed")

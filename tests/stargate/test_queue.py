@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from iscsicore.pdu import R2T, RESERVED_TAG, DataIn, NopIn, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.seqnum import sn_diff
-from stargate.queue import Admission, CommandQueue
+from stargate.queue import Admission, CommandQueue, ShareLimits, Tenant
 from stargate.session import CmdSnVerdict, Session, SessionType
 from tests.stargate.client import (
     TEST_UNIT_READY,
@@ -36,11 +36,12 @@ class Job:
     hold: bool = False
     name: str = field(default="")
     buffer_bytes: int = 0
+    tenant: Tenant | None = None
 
     def dispatch(self) -> None:
         self.log.append(self.vdisk)
         if not self.hold and self.queue is not None:
-            self.queue.release()  # runs inline, like a read
+            self.queue.release(self.buffer_bytes, self.tenant)  # runs inline, like a read
 
 
 def test_admission_runs_inline_until_full_then_waits_then_refuses() -> None:
@@ -108,10 +109,110 @@ def test_write_buffers_are_bounded_across_the_queue() -> None:
     big = Job("a", log, queue, hold=True, buffer_bytes=5000)
     assert queue.admit("a", big) is Admission.RUN  # an idle queue takes any one command
     assert queue.admit("b", Job("b", log, queue, hold=True, buffer_bytes=10)) is (Admission.QUEUED)
-    assert queue.admit("c", Job("c", log, queue)) is Admission.QUEUED  # FIFO behind it
+    # A command that needs no buffer bytes is not held up behind it: a slot is free.
+    assert queue.admit("c", Job("c", log, queue)) is Admission.RUN
     queue.release(big.buffer_bytes)
-    assert log == ["b", "c"]
-    assert queue.buffered_bytes == 10 and queue.in_flight == 1
+    assert log == ["b"]
+    assert queue.buffered_bytes == 10 and queue.in_flight == 2
+
+
+def _isolating_queue(**limits: ShareLimits) -> CommandQueue:
+    return CommandQueue(
+        16,
+        max_waiting=16,
+        max_buffered_bytes=1000,
+        session_limits=limits.get("session", ShareLimits(slots=2, buffered_bytes=100, waiting=2)),
+        vdisk_limits=limits.get("vdisk", ShareLimits(slots=3, buffered_bytes=150, waiting=3)),
+    )
+
+
+def test_a_session_beyond_its_slots_waits_while_others_still_run_inline() -> None:
+    queue = _isolating_queue()
+    log: list[str] = []
+    hog, other = queue.tenant("a"), queue.tenant("b")
+    held = [Job("a", log, queue, hold=True, tenant=hog) for _ in range(2)]
+    assert [queue.admit("a", job) for job in held] == [Admission.RUN] * 2
+    assert queue.admit("a", Job("a", log, queue, tenant=hog)) is Admission.QUEUED
+    # Another session passes the hog's waiting command: on the inline path and on `admit`.
+    assert queue.admit_now("b", 0, other)
+    queue.release(0, other)
+    assert queue.admit("b", Job("b", log, queue, hold=True, tenant=other)) is Admission.RUN
+    assert (hog.session.slots, other.session.slots, queue.waiting) == (2, 1, 1)
+    queue.release(0, hog)  # one of the hog's finishes: its waiting command gets the slot
+    assert log == ["a"] and queue.waiting == 0
+    assert hog.session.slots == 1 and hog.vdisk.slots == 1
+
+
+def test_a_session_beyond_its_waiting_room_gets_task_set_full_alone() -> None:
+    queue = _isolating_queue()
+    hog, other = queue.tenant("a"), queue.tenant("b")
+    admissions = [queue.admit("a", Job("a", [], queue, hold=True, tenant=hog)) for _ in range(6)]
+    assert admissions == [Admission.RUN] * 2 + [Admission.QUEUED] * 2 + [Admission.FULL] * 2
+    assert queue.task_set_full_count == 2
+    assert queue.admit("b", Job("b", [], queue, hold=True, tenant=other)) is Admission.RUN
+
+
+def test_sessions_of_one_vdisk_share_its_limits_and_others_are_untouched() -> None:
+    queue = _isolating_queue()
+    first, second, elsewhere = queue.tenant("a"), queue.tenant("a"), queue.tenant("b")
+    assert first.vdisk is second.vdisk and first.vdisk is not elsewhere.vdisk
+    assert queue.admit("a", Job("a", [], queue, hold=True, tenant=first)) is Admission.RUN
+    assert queue.admit("a", Job("a", [], queue, hold=True, tenant=first)) is Admission.RUN
+    assert queue.admit("a", Job("a", [], queue, hold=True, tenant=second)) is Admission.RUN
+    # vDisk a holds its 3 slots: the second session waits too, vDisk b does not.
+    assert queue.admit("a", Job("a", [], queue, hold=True, tenant=second)) is Admission.QUEUED
+    assert queue.admit_now("b", 0, elsewhere)
+
+
+def test_buffer_bytes_are_bounded_per_session_and_per_vdisk() -> None:
+    queue = _isolating_queue()
+    log: list[str] = []
+    first, second, elsewhere = queue.tenant("a"), queue.tenant("a"), queue.tenant("b")
+    big = Job("a", log, queue, hold=True, buffer_bytes=90, tenant=first)
+    assert queue.admit("a", big) is Admission.RUN
+    # The session's 100 bytes: 90 + 20 does not fit; a read (no bytes) still runs.
+    assert queue.admit("a", Job("a", log, queue, buffer_bytes=20, tenant=first)) is (
+        Admission.QUEUED
+    )
+    assert queue.admit_now("a", 0, first)
+    queue.release(0, first)
+    # The vDisk's 150 bytes: the other session of vDisk a may add 60, not 70.
+    assert not queue.admit_now("a", 70, second)
+    assert queue.admit_now("a", 60, second)
+    assert queue.admit_now("b", 100, elsewhere)  # another vDisk: its own bytes
+    assert queue.buffered_bytes == 250
+    queue.release(90, first)  # the big write is done: the waiting 20 bytes run
+    assert log == ["a"] and queue.waiting == 0
+    assert (first.session.buffered_bytes, first.vdisk.buffered_bytes) == (0, 60)
+    # An idle session takes any one write, even over its limit (no deadlock).
+    assert queue.admit_now("a", 500, queue.tenant("a")) is False  # the vDisk is not idle
+    assert queue.admit_now("c", 500, queue.tenant("c"))
+
+
+def test_waiters_held_by_their_own_share_do_not_close_the_others_window() -> None:
+    queue = _isolating_queue()
+    queue.session_opened()
+    queue.session_opened()
+    hog = queue.tenant("a")
+    for _ in range(4):  # 2 hold slots, 2 wait for the hog's own share
+        queue.admit("a", Job("a", [], queue, hold=True, tenant=hog))
+    assert (queue.in_flight, queue.waiting) == (2, 2)
+    # 14 slots are free for anyone but the hog: each of the two sessions may send 7.
+    assert queue.free_slots == 14 and queue.window_share() == 7
+
+
+def test_cancelled_waiters_give_back_their_place_in_the_waiting_room() -> None:
+    queue = _isolating_queue()
+    hog = queue.tenant("a")
+    for _ in range(2):
+        queue.admit("a", Job("a", [], queue, hold=True, tenant=hog))
+    doomed = [Job("a", [], queue, tenant=hog) for _ in range(2)]
+    assert [queue.admit("a", job) for job in doomed] == [Admission.QUEUED] * 2
+    for job in doomed:
+        job.cancelled = True
+    queue.forget_cancelled()
+    assert (queue.waiting, hog.session.waiting, hog.vdisk.waiting) == (0, 0, 0)
+    assert queue.admit("a", Job("a", [], queue, tenant=hog)) is Admission.QUEUED
 
 
 def _session(exp: int) -> Session:
