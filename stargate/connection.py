@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import trio
 
 from iscsicore import fastpath
+from iscsicore.cmdsn import Arrival
 from iscsicore.digest import digest_bytes, digest_of_parts
 from iscsicore.errors import IscsiProtocolError
 from iscsicore.fastpath import data_in_bhs, scsi_response_bhs
@@ -67,7 +68,7 @@ from stargate.queue import Admission, CommandQueue
 from stargate.reader_hub import ReaderHub, Turn
 from stargate.scsi import tmf
 from stargate.scsi.ua import UnitAttentionQueues
-from stargate.session import CmdSnVerdict, Session
+from stargate.session import Session
 from stargate.stats import IoKind
 from stargate.tasks import (
     DataSequence,
@@ -239,6 +240,9 @@ class FullFeatureConnection:
         self._pending_logout_deadline: float | None = None
         self.logout_requested_at: float | None = None  # wall clock, for the auditor
         self.cmd_sn_out_of_window = 0
+        # Session-wide in the RFC; one connection per session, so this connection drives it.
+        self._cmd_sn_window = session.window
+        self._releasing: Pdu | None = None  # a held PDU being handled in its CmdSN turn
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -268,6 +272,7 @@ class FullFeatureConnection:
             if self._closing_reason is not None and reason == "closed":
                 reason = self._closing_reason
             self._abort_all_tasks()
+            self._cmd_sn_window.drop_held()  # never delivered: nothing to answer
             self.queue.session_closed(self, counted=counted)
             if self.on_close is not None:
                 self.on_close(self)
@@ -377,6 +382,7 @@ class FullFeatureConnection:
         try_send = getattr(self._io, "try_send", None) if eager_every else None
         handled = 0
         budget = TURN_BUDGET if self.queue.sessions > 1 else SOLE_TURN_BUDGET
+        held = self._cmd_sn_window.held
         try:
             while len(self._out) < OUTPUT_HIGH_WATER and handled < budget:
                 try:
@@ -391,6 +397,8 @@ class FullFeatureConnection:
                     self._reject(pdu, RejectReason.PROTOCOL_ERROR)
                 else:
                     handler(pdu)
+                if held:
+                    self._release_held()
                 handled += 1
                 if try_send is not None and handled % eager_every == 0 and not self._sending:
                     # Let the initiator start on these responses while we do the rest.
@@ -486,7 +494,6 @@ class FullFeatureConnection:
 
     def _window(self) -> tuple[int, int]:
         """(ExpCmdSN, MaxCmdSN) to put in the next PDU."""
-        session = self.session
         queue = self.queue
         if queue.waiting == 0 and queue.in_flight < queue.depth // 2:
             # Plenty of room: the share formula without the calls (hot path).
@@ -494,8 +501,8 @@ class FullFeatureConnection:
             share = (queue.depth - queue.in_flight) // (sessions if sessions > 1 else 1) or 1
         else:
             share = queue.window_share(self)
-        max_cmd_sn = session.advertise_window(share)
-        return session.exp_cmd_sn, max_cmd_sn
+        window = self._cmd_sn_window
+        return window.exp_cmd_sn, window.advertise(share)
 
     def window_opened(self) -> None:
         """Queue slots are free again: tell the initiator with a NOP-In (no reply wanted)."""
@@ -519,25 +526,50 @@ class FullFeatureConnection:
     def _reject(self, pdu: Pdu, reason: int) -> None:
         self._queue_reject(fastpath.encode_bhs(pdu), reason)
 
+    # -- command ordering -----------------------------------------------------------------
+
+    def _in_order(self, pdu: Any, handler: Callable[[Any], None]) -> bool:
+        """Whether to handle ``pdu`` (a PDU with a CmdSN) now. If not, it is held until the
+        CmdSNs before it arrive (then ``handler(pdu)`` runs in its turn), or it is outside
+        the window and silently ignored (RFC 7143 section 3.2.2.1)."""
+        if pdu is self._releasing:
+            return True  # its turn came: the window already counted it
+        arrival = self._cmd_sn_window.arrive(
+            pdu.cmd_sn, immediate=pdu.immediate, item=(handler, pdu)
+        )
+        if arrival is Arrival.DROPPED:
+            self.cmd_sn_out_of_window += 1  # for the initiator auditor
+        return arrival is Arrival.DELIVER
+
+    def _release_held(self) -> None:
+        """Handle the held PDUs whose CmdSN gap has filled, in CmdSN order."""
+        window = self._cmd_sn_window
+        while (ready := window.pop_ready()) is not None:
+            handler, pdu = ready
+            self._releasing = pdu
+            try:
+                handler(pdu)
+            finally:
+                self._releasing = None
+
     # -- SCSI commands ------------------------------------------------------------------
 
     def _on_scsi_command(self, command: ScsiCommand) -> None:
         if self.lu is None:  # discovery session: text and logout only
             self._reject(command, RejectReason.PROTOCOL_ERROR)
             return
-        session = self.session
+        window = self._cmd_sn_window
         cmd_sn = command.cmd_sn
         if (
             not command.immediate
-            and cmd_sn == session.exp_cmd_sn
-            and (cmd_sn != (session.max_cmd_sn + 1) & SERIAL_MASK)
+            and cmd_sn == window.exp_cmd_sn
+            and (cmd_sn != (window.max_cmd_sn + 1) & SERIAL_MASK)
         ):
-            session.exp_cmd_sn = (cmd_sn + 1) & SERIAL_MASK  # the common case, inline
-        elif session.check_cmd_sn(cmd_sn, immediate=command.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
-            self.cmd_sn_out_of_window += 1  # for the initiator auditor
-            return  # silently ignored; its Data-Out will find no task and be dropped too
+            window.exp_cmd_sn = (cmd_sn + 1) & SERIAL_MASK  # the common case, inline
+        elif not self._in_order(command, self._on_scsi_command):
+            # Held for its turn, or silently ignored (its Data-Out, if any, finds no task
+            # and is dropped too).
+            return
         if command.itt in self._tasks:
             self._reject(command, RejectReason.TASK_IN_PROGRESS)
             return
@@ -1025,7 +1057,7 @@ class FullFeatureConnection:
         ``collapse``. Returns how many PDUs were queued."""
         segment = self._max_send_segment
         burst = self.params.max_burst_length
-        exp_cmd_sn = self.session.exp_cmd_sn
+        exp_cmd_sn = self._cmd_sn_window.exp_cmd_sn
         if total <= segment and total <= burst and collapse:
             # One PDU carries data and status: the 4 KiB read case, without the loop and
             # without a DataIn object.
@@ -1088,9 +1120,7 @@ class FullFeatureConnection:
     def _on_nop_out(self, pdu: NopOut) -> None:
         if pdu.itt == RESERVED_TAG:
             return  # the answer to our ping (any byte already proved the peer alive)
-        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(pdu, self._on_nop_out):
             return
         exp_cmd_sn, max_cmd_sn = self._window()
         echo = pdu.data[: self._max_send_segment]
@@ -1146,9 +1176,7 @@ class FullFeatureConnection:
     # -- text, logout, SNACK ----------------------------------------------------------------
 
     def _on_text(self, pdu: TextRequest) -> None:
-        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(pdu, self._on_text):
             return
         if self.text_responder is None:
             self._reject(pdu, RejectReason.COMMAND_NOT_SUPPORTED)
@@ -1164,9 +1192,7 @@ class FullFeatureConnection:
         self._append(answer)
 
     def _on_logout(self, pdu: LogoutRequest) -> None:
-        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(pdu, self._on_logout):
             return
         if pdu.reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
             response = LogoutResponseCode.RECOVERY_NOT_SUPPORTED
@@ -1203,9 +1229,7 @@ class FullFeatureConnection:
     # -- task management ------------------------------------------------------------------
 
     def _on_task_management(self, pdu: TaskMgmtRequest) -> None:
-        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(pdu, self._on_task_management):
             return
         if self.lu is None or self.target is None:
             response = TmfResponse.REJECTED  # discovery session: no tasks, no LUs
@@ -1250,6 +1274,9 @@ class FullFeatureConnection:
         )
         task_set = [task for c in connections for task in c.task_set_entries()]
         outcome = tmf.decide(request, task_set, target_nexuses=by_nexus)
+        if outcome.consider_received_cmd_sn is not None:
+            # A command lost on the way, or still held behind a gap: it will never run.
+            self._cmd_sn_window.consider_received(outcome.consider_received_cmd_sn)
         for nexus, tasks in outcome.aborted_by_nexus.items():
             owner = by_nexus.get(nexus)
             if owner is not None:
@@ -1399,8 +1426,12 @@ class FullFeatureConnection:
         if kind in (FaultKind.SWALLOW_NOP_OUT, FaultKind.SWALLOW_TMF):
             return True
         if kind is FaultKind.REJECT:
-            if isinstance(pdu, ScsiCommand | NopOut | TextRequest | TaskMgmtRequest):
-                self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate)
+            # Its CmdSN is used up, its turn or not.
+            if (
+                isinstance(pdu, ScsiCommand | NopOut | TextRequest | TaskMgmtRequest)
+                and not pdu.immediate
+            ):
+                self._cmd_sn_window.consider_received(pdu.cmd_sn)
             self._reject(pdu, fault.reason)
             return True
         if kind is FaultKind.STAT_SN_JUMP:
@@ -1514,10 +1545,14 @@ class FullFeatureConnection:
             if command.itt not in self._tasks:
                 self._execution_faults.pop(command.itt, None)  # never reached execution
             return
-        if self.session.check_cmd_sn(command.cmd_sn, immediate=command.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(command, functools.partial(self._finish_faulted, cdb, fault)):
             return
+        self._finish_faulted(cdb, fault, command)
+
+    def _finish_faulted(self, cdb: bytes, fault: Fault, command: ScsiCommand) -> None:
+        """Answer a command with the status a fault says, without running it."""
+        kind = fault.kind
+        status = _FAULT_STATUS[kind]
         task = ScsiTask(self, command, cdb)
         if self.stats is not None:
             self.stats.command_started()
