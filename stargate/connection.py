@@ -28,7 +28,7 @@ import trio
 from iscsicore import fastpath
 from iscsicore.cmdsn import Arrival
 from iscsicore.digest import digest_bytes, digest_of_parts
-from iscsicore.errors import IscsiProtocolError
+from iscsicore.errors import DataDigestError, IscsiProtocolError
 from iscsicore.fastpath import data_in_bhs, scsi_response_bhs
 from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionParams
@@ -45,6 +45,7 @@ from iscsicore.pdu import (
     LogoutResponseCode,
     NopIn,
     NopOut,
+    Opcode,
     Pdu,
     Reject,
     RejectReason,
@@ -426,6 +427,8 @@ class FullFeatureConnection:
             # The byte stream cannot be trusted any more: say why, then drop.
             self._closing_reason = f"protocol error: {error}"
             raise _StopBatch
+        if isinstance(error, DataDigestError) and error.header is not None:
+            self._data_digest_error(error.header)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -819,6 +822,8 @@ class FullFeatureConnection:
             task.has_slot = False
             return
         task.phase = TaskPhase.RECEIVING
+        if task.data_digest_failed:
+            return  # ends when the rest of its unsolicited data has come (and is discarded)
         self._allocate_buffer(task)
         if task.data_complete:
             self._execute(task)
@@ -828,7 +833,7 @@ class FullFeatureConnection:
         self._wake_writer()
 
     def _send_r2ts(self, task: ScsiTask) -> None:
-        if not task.has_slot:
+        if not task.has_slot or task.data_digest_failed:
             return
         params = self.params
         while task.next_r2t_offset < task.needed and len(task.r2ts) < params.max_outstanding_r2t:
@@ -864,6 +869,9 @@ class FullFeatureConnection:
         task = self._tasks.get(pdu.itt)
         if task is None or task.phase is TaskPhase.SYNCING or task.phase is TaskPhase.DONE:
             return  # for a command already answered (failed, aborted, ignored): drop it
+        if task.data_digest_failed:
+            self._discard_data_out(task, pdu)
+            return
         sequence = task.unsolicited if pdu.ttt == RESERVED_TAG else task.r2ts.get(pdu.ttt)
         length = len(pdu.data)
         if (
@@ -900,6 +908,39 @@ class FullFeatureConnection:
             ScsiStatus.CHECK_CONDITION,
             sense=build_fixed(SenseKey.ABORTED_COMMAND, Asc.DATA_PHASE_ERROR),
         )
+
+    def _data_digest_error(self, header: bytes) -> None:
+        """A PDU failed its data digest (already Rejected, RFC 7143 section 7.8). A SCSI
+        Command or NOP-Out needs nothing more: the initiator retries it. A Data-Out fails
+        its task, which ends with CHECK CONDITION, PROTOCOL SERVICE CRC ERROR once the
+        initiator has sent the rest of the data it was asked for (ErrorRecoveryLevel 0: no
+        recovery R2T)."""
+        if header[0] & 0x3F != Opcode.DATA_OUT:
+            return
+        pdu = fastpath.decode_bhs(header, b"")
+        assert isinstance(pdu, DataOut)
+        task = self._tasks.get(pdu.itt)
+        if task is None or task.phase is TaskPhase.SYNCING or task.phase is TaskPhase.DONE:
+            return
+        task.data_digest_failed = True
+        self._discard_data_out(task, pdu)
+
+    def _discard_data_out(self, task: ScsiTask, pdu: DataOut) -> None:
+        """A Data-Out of a task whose data failed its digest: only its F bit counts, which
+        ends a sequence; when none is left, the task ends."""
+        if pdu.final:
+            if pdu.ttt == RESERVED_TAG:
+                task.unsolicited = None
+            else:
+                task.r2ts.pop(pdu.ttt, None)
+        if task.unsolicited is None and not task.r2ts:
+            self._finish(
+                task,
+                ScsiStatus.CHECK_CONDITION,
+                sense=build_fixed(SenseKey.ABORTED_COMMAND, Asc.PROTOCOL_SERVICE_CRC_ERROR),
+            )
+            self.queue.forget_cancelled()  # if it was still waiting for a slot
+            self._wake_writer()
 
     # -- execution and status -------------------------------------------------------------
 
