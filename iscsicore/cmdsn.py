@@ -18,7 +18,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Generic, TypeVar
 
-from .seqnum import SERIAL_MASK, in_window
+from .seqnum import SERIAL_MASK, in_window, sn_lt
 
 T = TypeVar("T")
 
@@ -93,6 +93,25 @@ class CmdSNWindow(Generic[T]):
         displaced = self.held.get(cmd_sn)
         self.held[cmd_sn] = _RECEIVED
         return None if isinstance(displaced, _Received) else displaced
+
+    def consider_received_before(self, cmd_sn: int) -> list[T]:
+        """Count every CmdSN of the window before ``cmd_sn`` as received: a task-set-wide
+        function (ABORT TASK SET, LOGICAL UNIT RESET...) sent as an immediate PDU with this
+        CmdSN ends every command sent before it, those held behind a gap included, and
+        waiting for a command lost on the way would stall the session for good.
+
+        Returns the held PDUs so dropped; the ones held after ``cmd_sn`` stay held (or are
+        ready for `pop_ready`).
+        """
+        dropped: list[T] = []
+        while sn_lt(self.exp_cmd_sn, cmd_sn) and in_window(
+            self.exp_cmd_sn, self.exp_cmd_sn, self.max_cmd_sn
+        ):
+            item = self.held.pop(self.exp_cmd_sn, None)
+            if item is not None and not isinstance(item, _Received):
+                dropped.append(item)
+            self.exp_cmd_sn = (self.exp_cmd_sn + 1) & SERIAL_MASK
+        return dropped
 
     def drop_held(self) -> list[T]:
         """Forget every held PDU (the connection is closing); returns them."""

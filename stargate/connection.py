@@ -55,6 +55,7 @@ from iscsicore.pdu import (
     TaskMgmtResponse,
     TextRequest,
     TextResponse,
+    TmfFunction,
     TmfResponse,
     lun_number,
 )
@@ -152,6 +153,15 @@ class ConnectionClosed(Exception):
     """Raised inside the connection to end it (logout done, drop requested, fatal error)."""
 
 
+# Task management functions that end every task the requester sent before them.
+_TASK_SET_FUNCTIONS = frozenset(
+    {
+        TmfFunction.ABORT_TASK_SET,
+        TmfFunction.CLEAR_TASK_SET,
+        TmfFunction.LOGICAL_UNIT_RESET,
+        TmfFunction.TARGET_WARM_RESET,
+    }
+)
 _ANY_LUN_OPCODES = frozenset({ScsiOp.REPORT_LUNS, ScsiOp.INQUIRY, ScsiOp.REQUEST_SENSE})
 # The commands `_run_plain` may take: READ/WRITE(10/16); for writes, where the CDB says
 # how many blocks (to compare with the EDTL).
@@ -1318,6 +1328,13 @@ class FullFeatureConnection:
         if outcome.consider_received_cmd_sn is not None:
             # A command lost on the way, or still held behind a gap: it will never run.
             self._cmd_sn_window.consider_received(outcome.consider_received_cmd_sn)
+        elif (
+            pdu.immediate
+            and pdu.function in _TASK_SET_FUNCTIONS
+            and outcome.response == tmf.TmfResponse.FUNCTION_COMPLETE
+        ):
+            # Commands sent before it but held behind a gap are aborted with the rest.
+            self._cmd_sn_window.consider_received_before(pdu.cmd_sn)
         for nexus, tasks in outcome.aborted_by_nexus.items():
             owner = by_nexus.get(nexus)
             if owner is not None:

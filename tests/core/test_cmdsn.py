@@ -118,3 +118,25 @@ def test_advertised_max_cmd_sn_never_moves_back(start: int, shares: list[int]) -
         advertised = window.advertise(share)
         assert (advertised - previous) & SERIAL_MASK < 1 << 31
         previous = advertised
+
+
+@given(serials, st.integers(2, 32), st.data())
+def test_a_task_set_function_ends_what_was_sent_before_it(
+    start: int, size: int, data: st.DataObject
+) -> None:
+    """An immediate ABORT TASK SET with CmdSN `at`: every CmdSN before it counts as
+    received (those held there are dropped); the ones held after it are delivered."""
+    window: CmdSNWindow[int] = CmdSNWindow(start, (start + size - 1) & SERIAL_MASK)
+    sent = data.draw(st.sets(st.integers(1, size - 1)))  # CmdSN `start` is lost
+    for offset in sorted(sent):
+        assert _drive(window, (start + offset) & SERIAL_MASK, False, offset) == []
+    at = data.draw(st.integers(0, size))
+    dropped = window.consider_received_before((start + at) & SERIAL_MASK)
+    assert sorted(dropped) == sorted(n for n in sent if n < at)
+    released = []
+    while (ready := window.pop_ready()) is not None:
+        released.append(ready)
+    after = sorted(n for n in sent if n >= at)
+    contiguous = [n for i, n in enumerate(after) if after[: i + 1] == list(range(at, n + 1))]
+    assert released == contiguous
+    assert window.exp_cmd_sn == (start + at + len(contiguous)) & SERIAL_MASK

@@ -252,6 +252,32 @@ async def test_abort_task_of_a_lost_command_releases_those_held_behind_it(
     assert isinstance(second, ScsiResponse | DataIn) and second.itt == after.itt
 
 
+async def test_a_logical_unit_reset_ends_the_commands_held_behind_a_gap(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(nursery)
+    initiator = await logged_in(server)
+    await clear_unit_attention(initiator)
+    initiator.command(TEST_UNIT_READY)  # lost on the way: never sent
+    held = initiator.command(write10(11, 1), write_data=b"\x77" * BLOCK)
+    held.data = b"\x77" * BLOCK
+    await initiator.send(held)
+    await initiator.send(
+        TaskMgmtRequest(
+            immediate=True,
+            function=TmfFunction.LOGICAL_UNIT_RESET,
+            itt=903,
+            cmd_sn=initiator.cmd_sn,
+        )
+    )
+    answer = await initiator.receive()
+    assert isinstance(answer, TaskMgmtResponse) and answer.response == TmfResponse.COMPLETE
+    assert answer.exp_cmd_sn == initiator.cmd_sn  # the gap and the held write are gone
+    assert await initiator.receive_or_none(QUIET) is None  # the held write never answered
+    await clear_unit_attention(initiator)  # the reset's unit attention, then GOOD
+    assert await _read_block(initiator, 11) == bytes(BLOCK)  # and never ran
+
+
 async def _login_with_text(server: StargateServer, text: bytes) -> LoginResponse:
     assert server.port is not None
     initiator = await TestInitiator.connect(server.port)
