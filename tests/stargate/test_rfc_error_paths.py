@@ -11,6 +11,7 @@ import trio
 from iscsicore.framing import encode_pdu
 from iscsicore.pdu import (
     R2T,
+    RESERVED_TAG,
     DataIn,
     DataOut,
     LoginRequest,
@@ -48,17 +49,24 @@ QUIET = 0.3  # seconds in which a held command must stay unanswered
 
 
 async def _write_with_bad_digest(
-    initiator: TestInitiator, r2t: R2T, payload: bytes, *, corrupt: int, segment: int
+    initiator: TestInitiator,
+    itt: int,
+    ttt: int,
+    payload: bytes,
+    *,
+    corrupt: int,
+    segment: int,
+    start: int = 0,
 ) -> None:
-    """Answer ``r2t`` with Data-Outs of ``segment`` bytes; the one at index ``corrupt`` has
-    its data digest flipped."""
-    start, end = r2t.buffer_offset, r2t.buffer_offset + r2t.desired_data_transfer_length
+    """Send ``payload[start:]`` as one Data-Out sequence of ``segment``-byte PDUs; the one
+    at index ``corrupt`` has its data digest flipped."""
+    end = len(payload)
     for index, offset in enumerate(range(start, end, segment)):
         length = min(segment, end - offset)
         pdu = DataOut(
             final=offset + length >= end,
-            itt=r2t.itt,
-            ttt=r2t.ttt,
+            itt=itt,
+            ttt=ttt,
             exp_stat_sn=initiator.exp_stat_sn,
             data_sn=index,
             buffer_offset=offset,
@@ -103,13 +111,16 @@ async def test_a_data_out_with_a_bad_data_digest_ends_its_task(nursery: trio.Nur
     await initiator.send(command)
     r2t = await initiator.receive()
     assert isinstance(r2t, R2T)
-    await _write_with_bad_digest(initiator, r2t, payload, corrupt=0, segment=2 * BLOCK)
+    assert r2t.desired_data_transfer_length == len(payload)
+    await _write_with_bad_digest(initiator, r2t.itt, r2t.ttt, payload, corrupt=0, segment=2 * BLOCK)
     reject = await initiator.receive(timeout=1.0)
     assert isinstance(reject, Reject) and reject.reason == RejectReason.DATA_DIGEST_ERROR
     response = await initiator.receive(timeout=1.0)
     assert isinstance(response, ScsiResponse) and response.itt == command.itt
     assert response.status == ScsiStatus.CHECK_CONDITION
     assert _crc_error(response) == (0x0B, 0x47, 0x05)  # ABORTED COMMAND, PROTOCOL SERVICE CRC
+    # Its queue slot and write buffer are free again.
+    assert (server.queue.in_flight, server.queue.buffered_bytes) == (0, 0)
     # Nothing was written, and the session goes on.
     assert await _read_block(initiator, 40) == bytes(BLOCK)
     result = await initiator.scsi(write10(40, 2), write_data=payload)
@@ -165,6 +176,30 @@ async def test_after_a_bad_data_digest_the_status_waits_for_the_end_of_the_seque
     assert isinstance(response, ScsiResponse) and response.itt == command.itt
     assert _crc_error(response) == (0x0B, 0x47, 0x05)
     assert await _read_block(initiator, 62) == bytes(BLOCK)  # nothing of it written
+    assert (await initiator.scsi(TEST_UNIT_READY)).status == ScsiStatus.GOOD
+
+
+async def test_a_bad_data_digest_in_unsolicited_data_ends_its_task(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(nursery)
+    initiator = await logged_in(
+        server,
+        proposals=proposals(data_digest=("CRC32C",), initial_r2t=False, immediate_data=False),
+    )
+    await clear_unit_attention(initiator)
+    payload = bytes([0x3C]) * (2 * BLOCK)
+    command = initiator.command(write10(50, 2), write_data=payload, final=False)
+    await initiator.send(command)
+    await _write_with_bad_digest(
+        initiator, command.itt, RESERVED_TAG, payload, corrupt=0, segment=BLOCK
+    )
+    reject = await initiator.receive(timeout=1.0)
+    assert isinstance(reject, Reject) and reject.reason == RejectReason.DATA_DIGEST_ERROR
+    response = await initiator.receive(timeout=1.0)
+    assert isinstance(response, ScsiResponse) and response.itt == command.itt
+    assert _crc_error(response) == (0x0B, 0x47, 0x05)
+    assert (server.queue.in_flight, server.queue.buffered_bytes) == (0, 0)
     assert (await initiator.scsi(TEST_UNIT_READY)).status == ScsiStatus.GOOD
 
 
