@@ -254,6 +254,9 @@ class FullFeatureConnection:
         # Session-wide in the RFC; one connection per session, so this connection drives it.
         self._cmd_sn_window = session.window
         self._releasing: Pdu | None = None  # a held PDU being handled in its CmdSN turn
+        # Unsolicited Data-Out of held write commands, by ITT, replayed when they are
+        # delivered (bool: it failed its data digest). At most FirstBurstLength each.
+        self._held_data: dict[int, list[tuple[DataOut, bool]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -284,6 +287,7 @@ class FullFeatureConnection:
                 reason = self._closing_reason
             self._abort_all_tasks()
             self._cmd_sn_window.drop_held()  # never delivered: nothing to answer
+            self._held_data.clear()
             self.queue.session_closed(self, counted=counted)
             if self.on_close is not None:
                 self.on_close(self)
@@ -552,10 +556,13 @@ class FullFeatureConnection:
         )
         if arrival is Arrival.DROPPED:
             self.cmd_sn_out_of_window += 1  # for the initiator auditor
+        elif arrival is Arrival.HELD and isinstance(pdu, ScsiCommand) and not pdu.final:
+            self._held_data[pdu.itt] = []  # its unsolicited Data-Out follows it
         return arrival is Arrival.DELIVER
 
     def _release_held(self) -> None:
-        """Handle the held PDUs whose CmdSN gap has filled, in CmdSN order."""
+        """Handle the held PDUs whose CmdSN gap has filled, in CmdSN order (a write with
+        the unsolicited data that came while it was held)."""
         window = self._cmd_sn_window
         while (ready := window.pop_ready()) is not None:
             handler, pdu = ready
@@ -564,6 +571,30 @@ class FullFeatureConnection:
                 handler(pdu)
             finally:
                 self._releasing = None
+            if not isinstance(pdu, ScsiCommand) or not self._held_data:
+                continue
+            for data_out, digest_failed in self._held_data.pop(pdu.itt, ()):
+                if digest_failed:
+                    self._digest_failed_data_out(data_out)
+                else:
+                    self._on_data_out(data_out)
+
+    def _forget_held(self, items: list[tuple[Callable[[Any], None], Pdu]]) -> None:
+        """Held PDUs that will never be delivered (aborted): forget their data too."""
+        for _, pdu in items:
+            if isinstance(pdu, ScsiCommand):
+                self._held_data.pop(pdu.itt, None)
+
+    def _hold_data_out(self, pdu: DataOut, *, digest_failed: bool = False) -> None:
+        """Keep an unsolicited Data-Out of a held command for its delivery (any other
+        Data-Out without a task is dropped)."""
+        held = self._held_data.get(pdu.itt) if self._held_data else None
+        if held is None or pdu.ttt != RESERVED_TAG:
+            return
+        if sum(len(d.data) for d, _ in held) + len(pdu.data) <= self.params.first_burst_length:
+            held.append((pdu, digest_failed))
+        # Else more than an unsolicited burst may carry: dropped; the sequence check fails
+        # the command when it runs.
 
     # -- SCSI commands ------------------------------------------------------------------
 
@@ -878,7 +909,11 @@ class FullFeatureConnection:
     def _on_data_out(self, pdu: DataOut) -> None:
         task = self._tasks.get(pdu.itt)
         if task is None or task.phase is TaskPhase.SYNCING or task.phase is TaskPhase.DONE:
-            return  # for a command already answered (failed, aborted, ignored): drop it
+            # For a command already answered (failed, aborted, ignored): dropped. For one
+            # held behind a CmdSN gap: kept for its turn.
+            if task is None:
+                self._hold_data_out(pdu)
+            return
         if task.data_digest_failed:
             self._discard_data_out(task, pdu)
             return
@@ -929,8 +964,15 @@ class FullFeatureConnection:
             return
         pdu = fastpath.decode_bhs(header, b"")
         assert isinstance(pdu, DataOut)
+        self._digest_failed_data_out(pdu)
+
+    def _digest_failed_data_out(self, pdu: DataOut) -> None:
+        """The header of a Data-Out whose data failed its digest: its task is failed."""
         task = self._tasks.get(pdu.itt)
-        if task is None or task.phase is TaskPhase.SYNCING or task.phase is TaskPhase.DONE:
+        if task is None:
+            self._hold_data_out(pdu, digest_failed=True)  # its command is held
+            return
+        if task.phase is TaskPhase.SYNCING or task.phase is TaskPhase.DONE:
             return
         task.data_digest_failed = True
         self._discard_data_out(task, pdu)
@@ -1327,14 +1369,16 @@ class FullFeatureConnection:
         outcome = tmf.decide(request, task_set, target_nexuses=by_nexus)
         if outcome.consider_received_cmd_sn is not None:
             # A command lost on the way, or still held behind a gap: it will never run.
-            self._cmd_sn_window.consider_received(outcome.consider_received_cmd_sn)
+            displaced = self._cmd_sn_window.consider_received(outcome.consider_received_cmd_sn)
+            if displaced is not None:
+                self._forget_held([displaced])
         elif (
             pdu.immediate
             and pdu.function in _TASK_SET_FUNCTIONS
             and outcome.response == tmf.TmfResponse.FUNCTION_COMPLETE
         ):
             # Commands sent before it but held behind a gap are aborted with the rest.
-            self._cmd_sn_window.consider_received_before(pdu.cmd_sn)
+            self._forget_held(self._cmd_sn_window.consider_received_before(pdu.cmd_sn))
         for nexus, tasks in outcome.aborted_by_nexus.items():
             owner = by_nexus.get(nexus)
             if owner is not None:
@@ -1489,7 +1533,9 @@ class FullFeatureConnection:
                 isinstance(pdu, ScsiCommand | NopOut | TextRequest | TaskMgmtRequest)
                 and not pdu.immediate
             ):
-                self._cmd_sn_window.consider_received(pdu.cmd_sn)
+                displaced = self._cmd_sn_window.consider_received(pdu.cmd_sn)
+                if displaced is not None:
+                    self._forget_held([displaced])
             self._reject(pdu, fault.reason)
             return True
         if kind is FaultKind.STAT_SN_JUMP:

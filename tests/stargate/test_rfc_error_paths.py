@@ -240,6 +240,26 @@ async def test_commands_after_a_cmd_sn_gap_wait_for_it_then_run_in_order(
     assert (await initiator.scsi(TEST_UNIT_READY)).status == ScsiStatus.GOOD
 
 
+async def test_a_held_write_keeps_its_unsolicited_data_for_its_turn(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(nursery)
+    initiator = await logged_in(
+        server, proposals=proposals(initial_r2t=False, immediate_data=False)
+    )
+    await clear_unit_attention(initiator)
+    base = initiator.cmd_sn
+    payload = bytes(range(256)) * 4  # 2 blocks of unsolicited Data-Out
+    held = initiator.command(write10(13, 2), write_data=payload, final=False, cmd_sn=base + 1)
+    await initiator.send(held)
+    await initiator.send_data_out(held.itt, RESERVED_TAG, payload, 0, len(payload))
+    assert await initiator.receive_or_none(QUIET) is None
+    gap = initiator.command(TEST_UNIT_READY, cmd_sn=base)
+    await initiator.send(gap)
+    assert await _statuses(initiator, 2) == [gap.itt, held.itt]
+    assert await _read_block(initiator, 14) == payload[BLOCK:]
+
+
 async def test_a_gap_never_filled_holds_its_command_but_not_immediate_ones(
     nursery: trio.Nursery,
 ) -> None:
