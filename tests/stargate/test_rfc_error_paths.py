@@ -260,6 +260,33 @@ async def test_a_held_write_keeps_its_unsolicited_data_for_its_turn(
     assert await _read_block(initiator, 14) == payload[BLOCK:]
 
 
+async def test_a_held_write_whose_unsolicited_data_failed_its_digest_fails_in_its_turn(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_stargate(nursery)
+    initiator = await logged_in(
+        server,
+        proposals=proposals(data_digest=("CRC32C",), initial_r2t=False, immediate_data=False),
+    )
+    await clear_unit_attention(initiator)
+    base = initiator.cmd_sn
+    payload = bytes([0x42]) * (2 * BLOCK)
+    held = initiator.command(write10(15, 2), write_data=payload, final=False, cmd_sn=base + 1)
+    await initiator.send(held)
+    await _write_with_bad_digest(
+        initiator, held.itt, RESERVED_TAG, payload, corrupt=1, segment=BLOCK
+    )
+    reject = await initiator.receive(timeout=1.0)
+    assert isinstance(reject, Reject) and reject.reason == RejectReason.DATA_DIGEST_ERROR
+    assert await initiator.receive_or_none(QUIET) is None
+    await initiator.send(initiator.command(TEST_UNIT_READY, cmd_sn=base))
+    assert isinstance(await initiator.receive(), ScsiResponse)  # the TUR
+    response = await initiator.receive(timeout=1.0)
+    assert isinstance(response, ScsiResponse) and response.itt == held.itt
+    assert _crc_error(response) == (0x0B, 0x47, 0x05)
+    assert await _read_block(initiator, 15) == bytes(BLOCK)
+
+
 async def test_a_gap_never_filled_holds_its_command_but_not_immediate_ones(
     nursery: trio.Nursery,
 ) -> None:
