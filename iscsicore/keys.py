@@ -61,13 +61,21 @@ class NegotiationError(TextError):
 # Codec
 
 
-def decode_text(data: bytes | bytearray | memoryview) -> list[tuple[str, str]]:
+def decode_text(
+    data: bytes | bytearray | memoryview, *, terminated: bool = True
+) -> list[tuple[str, str]]:
     """Split a data segment into (key, value) pairs, checking RFC 7143 6.1 syntax.
 
-    Empty strings between NULs are skipped: some peers pad the segment with zeros.
+    Every key=value pair ends with a NUL (RFC 7143 6.1): text whose last byte is not one
+    was cut short, and is malformed. ``terminated=False`` accepts it anyway (what our
+    initiator does with a target's text: lenient in what it accepts from a peer it cannot
+    fix). Empty strings between NULs are skipped: some peers pad the segment with zeros.
     """
+    raw_text = bytes(data)
+    if terminated and raw_text and raw_text[-1] != 0:
+        raise MalformedText(f"text without its terminating NUL: ...{raw_text[-40:]!r}")
     pairs: list[tuple[str, str]] = []
-    for raw in bytes(data).split(b"\0"):
+    for raw in raw_text.split(b"\0"):
         if not raw:
             continue
         key_bytes, sep, value_bytes = raw.partition(b"=")

@@ -772,7 +772,7 @@ class InitiatorLogin:
         text = self._assembler.feed(resp.data, resp.cont)
         if text is None:  # the target has more: ask for it with an empty request
             return self._request(b"", transit=False, cont=False, nsg=self._stage)
-        pairs = decode_text(text)
+        pairs = decode_text(text, terminated=False)
         replies = self._negotiator.receive(pairs, _phase(self._stage))
         if self._stage == LoginStage.SECURITY:
             return self._security(resp, pairs, replies)
@@ -907,7 +907,7 @@ class InitiatorLogin:
                 _status_of(raw_status), f"redirect status 0x{raw_status:04x}", raw_status
             )
         try:
-            address = _first_value(decode_text(resp.data), "TargetAddress")
+            address = _first_value(decode_text(resp.data, terminated=False), "TargetAddress")
             if address is None:
                 raise MalformedText("redirect without TargetAddress")
             portal = parse_target_address(address)

@@ -134,7 +134,7 @@ class TextExchange:
             return self._next_request(resp.ttt, cmd_sn, exp_stat_sn)
         text = self._assembler.feed(resp.data, resp.cont)
         if text is not None and resp.final:
-            self.reply = TextReply(decode_text(text))
+            self.reply = TextReply(decode_text(text, terminated=False))
             return self.reply
         if resp.ttt == RESERVED_TAG:
             raise NegotiationError("Text Response continues without a Target Transfer Tag")

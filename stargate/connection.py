@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import trio
 
 from iscsicore import fastpath
+from iscsicore.cmdsn import Arrival
 from iscsicore.digest import digest_bytes, digest_of_parts
-from iscsicore.errors import IscsiProtocolError
+from iscsicore.errors import DataDigestError, IscsiProtocolError
 from iscsicore.fastpath import data_in_bhs, scsi_response_bhs
 from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionParams
@@ -44,6 +45,7 @@ from iscsicore.pdu import (
     LogoutResponseCode,
     NopIn,
     NopOut,
+    Opcode,
     Pdu,
     Reject,
     RejectReason,
@@ -53,6 +55,7 @@ from iscsicore.pdu import (
     TaskMgmtResponse,
     TextRequest,
     TextResponse,
+    TmfFunction,
     TmfResponse,
     lun_number,
 )
@@ -67,7 +70,7 @@ from stargate.queue import Admission, CommandQueue
 from stargate.reader_hub import ReaderHub, Turn
 from stargate.scsi import tmf
 from stargate.scsi.ua import UnitAttentionQueues
-from stargate.session import CmdSnVerdict, Session
+from stargate.session import Session
 from stargate.stats import IoKind
 from stargate.tasks import (
     DataSequence,
@@ -164,6 +167,15 @@ class ConnectionClosed(Exception):
     """Raised inside the connection to end it (logout done, drop requested, fatal error)."""
 
 
+# Task management functions that end every task the requester sent before them.
+_TASK_SET_FUNCTIONS = frozenset(
+    {
+        TmfFunction.ABORT_TASK_SET,
+        TmfFunction.CLEAR_TASK_SET,
+        TmfFunction.LOGICAL_UNIT_RESET,
+        TmfFunction.TARGET_WARM_RESET,
+    }
+)
 _ANY_LUN_OPCODES = frozenset({ScsiOp.REPORT_LUNS, ScsiOp.INQUIRY, ScsiOp.REQUEST_SENSE})
 # The commands `_run_plain` may take: READ/WRITE(10/16); for writes, where the CDB says
 # how many blocks (to compare with the EDTL).
@@ -258,6 +270,12 @@ class FullFeatureConnection:
         self._pending_logout_deadline: float | None = None
         self.logout_requested_at: float | None = None  # wall clock, for the auditor
         self.cmd_sn_out_of_window = 0
+        # Session-wide in the RFC; one connection per session, so this connection drives it.
+        self._cmd_sn_window = session.window
+        self._releasing: Pdu | None = None  # a held PDU being handled in its CmdSN turn
+        # Unsolicited Data-Out of held write commands, by ITT, replayed when they are
+        # delivered (bool: it failed its data digest). At most FirstBurstLength each.
+        self._held_data: dict[int, list[tuple[DataOut, bool]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -288,6 +306,8 @@ class FullFeatureConnection:
             if self._closing_reason is not None and reason == "closed":
                 reason = self._closing_reason
             self._abort_all_tasks()
+            self._cmd_sn_window.drop_held()  # never delivered: nothing to answer
+            self._held_data.clear()
             self.queue.session_closed(self, counted=counted)
             if self.on_close is not None:
                 self.on_close(self)
@@ -397,6 +417,7 @@ class FullFeatureConnection:
         try_send = getattr(self._io, "try_send", None) if eager_every else None
         handled = 0
         budget = TURN_BUDGET if self.queue.sessions > 1 else SOLE_TURN_BUDGET
+        held = self._cmd_sn_window.held
         try:
             while len(self._out) < OUTPUT_HIGH_WATER and handled < budget:
                 try:
@@ -415,6 +436,8 @@ class FullFeatureConnection:
                     self._reject(pdu, RejectReason.PROTOCOL_ERROR)
                 else:
                     handler(pdu)
+                if held:
+                    self._release_held()
                 handled += 1
                 if try_send is not None and handled % eager_every == 0 and not self._sending:
                     # Let the initiator start on these responses while we do the rest.
@@ -443,6 +466,8 @@ class FullFeatureConnection:
             # The byte stream cannot be trusted any more: say why, then drop.
             self._closing_reason = f"protocol error: {error}"
             raise _StopBatch
+        if isinstance(error, DataDigestError) and error.header is not None:
+            self._data_digest_error(error.header)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -511,7 +536,6 @@ class FullFeatureConnection:
 
     def _window(self) -> tuple[int, int]:
         """(ExpCmdSN, MaxCmdSN) to put in the next PDU."""
-        session = self.session
         queue = self.queue
         if queue.waiting == 0 and queue.in_flight < queue.depth // 2:
             # Plenty of room: the share formula without the calls (hot path).
@@ -519,8 +543,8 @@ class FullFeatureConnection:
             share = (queue.depth - queue.in_flight) // (sessions if sessions > 1 else 1) or 1
         else:
             share = queue.window_share(self)
-        max_cmd_sn = session.advertise_window(share)
-        return session.exp_cmd_sn, max_cmd_sn
+        window = self._cmd_sn_window
+        return window.exp_cmd_sn, window.advertise(share)
 
     def window_opened(self) -> None:
         """Queue slots are free again: tell the initiator with a NOP-In (no reply wanted)."""
@@ -544,25 +568,77 @@ class FullFeatureConnection:
     def _reject(self, pdu: Pdu, reason: int) -> None:
         self._queue_reject(fastpath.encode_bhs(pdu), reason)
 
+    # -- command ordering -----------------------------------------------------------------
+
+    def _in_order(self, pdu: Any, handler: Callable[[Any], None]) -> bool:
+        """Whether to handle ``pdu`` (a PDU with a CmdSN) now. If not, it is held until the
+        CmdSNs before it arrive (then ``handler(pdu)`` runs in its turn), or it is outside
+        the window and silently ignored (RFC 7143 section 3.2.2.1)."""
+        if pdu is self._releasing:
+            return True  # its turn came: the window already counted it
+        arrival = self._cmd_sn_window.arrive(
+            pdu.cmd_sn, immediate=pdu.immediate, item=(handler, pdu)
+        )
+        if arrival is Arrival.DROPPED:
+            self.cmd_sn_out_of_window += 1  # for the initiator auditor
+        elif arrival is Arrival.HELD and isinstance(pdu, ScsiCommand) and not pdu.final:
+            self._held_data[pdu.itt] = []  # its unsolicited Data-Out follows it
+        return arrival is Arrival.DELIVER
+
+    def _release_held(self) -> None:
+        """Handle the held PDUs whose CmdSN gap has filled, in CmdSN order (a write with
+        the unsolicited data that came while it was held)."""
+        window = self._cmd_sn_window
+        while (ready := window.pop_ready()) is not None:
+            handler, pdu = ready
+            self._releasing = pdu
+            try:
+                handler(pdu)
+            finally:
+                self._releasing = None
+            if not isinstance(pdu, ScsiCommand) or not self._held_data:
+                continue
+            for data_out, digest_failed in self._held_data.pop(pdu.itt, ()):
+                if digest_failed:
+                    self._digest_failed_data_out(data_out)
+                else:
+                    self._on_data_out(data_out)
+
+    def _forget_held(self, items: list[tuple[Callable[[Any], None], Pdu]]) -> None:
+        """Held PDUs that will never be delivered (aborted): forget their data too."""
+        for _, pdu in items:
+            if isinstance(pdu, ScsiCommand):
+                self._held_data.pop(pdu.itt, None)
+
+    def _hold_data_out(self, pdu: DataOut, *, digest_failed: bool = False) -> None:
+        """Keep an unsolicited Data-Out of a held command for its delivery (any other
+        Data-Out without a task is dropped)."""
+        held = self._held_data.get(pdu.itt) if self._held_data else None
+        if held is None or pdu.ttt != RESERVED_TAG:
+            return
+        if sum(len(d.data) for d, _ in held) + len(pdu.data) <= self.params.first_burst_length:
+            held.append((pdu, digest_failed))
+        # Else more than an unsolicited burst may carry: dropped; the sequence check fails
+        # the command when it runs.
+
     # -- SCSI commands ------------------------------------------------------------------
 
     def _on_scsi_command(self, command: ScsiCommand) -> None:
         if self.lu is None:  # discovery session: text and logout only
             self._reject(command, RejectReason.PROTOCOL_ERROR)
             return
-        session = self.session
+        window = self._cmd_sn_window
         cmd_sn = command.cmd_sn
         if (
             not command.immediate
-            and cmd_sn == session.exp_cmd_sn
-            and (cmd_sn != (session.max_cmd_sn + 1) & SERIAL_MASK)
+            and cmd_sn == window.exp_cmd_sn
+            and (cmd_sn != (window.max_cmd_sn + 1) & SERIAL_MASK)
         ):
-            session.exp_cmd_sn = (cmd_sn + 1) & SERIAL_MASK  # the common case, inline
-        elif session.check_cmd_sn(cmd_sn, immediate=command.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
-            self.cmd_sn_out_of_window += 1  # for the initiator auditor
-            return  # silently ignored; its Data-Out will find no task and be dropped too
+            window.exp_cmd_sn = (cmd_sn + 1) & SERIAL_MASK  # the common case, inline
+        elif not self._in_order(command, self._on_scsi_command):
+            # Held for its turn, or silently ignored (its Data-Out, if any, finds no task
+            # and is dropped too).
+            return
         if command.itt in self._tasks:
             self._reject(command, RejectReason.TASK_IN_PROGRESS)
             return
@@ -818,6 +894,8 @@ class FullFeatureConnection:
             task.has_slot = False
             return
         task.phase = TaskPhase.RECEIVING
+        if task.data_digest_failed:
+            return  # ends when the rest of its unsolicited data has come (and is discarded)
         self._allocate_buffer(task)
         if task.data_complete:
             self._execute(task)
@@ -828,7 +906,7 @@ class FullFeatureConnection:
         self._wake_writer()
 
     def _send_r2ts(self, task: ScsiTask) -> None:
-        if not task.has_slot:
+        if not task.has_slot or task.data_digest_failed:
             return
         params = self.params
         while task.next_r2t_offset < task.needed and len(task.r2ts) < params.max_outstanding_r2t:
@@ -864,7 +942,14 @@ class FullFeatureConnection:
     def _on_data_out(self, pdu: DataOut) -> None:
         task = self._tasks.get(pdu.itt)
         if task is None or task.phase is TaskPhase.SYNCING or task.phase is TaskPhase.DONE:
-            return  # for a command already answered (failed, aborted, ignored): drop it
+            # For a command already answered (failed, aborted, ignored): dropped. For one
+            # held behind a CmdSN gap: kept for its turn.
+            if task is None:
+                self._hold_data_out(pdu)
+            return
+        if task.data_digest_failed:
+            self._discard_data_out(task, pdu)
+            return
         sequence = task.unsolicited if pdu.ttt == RESERVED_TAG else task.r2ts.get(pdu.ttt)
         length = len(pdu.data)
         if (
@@ -901,6 +986,46 @@ class FullFeatureConnection:
             ScsiStatus.CHECK_CONDITION,
             sense=build_fixed(SenseKey.ABORTED_COMMAND, Asc.DATA_PHASE_ERROR),
         )
+
+    def _data_digest_error(self, header: bytes) -> None:
+        """A PDU failed its data digest (already Rejected, RFC 7143 section 7.8). A SCSI
+        Command or NOP-Out needs nothing more: the initiator retries it. A Data-Out fails
+        its task, which ends with CHECK CONDITION, PROTOCOL SERVICE CRC ERROR once the
+        initiator has sent the rest of the data it was asked for (ErrorRecoveryLevel 0: no
+        recovery R2T)."""
+        if header[0] & 0x3F != Opcode.DATA_OUT:
+            return
+        pdu = fastpath.decode_bhs(header, b"")
+        assert isinstance(pdu, DataOut)
+        self._digest_failed_data_out(pdu)
+
+    def _digest_failed_data_out(self, pdu: DataOut) -> None:
+        """The header of a Data-Out whose data failed its digest: its task is failed."""
+        task = self._tasks.get(pdu.itt)
+        if task is None:
+            self._hold_data_out(pdu, digest_failed=True)  # its command is held
+            return
+        if task.phase is TaskPhase.SYNCING or task.phase is TaskPhase.DONE:
+            return
+        task.data_digest_failed = True
+        self._discard_data_out(task, pdu)
+
+    def _discard_data_out(self, task: ScsiTask, pdu: DataOut) -> None:
+        """A Data-Out of a task whose data failed its digest: only its F bit counts, which
+        ends a sequence; when none is left, the task ends."""
+        if pdu.final:
+            if pdu.ttt == RESERVED_TAG:
+                task.unsolicited = None
+            else:
+                task.r2ts.pop(pdu.ttt, None)
+        if task.unsolicited is None and not task.r2ts:
+            self._finish(
+                task,
+                ScsiStatus.CHECK_CONDITION,
+                sense=build_fixed(SenseKey.ABORTED_COMMAND, Asc.PROTOCOL_SERVICE_CRC_ERROR),
+            )
+            self.queue.forget_cancelled()  # if it was still waiting for a slot
+            self._wake_writer()
 
     # -- execution and status -------------------------------------------------------------
 
@@ -1058,7 +1183,7 @@ class FullFeatureConnection:
         ``collapse``. Returns how many PDUs were queued."""
         segment = self._max_send_segment
         burst = self.params.max_burst_length
-        exp_cmd_sn = self.session.exp_cmd_sn
+        exp_cmd_sn = self._cmd_sn_window.exp_cmd_sn
         if total <= segment and total <= burst and collapse:
             # One PDU carries data and status: the 4 KiB read case, without the loop and
             # without a DataIn object.
@@ -1121,9 +1246,7 @@ class FullFeatureConnection:
     def _on_nop_out(self, pdu: NopOut) -> None:
         if pdu.itt == RESERVED_TAG:
             return  # the answer to our ping (any byte already proved the peer alive)
-        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(pdu, self._on_nop_out):
             return
         exp_cmd_sn, max_cmd_sn = self._window()
         echo = pdu.data[: self._max_send_segment]
@@ -1214,9 +1337,7 @@ class FullFeatureConnection:
     # -- text, logout, SNACK ----------------------------------------------------------------
 
     def _on_text(self, pdu: TextRequest) -> None:
-        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(pdu, self._on_text):
             return
         if self.text_responder is None:
             self._reject(pdu, RejectReason.COMMAND_NOT_SUPPORTED)
@@ -1232,9 +1353,7 @@ class FullFeatureConnection:
         self._append(answer)
 
     def _on_logout(self, pdu: LogoutRequest) -> None:
-        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(pdu, self._on_logout):
             return
         if pdu.reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
             response = LogoutResponseCode.RECOVERY_NOT_SUPPORTED
@@ -1271,9 +1390,7 @@ class FullFeatureConnection:
     # -- task management ------------------------------------------------------------------
 
     def _on_task_management(self, pdu: TaskMgmtRequest) -> None:
-        if self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(pdu, self._on_task_management):
             return
         if self.lu is None or self.target is None:
             response = TmfResponse.REJECTED  # discovery session: no tasks, no LUs
@@ -1318,6 +1435,18 @@ class FullFeatureConnection:
         )
         task_set = [task for c in connections for task in c.task_set_entries()]
         outcome = tmf.decide(request, task_set, target_nexuses=by_nexus)
+        if outcome.consider_received_cmd_sn is not None:
+            # A command lost on the way, or still held behind a gap: it will never run.
+            displaced = self._cmd_sn_window.consider_received(outcome.consider_received_cmd_sn)
+            if displaced is not None:
+                self._forget_held([displaced])
+        elif (
+            pdu.immediate
+            and pdu.function in _TASK_SET_FUNCTIONS
+            and outcome.response == tmf.TmfResponse.FUNCTION_COMPLETE
+        ):
+            # Commands sent before it but held behind a gap are aborted with the rest.
+            self._forget_held(self._cmd_sn_window.consider_received_before(pdu.cmd_sn))
         for nexus, tasks in outcome.aborted_by_nexus.items():
             owner = by_nexus.get(nexus)
             if owner is not None:
@@ -1467,8 +1596,14 @@ class FullFeatureConnection:
         if kind in (FaultKind.SWALLOW_NOP_OUT, FaultKind.SWALLOW_TMF):
             return True
         if kind is FaultKind.REJECT:
-            if isinstance(pdu, ScsiCommand | NopOut | TextRequest | TaskMgmtRequest):
-                self.session.check_cmd_sn(pdu.cmd_sn, immediate=pdu.immediate)
+            # Its CmdSN is used up, its turn or not.
+            if (
+                isinstance(pdu, ScsiCommand | NopOut | TextRequest | TaskMgmtRequest)
+                and not pdu.immediate
+            ):
+                displaced = self._cmd_sn_window.consider_received(pdu.cmd_sn)
+                if displaced is not None:
+                    self._forget_held([displaced])
             self._reject(pdu, fault.reason)
             return True
         if kind is FaultKind.STAT_SN_JUMP:
@@ -1584,10 +1719,14 @@ class FullFeatureConnection:
             if command.itt not in self._tasks:
                 self._execution_faults.pop(command.itt, None)  # never reached execution
             return
-        if self.session.check_cmd_sn(command.cmd_sn, immediate=command.immediate) is (
-            CmdSnVerdict.OUT_OF_WINDOW
-        ):
+        if not self._in_order(command, functools.partial(self._finish_faulted, cdb, fault)):
             return
+        self._finish_faulted(cdb, fault, command)
+
+    def _finish_faulted(self, cdb: bytes, fault: Fault, command: ScsiCommand) -> None:
+        """Answer a command with the status a fault says, without running it."""
+        kind = fault.kind
+        status = _FAULT_STATUS[kind]
         task = ScsiTask(self, command, cdb)
         if self.stats is not None:
             self.stats.command_started()

@@ -8,71 +8,68 @@ attribute; the CmdSN window still lives here because it is session-wide in the R
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from iscsicore.cmdsn import CmdSNWindow
 from iscsicore.keys import SessionType
-from iscsicore.seqnum import SERIAL_MASK, in_window, sn_gt
+from iscsicore.seqnum import SERIAL_MASK
 
 if TYPE_CHECKING:
     from stargate.target import VDiskTarget
 
 MAX_TSIH = 0xFFFF
-_HALF = 1 << 31
 
 
-class CmdSnVerdict(Enum):
-    ACCEPT = "accept"
-    OUT_OF_WINDOW = "out_of_window"  # silently ignored (RFC 7143 section 4.2.2.1)
-
-
-@dataclass(eq=False)
 class Session:
-    initiator_name: str
-    isid: int
-    tsih: int
-    session_type: SessionType
-    target: VDiskTarget | None  # None for discovery sessions
-    exp_cmd_sn: int
-    max_cmd_sn: int = 0
-    # Called to end the session from outside (reinstatement, shutdown, async drop).
-    closer: Callable[[str], None] | None = field(default=None, repr=False)
-    closed: bool = False
+    """One session: who it is for, and its CmdSN window (`iscsicore.cmdsn`), which holds the
+    PDUs that arrive after a CmdSN gap until the gap fills."""
 
-    def __post_init__(self) -> None:
-        self.max_cmd_sn = self.exp_cmd_sn  # a window of one until the first response
+    def __init__(
+        self,
+        initiator_name: str,
+        isid: int,
+        tsih: int,
+        session_type: SessionType,
+        target: VDiskTarget | None,  # None for discovery sessions
+        exp_cmd_sn: int,
+        *,
+        closer: Callable[[str], None] | None = None,
+    ) -> None:
+        self.initiator_name = initiator_name
+        self.isid = isid
+        self.tsih = tsih
+        self.session_type = session_type
+        self.target = target
+        self.window: CmdSNWindow[Any] = CmdSNWindow(exp_cmd_sn)
+        # Called to end the session from outside (reinstatement, shutdown, async drop).
+        self.closer = closer
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Session({self.initiator_name!r}, isid=0x{self.isid:012x}, tsih={self.tsih}, "
+            f"target={self.target_name!r})"
+        )
+
+    @property
+    def exp_cmd_sn(self) -> int:
+        return self.window.exp_cmd_sn
+
+    @property
+    def max_cmd_sn(self) -> int:
+        return self.window.max_cmd_sn
+
+    @max_cmd_sn.setter
+    def max_cmd_sn(self, value: int) -> None:
+        self.window.max_cmd_sn = value & SERIAL_MASK
 
     @property
     def target_name(self) -> str | None:
         return self.target.name if self.target is not None else None
 
-    def check_cmd_sn(self, cmd_sn: int, *, immediate: bool) -> CmdSnVerdict:
-        """Whether a command with this CmdSN may be delivered; advances ExpCmdSN if so.
-
-        Immediate commands are delivered whatever their CmdSN and do not advance it. A
-        non-immediate command must lie in [ExpCmdSN, MaxCmdSN] (serial arithmetic).
-        """
-        if immediate:
-            return CmdSnVerdict.ACCEPT
-        if not in_window(cmd_sn, self.exp_cmd_sn, self.max_cmd_sn):
-            return CmdSnVerdict.OUT_OF_WINDOW
-        next_sn = (cmd_sn + 1) & SERIAL_MASK
-        if sn_gt(next_sn, self.exp_cmd_sn):
-            self.exp_cmd_sn = next_sn
-        return CmdSnVerdict.ACCEPT
-
     def advertise_window(self, share: int) -> int:
-        """The MaxCmdSN to put in the next PDU, from this session's share of free slots.
-
-        MaxCmdSN = ExpCmdSN + share - 1, never below ExpCmdSN - 1 (closed window). An
-        initiator never lowers its own copy of MaxCmdSN, so neither does this: a shrunken
-        share shows as a window that stops advancing.
-        """
-        wanted = (self.exp_cmd_sn + max(share, 0) - 1) & SERIAL_MASK
-        if 0 < (wanted - self.max_cmd_sn) & SERIAL_MASK < _HALF:  # serial "wanted > max"
-            self.max_cmd_sn = wanted
-        return self.max_cmd_sn
+        """The MaxCmdSN to put in the next PDU, from this session's share of free slots."""
+        return self.window.advertise(share)
 
     def close(self, reason: str) -> None:
         if self.closer is not None and not self.closed:

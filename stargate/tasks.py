@@ -100,6 +100,7 @@ class ScsiTask:
         "cdb",
         "command",
         "connection",
+        "data_digest_failed",
         "data_since",
         "early_data",
         "edtl",
@@ -127,6 +128,9 @@ class ScsiTask:
         self.phase = TaskPhase.WAITING_FOR_SLOT
         self.has_slot = False
         self.aborted = False
+        # A Data-Out of it failed its data digest: the rest of its data is discarded, and it
+        # ends with CHECK CONDITION once the initiator has sent all it was asked for.
+        self.data_digest_failed = False
         self.needed = 0  # Data-Out bytes the command will use
         # Started once the task holds a slot and grown as its data arrives (never reserved
         # in full ahead of it); immediate data that is all of it is used as is.
@@ -146,7 +150,8 @@ class ScsiTask:
     # QueuedCommand protocol
     @property
     def cancelled(self) -> bool:
-        return self.aborted
+        # Ended (aborted, or failed while it waited for a slot): never to be dispatched.
+        return self.aborted or self.phase is TaskPhase.DONE
 
     @property
     def buffer_bytes(self) -> int:

@@ -35,7 +35,10 @@ def test_round_trip() -> None:
 def test_empty_values_and_padding() -> None:
     assert decode_text(b"SendTargets=\0\0\0") == [("SendTargets", "")]
     assert decode_text(b"") == []
-    assert decode_text(memoryview(b"A=1\0B=2")) == [("A", "1"), ("B", "2")]  # no final NUL
+    # No final NUL: cut short, malformed (RFC 7143 6.1); accepted only when asked to be lenient.
+    with pytest.raises(MalformedText, match="terminating NUL"):
+        decode_text(memoryview(b"A=1\0B=2"))
+    assert decode_text(memoryview(b"A=1\0B=2"), terminated=False) == [("A", "1"), ("B", "2")]
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,12 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from iscsicore.cmdsn import Arrival
 from iscsicore.pdu import R2T, RESERVED_TAG, DataIn, NopIn, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.seqnum import sn_diff
 from stargate.queue import Admission, CommandQueue, ShareLimits, Tenant
-from stargate.session import CmdSnVerdict, Session, SessionType
+from stargate.session import Session, SessionType
 from tests.stargate.client import (
     TEST_UNIT_READY,
     TestInitiator,
@@ -227,8 +228,8 @@ def test_max_cmd_sn_never_moves_back_and_never_below_exp_minus_one(
     session.max_cmd_sn = (start - 1) & 0xFFFFFFFF  # a closed window to begin with
     first = session.advertise_window(first_share)
     assert sn_diff(first, session.exp_cmd_sn) >= -1
-    assert session.check_cmd_sn(start, immediate=False) is (
-        CmdSnVerdict.ACCEPT if first_share > 0 else CmdSnVerdict.OUT_OF_WINDOW
+    assert session.window.arrive(start, immediate=False, item=None) is (
+        Arrival.DELIVER if first_share > 0 else Arrival.DROPPED
     )
     second = session.advertise_window(second_share)
     assert sn_diff(second, first) >= 0
@@ -238,13 +239,14 @@ def test_max_cmd_sn_never_moves_back_and_never_below_exp_minus_one(
 def test_cmd_sn_window_wraps() -> None:
     session = _session(0xFFFFFFFE)
     session.advertise_window(4)  # window 0xfffffffe .. 0x1
-    assert session.check_cmd_sn(0xFFFFFFFE, immediate=False) is CmdSnVerdict.ACCEPT
-    assert session.check_cmd_sn(0xFFFFFFFF, immediate=False) is CmdSnVerdict.ACCEPT
-    assert session.check_cmd_sn(0, immediate=False) is CmdSnVerdict.ACCEPT
+    window = session.window
+    assert window.arrive(0xFFFFFFFE, immediate=False, item=None) is Arrival.DELIVER
+    assert window.arrive(0xFFFFFFFF, immediate=False, item=None) is Arrival.DELIVER
+    assert window.arrive(0, immediate=False, item=None) is Arrival.DELIVER
     assert session.exp_cmd_sn == 1
-    assert session.check_cmd_sn(5, immediate=False) is CmdSnVerdict.OUT_OF_WINDOW
-    assert session.check_cmd_sn(0xFFFFFFF0, immediate=False) is CmdSnVerdict.OUT_OF_WINDOW
-    assert session.check_cmd_sn(12345, immediate=True) is CmdSnVerdict.ACCEPT
+    assert window.arrive(5, immediate=False, item=None) is Arrival.DROPPED
+    assert window.arrive(0xFFFFFFF0, immediate=False, item=None) is Arrival.DROPPED
+    assert window.arrive(12345, immediate=True, item=None) is Arrival.DELIVER
     assert session.exp_cmd_sn == 1
 
 
