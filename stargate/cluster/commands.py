@@ -329,9 +329,14 @@ def cluster_status(args: argparse.Namespace) -> int:
 
 
 def vm_create(args: argparse.Namespace) -> int:
+    from stargate.stores.capacity import check_file_capacity
+    from stargate.stores.meta import parse_size
+
     directory: Path = args.dir.resolve()
     try:
         spec = ClusterSpec.load(directory)
+        # Before any file is made: a size the filesystem cannot hold leaves nothing behind.
+        check_file_capacity(ClusterPaths(directory).vdisks, parse_size(args.size))
         record, infos = create_vm(
             directory, args.name, home_node=args.node, disks=args.disks, size=args.size
         )
