@@ -164,6 +164,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--chap", type=parse_credentials, metavar="USER:SECRET")
     parser.add_argument("--mutual-chap", type=parse_credentials, metavar="USER:SECRET")
     parser.add_argument(
+        "--discovery-chap",
+        type=parse_credentials,
+        metavar="USER:SECRET",
+        help="discovery (SendTargets) sessions must authenticate with these (default: open)",
+    )
+    parser.add_argument(
+        "--discovery-mutual-chap",
+        type=parse_credentials,
+        metavar="USER:SECRET",
+        help="what the target proves itself with in discovery sessions that ask",
+    )
+    parser.add_argument(
         "--allow", action="append", metavar="INITIATOR_IQN", help="initiator ACL; repeatable"
     )
     parser.add_argument("--login-timeout", type=_positive_float, default=15.0)
@@ -198,6 +210,8 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
 
     if args.mutual_chap is not None and args.chap is None:
         raise CliError("--mutual-chap needs --chap (the initiator authenticates first)")
+    if args.discovery_mutual_chap is not None and args.discovery_chap is None:
+        raise CliError("--discovery-mutual-chap needs --discovery-chap")
     in_memory = args.memory or args.null
     if not in_memory and args.data_dir is None:
         raise CliError("--data-dir is required unless --memory is given")
@@ -302,6 +316,8 @@ def run_target(args: argparse.Namespace) -> int:
         busy_poll_us=args.busy_poll_us,
     )
     server = StargateServer(registry, config)
+    server.policy.discovery_chap = args.discovery_chap
+    server.policy.discovery_mutual_chap = args.discovery_mutual_chap
     control = _control_token(args) if args.http is not None else None
     listen_error: OSError | None = None
     try:

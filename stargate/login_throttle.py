@@ -1,0 +1,96 @@
+"""Slowing down failed logins: CHAP guessing costs time, per initiator name and per address.
+
+Every authentication or authorization failure (login status 0x0201/0x0202) of an initiator
+name and of a source address pushes that key's "not before" time out by a delay that doubles
+with each recent failure, up to a cap; the failures decay (halve every `HALF_LIFE` seconds of
+quiet). Any login response to a key that is being held waits until then, in that login's
+own task: other connections and sessions never wait. Concurrent guesses queue behind each
+other, so parallel connections do not multiply the rate. A successful login clears its
+initiator name (a mistyped secret costs its owner nothing afterwards), not its address.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from iscsicore.pdu import LoginResponse, LoginStatus
+
+FIRST_DELAY = 0.1  # seconds before answering the first failure
+MAX_DELAY = 2.0  # the most one failure adds
+HALF_LIFE = 30.0  # seconds of quiet after which a key's failures count half
+MAX_KEYS = 16384  # bound on the memory an attacker with many names can make us use
+THROTTLED_STATUSES = frozenset(
+    {LoginStatus.AUTHENTICATION_FAILURE, LoginStatus.AUTHORIZATION_FAILURE}
+)
+
+
+@dataclass(slots=True)
+class _Record:
+    failures: float = 0.0
+    last_failure: float = 0.0
+    not_before: float = 0.0
+
+
+@dataclass
+class LoginThrottle:
+    first_delay: float = FIRST_DELAY
+    max_delay: float = MAX_DELAY
+    half_life: float = HALF_LIFE
+    clock: Callable[[], float] = time.monotonic
+    _records: dict[str, _Record] = field(default_factory=dict)
+
+    @staticmethod
+    def keys(initiator_name: str, peer: str) -> list[str]:
+        keys = [f"address:{peer}"] if peer else []
+        return keys + ([f"name:{initiator_name}"] if initiator_name else [])
+
+    def _decayed(self, record: _Record, now: float) -> float:
+        quiet = max(0.0, now - record.last_failure)
+        return record.failures * 0.5 ** (quiet / self.half_life)
+
+    def failed(self, initiator_name: str, peer: str) -> float:
+        """Count a failure; returns the time before which its answer must not go."""
+        now = self.clock()
+        self._prune(now)
+        release = now
+        for key in self.keys(initiator_name, peer):
+            record = self._records.setdefault(key, _Record())
+            record.failures = self._decayed(record, now) + 1.0
+            record.last_failure = now
+            delay = min(self.max_delay, self.first_delay * 2 ** (record.failures - 1.0))
+            record.not_before = max(now, record.not_before) + delay
+            release = max(release, record.not_before)
+        return release
+
+    def held_until(self, initiator_name: str, peer: str) -> float:
+        """When answers to this initiator name / address may go (now or earlier: at once)."""
+        records = (self._records.get(key) for key in self.keys(initiator_name, peer))
+        return max((record.not_before for record in records if record), default=0.0)
+
+    def succeeded(self, initiator_name: str) -> None:
+        self._records.pop(f"name:{initiator_name}", None)
+
+    def _prune(self, now: float) -> None:
+        if len(self._records) < MAX_KEYS:
+            return
+        for key, record in list(self._records.items()):
+            if record.not_before <= now and self._decayed(record, now) < 0.5:
+                del self._records[key]
+        while len(self._records) >= MAX_KEYS:  # still full: forget the oldest
+            oldest = min(self._records, key=lambda key: self._records[key].last_failure)
+            del self._records[oldest]
+
+    async def hold(self, response: LoginResponse, initiator_name: str, peer: str) -> None:
+        """Wait, if need be, before ``response`` is sent to this initiator and address."""
+        status = (response.status_class << 8) | response.status_detail
+        if status in THROTTLED_STATUSES:
+            release = self.failed(initiator_name, peer)
+        else:
+            release = self.held_until(initiator_name, peer)
+        wait = release - self.clock()
+        if wait > 0:
+            await trio.sleep(wait)
