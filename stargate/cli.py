@@ -329,12 +329,23 @@ def run_target(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 store.sync()
                 store.close()
+        if control is not None and control.temporary:
+            with contextlib.suppress(OSError):  # the token made for this run goes with it
+                control.path.unlink()
+                control.path.parent.rmdir()
     if listen_error is not None:
         raise CliError(f"cannot listen on {host}:{port}: {listen_error.strerror or listen_error}")
     return 0
 
 
-def _control_token(args: argparse.Namespace) -> tuple[str, Path]:
+@dataclass(frozen=True, slots=True)
+class ControlToken:
+    token: str
+    path: Path
+    temporary: bool  # made for this run in a private directory: removed at exit
+
+
+def _control_token(args: argparse.Namespace) -> ControlToken:
     """The HTTP page's control token and its file: --control-token-file, else
     DATA_DIR/control.token, else a new file in a private temporary directory."""
     import tempfile
@@ -342,13 +353,14 @@ def _control_token(args: argparse.Namespace) -> tuple[str, Path]:
     from stargate.cluster.control_token import TOKEN_FILE, ControlTokenError, ensure_token
 
     path: Path = args.control_token_file
+    temporary = path is None and args.data_dir is None
     if path is None:
         if args.data_dir is not None:
             path = args.data_dir / TOKEN_FILE
         else:
             path = Path(tempfile.mkdtemp(prefix="stargate-control-")) / TOKEN_FILE
     try:
-        return ensure_token(path), path.absolute()
+        return ControlToken(ensure_token(path), path.absolute(), temporary)
     except ControlTokenError as error:
         raise CliError(str(error)) from None
 
@@ -361,7 +373,7 @@ def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
 async def _serve_until_signalled(
     server: StargateServer,
     http_portal: tuple[str, int] | None = None,
-    control: tuple[str, Path] | None = None,
+    control: ControlToken | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -375,11 +387,10 @@ async def _serve_until_signalled(
                 forensics.attach(server)
                 nursery.start_soon(forensics.sample_io, server)
                 assert control is not None
-                token, token_file = control
-                page = TargetPage(server, token, token_file, forensics)
+                page = TargetPage(server, control.token, control.path, forensics)
                 http_port = await nursery.start(serve_http, page.handle, *http_portal)
                 print(f"stargate: HTTP on {http_portal[0]}:{http_port}", flush=True)
-                print(f"stargate: control token in {token_file}", flush=True)
+                print(f"stargate: control token in {control.path}", flush=True)
             names = ", ".join(target.name for target in server.registry)
             log.info("serving %s on port %s", names, port)
             print(f"stargate: listening on {server.config.host}:{port}", flush=True)
