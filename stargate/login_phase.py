@@ -160,7 +160,7 @@ async def run_login(
                     return outcome
                 response = login.receive(pdu)
                 if throttle is not None:
-                    await throttle.hold(response, login.initiator_name, peer)
+                    await throttle.hold(login.chap_failed, login.initiator_name, peer)
                 await stream.send_all(encode_pdu(response))
     if scope.cancelled_caught:
         outcome.reason = f"login not finished within {timeout:g} s"

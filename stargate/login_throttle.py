@@ -1,9 +1,9 @@
 """Slowing down failed logins: CHAP guessing costs time, per initiator name and per address.
 
-Every authentication or authorization failure (login status 0x0201/0x0202) of an initiator
-name and of a source address pushes that key's "not before" time out by a delay that doubles
-with each recent failure, up to a cap; the failures decay (halve every `HALF_LIFE` seconds of
-quiet). Any login response to a key that is being held waits until then, in that login's
+Every failed CHAP exchange (a wrong secret or a bad challenge: login status 0x0201; not a
+policy refusal, nor an injected login fault) of an initiator name and of a source address
+pushes that key's "not before" time out by a delay that doubles with each recent failure,
+up to a cap; the failures decay (halve every `HALF_LIFE` seconds of quiet). Any login response to a key that is being held waits until then, in that login's
 own task: other connections and sessions never wait. Concurrent guesses queue behind each
 other, so parallel connections do not multiply the rate. A successful login clears its
 initiator name (a mistyped secret costs its owner nothing afterwards), not its address.
@@ -17,15 +17,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from iscsicore.pdu import LoginResponse, LoginStatus
-
 FIRST_DELAY = 0.1  # seconds before answering the first failure
 MAX_DELAY = 2.0  # the most one failure adds
 HALF_LIFE = 30.0  # seconds of quiet after which a key's failures count half
 MAX_KEYS = 16384  # bound on the memory an attacker with many names can make us use
-THROTTLED_STATUSES = frozenset(
-    {LoginStatus.AUTHENTICATION_FAILURE, LoginStatus.AUTHORIZATION_FAILURE}
-)
 
 
 @dataclass(slots=True)
@@ -84,10 +79,10 @@ class LoginThrottle:
             oldest = min(self._records, key=lambda key: self._records[key].last_failure)
             del self._records[oldest]
 
-    async def hold(self, response: LoginResponse, initiator_name: str, peer: str) -> None:
-        """Wait, if need be, before ``response`` is sent to this initiator and address."""
-        status = (response.status_class << 8) | response.status_detail
-        if status in THROTTLED_STATUSES:
+    async def hold(self, failed: bool, initiator_name: str, peer: str) -> None:
+        """Wait, if need be, before a login response goes to this initiator and address;
+        ``failed``: the response refuses the initiator's credentials."""
+        if failed:
             release = self.failed(initiator_name, peer)
         else:
             release = self.held_until(initiator_name, peer)
