@@ -3,10 +3,11 @@
 Every failed CHAP exchange (a wrong secret or a bad challenge: login status 0x0201; not a
 policy refusal, nor an injected login fault) of an initiator name and of a source address
 pushes that key's "not before" time out by a delay that doubles with each recent failure,
-up to a cap; the failures decay (halve every `HALF_LIFE` seconds of quiet). Any login response to a key that is being held waits until then, in that login's
-own task: other connections and sessions never wait. Concurrent guesses queue behind each
-other, so parallel connections do not multiply the rate. A successful login clears its
-initiator name (a mistyped secret costs its owner nothing afterwards), not its address.
+up to a cap; the failures decay (halve every `HALF_LIFE` seconds of quiet). Any login
+response to a key that is being held waits until then, in that login's own task: other
+connections and sessions never wait. Concurrent guesses queue behind each other, so
+parallel connections do not multiply the rate. A successful login clears its initiator
+name (a mistyped secret costs its owner nothing afterwards), not its address.
 """
 
 from __future__ import annotations
@@ -50,10 +51,13 @@ class LoginThrottle:
     def failed(self, initiator_name: str, peer: str) -> float:
         """Count a failure; returns the time before which its answer must not go."""
         now = self.clock()
-        self._prune(now)
+        keys = self.keys(initiator_name, peer)
+        self._prune(now, room=len(keys))
         release = now
-        for key in self.keys(initiator_name, peer):
-            record = self._records.setdefault(key, _Record())
+        for key in keys:
+            # Re-inserted: the dict stays ordered by last failure, oldest first.
+            record = self._records.pop(key, None) or _Record()
+            self._records[key] = record
             record.failures = self._decayed(record, now) + 1.0
             record.last_failure = now
             delay = min(self.max_delay, self.first_delay * 2 ** (record.failures - 1.0))
@@ -69,15 +73,15 @@ class LoginThrottle:
     def succeeded(self, initiator_name: str) -> None:
         self._records.pop(f"name:{initiator_name}", None)
 
-    def _prune(self, now: float) -> None:
-        if len(self._records) < MAX_KEYS:
+    def _prune(self, now: float, room: int) -> None:
+        """Keep at most MAX_KEYS records once ``room`` more are added."""
+        if len(self._records) + room <= MAX_KEYS:
             return
         for key, record in list(self._records.items()):
             if record.not_before <= now and self._decayed(record, now) < 0.5:
                 del self._records[key]
-        while len(self._records) >= MAX_KEYS:  # still full: forget the oldest
-            oldest = min(self._records, key=lambda key: self._records[key].last_failure)
-            del self._records[oldest]
+        while self._records and len(self._records) + room > MAX_KEYS:
+            del self._records[next(iter(self._records))]  # still full: forget the oldest
 
     async def hold(self, failed: bool, initiator_name: str, peer: str) -> None:
         """Wait, if need be, before a login response goes to this initiator and address;

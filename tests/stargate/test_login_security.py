@@ -22,7 +22,7 @@ from stargate.target import target_name_for
 from tests.conftest import require_tool
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
-from tests.peers.tools import PeerToolError, iscsi_ls, iscsi_url
+from tests.peers.tools import PeerToolError, iscsi_inq, iscsi_ls, iscsi_url
 from tests.stargate.client import TestInitiator
 
 HOST = "127.0.0.1"
@@ -284,3 +284,15 @@ def test_iscsi_ls_with_discovery_chap(start_target: Callable[..., RunningTarget]
         iscsi_url(HOST, target.port, user=DISCOVERY.username, password=DISCOVERY.secret.decode())
     )
     assert [entry.name for entry in listed] == [TARGET]
+
+
+def test_libiscsi_mutual_chap_still_logs_in(chap_target: RunningTarget) -> None:
+    """libiscsi's own mutual challenge (16 bytes, its own CHAP_I) passes the new checks."""
+    require_tool("iscsi-inq", why="libiscsi's INQUIRY client")
+    url = iscsi_url(
+        HOST, chap_target.port, TARGET, 0, user=ALICE.username, password=ALICE.secret.decode()
+    )
+    mutual = TARGET_SECRETS
+    url += f"?target_user={mutual.username}&target_password={mutual.secret.decode()}"
+    for _ in range(3):  # CHAP_I and challenges are random: a few logins
+        assert iscsi_inq(url).fields["Peripheral Device Type"] == "DIRECT_ACCESS"
