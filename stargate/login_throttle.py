@@ -8,6 +8,10 @@ response to a key that is being held waits until then, in that login's own task:
 connections and sessions never wait. Concurrent guesses queue behind each other, so
 parallel connections do not multiply the rate. A successful login clears its initiator
 name (a mistyped secret costs its owner nothing afterwards), not its address.
+
+An initiator name is not a secret: someone flooding wrong secrets under another initiator's
+name must not lock it out. So a name's hold never reaches more than `MAX_NAME_HOLD` ahead,
+within the login timeout: the real initiator, from its own address, still logs in.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ FIRST_DELAY = 0.1  # seconds before answering the first failure
 MAX_DELAY = 2.0  # the most one failure adds
 HALF_LIFE = 30.0  # seconds of quiet after which a key's failures count half
 MAX_KEYS = 16384  # bound on the memory an attacker with many names can make us use
+MAX_NAME_HOLD = 10.0  # seconds; below the default login timeout (15 s)
 
 
 @dataclass(slots=True)
@@ -36,6 +41,7 @@ class LoginThrottle:
     first_delay: float = FIRST_DELAY
     max_delay: float = MAX_DELAY
     half_life: float = HALF_LIFE
+    max_name_hold: float = MAX_NAME_HOLD
     clock: Callable[[], float] = time.monotonic
     _records: dict[str, _Record] = field(default_factory=dict)
 
@@ -62,6 +68,8 @@ class LoginThrottle:
             record.last_failure = now
             delay = min(self.max_delay, self.first_delay * 2 ** (record.failures - 1.0))
             record.not_before = max(now, record.not_before) + delay
+            if key.startswith("name:"):
+                record.not_before = min(record.not_before, now + self.max_name_hold)
             release = max(release, record.not_before)
         return release
 

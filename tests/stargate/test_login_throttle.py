@@ -24,9 +24,19 @@ def _throttle(clock: FakeClock) -> LoginThrottle:
 def test_delays_double_up_to_the_cap_and_queue_behind_each_other() -> None:
     clock = FakeClock()
     throttle = _throttle(clock)
-    releases = [throttle.failed("iqn.x", "10.0.0.1") - clock.now for _ in range(7)]
+    releases = [throttle.failed("iqn.x", "10.0.0.1") - clock.now for _ in range(9)]
     # All at the same instant (parallel guesses): each waits behind the previous ones.
-    assert releases == pytest.approx([0.1, 0.3, 0.7, 1.5, 3.1, 5.1, 7.1])
+    assert releases == pytest.approx([0.1, 0.3, 0.7, 1.5, 3.1, 5.1, 7.1, 9.1, 11.1])
+
+
+def test_a_flood_under_a_name_does_not_lock_that_name_out() -> None:
+    clock = FakeClock()
+    throttle = _throttle(clock)
+    for _ in range(50):  # parallel guesses under the victim's name, from the attacker
+        throttle.failed("iqn.victim", "10.6.6.6")
+    assert throttle.held_until("iqn.attacker", "10.6.6.6") - clock.now > 60  # its address
+    # The victim, from its own address, waits at most the name's hold: it still logs in.
+    assert throttle.held_until("iqn.victim", "10.0.0.7") - clock.now <= 10.0
 
 
 def test_sequential_failures_wait_one_delay_each() -> None:
