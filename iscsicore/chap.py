@@ -19,8 +19,11 @@ from iscsicore.pdu import LoginStatus
 
 CHAP_MD5 = "5"
 CHALLENGE_LENGTH = 16
-# A challenge that short gives an attacker a dictionary to build; that long is abuse.
-MIN_CHALLENGE_LENGTH = 1
+MIN_CHALLENGE_LENGTH = 1  # what an initiator takes from a target (some targets are terse)
+# What the target takes from an initiator's mutual challenge: a short one lets a rogue
+# initiator collect the target's answers to a small set of challenges and replay them
+# (RFC 7143 12.1.3 wants challenges as long as the secret; 16 bytes, like LIO's).
+MIN_MUTUAL_CHALLENGE_LENGTH = 16
 MAX_CHALLENGE_LENGTH = 1024
 
 
@@ -92,10 +95,12 @@ def _identifier(value: str) -> int:
     return int(value)
 
 
-def _challenge(value: str) -> bytes:
+def _challenge(value: str, minimum: int = MIN_CHALLENGE_LENGTH) -> bytes:
     challenge = decode_binary(value)
-    if not MIN_CHALLENGE_LENGTH <= len(challenge) <= MAX_CHALLENGE_LENGTH:
-        raise ChapError(f"CHAP_C of {len(challenge)} bytes")
+    if not minimum <= len(challenge) <= MAX_CHALLENGE_LENGTH:
+        raise ChapError(
+            f"CHAP_C of {len(challenge)} bytes (want {minimum}..{MAX_CHALLENGE_LENGTH})"
+        )
     return challenge
 
 
@@ -149,7 +154,11 @@ class ChapTarget:
         if self.mutual is None:
             raise ChapError("initiator asked for mutual CHAP; no target secret configured")
         identifier = _identifier(_single(pairs, "CHAP_I"))
-        challenge = _challenge(_single(pairs, "CHAP_C"))
+        if identifier == self.identifier:
+            # RFC 7143 12.1.3: a CHAP_I is not used twice in a session; answering our own
+            # identifier would hand out a response usable against us.
+            raise ChapError(f"mutual CHAP_I {identifier} reuses the target's identifier")
+        challenge = _challenge(_single(pairs, "CHAP_C"), MIN_MUTUAL_CHALLENGE_LENGTH)
         if hmac.compare_digest(challenge, self.challenge):
             # RFC 7143 12.1.3: a reflected challenge would let the initiator learn the
             # answer to our own challenge from us.
@@ -187,6 +196,8 @@ class ChapInitiator:
         response = chap_response(identifier, self.secrets.secret, target_challenge)
         reply = [("CHAP_N", self.secrets.username), ("CHAP_R", encode_binary(response))]
         if self.mutual is not None:
+            while self.identifier == identifier:  # never reuse the target's CHAP_I
+                self.identifier = secrets.randbelow(256)
             self.challenge = secrets.token_bytes(self.challenge_length)
             while hmac.compare_digest(self.challenge, target_challenge):  # pragma: no cover
                 self.challenge = secrets.token_bytes(self.challenge_length)

@@ -249,6 +249,8 @@ class TargetLogin:
         self._outbox = _Outbox()
         self._auth = _AuthState.UNDECIDED
         self._chap: ChapTarget | None = None
+        # The CHAP exchange failed (wrong secret, bad challenge): what login throttling counts.
+        self.chap_failed = False
         self._declared_mrdsl = False
         self._offered_limits = False
         self._last_failure: LoginResponse | None = None
@@ -469,6 +471,7 @@ class TargetLogin:
                 return self._chap.on_algorithms(chap_pairs)
             replies = self._chap.on_response(chap_pairs)
         except ChapError as error:
+            self.chap_failed = True
             raise _LoginFailure(LoginStatus.AUTHENTICATION_FAILURE, str(error)) from None
         self._auth = _AuthState.DONE
         return replies

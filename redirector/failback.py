@@ -23,6 +23,7 @@ import trio
 
 from redirector.config import RedirectorConfig
 from redirector.policy import PlacementPolicy
+from stargate.cluster.control_token import ControlTokenError, cluster_token
 from stargate.cluster.http import HttpError, http_json
 from stargate.cluster.ownership import read_record
 from stargate.cluster.spec import load_vms
@@ -89,7 +90,11 @@ class Failback:
         seconds = self.config.timers.failback_logout_seconds
         url = f"{node.http_url}/control/vdisks/{quote(vdisk, safe='')}/logout?seconds={seconds}"
         try:
-            status, document = await http_json("POST", url, timeout=REQUEST_TIMEOUT)
+            try:
+                token = cluster_token(self.config.directory)  # the CVM pages' credential
+            except ControlTokenError as error:
+                raise HttpError(str(error)) from None
+            status, document = await http_json("POST", url, timeout=REQUEST_TIMEOUT, token=token)
             if status != 200:
                 raise HttpError(f"{url}: HTTP {status}")
         except HttpError as error:

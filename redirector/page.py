@@ -3,6 +3,8 @@
 
 GET    /faults, POST /faults, DELETE /faults[/<id>]   as on a stargate (stargate.faults.http)
 GET    /stats.json                                    redirects, refusals, sessions
+
+POST and DELETE need the cluster's control token (stargate.cluster.control_token).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 
 from redirector.faults import redirector_fault_error
 from redirector.server import RedirectorServer
+from stargate.cluster.control_token import check_control, cluster_token, cluster_token_file
 from stargate.cluster.http import HttpRequest, HttpResponse
 from stargate.faults.http import handle_fault_request
 
@@ -18,8 +21,13 @@ from stargate.faults.http import handle_fault_request
 class RedirectorPage:
     def __init__(self, server: RedirectorServer) -> None:
         self.server = server
+        self.token_file = cluster_token_file(server.config.directory)
+        self.token = cluster_token(server.config.directory)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
+        denied = check_control(request, self.token, where=str(self.token_file))
+        if denied is not None:
+            return denied
         answer = await handle_fault_request(
             self.server.faults.injector, request, refuse=redirector_fault_error
         )

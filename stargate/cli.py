@@ -64,6 +64,7 @@ def parse_portal(text: str) -> tuple[str, int]:
 
 
 def parse_vdisk(text: str) -> VDiskSpec:
+    from stargate.stores.capacity import check_size_bound
     from stargate.stores.meta import parse_size
 
     vdisk_id, sep, size_text = text.partition(":")
@@ -73,8 +74,9 @@ def parse_vdisk(text: str) -> VDiskSpec:
         return VDiskSpec(vdisk_id, None)
     try:
         size = parse_size(size_text)
+        check_size_bound(size)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(f"vDisk {vdisk_id}: {error}") from None
     if size % 512:
         raise argparse.ArgumentTypeError(f"size of {vdisk_id} must be a multiple of 512 bytes")
     return VDiskSpec(vdisk_id, size)
@@ -152,6 +154,13 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="serve statistics and the fault control endpoints (stargate fault --url)",
     )
+    parser.add_argument(
+        "--control-token-file",
+        type=Path,
+        metavar="FILE",
+        help="the token --http's POST/DELETE requests must carry (created if missing; "
+        "default: DATA_DIR/control.token, or a new private file printed at start)",
+    )
     parser.add_argument("--queue-depth", type=_positive_int, default=DEFAULT_QUEUE_DEPTH)
     isolation = parser.add_argument_group(
         "isolation between sessions",
@@ -198,6 +207,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--chap", type=parse_credentials, metavar="USER:SECRET")
     parser.add_argument("--mutual-chap", type=parse_credentials, metavar="USER:SECRET")
     parser.add_argument(
+        "--discovery-chap",
+        type=parse_credentials,
+        metavar="USER:SECRET",
+        help="discovery (SendTargets) sessions must authenticate with these (default: open)",
+    )
+    parser.add_argument(
+        "--discovery-mutual-chap",
+        type=parse_credentials,
+        metavar="USER:SECRET",
+        help="what the target proves itself with in discovery sessions that ask",
+    )
+    parser.add_argument(
         "--allow", action="append", metavar="INITIATOR_IQN", help="initiator ACL; repeatable"
     )
     parser.add_argument("--login-timeout", type=_positive_float, default=15.0)
@@ -232,19 +253,22 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
 
     if args.mutual_chap is not None and args.chap is None:
         raise CliError("--mutual-chap needs --chap (the initiator authenticates first)")
+    if args.discovery_mutual_chap is not None and args.discovery_chap is None:
+        raise CliError("--discovery-mutual-chap needs --discovery-chap")
     in_memory = args.memory or args.null
     if not in_memory and args.data_dir is None:
         raise CliError("--data-dir is required unless --memory is given")
-    seen: set[str] = set()
+    _check_vdisks(args, in_memory)  # all of them before any file is created
     targets: list[VDiskTarget] = []
     stores: list[Any] = []
     for spec in args.vdisk:
-        if spec.vdisk_id in seen:
-            raise CliError(f"vDisk {spec.vdisk_id} given twice")
-        seen.add(spec.vdisk_id)
-        exists = args.data_dir is not None and (args.data_dir / f"{spec.vdisk_id}.json").exists()
-        if spec.size is None and (in_memory or not exists):
-            raise CliError(f"vDisk {spec.vdisk_id} does not exist: give its size, ID:SIZE")
+        created: list[Path] = []
+        if not in_memory:
+            created = [
+                path
+                for path in (args.data_dir / f"{spec.vdisk_id}{ext}" for ext in (".img", ".json"))
+                if not path.exists()
+            ]
         try:
             meta = VDiskMeta(spec.vdisk_id, spec.size or 512)
             store: Any
@@ -254,7 +278,9 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
                 store = MemoryStore(meta)
             else:
                 store = FileStore.open_or_create(args.data_dir, meta)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, OverflowError) as error:
+            for path in created:  # leave nothing half-made behind
+                path.unlink(missing_ok=True)
             raise CliError(f"cannot open vDisk {spec.vdisk_id}: {error}") from None
         stores.append(store)
         # SPC-4 persistent reservations (DIR/<id>.pr.json) and SPC-2 RESERVE, wired to the
@@ -295,6 +321,36 @@ def _share_limits(args: argparse.Namespace, owner: str) -> ShareLimits:
     )
 
 
+def _check_vdisks(args: argparse.Namespace, in_memory: bool) -> None:
+    """Refuse duplicate ids, missing sizes and sizes the store cannot hold."""
+    from stargate.stores.capacity import (
+        CapacityError,
+        check_file_capacity,
+        check_memory_capacity,
+        check_size_bound,
+    )
+
+    seen: set[str] = set()
+    for spec in args.vdisk:
+        if spec.vdisk_id in seen:
+            raise CliError(f"vDisk {spec.vdisk_id} given twice")
+        seen.add(spec.vdisk_id)
+        exists = args.data_dir is not None and (args.data_dir / f"{spec.vdisk_id}.json").exists()
+        if spec.size is None and (in_memory or not exists):
+            raise CliError(f"vDisk {spec.vdisk_id} does not exist: give its size, ID:SIZE")
+        if spec.size is None or exists:
+            continue  # an existing vDisk keeps its stored size
+        try:
+            if args.null:
+                check_size_bound(spec.size)
+            elif args.memory:
+                check_memory_capacity(spec.size)
+            else:
+                check_file_capacity(args.data_dir, spec.size)
+        except CapacityError as error:
+            raise CliError(f"vDisk {spec.vdisk_id}: {error}") from None
+
+
 def run_target(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -323,9 +379,12 @@ def run_target(args: argparse.Namespace) -> int:
         busy_poll_us=args.busy_poll_us,
     )
     server = StargateServer(registry, config)
+    server.policy.discovery_chap = args.discovery_chap
+    server.policy.discovery_mutual_chap = args.discovery_mutual_chap
+    control = _control_token(args) if args.http is not None else None
     listen_error: OSError | None = None
     try:
-        trio.run(_serve_until_signalled, server, args.http)
+        trio.run(_serve_until_signalled, server, args.http, control)
     except* OSError as group:  # from inside trio's nursery: wrapped in a group
         listen_error = _first_os_error(group)
     finally:
@@ -333,9 +392,40 @@ def run_target(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 store.sync()
                 store.close()
+        if control is not None and control.temporary:
+            with contextlib.suppress(OSError):  # the token made for this run goes with it
+                control.path.unlink()
+                control.path.parent.rmdir()
     if listen_error is not None:
         raise CliError(f"cannot listen on {host}:{port}: {listen_error.strerror or listen_error}")
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class ControlToken:
+    token: str
+    path: Path
+    temporary: bool  # made for this run in a private directory: removed at exit
+
+
+def _control_token(args: argparse.Namespace) -> ControlToken:
+    """The HTTP page's control token and its file: --control-token-file, else
+    DATA_DIR/control.token, else a new file in a private temporary directory."""
+    import tempfile
+
+    from stargate.cluster.control_token import TOKEN_FILE, ControlTokenError, ensure_token
+
+    path: Path = args.control_token_file
+    temporary = path is None and args.data_dir is None
+    if path is None:
+        if args.data_dir is not None:
+            path = args.data_dir / TOKEN_FILE
+        else:
+            path = Path(tempfile.mkdtemp(prefix="stargate-control-")) / TOKEN_FILE
+    try:
+        return ControlToken(ensure_token(path), path.absolute(), temporary)
+    except ControlTokenError as error:
+        raise CliError(str(error)) from None
 
 
 def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
@@ -344,7 +434,9 @@ def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
 
 
 async def _serve_until_signalled(
-    server: StargateServer, http_portal: tuple[str, int] | None = None
+    server: StargateServer,
+    http_portal: tuple[str, int] | None = None,
+    control: ControlToken | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -357,9 +449,11 @@ async def _serve_until_signalled(
                 forensics = Forensics("target")
                 forensics.attach(server)
                 nursery.start_soon(forensics.sample_io, server)
-                page = TargetPage(server, forensics)
+                assert control is not None
+                page = TargetPage(server, control.token, control.path, forensics)
                 http_port = await nursery.start(serve_http, page.handle, *http_portal)
                 print(f"stargate: HTTP on {http_portal[0]}:{http_port}", flush=True)
+                print(f"stargate: control token in {control.path}", flush=True)
             names = ", ".join(target.name for target in server.registry)
             log.info("serving %s on port %s", names, port)
             print(f"stargate: listening on {server.config.host}:{port}", flush=True)

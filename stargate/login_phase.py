@@ -5,6 +5,8 @@ session table: may this initiator log in to this target (and with which CHAP sec
 which TSIH does the new session get (reinstating an older session of the same initiator
 port). `run_login` moves the PDUs, bounded in time: a client that connects and sends
 nothing, or dribbles, is dropped after the login timeout without affecting anyone else.
+Failed logins are answered later and later (login_throttle.py), per initiator name and
+source address. With discovery CHAP set, SendTargets sessions must authenticate too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from iscsicore.login import (
     TargetLoginConfig,
 )
 from iscsicore.pdu import LoginRequest, LoginStatus
+from stargate.login_throttle import LoginThrottle
 from stargate.session import SessionTable
 from stargate.target import ChapCredentials, TargetRegistry
 
@@ -50,12 +53,18 @@ class LoginPolicy:
     def __init__(self, registry: TargetRegistry, sessions: SessionTable) -> None:
         self.registry = registry
         self.sessions = sessions
+        self.throttle = LoginThrottle()
+        # Discovery CHAP (tgt's and LIO's discovery_auth): None leaves SendTargets open.
+        self.discovery_chap: ChapCredentials | None = None
+        self.discovery_mutual_chap: ChapCredentials | None = None
 
     def resolve(
         self, initiator_name: str, target_name: str | None, session_type: SessionType
     ) -> Resolution:
         if session_type is SessionType.DISCOVERY:
-            return Accept()
+            return Accept(
+                chap=_secrets(self.discovery_chap), mutual=_secrets(self.discovery_mutual_chap)
+            )
         target = self.registry.get(target_name or "")
         if target is None:
             return Refuse(LoginStatus.NOT_FOUND)
@@ -105,17 +114,30 @@ class LoginOutcome:
         return self.login.complete
 
 
+def peer_host(stream: trio.abc.Stream) -> str:
+    """The initiator's address ("" when the stream is not a socket)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        peer = sock.getpeername() if sock is not None else None
+    except OSError:
+        return ""
+    return str(peer[0]) if isinstance(peer, tuple) else ""
+
+
 async def run_login(
     stream: trio.abc.Stream,
     framer: PduFramer,
     login: TargetLogin,
     *,
     timeout: float = DEFAULT_LOGIN_TIMEOUT,
+    throttle: LoginThrottle | None = None,
+    peer: str = "",
 ) -> LoginOutcome:
     """Answer Login Requests until the login completes, fails or times out.
 
     On success the framer is switched to the negotiated digests and segment length; bytes
-    the initiator already sent after the last login PDU stay buffered in it.
+    the initiator already sent after the last login PDU stay buffered in it. With
+    ``throttle``, answers to an initiator name or ``peer`` address that failed recently wait.
     """
     outcome = LoginOutcome(login)
     with trio.move_on_after(timeout) as scope:
@@ -137,11 +159,15 @@ async def run_login(
                     outcome.reason = f"{type(pdu).__name__} during login"
                     return outcome
                 response = login.receive(pdu)
+                if throttle is not None:
+                    await throttle.hold(login.chap_failed, login.initiator_name, peer)
                 await stream.send_all(encode_pdu(response))
     if scope.cancelled_caught:
         outcome.reason = f"login not finished within {timeout:g} s"
         return outcome
     if login.complete:
+        if throttle is not None:
+            throttle.succeeded(login.initiator_name)
         params = login.params
         framer.header_digest = params.header_digest
         framer.data_digest = params.data_digest

@@ -30,7 +30,7 @@ from stargate.faults.channel import blackhole_stream
 from stargate.faults.forensics import Forensics
 from stargate.faults.injector import FaultInjector
 from stargate.faults.login import faulted_login, hold_swallowed_login
-from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, run_login
+from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, peer_host, run_login
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, CommandQueue, ShareLimits
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS, ReaderHub
 from stargate.scsi.command import Nexus
@@ -231,7 +231,14 @@ class StargateServer:
         if self.faults.armed:
             login_config, login_stream = faulted_login(login_config, stream, self.faults)
         login = TargetLogin(login_config)
-        outcome = await run_login(login_stream, framer, login, timeout=self.config.login_timeout)
+        outcome = await run_login(
+            login_stream,
+            framer,
+            login,
+            timeout=self.config.login_timeout,
+            throttle=self.policy.throttle,  # failed logins are answered later and later
+            peer=peer_host(stream),
+        )
         if await hold_swallowed_login(login_stream):
             return
         if not outcome.complete:

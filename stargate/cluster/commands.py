@@ -21,6 +21,7 @@ from rich.table import Table
 
 from stargate.cluster import demo
 from stargate.cluster.client import vdisk_table
+from stargate.cluster.control_token import cluster_token_file
 from stargate.cluster.spec import (
     DEFAULT_BASE_ADDRESS,
     DEFAULT_STABLE_WINDOW,
@@ -259,6 +260,8 @@ def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> d
         )
     return {
         "dir": str(supervisor.directory),
+        # What POST/DELETE to the HTTP pages must send as Authorization: Bearer.
+        "control_token_file": str(cluster_token_file(supervisor.directory)),
         "stable_window": spec.stable_window,
         "placement": spec.placement,
         "base_address": spec.base_address,
@@ -329,9 +332,14 @@ def cluster_status(args: argparse.Namespace) -> int:
 
 
 def vm_create(args: argparse.Namespace) -> int:
+    from stargate.stores.capacity import check_file_capacity
+    from stargate.stores.meta import parse_size
+
     directory: Path = args.dir.resolve()
     try:
         spec = ClusterSpec.load(directory)
+        # Before any file is made: a size the filesystem cannot hold leaves nothing behind.
+        check_file_capacity(ClusterPaths(directory).vdisks, parse_size(args.size))
         record, infos = create_vm(
             directory, args.name, home_node=args.node, disks=args.disks, size=args.size
         )

@@ -245,7 +245,9 @@ class ClusterStargate:
             return
         url = f"{owner.http_url}/control/vdisks/{vdisk_id}/release?by={self.node_id}"
         try:
-            status, answer = await http_json("POST", url, timeout=self.release_timeout)
+            status, answer = await http_json(
+                "POST", url, timeout=self.release_timeout, token=self.page.token
+            )
         except HttpError as error:
             log.warning("vDisk %s: node %d did not release it (%s)", vdisk_id, owner_id, error)
             return

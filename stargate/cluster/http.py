@@ -31,6 +31,7 @@ class HttpRequest:
     path: str
     query: dict[str, list[str]]
     body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
     def query_value(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
@@ -130,8 +131,16 @@ async def _receive_request(stream: trio.abc.Stream, conn: h11.Connection) -> Htt
                 return None
         elif isinstance(event, h11.EndOfMessage) and head is not None:
             target = urlsplit(head.target.decode("ascii", "replace"))
+            headers = {
+                name.decode("latin-1").lower(): value.decode("latin-1")
+                for name, value in head.headers
+            }
             return HttpRequest(
-                head.method.decode("ascii"), target.path, parse_qs(target.query), bytes(body)
+                head.method.decode("ascii"),
+                target.path,
+                parse_qs(target.query),
+                bytes(body),
+                headers,
             )
         elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
             return None
@@ -160,9 +169,10 @@ async def _send(stream: trio.abc.Stream, conn: h11.Connection, events: list[Any]
 
 
 async def http_request(
-    method: str, url: str, *, body: bytes = b"", timeout: float = 5.0
+    method: str, url: str, *, body: bytes = b"", timeout: float = 5.0, token: str | None = None
 ) -> HttpResponse:
-    """One request on a fresh connection; raises `HttpError` on any failure or timeout."""
+    """One request on a fresh connection; raises `HttpError` on any failure or timeout.
+    ``token`` goes as ``Authorization: Bearer`` (the pages' control token)."""
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname is None:
         raise HttpError(f"not an http URL: {url}")
@@ -177,7 +187,7 @@ async def http_request(
         except OSError as error:
             raise HttpError(f"{url}: {error.strerror or error}") from None
         try:
-            return await _exchange(stream, method, target, host_header, body)
+            return await _exchange(stream, method, target, host_header, body, token)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as error:
             raise HttpError(f"{url}: {error}") from None
         finally:
@@ -187,10 +197,12 @@ async def http_request(
 
 
 async def _exchange(
-    stream: trio.abc.Stream, method: str, target: str, host: str, body: bytes
+    stream: trio.abc.Stream, method: str, target: str, host: str, body: bytes, token: str | None
 ) -> HttpResponse:
     conn = h11.Connection(h11.CLIENT)
     headers = [("Host", host), ("Content-Length", str(len(body))), ("Connection", "close")]
+    if token is not None:
+        headers.append(("Authorization", f"Bearer {token}"))
     await _send(
         stream,
         conn,
@@ -225,11 +237,11 @@ async def _exchange(
 
 
 async def http_json(
-    method: str, url: str, *, document: Any = None, timeout: float = 5.0
+    method: str, url: str, *, document: Any = None, timeout: float = 5.0, token: str | None = None
 ) -> tuple[int, Any]:
     """Send ``document`` (if any) as JSON, return (status, decoded JSON body)."""
     body = b"" if document is None else json.dumps(document).encode()
-    response = await http_request(method, url, body=body, timeout=timeout)
+    response = await http_request(method, url, body=body, timeout=timeout, token=token)
     try:
         return response.status, response.json_body()
     except ValueError:

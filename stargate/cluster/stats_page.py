@@ -4,8 +4,12 @@ GET  /stats.json                    this CVM, its queue, per-vDisk counters (JSO
 GET  /metrics                       the same counters as Prometheus text
 GET  /vdisks                        every vDisk of the cluster: owner record, served here?
 POST /control/vdisks/<id>/release   stop serving it: drain, drop connections, close
-POST /control/vdisks/<id>/logout    AsyncEvent 1 to its sessions (?seconds=N, default 5),
-                                    dropped after that time (the redirector's failback)
+POST /control/vdisks/<id>/logout    AsyncEvent 1 to its sessions (?seconds=N, 0..65535,
+                                    default 5), dropped after that time (the redirector's
+                                    failback)
+
+Every POST/PUT/DELETE needs the cluster's control token (control_token.py); an unknown
+vDisk is 404, a parameter out of range 400, naming the problem.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from stargate.cluster.control_token import check_control, cluster_token, cluster_token_file
 from stargate.cluster.http import HttpRequest, HttpResponse
 from stargate.cluster.ownership import read_record
 from stargate.cluster.spec import list_vdisks
@@ -27,14 +32,21 @@ if TYPE_CHECKING:
 
 _CONTROL_RE = re.compile(r"^/control/vdisks/([^/]+)/(release|logout)$")
 DEFAULT_LOGOUT_SECONDS = 5
+MAX_LOGOUT_SECONDS = 0xFFFF  # AsyncEvent 1 carries the time in Parameter3, 16 bits
+MAX_BY_LENGTH = 64
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class StatsPage:
     def __init__(self, cvm: ClusterStargate) -> None:
         self.cvm = cvm
+        self.token_file = cluster_token_file(cvm.paths.root)
+        self.token = cluster_token(cvm.paths.root)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
+        denied = check_control(request, self.token, where=str(self.token_file))
+        if denied is not None:
+            return denied
         # /faults, /auditor, /forensics: stargate.faults' endpoints.
         faulted = await handle_fault_request(self.cvm.server.faults, request, self.cvm.forensics)
         if faulted is not None:
@@ -53,17 +65,28 @@ class StatsPage:
             match = _CONTROL_RE.match(request.path)
             if match is None:
                 return HttpResponse.json({"error": f"no control {request.path}"}, 404)
-            vdisk_id, action = match.groups()
-            if action == "release":
-                by = request.query_value("by", "?") or "?"
-                return HttpResponse.json(await self.cvm.release(vdisk_id, by=by))
-            try:
-                seconds = int(request.query_value("seconds") or DEFAULT_LOGOUT_SECONDS)
-            except ValueError:
-                return HttpResponse.json({"error": "seconds must be an integer"}, 400)
-            asked = self.cvm.request_logout(vdisk_id, max(0, seconds))
-            return HttpResponse.json({"vdisk": vdisk_id, "sessions_asked": asked})
+            return await self.control(request, *match.groups())
         return HttpResponse.json({"error": f"method {request.method} not allowed"}, 405)
+
+    async def control(self, request: HttpRequest, vdisk_id: str, action: str) -> HttpResponse:
+        if not self.cvm.paths.vdisk_meta_file(vdisk_id).is_file():
+            return HttpResponse.json({"error": f"no vDisk {vdisk_id!r} in this cluster"}, 404)
+        if action == "release":
+            by = request.query_value("by", "?") or "?"
+            if len(by) > MAX_BY_LENGTH or not by.isprintable():
+                return HttpResponse.json(
+                    {"error": f"by must be at most {MAX_BY_LENGTH} printable characters"}, 400
+                )
+            return HttpResponse.json(await self.cvm.release(vdisk_id, by=by))
+        text = request.query_value("seconds")
+        seconds = DEFAULT_LOGOUT_SECONDS if text is None else _int_or_none(text)
+        if seconds is None or not 0 <= seconds <= MAX_LOGOUT_SECONDS:
+            return HttpResponse.json(
+                {"error": f"seconds must be an integer 0..{MAX_LOGOUT_SECONDS}, got {text!r}"},
+                400,
+            )
+        asked = self.cvm.request_logout(vdisk_id, seconds)
+        return HttpResponse.json({"vdisk": vdisk_id, "sessions_asked": asked})
 
     # -- documents --------------------------------------------------------------------------
 
@@ -128,6 +151,13 @@ class StatsPage:
                 }
             )
         return document
+
+
+def _int_or_none(text: str) -> int | None:
+    text = text.strip()
+    if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 12:
+        return None
+    return int(text)
 
 
 # -- Prometheus text -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from stargate.cluster.control_token import cluster_token
 from stargate.cluster.http import HttpError, http_request
 from stargate.cluster.spec import ClusterPaths, ClusterSpec, NodeSpec
 
@@ -190,6 +191,7 @@ class Supervisor:
             return running
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         self.paths.run.mkdir(parents=True, exist_ok=True)
+        cluster_token(self.directory)  # DIR/control.token, read by every process at start
         log_path = self.paths.log_file(process.name)
         with log_path.open("ab") as log_file:
             log_file.write(f"--- {time.strftime('%F %T')} starting {process.name}\n".encode())

@@ -100,6 +100,13 @@ def register(subparsers: Any) -> None:
 
 def _add_where(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", action="append", default=[], help="a stargate's HTTP page")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="the control token of the --url pages (`stargate target --control-token-file`); "
+        "with --dir, DIR/control.token is used",
+    )
     parser.add_argument("--dir", type=Path, help="a cluster directory (every CVM's page)")
     parser.add_argument("--node", type=int, action="append", default=[], help="only this CVM")
     parser.add_argument(
@@ -120,12 +127,19 @@ class Page:
     url: str
     redirector: bool = False
     named: bool = True  # asked for by name (else: one of every page of the cluster)
+    token: str | None = None  # sent as Authorization: Bearer with POST and DELETE
 
 
 def fault_pages(args: argparse.Namespace, *, every_redirector: bool = False) -> list[Page]:
     """The pages a command goes to: those named, else every CVM of --dir (and, with
     ``every_redirector``, every redirector too)."""
-    pages = [Page(url.rstrip("/"), url.rstrip("/")) for url in args.url]
+    from stargate.cluster.control_token import ControlTokenError, cluster_token, read_token
+
+    try:
+        url_token = read_token(args.token_file) if args.token_file is not None else None
+    except ControlTokenError as error:
+        raise FaultCliError(str(error)) from None
+    pages = [Page(url.rstrip("/"), url.rstrip("/"), token=url_token) for url in args.url]
     if (args.node or args.redirector) and args.dir is None:
         raise FaultCliError("--node and --redirector need --dir (the cluster directory)")
     if args.dir is not None:
@@ -139,11 +153,14 @@ def fault_pages(args: argparse.Namespace, *, every_redirector: bool = False) -> 
             redirectors = [spec.node(n) for n in args.redirector]
             if not named and every_redirector:
                 redirectors = spec.nodes
-        except (ClusterSpecError, OSError) as error:
+            token = cluster_token(args.dir)
+        except (ClusterSpecError, OSError, ControlTokenError) as error:
             raise FaultCliError(str(error)) from None
-        pages += [Page(f"cvm {node.node_id}", node.http_url, named=named) for node in cvms]
         pages += [
-            Page(f"redirector {node.node_id}", redirector_page_url(node), True, named)
+            Page(f"cvm {node.node_id}", node.http_url, named=named, token=token) for node in cvms
+        ]
+        pages += [
+            Page(f"redirector {node.node_id}", redirector_page_url(node), True, named, token)
             for node in redirectors
         ]
     if not pages:
@@ -218,7 +235,9 @@ async def _each(
     answers = []
     for page in pages:
         try:
-            status, answer = await http_json(method, page.url + path, document=document, timeout=10)
+            status, answer = await http_json(
+                method, page.url + path, document=document, timeout=10, token=page.token
+            )
         except HttpError as error:
             if page.named:
                 raise FaultCliError(f"{page.label}: {error}") from None

@@ -7,6 +7,9 @@ DELETE /faults[?vdisk=ID]       clear all faults (of one vDisk)
 DELETE /faults/<id>             clear one fault
 GET    /auditor                 the initiator auditor's findings
 GET    /forensics               this stargate's forensics events (logins, faults, I/O spans)
+
+The page serving these checks the control token first (stargate.cluster.control_token);
+every field of a fault is range-checked (Fault.validate): a bad one is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ async def handle_fault_request(
             document = json.loads(request.body or b"null")
             items = document if isinstance(document, list) else [document]
             faults = [Fault.from_dict(item) for item in items]
-        except (ValueError, TypeError, AttributeError) as error:
+        except (ValueError, TypeError, AttributeError, RecursionError) as error:
             return HttpResponse.json({"error": f"bad fault: {error}"}, 400)
         for fault in faults:
             reason = (refuse or stargate_fault_error)(fault)

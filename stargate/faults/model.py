@@ -113,6 +113,14 @@ class Delay:
 
 
 DELAY_DISTRIBUTIONS = ("fixed", "uniform", "exponential")
+# Range limits: what the wire fields hold, and times a lab run can wait for.
+MAX_SECONDS = 1_000_000.0  # delays, durations, after_seconds: under twelve days
+MAX_WALL_CLOCK = 1e11  # `at` is time.time(): a finite date, not "never"
+MAX_COUNT = 1 << 32  # skip, count
+MAX_LBA = (1 << 64) - 1
+MAX_TIME2 = 0xFFFF  # Time2Wait/Time2Retain and AsyncEvent parameters are 16 bits
+MAX_STAT_SN_JUMP = (1 << 31) - 1  # serial number arithmetic: at most half the space
+MAX_VDISK_LENGTH = 256
 REDIRECT_STATUSES = (0x0101, 0x0102)
 
 _ids = itertools.count(1)
@@ -224,6 +232,41 @@ class Fault:
             raise ValueError(f"delay distribution is one of {', '.join(DELAY_DISTRIBUTIONS)}")
         if delay.seconds < 0 or delay.high < 0:
             raise ValueError("a delay is not negative")
+        self._validate_ranges()
+
+    def _validate_ranges(self) -> None:
+        """Every number within what its wire field or a lab run can hold (finite, no NaN)."""
+        if self.vdisk is not None and (
+            not isinstance(self.vdisk, str) or not 0 < len(self.vdisk) <= MAX_VDISK_LENGTH
+        ):
+            raise ValueError(f"vdisk must be a vDisk id of 1..{MAX_VDISK_LENGTH} characters")
+        _check_ints("opcodes", self.opcodes, 0, 0xFF)
+        _check_ints("pdu_opcodes", self.pdu_opcodes, 0, 0x3F)
+        if self.lba is not None:
+            first, last = self.lba
+            if not 0 <= first <= last <= MAX_LBA:
+                raise ValueError(f"lba must be FIRST-LAST with 0 <= FIRST <= LAST <= {MAX_LBA}")
+        _check_number("at", self.at, 0.0, MAX_WALL_CLOCK)
+        _check_number("after_seconds", self.after_seconds, 0.0, MAX_SECONDS)
+        _check_number("duration", self.duration, 0.0, MAX_SECONDS)
+        _check_number("delay seconds", self.delay.seconds, 0.0, MAX_SECONDS)
+        _check_number("delay high", self.delay.high, 0.0, MAX_SECONDS)
+        _check_number("fraction", self.fraction, 0.0, 1.0)
+        _check_ints("skip", (self.skip,), 0, MAX_COUNT)
+        _check_ints("count", () if self.count is None else (self.count,), 1, MAX_COUNT)
+        _check_ints("sense_key", (self.sense_key,), 0, 0x0F)
+        _check_ints("asc", (self.asc,), 0, 0xFF)
+        _check_ints("ascq", (self.ascq,), 0, 0xFF)
+        _check_ints("reason", (self.reason,), 0, 0xFF)
+        _check_ints("status", (self.status,), 0, 0xFFFF)
+        _check_ints("amount", (self.amount,), -1, MAX_STAT_SN_JUMP)
+        _check_ints("time2wait", (self.time2wait,), 0, MAX_TIME2)
+        _check_ints("time2retain", (self.time2retain,), 0, MAX_TIME2)
+        _check_ints("seed", () if self.seed is None else (self.seed,), 0, (1 << 64) - 1)
+        if self.kind is FaultKind.LOGIN_REDIRECT and self.portal != "self":
+            host, sep, port = str(self.portal).rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 0xFFFF:
+                raise ValueError(f"portal {self.portal!r}: HOST:PORT with a port 1..65535")
 
     def to_dict(self) -> dict[str, Any]:
         document: dict[str, Any] = {}
@@ -241,6 +284,19 @@ class Fault:
     def describe(self) -> str:
         where = f"vDisk {self.vdisk}" if self.vdisk else "every vDisk"
         return f"#{self.fault_id} {self.kind.value} on {where}"
+
+
+def _check_ints(name: str, values: tuple[int, ...], low: int, high: int) -> None:
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer {low}..{high}, got {value!r}")
+
+
+def _check_number(name: str, value: float | None, low: float, high: float) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{name} must be a number {low:g}..{high:g}, got {value!r}")
 
 
 def _int(value: Any) -> int:

@@ -346,15 +346,18 @@ async def perform_step(step: Step, supervisor: Any) -> str:
         pid = supervisor.start(process)
         await supervisor.wait_ready([process], 30.0)
         return f"pid {pid} started"
+    from stargate.cluster.control_token import cluster_token
+
+    token = cluster_token(supervisor.directory)
     answers = []
     for label, url in _step_pages(step, spec):
         try:
             if step.fault is not None:
                 status, _answer = await http_json(
-                    "POST", f"{url}/faults", document=step.fault, timeout=5
+                    "POST", f"{url}/faults", document=step.fault, timeout=5, token=token
                 )
             else:
-                status, _ = await http_json("DELETE", f"{url}/faults", timeout=5)
+                status, _ = await http_json("DELETE", f"{url}/faults", timeout=5, token=token)
             answers.append(f"{label}: {status}")
         except HttpError as error:
             answers.append(f"{label}: {error}")

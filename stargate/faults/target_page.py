@@ -1,8 +1,12 @@
 """The HTTP page of a plain `stargate target --http HOST:PORT`: statistics and the fault
-control endpoints (the cluster's CVMs serve the same endpoints on their own page)."""
+control endpoints (the cluster's CVMs serve the same endpoints on their own page).
+Mutating requests need the control token of ``--control-token-file``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from stargate.cluster.control_token import check_control
 from stargate.cluster.http import HttpRequest, HttpResponse
 from stargate.faults.forensics import Forensics
 from stargate.faults.http import handle_fault_request
@@ -10,11 +14,22 @@ from stargate.server import StargateServer
 
 
 class TargetPage:
-    def __init__(self, server: StargateServer, forensics: Forensics | None = None) -> None:
+    def __init__(
+        self,
+        server: StargateServer,
+        token: str,
+        token_file: Path,
+        forensics: Forensics | None = None,
+    ) -> None:
         self.server = server
+        self.token = token
+        self.token_file = token_file
         self.forensics = forensics
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
+        denied = check_control(request, self.token, where=str(self.token_file))
+        if denied is not None:
+            return denied
         answer = await handle_fault_request(self.server.faults, request, self.forensics)
         if answer is not None:
             return answer

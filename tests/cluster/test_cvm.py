@@ -171,15 +171,16 @@ async def test_control_logout_asks_the_sessions_and_release_of_unknown_is_harmle
     ):
         await disk.write(0, b"\x01" * BLOCK)
         base = f"{first.node.http_url}/control/vdisks"
-        status, answer = await http_json("POST", f"{base}/vm-0/logout?seconds=2")
+        token = first.page.token
+        status, answer = await http_json("POST", f"{base}/vm-0/logout?seconds=2", token=token)
         assert (status, answer["sessions_asked"]) == (200, 1)
         # The initiator logs out, logs in again (same stargate here) and goes on.
         await disk.write(1, b"\x02" * BLOCK)
         assert await disk.read(0, 2) == b"\x01" * BLOCK + b"\x02" * BLOCK
         assert disk.stats.reconnects >= 1
-        status, answer = await http_json("POST", f"{base}/vm-1/release?by=2")
+        status, answer = await http_json("POST", f"{base}/vm-1/release?by=2", token=token)
         assert status == 200 and answer["was_serving"] is False
-        status, _ = await http_json("POST", f"{base}/vm-0/nonsense")
+        status, _ = await http_json("POST", f"{base}/vm-0/nonsense", token=token)
         assert status == 404
 
 

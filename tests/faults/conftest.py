@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ class FaultyTarget:
     process: ManagedProcess
     port: int
     http_port: int
+    token_file: Path  # the page's control token (--control-token-file)
 
     @property
     def http_url(self) -> str:
@@ -34,8 +36,10 @@ class FaultyTarget:
 
     def fault(self, *words: str) -> str:
         """Run `stargate fault WORDS... --url <this target>`; returns its output."""
+        argv = [sys.executable, "-m", "stargate", "fault", *words, "--url", self.http_url]
+        argv += ["--token-file", str(self.token_file)]
         completed = subprocess.run(
-            [sys.executable, "-m", "stargate", "fault", *words, "--url", self.http_url],
+            argv,
             capture_output=True,
             text=True,
             timeout=60,
@@ -50,14 +54,18 @@ class FaultyTarget:
 
 
 @pytest.fixture
-def faulty_target(process_reaper: ProcessReaper) -> Iterator[Callable[..., FaultyTarget]]:
+def faulty_target(
+    process_reaper: ProcessReaper, tmp_path: Path
+) -> Iterator[Callable[..., FaultyTarget]]:
     def start(*extra: str) -> FaultyTarget:
         port, http_port = _free_port(), _free_port()
+        token_file = tmp_path / f"control-{http_port}.token"
         argv = [sys.executable, "-m", "stargate", "target", "--portal", f"{HOST}:{port}"]
         argv += ["--http", f"{HOST}:{http_port}", "--vdisk", "vd1:64M", *extra]
+        argv += ["--control-token-file", str(token_file)]
         process = process_reaper.spawn(argv, name="stargate")
         process.wait_for_port(HOST, port, timeout=30)
         process.wait_for_port(HOST, http_port, timeout=30)
-        return FaultyTarget(process, port, http_port)
+        return FaultyTarget(process, port, http_port, token_file)
 
     yield start

@@ -259,7 +259,8 @@ def test_scenario_steps_arm_and_clear_redirector_faults(redirector: TestCluster)
     scenario = Scenario.from_dict(tomllib.loads(SCENARIO_STEPS))
     arm, clear = scenario.steps
     assert arm.describe() == "fault login_fail on redirector 1"
-    supervisor = SimpleNamespace(spec=redirector.spec)  # fault steps need only the spec
+    # Fault steps need only the spec and the directory (its control token).
+    supervisor = SimpleNamespace(spec=redirector.spec, directory=redirector.directory)
     assert trio.run(perform_step, arm, supervisor) == "redirector 1: 200"
     outcome = trio.run(_login_once, redirector)
     assert isinstance(outcome, LoginFailed) and outcome.status is LoginStatus.OUT_OF_RESOURCES

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,7 @@ class BlackholeTarget:
     process: ManagedProcess
     port: int
     http_port: int
+    token_file: Path  # the page's control token (--control-token-file)
 
     @property
     def url(self) -> str:
@@ -52,8 +54,10 @@ class BlackholeTarget:
 
     def fault(self, *words: str) -> str:
         """``stargate fault WORDS... --url <this target>``, as a user types it."""
+        argv = [sys.executable, "-m", "stargate", "fault", *words, "--url", self.url]
+        argv += ["--token-file", str(self.token_file)]
         completed = subprocess.run(
-            [sys.executable, "-m", "stargate", "fault", *words, "--url", self.url],
+            argv,
             capture_output=True,
             text=True,
             timeout=30,
@@ -64,15 +68,17 @@ class BlackholeTarget:
 
 
 @pytest.fixture
-def target(process_reaper: ProcessReaper) -> BlackholeTarget:
+def target(process_reaper: ProcessReaper, tmp_path: Path) -> BlackholeTarget:
     port, http_port = free_port(HOST), free_port(HOST)
+    token_file = tmp_path / "control.token"
     argv = [sys.executable, "-m", "stargate", "target", "--portal", f"{HOST}:{port}"]
     argv += ["--advertise", f"{GUEST_PORTAL}:{GUEST_PORT}", "--memory"]
     argv += ["--vdisk", f"{VDISK}:64M", "--http", f"{HOST}:{http_port}"]
+    argv += ["--control-token-file", str(token_file)]
     process = process_reaper.spawn(argv, name="stargate-blackhole")
     process.wait_for_port(HOST, port, timeout=30)
     process.wait_for_port(HOST, http_port, timeout=30)
-    return BlackholeTarget(process, port, http_port)
+    return BlackholeTarget(process, port, http_port, token_file)
 
 
 def run_blackhole(

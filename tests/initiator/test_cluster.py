@@ -22,6 +22,7 @@ from initiator.device import BlockDevice
 from initiator.session import SessionConfig
 from initiator.url import parse_portal
 from initiator.vm_workload import DiskRun, run_vm_workload
+from stargate.cluster.control_token import cluster_token
 from stargate.cluster.spec import ClusterSpec, NodeSpec, node_addresses
 from stargate.cluster.supervisor import Supervisor
 from tests.initiator.fake_target import Address, FakeRedirector
@@ -98,9 +99,12 @@ def cvm(node: NodeSpec) -> Address:
     return Address(host, int(port))
 
 
-def ask_logout(node: NodeSpec, vdisk: str) -> None:
+def ask_logout(node: NodeSpec, vdisk: str, directory: Path) -> None:
     request = urllib.request.Request(
-        f"{node.http_url}/control/vdisks/{vdisk}/logout", data=b"", method="POST"
+        f"{node.http_url}/control/vdisks/{vdisk}/logout",
+        data=b"",
+        method="POST",
+        headers={"Authorization": f"Bearer {cluster_token(directory)}"},
     )
     with urllib.request.urlopen(request, timeout=10) as answer:
         answer.read()
@@ -142,7 +146,7 @@ async def test_failover_and_failback_under_verify(cluster: Path, nursery: trio.N
                 )
                 redirector.destination = cvm(node1)  # node 1 is stable again: fail back
                 for vdisk in vdisks:
-                    await trio.to_thread.run_sync(ask_logout, node2, vdisk)
+                    await trio.to_thread.run_sync(ask_logout, node2, vdisk, cluster)
                 await serving(node1)
                 await trio.sleep(1.0)
         finally:
