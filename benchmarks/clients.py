@@ -119,9 +119,17 @@ class FioClient:
         return self.binary
 
     def run_jobs(
-        self, jobs: Sequence[FioJob], seconds: float, *, group: bool = False
+        self,
+        jobs: Sequence[FioJob],
+        seconds: float,
+        *,
+        group: bool = False,
+        ramp_seconds: float = 0.0,
     ) -> dict[str, Measurement]:
-        """Run the jobs at once for ``seconds``; per job name, or ``{"all": ...}`` if grouped."""
+        """Run the jobs at once for ``seconds``; per job name, or ``{"all": ...}`` if grouped.
+
+        ``ramp_seconds``: run that long first without counting (fio's ramp_time).
+        """
         binary = self.ensure()
         with tempfile.TemporaryDirectory(prefix="bench-fio-") as scratch:
             report_path = Path(scratch) / "fio.json"
@@ -136,9 +144,12 @@ class FioClient:
             ]
             if group:
                 argv.append("--group_reporting")
+            if ramp_seconds:
+                argv.append(f"--ramp_time={ramp_seconds}s")
             for job in jobs:
                 argv += fio_job_options(job)
-            run_command(argv, timeout=seconds + CLIENT_SLACK_SECONDS + len(jobs))
+            timeout = ramp_seconds + seconds + CLIENT_SLACK_SECONDS + len(jobs)
+            run_command(argv, timeout=timeout)
             report = parse_fio_report(report_path.read_text())
         job_reports = report.get("jobs", [])
         if group:  # a group's job_runtime adds up its jobs' runtimes

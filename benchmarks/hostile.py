@@ -3,7 +3,8 @@
     python -m benchmarks.hostile slot-hog iscsi://127.0.0.1:3260/<iqn>/<lun> --seconds 5
 
 It attacks one LUN for at most ``--seconds`` (or until its stdin closes, with
-``--until-stdin-eof``), prints ``ready`` once the attack is under way, then one JSON line:
+``--until-stdin-eof``; with ``--wait-for-go`` it prints ``loaded`` and starts at the first
+line on stdin), prints ``ready`` once the attack is under way, then one JSON line:
 what it sent and what the target answered (statuses, Rejects, dropped connections). Kinds:
 
 - slot-hog: WRITE(10)s of 1 MiB, as many as the CmdSN window allows, with ImmediateData=No
@@ -37,7 +38,7 @@ from typing import Any
 
 import trio
 
-from initiator.url import parse_url
+from initiator.url import UrlError, parse_url
 from iscsicore.errors import IscsiProtocolError
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionParams
@@ -111,7 +112,7 @@ class HostileTarget:
     @classmethod
     def from_url(cls, url: str) -> HostileTarget:
         parsed = parse_url(url)
-        return cls(parsed.portal.host, parsed.portal.port, parsed.target, parsed.lun)
+        return cls(parsed.portal.connect_host, parsed.portal.port, parsed.target, parsed.lun)
 
 
 @dataclass
@@ -434,9 +435,8 @@ async def slot_hog(target: HostileTarget, report: HostileReport, ready: Ready) -
             if isinstance(pdu, R2T) and pdu.itt in outstanding:
                 held.add(pdu.itt)
                 report.held_max = max(report.held_max, len(held))
-            elif isinstance(pdu, ScsiResponse | DataIn) and getattr(pdu, "itt", None) in held:
+            elif isinstance(pdu, ScsiResponse):
                 held.discard(pdu.itt)
-            if isinstance(pdu, ScsiResponse):
                 outstanding.discard(pdu.itt)
 
         rng = random.Random(0)
@@ -639,13 +639,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="the most it runs")
     parser.add_argument("--until-stdin-eof", action="store_true", help="also stop at stdin EOF")
     parser.add_argument("--trickle-interval", type=float, default=TRICKLE_INTERVAL)
+    parser.add_argument(
+        "--wait-for-go",
+        action="store_true",
+        help="print 'loaded', then start only when a line arrives on stdin (the clock starts "
+        "then: the runner starts its victim in between)",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.trickle_interval < 0:
         parser.error("--seconds must be > 0 and --trickle-interval >= 0")
     try:
         target = HostileTarget.from_url(args.url)
-    except ValueError as error:
+    except UrlError as error:
         parser.error(str(error))
+    if args.wait_for_go:
+        print("loaded", flush=True)
+        if not sys.stdin.readline():  # the runner went away before the start
+            print(json.dumps(HostileReport(args.kind).as_dict()), flush=True)
+            return 0
     report = trio.run(
         lambda: run_hostile(
             HostileKind(args.kind),
