@@ -63,6 +63,11 @@ class FioJob:
     workload: Workload
 
 
+def fio_milliseconds(seconds: float) -> str:
+    """A fio time option: fio drops the fraction of "1.5s" (and "0.5s" means no limit)."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
 def fio_job_options(job: FioJob) -> list[str]:
     workload = job.workload
     options = [
@@ -139,13 +144,13 @@ class FioClient:
                 f"--output={report_path}",
                 "--ioengine=libiscsi",
                 "--time_based=1",
-                f"--runtime={seconds}s",
+                f"--runtime={fio_milliseconds(seconds)}",
                 "--thread",
             ]
             if group:
                 argv.append("--group_reporting")
             if ramp_seconds:
-                argv.append(f"--ramp_time={ramp_seconds}s")
+                argv.append(f"--ramp_time={fio_milliseconds(ramp_seconds)}")
             for job in jobs:
                 argv += fio_job_options(job)
             timeout = ramp_seconds + seconds + CLIENT_SLACK_SECONDS + len(jobs)

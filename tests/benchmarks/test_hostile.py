@@ -1,0 +1,112 @@
+"""The hostile client of the isolation benchmark against a real `stargate target`: each kind
+does what it claims, seen from the target's side (its /stats.json) as well as the client's."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from benchmarks.hostile import (
+    GarbageMode,
+    HostileKind,
+    HostileReport,
+    HostileTarget,
+    run_hostile,
+)
+from benchmarks.isolation import HostileProcess
+from benchmarks.targets import MiB, StargateServer
+from tests.helpers.net import free_port
+
+ATTACK_SECONDS = 1.0
+POLL_SECONDS = 5.0
+DEFAULT_QUEUE_DEPTH = 128
+
+
+class Stargate:
+    """A running `stargate target` with vDisks d0 and d1 and its HTTP statistics."""
+
+    def __init__(self, server: StargateServer, http_port: int) -> None:
+        self.server = server
+        self.http_port = http_port
+
+    def stats(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.http_port}/stats.json"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            stats: dict[str, Any] = json.load(response)
+            return stats
+
+    def wait_for(self, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first statistics for which ``condition`` holds, polled for POLL_SECONDS."""
+        deadline = time.monotonic() + POLL_SECONDS
+        while True:
+            stats = self.stats()
+            if condition(stats) or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def stargate() -> Iterator[Stargate]:
+    http_port = free_port()
+    server = StargateServer(2, 16 * MiB, extra_args=("--http", f"127.0.0.1:{http_port}"))
+    with server:
+        yield Stargate(server, http_port)
+
+
+def attack(stargate: Stargate, kind: HostileKind, **options: Any) -> HostileReport:
+    target = HostileTarget.from_url(stargate.server.url(0))
+    return trio.run(lambda: run_hostile(kind, target, ATTACK_SECONDS, **options))
+
+
+def test_slot_hog_holds_every_slot_its_window_gives_until_it_leaves(stargate: Stargate) -> None:
+    url = stargate.server.url(0)
+    with HostileProcess(HostileKind.SLOT_HOG, url, max_seconds=30.0) as hog:
+        hog.go()
+        holding = stargate.wait_for(lambda s: s["queue"]["in_flight"] >= DEFAULT_QUEUE_DEPTH)
+        report = hog.finish()
+    # Alone, the hog's window grows to the whole queue: every slot waits for its Data-Out.
+    assert holding["queue"]["in_flight"] == DEFAULT_QUEUE_DEPTH
+    assert holding["vdisks"]["d0"]["queue_depth"] == DEFAULT_QUEUE_DEPTH
+    assert report["held_max"] == DEFAULT_QUEUE_DEPTH
+    assert report["r2ts"] == DEFAULT_QUEUE_DEPTH
+    assert report["drops"] == 0 and report["logins"] == 1
+    assert report["statuses"].get("GOOD") == 1  # READ CAPACITY, nothing after it
+    # Its slots came back when it left.
+    released = stargate.wait_for(lambda s: s["queue"]["in_flight"] == 0)
+    assert released["queue"]["in_flight"] == 0
+
+
+def test_trickle_never_completes_its_write(stargate: Stargate) -> None:
+    report = attack(stargate, HostileKind.TRICKLE, trickle_interval=0.001)
+    assert report.trickled_bytes > 50
+    assert report.drops == 0
+    assert report.statuses["GOOD"] == 1  # READ CAPACITY only: the write never got a status
+    assert stargate.stats()["vdisks"]["d0"]["writes"] == 0
+
+
+def test_nop_flood_gets_pings_answered(stargate: Stargate) -> None:
+    report = attack(stargate, HostileKind.NOP_FLOOD)
+    assert report.nop_outs_sent >= 1000
+    assert report.received["NopIn"] > 0
+    assert report.drops == 0 and not report.rejects
+
+
+def test_garbage_gets_rejects_and_drops_and_reconnects(stargate: Stargate) -> None:
+    report = attack(stargate, HostileKind.GARBAGE)
+    assert report.connections >= len(GarbageMode) * 2
+    assert set(report.garbage) == {mode.value for mode in GarbageMode}
+    # stargate drops every garbage connection (answering a Reject first where it can)
+    for mode, outcomes in report.garbage.items():
+        assert set(outcomes) <= {"dropped", "rejected, dropped"}, (mode, outcomes)
+    assert report.garbage[GarbageMode.UNDEFINED_OPCODE.value]["rejected, dropped"] > 0
+    assert report.rejects["COMMAND_NOT_SUPPORTED"] > 0
+    assert report.drops >= report.connections - 1  # the last one may be cut by our deadline
+    # The other vDisk's target is still there for everyone else.
+    stats = stargate.stats()
+    assert stats["vdisks"]["d0"]["sessions"] == 0
