@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 from benchmarks.clients import CLIENT_SLACK_SECONDS, ClientError, FioClient, FioJob
+from benchmarks.cpu import CpuMeter, cpu_seconds
 from benchmarks.hostile import HostileKind
 from benchmarks.settings import Settings
 from benchmarks.standard import alternating, median_or_none, ratio
@@ -51,7 +52,7 @@ FINISH_TIMEOUT_SECONDS = 30.0
 RSS_SAMPLE_SECONDS = 0.02
 #: Passed to `stargate target` deadline flags (Data-Out, PDU) when it has them.
 DEADLINE_SECONDS = 1.0
-DEADLINE_FLAG = re.compile(r"--(?:[a-z0-9]+-)*(?:data-out|pdu)(?:-[a-z0-9]+)*")
+DEADLINE_FLAG = re.compile(r"--(?:[a-z0-9]+-)*(?:data-?out|r2t|pdu)(?:-[a-z0-9]+)*")
 
 
 def _stderr(line: str) -> None:
@@ -176,8 +177,12 @@ class HostileProcess:
         self._expect("ready")
 
     def finish(self) -> dict[str, Any]:
-        """Stop the attack; its report."""
+        """Stop the attack; its report (with the CPU seconds the client used)."""
         assert self.process is not None and self.process.stdin is not None
+        try:
+            used = cpu_seconds(self.process.pid)  # a zombie's /proc entry still has them
+        except OSError:
+            used = None
         self.process.stdin.close()
         deadline = time.monotonic() + FINISH_TIMEOUT_SECONDS
         while (remaining := deadline - time.monotonic()) > 0:
@@ -186,6 +191,7 @@ class HostileProcess:
                 break
             if line.startswith("{"):
                 report: dict[str, Any] = json.loads(line)
+                report["cpu_seconds"] = used
                 return report
         raise HostileError(f"hostile {self.kind}: no report: {self._stderr_tail()}")
 
@@ -218,6 +224,8 @@ class VictimRun:
     p99_latency_us: float | None = None
     iops: float | None = None
     peak_rss_bytes: int = 0
+    target_cpu_seconds: float | None = None  # from the victim's start to its end
+    wall_seconds: float | None = None
     error: str | None = None
     hostile_report: dict[str, Any] | None = None
 
@@ -227,6 +235,8 @@ class VictimRun:
             "p99_latency_us": self.p99_latency_us,
             "iops": self.iops,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "target_cpu_seconds": self.target_cpu_seconds,
+            "wall_seconds": self.wall_seconds,
             "error": self.error,
             "hostile_report": self.hostile_report,
         }
@@ -238,6 +248,9 @@ def victim_run(
     run = VictimRun(hostile)
     job = FioJob("victim", target.url(VICTIM_DISK), VICTIM)
     max_seconds = RAMP_SECONDS + seconds + HOSTILE_GRACE_SECONDS
+    meter = CpuMeter(target.pid)
+    started = time.monotonic()
+    meter.start()
     with (
         RssSampler(target.pid) as sampler,
         ThreadPoolExecutor(max_workers=1) as executor,
@@ -252,6 +265,8 @@ def victim_run(
                 attacker.go()
                 run.error = _victim_outcome(run, future.result)
                 run.hostile_report = attacker.finish()
+    run.target_cpu_seconds = meter.stop()
+    run.wall_seconds = time.monotonic() - started
     run.peak_rss_bytes = sampler.peak_bytes
     return run
 
@@ -294,10 +309,12 @@ def merge_hostile_reports(reports: Iterable[dict[str, Any] | None]) -> dict[str,
     merged: dict[str, Any] = {}
     for report in reports:
         for key, value in (report or {}).items():
-            if key in ("held_max", "outstanding_max"):
+            if value is None:
+                merged.setdefault(key, None)
+            elif key in ("held_max", "outstanding_max"):
                 merged[key] = max(merged.get(key, 0), value)
             elif isinstance(value, int | float) and not isinstance(value, bool):
-                merged[key] = merged.get(key, 0) + value
+                merged[key] = (merged.get(key) or 0) + value
             elif isinstance(value, dict):
                 merged[key] = _merged_counts(merged.get(key, {}), value)
             elif isinstance(value, list):
@@ -333,6 +350,8 @@ def summarize_kind(runs: Sequence[VictimRun], hwm_bytes: int | None) -> dict[str
         "p99_ratio": ratio(p99, alone_p99),
         "alone_iops": median_or_none([run.iops for run in alone]),
         "iops": median_or_none([run.iops for run in beside if run.error is None]),
+        "alone_target_cpu_share": median_or_none([cpu_share(run) for run in alone]),
+        "target_cpu_share": median_or_none([cpu_share(run) for run in beside]),
         "alone_peak_rss_bytes": max((run.peak_rss_bytes for run in alone), default=None),
         "peak_rss_bytes": max(sampled, hwm_bytes or 0) or None,
         "vm_hwm_bytes": hwm_bytes,
@@ -340,6 +359,13 @@ def summarize_kind(runs: Sequence[VictimRun], hwm_bytes: int | None) -> dict[str
         "alone_errors": [run.error for run in alone if run.error],
         "hostile": merge_hostile_reports(run.hostile_report for run in beside),
     }
+
+
+def cpu_share(run: VictimRun) -> float | None:
+    """The target's CPU seconds per second of the run (1.0: one core busy all along)."""
+    if run.target_cpu_seconds is None or not run.wall_seconds:
+        return None
+    return run.target_cpu_seconds / run.wall_seconds
 
 
 def worst_of(kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -415,7 +441,8 @@ def _run_line(kind: TargetKind, run: VictimRun) -> str:
         if run.hostile
         else ""
     )
+    share = cpu_share(run) or 0.0
     return (
-        f"  isolation {kind:8} {hostile:9} {figures}, "
-        f"RSS peak {run.peak_rss_bytes / (1 << 20):.1f} MiB{got}"
+        f"  isolation {kind:8} {hostile:9} {figures}, RSS peak "
+        f"{run.peak_rss_bytes / (1 << 20):.1f} MiB, target CPU {share:.0%}{got}"
     )

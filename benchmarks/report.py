@@ -289,6 +289,8 @@ def hostile_summary(report: dict[str, Any]) -> str:
     """What a hostile client sent and got back, in a few words."""
     received = report.get("received", {})
     parts = [f"connections {report.get('connections', 0)}, dropped {report.get('drops', 0)}"]
+    if report.get("cpu_seconds") is not None:
+        parts.append(f"client CPU {report['cpu_seconds']:.1f} s")
     if report.get("commands_sent"):
         parts.append(f"{report['commands_sent']} commands")
     if report.get("r2ts"):
@@ -324,12 +326,14 @@ def isolation_lines(isolation: dict[str, Any]) -> list[str]:
                     f"{number(figures['alone_iops'], 0)} / {number(figures['iops'], 0)}",
                     f"{number(mib(figures['alone_peak_rss_bytes']), 1)} / "
                     f"{number(mib(figures['peak_rss_bytes']), 1)}",
+                    f"{percent(figures.get('alone_target_cpu_share'))} / "
+                    f"{percent(figures.get('target_cpu_share'))}",
                     hostile_summary(figures["hostile"]),
                 ]
             )
     header = ["target", "hostile on vDisk A", "victim p99 alone µs", "beside µs", "ratio",
               "victim IOPS alone / beside", "target RSS MiB alone / peak",
-              "what the hostile client got"]  # fmt: skip
+              "target CPU alone / beside", "what the hostile client got"]  # fmt: skip
     args = " ".join(isolation.get("stargate_args", [])) or "none (defaults)"
     lines = [
         f"Victim: {isolation['victim']}; {isolation['seconds']} s counted after a "
@@ -344,6 +348,10 @@ def isolation_lines(isolation: dict[str, Any]) -> list[str]:
             for error in figures.get("victim_errors") or []:
                 lines.append(f"- {kind}, {hostile}: the victim failed: `{error[:300]}`")
     return lines
+
+
+def percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
 
 
 def mib(value: float | None) -> float | None:

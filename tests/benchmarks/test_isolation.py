@@ -116,9 +116,12 @@ def test_table_rows() -> None:
 
 def test_merged_reports_add_counts_and_keep_maxima() -> None:
     first = {"drops": 2, "held_max": 100, "received": {"R2T": 100}, "errors": ["a"]}
+    first["cpu_seconds"] = None
     second = {"drops": 3, "held_max": 128, "received": {"R2T": 128, "NopIn": 1}, "errors": []}
+    second["cpu_seconds"] = 0.5
     merged = merge_hostile_reports([first, None, second])
     assert merged == {
+        "cpu_seconds": 0.5,
         "drops": 5,
         "held_max": 128,
         "received": {"R2T": 228, "NopIn": 1},
@@ -131,6 +134,7 @@ def test_deadline_flags_only_when_the_target_has_them() -> None:
     help_text = (
         "  --data-out-timeout SECONDS  give up on a write's Data-Out\n"
         "  --pdu-deadline-ms MS        a PDU must arrive whole within this\n"
+        "  --r2t-timeout S\n"
         "  --max-pdu-bytes N\n"
     )
     assert stargate_deadline_args(help_text) == [
@@ -138,6 +142,8 @@ def test_deadline_flags_only_when_the_target_has_them() -> None:
         "1",
         "--pdu-deadline-ms",
         "1000",
+        "--r2t-timeout",
+        "1",
     ]
     # this tree's stargate: whatever it has is accepted by `stargate target`
     args = stargate_deadline_args()
