@@ -90,15 +90,25 @@ def fio_measurement(job_report: Mapping[str, Any], runtime_divisor: int = 1) -> 
     """
     ios = io_bytes = 0
     p99_values: list[float] = []
+    max_values: list[float] = []
     for direction in ("read", "write"):
         stats = job_report.get(direction, {})
         ios += int(stats.get("total_ios", 0))
         io_bytes += int(stats.get("io_bytes", 0))
-        percentiles = stats.get("clat_ns", {}).get("percentile", {})
+        clat = stats.get("clat_ns", {})
+        percentiles = clat.get("percentile", {})
         if stats.get("total_ios") and "99.000000" in percentiles:
             p99_values.append(float(percentiles["99.000000"]) / 1000)
+        if stats.get("total_ios") and "max" in clat:
+            max_values.append(float(clat["max"]) / 1000)
     seconds = float(job_report.get("job_runtime", 0)) / 1000 / runtime_divisor
-    return Measurement(ios, io_bytes, seconds, max(p99_values) if p99_values else None)
+    return Measurement(
+        ios,
+        io_bytes,
+        seconds,
+        max(p99_values) if p99_values else None,
+        max_latency_us=max(max_values) if max_values else None,
+    )
 
 
 def parse_fio_report(text: str) -> dict[str, Any]:

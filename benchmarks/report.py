@@ -323,6 +323,8 @@ def isolation_lines(isolation: dict[str, Any]) -> list[str]:
                     number(figures["alone_p99_us"], 0),
                     "FAILED" if failed else number(figures["p99_us"], 0),
                     number(figures["p99_ratio"]) + "x",
+                    number(figures.get("max_latency_us"), 0)
+                    + (" **stalled**" if figures.get("stalled") else ""),
                     f"{number(figures['alone_iops'], 0)} / {number(figures['iops'], 0)}",
                     f"{number(mib(figures['alone_peak_rss_bytes']), 1)} / "
                     f"{number(mib(figures['peak_rss_bytes']), 1)}",
@@ -332,14 +334,20 @@ def isolation_lines(isolation: dict[str, Any]) -> list[str]:
                 ]
             )
     header = ["target", "hostile on vDisk A", "victim p99 alone µs", "beside µs", "ratio",
+              "slowest I/O beside µs",
               "victim IOPS alone / beside", "target RSS MiB alone / peak",
               "target CPU alone / beside", "what the hostile client got"]  # fmt: skip
     args = " ".join(isolation.get("stargate_args", [])) or "none (defaults)"
     lines = [
         f"Victim: {isolation['victim']}; {isolation['seconds']} s counted after a "
-        f"{isolation['ramp_seconds']} s ramp, the hostile client starting mid-ramp; fresh "
-        f"targets for each hostile kind. Deadline flags given to stargate: {args}. Peak RSS: "
-        "the larger of VmRSS sampled during the hostile runs and the process's VmHWM.",
+        f"{isolation['ramp_seconds']} s ramp, the hostile client starting "
+        f"{isolation.get('hostile_starts_after_ramp_seconds', '?')} s after the ramp and "
+        "attacking until the victim is done; fresh targets for each hostile kind. Deadline "
+        f"flags given to stargate: {args}. Peak RSS: the larger of VmRSS sampled during the "
+        "hostile runs and the process's VmHWM. fio at QD 1 sends nothing while an I/O is "
+        "held, so a stall is one slow I/O among hundreds and hides below p99: a kind whose "
+        f"slowest victim I/O took over {isolation.get('stall_seconds', 1.0):g} s is "
+        "**stalled**, and its goal ratio is that I/O against the p99 alone.",
         "",
     ]
     lines += markdown_table(header, rows)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import FioClient, fio_milliseconds
+from benchmarks.clients import FioClient, fio_measurement, fio_milliseconds
 from benchmarks.hostile import HostileKind
 from benchmarks.isolation import (
     VictimRun,
@@ -37,18 +37,23 @@ GARBAGE_REPORT = {
 }
 
 
-def runs(alone_p99: float, beside_p99: float | None, error: str | None = None) -> list[VictimRun]:
-    return [
-        VictimRun(None, alone_p99, 20000.0, 40 * MiB),
-        VictimRun(
-            HostileKind.GARBAGE,
-            beside_p99,
-            None if error else 15000.0,
-            45 * MiB,
-            error=error,
-            hostile_report=GARBAGE_REPORT,
-        ),
-    ]
+def runs(
+    alone_p99: float,
+    beside_p99: float | None,
+    error: str | None = None,
+    beside_max: float | None = None,
+) -> list[VictimRun]:
+    alone = VictimRun(None, alone_p99, alone_p99 * 2, 20000.0, 40 * MiB)
+    beside = VictimRun(
+        HostileKind.GARBAGE,
+        beside_p99,
+        max_latency_us=None if beside_p99 is None else beside_max or beside_p99 * 2,
+        iops=None if error else 15000.0,
+        peak_rss_bytes=45 * MiB,
+        error=error,
+        hostile_report=GARBAGE_REPORT,
+    )
+    return [alone, beside]
 
 
 def isolation_section(stargate_kinds: dict[str, Any]) -> dict[str, Any]:
@@ -108,10 +113,23 @@ def test_table_rows() -> None:
     lines = isolation_lines(section)
     assert "Deadline flags given to stargate: --data-out-timeout 1." in lines[0]
     row = next(line for line in lines if line.startswith("| stargate | garbage |"))
-    assert "| 80 | 120 | 1.50x | 20,000 / 15,000 | 40.0 / 50.0 |" in row
+    assert "| 80 | 120 | 1.50x | 240 | 20,000 / 15,000 | 40.0 / 50.0 |" in row
     assert "connections 40, dropped 40" in row
     assert "Reject 20 (COMMAND_NOT_SUPPORTED 12, PROTOCOL_ERROR 8)" in row
     assert any(line.startswith("| tgtd | garbage | 100 | 300 | 3.00x |") for line in lines)
+
+
+def test_a_stall_hidden_below_p99_is_judged_on_the_slowest_io() -> None:
+    # 100 I/Os in the run, one held 6 s by a slot hog: p99 is a fast one
+    stalled = summarize_kind(runs(80.0, 120.0, beside_max=6_000_000.0), None)
+    assert stalled["stalled"] and stalled["p99_ratio"] == 1.5
+    assert stalled["judged_ratio"] == 75_000.0
+    goals = judge_goals({"isolation": isolation_section({"slot-hog": stalled})})
+    assert goal(goals, P99_GOAL)["measured"] == 75_000.0
+    assert goal(goals, P99_GOAL)["verdict"] == "NOT YET"
+    row = next(line for line in isolation_lines(isolation_section({"slot-hog": stalled}))
+               if line.startswith("| stargate | slot-hog |"))  # fmt: skip
+    assert "| 6,000,000 **stalled** |" in row
 
 
 def test_merged_reports_add_counts_and_keep_maxima() -> None:
@@ -187,3 +205,13 @@ def test_fio_times_keep_their_fraction() -> None:
     assert fio_milliseconds(1.5) == "1500ms"
     assert fio_milliseconds(0.5) == "500ms"
     assert fio_milliseconds(0.0001) == "1ms"
+
+
+def test_fio_slowest_io_of_either_direction() -> None:
+    def direction(ios: int, max_ns: float) -> dict[str, Any]:
+        percentile = {"99.000000": 1_000_000.0}
+        return {"total_ios": ios, "io_bytes": ios * 4096,
+                "clat_ns": {"percentile": percentile, "max": max_ns}}  # fmt: skip
+
+    report = {"job_runtime": 1000, "read": direction(10, 7e9), "write": direction(0, 9e9)}
+    assert fio_measurement(report).max_latency_us == 7e6  # no writes: their max is not one
