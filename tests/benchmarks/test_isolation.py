@@ -170,7 +170,7 @@ def test_deadline_flags_only_when_the_target_has_them() -> None:
 
 def test_tiny_isolation_run(tmp_path: Path) -> None:
     require_tool("tgtd")
-    settings = Settings(runs=1, seconds=0.5, scale_disk_size=16 * MiB, quick=True)
+    settings = Settings(runs=1, seconds=1.0, scale_disk_size=16 * MiB, quick=True)
     lines: list[str] = []
     section = run_isolation(settings, FioClient(), lines.append, kinds=[HostileKind.GARBAGE])
 
@@ -182,6 +182,8 @@ def test_tiny_isolation_run(tmp_path: Path) -> None:
         (alone, beside) = section["runs"][target]["garbage"]
         assert alone["hostile"] is None and alone["hostile_report"] is None
         assert beside["hostile"] == "garbage" and beside["hostile_report"]["kind"] == "garbage"
+        # it attacked during the victim's counted second, from after the ramp to the end
+        assert 0.3 <= beside["hostile_report"]["seconds"] <= 1.0
     assert section["stargate"]["kinds"]["garbage"]["hostile"]["drops"] >= 1
     assert len(lines) == 4
 
