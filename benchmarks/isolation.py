@@ -24,6 +24,7 @@ import queue
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -138,6 +139,8 @@ class HostileProcess:
     url: str
     max_seconds: float
     process: subprocess.Popen[str] | None = field(default=None, init=False)
+    # a file, not a pipe: a client that writes a lot there must never block on it
+    _errors: IO[str] | None = field(default=None, init=False)
     _lines: queue.Queue[str | None] = field(default_factory=queue.Queue, init=False)
 
     def argv(self) -> list[str]:
@@ -145,11 +148,12 @@ class HostileProcess:
         return [*argv, "--seconds", str(self.max_seconds), "--until-stdin-eof", "--wait-for-go"]
 
     def __enter__(self) -> Self:
+        self._errors = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             self.argv(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._errors,
             text=True,
         )
         assert self.process.stdout is not None
@@ -179,10 +183,10 @@ class HostileProcess:
                                f"{self._stderr_tail()}")  # fmt: skip
 
     def _stderr_tail(self) -> str:
-        process = self.process
-        if process is None or process.poll() is None or process.stderr is None:
+        if self._errors is None:
             return ""
-        return process.stderr.read()[-2000:]
+        self._errors.seek(0)
+        return self._errors.read()[-2000:]
 
     def go(self) -> None:
         """Start the attack; returns once it is under way."""
@@ -217,15 +221,17 @@ class HostileProcess:
         traceback: TracebackType | None,
     ) -> None:
         process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-        self.process = None
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    stream.close()
+            self.process = None
+        if self._errors is not None:
+            self._errors.close()
+            self._errors = None
 
 
 # --- one victim run --------------------------------------------------------------------------

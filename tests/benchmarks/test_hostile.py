@@ -19,7 +19,7 @@ from benchmarks.hostile import (
     HostileTarget,
     run_hostile,
 )
-from benchmarks.isolation import HostileProcess
+from benchmarks.isolation import HostileError, HostileProcess
 from benchmarks.targets import MiB, StargateServer
 from tests.helpers.net import free_port
 
@@ -110,3 +110,12 @@ def test_garbage_gets_rejects_and_drops_and_reconnects(stargate: Stargate) -> No
     # The other vDisk's target is still there for everyone else.
     stats = stargate.stats()
     assert stats["vdisks"]["d0"]["sessions"] == 0
+
+
+def test_a_client_that_never_gets_in_is_an_error_not_a_hang() -> None:
+    url = f"iscsi://127.0.0.1:{free_port()}/iqn.2010-06.com.nutanix:vmdisk-d0/0"
+    with (
+        HostileProcess(HostileKind.SLOT_HOG, url, max_seconds=0.5) as hostile,
+        pytest.raises(HostileError, match=r'"connect_failures": [1-9]'),
+    ):
+        hostile.go()
