@@ -451,17 +451,22 @@ def run_isolation(
     deadline_args = stargate_deadline_args()
     runs: dict[str, dict[str, list[VictimRun]]] = {kind.value: {} for kind in TargetKind}
     hwm: dict[str, dict[str, int | None]] = {kind.value: {} for kind in TargetKind}
+    errors: dict[str, str] = {}
     for hostile in kinds:
         targets = isolation_targets(deadline_args, settings.scale_disk_size)
         with contextlib.ExitStack() as stack:
             for target in targets:
                 stack.enter_context(target)
-            for run_index in range(settings.runs):
-                for target in alternating(targets, run_index):
-                    for kind in (None, hostile):
-                        run = victim_run(fio, target, settings.seconds, kind)
-                        runs[target.kind].setdefault(hostile.value, []).append(run)
-                        log(_run_line(target.kind, run))
+            try:
+                for run_index in range(settings.runs):
+                    for target in alternating(targets, run_index):
+                        for kind in (None, hostile):
+                            run = victim_run(fio, target, settings.seconds, kind)
+                            runs[target.kind].setdefault(hostile.value, []).append(run)
+                            log(_run_line(target.kind, run))
+            except HostileError as error:  # the other kinds still run
+                errors[hostile.value] = str(error)[:2000]
+                log(f"  isolation {hostile}: FAILED {error}")
             for target in targets:
                 kib = status_kib(target.pid, "VmHWM")
                 hwm[target.kind][hostile.value] = None if kib is None else kib * 1024
@@ -472,6 +477,7 @@ def run_isolation(
         "hostile_starts_after_ramp_seconds": START_MARGIN_SECONDS,
         "stall_seconds": STALL_SECONDS,
         "stargate_args": list(deadline_args),
+        "errors": errors,  # hostile kinds that could not be measured
         "runs": {
             target: {kind: [run.as_dict() for run in done] for kind, done in by_kind.items()}
             for target, by_kind in runs.items()

@@ -84,7 +84,10 @@ def fairness_ratio(sections: dict[str, Any]) -> float | None:
 
 
 def isolation_p99_ratio(sections: dict[str, Any]) -> float | None:
-    """The worst kind's ratio; infinite when the victim failed beside a hostile session."""
+    """The worst kind's ratio; infinite when the victim failed beside a hostile session;
+    None when a kind could not be measured (its hostile client failed)."""
+    if sections["isolation"].get("errors"):
+        return None
     stargate = sections["isolation"]["stargate"]
     if stargate.get("victim_failed"):
         return math.inf
@@ -93,6 +96,8 @@ def isolation_p99_ratio(sections: dict[str, Any]) -> float | None:
 
 
 def isolation_rss(sections: dict[str, Any]) -> float | None:
+    if sections["isolation"].get("errors"):
+        return None
     value = sections["isolation"]["stargate"]["peak_rss_bytes"]
     return None if value is None else value / MB
 
@@ -355,6 +360,8 @@ def isolation_lines(isolation: dict[str, Any]) -> list[str]:
         for hostile, figures in isolation.get(kind, {}).get("kinds", {}).items():
             for error in figures.get("victim_errors") or []:
                 lines.append(f"- {kind}, {hostile}: the victim failed: `{error[:300]}`")
+    for hostile, error in isolation.get("errors", {}).items():
+        lines.append(f"- {hostile}: not measured, the hostile client failed: `{error[:300]}`")
     return lines
 
 

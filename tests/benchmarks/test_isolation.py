@@ -108,6 +108,19 @@ def test_the_worst_kind_decides_and_a_failed_victim_fails_the_goal() -> None:
     assert "- stargate, slot-hog: the victim failed: `fio exited with 1`" in lines
 
 
+def test_a_kind_not_measured_leaves_the_goals_not_measured() -> None:
+    section = isolation_section({"garbage": summarize_kind(runs(80.0, 120.0), 50 * MiB)})
+    section["errors"] = {"slot-hog": "hostile slot-hog: expected 'ready', got None"}
+    goals = judge_goals({"isolation": section})
+    assert goal(goals, P99_GOAL)["verdict"] == "not measured"
+    assert goal(goals, RSS_GOAL)["verdict"] == "not measured"
+    expected = (
+        "- slot-hog: not measured, the hostile client failed: "
+        "`hostile slot-hog: expected 'ready', got None`"
+    )
+    assert expected in isolation_lines(section)
+
+
 def test_table_rows() -> None:
     section = isolation_section({"garbage": summarize_kind(runs(80.0, 120.0), 50 * MiB)})
     lines = isolation_lines(section)
