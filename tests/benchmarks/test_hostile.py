@@ -84,9 +84,9 @@ def test_slot_hog_holds_the_slots_its_window_gives_until_it_leaves(stargate: Sta
     # (at the defaults of this tree, alone: the whole queue).
     held = holding["vdisks"]["d0"]["queue_depth"]
     assert held >= 1 and holding["queue"]["in_flight"] == held
-    assert report["held_max"] == report["r2ts"] == held
-    assert report["drops"] == 0 and report["logins"] == 1
-    assert report["statuses"].get("GOOD") == 1  # READ CAPACITY, nothing after it
+    # (the target may end held writes later, by a deadline: then more R2Ts come)
+    assert report["r2ts"] >= report["held_max"] >= held
+    assert report["statuses"].get("GOOD") == 1  # READ CAPACITY; no write ever succeeds
     # Its slots came back when it left.
     released = stargate.wait_for(lambda s: s["queue"]["in_flight"] == 0)
     assert released["queue"]["in_flight"] == 0
@@ -95,7 +95,6 @@ def test_slot_hog_holds_the_slots_its_window_gives_until_it_leaves(stargate: Sta
 def test_trickle_never_completes_its_write(stargate: Stargate) -> None:
     report = attack(stargate, HostileKind.TRICKLE, trickle_interval=0.001)
     assert report.trickled_bytes > 50
-    assert report.drops == 0
     assert report.statuses["GOOD"] == 1  # READ CAPACITY only: the write never got a status
     assert stargate.stats()["vdisks"]["d0"]["writes"] == 0
 
@@ -104,7 +103,6 @@ def test_nop_flood_gets_pings_answered(stargate: Stargate) -> None:
     report = attack(stargate, HostileKind.NOP_FLOOD)
     assert report.nop_outs_sent >= 1000
     assert report.received["NopIn"] > 0
-    assert report.drops == 0 and not report.rejects
 
 
 def test_garbage_gets_rejects_and_drops_and_reconnects(stargate: Stargate) -> None:
