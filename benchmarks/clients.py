@@ -63,6 +63,11 @@ class FioJob:
     workload: Workload
 
 
+def fio_milliseconds(seconds: float) -> str:
+    """A fio time option: fio drops the fraction of "1.5s" (and "0.5s" means no limit)."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
 def fio_job_options(job: FioJob) -> list[str]:
     workload = job.workload
     options = [
@@ -85,15 +90,25 @@ def fio_measurement(job_report: Mapping[str, Any], runtime_divisor: int = 1) -> 
     """
     ios = io_bytes = 0
     p99_values: list[float] = []
+    max_values: list[float] = []
     for direction in ("read", "write"):
         stats = job_report.get(direction, {})
         ios += int(stats.get("total_ios", 0))
         io_bytes += int(stats.get("io_bytes", 0))
-        percentiles = stats.get("clat_ns", {}).get("percentile", {})
+        clat = stats.get("clat_ns", {})
+        percentiles = clat.get("percentile", {})
         if stats.get("total_ios") and "99.000000" in percentiles:
             p99_values.append(float(percentiles["99.000000"]) / 1000)
+        if stats.get("total_ios") and "max" in clat:
+            max_values.append(float(clat["max"]) / 1000)
     seconds = float(job_report.get("job_runtime", 0)) / 1000 / runtime_divisor
-    return Measurement(ios, io_bytes, seconds, max(p99_values) if p99_values else None)
+    return Measurement(
+        ios,
+        io_bytes,
+        seconds,
+        max(p99_values) if p99_values else None,
+        max_latency_us=max(max_values) if max_values else None,
+    )
 
 
 def parse_fio_report(text: str) -> dict[str, Any]:
@@ -119,9 +134,17 @@ class FioClient:
         return self.binary
 
     def run_jobs(
-        self, jobs: Sequence[FioJob], seconds: float, *, group: bool = False
+        self,
+        jobs: Sequence[FioJob],
+        seconds: float,
+        *,
+        group: bool = False,
+        ramp_seconds: float = 0.0,
     ) -> dict[str, Measurement]:
-        """Run the jobs at once for ``seconds``; per job name, or ``{"all": ...}`` if grouped."""
+        """Run the jobs at once for ``seconds``; per job name, or ``{"all": ...}`` if grouped.
+
+        ``ramp_seconds``: run that long first without counting (fio's ramp_time).
+        """
         binary = self.ensure()
         with tempfile.TemporaryDirectory(prefix="bench-fio-") as scratch:
             report_path = Path(scratch) / "fio.json"
@@ -131,14 +154,17 @@ class FioClient:
                 f"--output={report_path}",
                 "--ioengine=libiscsi",
                 "--time_based=1",
-                f"--runtime={seconds}s",
+                f"--runtime={fio_milliseconds(seconds)}",
                 "--thread",
             ]
             if group:
                 argv.append("--group_reporting")
+            if ramp_seconds:
+                argv.append(f"--ramp_time={fio_milliseconds(ramp_seconds)}")
             for job in jobs:
                 argv += fio_job_options(job)
-            run_command(argv, timeout=seconds + CLIENT_SLACK_SECONDS + len(jobs))
+            timeout = ramp_seconds + seconds + CLIENT_SLACK_SECONDS + len(jobs)
+            run_command(argv, timeout=timeout)
             report = parse_fio_report(report_path.read_text())
         job_reports = report.get("jobs", [])
         if group:  # a group's job_runtime adds up its jobs' runtimes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -82,6 +83,25 @@ def fairness_ratio(sections: dict[str, Any]) -> float | None:
     return value
 
 
+def isolation_p99_ratio(sections: dict[str, Any]) -> float | None:
+    """The worst kind's ratio; infinite when the victim failed beside a hostile session;
+    None when a kind could not be measured (its hostile client failed)."""
+    if sections["isolation"].get("errors"):
+        return None
+    stargate = sections["isolation"]["stargate"]
+    if stargate.get("victim_failed"):
+        return math.inf
+    value: float | None = stargate["worst_p99_ratio"]
+    return value
+
+
+def isolation_rss(sections: dict[str, Any]) -> float | None:
+    if sections["isolation"].get("errors"):
+        return None
+    value = sections["isolation"]["stargate"]["peak_rss_bytes"]
+    return None if value is None else value / MB
+
+
 def failover_pause(sections: dict[str, Any]) -> float | None:
     value: float | None = sections["failover"]["initiator"]["kill"]["max_s"]
     return value
@@ -106,6 +126,8 @@ GOALS = (
          standard_ratio("randread-4k-qd32", "target_cpu_us_per_io")),
     Goal("64 vDisks at once vs one connection, aggregate IOPS", 0.9, True, "x", scale_ratio),
     Goal("fairness: QD1 p99 beside QD128 vs alone", 3.0, False, "x", fairness_ratio),
+    Goal("isolation: victim p99 beside hostile vs alone", 2.0, False, "x", isolation_p99_ratio),
+    Goal("isolation: target RSS with a hostile session", 150.0, False, "MB", isolation_rss),
     Goal("client I/O pause when the local stargate dies (initiator, max)", 1.0, False, "s",
          failover_pause),
     Goal("stargate RSS with 1000 vDisks", 150.0, False, "MB", rss_with_most_vdisks),
@@ -268,6 +290,89 @@ def fairness_lines(fairness: dict[str, Any]) -> list[str]:
     return markdown_table(["target", "QD1 p99 alone µs", "beside QD128 µs", "ratio"], rows)
 
 
+def hostile_summary(report: dict[str, Any]) -> str:
+    """What a hostile client sent and got back, in a few words."""
+    received = report.get("received", {})
+    parts = [f"connections {report.get('connections', 0)}, dropped {report.get('drops', 0)}"]
+    if report.get("cpu_seconds") is not None:
+        parts.append(f"client CPU {report['cpu_seconds']:.1f} s")
+    if report.get("commands_sent"):
+        parts.append(f"{report['commands_sent']} commands")
+    if report.get("r2ts"):
+        parts.append(f"R2T {report['r2ts']} (at most {report.get('held_max', 0)} held at once)")
+    if report.get("nop_outs_sent"):
+        parts.append(f"NOP-In {received.get('NopIn', 0)} for {report['nop_outs_sent']} NOP-Outs")
+    if report.get("trickled_bytes"):
+        parts.append(f"{report['trickled_bytes']} bytes trickled")
+    statuses = report.get("statuses", {})
+    parts.append(f"TASK SET FULL {statuses.get('TASK_SET_FULL', 0)}")
+    others = {name: count for name, count in statuses.items() if name != "TASK_SET_FULL"}
+    if others:
+        parts.append("statuses " + ", ".join(f"{name} {n}" for name, n in others.items()))
+    rejects = report.get("rejects", {})
+    parts.append(f"Reject {sum(rejects.values())}")
+    if rejects:
+        parts[-1] += " (" + ", ".join(f"{reason} {n}" for reason, n in rejects.items()) + ")"
+    return "; ".join(parts)
+
+
+def isolation_lines(isolation: dict[str, Any]) -> list[str]:
+    rows = []
+    for kind in ("stargate", "tgtd"):
+        for hostile, figures in isolation.get(kind, {}).get("kinds", {}).items():
+            failed = bool(figures.get("victim_errors")) and figures["p99_us"] is None
+            rows.append(
+                [
+                    kind,
+                    hostile,
+                    number(figures["alone_p99_us"], 0),
+                    "FAILED" if failed else number(figures["p99_us"], 0),
+                    number(figures["p99_ratio"]) + "x",
+                    number(figures.get("max_latency_us"), 0)
+                    + (" **stalled**" if figures.get("stalled") else ""),
+                    f"{number(figures['alone_iops'], 0)} / {number(figures['iops'], 0)}",
+                    f"{number(mib(figures['alone_peak_rss_bytes']), 1)} / "
+                    f"{number(mib(figures['peak_rss_bytes']), 1)}",
+                    f"{percent(figures.get('alone_target_cpu_share'))} / "
+                    f"{percent(figures.get('target_cpu_share'))}",
+                    hostile_summary(figures["hostile"]),
+                ]
+            )
+    header = ["target", "hostile on vDisk A", "victim p99 alone µs", "beside µs", "ratio",
+              "slowest I/O beside µs",
+              "victim IOPS alone / beside", "target RSS MiB alone / peak",
+              "target CPU alone / beside", "what the hostile client got"]  # fmt: skip
+    args = " ".join(isolation.get("stargate_args", [])) or "none (defaults)"
+    lines = [
+        f"Victim: {isolation['victim']}; {isolation['seconds']} s counted after a "
+        f"{isolation['ramp_seconds']} s ramp, the hostile client starting "
+        f"{isolation.get('hostile_starts_after_ramp_seconds', '?')} s after the ramp and "
+        "attacking until the victim is done; fresh targets for each hostile kind. Deadline "
+        f"flags given to stargate: {args}. Peak RSS: the larger of VmRSS sampled during the "
+        "hostile runs and the process's VmHWM. fio at QD 1 sends nothing while an I/O is "
+        "held, so a stall is one slow I/O among hundreds and hides below p99: a kind whose "
+        f"slowest victim I/O took over {isolation.get('stall_seconds', 1.0):g} s is "
+        "**stalled**, and its goal ratio is that I/O against the p99 alone.",
+        "",
+    ]
+    lines += markdown_table(header, rows)
+    for kind in ("stargate", "tgtd"):
+        for hostile, figures in isolation.get(kind, {}).get("kinds", {}).items():
+            for error in figures.get("victim_errors") or []:
+                lines.append(f"- {kind}, {hostile}: the victim failed: `{error[:300]}`")
+    for hostile, error in isolation.get("errors", {}).items():
+        lines.append(f"- {hostile}: not measured, the hostile client failed: `{error[:300]}`")
+    return lines
+
+
+def percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
+
+
+def mib(value: float | None) -> float | None:
+    return None if value is None else value / (1 << 20)
+
+
 def failover_lines(failover: dict[str, Any]) -> list[str]:
     rows = []
     for client in ("initiator", "qemu-io"):
@@ -331,6 +436,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     renderers: list[tuple[str, str, Callable[[Any], list[str]]]] = [
         ("scale", "Scale", scale_lines),
         ("fairness", "Fairness", fairness_lines),
+        ("isolation", "Isolation (hostile neighbour)", isolation_lines),
         ("failover", "Failover", failover_lines),
         ("memory", "Memory", memory_lines),
         ("profile", "Profile", profile_lines),

@@ -42,6 +42,7 @@ def section_runners(
     settings: Settings, out_dir: Path, client_names: list[str]
 ) -> dict[Section, Callable[[], Any]]:
     from benchmarks.failover import run_failover
+    from benchmarks.isolation import run_isolation
     from benchmarks.memory import run_memory
     from benchmarks.profile import run_profile
     from benchmarks.scale import run_fairness, run_scale
@@ -54,6 +55,7 @@ def section_runners(
         Section.STANDARD: lambda: run_standard(settings, clients, log=log),
         Section.SCALE: lambda: run_scale(settings, fio, log=log),
         Section.FAIRNESS: lambda: run_fairness(settings, fio, log=log),
+        Section.ISOLATION: lambda: run_isolation(settings, fio, log=log),
         Section.FAILOVER: lambda: run_failover(settings, log=log),
         Section.MEMORY: lambda: run_memory(settings, log=log),
         Section.PROFILE: lambda: run_profile(settings, fio, out_dir, log=log),

@@ -12,6 +12,7 @@ class Section(StrEnum):
     STANDARD = "standard"  # the six workloads x three clients, stargate vs tgtd
     SCALE = "scale"  # 1..64 vDisks at once, one connection each
     FAIRNESS = "fairness"  # QD 1 vDisk beside a QD 128 one
+    ISOLATION = "isolation"  # QD 1 vDisk beside a hostile session (slot hog, garbage, ...)
     FAILOVER = "failover"  # client I/O pause when the local stargate dies, and at failback
     MEMORY = "memory"  # RSS with 1, 100, 1000 vDisks and 1000 idle connections
     PROFILE = "profile"  # py-spy on stargate under 4 KiB randread QD32

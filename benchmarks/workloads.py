@@ -73,6 +73,7 @@ class Measurement:
     target_cpu_seconds: float | None = None
     longest_pause_s: float | None = None
     client_cpu_seconds: float | None = None  # the client's own CPU (where it was measured)
+    max_latency_us: float | None = None  # the slowest I/O (fio only)
 
     @property
     def iops(self) -> float:
@@ -111,4 +112,5 @@ class Measurement:
             "target_cpu_us_per_io": self.target_cpu_us_per_io,
             "client_cpu_us_per_io": self.client_cpu_us_per_io,
             "longest_pause_s": self.longest_pause_s,
+            "max_latency_us": self.max_latency_us,
         }
