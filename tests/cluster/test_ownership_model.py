@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 from stargate.cluster.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater, Step
 from stargate.cluster.admission import Claim, ClaimState, OwnershipQueue
 from stargate.cluster.ownership import NO_NODE, Fence, OwnershipFile, OwnershipRecord, read_record
-from stargate.queue import Admission
+from stargate.queue import Admission, Tenant
 
 NAME = "iqn.2010-06.com.nutanix:vmdisk-vd"
 NODES = (1, 2, 3)
@@ -59,6 +59,7 @@ class Write:
     value: int
     parked_at: float | None = None
     buffer_bytes: int = 0
+    tenant: Tenant | None = None  # charged to the queue as a whole
 
     @property
     def cancelled(self) -> bool:
