@@ -80,12 +80,14 @@ def test_slot_hog_holds_the_slots_its_window_gives_until_it_leaves(stargate: Sta
         hog.go()
         holding = stargate.wait_for_steady(lambda s: s["vdisks"]["d0"]["queue_depth"])
         report = hog.finish()
-    # Every write the target gave an R2T holds a slot of its queue, waiting for Data-Out
-    # (at the defaults of this tree, alone: the whole queue).
+    # Every write the target gave an R2T holds a slot of its queue, waiting for Data-Out;
+    # the vDisk's depth counts those and the ones waiting behind its share of the queue.
     held = holding["vdisks"]["d0"]["queue_depth"]
-    assert held >= 1 and holding["queue"]["in_flight"] == held
+    in_flight = holding["queue"]["in_flight"]
+    assert 1 <= in_flight <= held
     # (the target may end held writes later, by a deadline: then more R2Ts come)
-    assert report["r2ts"] >= report["held_max"] >= held
+    assert report["r2ts"] >= in_flight
+    assert report["held_max"] >= in_flight
     assert report["statuses"].get("GOOD") == 1  # READ CAPACITY; no write ever succeeds
     # Its slots came back when it left.
     released = stargate.wait_for(lambda s: s["queue"]["in_flight"] == 0)
@@ -118,8 +120,8 @@ def test_garbage_gets_rejects_and_drops_and_reconnects(stargate: Stargate) -> No
     assert report.rejects["COMMAND_NOT_SUPPORTED"] > 0
     # the client saw the drops and came back each time
     assert report.drops >= len(GarbageMode) and report.logins >= len(GarbageMode)
-    # The other vDisk's target is still there for everyone else.
-    stats = stargate.stats()
+    # Every session it opened is gone once the target has read the last close.
+    stats = stargate.wait_for(lambda s: s["vdisks"]["d0"]["sessions"] == 0)
     assert stats["vdisks"]["d0"]["sessions"] == 0
 
 
