@@ -87,6 +87,13 @@ def _register_cluster(subparsers: Any) -> None:
         help="how long a CVM must be healthy before failback",
     )
     up.add_argument(
+        "--release-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a vDisk's owner may take to release it before another CVM takes "
+        "it over (default 5)",
+    )
+    up.add_argument(
         "--policy",
         choices=PLACEMENTS,
         help="how a redirector picks a remote CVM for a vDisk",
@@ -215,6 +222,9 @@ def _spec_options(args: argparse.Namespace, stored: ClusterSpec | None) -> dict[
         "base_address": args.base_address
         or (stored.base_address if stored else DEFAULT_BASE_ADDRESS),
         "advertise": args.advertise or [],
+        "release_timeout": args.release_timeout
+        if args.release_timeout is not None
+        else (stored.release_timeout if stored else None),
     }
 
 
@@ -229,7 +239,7 @@ def _check_same_cluster(stored: ClusterSpec, args: argparse.Namespace) -> None:
     wanted = ClusterSpec.build(args.nodes, **_spec_options(args, stored))
     if not args.advertise:  # not given: keep the stored advertised addresses
         wanted = ClusterSpec(stored.nodes, wanted.stable_window, wanted.placement,
-                             wanted.base_address)  # fmt: skip
+                             wanted.base_address, wanted.release_timeout)  # fmt: skip
     if wanted != stored:
         raise _cli_error(
             f"{args.dir}/cluster.json describes another cluster than these options: "
@@ -263,6 +273,7 @@ def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> d
         # What POST/DELETE to the HTTP pages must send as Authorization: Bearer.
         "control_token_file": str(cluster_token_file(supervisor.directory)),
         "stable_window": spec.stable_window,
+        "release_timeout": spec.release_timeout,
         "placement": spec.placement,
         "base_address": spec.base_address,
         "nodes": nodes,

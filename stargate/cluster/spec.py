@@ -255,6 +255,7 @@ class ClusterSpec:
         cvm_port: int = DEFAULT_ISCSI_PORT,
         redirector_port: int = DEFAULT_ISCSI_PORT,
         http_port: int = DEFAULT_HTTP_PORT,
+        release_timeout: float | None = None,
     ) -> ClusterSpec:
         """Lay out ``directory`` and write cluster.json for ``nodes`` nodes (ids 1..nodes)."""
         spec = cls.build(
@@ -266,6 +267,7 @@ class ClusterSpec:
             cvm_port=cvm_port,
             redirector_port=redirector_port,
             http_port=http_port,
+            release_timeout=release_timeout,
         )
         spec.save(directory)
         return spec
@@ -282,6 +284,7 @@ class ClusterSpec:
         cvm_port: int = DEFAULT_ISCSI_PORT,
         redirector_port: int = DEFAULT_ISCSI_PORT,
         http_port: int = DEFAULT_HTTP_PORT,
+        release_timeout: float | None = None,
     ) -> ClusterSpec:
         """The spec of ``nodes`` nodes (ids 1..nodes), without writing it anywhere."""
         if nodes < 1:
@@ -309,7 +312,7 @@ class ClusterSpec:
                     http_port=http_port,
                 )
             )
-        return cls(node_specs, stable_window, placement, base_address)
+        return cls(node_specs, stable_window, placement, base_address, release_timeout)
 
     def save(self, directory: Path | str) -> None:
         paths = ClusterPaths(Path(directory))

@@ -78,10 +78,12 @@ def test_up_writes_the_spec_with_advertised_addresses(cluster_dir: Path) -> None
     run_cli(
         "cluster", "up", "--nodes", "1", "--dir", str(cluster_dir), "--base-address", base,
         "--detach", "--no-redirectors", "--stable-window", "7", "--policy", "random",
+        "--release-timeout", "3",
         "--advertise", "1=10.0.2.100:3262", "--advertise", "redirector:1=10.0.2.101",
     )  # fmt: skip
     spec = ClusterSpec.load(cluster_dir)
     assert spec.stable_window == 7 and spec.placement == "random"
+    assert spec.release_timeout == 3
     assert spec.node(1).cvm_portal == "10.0.2.100:3262"
     assert spec.node(1).redirector_portal == "10.0.2.101:3261"
     status = json.loads(run_cli("cluster", "status", "--dir", str(cluster_dir), "--json").stdout)
