@@ -75,7 +75,8 @@ def generate(
     dark_until: dict[int, float] = {}
     steps: list[Step] = []
     at = rng.uniform(0.5, 2 * mean_gap)
-    while at < seconds:
+    while round(at, 2) < seconds:
+        at = round(at, 2)  # the step's time as shown is the time the state changes
         impaired = set(down) | {node for node, until in dark_until.items() if until > at}
         choices: list[tuple[Action, int]] = []
         for node in range(1, nodes + 1):
@@ -93,7 +94,7 @@ def generate(
             else:
                 duration = round(rng.uniform(*blackhole_seconds), 2)
                 dark_until[node] = at + duration
-            steps.append(Step(round(at, 2), action, node, duration))
+            steps.append(Step(at, action, node, duration))
         at += rng.expovariate(1 / mean_gap) + 0.2
     return Schedule(seed, nodes, seconds, tuple(steps))
 
