@@ -129,17 +129,17 @@ def test_soak_command_rejects_bad_arguments() -> None:
 def test_seeded_schedules_find_no_anomaly(
     supervisor: Supervisor, require_tool: Callable[..., str], tmp_path: Path
 ) -> None:
-    """Two schedules of kills, stops, restarts and blackholes under the initiator and
+    """Three schedules of kills, stops, restarts and blackholes under the initiator and
     qemu-io: 0 anomalies. JEPSEN_SEED=S replays the run that printed seed S."""
     require_tool("qemu-io")
     seed = int(os.environ.get("JEPSEN_SEED", random.randrange(1 << 31)))
     print(f"soak seed {seed}: JEPSEN_SEED={seed} replays it")
-    options = SoakOptions(seed=seed, schedules=2, schedule_seconds=15.0, blocks=64)
+    options = SoakOptions(seed=seed, schedules=3, schedule_seconds=15.0, blocks=64)
     report = SoakReport(seed, f"JEPSEN_SEED={seed}")
     lines: list[str] = []
     trio.run(run_soak, supervisor, options, report, tmp_path, lines.append)
     details = "\n".join(lines)
-    assert len(report.schedules) == 2, details
+    assert len(report.schedules) == 3, details
     for schedule in report.schedules:
         assert schedule.steps and schedule.checked > 1000, details
         assert schedule.evidence_epochs > 0, details
