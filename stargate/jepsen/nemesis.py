@@ -54,9 +54,11 @@ class Schedule:
     nodes: int
     seconds: float
     steps: tuple[Step, ...]
+    pattern: str = ""  # "stop-pair" when the schedule holds that pattern
 
     def describe(self) -> list[str]:
-        return [str(step) for step in self.steps]
+        steps = [str(step) for step in self.steps]
+        return [f"pattern: {self.pattern}", *steps] if self.pattern else steps
 
 
 def generate(
@@ -66,20 +68,44 @@ def generate(
     *,
     mean_gap: float = 1.5,
     blackhole_seconds: tuple[float, float] = (1.0, 4.0),
+    stop_pair_probability: float = 0.5,
 ) -> Schedule:
-    """A random schedule of ``seconds``; at most ``nodes - 1`` CVMs impaired at once."""
+    """A random schedule of ``seconds``; at most ``nodes - 1`` CVMs impaired at once.
+
+    With ``stop_pair_probability`` it holds the pattern that hunts stale parked writes
+    (`stop_pair`); the pattern's nodes count as impaired for all of it, so random steps
+    touch only the other nodes, and its steps past the end are left to the heal."""
     if nodes < 2:
         raise ValueError("a nemesis needs at least 2 nodes (one stays healthy)")
     rng = random.Random(seed)
+    planned = stop_pair(rng, nodes) if nodes > 2 and rng.random() < stop_pair_probability else []
+    planned = [step for step in planned if step.at < seconds]
+    reserved = {step.node for step in planned}
+    reserved_until = planned[-1].at if planned else 0.0
     down: dict[int, Action] = {}  # node -> KILL or STOP: what must be undone
     dark_until: dict[int, float] = {}
     steps: list[Step] = []
-    at = rng.uniform(0.5, 2 * mean_gap)
-    while round(at, 2) < seconds:
-        at = round(at, 2)  # the step's time as shown is the time the state changes
-        impaired = set(down) | {node for node, until in dark_until.items() if until > at}
+
+    def apply(step: Step) -> None:
+        if step.action in (Action.KILL, Action.STOP):
+            down[step.node] = step.action
+        elif step.action in (Action.START, Action.CONT):
+            del down[step.node]
+        else:
+            dark_until[step.node] = step.at + step.duration
+        steps.append(step)
+
+    at = round(rng.uniform(0.5, 2 * mean_gap), 2)
+    while at < seconds or planned:
+        if planned and (planned[0].at <= at or at >= seconds):
+            apply(planned.pop(0))
+            continue
+        held = reserved if at <= reserved_until else set()
+        impaired = set(down) | held | {n for n, until in dark_until.items() if until > at}
         choices: list[tuple[Action, int]] = []
         for node in range(1, nodes + 1):
+            if node in held:
+                continue
             if node in down:
                 choices.append((Action.START if down[node] is Action.KILL else Action.CONT, node))
             elif node not in impaired and len(impaired) < nodes - 1:
@@ -87,16 +113,31 @@ def generate(
         if choices:
             action, node = rng.choice(choices)
             duration = 0.0
-            if action in (Action.KILL, Action.STOP):
-                down[node] = action
-            elif action in (Action.START, Action.CONT):
-                del down[node]
-            else:
+            if action is Action.BLACKHOLE:
                 duration = round(rng.uniform(*blackhole_seconds), 2)
-                dark_until[node] = at + duration
-            steps.append(Step(at, action, node, duration))
-        at += rng.expovariate(1 / mean_gap) + 0.2
-    return Schedule(seed, nodes, seconds, tuple(steps))
+            apply(Step(at, action, node, duration))
+        # The step's time as shown is the time the state changes: keep it rounded.
+        at = round(at + rng.expovariate(1 / mean_gap) + 0.2, 2)
+    return Schedule(seed, nodes, seconds, tuple(steps), "stop-pair" if reserved else "")
+
+
+def stop_pair(rng: random.Random, nodes: int) -> list[Step]:
+    """Stop a CVM (the owner of some vDisks); once their sessions moved to another CVM,
+    which is still waiting for the stopped owner to release them (the release times out
+    after 5 s), stop that one too; the sessions move to a third CVM and go on writing; then
+    continue the second CVM, then the first: whatever either kept parked must not land."""
+    first, second = rng.sample(range(1, nodes + 1), 2)
+    start = rng.uniform(0.5, 2.0)
+    stop_second = start + rng.uniform(4.5, 7.5)
+    cont_second = stop_second + rng.uniform(6.0, 9.0)
+    cont_first = cont_second + rng.uniform(0.5, 2.0)
+    times = [round(t, 2) for t in (start, stop_second, cont_second, cont_first)]
+    return [
+        Step(times[0], Action.STOP, first),
+        Step(times[1], Action.STOP, second),
+        Step(times[2], Action.CONT, second),
+        Step(times[3], Action.CONT, first),
+    ]
 
 
 class NemesisExecutor:

@@ -52,3 +52,21 @@ def test_schedules_keep_a_healthy_cvm_and_undo_only_what_was_done(
                 down[step.node] = step.action
         impaired = set(down) | {n for n, until in dark_until.items() if until > step.at}
         assert len(impaired) <= nodes - 1
+
+
+def test_half_the_schedules_hunt_stale_parked_writes() -> None:
+    """The stop-pair pattern: stop a CVM, stop the one its sessions moved to while that one
+    still waits for the release, continue the second, then the first."""
+    hunting = 0
+    for seed in range(40):
+        schedule = generate(seed, 3, 30)
+        if schedule.pattern != "stop-pair":
+            continue
+        hunting += 1
+        first, second, third, fourth = schedule.steps[:4]
+        assert (first.action, second.action) == (Action.STOP, Action.STOP)
+        assert first.node != second.node
+        assert 4.5 <= second.at - first.at <= 7.5
+        assert (third.action, third.node) == (Action.CONT, second.node)
+        assert (fourth.action, fourth.node) == (Action.CONT, first.node)
+    assert 10 <= hunting <= 30
