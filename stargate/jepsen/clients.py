@@ -165,6 +165,7 @@ class QemuIo:
         self._buffer = b""
 
     async def start(self) -> None:
+        """Start qemu-io and wait for its first prompt (it has logged in by then)."""
         self.process = await trio.lowlevel.open_process(
             ["qemu-io", "-f", "raw", self.url],
             stdin=subprocess.PIPE,
@@ -175,6 +176,8 @@ class QemuIo:
             await self._until_prompt()
 
     async def command(self, line: str) -> bytes:
+        if self.process is None:  # closed after a failure: a fresh qemu-io logs in again
+            await self.start()
         assert self.process is not None and self.process.stdin is not None
         await self.process.stdin.send_all(line.encode() + b"\n")
         return await self._until_prompt()
@@ -260,17 +263,13 @@ async def _qemu_read(qemu: QemuIo, key: Key, plan: ClientPlan, history: History)
 
 
 async def _qemu_command(qemu: QemuIo, line: str) -> bytes | None:
-    """The command's output; None when qemu-io hung or died (it is restarted)."""
+    """The command's output; None when qemu-io hung or died (closed: the next command
+    starts a fresh one)."""
     try:
         with trio.fail_after(QEMU_IO_OP_TIMEOUT):
             return await qemu.command(line)
     except (trio.TooSlowError, QemuIoError, trio.BrokenResourceError, OSError):
         await qemu.close()
-        with trio.move_on_after(QEMU_IO_START_TIMEOUT):
-            try:
-                await qemu.start()
-            except (trio.TooSlowError, QemuIoError, OSError):
-                await qemu.close()
         return None
 
 
