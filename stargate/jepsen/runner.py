@@ -28,7 +28,7 @@ from stargate.jepsen.clients import (
     run_initiator_client,
     run_qemu_io_client,
 )
-from stargate.jepsen.history import History, operations
+from stargate.jepsen.history import EventType, History, operations
 from stargate.jepsen.nemesis import NemesisExecutor, generate
 from stargate.jepsen.report import ScheduleResult, SoakReport, count_operations, longest_pauses
 
@@ -173,7 +173,7 @@ async def _until_flowing(history: History, clients: list[_Client]) -> None:
     cluster under load, not on clients still logging in."""
     with trio.move_on_after(ATTACH_TIMEOUT):
         while True:
-            done = {e.process for e in history.events if e.type.value != "invoke"}
+            done = {e.process for e in history.events if e.type is not EventType.INVOKE}
             for entry in clients:
                 if entry.plan.name in done or entry.outcome.error:
                     entry.attached.set()
