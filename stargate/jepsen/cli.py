@@ -38,6 +38,13 @@ def register(subparsers: Any) -> None:
     soak.add_argument("--nodes", type=int, default=3)
     soak.add_argument("--base-address", default=DEFAULT_BASE_ADDRESS)
     soak.add_argument("--schedule-seconds", type=float, default=20.0)
+    soak.add_argument(
+        "--stable-window",
+        type=float,
+        default=DEFAULT_SOAK_STABLE_WINDOW,
+        metavar="SECONDS",
+        help="failback after a CVM is healthy this long (short: failbacks happen under load)",
+    )
     soak.add_argument("--initiators", type=int, default=2, help="initiator clients")
     soak.add_argument("--qemu", type=int, default=1, help="qemu-io clients")
     soak.add_argument("--blocks", type=int, default=128, help="blocks per vDisk")
@@ -45,6 +52,9 @@ def register(subparsers: Any) -> None:
         "--keep-histories", action="store_true", help="keep every history (else: failing ones)"
     )
     soak.set_defaults(handler=soak_command)
+
+
+DEFAULT_SOAK_STABLE_WINDOW = 5.0
 
 
 def _usage_error(message: str) -> int:
@@ -85,7 +95,8 @@ def soak_command(args: argparse.Namespace) -> int:
         try:
             if (directory / "cluster.json").exists():
                 return _usage_error(f"{directory} holds a cluster already: give a fresh --dir")
-            ClusterSpec.create(directory, args.nodes, base_address=args.base_address)
+            ClusterSpec.create(directory, args.nodes, base_address=args.base_address,
+                               stable_window=args.stable_window)  # fmt: skip
         except (ClusterSpecError, OSError) as error:
             return _usage_error(str(error))
         supervisor = Supervisor(directory, redirectors=True)
@@ -100,7 +111,8 @@ def _base_command(args: argparse.Namespace) -> str:
     """The command line of this soak without its seed and budget."""
     words = ["stargate", "soak", "--nodes", str(args.nodes), "--schedule-seconds",
              f"{args.schedule_seconds:g}", "--initiators", str(args.initiators),
-             "--qemu", str(args.qemu), "--blocks", str(args.blocks)]  # fmt: skip
+             "--qemu", str(args.qemu), "--blocks", str(args.blocks),
+             "--stable-window", f"{args.stable_window:g}"]  # fmt: skip
     return shlex.join(words)
 
 
