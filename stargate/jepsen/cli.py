@@ -7,6 +7,7 @@ import argparse
 import random
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -37,7 +38,7 @@ def register(subparsers: Any) -> None:
     soak.add_argument("--report", type=Path, help="report directory (default: ./soak-reports/…)")
     soak.add_argument("--nodes", type=int, default=3)
     soak.add_argument("--base-address", default=DEFAULT_BASE_ADDRESS)
-    soak.add_argument("--schedule-seconds", type=float, default=20.0)
+    soak.add_argument("--schedule-seconds", type=float, default=30.0)
     soak.add_argument(
         "--stable-window",
         type=float,
@@ -131,10 +132,9 @@ def run(supervisor: Supervisor, options: SoakOptions, out: Path, *, base_command
     )
     status = 0
     try:
-        trio.run(run_soak, supervisor, options, report, out, log)
-    except KeyboardInterrupt:
-        log("interrupted: the report covers the schedules that finished")
-        status = 130
+        if trio.run(_interruptible, supervisor, options, report, out, log):
+            log("interrupted: the report covers the schedules that finished")
+            status = 130
     except RuntimeError as error:
         log(f"soak failed: {error}")
         status = 1
@@ -149,6 +149,28 @@ def run(supervisor: Supervisor, options: SoakOptions, out: Path, *, base_command
         log(f"FAILED: seed {seed}; replay: {base_command} --seed {seed} --schedules 1")
     log(f"report: {markdown_path} and {json_path}")
     return status or (0 if report.ok and report.schedules else 1)
+
+
+async def _interruptible(
+    supervisor: Supervisor, options: SoakOptions, report: SoakReport, out: Path, log: Any
+) -> bool:
+    """The soak, ended early by SIGINT or SIGTERM (then True): the cluster's processes run
+    in their own sessions, so they are stopped here rather than by the terminal."""
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def soak() -> None:
+                await run_soak(supervisor, options, report, out, log)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(soak)
+            async for signum in signals:
+                log(f"{signal.Signals(signum).name}: stopping the soak")
+                interrupted = True
+                nursery.cancel_scope.cancel()
+                break
+    return interrupted
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,14 +122,15 @@ def generate(
 
 
 def stop_pair(rng: random.Random, nodes: int) -> list[Step]:
-    """Stop a CVM (the owner of some vDisks); once their sessions moved to another CVM,
-    which is still waiting for the stopped owner to release them (the release times out
-    after 5 s), stop that one too; the sessions move to a third CVM and go on writing; then
-    continue the second CVM, then the first: whatever either kept parked must not land."""
+    """Stop CVM A (the owner of some vDisks); once their sessions moved to CVM B, which is
+    still waiting for A to release them (the release times out after 5 s), stop B too. The
+    sessions move on to a third CVM, which takes the vDisks over from A (no answer again)
+    and acknowledges newer writes; only then continue B, then A: whatever either kept
+    parked must not land over the newer writes."""
     first, second = rng.sample(range(1, nodes + 1), 2)
     start = rng.uniform(0.5, 2.0)
-    stop_second = start + rng.uniform(4.5, 7.5)
-    cont_second = stop_second + rng.uniform(6.0, 9.0)
+    stop_second = start + rng.uniform(4.5, 7.5)  # sessions re-logged in to B after ~4 s
+    cont_second = stop_second + rng.uniform(12.0, 15.0)  # the third CVM serves by ~10 s
     cont_first = cont_second + rng.uniform(0.5, 2.0)
     times = [round(t, 2) for t in (start, stop_second, cont_second, cont_first)]
     return [

@@ -42,7 +42,7 @@ class SoakOptions:
     seed: int
     schedules: int | None = None  # at most this many
     minutes: float | None = None  # start no schedule that would not end in time
-    schedule_seconds: float = 20.0
+    schedule_seconds: float = 30.0
     settle_seconds: float = 3.0  # clients keep going after the heal
     initiator_clients: int = 2
     qemu_clients: int = 1

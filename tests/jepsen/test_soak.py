@@ -134,7 +134,7 @@ def test_seeded_schedules_find_no_anomaly(
     require_tool("qemu-io")
     seed = int(os.environ.get("JEPSEN_SEED", random.randrange(1 << 31)))
     print(f"soak seed {seed}: JEPSEN_SEED={seed} replays it")
-    options = SoakOptions(seed=seed, schedules=3, schedule_seconds=15.0, blocks=64)
+    options = SoakOptions(seed=seed, schedules=3, schedule_seconds=20.0, blocks=64)
     report = SoakReport(seed, f"JEPSEN_SEED={seed}")
     lines: list[str] = []
     trio.run(run_soak, supervisor, options, report, tmp_path, lines.append)
