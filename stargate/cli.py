@@ -30,7 +30,12 @@ from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskT
 log = logging.getLogger("stargate")
 
 # Modules whose ``register(subparsers)`` adds subcommands, in help order.
-SUBCOMMAND_MODULES: list[str] = ["stargate.cli", "stargate.cluster.commands", "stargate.faults.cli"]
+SUBCOMMAND_MODULES: list[str] = [
+    "stargate.cli",
+    "stargate.cluster.commands",
+    "stargate.faults.cli",
+    "stargate.jepsen.cli",
+]
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -75,3 +75,4 @@ def test_run_script_explains_its_commands(arguments: list[str], exit_code: int) 
     assert completed.returncode == exit_code
     assert "./run demo" in completed.stderr
     assert "./run tests" in completed.stderr
+    assert "./run soak" in completed.stderr

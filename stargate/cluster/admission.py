@@ -32,6 +32,7 @@ from enum import Enum
 from typing import Any
 
 from iscsicore.scsi.opcodes import ScsiStatus
+from stargate.cluster.evidence import EpochSlot
 from stargate.cluster.ownership import Fence, OwnershipFile
 from stargate.queue import Admission, CommandQueue, QueuedCommand, Tenant
 from stargate.scsi.command import ScsiResult
@@ -64,6 +65,7 @@ class Claim:
     state: ClaimState = ClaimState.IDLE
     fence: Fence | None = None
     parked: list[Parked] = field(default_factory=list)
+    evidence: EpochSlot | None = None  # set once owned: the writes executed under its epoch
 
     def serving(self) -> bool:
         """Owned by this stargate and its fence still holds: new commands may start."""
@@ -119,8 +121,11 @@ class FencedStore:
             raise StaleOwnerError(f"vDisk {self.claim.vdisk_id} is no longer served here")
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        started = time.time()  # before the check: see stargate/cluster/evidence.py
         self._check()
         self.inner.write(offset, data)
+        if self.claim.evidence is not None:
+            self.claim.evidence.note_write(started)
 
     def punch_hole(self, offset: int, length: int) -> None:
         self._check()

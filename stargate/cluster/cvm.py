@@ -36,6 +36,7 @@ from stargate.cluster.admission import (
     FencedStore,
     OwnershipQueue,
 )
+from stargate.cluster.evidence import EvidenceFile, evidence_file
 from stargate.cluster.http import HttpError, http_json, serve_http
 from stargate.cluster.ownership import Fence, OwnershipFile
 from stargate.cluster.registry import ClusterRegistry, OwnershipLoginPolicy
@@ -101,6 +102,7 @@ class ClusterStargate:
         self.started = time.time()
         self.claims: dict[str, Claim] = {}  # by target name
         self._opened: dict[str, OpenedVDisk] = {}  # by target name
+        self._evidence: dict[str, EvidenceFile] = {}  # by vDisk id, for the process's life
         # One counter set per vDisk for the life of the process, across moves away and back:
         # the page's counters stay monotonic, and connections of an earlier opening still
         # decrement the gauges they incremented.
@@ -214,6 +216,7 @@ class ClusterStargate:
                 return  # released or lost while we waited
             step = acquisition.finish(trio.current_time())
         claim.fence = Fence(claim.file, step.record)
+        claim.evidence = self._evidence_of(claim.vdisk_id).begin(claim.fence.record.epoch)
         opened = self._opened.get(claim.target_name)
         if opened is not None and opened.claim is claim:
             opened.reservations.reload()  # the previous owner may have changed them
@@ -237,6 +240,13 @@ class ClusterStargate:
         detached = self._detach(claim)
         if detached is not None and self._nursery is not None:
             self._nursery.start_soon(self._close, detached, f"not acquired: {reason}")
+
+    def _evidence_of(self, vdisk_id: str) -> EvidenceFile:
+        evidence = self._evidence.get(vdisk_id)
+        if evidence is None:
+            path = evidence_file(self.paths.evidence, vdisk_id, self.node_id)
+            evidence = self._evidence[vdisk_id] = EvidenceFile(path)
+        return evidence
 
     async def _ask_release(self, owner_id: int, vdisk_id: str) -> None:
         try:

@@ -81,6 +81,10 @@ class ClusterPaths:
     def ownership_file(self, vdisk_id: str) -> Path:
         return self.ownership / vdisk_id
 
+    @property
+    def evidence(self) -> Path:
+        return self.root / "evidence"
+
     def pid_file(self, process: str) -> Path:
         return self.run / f"{process}.pid"
 
