@@ -59,6 +59,7 @@ from iscsicore.pdu import (
     TmfResponse,
     lun_number,
 )
+from iscsicore.scsi.cdb import BLOCK_CDBS
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
 from iscsicore.seqnum import SERIAL_MASK
@@ -181,8 +182,7 @@ _ANY_LUN_OPCODES = frozenset({ScsiOp.REPORT_LUNS, ScsiOp.INQUIRY, ScsiOp.REQUEST
 # how many blocks (to compare with the EDTL).
 _PLAIN_READS = frozenset({int(ScsiOp.READ_10), int(ScsiOp.READ_16)})
 _PLAIN_WRITE_BLOCKS = {
-    int(ScsiOp.WRITE_10): struct.Struct(">7xH"),
-    int(ScsiOp.WRITE_16): struct.Struct(">10xI"),
+    int(op): BLOCK_CDBS[op].blocks_field for op in (ScsiOp.WRITE_10, ScsiOp.WRITE_16)
 }
 
 

@@ -7,13 +7,13 @@ the ``QueuedCommand`` protocol (``cancelled``, ``buffer_bytes``, ``tenant``, ``d
 
 from __future__ import annotations
 
-import struct
 import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from iscsicore.pdu import ScsiCommand
+from iscsicore.scsi.cdb import BLOCK_CDBS
 from iscsicore.scsi.opcodes import ScsiOp
 from stargate.stats import IoKind
 
@@ -24,40 +24,40 @@ if TYPE_CHECKING:
 # CDB transfer lengths: what a write CDB implies, so EDTL mismatches get exact residuals
 
 
-WRITE_LENGTH_FIELDS: dict[int, tuple[int, str]] = {
-    ScsiOp.WRITE_10: (7, ">H"),
-    ScsiOp.WRITE_AND_VERIFY_10: (7, ">H"),
-    ScsiOp.WRITE_12: (6, ">I"),
-    ScsiOp.WRITE_AND_VERIFY_12: (6, ">I"),
-    ScsiOp.WRITE_16: (10, ">I"),
-    ScsiOp.WRITE_AND_VERIFY_16: (10, ">I"),
-    ScsiOp.ORWRITE_16: (10, ">I"),
-}
+# The writes whose TRANSFER LENGTH field says how many blocks of Data-Out follow (their
+# layouts: `BLOCK_CDBS`); WRITE(6) and COMPARE AND WRITE have their own rule below.
+WRITE_LENGTH_OPCODES: frozenset[int] = frozenset(
+    int(op)
+    for op in (
+        ScsiOp.WRITE_10,
+        ScsiOp.WRITE_AND_VERIFY_10,
+        ScsiOp.WRITE_12,
+        ScsiOp.WRITE_AND_VERIFY_12,
+        ScsiOp.WRITE_16,
+        ScsiOp.WRITE_AND_VERIFY_16,
+        ScsiOp.ORWRITE_16,
+    )
+)
 
 
 def implied_write_blocks(cdb: bytes) -> int | None:
     """Blocks of Data-Out a write CDB asks for; None for commands without a fixed rule."""
     opcode = cdb[0]
-    field = WRITE_LENGTH_FIELDS.get(opcode)
-    if field is not None:
-        offset, fmt = field
-        return int(struct.unpack_from(fmt, cdb, offset)[0])
+    if opcode in WRITE_LENGTH_OPCODES:
+        return int(BLOCK_CDBS[opcode].blocks_field.unpack_from(cdb)[0])
     if opcode == ScsiOp.WRITE_6:
         return cdb[4] or 256
     if opcode == ScsiOp.COMPARE_AND_WRITE:
-        return cdb[13] * 2
+        # Data-Out carries the compare blocks, then as many write blocks.
+        return int(BLOCK_CDBS[opcode].blocks_field.unpack_from(cdb)[0]) * 2
     return None
 
 
 def with_write_blocks(cdb: bytes, blocks: int) -> bytes | None:
     """``cdb`` asking for ``blocks`` instead; None when the CDB cannot say so."""
-    field = WRITE_LENGTH_FIELDS.get(cdb[0])
-    if field is None:
+    if cdb[0] not in WRITE_LENGTH_OPCODES:
         return None
-    offset, fmt = field
-    patched = bytearray(cdb)
-    struct.pack_into(fmt, patched, offset, blocks)
-    return bytes(patched)
+    return BLOCK_CDBS[cdb[0]].with_blocks(cdb, blocks)
 
 
 IO_KINDS: dict[int, IoKind] = {
@@ -65,7 +65,7 @@ IO_KINDS: dict[int, IoKind] = {
         int(op): IoKind.READ
         for op in (ScsiOp.READ_6, ScsiOp.READ_10, ScsiOp.READ_12, ScsiOp.READ_16)
     },
-    **{int(op): IoKind.WRITE for op in (*WRITE_LENGTH_FIELDS, ScsiOp.WRITE_6)},
+    **{int(op): IoKind.WRITE for op in (*WRITE_LENGTH_OPCODES, ScsiOp.WRITE_6)},
 }
 
 

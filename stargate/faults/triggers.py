@@ -4,22 +4,30 @@ whether a fault's trigger (time window, skip, probability, count) lets it fire n
 from __future__ import annotations
 
 import random
-import struct
 import time
 
+from iscsicore.scsi.cdb import BLOCK_CDBS
 from iscsicore.scsi.opcodes import ScsiOp
 from stargate.faults.model import Fault, IoClass
 
-_LBA_FIELDS: dict[int, tuple[str, int, str, int]] = {
-    # opcode: (lba format, lba offset, length format, length offset)
-    **{int(op): (">I", 2, ">H", 7) for op in (ScsiOp.READ_10, ScsiOp.WRITE_10)},
-    **{int(op): (">I", 2, ">I", 6) for op in (ScsiOp.READ_12, ScsiOp.WRITE_12)},
-    **{int(op): (">Q", 2, ">I", 10) for op in (ScsiOp.READ_16, ScsiOp.WRITE_16)},
-    int(ScsiOp.WRITE_AND_VERIFY_10): (">I", 2, ">H", 7),
-    int(ScsiOp.WRITE_AND_VERIFY_16): (">Q", 2, ">I", 10),
-    int(ScsiOp.SYNCHRONIZE_CACHE_10): (">I", 2, ">H", 7),
-    int(ScsiOp.SYNCHRONIZE_CACHE_16): (">Q", 2, ">I", 10),
-}
+# The commands a fault's LBA range can match (their layouts: `BLOCK_CDBS`).
+_EXTENT_OPCODES = frozenset(
+    int(op)
+    for op in (
+        ScsiOp.READ_6,
+        ScsiOp.WRITE_6,
+        ScsiOp.READ_10,
+        ScsiOp.WRITE_10,
+        ScsiOp.READ_12,
+        ScsiOp.WRITE_12,
+        ScsiOp.READ_16,
+        ScsiOp.WRITE_16,
+        ScsiOp.WRITE_AND_VERIFY_10,
+        ScsiOp.WRITE_AND_VERIFY_16,
+        ScsiOp.SYNCHRONIZE_CACHE_10,
+        ScsiOp.SYNCHRONIZE_CACHE_16,
+    )
+)
 _READS = frozenset(
     int(op) for op in (ScsiOp.READ_6, ScsiOp.READ_10, ScsiOp.READ_12, ScsiOp.READ_16)
 )
@@ -51,15 +59,12 @@ def io_class(cdb: bytes) -> IoClass:
 def lba_extent(cdb: bytes) -> tuple[int, int] | None:
     """(first LBA, block count) the CDB addresses; None for commands without one."""
     opcode = cdb[0]
-    if opcode in (ScsiOp.READ_6, ScsiOp.WRITE_6):
-        lba = int.from_bytes(cdb[1:4], "big") & 0x1FFFFF
-        return lba, cdb[4] or 256
-    fields = _LBA_FIELDS.get(opcode)
-    if fields is None or len(cdb) < 10:
+    if opcode not in _EXTENT_OPCODES:
         return None
-    lba_format, lba_offset, length_format, length_offset = fields
-    lba = int(struct.unpack_from(lba_format, cdb, lba_offset)[0])
-    blocks = int(struct.unpack_from(length_format, cdb, length_offset)[0])
+    layout = BLOCK_CDBS[opcode]
+    if len(cdb) < layout.length:
+        return None
+    _, lba, blocks, _ = layout.unpack(cdb)
     return lba, blocks
 
 

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
 
+from iscsicore.scsi.cdb import BLOCK_CDBS, FUA, PROTECT_MASK
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, CheckCondition, FieldPointer, SenseKey
 from stargate.scsi import sbc, spc, xcopy
@@ -51,24 +52,18 @@ _NACA = 0x04  # NACA bit of the CONTROL byte, the last byte of every CDB
 # Commands a failed sanitize refuses until EXIT FAILURE MODE or a successful sanitize.
 _MEDIUM_ACCESS: frozenset[int] = sbc.READ_OPCODES | sbc.MEDIUM_WRITERS
 
-# The plain READ/WRITE fast path (`LogicalUnit._fast_read_write`): the CDB layouts of
-# READ/WRITE(10) and (16), SBC-3 5.x: opcode, flags, LBA, [group,] length, [group,] control.
-_RW_10 = struct.Struct(">xBIxHB")  # flags, lba, blocks, control
-_RW_16 = struct.Struct(">xBQIxB")
-_READ_10 = int(ScsiOp.READ_10)
-_READ_16 = int(ScsiOp.READ_16)
-_WRITE_10 = int(ScsiOp.WRITE_10)
-_WRITE_16 = int(ScsiOp.WRITE_16)
-# opcode -> (layout, CDB length, is a write)
+# The plain READ/WRITE fast path (`LogicalUnit._fast_read_write`) for READ/WRITE(10) and
+# (16): opcode -> (the table's (flags, lba, blocks, control) unpacker, CDB length, is a write)
 _FAST_READ_WRITE: dict[int, tuple[struct.Struct, int, bool]] = {
-    _READ_10: (_RW_10, 10, False),
-    _WRITE_10: (_RW_10, 10, True),
-    _READ_16: (_RW_16, 16, False),
-    _WRITE_16: (_RW_16, 16, True),
+    int(op): (BLOCK_CDBS[op].fields, BLOCK_CDBS[op].length, is_write)
+    for op, is_write in (
+        (ScsiOp.READ_10, False),
+        (ScsiOp.WRITE_10, True),
+        (ScsiOp.READ_16, False),
+        (ScsiOp.WRITE_16, True),
+    )
 }
 _MAX_TRANSFER_BLOCKS = BLOCK_LIMITS.max_transfer_blocks
-_FUA = 0x08
-_PROTECT_MASK = 0xE0  # RDPROTECT / WRPROTECT
 _GOOD_STATUS = ScsiStatus.GOOD
 _GOOD_WRITTEN = ScsiResult(_GOOD_STATUS)  # immutable: shared by every plain write
 _GOOD_THEN_SYNC = ScsiResult(_GOOD_STATUS, needs_sync=True)
@@ -373,7 +368,7 @@ class LogicalUnit:
         flags, lba, blocks, control = layout.unpack_from(cdb)
         store = self.store
         if (
-            flags & _PROTECT_MASK
+            flags & PROTECT_MASK
             or control & _NACA
             or not 0 < blocks <= _MAX_TRANSFER_BLOCKS
             or (lba + blocks) * self._block_size > store.size
@@ -401,7 +396,7 @@ class LogicalUnit:
         store.write(
             lba * block, data_out if len(data_out) == length else memoryview(data_out)[:length]
         )
-        if flags & _FUA or not self.modes.write_cache_enabled:
+        if flags & FUA or not self.modes.write_cache_enabled:
             return _GOOD_THEN_SYNC
         return _GOOD_WRITTEN
 

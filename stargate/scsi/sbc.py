@@ -11,6 +11,9 @@ import struct
 from typing import TYPE_CHECKING
 
 from iscsicore.scsi.cdb import (
+    BLOCK_CDBS,
+    DPO,
+    FUA,
     BlockRange,
     allocation_length,
     decode_compare_and_write,
@@ -456,36 +459,27 @@ def pre_fetch(lu: LogicalUnit, command: Command) -> ScsiResult:
     return GOOD
 
 
-def _rw_usage(opcode: int, length: int, *, flags: int) -> bytes:
-    """Usage data for a block CDB: every LBA and length byte honoured, plus ``flags``."""
-    if length == 10:  # the group number sits between the LBA and the length
-        return bytes([opcode, flags, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0x00])
-    return bytes([opcode, flags] + [0xFF] * (length - 4) + [0x3F, 0x00])
+def _spec(name: str, handler: Handler, opcode: int, flags: int = 0) -> CommandSpec:
+    """A block command's spec: its CDB length and usage data come from `BLOCK_CDBS`;
+    ``flags`` are the byte-1 bits it honours."""
+    layout = BLOCK_CDBS[opcode]
+    return CommandSpec(name, handler, layout.length, usage=layout.usage(flags))
 
 
-def _spec(name: str, handler: Handler, length: int, opcode: int, flags: int) -> CommandSpec:
-    return CommandSpec(name, handler, length, usage=_rw_usage(opcode, length, flags=flags))
-
-
-_DPO_FUA = 0x18
-_READ6_USAGE = bytes([0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0x00])
-_WRITE6_USAGE = bytes([0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0x00])
+_DPO_FUA = DPO | FUA
 
 COMMANDS: dict[int, CommandSpec] = {
-    ScsiOp.READ_6: CommandSpec("READ(6)", read, 6, usage=_READ6_USAGE),
-    ScsiOp.WRITE_6: CommandSpec("WRITE(6)", write, 6, usage=_WRITE6_USAGE),
-    ScsiOp.READ_10: _spec("READ(10)", read, 10, ScsiOp.READ_10, _DPO_FUA),
-    ScsiOp.READ_12: _spec("READ(12)", read, 12, ScsiOp.READ_12, _DPO_FUA),
-    ScsiOp.READ_16: _spec("READ(16)", read, 16, ScsiOp.READ_16, _DPO_FUA),
-    ScsiOp.WRITE_10: _spec("WRITE(10)", write, 10, ScsiOp.WRITE_10, _DPO_FUA),
-    ScsiOp.WRITE_12: _spec("WRITE(12)", write, 12, ScsiOp.WRITE_12, _DPO_FUA),
-    ScsiOp.WRITE_16: _spec("WRITE(16)", write, 16, ScsiOp.WRITE_16, _DPO_FUA),
-    ScsiOp.ORWRITE_16: _spec("ORWRITE(16)", orwrite, 16, ScsiOp.ORWRITE_16, _DPO_FUA),
-    ScsiOp.WRITE_ATOMIC_16: CommandSpec(
-        "WRITE ATOMIC(16)",
-        write_atomic,
-        16,
-        usage=bytes([0x9C, 0x18, *[0xFF] * 8, 0, 0, 0xFF, 0xFF, 0x3F, 0x00]),
+    ScsiOp.READ_6: _spec("READ(6)", read, ScsiOp.READ_6),
+    ScsiOp.WRITE_6: _spec("WRITE(6)", write, ScsiOp.WRITE_6),
+    ScsiOp.READ_10: _spec("READ(10)", read, ScsiOp.READ_10, _DPO_FUA),
+    ScsiOp.READ_12: _spec("READ(12)", read, ScsiOp.READ_12, _DPO_FUA),
+    ScsiOp.READ_16: _spec("READ(16)", read, ScsiOp.READ_16, _DPO_FUA),
+    ScsiOp.WRITE_10: _spec("WRITE(10)", write, ScsiOp.WRITE_10, _DPO_FUA),
+    ScsiOp.WRITE_12: _spec("WRITE(12)", write, ScsiOp.WRITE_12, _DPO_FUA),
+    ScsiOp.WRITE_16: _spec("WRITE(16)", write, ScsiOp.WRITE_16, _DPO_FUA),
+    ScsiOp.ORWRITE_16: _spec("ORWRITE(16)", orwrite, ScsiOp.ORWRITE_16, _DPO_FUA),
+    ScsiOp.WRITE_ATOMIC_16: _spec(
+        "WRITE ATOMIC(16)", write_atomic, ScsiOp.WRITE_ATOMIC_16, _DPO_FUA
     ),
     ScsiOp.READ_DEFECT_DATA_10: CommandSpec(
         "READ DEFECT DATA(10)",
@@ -500,32 +494,29 @@ COMMANDS: dict[int, CommandSpec] = {
         usage=bytes([0xB7, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x00]),
     ),
     ScsiOp.WRITE_AND_VERIFY_10: _spec(
-        "WRITE AND VERIFY(10)", write_and_verify, 10, ScsiOp.WRITE_AND_VERIFY_10, 0x12
+        "WRITE AND VERIFY(10)", write_and_verify, ScsiOp.WRITE_AND_VERIFY_10, 0x12
     ),
     ScsiOp.WRITE_AND_VERIFY_12: _spec(
-        "WRITE AND VERIFY(12)", write_and_verify, 12, ScsiOp.WRITE_AND_VERIFY_12, 0x12
+        "WRITE AND VERIFY(12)", write_and_verify, ScsiOp.WRITE_AND_VERIFY_12, 0x12
     ),
     ScsiOp.WRITE_AND_VERIFY_16: _spec(
-        "WRITE AND VERIFY(16)", write_and_verify, 16, ScsiOp.WRITE_AND_VERIFY_16, 0x12
+        "WRITE AND VERIFY(16)", write_and_verify, ScsiOp.WRITE_AND_VERIFY_16, 0x12
     ),
-    ScsiOp.VERIFY_10: _spec("VERIFY(10)", verify, 10, ScsiOp.VERIFY_10, 0x16),
-    ScsiOp.VERIFY_12: _spec("VERIFY(12)", verify, 12, ScsiOp.VERIFY_12, 0x16),
-    ScsiOp.VERIFY_16: _spec("VERIFY(16)", verify, 16, ScsiOp.VERIFY_16, 0x16),
-    ScsiOp.WRITE_SAME_10: _spec("WRITE SAME(10)", write_same, 10, ScsiOp.WRITE_SAME_10, 0x08),
-    ScsiOp.WRITE_SAME_16: _spec("WRITE SAME(16)", write_same, 16, ScsiOp.WRITE_SAME_16, 0x09),
+    ScsiOp.VERIFY_10: _spec("VERIFY(10)", verify, ScsiOp.VERIFY_10, 0x16),
+    ScsiOp.VERIFY_12: _spec("VERIFY(12)", verify, ScsiOp.VERIFY_12, 0x16),
+    ScsiOp.VERIFY_16: _spec("VERIFY(16)", verify, ScsiOp.VERIFY_16, 0x16),
+    ScsiOp.WRITE_SAME_10: _spec("WRITE SAME(10)", write_same, ScsiOp.WRITE_SAME_10, 0x08),
+    ScsiOp.WRITE_SAME_16: _spec("WRITE SAME(16)", write_same, ScsiOp.WRITE_SAME_16, 0x09),
     ScsiOp.SYNCHRONIZE_CACHE_10: _spec(
-        "SYNCHRONIZE CACHE(10)", synchronize_cache, 10, ScsiOp.SYNCHRONIZE_CACHE_10, 0x02
+        "SYNCHRONIZE CACHE(10)", synchronize_cache, ScsiOp.SYNCHRONIZE_CACHE_10, 0x02
     ),
     ScsiOp.SYNCHRONIZE_CACHE_16: _spec(
-        "SYNCHRONIZE CACHE(16)", synchronize_cache, 16, ScsiOp.SYNCHRONIZE_CACHE_16, 0x02
+        "SYNCHRONIZE CACHE(16)", synchronize_cache, ScsiOp.SYNCHRONIZE_CACHE_16, 0x02
     ),
-    ScsiOp.PRE_FETCH_10: _spec("PRE-FETCH(10)", pre_fetch, 10, ScsiOp.PRE_FETCH_10, 0x02),
-    ScsiOp.PRE_FETCH_16: _spec("PRE-FETCH(16)", pre_fetch, 16, ScsiOp.PRE_FETCH_16, 0x02),
-    ScsiOp.COMPARE_AND_WRITE: CommandSpec(
-        "COMPARE AND WRITE",
-        compare_and_write,
-        16,
-        usage=bytes([0x89, 0x18, *[0xFF] * 8, 0, 0, 0, 0xFF, 0x3F, 0x00]),
+    ScsiOp.PRE_FETCH_10: _spec("PRE-FETCH(10)", pre_fetch, ScsiOp.PRE_FETCH_10, 0x02),
+    ScsiOp.PRE_FETCH_16: _spec("PRE-FETCH(16)", pre_fetch, ScsiOp.PRE_FETCH_16, 0x02),
+    ScsiOp.COMPARE_AND_WRITE: _spec(
+        "COMPARE AND WRITE", compare_and_write, ScsiOp.COMPARE_AND_WRITE, _DPO_FUA
     ),
     ScsiOp.UNMAP: CommandSpec(
         "UNMAP", unmap, 10, usage=bytes([0x42, 0, 0, 0, 0, 0, 0x3F, 0xFF, 0xFF, 0x00])
