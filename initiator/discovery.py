@@ -8,6 +8,7 @@ import trio
 
 from iscsicore.keys import TextError
 from iscsicore.pdu import LogoutReason, LogoutRequest, TextResponse
+from iscsicore.portal import Portal
 from iscsicore.seqnum import sn_add
 from iscsicore.text import TextExchange, TextReply
 
@@ -15,7 +16,6 @@ from . import cdb
 from .errors import CheckCondition, InitiatorError, TargetProtocolError
 from .login_flow import Established, LoginOptions, establish
 from .session import Session, SessionConfig
-from .url import Portal
 
 _MAX_TEXT_ROUNDS = 64  # continuation PDUs accepted for one SendTargets answer
 _MAX_TEXT_BYTES = 1 << 20

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import trio
 
 from iscsicore.pdu import RESERVED_TAG, AsyncMessage, LogoutRequest, NopIn, NopOut, Reject
+from iscsicore.portal import Portal
 from iscsicore.seqnum import sn_add
 
 from .errors import InitiatorError, TargetProtocolError
 from .login_flow import Established, LoginOptions, establish
-from .url import Portal
 
 _PING_TAG_START = 0x1000
 

@@ -22,7 +22,6 @@ from iscsicore.keys import (
     MalformedText,
     NegotiationError,
     Phase,
-    PortalAddress,
     SessionParams,
     SessionType,
     TextAssembler,
@@ -35,6 +34,7 @@ from iscsicore.keys import (
 )
 from iscsicore.negotiation import Negotiator, Role, respond_value
 from iscsicore.pdu import LoginRequest, LoginResponse, LoginStage, LoginStatus
+from iscsicore.portal import Portal
 from iscsicore.seqnum import SERIAL_MASK, sn_add
 
 ISCSI_VERSION = 0x00
@@ -112,7 +112,7 @@ class Accept:
 @dataclass(frozen=True, slots=True)
 class Redirect:
     """Send the initiator elsewhere: ``target_address`` is ``host:port,tpgt``
-    (``str(PortalAddress(...))`` builds one; an IPv6 host goes in brackets)."""
+    (``str(Portal(...))`` builds one; an IPv6 host goes in brackets)."""
 
     target_address: str
     permanent: bool = False
@@ -120,7 +120,7 @@ class Redirect:
     @classmethod
     def to(cls, host: str, port: int, tpgt: int, *, permanent: bool = False) -> Redirect:
         """A redirect to ``host:port,tpgt``, brackets added around an IPv6 host."""
-        return cls(str(PortalAddress(host, port, tpgt)), permanent)
+        return cls(str(Portal(host, port, tpgt)), permanent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,8 +647,8 @@ class LoginRedirect:
     permanent: bool
 
     @property
-    def address(self) -> PortalAddress:
-        return PortalAddress(self.host, self.port, self.tpgt)
+    def address(self) -> Portal:
+        return Portal(self.host, self.port, self.tpgt)
 
 
 @dataclass(frozen=True, slots=True)

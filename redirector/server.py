@@ -46,6 +46,7 @@ from iscsicore.pdu import (
     RejectReason,
     TextRequest,
 )
+from iscsicore.portal import Portal
 from iscsicore.seqnum import sn_add
 from iscsicore.text import TargetRecord, TextResponder
 from iscsicore.wire import encode_bhs
@@ -179,7 +180,11 @@ class RedirectorServer:
 
     def discovery_targets(self) -> list[TargetRecord]:
         node = self.config.node
-        address = f"{node.redirector_portal},{self.config.portal_group_tag}"
+        address = Portal(
+            node.redirector_advertised_address,
+            node.redirector_advertised_port,
+            self.config.portal_group_tag,
+        ).format()
         return [TargetRecord(name, (address,)) for name in sorted(self.config.vdisk_targets())]
 
     def login_config(
