@@ -59,13 +59,13 @@ from iscsicore.pdu import (
     lun_from_number,
 )
 from iscsicore.scsi.opcodes import ScsiStatus
+from iscsicore.seqnum import sn_add, sn_le
 
 INITIATOR_NAME = "iqn.2026-12.bench:hostile"
 CONNECT_TIMEOUT = 5.0
 LOGIN_TIMEOUT = 5.0
 RETRY_PAUSE = 0.05  # after a refused connection or login
 BHS_LENGTH = 48
-SERIAL_MASK = 0xFFFFFFFF
 READ_CAPACITY_10 = bytes([0x25]) + bytes(9)
 
 HOG_WRITE_BYTES = 1 << 20
@@ -198,11 +198,6 @@ def reject_reason_name(reason: int) -> str:
         return f"0x{reason:02x}"
 
 
-def in_window(cmd_sn: int, max_cmd_sn: int) -> bool:
-    """cmd_sn <= max_cmd_sn in serial number arithmetic (RFC 1982)."""
-    return (max_cmd_sn - cmd_sn) & SERIAL_MASK < 1 << 31
-
-
 def write10(lba: int, blocks: int) -> bytes:
     return struct.pack(">BBIBHB", 0x2A, 0, lba, 0, blocks, 0)
 
@@ -272,12 +267,12 @@ class RawSession:
 
     def _track(self, pdu: Pdu) -> None:
         if isinstance(pdu, ScsiResponse) or (isinstance(pdu, DataIn) and pdu.status_present):
-            self.exp_stat_sn = (pdu.stat_sn + 1) & SERIAL_MASK
+            self.exp_stat_sn = sn_add(pdu.stat_sn, 1)
         max_cmd_sn = getattr(pdu, "max_cmd_sn", None)
         if (
             max_cmd_sn is not None
             and max_cmd_sn != self.max_cmd_sn
-            and in_window(self.max_cmd_sn, max_cmd_sn)
+            and sn_le(self.max_cmd_sn, max_cmd_sn)
         ):
             self.max_cmd_sn = max_cmd_sn
             self.window_grew.set()
@@ -307,7 +302,7 @@ class RawSession:
         self.params = step.params
         self.cmd_sn = step.exp_cmd_sn
         self.max_cmd_sn = step.max_cmd_sn
-        self.exp_stat_sn = (step.stat_sn + 1) & SERIAL_MASK
+        self.exp_stat_sn = sn_add(step.stat_sn, 1)
         return True
 
     def command(
@@ -326,7 +321,7 @@ class RawSession:
             cdb=cdb.ljust(16, b"\x00"),
             data=data,
         )
-        self.cmd_sn = (self.cmd_sn + 1) & SERIAL_MASK
+        self.cmd_sn = sn_add(self.cmd_sn, 1)
         self.report.commands_sent += 1
         return command
 
@@ -444,7 +439,7 @@ async def slot_hog(target: HostileTarget, report: HostileReport, ready: Ready) -
             nursery.start_soon(receive_loop, session, on_pdu)
             ready()
             for _ in range(HOG_MAX_COMMANDS):
-                while not in_window(session.cmd_sn, session.max_cmd_sn):
+                while not sn_le(session.cmd_sn, session.max_cmd_sn):
                     await session.window_grew.wait()
                 lba = rng.randrange(max(1, blocks - write_blocks))
                 command = session.command(

@@ -16,9 +16,9 @@ import trio
 from iscsicore.errors import DataDigestError, IscsiProtocolError
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.pdu import Pdu
+from iscsicore.portal import Portal
 
 from .errors import ConnectError, ConnectionLost, TargetProtocolError
-from .url import Portal
 
 _RECEIVE_CHUNK = 256 * 1024
 

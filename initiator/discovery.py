@@ -8,13 +8,14 @@ import trio
 
 from iscsicore.keys import TextError
 from iscsicore.pdu import LogoutReason, LogoutRequest, TextResponse
+from iscsicore.portal import Portal
+from iscsicore.seqnum import sn_add
 from iscsicore.text import TextExchange, TextReply
 
 from . import cdb
 from .errors import CheckCondition, InitiatorError, TargetProtocolError
 from .login_flow import Established, LoginOptions, establish
 from .session import Session, SessionConfig
-from .url import Portal
 
 _MAX_TEXT_ROUNDS = 64  # continuation PDUs accepted for one SendTargets answer
 _MAX_TEXT_BYTES = 1 << 20
@@ -63,16 +64,16 @@ async def _text_exchange(established: Established, exchange: TextExchange) -> Te
     """Drive the shared sans-IO text exchange, then log out of the discovery session."""
     connection = established.connection
     cmd_sn = established.exp_cmd_sn
-    exp_stat_sn = (established.stat_sn + 1) & 0xFFFFFFFF
+    exp_stat_sn = sn_add(established.stat_sn, 1)
     request = exchange.start(cmd_sn, exp_stat_sn)
     received = 0
     for _round in range(_MAX_TEXT_ROUNDS):
         await connection.send([request])
-        cmd_sn = (cmd_sn + 1) & 0xFFFFFFFF
+        cmd_sn = sn_add(cmd_sn, 1)
         response = await connection.receive()
         if not isinstance(response, TextResponse):
             raise TargetProtocolError(f"expected a Text Response, got {response.opcode.name}")
-        exp_stat_sn = (response.stat_sn + 1) & 0xFFFFFFFF
+        exp_stat_sn = sn_add(response.stat_sn, 1)
         received += len(response.data)
         if received > _MAX_TEXT_BYTES:
             raise TargetProtocolError("SendTargets answer larger than 1 MiB")

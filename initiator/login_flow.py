@@ -24,6 +24,7 @@ from iscsicore.login import (
     LoginRedirect,
 )
 from iscsicore.pdu import LoginRequest, LoginResponse, LoginStatus
+from iscsicore.portal import Portal
 
 from .connection import Connection
 from .errors import (
@@ -32,7 +33,7 @@ from .errors import (
     RedirectError,
     TargetProtocolError,
 )
-from .url import ChapCredentials, Portal
+from .url import ChapCredentials
 
 DEFAULT_INITIATOR_NAME = "iqn.2026-11.org.stargate-emu:initiator"
 _MAX_LOGIN_ROUNDS = 16  # a target that never lets us transit is broken, not slow

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import trio
 
 from iscsicore.pdu import RESERVED_TAG, AsyncMessage, LogoutRequest, NopIn, NopOut, Reject
+from iscsicore.portal import Portal
+from iscsicore.seqnum import sn_add
 
 from .errors import InitiatorError, TargetProtocolError
 from .login_flow import Established, LoginOptions, establish
-from .url import Portal
 
 _PING_TAG_START = 0x1000
 
@@ -97,7 +98,7 @@ class PortalMonitor:
             itt=tag,
             ttt=RESERVED_TAG,
             cmd_sn=established.exp_cmd_sn,
-            exp_stat_sn=(established.stat_sn + 1) & 0xFFFFFFFF,
+            exp_stat_sn=sn_add(established.stat_sn, 1),
         )
         await connection.send([ping])
         with trio.move_on_after(self.timeout) as scope:
@@ -111,7 +112,7 @@ class PortalMonitor:
                             itt=RESERVED_TAG,
                             ttt=pdu.ttt,
                             cmd_sn=established.exp_cmd_sn,
-                            exp_stat_sn=(pdu.stat_sn + 1) & 0xFFFFFFFF,
+                            exp_stat_sn=sn_add(pdu.stat_sn, 1),
                         )
                         await connection.send([echo])
                     if pdu.itt == tag:
@@ -131,7 +132,7 @@ class PortalMonitor:
             immediate=True,
             itt=1,
             cmd_sn=established.exp_cmd_sn,
-            exp_stat_sn=(established.stat_sn + 1) & 0xFFFFFFFF,
+            exp_stat_sn=sn_add(established.stat_sn, 1),
         )
         await established.connection.send([logout])
         with trio.move_on_after(self.timeout):

@@ -11,10 +11,12 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from iscsicore.portal import Portal
+
 from .errors import InitiatorError
 from .login_flow import LoginOptions
 from .session import Session, SessionConfig
-from .url import Portal, parse_portal
+from .url import parse_portal
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from iscsicore.pdu import (
     TmfResponse,
     lun_from_number,
 )
+from iscsicore.portal import Portal
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import SenseKey, SenseParseError, parse_sense
 from iscsicore.seqnum import in_window, sn_add, sn_diff, sn_gt
@@ -72,7 +73,6 @@ from .errors import (
 )
 from .login_flow import Established, LoginOptions, establish
 from .stats import IoStats
-from .url import Portal
 
 log = logging.getLogger(__name__)
 

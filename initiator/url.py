@@ -2,67 +2,31 @@
 
     iscsi://[user[%password]@]host[:port]/<target-iqn>/<lun>[?target_user=U&target_password=P]
 
-``host`` is a name, an IPv4 address or ``[IPv6]``. A portal is ``host[:port][,tpgt]``.
+``host`` is a name, an IPv4 address or ``[IPv6]``. A portal is ``host[:port][,tpgt]``
+(:class:`iscsicore.portal.Portal`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, unquote
 
+from iscsicore.portal import DEFAULT_PORT, Portal, PortalError
+
 from .errors import UrlError
-
-DEFAULT_PORT = 3260
-
-
-@dataclass(frozen=True, slots=True)
-class Portal:
-    host: str  # without brackets
-    port: int = DEFAULT_PORT
-    tpgt: int | None = None
-
-    @property
-    def connect_host(self) -> str:
-        """The address to dial: an IPv4-mapped IPv6 address is dialled as plain IPv4, which
-        works whether or not the host has IPv6 (tgtd redirects name such addresses)."""
-        try:
-            address = ipaddress.ip_address(self.host)
-        except ValueError:
-            return self.host
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return self.host
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        text = f"{host}:{self.port}"
-        return text if self.tpgt is None else f"{text},{self.tpgt}"
 
 
 def parse_portal(text: str, default_port: int = DEFAULT_PORT) -> Portal:
-    """Parse ``host[:port][,tpgt]`` with ``host`` possibly ``[IPv6]``."""
+    """:meth:`Portal.parse` for user input: surrounding spaces and a bare IPv6 address (no
+    brackets, so no port) are accepted too; errors are :class:`UrlError`."""
     text = text.strip()
-    tpgt: int | None = None
-    if "," in text and not text.endswith("]"):
-        text, _, tpgt_text = text.rpartition(",")
-        tpgt = _parse_int(tpgt_text, "portal group tag", 0, 0xFFFF)
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise UrlError(f"unterminated IPv6 literal in {text!r}")
-        host, rest = text[1:close], text[close + 1 :]
-        if rest and not rest.startswith(":"):
-            raise UrlError(f"unexpected {rest!r} after IPv6 literal")
-        port_text = rest[1:]
-    elif text.count(":") > 1:  # a bare IPv6 address, no port
-        host, port_text = text, ""
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise UrlError(f"no host in portal {text!r}")
-    port = _parse_int(port_text, "port", 1, 0xFFFF) if port_text else default_port
-    return Portal(host, port, tpgt)
+    address, comma, tag = text.partition(",")
+    if not address.startswith("[") and address.count(":") > 1:
+        text = f"[{address}]{comma}{tag}"
+    try:
+        return Portal.parse(text, default_port=default_port)
+    except PortalError as error:
+        raise UrlError(str(error)) from None
 
 
 @dataclass(frozen=True, slots=True)

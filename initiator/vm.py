@@ -16,10 +16,12 @@ from types import TracebackType
 
 import trio
 
+from iscsicore.portal import Portal
+
 from .device import BlockDevice
 from .login_flow import LoginOptions
 from .session import SessionConfig
-from .url import IscsiUrl, Portal, parse_portal
+from .url import IscsiUrl, parse_portal
 
 VDISK_IQN_PREFIX = "iqn.2010-06.com.nutanix:vmdisk-"
 

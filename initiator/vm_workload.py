@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 
 import trio
 
+from iscsicore.portal import Portal
+
 from .bench import Pattern, run_bench
 from .device import BlockDevice
 from .errors import InitiatorError
 from .session import SessionConfig
-from .url import Portal
 from .verify import Verifier, VerifyReport
 from .vm import VM
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import Generic, TypeVar
 
-from .seqnum import SERIAL_MASK, in_window, sn_lt
+from .seqnum import SERIAL_MASK, in_window, sn_gt, sn_lt
 
 T = TypeVar("T")
-
-_HALF = 1 << 31
 
 
 class Arrival(Enum):
@@ -127,6 +125,6 @@ class CmdSNWindow(Generic[T]):
         share shows as a window that stops advancing.
         """
         wanted = (self.exp_cmd_sn + max(share, 0) - 1) & SERIAL_MASK
-        if 0 < (wanted - self.max_cmd_sn) & SERIAL_MASK < _HALF:  # serial "wanted > max"
+        if sn_gt(wanted, self.max_cmd_sn):
             self.max_cmd_sn = wanted
         return self.max_cmd_sn

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from enum import Enum, Flag, StrEnum, auto
 
 from iscsicore.pdu import LoginStatus
+from iscsicore.portal import Portal, PortalError
 
 KEY_NAME_MAX = 63
 VALUE_MAX = 255
 LONG_VALUE_MAX = 8192
-DEFAULT_PORT = 3260
 # Upper bound for one reassembled text (login or text exchange); SendTargets answers of a
 # big cluster fit comfortably, a peer that never clears the C bit does not exhaust memory.
 ASSEMBLED_TEXT_MAX = 1 << 20
@@ -473,50 +473,12 @@ def key_value(key: str, field_value: bool | int) -> str:
 # TargetAddress
 
 
-@dataclass(frozen=True, slots=True)
-class PortalAddress:
-    """A TargetAddress value: ``host[:port][,tpgt]``, host a DNS name, IPv4 or [IPv6]."""
-
-    host: str
-    port: int = DEFAULT_PORT
-    tpgt: int | None = None
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        text = f"{host}:{self.port}"
-        return text if self.tpgt is None else f"{text},{self.tpgt}"
-
-
-def parse_target_address(value: str) -> PortalAddress:
+def parse_target_address(value: str) -> Portal:
     """Parse ``1.2.3.4:3260,1``, ``[::1]:3260,1``, ``host`` (port 3260) and the like."""
-    address, comma, tag_text = value.partition(",")
-    tpgt: int | None = None
-    if comma:
-        tpgt = parse_numeric(tag_text)
-        if tpgt is None or tpgt > 65535:
-            raise MalformedText(f"bad portal group tag in TargetAddress {value!r}")
-    if address.startswith("["):
-        host, bracket, rest = address[1:].partition("]")
-        if not bracket or ":" not in host:
-            raise MalformedText(f"bad IPv6 literal in TargetAddress {value!r}")
-        if rest and not rest.startswith(":"):
-            raise MalformedText(f"junk after IPv6 literal in TargetAddress {value!r}")
-        port_text = rest[1:] if rest else ""
-    else:
-        host, colon, port_text = address.partition(":")
-        if colon and not port_text:
-            raise MalformedText(f"empty port in TargetAddress {value!r}")
-        if ":" in port_text:
-            raise MalformedText(f"IPv6 address without brackets in TargetAddress {value!r}")
-    if not host or any(c.isspace() for c in host):
-        raise MalformedText(f"bad host in TargetAddress {value!r}")
-    port = DEFAULT_PORT
-    if port_text:
-        parsed = parse_numeric(port_text)
-        if parsed is None or not 0 < parsed <= 65535:
-            raise MalformedText(f"bad port in TargetAddress {value!r}")
-        port = parsed
-    return PortalAddress(host, port, tpgt)
+    try:
+        return Portal.parse(value, what="TargetAddress")
+    except PortalError as error:
+        raise MalformedText(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from iscsicore.keys import (
     MalformedText,
     NegotiationError,
     Phase,
-    PortalAddress,
     SessionParams,
     SessionType,
     TextAssembler,
@@ -35,11 +34,12 @@ from iscsicore.keys import (
 )
 from iscsicore.negotiation import Negotiator, Role, respond_value
 from iscsicore.pdu import LoginRequest, LoginResponse, LoginStage, LoginStatus
+from iscsicore.portal import Portal
+from iscsicore.seqnum import SERIAL_MASK, sn_add
 
 ISCSI_VERSION = 0x00
 # Until MaxRecvDataSegmentLength is in force, login PDUs carry at most 8192 bytes of data.
 LOGIN_DATA_SEGMENT_LENGTH = 8192
-_SERIAL_MASK = 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class Accept:
 @dataclass(frozen=True, slots=True)
 class Redirect:
     """Send the initiator elsewhere: ``target_address`` is ``host:port,tpgt``
-    (``str(PortalAddress(...))`` builds one; an IPv6 host goes in brackets)."""
+    (``str(Portal(...))`` builds one; an IPv6 host goes in brackets)."""
 
     target_address: str
     permanent: bool = False
@@ -120,7 +120,7 @@ class Redirect:
     @classmethod
     def to(cls, host: str, port: int, tpgt: int, *, permanent: bool = False) -> Redirect:
         """A redirect to ``host:port,tpgt``, brackets added around an IPv6 host."""
-        return cls(str(PortalAddress(host, port, tpgt)), permanent)
+        return cls(str(Portal(host, port, tpgt)), permanent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +241,7 @@ class TargetLogin:
         self.target_name: str | None = None
         self.session_type = SessionType.NORMAL
         self.resolution: Accept | None = None
-        self.stat_sn = config.initial_stat_sn() & _SERIAL_MASK  # the next StatSN to send
+        self.stat_sn = config.initial_stat_sn() & SERIAL_MASK  # the next StatSN to send
         self.cmd_sn = 0  # CmdSN of the login requests: the first command's CmdSN
         self._stage: int | None = None  # CSG expected next; None before the first PDU
         self._negotiator = Negotiator(Role.TARGET)
@@ -275,7 +275,7 @@ class TargetLogin:
 
     @property
     def max_cmd_sn(self) -> int:
-        return (self.cmd_sn + self.config.cmd_window - 1) & _SERIAL_MASK
+        return sn_add(self.cmd_sn, self.config.cmd_window - 1)
 
     # -- the machine -------------------------------------------------------------------
 
@@ -565,13 +565,13 @@ class TargetLogin:
             itt=req.itt,
             stat_sn=self.stat_sn,
             exp_cmd_sn=req.cmd_sn,
-            max_cmd_sn=(req.cmd_sn + self.config.cmd_window - 1) & _SERIAL_MASK,
+            max_cmd_sn=sn_add(req.cmd_sn, self.config.cmd_window - 1),
             status_class=status.status_class,
             status_detail=status.status_detail,
             data=data,
         )
         # RFC 7143 11.13.4: every login response, the last included, uses up one StatSN.
-        self.stat_sn = (self.stat_sn + 1) & _SERIAL_MASK
+        self.stat_sn = sn_add(self.stat_sn, 1)
         return response
 
 
@@ -647,8 +647,8 @@ class LoginRedirect:
     permanent: bool
 
     @property
-    def address(self) -> PortalAddress:
-        return PortalAddress(self.host, self.port, self.tpgt)
+    def address(self) -> Portal:
+        return Portal(self.host, self.port, self.tpgt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -767,7 +767,7 @@ class InitiatorLogin:
             message = f"target answered login status 0x{raw_status:04x}"
             return self._finish(LoginFailed(_status_of(raw_status), message, raw_status))
         self._check_header(resp)
-        self.exp_stat_sn = (resp.stat_sn + 1) & _SERIAL_MASK
+        self.exp_stat_sn = sn_add(resp.stat_sn, 1)
         if self._outbox.pending:
             if resp.data or resp.cont or resp.transit:
                 return self._protocol_error("target spoke while our text continued")

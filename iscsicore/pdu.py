@@ -60,6 +60,8 @@ class AhsType(IntEnum):
 
 
 class TmfFunction(IntEnum):
+    """Function codes of the Task Management Function Request (RFC 7143 11.5.1)."""
+
     ABORT_TASK = 1
     ABORT_TASK_SET = 2
     CLEAR_ACA = 3
@@ -71,6 +73,8 @@ class TmfFunction(IntEnum):
 
 
 class TmfResponse(IntEnum):
+    """Response codes of the Task Management Function Response (RFC 7143 11.6.1)."""
+
     COMPLETE = 0
     TASK_DOES_NOT_EXIST = 1
     LUN_DOES_NOT_EXIST = 2

@@ -16,7 +16,6 @@ from iscsicore.keys import (
     REJECT,
     MalformedText,
     NegotiationError,
-    PortalAddress,
     SessionType,
     TextAssembler,
     TextError,
@@ -26,6 +25,7 @@ from iscsicore.keys import (
     parse_target_address,
 )
 from iscsicore.pdu import RESERVED_TAG, TextRequest, TextResponse
+from iscsicore.portal import Portal
 
 SEND_TARGETS = "SendTargets"
 ALL = "All"
@@ -35,7 +35,7 @@ class DiscoveredTarget(NamedTuple):
     """One target of a SendTargets answer; unpacks as ``(name, addresses)``."""
 
     name: str
-    addresses: list[PortalAddress]
+    addresses: list[Portal]
 
 
 @dataclass(frozen=True, slots=True)

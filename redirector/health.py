@@ -20,7 +20,7 @@ import trio
 
 from initiator.login_flow import LoginOptions
 from initiator.monitor import PortalMonitor
-from initiator.url import Portal
+from iscsicore.portal import Portal
 from redirector.config import RedirectorConfig
 from redirector.log import log_portal_down, log_portal_up
 from redirector.policy import PlacementPolicy

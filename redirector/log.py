@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from iscsicore.portal import Portal
+
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 LOGGER_NAME = "iscsi_redirector"
 
@@ -32,17 +34,13 @@ def redirector_logger(log_file: Path | None = None) -> logging.Logger:
     return logger
 
 
-def portal(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def log_portal_up(logger: logging.Logger, host: str, port: int) -> None:
-    logger.info("Portal %s is up", portal(host, port))
+    logger.info("Portal %s is up", Portal(host, port).host_port)
 
 
 def log_portal_down(logger: logging.Logger, host: str, port: int) -> None:
-    logger.warning("Portal %s is down", portal(host, port))
+    logger.warning("Portal %s is down", Portal(host, port).host_port)
 
 
 def log_redirect(logger: logging.Logger, target_name: str, host: str, port: int) -> None:
-    logger.info("Redirecting target %s to %s", target_name, portal(host, port))
+    logger.info("Redirecting target %s to %s", target_name, Portal(host, port).host_port)

@@ -46,6 +46,8 @@ from iscsicore.pdu import (
     RejectReason,
     TextRequest,
 )
+from iscsicore.portal import Portal
+from iscsicore.seqnum import sn_add
 from iscsicore.text import TargetRecord, TextResponder
 from iscsicore.wire import encode_bhs
 from redirector.config import RedirectorConfig
@@ -62,7 +64,6 @@ RECEIVE_SIZE = 16384
 MAX_RECV_DATA_SEGMENT_LENGTH = 8192  # discovery answers are small
 DISCOVERY_IDLE_TIMEOUT = 60.0  # a discovery session with nothing to say is dropped
 LINGER_TIMEOUT = 5.0  # after a redirect or refusal, for the initiator to hang up
-_SERIAL_MASK = 0xFFFFFFFF
 _TSIH_LIMIT = 0xFFFF
 
 
@@ -179,7 +180,11 @@ class RedirectorServer:
 
     def discovery_targets(self) -> list[TargetRecord]:
         node = self.config.node
-        address = f"{node.redirector_portal},{self.config.portal_group_tag}"
+        address = Portal(
+            node.redirector_advertised_address,
+            node.redirector_advertised_port,
+            self.config.portal_group_tag,
+        ).format()
         return [TargetRecord(name, (address,)) for name in sorted(self.config.vdisk_targets())]
 
     def login_config(
@@ -348,16 +353,16 @@ class _DiscoverySession:
 
     @property
     def max_cmd_sn(self) -> int:
-        return (self.exp_cmd_sn + self.window - 1) & _SERIAL_MASK
+        return sn_add(self.exp_cmd_sn, self.window - 1)
 
     def _take_stat_sn(self) -> int:
         stat_sn = self.stat_sn
-        self.stat_sn = (self.stat_sn + 1) & _SERIAL_MASK
+        self.stat_sn = sn_add(self.stat_sn, 1)
         return stat_sn
 
     def _advance(self, immediate: bool) -> None:
         if not immediate:
-            self.exp_cmd_sn = (self.exp_cmd_sn + 1) & _SERIAL_MASK
+            self.exp_cmd_sn = sn_add(self.exp_cmd_sn, 1)
 
     def receive(self, pdu: Pdu) -> tuple[list[Pdu], bool]:
         """The PDUs to send back and whether the connection ends after them."""

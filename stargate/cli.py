@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from iscsicore.portal import Portal, PortalError
 from stargate.connection import DEFAULT_DATA_OUT_TIMEOUT, DEFAULT_PDU_TIMEOUT, ConnectionTimers
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, ShareLimits
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
@@ -55,17 +56,14 @@ class VDiskSpec:
 
 
 def parse_portal(text: str) -> tuple[str, int]:
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"portal {text!r} is not HOST:PORT")
-    host = host.strip("[]")
+    """``--portal``/``--http``: ``HOST:PORT`` (IPv6 in brackets), port 0 for any free one."""
     try:
-        port = int(port_text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535")
-    return host, port
+        portal = Portal.parse(text, default_port=None, any_port=True)
+    except PortalError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if portal.tpgt is not None:
+        raise argparse.ArgumentTypeError(f"portal {text!r} is not HOST:PORT")
+    return portal.host, portal.port
 
 
 def parse_vdisk(text: str) -> VDiskSpec:

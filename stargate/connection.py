@@ -1397,7 +1397,7 @@ class FullFeatureConnection:
             outcome = None
         else:
             outcome = self._decide_task_management(pdu)
-            response = TmfResponse(int(outcome.response))
+            response = outcome.response
         exp_cmd_sn, max_cmd_sn = self._window()
         self._append(
             TaskMgmtResponse(
@@ -1443,7 +1443,7 @@ class FullFeatureConnection:
         elif (
             pdu.immediate
             and pdu.function in _TASK_SET_FUNCTIONS
-            and outcome.response == tmf.TmfResponse.FUNCTION_COMPLETE
+            and outcome.response == TmfResponse.COMPLETE
         ):
             # Commands sent before it but held behind a gap are aborted with the rest.
             self._forget_held(self._cmd_sn_window.consider_received_before(pdu.cmd_sn))

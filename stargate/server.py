@@ -23,6 +23,7 @@ import trio
 from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionType
 from iscsicore.login import TargetLogin
+from iscsicore.portal import Portal
 from stargate.connection import ByteChannel, ConnectionTimers, FullFeatureConnection
 from stargate.discovery import SendTargetsResponder
 from stargate.faults.actions import ServerActions
@@ -141,10 +142,6 @@ class ServerConfig:
     busy_poll_us: float = DEFAULT_BUSY_POLL_SECONDS * 1e6
 
 
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class StargateServer:
     def __init__(self, registry: TargetRegistry, config: ServerConfig | None = None) -> None:
         self.registry = registry
@@ -178,9 +175,9 @@ class StargateServer:
             self.registry.portal_group.advertised_addresses = [self.config.advertised_address]
         elif not self.registry.portal_group.advertised_addresses:
             self.registry.portal_group.advertised_addresses = [
-                format_address(self.config.host, self.port)
+                Portal(self.config.host, self.port).host_port
             ]
-        log.info("stargate listening on %s", format_address(self.config.host, self.port))
+        log.info("stargate listening on %s", Portal(self.config.host, self.port).host_port)
         with trio.CancelScope() as scope:
             self._cancel_scope = scope
             async with trio.open_nursery() as nursery:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from initiator.device import BlockDevice
-from initiator.url import parse_portal
 from initiator.verify import Verifier
+from iscsicore.portal import Portal
 from stargate.cluster.spec import ClusterSpec
 
 SAMPLE_INTERVAL = 0.02
@@ -106,7 +106,7 @@ def portal_to_node(spec: ClusterSpec) -> Callable[[str], int | None]:
 
     def node_of(portal: str) -> int | None:
         try:
-            parsed = parse_portal(portal)
+            parsed = Portal.parse(portal)
         except ValueError:
             return None
         return by_address.get((parsed.host, parsed.port))

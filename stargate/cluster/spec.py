@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from iscsicore.portal import Portal
 from stargate.stores.meta import VDiskMeta, atomic_write, parse_size
 from stargate.target import target_name_for
 
@@ -140,17 +141,17 @@ class NodeSpec:
     @property
     def cvm_portal(self) -> str:
         """Where an initiator reaches this CVM: the TargetAddress of a redirect."""
-        return _portal(self.cvm_advertised_address, self.cvm_advertised_port)
+        return Portal(self.cvm_advertised_address, self.cvm_advertised_port).host_port
 
     @property
     def redirector_portal(self) -> str:
         """Where an initiator reaches this node's redirector (discovery answers use it)."""
-        return _portal(self.redirector_advertised_address, self.redirector_advertised_port)
+        return Portal(self.redirector_advertised_address, self.redirector_advertised_port).host_port
 
     @property
     def http_url(self) -> str:
         """The stargate's stats/control page, as the cluster's own processes reach it."""
-        return f"http://{_portal(self.cvm_address, self.http_port)}"
+        return f"http://{Portal(self.cvm_address, self.http_port).host_port}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,10 +163,6 @@ class NodeSpec:
         if unknown:
             raise ClusterSpecError(f"unknown node fields {sorted(unknown)}")
         return cls(**raw)
-
-
-def _portal(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def node_addresses(base_address: str, node_id: int) -> tuple[str, str]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from iscsicore.portal import Portal, PortalError
+
 
 class FaultKind(Enum):
     # SCSI: decided per command
@@ -264,8 +266,11 @@ class Fault:
         _check_ints("time2retain", (self.time2retain,), 0, MAX_TIME2)
         _check_ints("seed", () if self.seed is None else (self.seed,), 0, (1 << 64) - 1)
         if self.kind is FaultKind.LOGIN_REDIRECT and self.portal != "self":
-            host, sep, port = str(self.portal).rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 0xFFFF:
+            try:
+                bad = Portal.parse(str(self.portal), default_port=None).tpgt is not None
+            except PortalError:
+                bad = True
+            if bad:  # no tag: the redirect adds the portal group tag itself
                 raise ValueError(f"portal {self.portal!r}: HOST:PORT with a port 1..65535")
 
     def to_dict(self) -> dict[str, Any]:

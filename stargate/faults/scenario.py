@@ -253,7 +253,7 @@ async def _run_workload_and_steps(
     scenario: Scenario, supervisor: Any, recorder: _Recorder
 ) -> dict[str, dict[str, Any]]:
     from initiator.session import SessionConfig
-    from initiator.url import Portal
+    from iscsicore.portal import Portal
 
     spec = supervisor.spec
     workload = scenario.workload

@@ -26,40 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
+from enum import Enum
 
+from iscsicore.pdu import RESERVED_TAG, TmfFunction, TmfResponse
 from iscsicore.scsi.sense import Asc
 from iscsicore.seqnum import in_window, sn_lt
 from stargate.scsi.command import Nexus
 from stargate.scsi.ua import UnitAttentionQueues
-
-RESERVED_TAG = 0xFFFFFFFF
-
-
-class TmfFunction(IntEnum):
-    """Function codes of the iSCSI Task Management Function Request (RFC 7143 11.5.1)."""
-
-    ABORT_TASK = 1
-    ABORT_TASK_SET = 2
-    CLEAR_ACA = 3
-    CLEAR_TASK_SET = 4
-    LOGICAL_UNIT_RESET = 5
-    TARGET_WARM_RESET = 6
-    TARGET_COLD_RESET = 7
-    TASK_REASSIGN = 8
-
-
-class TmfResponse(IntEnum):
-    """Response codes of the Task Management Function Response (RFC 7143 11.6.1)."""
-
-    FUNCTION_COMPLETE = 0
-    TASK_DOES_NOT_EXIST = 1
-    LUN_DOES_NOT_EXIST = 2
-    TASK_STILL_ALLEGIANT = 3
-    TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED = 4
-    FUNCTION_NOT_SUPPORTED = 5
-    FUNCTION_AUTHORIZATION_FAILED = 6
-    FUNCTION_REJECTED = 255
 
 
 class TaskState(Enum):
@@ -158,16 +131,16 @@ def decide(
     try:
         function = TmfFunction(request.function)
     except ValueError:
-        return TmfOutcome(TmfResponse.FUNCTION_NOT_SUPPORTED)
+        return TmfOutcome(TmfResponse.NOT_SUPPORTED)
 
     if function is TmfFunction.ABORT_TASK:
         return _abort_task(request, requester, tasks)
     if function is TmfFunction.TASK_REASSIGN:
-        return TmfOutcome(TmfResponse.TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED)
+        return TmfOutcome(TmfResponse.REASSIGNMENT_NOT_SUPPORTED)
 
     if function in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
         if not allow_target_reset:
-            return TmfOutcome(TmfResponse.FUNCTION_AUTHORIZATION_FAILED)
+            return TmfOutcome(TmfResponse.AUTHORIZATION_FAILED)
         aborted = tuple(t for t in tasks if t.active and _before(t, request, requester))
         if function is TmfFunction.TARGET_COLD_RESET:
             return _outcome(
@@ -191,7 +164,7 @@ def decide(
     on_lun = [t for t in tasks if t.lun == request.lun and t.active]
 
     if function is TmfFunction.CLEAR_ACA:
-        return TmfOutcome(TmfResponse.FUNCTION_NOT_SUPPORTED)
+        return TmfOutcome(TmfResponse.NOT_SUPPORTED)
     if function is TmfFunction.ABORT_TASK_SET:
         mine = tuple(t for t in on_lun if t.nexus == requester and _before(t, request, requester))
         return _outcome(mine, ())
@@ -238,9 +211,7 @@ def _abort_task(request: TmfRequest, requester: Nexus, tasks: tuple[Task, ...]) 
     if in_window(request.ref_cmd_sn, request.exp_cmd_sn, request.max_cmd_sn) and sn_lt(
         request.ref_cmd_sn, request.cmd_sn
     ):
-        return TmfOutcome(
-            TmfResponse.FUNCTION_COMPLETE, consider_received_cmd_sn=request.ref_cmd_sn
-        )
+        return TmfOutcome(TmfResponse.COMPLETE, consider_received_cmd_sn=request.ref_cmd_sn)
     return TmfOutcome(TmfResponse.TASK_DOES_NOT_EXIST)
 
 
@@ -253,7 +224,7 @@ def _outcome(
     for task in aborted:
         by_nexus.setdefault(task.nexus, []).append(task)
     return TmfOutcome(
-        TmfResponse.FUNCTION_COMPLETE,
+        TmfResponse.COMPLETE,
         aborted=aborted,
         unit_attentions=tuple(n for n in notices if n.nexuses),
         aborted_by_nexus={key: tuple(value) for key, value in by_nexus.items()},

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from initiator.discovery import send_targets
-from initiator.url import parse_portal
+from iscsicore.portal import Portal
 from stargate.cluster.http import http_json, http_request
 from stargate.cluster.spec import ClusterSpec
 from tests.cluster.conftest import RunningCluster, run_cli, unique_cluster_base
@@ -89,7 +89,7 @@ def test_up_writes_the_spec_with_advertised_addresses(cluster_dir: Path) -> None
     status = json.loads(run_cli("cluster", "status", "--dir", str(cluster_dir), "--json").stdout)
     assert status[0]["health"] == "up"  # it binds its own address, advertises the other
     run_cli("vm", "create", "web", "--dir", str(cluster_dir), "--node", "1", "--size", "1M")
-    portal = parse_portal(f"{spec.node(1).cvm_address}:3261")
+    portal = Portal.parse(f"{spec.node(1).cvm_address}:3261")
     listed = trio.run(send_targets, portal)  # discovery at the stargate itself
     assert [(target.name, target.portals) for target in listed] == [
         ("iqn.2010-06.com.nutanix:vmdisk-web-0", ["10.0.2.100:3262,1"])

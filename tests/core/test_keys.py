@@ -11,7 +11,6 @@ from iscsicore.keys import (
     KeyKind,
     MalformedText,
     Phase,
-    PortalAddress,
     Scope,
     SessionParams,
     TextAssembler,
@@ -23,6 +22,7 @@ from iscsicore.keys import (
     parse_numeric,
     parse_target_address,
 )
+from iscsicore.portal import Portal
 
 
 def test_round_trip() -> None:
@@ -178,16 +178,16 @@ def test_session_params_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "address"),
     [
-        ("1.2.3.4:3260,1", PortalAddress("1.2.3.4", 3260, 1)),
-        ("[::1]:3260,1", PortalAddress("::1", 3260, 1)),
-        ("[fe80::1%eth0]:3262,7", PortalAddress("fe80::1%eth0", 3262, 7)),
-        ("host", PortalAddress("host", 3260, None)),
-        ("host.example.com,2", PortalAddress("host.example.com", 3260, 2)),
-        ("[2001:db8::2]", PortalAddress("2001:db8::2", 3260, None)),
-        ("10.0.0.1:3261", PortalAddress("10.0.0.1", 3261, None)),
+        ("1.2.3.4:3260,1", Portal("1.2.3.4", 3260, 1)),
+        ("[::1]:3260,1", Portal("::1", 3260, 1)),
+        ("[fe80::1%eth0]:3262,7", Portal("fe80::1%eth0", 3262, 7)),
+        ("host", Portal("host", 3260, None)),
+        ("host.example.com,2", Portal("host.example.com", 3260, 2)),
+        ("[2001:db8::2]", Portal("2001:db8::2", 3260, None)),
+        ("10.0.0.1:3261", Portal("10.0.0.1", 3261, None)),
     ],
 )
-def test_target_address(text: str, address: PortalAddress) -> None:
+def test_target_address(text: str, address: Portal) -> None:
     assert parse_target_address(text) == address
     assert parse_target_address(str(address)) == address
 
@@ -203,8 +203,8 @@ def test_bad_target_address(text: str) -> None:
 
 
 def test_portal_address_formats_ipv6_in_brackets() -> None:
-    assert str(PortalAddress("fd00::5", 3261, 2)) == "[fd00::5]:3261,2"
-    assert str(PortalAddress("10.0.0.1", 3261, 1)) == "10.0.0.1:3261,1"
+    assert str(Portal("fd00::5", 3261, 2)) == "[fd00::5]:3261,2"
+    assert str(Portal("10.0.0.1", 3261, 1)) == "10.0.0.1:3261,1"
 
 
 @given(st.binary(max_size=300), st.integers(1, 50))

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iscsicore.keys import PortalAddress, SessionType, TextError, decode_text, encode_text
+from iscsicore.keys import SessionType, TextError, decode_text, encode_text
 from iscsicore.pdu import RESERVED_TAG, TextRequest, TextResponse
+from iscsicore.portal import Portal
 from iscsicore.text import (
     DiscoveredTarget,
     TargetRecord,
@@ -61,7 +62,7 @@ def test_send_targets_all_in_one_pdu() -> None:
     assert len(found) == 40 and len(log) == 1
     name, addresses = found[0]
     assert name == DISK.format(1)
-    assert addresses == [PortalAddress("127.0.0.1", 3261, 1), PortalAddress("fd00::1", 3261, 1)]
+    assert addresses == [Portal("127.0.0.1", 3261, 1), Portal("fd00::1", 3261, 1)]
     assert log[0].final and not log[0].cont and log[0].ttt == RESERVED_TAG
 
 
@@ -87,9 +88,7 @@ def test_long_request_is_continued_too() -> None:
 def test_send_targets_one_name() -> None:
     reply = exchange(TextExchange.send_targets(itt=1, target=DISK.format(7)), responder())
     assert reply.send_targets() == [
-        DiscoveredTarget(
-            DISK.format(7), [PortalAddress("127.0.0.7", 3261, 1), PortalAddress("fd00::7", 3261, 1)]
-        )
+        DiscoveredTarget(DISK.format(7), [Portal("127.0.0.7", 3261, 1), Portal("fd00::7", 3261, 1)])
     ]
     assert exchange(TextExchange.send_targets(itt=1, target="iqn.nope"), responder()).pairs == []
 

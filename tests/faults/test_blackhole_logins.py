@@ -12,7 +12,7 @@ import trio
 
 from initiator.errors import LoginError
 from initiator.login_flow import LoginOptions, establish
-from initiator.url import Portal
+from iscsicore.portal import Portal
 from stargate.faults import DropMode, Fault, FaultKind
 from stargate.server import StargateServer
 from stargate.target import target_name_for

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from initiator.session import Session, SessionConfig
-from initiator.url import Portal
+from iscsicore.portal import Portal
 from stargate.faults import DropMode, Fault, FaultKind
 from stargate.faults.forensics import Forensics
 from stargate.target import target_name_for

@@ -10,8 +10,8 @@ import trio
 
 from initiator.errors import RedirectError
 from initiator.login_flow import LoginOptions, establish
-from initiator.url import Portal
 from iscsicore.pdu import AsyncMessage
+from iscsicore.portal import Portal
 from stargate.faults import Delay, Fault, FaultKind
 from stargate.faults.forensics import Forensics
 from stargate.target import target_name_for

@@ -19,9 +19,9 @@ import trio
 
 from initiator.errors import LoginError, RedirectError
 from initiator.login_flow import LoginOptions, establish
-from initiator.url import Portal
 from iscsicore.login import LoginDone, LoginFailed, LoginRedirect
 from iscsicore.pdu import LoginStatus
+from iscsicore.portal import Portal
 from stargate.faults.scenario import Scenario, ScenarioError, perform_step
 from stargate.faults.timeline import build_timeline
 from stargate.target import target_name_for

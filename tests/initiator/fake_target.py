@@ -32,6 +32,7 @@ from iscsicore.pdu import (
     ScsiCommand,
     ScsiResponse,
 )
+from iscsicore.portal import Portal
 from iscsicore.seqnum import sn_gt
 
 BLOCK = 512
@@ -335,9 +336,7 @@ class FakeRedirector:
 
     def _resolve(self, initiator: str, target: str | None, kind: SessionType) -> Redirect | Refuse:
         self.logins += 1
-        host = self.destination.host
-        bracketed = f"[{host}]" if ":" in host else host
-        return Redirect(f"{bracketed}:{self.destination.port},1")
+        return Redirect(Portal(self.destination.host, self.destination.port, 1).format())
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         framer = PduFramer(receiving_from="initiator")

@@ -20,8 +20,8 @@ import trio
 
 from initiator.device import BlockDevice
 from initiator.session import SessionConfig
-from initiator.url import parse_portal
 from initiator.vm_workload import DiskRun, run_vm_workload
+from iscsicore.portal import Portal
 from stargate.cluster.control_token import cluster_token
 from stargate.cluster.spec import ClusterSpec, NodeSpec, node_addresses
 from stargate.cluster.supervisor import Supervisor
@@ -95,8 +95,8 @@ def cluster(tmp_data_dir: Path) -> Iterator[Path]:
 
 
 def cvm(node: NodeSpec) -> Address:
-    host, _, port = node.cvm_portal.rpartition(":")
-    return Address(host, int(port))
+    portal = Portal.parse(node.cvm_portal)
+    return Address(portal.host, portal.port)
 
 
 def ask_logout(node: NodeSpec, vdisk: str, directory: Path) -> None:
@@ -115,7 +115,7 @@ async def test_failover_and_failback_under_verify(cluster: Path, nursery: trio.N
     node1, node2 = spec.node(1), spec.node(2)
     redirector = FakeRedirector(destination=cvm(node1))
     await nursery.start(redirector.serve)
-    portal = parse_portal(f"127.0.0.1:{redirector.port}")
+    portal = Portal.parse(f"127.0.0.1:{redirector.port}")
     vdisks = ["vm1-0", "vm1-1"]
     snapshots: list[list[dict[str, object]]] = []
 
@@ -223,7 +223,7 @@ async def test_real_redirector_failover_and_failback(
 
     nursery.start_soon(fail_over_then_back)
     runs = await run_vm_workload(
-        parse_portal(node1.redirector_portal),
+        Portal.parse(node1.redirector_portal),
         vdisks,
         seconds=0,
         queue_depth=4,
@@ -284,7 +284,7 @@ async def test_hung_cvm_is_detected_by_nop_and_the_vdisks_move(
 
     nursery.start_soon(hang_then_resume)
     runs = await run_vm_workload(
-        parse_portal(node1.redirector_portal),
+        Portal.parse(node1.redirector_portal),
         vdisks,
         seconds=0,
         queue_depth=4,

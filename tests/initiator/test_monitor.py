@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from initiator.monitor import PortalMonitor
-from initiator.url import parse_portal
+from iscsicore.portal import Portal
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 
 
@@ -38,7 +38,7 @@ async def test_monitor_follows_a_frozen_thawed_and_killed_stargate(
     stargate = start_stargate(process_reaper, free_port, tmp_data_dir)
     changes: list[bool] = []
     monitor = PortalMonitor(
-        parse_portal(f"127.0.0.1:{free_port}"),
+        Portal.parse(f"127.0.0.1:{free_port}"),
         interval=0.1,
         timeout=1.5,
         on_change=lambda healthy, why: changes.append(healthy),
@@ -63,7 +63,7 @@ async def test_check_once(
     process_reaper: ProcessReaper, free_port: int, tmp_data_dir: Path
 ) -> None:
     stargate = start_stargate(process_reaper, free_port, tmp_data_dir)
-    monitor = PortalMonitor(parse_portal(f"127.0.0.1:{free_port}"), timeout=1.0)
+    monitor = PortalMonitor(Portal.parse(f"127.0.0.1:{free_port}"), timeout=1.0)
     assert await monitor.check_once()
     stargate.kill()
     assert not await monitor.check_once()

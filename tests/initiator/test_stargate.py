@@ -14,11 +14,11 @@ from initiator.errors import AuthenticationError, CheckCondition, LoginError
 from initiator.login_flow import LoginOptions
 from initiator.probe import probe
 from initiator.session import SessionConfig
-from initiator.url import parse_portal
 from initiator.verify import Verifier
 from initiator.vm import VM
 from initiator.vm_workload import run_vm_workload
 from iscsicore.pdu import TmfResponse
+from iscsicore.portal import Portal
 from iscsicore.scsi.sense import SenseKey
 from stargate.server import StargateServer
 from stargate.target import ChapCredentials as StargateChap
@@ -134,7 +134,7 @@ async def test_vm_workload_verifies_every_vdisk_through_a_logout_request(
 
     nursery.start_soon(disturb)
     runs = await run_vm_workload(
-        parse_portal(f"127.0.0.1:{server.port}"),
+        Portal.parse(f"127.0.0.1:{server.port}"),
         ["vd0", "vd1", "vd2"],
         seconds=2.0,
         queue_depth=4,

@@ -16,8 +16,9 @@ from initiator.discovery import send_targets
 from initiator.errors import AuthenticationError, CheckCondition, LoginError, RedirectError
 from initiator.login_flow import LoginOptions
 from initiator.session import SessionConfig
-from initiator.url import parse_portal, parse_url
+from initiator.url import parse_url
 from iscsicore.pdu import TmfResponse
+from iscsicore.portal import Portal
 from iscsicore.scsi.sense import SenseKey
 from tests.peers.tgtd import ChapAccount, MiB, RedirectTo, TgtdTarget
 
@@ -32,7 +33,7 @@ def quick_config(**login: Any) -> SessionConfig:
 
 async def test_discovery_lists_the_target(tgtd_factory: TgtdFactory) -> None:
     tgt = tgtd_factory(iqn="iqn.2026-11.test.tgtd:discover")
-    targets = await send_targets(parse_portal(tgt.portal))
+    targets = await send_targets(Portal.parse(tgt.portal))
     assert [t.name for t in targets] == [tgt.iqn]
     assert any(str(tgt.port) in portal for portal in targets[0].portals)
 

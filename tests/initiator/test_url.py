@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from initiator.errors import UrlError
-from initiator.url import Portal, parse_portal, parse_url
+from initiator.url import parse_portal, parse_url
+from iscsicore.portal import Portal
 
 
 def test_plain_url() -> None:

@@ -22,9 +22,9 @@ import trio
 
 from initiator.device import BlockDevice
 from initiator.session import SessionConfig
-from initiator.url import Portal
 from initiator.verify import Verifier, VerifyReport
 from initiator.vm import VM
+from iscsicore.portal import Portal
 from tests.conftest import require_tool
 from tests.helpers.procs import ProcessReaper
 from tests.redirector.cluster import PORT, TestCluster

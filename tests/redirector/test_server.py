@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 from initiator.discovery import send_targets
 from initiator.monitor import PortalMonitor
-from initiator.url import Portal
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import encode_text
 from iscsicore.login import LoginDone, LoginFailed, LoginRedirect
@@ -35,6 +34,7 @@ from iscsicore.pdu import (
     Reject,
     TextResponse,
 )
+from iscsicore.portal import Portal
 from redirector.app import Redirector
 from redirector.config import RedirectorConfig, Timers
 from redirector.log import redirector_logger

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from iscsicore.pdu import TmfFunction, TmfResponse
 from iscsicore.scsi.sense import Asc
 from stargate.scsi.lu import Nexus
 from stargate.scsi.tmf import (
     Task,
     TaskState,
-    TmfFunction,
     TmfOutcome,
     TmfRequest,
-    TmfResponse,
     decide,
     tasks_of_nexuses,
 )
@@ -53,9 +52,9 @@ def notices(outcome: TmfOutcome) -> dict[Asc, frozenset[Nexus]]:
 @pytest.mark.parametrize(
     ("tag", "ref_cmd_sn", "response", "aborted", "consider_received"),
     [
-        (0x100, 10, TmfResponse.FUNCTION_COMPLETE, (A10,), None),  # running: aborted
-        (0x101, 11, TmfResponse.FUNCTION_COMPLETE, (A11,), None),  # waiting for Data-Out
-        (0x103, 13, TmfResponse.FUNCTION_COMPLETE, (A13,), None),  # another LUN, same session
+        (0x100, 10, TmfResponse.COMPLETE, (A10,), None),  # running: aborted
+        (0x101, 11, TmfResponse.COMPLETE, (A11,), None),  # waiting for Data-Out
+        (0x103, 13, TmfResponse.COMPLETE, (A13,), None),  # another LUN, same session
         (0x102, 12, TmfResponse.TASK_DOES_NOT_EXIST, (), None),  # its status is out already
         (0x200, 91, TmfResponse.TASK_DOES_NOT_EXIST, (), None),  # B's tag, not A's
         (0x999, 9, TmfResponse.TASK_DOES_NOT_EXIST, (), None),  # long gone (below window)
@@ -91,7 +90,7 @@ def test_abort_task_of_a_command_lost_on_the_way_fills_the_hole() -> None:
             max_cmd_sn=46,
         )
     )
-    assert outcome.response is TmfResponse.FUNCTION_COMPLETE
+    assert outcome.response is TmfResponse.COMPLETE
     assert outcome.consider_received_cmd_sn == 15
     assert outcome.aborted == ()
 
@@ -107,28 +106,28 @@ def test_abort_task_window_wraps_around_serial_arithmetic() -> None:
             max_cmd_sn=30,
         )
     )
-    assert outcome.response is TmfResponse.FUNCTION_COMPLETE
+    assert outcome.response is TmfResponse.COMPLETE
     assert outcome.consider_received_cmd_sn == 0xFFFFFFFF
 
 
 # ---- task set functions ------------------------------------------------------------------
 # function, LUN -> (response, aborted tasks, {UA: nexuses}, SPC-2 released, LU state reset)
 TABLE = [
-    (TmfFunction.ABORT_TASK_SET, 0, TmfResponse.FUNCTION_COMPLETE, (A10, A11), {}, False),
-    (TmfFunction.ABORT_TASK_SET, 1, TmfResponse.FUNCTION_COMPLETE, (A13,), {}, False),
+    (TmfFunction.ABORT_TASK_SET, 0, TmfResponse.COMPLETE, (A10, A11), {}, False),
+    (TmfFunction.ABORT_TASK_SET, 1, TmfResponse.COMPLETE, (A13,), {}, False),
     (
         TmfFunction.CLEAR_TASK_SET,
         0,
-        TmfResponse.FUNCTION_COMPLETE,
+        TmfResponse.COMPLETE,
         (A10, A11, B90, B91),
         {Asc.COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: frozenset({B})},
         False,
     ),
-    (TmfFunction.CLEAR_TASK_SET, 1, TmfResponse.FUNCTION_COMPLETE, (A13,), {}, False),
+    (TmfFunction.CLEAR_TASK_SET, 1, TmfResponse.COMPLETE, (A13,), {}, False),
     (
         TmfFunction.LOGICAL_UNIT_RESET,
         0,
-        TmfResponse.FUNCTION_COMPLETE,
+        TmfResponse.COMPLETE,
         (A10, A11, B90, B91),
         {Asc.BUS_DEVICE_RESET: frozenset({A, B, C})},
         True,
@@ -136,16 +135,16 @@ TABLE = [
     (
         TmfFunction.TARGET_WARM_RESET,
         0,
-        TmfResponse.FUNCTION_COMPLETE,
+        TmfResponse.COMPLETE,
         (A10, A11, A13, B90, B91),
         {Asc.SCSI_BUS_RESET_OCCURRED: frozenset({B, C})},
         True,
     ),
-    (TmfFunction.CLEAR_ACA, 0, TmfResponse.FUNCTION_NOT_SUPPORTED, (), {}, False),
+    (TmfFunction.CLEAR_ACA, 0, TmfResponse.NOT_SUPPORTED, (), {}, False),
     (
         TmfFunction.TASK_REASSIGN,
         0,
-        TmfResponse.TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED,
+        TmfResponse.REASSIGNMENT_NOT_SUPPORTED,
         (),
         {},
         False,
@@ -153,7 +152,7 @@ TABLE = [
     (TmfFunction.ABORT_TASK_SET, 7, TmfResponse.LUN_DOES_NOT_EXIST, (), {}, False),
     (TmfFunction.CLEAR_TASK_SET, 7, TmfResponse.LUN_DOES_NOT_EXIST, (), {}, False),
     (TmfFunction.LOGICAL_UNIT_RESET, 7, TmfResponse.LUN_DOES_NOT_EXIST, (), {}, False),
-    (0x0E, 0, TmfResponse.FUNCTION_NOT_SUPPORTED, (), {}, False),
+    (0x0E, 0, TmfResponse.NOT_SUPPORTED, (), {}, False),
 ]
 
 
@@ -186,7 +185,7 @@ def test_clear_task_set_without_other_victims_tells_nobody() -> None:
 
 def test_target_cold_reset_is_a_power_cycle() -> None:
     outcome = decide_for(request(TmfFunction.TARGET_COLD_RESET))
-    assert outcome.response is TmfResponse.FUNCTION_COMPLETE
+    assert outcome.response is TmfResponse.COMPLETE
     assert set(outcome.aborted) == {A10, A11, A13, B90, B91}
     assert outcome.power_on and outcome.close_all_connections
     assert outcome.release_spc2_reservation
@@ -195,7 +194,7 @@ def test_target_cold_reset_is_a_power_cycle() -> None:
 @pytest.mark.parametrize("function", [TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET])
 def test_target_resets_can_be_refused(function: TmfFunction) -> None:
     outcome = decide(request(function), TASK_SET, known_luns=LUNS, allow_target_reset=False)
-    assert outcome.response is TmfResponse.FUNCTION_AUTHORIZATION_FAILED
+    assert outcome.response is TmfResponse.AUTHORIZATION_FAILED
     assert outcome.aborted == ()
 
 
