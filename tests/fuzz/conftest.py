@@ -19,3 +19,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{name}: {stats.examples} examples in {stats.rounds} rounds, "
             f"{stats.seconds:.1f} s ({rate:.0f}/s)"
         )
+        if stats.events:
+            events = ", ".join(f"{what}: {n}" for what, n in sorted(stats.events.items()))
+            terminalreporter.write_line(f"    {events}")

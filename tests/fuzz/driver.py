@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -40,6 +41,7 @@ class TargetStats:
     examples: int = 0
     rounds: int = 0
     seconds: float = 0.0
+    events: Counter[str] = field(default_factory=Counter)
 
 
 STATS: dict[str, TargetStats] = {}
@@ -48,6 +50,11 @@ STATS: dict[str, TargetStats] = {}
 def count_example(target: str) -> None:
     """Called by a target body once per example (the figures in the summary)."""
     STATS.setdefault(target, TargetStats()).examples += 1
+
+
+def count_event(target: str, what: str) -> None:
+    """Count an outcome of an example (shows that a target reaches the states it should)."""
+    STATS.setdefault(target, TargetStats()).events[what] += 1
 
 
 def fuzz_target(examples: int) -> Callable[[Callable[..., Any]], Callable[[], None]]:

@@ -174,7 +174,8 @@ def next_request(
     draw: st.DrawFn, conversation: Conversation, honest: LoginRequest | None
 ) -> LoginRequest:
     """The next request: the honest one, a mutation of it, or one made up."""
-    choices = ["made_up"] if honest is None else ["honest", "honest", "mutated", "made_up"]
+    # Mostly honest: deep states (CHAP answered, operational keys) need several steps.
+    choices = ["made_up"] if honest is None else ["honest"] * 5 + ["mutated", "made_up"]
     choice = draw(st.sampled_from(choices), label="request kind")
     first = conversation.requests[0] if conversation.requests else honest
     if choice == "honest":

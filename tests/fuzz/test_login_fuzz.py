@@ -16,7 +16,7 @@ import logging
 
 import trio
 import trio.testing
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from iscsicore.chap import ChapSecrets
@@ -37,7 +37,7 @@ from iscsicore.login import (
 from iscsicore.pdu import LoginRequest, LoginResponse, LoginStatus
 from stargate.server import ServerConfig, StargateServer
 from stargate.target import ChapCredentials, TargetRegistry, target_name_for
-from tests.fuzz.driver import count_example, fuzz_target
+from tests.fuzz.driver import count_event, count_example, fuzz_target
 from tests.fuzz.login_inputs import (
     CHAP,
     MUTUAL,
@@ -128,7 +128,7 @@ def test_fuzz_target_login_machine(
         honest = _next_honest(initiator, honest, request, response)
     if known != "secret" and chap_required(target_name):
         assert not login.complete
-    event(f"login {login.state.name}")
+    count_event("test_fuzz_target_login_machine", f"{target_name} {known}: {login.state.name}")
 
 
 def _next_honest(
@@ -229,7 +229,8 @@ async def _server_login_conversation(
                     completed = True
                     break
                 honest = _next_honest(initiator, honest, request, response)
-            event("completed" if completed else "not completed")
+            outcome = "completed" if completed else "not completed"
+            count_event("test_fuzz_server_login_phase", f"{target_name} {outcome}")
             if target_name == target_name_for("chap"):
                 assert not completed or conversation.answered_the_challenge(
                     ChapSecrets(CHAP.username, "x" * 16)

@@ -1,0 +1,274 @@
+"""Fuzz target for the full-feature dispatch (stargate/connection.py FullFeatureConnection)
+behind the real server (`StargateServer.serve_stream`) over an in-memory stream.
+
+An honest login (digests, R2T and burst settings drawn), then a sequence of valid-but-
+hostile PDUs aimed with what the target said (tests/fuzz/ffp_inputs.py), with small queue
+depths so that commands wait for slots and write buffers. The oracles, which hold whatever
+the CmdSN window, Data-Out deadlines or CHAP policy are:
+
+* the connection handler never fails (the server logs such a failure instead of raising);
+* every byte the target sends frames as target PDUs with the negotiated digests, none
+  longer than our MaxRecvDataSegmentLength; a CHECK CONDITION carries parsable sense, a
+  Reject the 48-byte header it rejects;
+* nothing hangs: afterwards an immediate NOP-Out ping is answered or the connection closes,
+  and once we close, the connection ends (all bounded by trio.fail_after);
+* nothing leaks: after the connection ends the shared queue has no slot, waiting command,
+  buffered byte or session left, the session table is empty, and a new honest session
+  on the same server still gets an answer to a READ.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from iscsicore.framing import encode_pdu
+from iscsicore.keys import NONE
+from iscsicore.login import LoginDone, LoginProposals
+from iscsicore.pdu import (
+    BHS_LENGTH,
+    RESERVED_TAG,
+    LogoutResponse,
+    NopIn,
+    NopOut,
+    Pdu,
+    Reject,
+    ScsiResponse,
+)
+from iscsicore.scsi.opcodes import ScsiStatus
+from iscsicore.scsi.sense import parse_sense
+from stargate.queue import CommandQueue
+from stargate.server import ServerConfig, StargateServer
+from stargate.target import TargetRegistry, target_name_for
+from tests.fuzz.driver import count_event, count_example, fuzz_target
+from tests.fuzz.ffp_inputs import PROBE_ITT, Observed, hostile_pdu
+from tests.stargate.client import TestInitiator, memory_target, read10
+
+NAME = "test_fuzz_full_feature_dispatch"
+MAX_PDUS = 24
+ANSWER_TIMEOUT = 5.0  # generous: the machine is shared; a hang takes far longer
+LU_BYTES = 1 << 20
+
+
+@dataclass
+class Trace:
+    """What the target sent on the hostile connection."""
+
+    pdus: list[Pdu] = field(default_factory=list)
+    closed: bool = False
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def note(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class _ErrorLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+proposal_strategy = st.builds(
+    lambda header, data, initial_r2t, immediate, first, extra, outstanding, mrdsl: LoginProposals(
+        header_digest=("CRC32C",) if header else (NONE,),
+        data_digest=("CRC32C",) if data else (NONE,),
+        initial_r2t=initial_r2t,
+        immediate_data=immediate,
+        first_burst_length=first,
+        max_burst_length=first + extra,
+        max_outstanding_r2t=outstanding,
+        max_recv_data_segment_length=mrdsl,
+    ),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([512, 1024, 4096, 65536]),
+    st.sampled_from([0, 512, 8192]),
+    st.integers(1, 4),
+    st.sampled_from([512, 4096, 8192, 262144]),
+)
+
+
+def fuzz_server(queue_depth: int, max_buffered_bytes: int) -> StargateServer:
+    registry = TargetRegistry()
+    registry.add(memory_target("vd1", LU_BYTES))
+    server = StargateServer(
+        registry,
+        ServerConfig(queue_depth=queue_depth, login_timeout=ANSWER_TIMEOUT),
+    )
+    # A small write-buffer budget: commands also wait for buffer bytes, not only slots.
+    server.queue = CommandQueue(queue_depth, max_buffered_bytes=max_buffered_bytes)
+    return server
+
+
+@fuzz_target(examples=150)
+@given(
+    data=st.data(),
+    proposals=proposal_strategy,
+    queue_depth=st.sampled_from([1, 2, 4, 128]),
+    max_buffered_bytes=st.sampled_from([4096, 64 << 10, 1 << 20]),
+)
+def test_fuzz_full_feature_dispatch(
+    data: st.DataObject, proposals: LoginProposals, queue_depth: int, max_buffered_bytes: int
+) -> None:
+    count_example(NAME)
+    server = fuzz_server(queue_depth, max_buffered_bytes)
+    errors = _ErrorLog()
+    logging.getLogger("stargate").addHandler(errors)
+    try:
+        trio.run(_fuzz_session, data, server, proposals)
+    finally:
+        logging.getLogger("stargate").removeHandler(errors)
+    assert not errors.records, [record.getMessage() for record in errors.records]
+
+
+async def _fuzz_session(
+    data: st.DataObject, server: StargateServer, proposals: LoginProposals
+) -> None:
+    async with trio.open_nursery() as nursery:
+        trace, ended = await _hostile_connection(nursery, data, server, proposals)
+        with trio.fail_after(ANSWER_TIMEOUT):
+            await ended.wait()  # serve_stream returned: the connection is torn down
+        queue = server.queue
+        assert (queue.in_flight, queue.waiting, queue.buffered_bytes) == (0, 0, 0), (
+            f"queue left with {queue.in_flight} slots, {queue.waiting} waiting, "
+            f"{queue.buffered_bytes} buffered bytes"
+        )
+        assert queue.sessions == 0 and len(server.sessions) == 0
+        assert not server.all_connections()
+        await _bystander_reads(nursery, server)
+
+
+async def _serve(server: StargateServer, stream: trio.abc.Stream, ended: trio.Event) -> None:
+    try:
+        await server.serve_stream(stream)
+    finally:
+        ended.set()
+
+
+async def _hostile_connection(
+    nursery: trio.Nursery, data: st.DataObject, server: StargateServer, proposals: LoginProposals
+) -> tuple[Trace, trio.Event]:
+    client, served = trio.testing.memory_stream_pair()
+    ended = trio.Event()
+    nursery.start_soon(_serve, server, served, ended)
+    initiator = TestInitiator(client)
+    outcome = await initiator.login(target_name_for("vd1"), proposals=proposals)
+    assert isinstance(outcome, LoginDone), outcome
+    # The target must respect the segment length we declared.
+    initiator.framer.max_recv_data_segment_length = proposals.max_recv_data_segment_length
+    observed = Observed(exp_cmd_sn=initiator.cmd_sn, exp_stat_sn=initiator.exp_stat_sn)
+    trace = Trace()
+    async with trio.open_nursery() as reader_nursery:
+        reader_nursery.start_soon(_read_all, initiator, observed, trace)
+        with trio.fail_after(ANSWER_TIMEOUT * 4):
+            for step in range(data.draw(st.integers(1, MAX_PDUS), label="PDUs")):
+                if trace.closed:
+                    break
+                pdu = data.draw(hostile_pdu(observed), label=f"PDU {step}")
+                count_event(NAME, type(pdu).__name__)
+                if not await _send(initiator, pdu):
+                    break
+                # Let the target handle it and the reader see the answers before the next
+                # draw aims at them.
+                await trio.testing.wait_all_tasks_blocked(0.0005)
+            if not trace.closed:
+                await _probe(initiator, observed, trace)
+            await client.aclose()
+        reader_nursery.cancel_scope.cancel()
+    _check_answers(trace)
+    return trace, ended
+
+
+async def _send(initiator: TestInitiator, pdu: Pdu) -> bool:
+    try:
+        await initiator.send(pdu)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
+
+
+async def _read_all(initiator: TestInitiator, observed: Observed, trace: Trace) -> None:
+    """Every PDU the target sends, framed with the negotiated settings (a framing error
+    here fails the example: the target sent something malformed)."""
+    framer = initiator.framer
+    while True:
+        while (pdu := framer.next_pdu()) is not None:
+            trace.pdus.append(pdu)
+            observed.saw(pdu)
+            trace.note()
+        try:
+            chunk = await initiator.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            chunk = b""
+        if not chunk:
+            trace.closed = True
+            trace.note()
+            return
+        framer.feed(chunk)
+
+
+async def _probe(initiator: TestInitiator, observed: Observed, trace: Trace) -> None:
+    """Liveness: an immediate NOP-Out ping is answered, or the connection is closed."""
+    ping = NopOut(
+        immediate=True,
+        itt=PROBE_ITT,
+        ttt=RESERVED_TAG,
+        cmd_sn=observed.exp_cmd_sn,
+        exp_stat_sn=observed.exp_stat_sn,
+        data=b"probe",
+    )
+    if not await _send(initiator, ping):
+        return
+    with trio.fail_after(ANSWER_TIMEOUT):
+        while not trace.closed:
+            if any(isinstance(p, NopIn) and p.itt == PROBE_ITT for p in trace.pdus):
+                count_event(NAME, "probe answered")
+                return
+            await trace.changed.wait()
+    count_event(NAME, "closed before the probe")
+
+
+def _check_answers(trace: Trace) -> None:
+    for pdu in trace.pdus:
+        if isinstance(pdu, ScsiResponse) and pdu.status == ScsiStatus.CHECK_CONDITION:
+            assert len(pdu.data) >= 2, "CHECK CONDITION without sense"
+            (length,) = struct.unpack_from(">H", pdu.data)
+            assert length > 0
+            parse_sense(bytes(pdu.data[2 : 2 + length]))
+        elif isinstance(pdu, Reject):
+            assert len(pdu.data) == BHS_LENGTH, "a Reject carries the rejected header"
+        elif isinstance(pdu, LogoutResponse):
+            count_event(NAME, "logout")
+        if isinstance(pdu, ScsiResponse | Reject):
+            count_event(NAME, f"answer {type(pdu).__name__}")
+
+
+async def _bystander_reads(nursery: trio.Nursery, server: StargateServer) -> None:
+    """The server still serves: a new honest session gets its READ answered."""
+    client, served = trio.testing.memory_stream_pair()
+    ended = trio.Event()
+    nursery.start_soon(_serve, server, served, ended)
+    initiator = TestInitiator(client)
+    with trio.fail_after(ANSWER_TIMEOUT):
+        outcome = await initiator.login(target_name_for("vd1"))
+        assert isinstance(outcome, LoginDone), outcome
+        for _ in range(3):  # the first may report a unit attention
+            result = await initiator.scsi(read10(0, 1), read_length=512)
+            if result.status == ScsiStatus.GOOD:
+                break
+        assert result.status == ScsiStatus.GOOD
+        await client.aclose()
+        await ended.wait()
+
