@@ -96,6 +96,7 @@ TURN_BUDGET = 4
 # scheduler passes per command.
 SOLE_TURN_BUDGET = 64
 # Largest write a single command may ask for: bounds the buffer one command can pin.
+RESIDUAL_MAX = 0xFFFFFFFF  # the 32-bit Residual Count of a SCSI Response / Data-In
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
@@ -703,7 +704,8 @@ class FullFeatureConnection:
                 )
                 return False
             if edtl < implied:
-                task.residual = (True, implied - edtl)
+                # A CDB may imply up to 2**41 bytes: the Residual Count field saturates.
+                task.residual = (True, min(implied - edtl, RESIDUAL_MAX))
                 patched = with_write_blocks(task.cdb, edtl // self.block_size)
                 if edtl % self.block_size or patched is None:
                     self._finish(
