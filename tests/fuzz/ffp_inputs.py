@@ -66,6 +66,15 @@ def _pick(values: list[int], index: int) -> int | None:
     return values[index % len(values)] if values else None
 
 
+# TUR, REQUEST SENSE, INQUIRY, MODE SENSE, READ CAPACITY, SERVICE ACTION IN, MAINTENANCE
+# IN, SYNCHRONIZE CACHE, WRITE SAME, UNMAP, PR IN/OUT, XCOPY, RECEIVE COPY RESULTS,
+# RESERVE/RELEASE, SANITIZE, START STOP, LOG SENSE, MODE SELECT ...
+_OTHER_OPCODES = (
+    *(0x00, 0x03, 0x12, 0x1A, 0x5A, 0x25, 0x9E, 0xA0, 0x35, 0x42, 0x5E, 0x5F),
+    *(0x83, 0x84, 0x16, 0x17, 0x56, 0x57, 0xA3, 0x48, 0x1B, 0x4D, 0x15, 0x55),
+)
+
+
 @st.composite
 def cdbs(draw: st.DrawFn) -> bytes:
     """Mostly block I/O near and past the end of a small LU, and the other commands the
@@ -83,12 +92,7 @@ def cdbs(draw: st.DrawFn) -> bytes:
         op = draw(st.sampled_from([0x08, 0x0A]))
         cdb = struct.pack(">BBHBB", op, (lba >> 16) & 0x1F, lba & 0xFFFF, blocks & 0xFF, 0)
     elif kind == "other":
-        op = draw(
-            st.sampled_from(
-                [0x00, 0x03, 0x12, 0x1A, 0x5A, 0x25, 0x9E, 0xA0, 0x35, 0x42, 0x5E, 0x5F]
-                + [0x83, 0x84, 0x16, 0x17, 0x56, 0x57, 0xA3, 0x48, 0x1B, 0x4D, 0x15, 0x55]
-            )
-        )
+        op = draw(st.sampled_from(_OTHER_OPCODES))
         cdb = bytes([op]) + draw(st.binary(min_size=15, max_size=15))
     else:
         cdb = draw(st.binary(min_size=16, max_size=16))
@@ -112,9 +116,10 @@ def _cmd_sn(draw: st.DrawFn, observed: Observed) -> int:
 
 @st.composite
 def _itt(draw: st.DrawFn, observed: Observed) -> int:
-    if observed.itts and draw(st.integers(0, 3)) == 0:
-        return _pick(observed.itts, draw(st.integers(0, 7))) or 0
-    return draw(st.one_of(st.integers(1, 12), st.integers(0, MAX_ITT)))
+    reuse, index = draw(st.integers(0, 3)) == 0, draw(st.integers(0, 7))
+    fresh = draw(st.one_of(st.integers(1, 12), st.integers(0, MAX_ITT)))
+    known = _pick(observed.itts, index)
+    return known if reuse and known is not None else fresh
 
 
 @st.composite
@@ -153,18 +158,20 @@ def _scsi_command(draw: st.DrawFn, observed: Observed) -> ScsiCommand:
 
 @st.composite
 def _data_out(draw: st.DrawFn, observed: Observed) -> DataOut:
+    # Everything is drawn whatever the target said (the shape of the draws must not
+    # depend on timing), then what it said picks among the values.
     aim = draw(st.sampled_from(["r2t", "r2t", "unsolicited", "anything"]))
-    r2t = observed.r2ts[draw(st.integers(0, 7)) % len(observed.r2ts)] if observed.r2ts else None
-    if aim == "r2t" and r2t is not None:
+    index = draw(st.integers(0, 7))
+    itt = draw(_itt(observed))
+    ttt = draw(st.sampled_from([RESERVED_TAG, 1, 2, 3, 0x7FFFFFFF]))
+    offset, length = draw(st.integers(0, 64)) * BLOCK, draw(st.integers(0, 8)) * BLOCK
+    if aim == "r2t" and observed.r2ts:
+        r2t = observed.r2ts[index % len(observed.r2ts)]
         itt, ttt = r2t.itt, r2t.ttt
         offset, length = r2t.buffer_offset, r2t.desired_data_transfer_length
     elif aim == "unsolicited" and observed.unsolicited:
-        itt, offset, end = observed.unsolicited[draw(st.integers(0, 7)) % len(observed.unsolicited)]
+        itt, offset, end = observed.unsolicited[index % len(observed.unsolicited)]
         ttt, length = RESERVED_TAG, max(0, min(end, 65536) - offset)
-    else:
-        itt = draw(_itt(observed))
-        ttt = draw(st.sampled_from([RESERVED_TAG, 1, 2, 3, 0x7FFFFFFF]))
-        offset, length = draw(st.integers(0, 64)) * BLOCK, draw(st.integers(0, 8)) * BLOCK
     length = min(length, 65536)  # one PDU: at most what the target accepts
     # Exactly right, or nudged: DataSN, offset, length, F bit.
     nudge = draw(st.sampled_from(["exact", "exact", "data_sn", "offset", "short", "long", "F"]))
@@ -190,9 +197,8 @@ def _data_out(draw: st.DrawFn, observed: Observed) -> DataOut:
 @st.composite
 def _nop_out(draw: st.DrawFn, observed: Observed) -> NopOut:
     reply_to = _pick(observed.ping_ttts, draw(st.integers(0, 3)))
-    if reply_to is not None and draw(st.booleans()):
-        return NopOut(immediate=True, itt=RESERVED_TAG, ttt=reply_to, exp_stat_sn=0)
-    return NopOut(
+    reply = draw(st.booleans())
+    ping = NopOut(
         immediate=draw(st.booleans()),
         itt=draw(st.one_of(st.just(RESERVED_TAG), _itt(observed))),
         ttt=draw(st.sampled_from([RESERVED_TAG, RESERVED_TAG, 1, 7])),
@@ -201,6 +207,9 @@ def _nop_out(draw: st.DrawFn, observed: Observed) -> NopOut:
         lun=draw(st.sampled_from([0, lun_from_number(3)])),
         data=draw(st.binary(max_size=300)),
     )
+    if reply and reply_to is not None:
+        return NopOut(immediate=True, itt=RESERVED_TAG, ttt=reply_to, exp_stat_sn=0)
+    return ping
 
 
 @st.composite

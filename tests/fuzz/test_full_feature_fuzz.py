@@ -28,7 +28,6 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iscsicore.framing import encode_pdu
 from iscsicore.keys import NONE
 from iscsicore.login import LoginDone, LoginProposals
 from iscsicore.pdu import (
@@ -137,7 +136,7 @@ async def _fuzz_session(
     data: st.DataObject, server: StargateServer, proposals: LoginProposals
 ) -> None:
     async with trio.open_nursery() as nursery:
-        trace, ended = await _hostile_connection(nursery, data, server, proposals)
+        ended = await _hostile_connection(nursery, data, server, proposals)
         with trio.fail_after(ANSWER_TIMEOUT):
             await ended.wait()  # serve_stream returned: the connection is torn down
         queue = server.queue
@@ -159,7 +158,7 @@ async def _serve(server: StargateServer, stream: trio.abc.Stream, ended: trio.Ev
 
 async def _hostile_connection(
     nursery: trio.Nursery, data: st.DataObject, server: StargateServer, proposals: LoginProposals
-) -> tuple[Trace, trio.Event]:
+) -> trio.Event:
     client, served = trio.testing.memory_stream_pair()
     ended = trio.Event()
     nursery.start_soon(_serve, server, served, ended)
@@ -173,13 +172,17 @@ async def _hostile_connection(
     async with trio.open_nursery() as reader_nursery:
         reader_nursery.start_soon(_read_all, initiator, observed, trace)
         with trio.fail_after(ANSWER_TIMEOUT * 4):
+            open_ = True
             for step in range(data.draw(st.integers(1, MAX_PDUS), label="PDUs")):
-                if trace.closed:
-                    break
+                # Drawn even once the target has closed: how much hypothesis draws must
+                # not depend on timing.
                 pdu = data.draw(hostile_pdu(observed), label=f"PDU {step}")
+                if not open_ or trace.closed:
+                    continue
                 count_event(NAME, type(pdu).__name__)
-                if not await _send(initiator, pdu):
-                    break
+                open_ = await _send(initiator, pdu)
+                if not open_:
+                    continue
                 # Let the target handle it and the reader see the answers before the next
                 # draw aims at them.
                 await trio.testing.wait_all_tasks_blocked(0.0005)
@@ -188,7 +191,7 @@ async def _hostile_connection(
             await client.aclose()
         reader_nursery.cancel_scope.cancel()
     _check_answers(trace)
-    return trace, ended
+    return ended
 
 
 async def _send(initiator: TestInitiator, pdu: Pdu) -> bool:
@@ -271,4 +274,3 @@ async def _bystander_reads(nursery: trio.Nursery, server: StargateServer) -> Non
         assert result.status == ScsiStatus.GOOD
         await client.aclose()
         await ended.wait()
-
