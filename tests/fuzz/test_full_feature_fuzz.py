@@ -104,7 +104,7 @@ def fuzz_server(queue_depth: int, max_buffered_bytes: int) -> StargateServer:
     registry.add(memory_target("vd1", LU_BYTES))
     server = StargateServer(
         registry,
-        ServerConfig(queue_depth=queue_depth, login_timeout=ANSWER_TIMEOUT),
+        ServerConfig(queue_depth=queue_depth, login_timeout=ANSWER_TIMEOUT, busy_poll_us=0),
     )
     # A small write-buffer budget: commands also wait for buffer bytes, not only slots.
     server.queue = CommandQueue(queue_depth, max_buffered_bytes=max_buffered_bytes)
@@ -117,26 +117,35 @@ def fuzz_server(queue_depth: int, max_buffered_bytes: int) -> StargateServer:
     proposals=proposal_strategy,
     queue_depth=st.sampled_from([1, 2, 4, 128]),
     max_buffered_bytes=st.sampled_from([4096, 64 << 10, 1 << 20]),
+    transport=st.sampled_from(["memory", "memory", "tcp"]),
 )
 def test_fuzz_full_feature_dispatch(
-    data: st.DataObject, proposals: LoginProposals, queue_depth: int, max_buffered_bytes: int
+    data: st.DataObject,
+    proposals: LoginProposals,
+    queue_depth: int,
+    max_buffered_bytes: int,
+    transport: str,
 ) -> None:
+    """``transport``: an in-memory stream (the connection's own task reads), or a
+    loopback TCP connection served through the reader hub (`serve_turn`)."""
     count_example(NAME)
     server = fuzz_server(queue_depth, max_buffered_bytes)
     errors = _ErrorLog()
     logging.getLogger("stargate").addHandler(errors)
     try:
-        trio.run(_fuzz_session, data, server, proposals)
+        trio.run(_fuzz_session, data, server, proposals, transport)
     finally:
         logging.getLogger("stargate").removeHandler(errors)
     assert not errors.records, [record.getMessage() for record in errors.records]
 
 
 async def _fuzz_session(
-    data: st.DataObject, server: StargateServer, proposals: LoginProposals
+    data: st.DataObject, server: StargateServer, proposals: LoginProposals, transport: str
 ) -> None:
     async with trio.open_nursery() as nursery:
-        ended = await _hostile_connection(nursery, data, server, proposals)
+        if transport == "tcp":
+            await nursery.start(server.hub.run)
+        ended = await _hostile_connection(nursery, data, server, proposals, transport)
         with trio.fail_after(ANSWER_TIMEOUT):
             await ended.wait()  # serve_stream returned: the connection is torn down
         queue = server.queue
@@ -146,7 +155,8 @@ async def _fuzz_session(
         )
         assert queue.sessions == 0 and len(server.sessions) == 0
         assert not server.all_connections()
-        await _bystander_reads(nursery, server)
+        await _bystander_reads(nursery, server, transport)
+        nursery.cancel_scope.cancel()  # the reader hub
 
 
 async def _serve(server: StargateServer, stream: trio.abc.Stream, ended: trio.Event) -> None:
@@ -156,10 +166,29 @@ async def _serve(server: StargateServer, stream: trio.abc.Stream, ended: trio.Ev
         ended.set()
 
 
+async def _connected_pair(transport: str) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    """(client end, served end)."""
+    if transport == "memory":
+        return trio.testing.memory_stream_pair()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        port = listeners[0].socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        served = await listeners[0].accept()
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+    return client, served
+
+
 async def _hostile_connection(
-    nursery: trio.Nursery, data: st.DataObject, server: StargateServer, proposals: LoginProposals
+    nursery: trio.Nursery,
+    data: st.DataObject,
+    server: StargateServer,
+    proposals: LoginProposals,
+    transport: str,
 ) -> trio.Event:
-    client, served = trio.testing.memory_stream_pair()
+    client, served = await _connected_pair(transport)
     ended = trio.Event()
     nursery.start_soon(_serve, server, served, ended)
     initiator = TestInitiator(client)
@@ -258,9 +287,9 @@ def _check_answers(trace: Trace) -> None:
             count_event(NAME, f"answer {type(pdu).__name__}")
 
 
-async def _bystander_reads(nursery: trio.Nursery, server: StargateServer) -> None:
+async def _bystander_reads(nursery: trio.Nursery, server: StargateServer, transport: str) -> None:
     """The server still serves: a new honest session gets its READ answered."""
-    client, served = trio.testing.memory_stream_pair()
+    client, served = await _connected_pair(transport)
     ended = trio.Event()
     nursery.start_soon(_serve, server, served, ended)
     initiator = TestInitiator(client)
