@@ -13,8 +13,10 @@ the CmdSN window, Data-Out deadlines or CHAP policy are:
 * nothing hangs: afterwards an immediate NOP-Out ping is answered or the connection closes,
   and once we close, the connection ends (all bounded by trio.fail_after);
 * nothing leaks: after the connection ends the shared queue has no slot, waiting command,
-  buffered byte or session left, the session table is empty, and a new honest session
-  on the same server still gets an answer to a READ.
+  buffered byte or session left, and the session table is empty;
+* nobody else is harmed: an honest session on the same vDisk, logged in first, gets an
+  answer to the READ it sent before the hostile PDUs (unless a TMF legitimately aborted
+  it) and to a new READ afterwards (unless a cold reset closed it).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from iscsicore.pdu import (
     Pdu,
     Reject,
     ScsiResponse,
+    TaskMgmtRequest,
+    TmfFunction,
 )
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import parse_sense
@@ -46,8 +50,8 @@ from stargate.queue import CommandQueue
 from stargate.server import ServerConfig, StargateServer
 from stargate.target import TargetRegistry, target_name_for
 from tests.fuzz.driver import count_event, count_example, fuzz_target
-from tests.fuzz.ffp_inputs import PROBE_ITT, Observed, hostile_pdu
-from tests.stargate.client import TestInitiator, memory_target, read10
+from tests.fuzz.ffp_inputs import BLOCK, PROBE_ITT, Observed, hostile_pdu
+from tests.stargate.client import TestInitiator, clear_unit_attention, memory_target, read10
 
 NAME = "test_fuzz_full_feature_dispatch"
 MAX_PDUS = 24
@@ -61,6 +65,7 @@ class Trace:
 
     pdus: list[Pdu] = field(default_factory=list)
     closed: bool = False
+    tmf_functions: set[int] = field(default_factory=set)  # the TMFs sent
     changed: trio.Event = field(default_factory=trio.Event)
 
     def note(self) -> None:
@@ -145,9 +150,12 @@ async def _fuzz_session(
     async with trio.open_nursery() as nursery:
         if transport == "tcp":
             await nursery.start(server.hub.run)
-        ended = await _hostile_connection(nursery, data, server, proposals, transport)
+        bystander = await Bystander.log_in(nursery, server, transport)
+        await bystander.start_read()
+        ended, trace = await _hostile_connection(nursery, data, server, proposals, transport)
         with trio.fail_after(ANSWER_TIMEOUT):
             await ended.wait()  # serve_stream returned: the connection is torn down
+        await bystander.finish(trace)
         queue = server.queue
         assert (queue.in_flight, queue.waiting, queue.buffered_bytes) == (0, 0, 0), (
             f"queue left with {queue.in_flight} slots, {queue.waiting} waiting, "
@@ -155,7 +163,6 @@ async def _fuzz_session(
         )
         assert queue.sessions == 0 and len(server.sessions) == 0
         assert not server.all_connections()
-        await _bystander_reads(nursery, server, transport)
         nursery.cancel_scope.cancel()  # the reader hub
 
 
@@ -187,7 +194,7 @@ async def _hostile_connection(
     server: StargateServer,
     proposals: LoginProposals,
     transport: str,
-) -> trio.Event:
+) -> tuple[trio.Event, Trace]:
     client, served = await _connected_pair(transport)
     ended = trio.Event()
     nursery.start_soon(_serve, server, served, ended)
@@ -209,6 +216,8 @@ async def _hostile_connection(
                 if not open_ or trace.closed:
                     continue
                 count_event(NAME, type(pdu).__name__)
+                if isinstance(pdu, TaskMgmtRequest):
+                    trace.tmf_functions.add(pdu.function)
                 open_ = await _send(initiator, pdu)
                 if not open_:
                     continue
@@ -220,7 +229,7 @@ async def _hostile_connection(
             await client.aclose()
         reader_nursery.cancel_scope.cancel()
     _check_answers(trace)
-    return ended
+    return ended, trace
 
 
 async def _send(initiator: TestInitiator, pdu: Pdu) -> bool:
@@ -287,19 +296,59 @@ def _check_answers(trace: Trace) -> None:
             count_event(NAME, f"answer {type(pdu).__name__}")
 
 
-async def _bystander_reads(nursery: trio.Nursery, server: StargateServer, transport: str) -> None:
-    """The server still serves: a new honest session gets its READ answered."""
-    client, served = await _connected_pair(transport)
-    ended = trio.Event()
-    nursery.start_soon(_serve, server, served, ended)
-    initiator = TestInitiator(client)
-    with trio.fail_after(ANSWER_TIMEOUT):
-        outcome = await initiator.login(target_name_for("vd1"))
-        assert isinstance(outcome, LoginDone), outcome
-        for _ in range(3):  # the first may report a unit attention
-            result = await initiator.scsi(read10(0, 1), read_length=512)
-            if result.status == ScsiStatus.GOOD:
-                break
-        assert result.status == ScsiStatus.GOOD
-        await client.aclose()
-        await ended.wait()
+# TMFs whose effects reach other sessions: their tasks aborted without an answer
+# (TAS=0), or, for a cold reset, every connection of the target closed.
+_CROSS_SESSION_TMFS = frozenset(
+    {
+        TmfFunction.CLEAR_TASK_SET,
+        TmfFunction.LOGICAL_UNIT_RESET,
+        TmfFunction.TARGET_WARM_RESET,
+        TmfFunction.TARGET_COLD_RESET,
+    }
+)
+
+
+@dataclass
+class Bystander:
+    """An honest session on the same vDisk, logged in before the hostile one: it must not
+    be harmed. Its READ, sent before the hostile PDUs, is answered once the hostile
+    connection has gone (it may have waited for a queue slot), unless a TMF of the other
+    session legitimately aborted it; a new READ is answered too."""
+
+    initiator: TestInitiator
+    ended: trio.Event
+    itt: int = 0
+
+    @classmethod
+    async def log_in(
+        cls, nursery: trio.Nursery, server: StargateServer, transport: str
+    ) -> Bystander:
+        client, served = await _connected_pair(transport)
+        ended = trio.Event()
+        nursery.start_soon(_serve, server, served, ended)
+        initiator = TestInitiator(client)
+        with trio.fail_after(ANSWER_TIMEOUT):
+            outcome = await initiator.login(target_name_for("vd1"))
+            assert isinstance(outcome, LoginDone), outcome
+            await clear_unit_attention(initiator)
+        return cls(initiator, ended)
+
+    async def start_read(self) -> None:
+        command = self.initiator.command(read10(0, 1), read_length=BLOCK)
+        self.itt = command.itt
+        await self.initiator.send(command)
+
+    async def finish(self, hostile: Trace) -> None:
+        initiator = self.initiator
+        with trio.fail_after(ANSWER_TIMEOUT * 2):
+            if TmfFunction.TARGET_COLD_RESET in hostile.tmf_functions:
+                await initiator.close()  # it may have been closed with everybody else
+            else:
+                if not hostile.tmf_functions & _CROSS_SESSION_TMFS:
+                    result = await initiator.collect(self.itt)
+                    assert result.status is not None
+                    count_event(NAME, f"bystander status {result.status:#x}")
+                result = await initiator.scsi(read10(1, 1), read_length=BLOCK)
+                assert result.status is not None, "the bystander's READ got no status"
+                await initiator.close()
+            await self.ended.wait()
