@@ -30,6 +30,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from iscsicore.framing import encode_pdu
 from iscsicore.keys import NONE
 from iscsicore.login import LoginDone, LoginProposals
 from iscsicore.pdu import (
@@ -123,6 +124,7 @@ def fuzz_server(queue_depth: int, max_buffered_bytes: int) -> StargateServer:
     queue_depth=st.sampled_from([1, 2, 4, 128]),
     max_buffered_bytes=st.sampled_from([4096, 64 << 10, 1 << 20]),
     transport=st.sampled_from(["memory", "memory", "tcp"]),
+    discovery=st.sampled_from([False, False, False, True]),
 )
 def test_fuzz_full_feature_dispatch(
     data: st.DataObject,
@@ -130,29 +132,38 @@ def test_fuzz_full_feature_dispatch(
     queue_depth: int,
     max_buffered_bytes: int,
     transport: str,
+    discovery: bool,
 ) -> None:
     """``transport``: an in-memory stream (the connection's own task reads), or a
-    loopback TCP connection served through the reader hub (`serve_turn`)."""
+    loopback TCP connection served through the reader hub (`serve_turn`). ``discovery``:
+    the hostile session is a discovery session (Text and Logout only)."""
     count_example(NAME)
     server = fuzz_server(queue_depth, max_buffered_bytes)
     errors = _ErrorLog()
     logging.getLogger("stargate").addHandler(errors)
     try:
-        trio.run(_fuzz_session, data, server, proposals, transport)
+        target = None if discovery else target_name_for("vd1")
+        trio.run(_fuzz_session, data, server, proposals, transport, target)
     finally:
         logging.getLogger("stargate").removeHandler(errors)
     assert not errors.records, [record.getMessage() for record in errors.records]
 
 
 async def _fuzz_session(
-    data: st.DataObject, server: StargateServer, proposals: LoginProposals, transport: str
+    data: st.DataObject,
+    server: StargateServer,
+    proposals: LoginProposals,
+    transport: str,
+    target: str | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         if transport == "tcp":
             await nursery.start(server.hub.run)
         bystander = await Bystander.log_in(nursery, server, transport)
         await bystander.start_read()
-        ended, trace = await _hostile_connection(nursery, data, server, proposals, transport)
+        ended, trace = await _hostile_connection(
+            nursery, data, server, proposals, transport, target
+        )
         with trio.fail_after(ANSWER_TIMEOUT):
             await ended.wait()  # serve_stream returned: the connection is torn down
         await bystander.finish(trace)
@@ -194,12 +205,13 @@ async def _hostile_connection(
     server: StargateServer,
     proposals: LoginProposals,
     transport: str,
+    target: str | None,
 ) -> tuple[trio.Event, Trace]:
     client, served = await _connected_pair(transport)
     ended = trio.Event()
     nursery.start_soon(_serve, server, served, ended)
     initiator = TestInitiator(client)
-    outcome = await initiator.login(target_name_for("vd1"), proposals=proposals)
+    outcome = await initiator.login(target, proposals=proposals)
     assert isinstance(outcome, LoginDone), outcome
     # The target must respect the segment length we declared.
     initiator.framer.max_recv_data_segment_length = proposals.max_recv_data_segment_length
@@ -213,12 +225,13 @@ async def _hostile_connection(
                 # Drawn even once the target has closed: how much hypothesis draws must
                 # not depend on timing.
                 pdu = data.draw(hostile_pdu(observed), label=f"PDU {step}")
+                damage = data.draw(damages, label="damage")
                 if not open_ or trace.closed:
                     continue
                 count_event(NAME, type(pdu).__name__)
                 if isinstance(pdu, TaskMgmtRequest):
                     trace.tmf_functions.add(pdu.function)
-                open_ = await _send(initiator, pdu)
+                open_ = await _send(initiator, pdu, damage)
                 if not open_:
                     continue
                 # Let the target handle it and the reader see the answers before the next
@@ -232,9 +245,36 @@ async def _hostile_connection(
     return ended, trace
 
 
-async def _send(initiator: TestInitiator, pdu: Pdu) -> bool:
+@dataclass(frozen=True)
+class Damage:
+    """What happens to a PDU's bytes on the way: nothing (mostly), one byte changed
+    (a digest or framing error, or just a different PDU), or junk after it."""
+
+    kind: str
+    position: int
+    xor: int
+    junk: bytes
+
+
+damages = st.builds(
+    Damage,
+    kind=st.sampled_from(["none"] * 18 + ["flip", "junk"]),
+    position=st.integers(0, 1 << 16),
+    xor=st.integers(1, 255),
+    junk=st.binary(min_size=1, max_size=64),
+)
+
+
+async def _send(initiator: TestInitiator, pdu: Pdu, damage: Damage | None = None) -> bool:
+    wire = bytearray(
+        encode_pdu(pdu, header_digest=initiator.header_digest, data_digest=initiator.data_digest)
+    )
+    if damage is not None and damage.kind == "flip":
+        wire[damage.position % len(wire)] ^= damage.xor
+    elif damage is not None and damage.kind == "junk":
+        wire += damage.junk
     try:
-        await initiator.send(pdu)
+        await initiator.stream.send_all(wire)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
     return True
