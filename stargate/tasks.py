@@ -142,7 +142,9 @@ class ScsiTask:
     # QueuedCommand protocol
     @property
     def cancelled(self) -> bool:
-        return self.aborted
+        # Finished while still waiting for a slot (e.g. a Data-Out sequence error): the
+        # queue must skip it, or the slot it hands over is never given back.
+        return self.aborted or self.phase is TaskPhase.DONE
 
     @property
     def buffer_bytes(self) -> int:

@@ -6,13 +6,15 @@ import struct
 
 import trio
 
-from iscsicore.pdu import ScsiResponse
+from iscsicore.pdu import R2T, RESERVED_TAG, DataOut, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from tests.stargate.client import (
     TEST_UNIT_READY,
     clear_unit_attention,
     logged_in,
+    proposals,
     start_stargate,
+    write10,
 )
 
 RESIDUAL_MAX = 0xFFFFFFFF
@@ -42,3 +44,37 @@ async def test_write_residual_beyond_32_bits_is_saturated(nursery: trio.Nursery)
     assert response.residual_count == RESIDUAL_MAX
     # The connection goes on.
     assert (await initiator.scsi(TEST_UNIT_READY)).status == ScsiStatus.GOOD
+
+
+async def test_command_failed_while_waiting_for_a_slot_does_not_leak_one(
+    nursery: trio.Nursery,
+) -> None:
+    """Queue depth 1: WRITE A holds the slot waiting for its Data-Out; WRITE B, announcing
+    unsolicited data, waits for a slot; B's Data-Out breaks the sequence, so B fails
+    (CHECK CONDITION) while still in the waiting room. When A finishes, the queue used to
+    hand its slot to the dead B, which never gave it back: every later command of every
+    session waited forever. A remote initiator could take the whole queue down that way."""
+    server = await start_stargate(nursery, queue_depth=1)
+    initiator = await logged_in(server, proposals=proposals(initial_r2t=False))
+    bystander = await logged_in(server, "vd2")
+    await clear_unit_attention(initiator)
+    await clear_unit_attention(bystander)
+    payload = bytes([0x3C]) * 4096
+    write_a = initiator.command(write10(0, 8), write_data=payload, immediate=True)
+    await initiator.send(write_a)
+    r2t = await initiator.receive()
+    assert isinstance(r2t, R2T) and r2t.itt == write_a.itt
+    write_b = initiator.command(write10(8, 1), edtl=512, final=False, immediate=True)
+    await initiator.send(write_b)
+    # Half of B's unsolicited burst, marked final: a data sequence error.
+    await initiator.send(
+        DataOut(final=True, itt=write_b.itt, ttt=RESERVED_TAG, data_sn=0, data=bytes(256))
+    )
+    failed_b = await initiator.collect(write_b.itt)
+    assert failed_b.status == ScsiStatus.CHECK_CONDITION
+    await initiator.send_data_out(write_a.itt, r2t.ttt, payload, 0, len(payload))
+    assert (await initiator.collect(write_a.itt)).status == ScsiStatus.GOOD
+    assert server.queue.in_flight == 0, "a slot is held by a command that already failed"
+    # Nobody is locked out: another session's command gets its slot.
+    assert (await bystander.scsi(TEST_UNIT_READY, timeout=3.0)).status == ScsiStatus.GOOD
+    assert (await initiator.scsi(TEST_UNIT_READY, timeout=3.0)).status == ScsiStatus.GOOD
