@@ -19,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 FUZZ_SECONDS_VARIABLE = "FUZZ_SECONDS"
+PYTEST_TIMEOUT = 300  # as in pyproject.toml
 
 
 def fuzz_seconds() -> float:
@@ -96,6 +98,11 @@ def fuzz_target(examples: int) -> Callable[[Callable[..., Any]], Callable[[], No
         test.__name__ = test.__qualname__ = name
         test.__doc__ = given_test.__doc__
         test.__module__ = given_test.__module__
+        budget = fuzz_seconds()
+        if budget:
+            # pytest-timeout's default (pyproject) is for CI: a long local run gets its
+            # budget plus room for the round under way and a failure's shrinking.
+            return pytest.mark.timeout(PYTEST_TIMEOUT + 2 * budget)(test)
         return test
 
     return decorate

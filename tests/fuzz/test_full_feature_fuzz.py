@@ -21,8 +21,10 @@ the CmdSN window, Data-Out deadlines or CHAP policy are:
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import struct
+import time
 from dataclasses import dataclass, field
 
 import trio
@@ -58,6 +60,8 @@ NAME = "test_fuzz_full_feature_dispatch"
 MAX_PDUS = 24
 ANSWER_TIMEOUT = 5.0  # generous: the machine is shared; a hang takes far longer
 LU_BYTES = 1 << 20
+WATCHDOG_SECONDS = 60.0
+SLOW_EXAMPLE_SECONDS = 5.0
 
 
 @dataclass
@@ -141,11 +145,17 @@ def test_fuzz_full_feature_dispatch(
     server = fuzz_server(queue_depth, max_buffered_bytes)
     errors = _ErrorLog()
     logging.getLogger("stargate").addHandler(errors)
+    # trio.fail_after cannot interrupt a synchronous loop: if one never ends, say where.
+    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=False)
+    started = time.monotonic()
     try:
         target = None if discovery else target_name_for("vd1")
         trio.run(_fuzz_session, data, server, proposals, transport, target)
     finally:
+        faulthandler.cancel_dump_traceback_later()
         logging.getLogger("stargate").removeHandler(errors)
+    if time.monotonic() - started > SLOW_EXAMPLE_SECONDS:
+        count_event(NAME, f"slower than {SLOW_EXAMPLE_SECONDS} s")
     assert not errors.records, [record.getMessage() for record in errors.records]
 
 
