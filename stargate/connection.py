@@ -1306,8 +1306,12 @@ class FullFeatureConnection:
         self.queue.forget_cancelled()
 
     def _abort_all_tasks(self) -> None:
-        for task in list(self._tasks.values()):
+        tasks = list(self._tasks.values())
+        # All aborted before any slot is given back: a freed slot must not go to one of our
+        # own waiting tasks (it would run, maybe start a sync in the closed nursery).
+        for task in tasks:
             task.aborted = True
+        for task in tasks:
             if task.phase is not TaskPhase.SYNCING:
                 self._finish(task, ScsiStatus.TASK_ABORTED)
         self.queue.forget_cancelled()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 
+import pytest
 import trio
 
-from iscsicore.pdu import R2T, RESERVED_TAG, DataOut, ScsiResponse
+from iscsicore.pdu import R2T, RESERVED_TAG, DataOut, NopIn, NopOut, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from tests.stargate.client import (
     TEST_UNIT_READY,
@@ -78,3 +80,36 @@ async def test_command_failed_while_waiting_for_a_slot_does_not_leak_one(
     # Nobody is locked out: another session's command gets its slot.
     assert (await bystander.scsi(TEST_UNIT_READY, timeout=3.0)).status == ScsiStatus.GOOD
     assert (await initiator.scsi(TEST_UNIT_READY, timeout=3.0)).status == ScsiStatus.GOOD
+
+
+SYNCHRONIZE_CACHE_10 = bytes([0x35]) + bytes(9)
+
+
+async def test_closing_with_a_queued_sync_command_does_not_crash_or_leak(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Queue depth 1: WRITE A holds the slot waiting for its Data-Out, SYNCHRONIZE CACHE B
+    waits for a slot, then the initiator goes away. Aborting A gave its slot to B before
+    B was marked aborted; B ran and wanted to start its fdatasync in the connection's
+    nursery, already closed: RuntimeError out of the connection's cleanup ("connection
+    handler failed"), B's slot never given back, every other session locked out."""
+    server = await start_stargate(nursery, queue_depth=1)
+    initiator = await logged_in(server)
+    bystander = await logged_in(server, "vd2")
+    await clear_unit_attention(initiator)
+    await clear_unit_attention(bystander)
+    write_a = initiator.command(write10(0, 8), write_data=bytes(4096), immediate=True)
+    await initiator.send(write_a)
+    assert isinstance(await initiator.receive(), R2T)
+    sync_b = initiator.command(SYNCHRONIZE_CACHE_10, immediate=True)
+    await initiator.send(sync_b)
+    # A ping answered: B has been handled (it waits for the slot A holds).
+    await initiator.send(NopOut(immediate=True, itt=0x7777, ttt=RESERVED_TAG))
+    assert isinstance(await initiator.receive(), NopIn)
+    await initiator.close()
+    with trio.fail_after(5):
+        while len(server.all_connections()) > 1:
+            await trio.sleep(0.02)
+    assert (await bystander.scsi(TEST_UNIT_READY, timeout=3.0)).status == ScsiStatus.GOOD
+    assert server.queue.in_flight == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
