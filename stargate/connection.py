@@ -1292,10 +1292,13 @@ class FullFeatureConnection:
 
     def abort_tasks(self, itts: set[int]) -> None:
         """End these tasks without a status (aborted by a task management function)."""
-        for itt in itts:
-            task = self._tasks.get(itt)
-            if task is not None and task.phase is not TaskPhase.DONE:
-                self._abort(task)
+        tasks = [self._tasks.get(itt) for itt in itts]
+        aborted = [task for task in tasks if task is not None and task.phase is not TaskPhase.DONE]
+        # All marked first: a slot freed by one must not go to another waiting one, to run.
+        for task in aborted:
+            task.aborted = True
+        for task in aborted:
+            self._abort(task)
         self._wake_writer()
 
     def _abort(self, task: ScsiTask) -> None:

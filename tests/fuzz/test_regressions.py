@@ -8,13 +8,25 @@ import struct
 import pytest
 import trio
 
-from iscsicore.pdu import R2T, RESERVED_TAG, DataOut, NopIn, NopOut, ScsiResponse
+from iscsicore.pdu import (
+    R2T,
+    RESERVED_TAG,
+    DataOut,
+    NopIn,
+    NopOut,
+    ScsiResponse,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
+    TmfFunction,
+    TmfResponse,
+)
 from iscsicore.scsi.opcodes import ScsiStatus
 from tests.stargate.client import (
     TEST_UNIT_READY,
     clear_unit_attention,
     logged_in,
     proposals,
+    read10,
     start_stargate,
     write10,
 )
@@ -113,3 +125,38 @@ async def test_closing_with_a_queued_sync_command_does_not_crash_or_leak(
     assert (await bystander.scsi(TEST_UNIT_READY, timeout=3.0)).status == ScsiStatus.GOOD
     assert server.queue.in_flight == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_abort_task_set_does_not_run_a_waiting_command(nursery: trio.Nursery) -> None:
+    """Queue depth 1: WRITE A holds the slot waiting for its Data-Out, READ B waits for a
+    slot, then ABORT TASK SET. Aborting A gave its slot to B before B was marked aborted,
+    so B ran and was answered although the task set it belonged to was aborted (SAM-5:
+    every command of the nexus' task set is aborted, none completes)."""
+    server = await start_stargate(nursery, queue_depth=1)
+    initiator = await logged_in(server)
+    await clear_unit_attention(initiator)
+    write_a = initiator.command(write10(0, 8), write_data=bytes(4096), immediate=True)
+    await initiator.send(write_a)
+    assert isinstance(await initiator.receive(), R2T)
+    read_b = initiator.command(read10(0, 1), read_length=512, immediate=True)
+    await initiator.send(read_b)
+    await initiator.send(
+        TaskMgmtRequest(
+            immediate=True,
+            function=TmfFunction.ABORT_TASK_SET,
+            itt=0x5555,
+            # Past the immediate commands' CmdSN: they came before it, so they are aborted.
+            cmd_sn=initiator.cmd_sn + 1,
+            exp_stat_sn=initiator.exp_stat_sn,
+        )
+    )
+    answers: list[object] = []
+    while not answers or not isinstance(answers[-1], TaskMgmtResponse):
+        answers.append(await initiator.receive())
+    assert isinstance(answers[-1], TaskMgmtResponse)
+    assert answers[-1].response == TmfResponse.COMPLETE
+    aborted = {write_a.itt, read_b.itt}
+    answered = [type(a).__name__ for a in answers if getattr(a, "itt", None) in aborted]
+    assert not answered, f"answers for aborted tasks: {answered}"
+    assert server.queue.in_flight == 0 and server.queue.waiting == 0
+    assert (await initiator.scsi(TEST_UNIT_READY)).status == ScsiStatus.GOOD
