@@ -95,8 +95,8 @@ TURN_BUDGET = 4
 # ... and when it is the only session (no neighbour to wait for it): fewer sends and
 # scheduler passes per command.
 SOLE_TURN_BUDGET = 64
-# Largest write a single command may ask for: bounds the buffer one command can pin.
 RESIDUAL_MAX = 0xFFFFFFFF  # the 32-bit Residual Count of a SCSI Response / Data-In
+# Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
