@@ -12,6 +12,7 @@ A failure is reported the hypothesis way: the shrunk example and the
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -52,6 +53,18 @@ STATS: dict[str, TargetStats] = {}
 def count_example(target: str) -> None:
     """Called by a target body once per example (the figures in the summary)."""
     STATS.setdefault(target, TargetStats()).examples += 1
+
+
+class ErrorLog(logging.Handler):
+    """Collects ERROR records: the server logs a connection handler's failure (a bug)
+    instead of raising it, so a target attaches one of these to see it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def count_event(target: str, what: str) -> None:

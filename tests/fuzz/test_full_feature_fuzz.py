@@ -1,17 +1,21 @@
 """Fuzz target for the full-feature dispatch (stargate/connection.py FullFeatureConnection)
-behind the real server (`StargateServer.serve_stream`) over an in-memory stream.
+behind the real server (`StargateServer.serve_stream`), over an in-memory stream (the
+connection's own task reads) or loopback TCP (served through the reader hub).
 
-An honest login (digests, R2T and burst settings drawn), then a sequence of valid-but-
-hostile PDUs aimed with what the target said (tests/fuzz/ffp_inputs.py), with small queue
-depths so that commands wait for slots and write buffers. The oracles, which hold whatever
-the CmdSN window, Data-Out deadlines or CHAP policy are:
+An honest login (digests, R2T and burst settings drawn; a normal or a discovery session),
+then a sequence of valid-but-hostile PDUs aimed with what the target said
+(tests/fuzz/ffp_inputs.py), now and then with a byte flipped or junk after a PDU, with
+small queue depths so that commands wait for slots and write buffers. The oracles, which
+hold whatever the CmdSN window, Data-Out deadlines or CHAP policy are:
 
 * the connection handler never fails (the server logs such a failure instead of raising);
 * every byte the target sends frames as target PDUs with the negotiated digests, none
   longer than our MaxRecvDataSegmentLength; a CHECK CONDITION carries parsable sense, a
   Reject the 48-byte header it rejects;
-* nothing hangs: afterwards an immediate NOP-Out ping is answered or the connection closes,
-  and once we close, the connection ends (all bounded by trio.fail_after);
+* nothing hangs: afterwards an immediate NOP-Out ping is answered or the connection closes
+  (after damaged bytes the ping may be taken as the rest of a damaged PDU), and once we
+  close, the connection ends (all bounded by trio.fail_after; a watchdog dumps the stacks
+  of a synchronous hang);
 * nothing leaks: after the connection ends the shared queue has no slot, waiting command,
   buffered byte or session left, and the session table is empty;
 * nobody else is harmed: an honest session on the same vDisk, logged in first, gets an
@@ -52,7 +56,7 @@ from iscsicore.scsi.sense import parse_sense
 from stargate.queue import CommandQueue
 from stargate.server import ServerConfig, StargateServer
 from stargate.target import TargetRegistry, target_name_for
-from tests.fuzz.driver import count_event, count_example, fuzz_target
+from tests.fuzz.driver import ErrorLog, count_event, count_example, fuzz_target
 from tests.fuzz.ffp_inputs import BLOCK, PROBE_ITT, Observed, hostile_pdu
 from tests.stargate.client import TestInitiator, clear_unit_attention, memory_target, read10
 
@@ -79,15 +83,6 @@ class Trace:
     def note(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
-
-
-class _ErrorLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 proposal_strategy = st.builds(
@@ -146,7 +141,7 @@ def test_fuzz_full_feature_dispatch(
     the hostile session is a discovery session (Text and Logout only)."""
     count_example(NAME)
     server = fuzz_server(queue_depth, max_buffered_bytes)
-    errors = _ErrorLog()
+    errors = ErrorLog()
     logging.getLogger("stargate").addHandler(errors)
     # trio.fail_after cannot interrupt a synchronous loop: if one never ends, say where.
     faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=False)

@@ -37,7 +37,7 @@ from iscsicore.login import (
 from iscsicore.pdu import LoginRequest, LoginResponse, LoginStatus
 from stargate.server import ServerConfig, StargateServer
 from stargate.target import ChapCredentials, TargetRegistry, target_name_for
-from tests.fuzz.driver import count_event, count_example, fuzz_target
+from tests.fuzz.driver import ErrorLog, count_event, count_example, fuzz_target
 from tests.fuzz.login_inputs import (
     CHAP,
     MUTUAL,
@@ -155,17 +155,6 @@ def _next_honest(
 ANSWER_TIMEOUT = 5.0
 
 
-class _ErrorLog(logging.Handler):
-    """Collects ERROR records: the server logs a handler failure instead of raising."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def fuzz_server() -> StargateServer:
     registry = TargetRegistry()
     registry.add(memory_target("open", 1 << 20))
@@ -186,7 +175,7 @@ def test_fuzz_server_login_phase(data: st.DataObject, target_name: str | None, k
     # The CHAP target's secret is "x" * 16: only the "secret" initiator knows it here.
     secrets = {"secret": ChapSecrets(CHAP.username, "x" * 16), "wrong": WRONG_CHAP}.get(known)
     server = fuzz_server()
-    errors = _ErrorLog()
+    errors = ErrorLog()
     logging.getLogger("stargate").addHandler(errors)
     try:
         trio.run(_server_login_conversation, data, server, target_name, secrets)
