@@ -119,7 +119,7 @@ def fuzz_server(queue_depth: int, max_buffered_bytes: int) -> StargateServer:
     return server
 
 
-@fuzz_target(examples=150)
+@fuzz_target(examples=100)
 @given(
     data=st.data(),
     proposals=proposal_strategy,

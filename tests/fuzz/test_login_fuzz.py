@@ -92,7 +92,7 @@ def _secrets_of(known: str) -> ChapSecrets | None:
     return {"secret": CHAP, "wrong": WRONG_CHAP, "none": None}[known]
 
 
-@fuzz_target(examples=300)
+@fuzz_target(examples=200)
 @given(data=st.data(), target_name=targets, known=knowledge)
 def test_fuzz_target_login_machine(
     data: st.DataObject, target_name: str | None, known: str
