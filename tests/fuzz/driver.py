@@ -6,8 +6,9 @@ examples, a few seconds per target. ``FUZZ_SECONDS=N python -m pytest tests/fuzz
 rounds of fresh random examples until each target has spent N seconds (the round under
 way finishes first). Every example counts in `STATS`, which the fuzz conftest prints.
 
-A failure is reported the hypothesis way: the shrunk example and the
-``@reproduce_failure`` blob to paste above the target.
+A failure is reported the hypothesis way: the shrunk example and a
+``@reproduce_failure(...)`` line to paste between ``@fuzz_target`` and ``@given`` to
+replay it. Bugs found are pinned as regression tests in tests/fuzz/test_regressions.py.
 """
 
 from __future__ import annotations

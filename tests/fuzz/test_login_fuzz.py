@@ -24,6 +24,7 @@ from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionType
 from iscsicore.login import (
     Accept,
+    InitiatorLogin,
     LoginDone,
     LoginFailed,
     LoginRedirect,
@@ -132,7 +133,7 @@ def test_fuzz_target_login_machine(
 
 
 def _next_honest(
-    initiator: object,
+    initiator: InitiatorLogin,
     honest: LoginRequest | None,
     request: LoginRequest,
     response: LoginResponse,
@@ -141,7 +142,6 @@ def _next_honest(
     the conversation while its own requests were the ones sent)."""
     if honest is None or request is not honest:
         return None
-    assert hasattr(initiator, "receive")
     outcome = initiator.receive(response)
     if isinstance(outcome, LoginDone | LoginFailed | LoginRedirect):
         return None
