@@ -99,6 +99,7 @@ TURN_BUDGET = 4
 # ... and when it is the only session (no neighbour to wait for it): fewer sends and
 # scheduler passes per command.
 SOLE_TURN_BUDGET = 64
+RESIDUAL_MAX = 0xFFFFFFFF  # the 32-bit Residual Count of a SCSI Response / Data-In
 # Largest write a single command may ask for: bounds the buffer one command can pin.
 MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU reports
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
@@ -808,7 +809,8 @@ class FullFeatureConnection:
                 )
                 return False
             if edtl < implied:
-                task.residual = (True, implied - edtl)
+                # A CDB may imply up to 2**41 bytes: the Residual Count field saturates.
+                task.residual = (True, min(implied - edtl, RESIDUAL_MAX))
                 patched = with_write_blocks(task.cdb, edtl // self.block_size)
                 if edtl % self.block_size or patched is None:
                     self._finish(
@@ -1487,10 +1489,13 @@ class FullFeatureConnection:
 
     def abort_tasks(self, itts: set[int]) -> None:
         """End these tasks without a status (aborted by a task management function)."""
-        for itt in itts:
-            task = self._tasks.get(itt)
-            if task is not None and task.phase is not TaskPhase.DONE:
-                self._abort(task)
+        tasks = [self._tasks.get(itt) for itt in itts]
+        aborted = [task for task in tasks if task is not None and task.phase is not TaskPhase.DONE]
+        # All marked first: a slot freed by one must not go to another waiting one, to run.
+        for task in aborted:
+            task.aborted = True
+        for task in aborted:
+            self._abort(task)
         self._wake_writer()
 
     def _abort(self, task: ScsiTask) -> None:
@@ -1501,8 +1506,12 @@ class FullFeatureConnection:
         self.queue.forget_cancelled()
 
     def _abort_all_tasks(self) -> None:
-        for task in list(self._tasks.values()):
+        tasks = list(self._tasks.values())
+        # All aborted before any slot is given back: a freed slot must not go to one of our
+        # own waiting tasks (it would run, maybe start a sync in the closed nursery).
+        for task in tasks:
             task.aborted = True
+        for task in tasks:
             if task.phase is not TaskPhase.SYNCING:
                 self._finish(task, ScsiStatus.TASK_ABORTED)
         self.queue.forget_cancelled()
