@@ -402,10 +402,11 @@ async def session_loop(
             continue
         try:
             await attack(session)
-        except TargetClosed:
+        # except*: attacks receive in a nursery, which wraps what ends them in a group.
+        except* TargetClosed:
             report.drops += 1
-        except trio.TooSlowError as error:
-            report.error(f"timed out: {error}")
+        except* trio.TooSlowError as group:
+            report.error(f"timed out: {group.exceptions[0]}")
         finally:
             await session.close()
 
