@@ -21,6 +21,7 @@ from iscsicore.pdu import (
     TmfResponse,
 )
 from iscsicore.scsi.opcodes import ScsiStatus
+from iscsicore.seqnum import sn_add
 from tests.stargate.client import (
     TEST_UNIT_READY,
     clear_unit_attention,
@@ -150,6 +151,8 @@ async def test_abort_task_set_does_not_run_a_waiting_command(nursery: trio.Nurse
             exp_stat_sn=initiator.exp_stat_sn,
         )
     )
+    # The target counted that CmdSN as received (RFC 7143 section 3.2.2.1): go on after it.
+    initiator.cmd_sn = sn_add(initiator.cmd_sn, 1)
     answers: list[object] = []
     while not answers or not isinstance(answers[-1], TaskMgmtResponse):
         answers.append(await initiator.receive())
