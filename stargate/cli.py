@@ -22,7 +22,13 @@ from typing import Any
 import trio
 
 from iscsicore.portal import Portal, PortalError
-from stargate.connection import DEFAULT_DATA_OUT_TIMEOUT, DEFAULT_PDU_TIMEOUT, ConnectionTimers
+from stargate.connection import (
+    DEFAULT_CONTROL_PDU_BURST,
+    DEFAULT_CONTROL_PDU_RATE,
+    DEFAULT_DATA_OUT_TIMEOUT,
+    DEFAULT_PDU_TIMEOUT,
+    ConnectionTimers,
+)
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, ShareLimits
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
@@ -207,6 +213,15 @@ def register(subparsers: Any) -> None:
         help="a PDU begun must be complete this long after; else its connection is dropped "
         "(default %(default)g)",
     )
+    isolation.add_argument(
+        "--control-pdu-rate",
+        type=_non_negative_float,
+        default=DEFAULT_CONTROL_PDU_RATE,
+        metavar="N",
+        help="NOP-Outs, Text Requests and SNACKs a connection may send per second (burst "
+        f"{DEFAULT_CONTROL_PDU_BURST}); past it the connection is read more slowly "
+        "(0: unlimited; default %(default)g)",
+    )
     parser.add_argument("--chap", type=parse_credentials, metavar="USER:SECRET")
     parser.add_argument("--mutual-chap", type=parse_credentials, metavar="USER:SECRET")
     parser.add_argument(
@@ -377,6 +392,7 @@ def run_target(args: argparse.Namespace) -> int:
             nop_timeout=args.nop_timeout,
             data_out_timeout=args.data_out_timeout,
             pdu_timeout=args.pdu_timeout,
+            control_pdu_rate=args.control_pdu_rate,
         ),
         eager_send_every=max(0, args.eager_send_every),
         busy_poll_us=args.busy_poll_us,

@@ -105,6 +105,11 @@ MAX_TRANSFER_BYTES = 16 * 1024 * 1024  # twice the Block Limits maximum the LU r
 INVALID_FIELD_IN_INFORMATION_UNIT = (0x0E, 0x03)
 DEFAULT_DATA_OUT_TIMEOUT = 30.0
 DEFAULT_PDU_TIMEOUT = 10.0
+DEFAULT_CONTROL_PDU_RATE = 2000.0  # per second, per connection (ConnectionTimers)
+DEFAULT_CONTROL_PDU_BURST = 256
+# A connection out of control-PDU tokens is read again once this share of a second's
+# tokens has refilled (at least one): a few wake-ups a second, not one per PDU.
+CONTROL_RESUME_SECONDS = 0.01
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
 _GOOD = int(ScsiStatus.GOOD)
@@ -126,6 +131,12 @@ class ConnectionTimers:
     # A PDU whose first bytes came must be complete this long after (a PDU trickled in byte
     # by byte would otherwise hold the connection and its buffer forever): else dropped.
     pdu_timeout: float = DEFAULT_PDU_TIMEOUT
+    # PDUs that carry no SCSI work (NOP-Outs, Text Requests, SNACKs) a connection may send:
+    # a token bucket of this rate per second and this burst. Past it the connection is not
+    # read until tokens refill: its bytes wait in the socket (TCP pushes back on a flooder),
+    # none is dropped or reordered, and the other connections are not slowed. 0: unlimited.
+    control_pdu_rate: float = DEFAULT_CONTROL_PDU_RATE
+    control_pdu_burst: int = DEFAULT_CONTROL_PDU_BURST
 
     @property
     def watchdog_tick(self) -> float:
@@ -230,7 +241,6 @@ class FullFeatureConnection:
         self._hub_socket: ReadySocket | None = None
         if hub is not None and isinstance(channel, ReadySocket):
             self._hub, self._hub_socket = hub, channel
-        self._handler_table = self._handlers()
         self.framer = framer
         self.session = session
         self.params = params
@@ -238,6 +248,23 @@ class FullFeatureConnection:
         self.nexus = nexus
         self.cid = cid
         self.timers = timers or ConnectionTimers()
+        # The control-PDU allowance (ConnectionTimers.control_pdu_rate): tokens, when they
+        # were counted, and while out of them, when reading resumes (None: not paused).
+        self._control_rate = max(0.0, self.timers.control_pdu_rate)
+        self._control_burst = float(max(1, self.timers.control_pdu_burst))
+        self._control_tokens = self._control_burst
+        self._control_stamp = trio.current_time()
+        self._control_quantum = min(
+            self._control_burst, max(1.0, self._control_rate * CONTROL_RESUME_SECONDS)
+        )
+        self._control_resume: float | None = None
+        self.control_pauses = 0  # times the allowance stopped reading (statistics)
+        # Dropped for a protocol error (the server slows the address's next logins).
+        self.protocol_error_drop = False
+        # Set by the server: whether to log a protocol error of this peer now (and how many
+        # were left out before it).
+        self.log_gate: Callable[[], tuple[bool, int]] | None = None
+        self._handler_table = self._handlers()
         self.text_responder = text_responder
         self.directory = directory
         self.on_close = on_close
@@ -354,10 +381,19 @@ class FullFeatureConnection:
         """Send what is queued and stop if the connection is closing (a hub turn may have
         left either); then handle the PDUs buffered, a turn at a time, sending after each."""
         await self._send_or_close()
-        while self._handle_turn():
+        while True:
+            if self._control_resume is not None:
+                # Out of control-PDU allowance: read nothing more (the rest stays in the
+                # socket) until it refills.
+                await trio.sleep_until(self._control_resume)
+                self._control_resume = None
+            if self._handle_turn():
+                await self._send_or_close()
+                await trio.lowlevel.checkpoint()  # the other connections' turn
+                continue
             await self._send_or_close()
-            await trio.lowlevel.checkpoint()  # the other connections' turn
-        await self._send_or_close()
+            if self._control_resume is None:
+                return
 
     async def _send_or_close(self) -> None:
         # Sending is also the backpressure: an initiator that does not read its responses
@@ -407,6 +443,8 @@ class FullFeatureConnection:
             hub_socket.try_send(out)
             if out:
                 return Turn.TASK  # the socket is full: wait for it in our own task
+        if self._control_resume is not None:
+            return Turn.TASK  # out of control-PDU allowance: the task waits for it
         return Turn.MORE if more_buffered else Turn.IDLE
 
     def _handle_buffered_pdus(self, handlers: dict[type, Callable[[Any], None]]) -> bool:
@@ -449,23 +487,55 @@ class FullFeatureConnection:
         return True
 
     def _handlers(self) -> dict[type, Callable[[Any], None]]:
+        control = self._control_allowance if self._control_rate else lambda handler: handler
         return {
             ScsiCommand: self._on_scsi_command,
             DataOut: self._on_data_out,
-            NopOut: self._on_nop_out,
+            NopOut: control(self._on_nop_out),
             TaskMgmtRequest: self._on_task_management,
-            TextRequest: self._on_text,
+            TextRequest: control(self._on_text),
             LogoutRequest: self._on_logout,
-            SnackRequest: self._on_snack,
+            SnackRequest: control(self._on_snack),
         }
 
+    def _control_allowance(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
+        """``handler`` (of a PDU that carries no SCSI work), charged to the connection's
+        control-PDU allowance; SCSI commands and Data-Out never pass here."""
+
+        def charged(pdu: Any) -> None:
+            handler(pdu)
+            self._spend_control_token()
+
+        return charged
+
+    def _spend_control_token(self) -> None:
+        """Count one control PDU (already handled: none is dropped); out of tokens, stop
+        the batch and note when reading may resume (`_serve_buffered`, `serve_turn`)."""
+        now = trio.current_time()
+        rate = self._control_rate
+        tokens = self._control_tokens + (now - self._control_stamp) * rate
+        tokens = min(self._control_burst, tokens) - 1.0
+        self._control_stamp = now
+        self._control_tokens = tokens
+        if tokens >= 1.0:
+            return
+        self.control_pauses += 1
+        self._control_resume = now + (self._control_quantum - tokens) / rate
+        if self._cmd_sn_window.held:
+            self._release_held()  # what this PDU's CmdSN let through goes now, in order
+        raise _StopBatch
+
     def _protocol_error(self, error: IscsiProtocolError) -> None:
-        log.info("protocol error from %s: %s", self.session.initiator_name, error)
+        allowed, left_out = self.log_gate() if self.log_gate is not None else (True, 0)
+        if allowed:  # a peer can repeat these at will: the server may rate-limit them
+            more = f" ({left_out} more like it not logged)" if left_out else ""
+            log.info("protocol error from %s: %s%s", self.session.initiator_name, error, more)
         if error.header is not None:
             self._queue_reject(error.header, error.reject_reason)
         if error.fatal:
             # The byte stream cannot be trusted any more: say why, then drop.
             self._closing_reason = f"protocol error: {error}"
+            self.protocol_error_drop = True
             raise _StopBatch
         if isinstance(error, DataDigestError) and error.header is not None:
             self._data_digest_error(error.header)

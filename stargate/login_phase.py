@@ -108,6 +108,8 @@ class LoginPolicy:
 class LoginOutcome:
     login: TargetLogin
     reason: str = ""
+    # Ended by bytes that are no login: a framing error, or another PDU than a Login Request.
+    protocol_error: bool = False
 
     @property
     def complete(self) -> bool:
@@ -152,11 +154,13 @@ async def run_login(
                     pdu = framer.next_pdu()
                 except IscsiProtocolError as error:
                     outcome.reason = f"protocol error during login: {error}"
+                    outcome.protocol_error = True
                     return outcome
                 if pdu is None:
                     break
                 if not isinstance(pdu, LoginRequest):
                     outcome.reason = f"{type(pdu).__name__} during login"
+                    outcome.protocol_error = True
                     return outcome
                 response = login.receive(pdu)
                 if throttle is not None:

@@ -27,6 +27,14 @@ MAX_DELAY = 2.0  # the most one failure adds
 HALF_LIFE = 30.0  # seconds of quiet after which a key's failures count half
 MAX_KEYS = 16384  # bound on the memory an attacker with many names can make us use
 MAX_NAME_HOLD = 10.0  # seconds; below the default login timeout (15 s)
+# A connection dropped for a protocol error (garbage bytes, a fatal framing error, a
+# non-login PDU during login) counts as a failure of its source address, on its own scale:
+# the next login from that address is answered from a few ms later, doubling, capped, and
+# never more than `MAX_PROTOCOL_HOLD` ahead (a reconnect storm costs the target a few
+# logins a second, an honest initiator from the same address at most that).
+PROTOCOL_FIRST_DELAY = 0.005
+PROTOCOL_MAX_DELAY = 0.5
+MAX_PROTOCOL_HOLD = 2.0
 
 
 @dataclass(slots=True)
@@ -42,6 +50,9 @@ class LoginThrottle:
     max_delay: float = MAX_DELAY
     half_life: float = HALF_LIFE
     max_name_hold: float = MAX_NAME_HOLD
+    protocol_first_delay: float = PROTOCOL_FIRST_DELAY
+    protocol_max_delay: float = PROTOCOL_MAX_DELAY
+    max_protocol_hold: float = MAX_PROTOCOL_HOLD
     clock: Callable[[], float] = time.monotonic
     _records: dict[str, _Record] = field(default_factory=dict)
 
@@ -73,6 +84,25 @@ class LoginThrottle:
             release = max(release, record.not_before)
         return release
 
+    def protocol_error(self, peer: str) -> float:
+        """Count a connection from ``peer`` dropped for a protocol error; returns the time
+        before which the next login answer to that address must not go."""
+        if not peer:
+            return 0.0
+        now = self.clock()
+        self._prune(now, room=1)
+        key = f"address:{peer}"
+        record = self._records.pop(key, None) or _Record()
+        self._records[key] = record
+        record.failures = self._decayed(record, now) + 1.0
+        record.last_failure = now
+        delay = min(
+            self.protocol_max_delay, self.protocol_first_delay * 2 ** (record.failures - 1.0)
+        )
+        ahead = min(max(now, record.not_before) + delay, now + self.max_protocol_hold)
+        record.not_before = max(record.not_before, ahead)
+        return record.not_before
+
     def held_until(self, initiator_name: str, peer: str) -> float:
         """When answers to this initiator name / address may go (now or earlier: at once)."""
         records = (self._records.get(key) for key in self.keys(initiator_name, peer))
@@ -101,3 +131,32 @@ class LoginThrottle:
         wait = release - self.clock()
         if wait > 0:
             await trio.sleep(wait)
+
+
+@dataclass
+class LogLimiter:
+    """Per-key rate limit for log lines of an event a peer can repeat at will (a dropped
+    garbage connection): the first `per_second` of each second are logged, the rest
+    counted; the next line logged for that key says how many were left out."""
+
+    per_second: int = 5
+    clock: Callable[[], float] = time.monotonic
+    max_keys: int = 4096
+    _windows: dict[str, list[float]] = field(default_factory=dict)  # [start, logged, left out]
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """(log this one?, how many were left out since the last logged one)."""
+        now = self.clock()
+        window = self._windows.get(key)
+        if window is None:
+            if len(self._windows) >= self.max_keys:
+                del self._windows[next(iter(self._windows))]
+            window = self._windows[key] = [now, 0.0, 0.0]
+        elif now - window[0] >= 1.0:
+            window[0], window[1] = now, 0.0
+        if window[1] >= self.per_second:
+            window[2] += 1
+            return False, 0
+        window[1] += 1
+        left_out, window[2] = int(window[2]), 0.0
+        return True, left_out

@@ -22,7 +22,7 @@ import trio
 
 from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionType
-from iscsicore.login import TargetLogin
+from iscsicore.login import LoginStatus, TargetLogin
 from iscsicore.portal import Portal
 from stargate.connection import ByteChannel, ConnectionTimers, FullFeatureConnection
 from stargate.discovery import SendTargetsResponder
@@ -32,6 +32,7 @@ from stargate.faults.forensics import Forensics
 from stargate.faults.injector import FaultInjector
 from stargate.faults.login import faulted_login, hold_swallowed_login
 from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, peer_host, run_login
+from stargate.login_throttle import LogLimiter
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, CommandQueue, ShareLimits
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS, ReaderHub
 from stargate.scsi.command import Nexus
@@ -154,6 +155,9 @@ class StargateServer:
         )
         self.sessions = SessionTable()
         self.policy = LoginPolicy(registry, self.sessions)
+        # Log lines of connections dropped for protocol errors, per source address: a
+        # reconnect storm logs a few a second and a count (stargate.login_throttle).
+        self.drop_log = LogLimiter()
         self.port: int | None = None
         self._connections: set[FullFeatureConnection] = set()
         # One reader for every connection (see stargate.reader_hub).
@@ -222,6 +226,14 @@ class StargateServer:
         if self.faults.network_paused:
             await blackhole_stream(stream, self.faults)
             return
+        peer = peer_host(stream)
+        throttle = self.policy.throttle
+        if peer:
+            # An address whose connections were dropped for protocol errors: its next
+            # connection waits before it is read (a garbage storm before login too).
+            wait = throttle.held_until("", peer) - throttle.clock()
+            if wait > 0:
+                await trio.sleep(min(wait, throttle.max_protocol_hold))
         framer = PduFramer(receiving_from="initiator")
         login_config = self.policy.login_config(cmd_window=min(64, self.queue.depth))
         login_stream = stream
@@ -233,20 +245,31 @@ class StargateServer:
             framer,
             login,
             timeout=self.config.login_timeout,
-            throttle=self.policy.throttle,  # failed logins are answered later and later
-            peer=peer_host(stream),
+            throttle=throttle,  # failed logins are answered later and later
+            peer=peer,
         )
         if await hold_swallowed_login(login_stream):
             return
         if not outcome.complete:
-            log.info("login from %s ended: %s", login.initiator_name or "?", outcome.reason)
+            garbage = outcome.protocol_error or (
+                login.failed and login.failure_status == LoginStatus.INITIATOR_ERROR
+            )
+            if garbage:
+                throttle.protocol_error(peer)
+            self._log_ended(
+                garbage,
+                peer,
+                "login from %s ended: %s",
+                login.initiator_name or "?",
+                outcome.reason,
+            )
             return
         target = self.registry.get(login.target_name or "") if login.target_name else None
         session_type = login.params.session_type
         if session_type is SessionType.NORMAL and target is None:
             return  # removed between login and now
         with byte_channel(stream) as channel:
-            await self._run_session(channel, framer, login, target, session_type)
+            await self._run_session(channel, framer, login, target, session_type, peer)
 
     async def _run_session(
         self,
@@ -255,6 +278,7 @@ class StargateServer:
         login: TargetLogin,
         target: VDiskTarget | None,
         session_type: SessionType,
+        peer: str = "",
     ) -> None:
         params = login.params
         session = Session(
@@ -292,6 +316,7 @@ class StargateServer:
             faults=self.faults,
             hub=self.hub if self.hub.running else None,  # serve_stream works without
         )
+        connection.log_gate = lambda: self.drop_log.allow(peer)
         session.closer = connection.close
         self.sessions.add(session)
         self._connections.add(connection)
@@ -306,7 +331,16 @@ class StargateServer:
         reason = "connection handler failed"
         try:
             reason = await connection.run()
-            log.info("session %#x of %s ended: %s", session.tsih, session.initiator_name, reason)
+            if connection.protocol_error_drop:
+                self.policy.throttle.protocol_error(peer)
+            self._log_ended(
+                connection.protocol_error_drop,
+                peer,
+                "session %#x of %s ended: %s",
+                session.tsih,
+                session.initiator_name,
+                reason,
+            )
         finally:
             if self.forensics is not None:
                 self.forensics.session_ended(session, connection, reason)
@@ -319,6 +353,17 @@ class StargateServer:
                 target.lu.nexus_lost(nexus)
 
     # -- the cluster's control API ------------------------------------------------------
+
+    def _log_ended(self, limited: bool, peer: str, message: str, *args: object) -> None:
+        """Log a connection's end; ``limited`` (dropped for a protocol error, which a peer
+        can repeat at will): at most a few a second per address, with a count of the rest."""
+        if not limited:
+            log.info(message, *args)
+            return
+        allowed, left_out = self.drop_log.allow(peer)
+        if allowed:
+            more = f" ({left_out} more like it not logged)" if left_out else ""
+            log.info(message + "%s", *args, more)
 
     def all_connections(self) -> list[FullFeatureConnection]:
         return list(self._connections)

@@ -496,7 +496,15 @@ _STRATEGIES: dict[type[Pdu], st.SearchStrategy[Pdu]] = {
 }
 assert set(_STRATEGIES) == set(PDU_CLASSES.values()), "a strategy for every PDU class"
 
-HOT_CLASSES: tuple[type[Pdu], ...] = (ScsiCommand, ScsiResponse, DataIn, DataOut, R2T)
+HOT_CLASSES: tuple[type[Pdu], ...] = (
+    ScsiCommand,
+    ScsiResponse,
+    DataIn,
+    DataOut,
+    R2T,
+    NopOut,
+    NopIn,
+)
 
 
 def pdus_of(cls: type[Pdu]) -> st.SearchStrategy[Pdu]:

@@ -16,6 +16,8 @@ from iscsicore.pdu import (
     PDU_CLASSES,
     Ahs,
     DataIn,
+    NopIn,
+    NopOut,
     Opcode,
     Pdu,
     ScsiCommand,
@@ -34,6 +36,8 @@ def test_formats_are_48_bytes() -> None:
         fastpath.DATA_IN,
         fastpath.DATA_OUT,
         fastpath.R2T_FORMAT,
+        fastpath.NOP_OUT,
+        fastpath.NOP_IN,
     )
     assert all(fmt.size == BHS_LENGTH for fmt in formats)
 
@@ -211,3 +215,21 @@ def test_scsi_response_bhs_equals_construct_encode(pdu: ScsiResponse, ahs_length
         pdu.residual_count,
     )
     assert bhs == wire.encode_bhs(pdu, ahs_length)
+
+
+def test_nop_ping_never_reaches_construct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NOP-Out flood costs a struct unpack and pack per ping, not construct (~60 µs: a
+    flood on one vDisk took a core and made another vDisk's QD 1 p99 go 70 µs -> 1 ms)."""
+    ping = NopOut(immediate=True, lun=1 << 48, itt=7, cmd_sn=9, exp_stat_sn=3)
+    answer = NopIn(lun=1 << 48, itt=7, stat_sn=3, exp_cmd_sn=9, max_cmd_sn=40, data=b"abcd")
+    ping_header, answer_header = wire.encode_bhs(ping), wire.encode_bhs(answer)
+
+    def construct(*_args: object) -> None:
+        raise AssertionError("construct codec used")
+
+    monkeypatch.setattr(wire, "encode_bhs", construct)
+    monkeypatch.setattr(wire, "decode_bhs", construct)
+    assert fastpath.encode_bhs(ping) == ping_header
+    assert fastpath.encode_bhs(answer) == answer_header
+    assert fastpath.decode_bhs(ping_header) == ping
+    assert fastpath.decode_bhs(answer_header) == dataclasses.replace(answer, data=b"")
