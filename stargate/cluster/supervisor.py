@@ -334,6 +334,14 @@ class Supervisor:
             )
         return result
 
+    async def start_all(self, timeout: float = READY_TIMEOUT) -> str | None:
+        """Start every process of the cluster and wait until each answers; None when all
+        did, else the names of those that did not in time."""
+        for process in self.processes:
+            self.start(process)
+        not_ready = await self.wait_ready(self.processes, timeout)
+        return ", ".join(process.name for process in not_ready) or None
+
     async def wait_ready(
         self, processes: list[ManagedProcess], timeout: float = READY_TIMEOUT
     ) -> list[ManagedProcess]:

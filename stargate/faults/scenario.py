@@ -222,13 +222,10 @@ async def run_scenario(
     recorder = _Recorder(directory / "forensics" / "scenario.jsonl")
     supervisor = Supervisor(directory, redirectors=True)
     supervisor.remember_mode(redirectors=True)
-    for process in supervisor.processes:
-        supervisor.start(process)
     try:
-        not_ready = await supervisor.wait_ready(supervisor.processes, 60.0)
+        not_ready = await supervisor.start_all(60.0)
         if not_ready:
-            names = ", ".join(process.name for process in not_ready)
-            raise ScenarioError(f"cluster did not come up: {names}")
+            raise ScenarioError(f"cluster did not come up: {not_ready}")
         recorder.emit("start", name=scenario.name)
         verify = await _run_workload_and_steps(scenario, supervisor, recorder)
         recorder.emit("end", name=scenario.name)

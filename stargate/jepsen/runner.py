@@ -70,13 +70,10 @@ async def run_soak(
     """Start the cluster, run schedules while the budget lasts, stop the cluster (by pid)."""
     deadline = math.inf if options.minutes is None else time.monotonic() + options.minutes * 60
     limit = options.schedules if options.schedules is not None else math.inf
-    for process in supervisor.processes:
-        supervisor.start(process)
     try:
-        not_ready = await supervisor.wait_ready(supervisor.processes, 60.0)
+        not_ready = await supervisor.start_all(60.0)
         if not_ready:
-            names = ", ".join(process.name for process in not_ready)
-            raise RuntimeError(f"the cluster did not start: {names}")
+            raise RuntimeError(f"the cluster did not start: {not_ready}")
         index = 0
         while index < limit:
             needed = options.schedule_seconds + OVERHEAD_ESTIMATE
