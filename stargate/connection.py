@@ -223,6 +223,7 @@ class FullFeatureConnection:
         eager_send_every: int = 0,
         faults: FaultInjector | None = None,
         hub: ReaderHub | None = None,
+        log_gate: Callable[[], tuple[bool, int]] | None = None,
     ) -> None:
         self._io: ByteChannel = channel
         # Fault injection: the reader looks at `faults.armed` once per batch; only then do
@@ -261,9 +262,9 @@ class FullFeatureConnection:
         self.control_pauses = 0  # times the allowance stopped reading (statistics)
         # Dropped for a protocol error (the server slows the address's next logins).
         self.protocol_error_drop = False
-        # Set by the server: whether to log a protocol error of this peer now (and how many
-        # were left out before it).
-        self.log_gate: Callable[[], tuple[bool, int]] | None = None
+        # From the server: whether to log a protocol error of this peer now (and how many
+        # were left out before it); None: always.
+        self.log_gate = log_gate
         self._handler_table = self._handlers()
         self.text_responder = text_responder
         self.directory = directory

@@ -315,8 +315,8 @@ class StargateServer:
             eager_send_every=self.config.eager_send_every,
             faults=self.faults,
             hub=self.hub if self.hub.running else None,  # serve_stream works without
+            log_gate=lambda: self.drop_log.allow(peer),
         )
-        connection.log_gate = lambda: self.drop_log.allow(peer)
         session.closer = connection.close
         self.sessions.add(session)
         self._connections.add(connection)
