@@ -40,7 +40,12 @@ from stargate.cluster.evidence import EvidenceFile, evidence_file
 from stargate.cluster.http import HttpError, http_json, serve_http
 from stargate.cluster.ownership import Fence, OwnershipFile
 from stargate.cluster.registry import ClusterRegistry, OwnershipLoginPolicy
-from stargate.cluster.spec import ClusterPaths, ClusterSpec
+from stargate.cluster.spec import (
+    MAX_RELEASE_TIMEOUT,
+    ClusterPaths,
+    ClusterSpec,
+    valid_release_timeout,
+)
 from stargate.cluster.stats_page import StatsPage
 from stargate.connection import FullFeatureConnection
 from stargate.faults.cluster import attach_forensics
@@ -349,8 +354,10 @@ def _positive_seconds(text: str) -> float:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < seconds <= 600:
-        raise argparse.ArgumentTypeError(f"must be in (0, 600] seconds: {text!r}")
+    if not valid_release_timeout(seconds):
+        raise argparse.ArgumentTypeError(
+            f"must be in (0, {MAX_RELEASE_TIMEOUT:g}] seconds: {text!r}"
+        )
     return seconds
 
 

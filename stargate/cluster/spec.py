@@ -26,6 +26,7 @@ DEFAULT_BASE_ADDRESS = "127.77.0.0"
 DEFAULT_ISCSI_PORT = 3261
 DEFAULT_HTTP_PORT = 2009
 DEFAULT_STABLE_WINDOW = 300.0
+MAX_RELEASE_TIMEOUT = 600.0  # seconds; a release timeout is in (0, this]
 SPEC_FILE = "cluster.json"
 
 Placement = Literal["round-robin", "random"]
@@ -206,6 +207,10 @@ def _split_host_port(value: str) -> tuple[str, int | None]:
     return value, None
 
 
+def valid_release_timeout(seconds: float) -> bool:
+    return 0 < seconds <= MAX_RELEASE_TIMEOUT
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     nodes: list[NodeSpec]
@@ -226,8 +231,10 @@ class ClusterSpec:
             raise ClusterSpecError(f"placement must be one of {PLACEMENTS}")
         if self.stable_window < 0:
             raise ClusterSpecError("the stable window cannot be negative")
-        if self.release_timeout is not None and not 0 < self.release_timeout <= 600:
-            raise ClusterSpecError("the release timeout must be in (0, 600] seconds")
+        if self.release_timeout is not None and not valid_release_timeout(self.release_timeout):
+            raise ClusterSpecError(
+                f"the release timeout must be in (0, {MAX_RELEASE_TIMEOUT:g}] seconds"
+            )
 
     # -- lookup -------------------------------------------------------------------------
 
