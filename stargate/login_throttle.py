@@ -72,11 +72,7 @@ class LoginThrottle:
         self._prune(now, room=len(keys))
         release = now
         for key in keys:
-            # Re-inserted: the dict stays ordered by last failure, oldest first.
-            record = self._records.pop(key, None) or _Record()
-            self._records[key] = record
-            record.failures = self._decayed(record, now) + 1.0
-            record.last_failure = now
+            record = self._count_failure(key, now)
             delay = min(self.max_delay, self.first_delay * 2 ** (record.failures - 1.0))
             record.not_before = max(now, record.not_before) + delay
             if key.startswith("name:"):
@@ -91,17 +87,22 @@ class LoginThrottle:
             return 0.0
         now = self.clock()
         self._prune(now, room=1)
-        key = f"address:{peer}"
-        record = self._records.pop(key, None) or _Record()
-        self._records[key] = record
-        record.failures = self._decayed(record, now) + 1.0
-        record.last_failure = now
+        record = self._count_failure(f"address:{peer}", now)
         delay = min(
             self.protocol_max_delay, self.protocol_first_delay * 2 ** (record.failures - 1.0)
         )
         ahead = min(max(now, record.not_before) + delay, now + self.max_protocol_hold)
         record.not_before = max(record.not_before, ahead)
         return record.not_before
+
+    def _count_failure(self, key: str, now: float) -> _Record:
+        """One more (decayed) failure for ``key``; its record is re-inserted, so the dict
+        stays ordered by last failure, oldest first."""
+        record = self._records.pop(key, None) or _Record()
+        self._records[key] = record
+        record.failures = self._decayed(record, now) + 1.0
+        record.last_failure = now
+        return record
 
     def held_until(self, initiator_name: str, peer: str) -> float:
         """When answers to this initiator name / address may go (now or earlier: at once)."""
