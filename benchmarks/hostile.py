@@ -38,6 +38,7 @@ from typing import Any
 
 import trio
 
+from initiator.cdb import parse_read_capacity10, read_capacity10
 from initiator.url import UrlError, parse_url
 from iscsicore.errors import IscsiProtocolError
 from iscsicore.framing import PduFramer, encode_pdu
@@ -58,7 +59,8 @@ from iscsicore.pdu import (
     ScsiResponse,
     lun_from_number,
 )
-from iscsicore.scsi.opcodes import ScsiStatus
+from iscsicore.scsi.cdb import encode_block_cdb
+from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.seqnum import sn_add, sn_le
 
 INITIATOR_NAME = "iqn.2026-12.bench:hostile"
@@ -66,7 +68,6 @@ CONNECT_TIMEOUT = 5.0
 LOGIN_TIMEOUT = 5.0
 RETRY_PAUSE = 0.05  # after a refused connection or login
 BHS_LENGTH = 48
-READ_CAPACITY_10 = bytes([0x25]) + bytes(9)
 
 HOG_WRITE_BYTES = 1 << 20
 HOG_MAX_COMMANDS = 100_000  # per connection: a bound, never reached in a run of seconds
@@ -199,7 +200,7 @@ def reject_reason_name(reason: int) -> str:
 
 
 def write10(lba: int, blocks: int) -> bytes:
-    return struct.pack(">BBIBHB", 0x2A, 0, lba, 0, blocks, 0)
+    return encode_block_cdb(ScsiOp.WRITE_10, lba, blocks)
 
 
 # --- one connection --------------------------------------------------------------------------
@@ -329,7 +330,7 @@ class RawSession:
         """(blocks, block size) by READ CAPACITY(10), past the unit attention of a new nexus."""
         with trio.fail_after(LOGIN_TIMEOUT):
             for _attempt in range(4):
-                command = self.command(READ_CAPACITY_10, read_length=8)
+                command = self.command(read_capacity10(), read_length=8)
                 await self.send(command)
                 data = bytearray()
                 while True:
@@ -345,8 +346,8 @@ class RawSession:
                     elif isinstance(pdu, NopIn) and pdu.ttt != RESERVED_TAG:
                         await self.answer_ping(pdu)
                 if status == ScsiStatus.GOOD and len(data) >= 8:
-                    last_lba, block_size = struct.unpack_from(">II", data)
-                    return last_lba + 1, block_size
+                    capacity = parse_read_capacity10(bytes(data))
+                    return capacity.blocks, capacity.block_size
         raise TargetClosed("READ CAPACITY(10) never succeeded")
 
     async def answer_ping(self, ping: NopIn) -> None:
