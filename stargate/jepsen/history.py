@@ -90,6 +90,7 @@ class History:
         self.events: list[Event] = []
         self._origin = time.monotonic()
         self._next_op = 0
+        self._invocations: dict[int, Event] = {}  # by op: completions find theirs at once
 
     def now(self) -> float:
         return time.monotonic() - self._origin
@@ -99,7 +100,9 @@ class History:
     ) -> int:
         op = self._next_op
         self._next_op += 1
-        self.events.append(Event(op, self.now(), process, EventType.INVOKE, f, key, value))
+        invocation = Event(op, self.now(), process, EventType.INVOKE, f, key, value)
+        self.events.append(invocation)
+        self._invocations[op] = invocation
         return op
 
     def complete(
@@ -111,16 +114,12 @@ class History:
         decoded: Decoded | None = None,
         detail: str = "",
     ) -> None:
-        invocation = self._invocation(op)
+        invocation = self._invocations.get(op)
+        if invocation is None:
+            raise KeyError(f"operation {op} was never invoked")
         result = value if invocation.f is Function.READ else invocation.value
         self.events.append(Event(op, self.now(), invocation.process, type, invocation.f,
                                  invocation.key, result, decoded, detail))  # fmt: skip
-
-    def _invocation(self, op: int) -> Event:
-        for event in reversed(self.events):
-            if event.op == op and event.type is EventType.INVOKE:
-                return event
-        raise KeyError(f"operation {op} was never invoked")
 
     def nemesis(self, detail: str) -> None:
         """A fault applied: recorded as an instant operation, for the report's timeline."""
