@@ -68,9 +68,6 @@ class EvidenceFile:
         _HEADER.pack_into(self._map, 0, index + 1, SLOTS)
         return EpochSlot(self._map, offset)
 
-    def close(self) -> None:
-        self._map.close()
-
 
 class EpochSlot:
     __slots__ = ("_map", "_offset", "writes")
