@@ -26,6 +26,15 @@ from typing import Any
 
 import trio
 
+from iscsicore.fullfeature.exchanges import (
+    is_ping_answer,
+    logout_request,
+    nop_out_echo,
+    nop_out_ping,
+)
+from iscsicore.fullfeature.numbering import InitiatorNumbering
+from iscsicore.fullfeature.segments import segments
+from iscsicore.fullfeature.sequence import DataSequence, SequenceFault
 from iscsicore.keys import SessionParams
 from iscsicore.pdu import (
     R2T,
@@ -34,11 +43,8 @@ from iscsicore.pdu import (
     AsyncMessage,
     DataIn,
     DataOut,
-    LogoutReason,
-    LogoutRequest,
     LogoutResponse,
     NopIn,
-    NopOut,
     Pdu,
     Reject,
     ScsiCommand,
@@ -54,7 +60,6 @@ from iscsicore.pdu import (
 from iscsicore.portal import Portal
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import SenseKey, SenseParseError, parse_sense
-from iscsicore.seqnum import in_window, sn_add, sn_diff, sn_gt
 
 from .connection import Connection
 from .errors import (
@@ -132,6 +137,7 @@ class _Task:
     error: InitiatorError | None = None
     response: ScsiResponse | DataIn | None = None
     received: int = 0  # Data-In bytes, for the transfer length when no residual is given
+    data_in: DataSequence | None = None  # from the first Data-In on
 
     def rearm(self) -> None:
         self.done = trio.Event()
@@ -139,6 +145,7 @@ class _Task:
         self.error = None
         self.response = None
         self.received = 0
+        self.data_in = None
         self.whole = None
         self.itt = RESERVED_TAG
 
@@ -180,7 +187,6 @@ class Session:
         self._lost_at: float | None = None
         self._last_loss: InitiatorError | None = None
         self.params: SessionParams = established.params
-        self._cmd_sn = self._exp_cmd_sn = self._max_cmd_sn = self._exp_stat_sn = 0
         self._install(established)
 
     # ------------------------------------------------------------------ lifecycle
@@ -229,10 +235,9 @@ class Session:
         self._conn = established.connection
         self.params = established.params
         self._generation += 1
-        self._cmd_sn = established.exp_cmd_sn
-        self._exp_cmd_sn = established.exp_cmd_sn
-        self._max_cmd_sn = established.max_cmd_sn
-        self._exp_stat_sn = sn_add(established.stat_sn, 1)
+        self._sn = InitiatorNumbering(
+            established.exp_cmd_sn, established.max_cmd_sn, established.stat_sn
+        )
         self._outbox = []  # whatever was queued for the previous connection is moot
         self._outbox_ready = trio.Event()
         self._state = _State.UP
@@ -351,17 +356,8 @@ class Session:
 
     async def _logout(self) -> LogoutResponse | None:
         exchange, itt = self._open_exchange()
-        self._enqueue(
-            [
-                LogoutRequest(
-                    immediate=True,
-                    reason=LogoutReason.CLOSE_SESSION,
-                    itt=itt,
-                    cmd_sn=self._cmd_sn,
-                    exp_stat_sn=self._exp_stat_sn,
-                )
-            ]
-        )
+        sn = self._sn
+        self._enqueue([logout_request(itt, cmd_sn=sn.cmd_sn, exp_stat_sn=sn.exp_stat_sn)])
         await exchange.done.wait()
         return exchange.answer if isinstance(exchange.answer, LogoutResponse) else None
 
@@ -393,11 +389,7 @@ class Session:
         )
         reissues = transient_retries = 0
         while True:
-            if not (
-                self._state is _State.UP
-                and self._failure is None
-                and in_window(self._cmd_sn, self._exp_cmd_sn, self._max_cmd_sn)
-            ):
+            if not (self._state is _State.UP and self._failure is None and self._sn.can_send()):
                 await self._wait_for_slot()  # the common case above skips a coroutine
             self._issue(task)
             try:
@@ -486,9 +478,7 @@ class Session:
         while True:
             if self._failure is not None:
                 raise self._failure
-            if self._state is _State.UP and (
-                immediate or in_window(self._cmd_sn, self._exp_cmd_sn, self._max_cmd_sn)
-            ):
+            if self._state is _State.UP and (immediate or self._sn.can_send()):
                 return
             self._changed_waiters += 1
             try:
@@ -513,9 +503,8 @@ class Session:
         """Synchronous, so CmdSN order is queue order: assign tags, queue the PDUs."""
         itt = self._allocate_itt()
         task.itt = itt
-        task.cmd_sn = self._cmd_sn
+        task.cmd_sn = self._sn.take_cmd_sn()
         task.generation = self._generation
-        self._cmd_sn = sn_add(self._cmd_sn, 1)
         self._tasks[itt] = task
         command = ScsiCommand(
             final=True,
@@ -528,7 +517,7 @@ class Session:
                 len(task.write_data) if task.write_data is not None else task.read_length
             ),
             cmd_sn=task.cmd_sn,
-            exp_stat_sn=self._exp_stat_sn,
+            exp_stat_sn=self._sn.exp_stat_sn,
             cdb=task.cdb,
         )
         pdus: list[Pdu] = [command]
@@ -547,30 +536,27 @@ class Session:
         self._enqueue(pdus)
 
     def _data_out(self, task: _Task, ttt: int, offset: int, length: int) -> list[Pdu]:
-        """Data-Out PDUs for ``length`` bytes at ``offset``, each within the target's
-        MaxRecvDataSegmentLength; the last one has the F bit."""
-        assert task.write_data is not None
-        segment = self.params.target_max_recv_data_segment_length
-        end = offset + length
-        pdus: list[Pdu] = []
-        data_sn = 0
-        while offset < end:
-            size = min(segment, end - offset)
-            pdus.append(
-                DataOut(
-                    final=offset + size >= end,
-                    lun=task.lun_raw,
-                    itt=task.itt,
-                    ttt=ttt,
-                    exp_stat_sn=self._exp_stat_sn,
-                    data_sn=data_sn,
-                    buffer_offset=offset,
-                    data=task.write_data[offset : offset + size],
-                )
+        """The Data-Out sequence for ``length`` bytes at ``offset`` (one burst: the
+        unsolicited data or one R2T's), each PDU within the target's
+        MaxRecvDataSegmentLength."""
+        data = task.write_data
+        assert data is not None
+        exp_stat_sn = self._sn.exp_stat_sn
+        return [
+            DataOut(
+                final=final,
+                lun=task.lun_raw,
+                itt=task.itt,
+                ttt=ttt,
+                exp_stat_sn=exp_stat_sn,
+                data_sn=data_sn,
+                buffer_offset=start,
+                data=data[start : start + size],
             )
-            data_sn += 1
-            offset += size
-        return pdus
+            for data_sn, start, size, final in segments(
+                offset, offset + length, self.params.target_max_recv_data_segment_length, length
+            )
+        ]
 
     # ------------------------------------------------------------------ task management
 
@@ -595,9 +581,9 @@ class Session:
                         lun=lun_from_number(lun),
                         itt=itt,
                         referenced_task_tag=referenced_task_tag,
-                        cmd_sn=self._cmd_sn,
-                        exp_stat_sn=self._exp_stat_sn,
-                        ref_cmd_sn=referenced.cmd_sn if referenced else self._cmd_sn,
+                        cmd_sn=self._sn.cmd_sn,
+                        exp_stat_sn=self._sn.exp_stat_sn,
+                        ref_cmd_sn=referenced.cmd_sn if referenced else self._sn.cmd_sn,
                     )
                 ]
             )
@@ -626,8 +612,8 @@ class Session:
                     lun=task.lun_raw,
                     itt=itt,
                     referenced_task_tag=task.itt,
-                    cmd_sn=self._cmd_sn,
-                    exp_stat_sn=self._exp_stat_sn,
+                    cmd_sn=self._sn.cmd_sn,
+                    exp_stat_sn=self._sn.exp_stat_sn,
                     ref_cmd_sn=task.cmd_sn,
                 )
             ]
@@ -669,17 +655,8 @@ class Session:
 
     def _send_ping(self) -> _Exchange:
         exchange, itt = self._open_exchange()
-        self._enqueue(
-            [
-                NopOut(
-                    immediate=True,
-                    itt=itt,
-                    ttt=RESERVED_TAG,
-                    cmd_sn=self._cmd_sn,
-                    exp_stat_sn=self._exp_stat_sn,
-                )
-            ]
-        )
+        sn = self._sn
+        self._enqueue([nop_out_ping(itt, cmd_sn=sn.cmd_sn, exp_stat_sn=sn.exp_stat_sn)])
         return exchange
 
     # ------------------------------------------------------------------ connection tasks
@@ -708,60 +685,47 @@ class Session:
     async def _reader(self, conn: Connection) -> None:
         while True:
             pdu = await conn.receive()
-            kind = type(pdu)
-            if kind is DataIn:
-                self._on_data_in(pdu)  # type: ignore[arg-type]
-            elif kind is ScsiResponse:
-                self._on_response(pdu)  # type: ignore[arg-type]
-            elif kind is R2T:
-                self._on_r2t(pdu)  # type: ignore[arg-type]
-            elif kind is NopIn:
-                self._on_nop_in(pdu)  # type: ignore[arg-type]
-            elif kind is AsyncMessage:
-                self._on_async(pdu, conn)  # type: ignore[arg-type]
-            elif kind in (TaskMgmtResponse, LogoutResponse):
+            if isinstance(pdu, DataIn):
+                self._on_data_in(pdu)
+            elif isinstance(pdu, ScsiResponse):
+                self._on_response(pdu)
+            elif isinstance(pdu, R2T):
+                self._on_r2t(pdu)
+            elif isinstance(pdu, NopIn):
+                self._on_nop_in(pdu)
+            elif isinstance(pdu, AsyncMessage):
+                self._on_async(pdu, conn)
+            elif isinstance(pdu, TaskMgmtResponse | LogoutResponse):
                 self._on_exchange_answer(pdu)
-            elif kind is Reject:
-                self._on_reject(pdu)  # type: ignore[arg-type]
+            elif isinstance(pdu, Reject):
+                self._on_reject(pdu)
             else:
                 raise TargetProtocolError(f"unexpected {pdu.opcode.name} in full-feature phase")
 
-    def _update_sn(self, exp_cmd_sn: int, max_cmd_sn: int) -> None:
-        if exp_cmd_sn == self._exp_cmd_sn and max_cmd_sn == self._max_cmd_sn:
-            return  # the common case: nothing moved
-        if sn_diff(max_cmd_sn, exp_cmd_sn) < -1:
-            return  # RFC 7143 4.2.2.1: such values are ignored
-        changed = False
-        if sn_gt(exp_cmd_sn, self._exp_cmd_sn):
-            self._exp_cmd_sn = exp_cmd_sn
-            changed = True
-        if sn_gt(max_cmd_sn, self._max_cmd_sn):
-            self._max_cmd_sn = max_cmd_sn
-            changed = True
-        if changed:
-            self._wake()
-
-    def _status_seen(self, stat_sn: int) -> None:
-        next_sn = sn_add(stat_sn, 1)
-        if sn_gt(next_sn, self._exp_stat_sn):
-            self._exp_stat_sn = next_sn
-
     def _on_data_in(self, pdu: DataIn) -> None:
-        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        if self._sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn):
+            self._wake()
         if pdu.status_present:
-            self._status_seen(pdu.stat_sn)
+            self._sn.status_seen(pdu.stat_sn)
         task = self._tasks.get(pdu.itt)
         if task is None:
             return  # a task we gave up on (cancelled or aborted)
         data = pdu.data
-        end = pdu.buffer_offset + len(data)
-        if end > task.read_length:
-            self._fail_task(
-                pdu.itt,
-                TargetProtocolError(
-                    f"Data-In beyond the expected length: {end} > {task.read_length}"
-                ),
+        sequence = task.data_in
+        if sequence is None:
+            sequence = task.data_in = DataSequence(
+                RESERVED_TAG, 0, task.read_length, final_at_end=False
             )
+        fault = sequence.accept(pdu.data_sn, pdu.buffer_offset, len(data), pdu.final)
+        end = pdu.buffer_offset + len(data)
+        if fault is not None:
+            reason = (
+                f"Data-In beyond the expected length: {end} > {task.read_length}"
+                if fault is SequenceFault.OVERRUN
+                else f"Data-In out of sequence ({fault.value}): DataSN {pdu.data_sn}, "
+                f"offset {pdu.buffer_offset}"
+            )
+            self._fail_task(pdu.itt, TargetProtocolError(reason))
             return
         if data:
             if task.buffer is None and pdu.buffer_offset == 0 and pdu.status_present:
@@ -770,14 +734,15 @@ class Session:
                 if task.buffer is None:
                     task.buffer = bytearray(task.read_length)
                 task.buffer[pdu.buffer_offset : end] = data
-            task.received = max(task.received, end)
+            task.received = end  # in order: the sequence checked it
         if pdu.status_present:
             task.response = pdu
             self._complete(task)
 
     def _on_response(self, pdu: ScsiResponse) -> None:
-        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
-        self._status_seen(pdu.stat_sn)
+        if self._sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn):
+            self._wake()
+        self._sn.status_seen(pdu.stat_sn)
         task = self._tasks.get(pdu.itt)
         if task is None:
             return
@@ -794,7 +759,8 @@ class Session:
         task.done.set()
 
     def _on_r2t(self, pdu: R2T) -> None:
-        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        if self._sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn):
+            self._wake()
         task = self._tasks.get(pdu.itt)
         if task is None:
             return
@@ -813,39 +779,32 @@ class Session:
         )
 
     def _on_nop_in(self, pdu: NopIn) -> None:
-        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
-        if pdu.itt != RESERVED_TAG:
-            self._status_seen(pdu.stat_sn)
+        sn = self._sn
+        if sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn):
+            self._wake()
+        if is_ping_answer(pdu):
+            sn.status_seen(pdu.stat_sn)
             exchange = self._exchanges.pop(pdu.itt, None)
             if exchange is not None:
                 exchange.answer = pdu
                 exchange.done.set()
-        if pdu.ttt != RESERVED_TAG:  # the target pings us: echo its tag back
-            self._enqueue(
-                [
-                    NopOut(
-                        immediate=True,
-                        lun=pdu.lun,
-                        itt=RESERVED_TAG,
-                        ttt=pdu.ttt,
-                        cmd_sn=self._cmd_sn,
-                        exp_stat_sn=self._exp_stat_sn,
-                    )
-                ]
-            )
+        echo = nop_out_echo(pdu, cmd_sn=sn.cmd_sn, exp_stat_sn=sn.exp_stat_sn)
+        if echo is not None:  # the target pings us
+            self._enqueue([echo])
 
-    def _on_exchange_answer(self, pdu: Pdu) -> None:
-        assert isinstance(pdu, TaskMgmtResponse | LogoutResponse)
-        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
-        self._status_seen(pdu.stat_sn)
+    def _on_exchange_answer(self, pdu: TaskMgmtResponse | LogoutResponse) -> None:
+        if self._sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn):
+            self._wake()
+        self._sn.status_seen(pdu.stat_sn)
         exchange = self._exchanges.pop(pdu.itt, None)
         if exchange is not None:
             exchange.answer = pdu
             exchange.done.set()
 
     def _on_reject(self, pdu: Reject) -> None:
-        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
-        self._status_seen(pdu.stat_sn)
+        if self._sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn):
+            self._wake()
+        self._sn.status_seen(pdu.stat_sn)
         header = bytes(pdu.data)
         if len(header) < 20:
             raise TargetProtocolError(f"Reject (reason {pdu.reason:#x}) without the header")
@@ -857,8 +816,9 @@ class Session:
             exchange.done.set()
 
     def _on_async(self, pdu: AsyncMessage, conn: Connection) -> None:
-        self._update_sn(pdu.exp_cmd_sn, pdu.max_cmd_sn)
-        self._status_seen(pdu.stat_sn)
+        if self._sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn):
+            self._wake()
+        self._sn.status_seen(pdu.stat_sn)
         event = pdu.async_event
         if event == AsyncEvent.LOGOUT_REQUEST or event == AsyncEvent.NEGOTIATION_REQUEST:
             if self._state is _State.UP:

@@ -40,10 +40,10 @@ class DataSequence:
         """Check the next PDU; in order (None), the sequence moves past it."""
         if data_sn != self.next_data_sn:
             return SequenceFault.DATA_SN
+        if offset + length > self.end:
+            return SequenceFault.OVERRUN  # wherever it was meant to go, it does not fit
         if offset != self.next_offset:
             return SequenceFault.OFFSET
-        if offset + length > self.end:
-            return SequenceFault.OVERRUN
         if final and self.final_at_end and offset + length != self.end:
             return SequenceFault.EARLY_FINAL
         self.next_data_sn = (data_sn + 1) & SERIAL_MASK
