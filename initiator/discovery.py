@@ -6,10 +6,11 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
+from iscsicore.fullfeature.exchanges import logout_request
+from iscsicore.fullfeature.numbering import InitiatorNumbering
 from iscsicore.keys import TextError
-from iscsicore.pdu import LogoutReason, LogoutRequest, TextResponse
+from iscsicore.pdu import TextResponse
 from iscsicore.portal import Portal
-from iscsicore.seqnum import sn_add
 from iscsicore.text import TextExchange, TextReply
 
 from . import cdb
@@ -63,27 +64,22 @@ async def send_targets(
 async def _text_exchange(established: Established, exchange: TextExchange) -> TextReply:
     """Drive the shared sans-IO text exchange, then log out of the discovery session."""
     connection = established.connection
-    cmd_sn = established.exp_cmd_sn
-    exp_stat_sn = sn_add(established.stat_sn, 1)
-    request = exchange.start(cmd_sn, exp_stat_sn)
+    sn = InitiatorNumbering(established.exp_cmd_sn, established.max_cmd_sn, established.stat_sn)
+    request = exchange.start(sn.cmd_sn, sn.exp_stat_sn)
     received = 0
     for _round in range(_MAX_TEXT_ROUNDS):
         await connection.send([request])
-        cmd_sn = sn_add(cmd_sn, 1)
+        sn.take_cmd_sn()  # the request's
         response = await connection.receive()
         if not isinstance(response, TextResponse):
             raise TargetProtocolError(f"expected a Text Response, got {response.opcode.name}")
-        exp_stat_sn = sn_add(response.stat_sn, 1)
+        sn.status_seen(response.stat_sn)
         received += len(response.data)
         if received > _MAX_TEXT_BYTES:
             raise TargetProtocolError("SendTargets answer larger than 1 MiB")
-        outcome = exchange.receive(response, cmd_sn, exp_stat_sn)
+        outcome = exchange.receive(response, sn.cmd_sn, sn.exp_stat_sn)
         if isinstance(outcome, TextReply):
-            logout = LogoutRequest(
-                immediate=True, reason=LogoutReason.CLOSE_SESSION, itt=2, cmd_sn=cmd_sn,
-                exp_stat_sn=exp_stat_sn,
-            )  # fmt: skip
-            await connection.send([logout])
+            await connection.send([logout_request(2, cmd_sn=sn.cmd_sn, exp_stat_sn=sn.exp_stat_sn)])
             with trio.move_on_after(2):
                 await connection.receive()  # the Logout Response; its content does not matter
             return outcome

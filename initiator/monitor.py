@@ -17,9 +17,15 @@ from dataclasses import dataclass, field
 
 import trio
 
-from iscsicore.pdu import RESERVED_TAG, AsyncMessage, LogoutRequest, NopIn, NopOut, Reject
+from iscsicore.fullfeature.exchanges import (
+    is_ping_answer,
+    logout_request,
+    nop_out_echo,
+    nop_out_ping,
+)
+from iscsicore.fullfeature.numbering import InitiatorNumbering
+from iscsicore.pdu import AsyncMessage, NopIn, Reject
 from iscsicore.portal import Portal
-from iscsicore.seqnum import sn_add
 
 from .errors import InitiatorError, TargetProtocolError
 from .login_flow import Established, LoginOptions, establish
@@ -66,8 +72,9 @@ class PortalMonitor:
             self._verdict(False, f"login failed: {error}")
             return False
         try:
-            await self._ping(established, _PING_TAG_START)
-            await self._logout(established)
+            numbering = _numbering(established)
+            await self._ping(established, numbering, _PING_TAG_START)
+            await self._logout(established, numbering)
         except InitiatorError as error:
             self._verdict(False, str(error))
         finally:
@@ -84,36 +91,26 @@ class PortalMonitor:
         )
 
     async def _ping_loop(self, established: Established) -> None:
+        numbering = _numbering(established)
         tag = _PING_TAG_START
         while True:
-            await self._ping(established, tag)
+            await self._ping(established, numbering, tag)
             tag = tag + 1 if tag < 0xFFFF_0000 else _PING_TAG_START
             await trio.sleep(self.interval)
 
-    async def _ping(self, established: Established, tag: int) -> None:
+    async def _ping(self, established: Established, sn: InitiatorNumbering, tag: int) -> None:
         connection = established.connection
         started = trio.current_time()
-        ping = NopOut(
-            immediate=True,
-            itt=tag,
-            ttt=RESERVED_TAG,
-            cmd_sn=established.exp_cmd_sn,
-            exp_stat_sn=sn_add(established.stat_sn, 1),
-        )
-        await connection.send([ping])
+        await connection.send([nop_out_ping(tag, cmd_sn=sn.cmd_sn, exp_stat_sn=sn.exp_stat_sn)])
         with trio.move_on_after(self.timeout) as scope:
             while True:
                 pdu = await connection.receive()
                 if isinstance(pdu, NopIn):
-                    established.stat_sn = pdu.stat_sn
-                    if pdu.ttt != RESERVED_TAG:  # the target pings us too: echo
-                        echo = NopOut(
-                            immediate=True,
-                            itt=RESERVED_TAG,
-                            ttt=pdu.ttt,
-                            cmd_sn=established.exp_cmd_sn,
-                            exp_stat_sn=sn_add(pdu.stat_sn, 1),
-                        )
+                    sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+                    if is_ping_answer(pdu):
+                        sn.status_seen(pdu.stat_sn)
+                    echo = nop_out_echo(pdu, cmd_sn=sn.cmd_sn, exp_stat_sn=sn.exp_stat_sn)
+                    if echo is not None:  # the target pings us too
                         await connection.send([echo])
                     if pdu.itt == tag:
                         break
@@ -127,13 +124,8 @@ class PortalMonitor:
         self.checks += 1
         self._verdict(True, "")
 
-    async def _logout(self, established: Established) -> None:
-        logout = LogoutRequest(
-            immediate=True,
-            itt=1,
-            cmd_sn=established.exp_cmd_sn,
-            exp_stat_sn=sn_add(established.stat_sn, 1),
-        )
+    async def _logout(self, established: Established, sn: InitiatorNumbering) -> None:
+        logout = logout_request(1, cmd_sn=sn.cmd_sn, exp_stat_sn=sn.exp_stat_sn)
         await established.connection.send([logout])
         with trio.move_on_after(self.timeout):
             await established.connection.receive()
@@ -144,3 +136,7 @@ class PortalMonitor:
             self.healthy = healthy
             if self.on_change is not None:
                 self.on_change(healthy, reason)
+
+
+def _numbering(established: Established) -> InitiatorNumbering:
+    return InitiatorNumbering(established.exp_cmd_sn, established.max_cmd_sn, established.stat_sn)

@@ -21,8 +21,16 @@ from dataclasses import dataclass, field
 
 import trio
 
+from iscsicore.cmdsn import Arrival, CmdSNWindow
 from iscsicore.errors import IscsiProtocolError
 from iscsicore.framing import PduFramer, encode_pdu
+from iscsicore.fullfeature.exchanges import (
+    answers_target_ping,
+    logout_outcome,
+    logout_response,
+    nop_in_reply,
+)
+from iscsicore.fullfeature.numbering import StatSN
 from iscsicore.keys import SessionType, TextError, decode_text
 from iscsicore.login import (
     Accept,
@@ -34,12 +42,10 @@ from iscsicore.login import (
     TargetLoginConfig,
 )
 from iscsicore.pdu import (
-    RESERVED_TAG,
     LoginRequest,
     LoginStatus,
     LogoutRequest,
-    LogoutResponse,
-    NopIn,
+    LogoutResponseCode,
     NopOut,
     Pdu,
     Reject,
@@ -47,7 +53,6 @@ from iscsicore.pdu import (
     TextRequest,
 )
 from iscsicore.portal import Portal
-from iscsicore.seqnum import sn_add
 from iscsicore.text import TargetRecord, TextResponder
 from iscsicore.wire import encode_bhs
 from redirector.config import RedirectorConfig
@@ -338,86 +343,82 @@ class _Connection:
 
 
 class _DiscoverySession:
-    """Full feature phase of a discovery session, sans-IO: Text (SendTargets), NOP-Out and
-    Logout are answered; anything else is rejected."""
+    """Full feature phase of a discovery session, sans-IO, on the rules the target and
+    the initiator share (``iscsicore.fullfeature``, ``iscsicore.cmdsn``): Text
+    (SendTargets), NOP-Out and Logout are answered in CmdSN order; anything else is
+    rejected."""
 
     def __init__(self, server: RedirectorServer, login: TargetLogin) -> None:
-        self.stat_sn = login.stat_sn
-        self.exp_cmd_sn = login.cmd_sn
-        self.window = login.config.cmd_window
+        self.stat_sn = StatSN(login.stat_sn)
+        self.window: CmdSNWindow[NopOut | TextRequest | LogoutRequest] = CmdSNWindow(
+            login.cmd_sn, login.max_cmd_sn
+        )
+        self.share = login.config.cmd_window  # a fixed share: nothing else competes here
+        self.cid = login.cid
+        self.max_send_length = login.params.initiator_max_recv_data_segment_length
         self.responder = TextResponder(
             session_type=SessionType.DISCOVERY,
             targets=server.discovery_targets,
-            max_send_length=login.params.initiator_max_recv_data_segment_length,
+            max_send_length=self.max_send_length,
         )
-
-    @property
-    def max_cmd_sn(self) -> int:
-        return sn_add(self.exp_cmd_sn, self.window - 1)
-
-    def _take_stat_sn(self) -> int:
-        stat_sn = self.stat_sn
-        self.stat_sn = sn_add(self.stat_sn, 1)
-        return stat_sn
-
-    def _advance(self, immediate: bool) -> None:
-        if not immediate:
-            self.exp_cmd_sn = sn_add(self.exp_cmd_sn, 1)
 
     def receive(self, pdu: Pdu) -> tuple[list[Pdu], bool]:
         """The PDUs to send back and whether the connection ends after them."""
+        if isinstance(pdu, NopOut) and answers_target_ping(pdu):
+            return [], False  # an answer to a ping we never send; harmless
+        if not isinstance(pdu, NopOut | TextRequest | LogoutRequest):
+            return [self._reject(pdu, RejectReason.PROTOCOL_ERROR)], False
+        arrival = self.window.arrive(pdu.cmd_sn, immediate=pdu.immediate, item=pdu)
+        if arrival is not Arrival.DELIVER:
+            return [], False  # held for its turn, or outside the window: ignored
+        replies: list[Pdu] = []
+        ready: NopOut | TextRequest | LogoutRequest | None = pdu
+        while ready is not None:
+            reply, done = self._answer(ready)
+            replies.append(reply)
+            if done:
+                return replies, True
+            ready = self.window.pop_ready()
+        return replies, False
+
+    def _answer(self, pdu: NopOut | TextRequest | LogoutRequest) -> tuple[Pdu, bool]:
+        exp_cmd_sn, max_cmd_sn = self.window.exp_cmd_sn, self.window.advertise(self.share)
         if isinstance(pdu, NopOut):
-            if pdu.itt == RESERVED_TAG:
-                return [], False  # an answer to a ping we never send; harmless
-            self._advance(pdu.immediate)
-            stat_sn = self._take_stat_sn()
-            nop = NopIn(
-                lun=pdu.lun,
-                itt=pdu.itt,
-                ttt=RESERVED_TAG,
-                stat_sn=stat_sn,
-                exp_cmd_sn=self.exp_cmd_sn,
-                max_cmd_sn=self.max_cmd_sn,
-                data=bytes(pdu.data[:MAX_RECV_DATA_SEGMENT_LENGTH]),
+            reply = nop_in_reply(
+                pdu,
+                stat_sn=self.stat_sn.take(),
+                exp_cmd_sn=exp_cmd_sn,
+                max_cmd_sn=max_cmd_sn,
+                max_data=self.max_send_length,
             )
-            return [nop], False
+            return reply, False
         if isinstance(pdu, TextRequest):
-            self._advance(pdu.immediate)
-            stat_sn = self.stat_sn
             try:
                 response = self.responder.receive(
-                    pdu, stat_sn=stat_sn, exp_cmd_sn=self.exp_cmd_sn, max_cmd_sn=self.max_cmd_sn
+                    pdu, stat_sn=self.stat_sn.next, exp_cmd_sn=exp_cmd_sn, max_cmd_sn=max_cmd_sn
                 )
             except TextError:
-                return [self._reject(pdu, RejectReason.PROTOCOL_ERROR)], False
-            self._take_stat_sn()
-            return [response], False
-        if isinstance(pdu, LogoutRequest):
-            self._advance(pdu.immediate)
-            logout = LogoutResponse(
-                itt=pdu.itt,
-                stat_sn=self._take_stat_sn(),
-                exp_cmd_sn=self.exp_cmd_sn,
-                max_cmd_sn=self.max_cmd_sn,
-            )
-            return [logout], True
-        return [self._reject(pdu, RejectReason.PROTOCOL_ERROR)], False
+                return self._reject(pdu, RejectReason.PROTOCOL_ERROR), False
+            self.stat_sn.take()
+            return response, False
+        outcome = logout_outcome(pdu, self.cid)
+        logout = logout_response(
+            pdu, outcome, stat_sn=self.stat_sn.take(), exp_cmd_sn=exp_cmd_sn, max_cmd_sn=max_cmd_sn
+        )
+        return logout, outcome is LogoutResponseCode.SUCCESS
 
     def _reject(self, pdu: Pdu, reason: RejectReason) -> Reject:
-        return Reject(
-            reason=reason,
-            stat_sn=self._take_stat_sn(),
-            exp_cmd_sn=self.exp_cmd_sn,
-            max_cmd_sn=self.max_cmd_sn,
-            data=encode_bhs(pdu),
-        )
+        return self._reject_header(encode_bhs(pdu), reason)
 
     def reject_header(self, error: IscsiProtocolError) -> Reject:
         """A Reject for a PDU the framer refused without losing the stream (data digest)."""
+        return self._reject_header(error.header or b"", error.reject_reason)
+
+    def _reject_header(self, header: bytes, reason: int) -> Reject:
         return Reject(
-            reason=error.reject_reason,
-            stat_sn=self._take_stat_sn(),
-            exp_cmd_sn=self.exp_cmd_sn,
-            max_cmd_sn=self.max_cmd_sn,
-            data=error.header or b"",
+            reason=reason,
+            stat_sn=self.stat_sn.take(),
+            exp_cmd_sn=self.window.exp_cmd_sn,
+            max_cmd_sn=self.window.advertise(self.share),
+            data=header,
         )

@@ -28,10 +28,15 @@ from iscsicore.pdu import (
     LoginRequest,
     LoginResponse,
     LoginStatus,
+    LogoutReason,
+    LogoutRequest,
     LogoutResponse,
+    LogoutResponseCode,
     NopIn,
+    NopOut,
     Pdu,
     Reject,
+    TextRequest,
     TextResponse,
 )
 from iscsicore.portal import Portal
@@ -332,6 +337,41 @@ def test_arbitrary_input_never_breaks_a_connection_task(
     framer.feed(answers)
     while (pdu := framer.next_pdu()) is not None:
         assert isinstance(pdu, LoginResponse | Reject | TextResponse | NopIn | LogoutResponse)
+
+
+def test_discovery_session_follows_the_targets_cmd_sn_rules(
+    offline_server: RedirectorServer,
+) -> None:
+    """The discovery session numbers as a stargate does (iscsicore.cmdsn, .fullfeature): a
+    request after a CmdSN gap waits for the gap to fill, one outside the window is ignored,
+    a logout for recovery is refused (error recovery level 0) and the session goes on."""
+    send_targets_all = encode_text([("SendTargets", "All")])
+    recovery = LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY
+    pdus: list[Pdu] = [
+        complete_login("Discovery"),  # CmdSN 0: ExpCmdSN 0
+        TextRequest(itt=2, cmd_sn=1, data=send_targets_all),  # after a gap: held
+        NopOut(itt=3, cmd_sn=1000),  # beyond MaxCmdSN: ignored
+        NopOut(itt=1, cmd_sn=0, data=b"ping"),  # fills the gap
+        LogoutRequest(immediate=True, itt=4, cmd_sn=2, reason=recovery),
+        LogoutRequest(immediate=True, itt=5, cmd_sn=2),
+    ]
+    answers = trio.run(_converse, offline_server, b"".join(encode_pdu(pdu) for pdu in pdus))
+    framer = PduFramer(receiving_from="target", max_recv_data_segment_length=1 << 24)
+    framer.feed(answers)
+    received: list[Pdu] = []
+    while (pdu := framer.next_pdu()) is not None:
+        received.append(pdu)
+    login, nop, text, refused, logout = received
+    assert isinstance(login, LoginResponse) and login.status_class == 0
+    assert isinstance(nop, NopIn) and (nop.itt, bytes(nop.data)) == (1, b"ping")
+    assert isinstance(text, TextResponse) and text.itt == 2 and b"TargetName=" in text.data
+    assert isinstance(refused, LogoutResponse) and refused.itt == 4
+    assert refused.response == LogoutResponseCode.RECOVERY_NOT_SUPPORTED
+    assert isinstance(logout, LogoutResponse) and logout.itt == 5
+    assert logout.response == LogoutResponseCode.SUCCESS
+    stat_sns = [pdu.stat_sn for pdu in (login, nop, text, refused, logout)]
+    assert stat_sns == [(login.stat_sn + n) & 0xFFFFFFFF for n in range(5)]
+    assert (text.exp_cmd_sn, logout.exp_cmd_sn) == (2, 2)
 
 
 # -- the process ----------------------------------------------------------------------------
