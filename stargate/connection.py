@@ -31,6 +31,14 @@ from iscsicore.digest import digest_bytes, digest_of_parts
 from iscsicore.errors import DataDigestError, IscsiProtocolError
 from iscsicore.fastpath import data_in_bhs, scsi_response_bhs
 from iscsicore.framing import PduFramer
+from iscsicore.fullfeature.exchanges import (
+    answers_target_ping,
+    logout_outcome,
+    logout_response,
+    nop_in_reply,
+)
+from iscsicore.fullfeature.segments import segments
+from iscsicore.fullfeature.sequence import DataSequence
 from iscsicore.keys import SessionParams
 from iscsicore.pdu import (
     R2T,
@@ -39,9 +47,7 @@ from iscsicore.pdu import (
     AsyncMessage,
     DataIn,
     DataOut,
-    LogoutReason,
     LogoutRequest,
-    LogoutResponse,
     LogoutResponseCode,
     NopIn,
     NopOut,
@@ -74,7 +80,6 @@ from stargate.scsi.ua import UnitAttentionQueues
 from stargate.session import Session
 from stargate.stats import IoKind
 from stargate.tasks import (
-    DataSequence,
     ScsiTask,
     TaskPhase,
     implied_write_blocks,
@@ -909,9 +914,7 @@ class FullFeatureConnection:
         # Unsolicited data beyond the immediate data: a Data-Out burst with TTT 0xffffffff.
         if not command.final:
             burst_end = min(task.edtl, self.params.first_burst_length)
-            task.unsolicited = DataSequence(
-                ttt=RESERVED_TAG, end=burst_end, next_offset=immediate_length
-            )
+            task.unsolicited = DataSequence(RESERVED_TAG, immediate_length, burst_end)
             task.next_r2t_offset = burst_end
         else:
             task.next_r2t_offset = immediate_length
@@ -986,7 +989,7 @@ class FullFeatureConnection:
             offset = task.next_r2t_offset
             length = min(params.max_burst_length, task.needed - offset)
             ttt = self._new_ttt()
-            task.r2ts[ttt] = DataSequence(ttt=ttt, end=offset + length, next_offset=offset)
+            task.r2ts[ttt] = DataSequence(ttt, offset, offset + length)
             task.next_r2t_offset = offset + length
             exp_cmd_sn, max_cmd_sn = self._window()
             self._append(
@@ -1024,18 +1027,12 @@ class FullFeatureConnection:
             self._discard_data_out(task, pdu)
             return
         sequence = task.unsolicited if pdu.ttt == RESERVED_TAG else task.r2ts.get(pdu.ttt)
-        length = len(pdu.data)
         if (
             sequence is None
-            or pdu.data_sn != sequence.next_data_sn
-            or pdu.buffer_offset != sequence.next_offset
-            or pdu.buffer_offset + length > sequence.end
-            or (pdu.final and pdu.buffer_offset + length != sequence.end)
+            or sequence.accept(pdu.data_sn, pdu.buffer_offset, len(pdu.data), pdu.final) is not None
         ):
             self._data_sequence_error(task, pdu)
             return
-        sequence.next_data_sn += 1
-        sequence.next_offset += length
         self._store_data(task, pdu.buffer_offset, pdu.data)
         if not pdu.final:
             return
@@ -1281,15 +1278,11 @@ class FullFeatureConnection:
             )
             return 1
         view = memoryview(data)
-        offset = 0
-        data_sn = 0
-        while offset < total:
-            burst_left = burst - offset % burst
-            length = min(segment, total - offset, burst_left)
+        count = 0
+        for data_sn, offset, length, final in segments(0, total, segment, burst):
             end = offset + length
-            last = end >= total
             pdu = DataIn(
-                final=last or length == burst_left,
+                final=final,
                 lun=lun,
                 itt=itt,
                 stat_sn=0,
@@ -1299,7 +1292,7 @@ class FullFeatureConnection:
                 buffer_offset=offset,
                 data=view[offset:end],
             )
-            if last and collapse:
+            if collapse and end == total:
                 pdu.status_present = True
                 pdu.status = status
                 pdu.overflow = overflow
@@ -1307,9 +1300,8 @@ class FullFeatureConnection:
                 pdu.residual_count = residual
                 pdu.stat_sn = self._next_stat_sn()
             self._append(pdu)
-            offset = end
-            data_sn += 1
-        return data_sn
+            count += 1
+        return count
 
     def _sense_lun_unsupported(self) -> bytes:
         return build_fixed(SenseKey.ILLEGAL_REQUEST, Asc.LOGICAL_UNIT_NOT_SUPPORTED)
@@ -1317,21 +1309,18 @@ class FullFeatureConnection:
     # -- NOP ------------------------------------------------------------------------------
 
     def _on_nop_out(self, pdu: NopOut) -> None:
-        if pdu.itt == RESERVED_TAG:
-            return  # the answer to our ping (any byte already proved the peer alive)
+        if answers_target_ping(pdu):
+            return  # any byte already proved the peer alive
         if not self._in_order(pdu, self._on_nop_out):
             return
         exp_cmd_sn, max_cmd_sn = self._window()
-        echo = pdu.data[: self._max_send_segment]
         self._append(
-            NopIn(
-                lun=pdu.lun,
-                itt=pdu.itt,
-                ttt=RESERVED_TAG,
+            nop_in_reply(
+                pdu,
                 stat_sn=self._next_stat_sn(),
                 exp_cmd_sn=exp_cmd_sn,
                 max_cmd_sn=max_cmd_sn,
-                data=echo,
+                max_data=self._max_send_segment,
             )
         )
 
@@ -1428,12 +1417,7 @@ class FullFeatureConnection:
     def _on_logout(self, pdu: LogoutRequest) -> None:
         if not self._in_order(pdu, self._on_logout):
             return
-        if pdu.reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
-            response = LogoutResponseCode.RECOVERY_NOT_SUPPORTED
-        elif pdu.reason == LogoutReason.CLOSE_CONNECTION and pdu.cid != self.cid:
-            response = LogoutResponseCode.CID_NOT_FOUND
-        else:
-            response = LogoutResponseCode.SUCCESS
+        response = logout_outcome(pdu, self.cid)
         if response is LogoutResponseCode.SUCCESS and self.lu is not None:
             # The I_T nexus ends here (one connection per session): its SPC-2 reservation
             # and the like must be gone before the initiator reads the response and sends
@@ -1442,14 +1426,12 @@ class FullFeatureConnection:
             self.lu.nexus_lost(self.nexus)
         exp_cmd_sn, max_cmd_sn = self._window()
         self._append(
-            LogoutResponse(
-                response=response,
-                itt=pdu.itt,
+            logout_response(
+                pdu,
+                response,
                 stat_sn=self._next_stat_sn(),
                 exp_cmd_sn=exp_cmd_sn,
                 max_cmd_sn=max_cmd_sn,
-                time2wait=0,
-                time2retain=0,
             )
         )
         if response is LogoutResponseCode.SUCCESS:

@@ -8,10 +8,10 @@ the ``QueuedCommand`` protocol (``cancelled``, ``buffer_bytes``, ``tenant``, ``d
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from iscsicore.fullfeature.sequence import DataSequence
 from iscsicore.pdu import ScsiCommand
 from iscsicore.scsi.cdb import BLOCK_CDBS
 from iscsicore.scsi.opcodes import ScsiOp
@@ -81,16 +81,6 @@ class TaskPhase(Enum):
     DONE = "done"
 
 
-@dataclass(slots=True)
-class DataSequence:
-    """One Data-Out sequence: the unsolicited burst or the answer to one R2T."""
-
-    ttt: int
-    end: int  # buffer offset one past the sequence
-    next_offset: int
-    next_data_sn: int = 0
-
-
 class ScsiTask:
     """One SCSI command from arrival to status."""
 
@@ -138,6 +128,7 @@ class ScsiTask:
         # Immediate/unsolicited data received before that (at most FirstBurstLength).
         self.early_data: list[tuple[int, bytes | bytearray | memoryview]] = []
         self.received = 0
+        # Its Data-Out sequences: the unsolicited burst, and the answer to each R2T by TTT.
         self.unsolicited: DataSequence | None = None
         self.r2ts: dict[int, DataSequence] = {}
         self.next_r2t_offset = 0
