@@ -8,10 +8,10 @@ import trio
 
 from iscsicore.fullfeature.exchanges import logout_request
 from iscsicore.fullfeature.numbering import InitiatorNumbering
+from iscsicore.fullfeature.text import TextExchange, TextReply
 from iscsicore.keys import TextError
 from iscsicore.pdu import TextResponse
 from iscsicore.portal import Portal
-from iscsicore.text import TextExchange, TextReply
 
 from . import cdb
 from .errors import CheckCondition, InitiatorError, TargetProtocolError

@@ -31,6 +31,7 @@ from iscsicore.fullfeature.exchanges import (
     nop_in_reply,
 )
 from iscsicore.fullfeature.numbering import StatSN
+from iscsicore.fullfeature.text import TargetRecord, TextResponder
 from iscsicore.keys import SessionType, TextError, decode_text
 from iscsicore.login import (
     Accept,
@@ -53,7 +54,6 @@ from iscsicore.pdu import (
     TextRequest,
 )
 from iscsicore.portal import Portal
-from iscsicore.text import TargetRecord, TextResponder
 from iscsicore.wire import encode_bhs
 from redirector.config import RedirectorConfig
 from redirector.faults import FaultedLogin, RedirectorFaults

@@ -1,16 +1,16 @@
 """SendTargets for stargate: which vDisk targets an initiator may see, and where.
 
 The text exchange itself (C-bit continuation, TTTs, answers to other keys) is the shared
-`iscsicore.text.TextResponder`; this module decides the target list: only targets whose
-ACL admits the initiator, each at the portal group's advertised addresses (the cluster sets
-an advertised address per stargate).
+`iscsicore.fullfeature.text.TextResponder`; this module decides the target list: only
+targets whose ACL admits the initiator, each at the portal group's advertised addresses
+(the cluster sets an advertised address per stargate).
 """
 
 from __future__ import annotations
 
+from iscsicore.fullfeature.text import TargetRecord, TextResponder
 from iscsicore.keys import SessionType, TextError
 from iscsicore.pdu import RejectReason, TextRequest, TextResponse
-from iscsicore.text import TargetRecord, TextResponder
 from stargate.target import TargetRegistry
 
 

@@ -6,7 +6,8 @@
   (the target's CmdSN window is ``iscsicore.cmdsn.CmdSNWindow``);
 - ``segments``: splitting a buffer into Data-In or Data-Out PDUs;
 - ``sequence``: checking a received Data-Out or Data-In sequence;
-- ``exchanges``: the NOP and Logout exchanges (Text exchanges: ``iscsicore.text``).
+- ``exchanges``: the NOP and Logout exchanges;
+- ``text``: Text exchanges with their continuations (SendTargets).
 
 No I/O, no trio: it may import only ``iscsicore``.
 """

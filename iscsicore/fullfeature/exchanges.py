@@ -1,6 +1,6 @@
 """The NOP and Logout exchanges of the full feature phase (RFC 7143 sections 11.14, 11.15,
 11.18, 11.19), for both sides. Text exchanges, with their continuations, are
-``iscsicore.text``.
+``iscsicore.fullfeature.text``.
 
 NOP: a NOP-Out with an Initiator Task Tag is a ping that the target answers with a NOP-In
 of the same tag, echoing the data and taking a StatSN; a NOP-In with a Target Transfer Tag

@@ -8,10 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iscsicore.keys import SessionType, TextError, decode_text, encode_text
-from iscsicore.pdu import RESERVED_TAG, TextRequest, TextResponse
-from iscsicore.portal import Portal
-from iscsicore.text import (
+from iscsicore.fullfeature.text import (
     DiscoveredTarget,
     TargetRecord,
     TextExchange,
@@ -20,6 +17,9 @@ from iscsicore.text import (
     parse_send_targets,
     send_targets_pairs,
 )
+from iscsicore.keys import SessionType, TextError, decode_text, encode_text
+from iscsicore.pdu import RESERVED_TAG, TextRequest, TextResponse
+from iscsicore.portal import Portal
 
 DISK = "iqn.2010-06.com.nutanix:vmdisk-{}"
 TARGETS = [

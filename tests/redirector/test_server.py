@@ -274,7 +274,7 @@ async def test_misbehaving_clients_do_not_hold_up_others(cluster: TestCluster) -
 
 async def test_discovery_with_the_project_initiator(cluster: TestCluster) -> None:
     """A complete discovery login through the shared state machine, then the session's
-    SendTargets answer (iscsicore.text) lists the redirector's own portal."""
+    SendTargets answer (iscsicore.fullfeature.text) lists the redirector's own portal."""
     node = cluster.node(1)
     async with running_redirector(cluster):
         outcome = await login_once(node.redirector_address, PORT, None)
