@@ -160,7 +160,7 @@ def _failed_with(run: Run, status: LoginStatus) -> None:
     assert isinstance(run.answer, LoginFailed), run.answer
     assert run.answer.raw_status == status, hex(run.answer.raw_status)
     assert not run.outcome.complete and not run.outcome.protocol_error
-    assert run.outcome.reason.startswith(f"login failed ({status!s})"), run.outcome.reason
+    assert run.outcome.reason.startswith(f"login failed ({int(status)})"), run.outcome.reason
 
 
 def _text_request(pairs: list[tuple[str, str]], **fields: int) -> LoginRequest:
@@ -326,14 +326,16 @@ async def test_silent_or_dribbling_initiator_times_out() -> None:
         await trio.sleep_forever()
 
     for behaviour in (silent, dribble):
-        with trio.move_on_after(5):
+        target_stream, initiator_stream = _socket_pair()
+        with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
-                target_stream, initiator_stream = _socket_pair()
                 nursery.start_soon(behaviour, initiator_stream)
                 framer = PduFramer(receiving_from="initiator")
                 login = TargetLogin(_policy().login_config())
                 outcome = await run_login(target_stream, framer, login, timeout=0.2)
-                nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()  # the initiator's side would wait forever
+        await target_stream.aclose()
+        await initiator_stream.aclose()
         assert outcome.reason == "login not finished within 0.2 s"
         assert not outcome.complete and not outcome.protocol_error
 
