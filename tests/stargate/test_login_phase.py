@@ -84,6 +84,7 @@ async def _serve(
     *,
     timeout: float = 5.0,
     throttle: LoginThrottle | None = None,
+    peer: str = "",
 ) -> Run:
     """run_login on one end of a socket pair, ``initiator`` on the other."""
     if isinstance(login, TargetLoginConfig):
@@ -95,11 +96,15 @@ async def _serve(
 
     async def serve() -> None:
         outcomes.append(
-            await run_login(target_stream, framer, login, timeout=timeout, throttle=throttle)
+            await run_login(
+                target_stream, framer, login, timeout=timeout, throttle=throttle, peer=peer
+            )
         )
 
     async def initiate() -> None:
         answers.append(await initiator(initiator_stream))
+        # An initiator that gives up hangs up (the target would otherwise wait it out).
+        await initiator_stream.aclose()
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -145,14 +150,17 @@ async def _login(
     isid: int = ISID,
     tsih: int = 0,
     chap: ChapSecrets | None = None,
+    mutual_chap: ChapSecrets | None = None,
     after_first: Callable[[], None] | None = None,
     throttle: LoginThrottle | None = None,
+    peer: str = "",
 ) -> Run:
-    machine = InitiatorLogin(initiator, target, isid, tsih=tsih, chap=chap)
+    machine = InitiatorLogin(initiator, target, isid, tsih=tsih, chap=chap, mutual_chap=mutual_chap)
     return await _serve(
         policy.login_config(),
         _machine_login(machine, after_first=after_first),
         throttle=throttle,
+        peer=peer,
     )
 
 
@@ -215,9 +223,18 @@ async def test_discovery_login_is_open_unless_discovery_chap_is_set() -> None:
     assert isinstance((await _login(policy, None)).answer, LoginDone)
     policy.discovery_chap = ALICE
     _failed_with(await _login(policy, None), LoginStatus.AUTHENTICATION_FAILURE)
-    run = await _login(policy, None, chap=ChapSecrets(ALICE.user, ALICE.secret))
+    alice = ChapSecrets(ALICE.user, ALICE.secret)
+    run = await _login(policy, None, chap=alice)
     assert isinstance(run.answer, LoginDone)
     assert run.answer.params.session_type is SessionType.DISCOVERY
+    # Mutual CHAP: the target proves itself with the discovery mutual secret.
+    policy.discovery_mutual_chap = ChapCredentials("portal", "portal-secret-456")
+    right = ChapSecrets("portal", "portal-secret-456")
+    assert isinstance((await _login(policy, None, chap=alice, mutual_chap=right)).answer, LoginDone)
+    wrong = ChapSecrets("portal", "what-the-initiator-expects")
+    impostor = await _login(policy, None, chap=alice, mutual_chap=wrong)
+    assert isinstance(impostor.answer, LoginFailed) and not impostor.outcome.complete
+    assert impostor.outcome.reason == "closed during login"
 
 
 # ---- refusals, by status ------------------------------------------------------------------
@@ -245,13 +262,17 @@ async def test_chap_failure_is_an_authentication_failure_and_is_throttled() -> N
     name = target_name_for("chap")
     _failed_with(await _login(policy, name), LoginStatus.AUTHENTICATION_FAILURE)  # no CHAP
     started = trio.current_time()
-    wrong = await _login(policy, name, chap=ChapSecrets("alice", "guess"), throttle=throttle)
+    wrong = await _login(
+        policy, name, chap=ChapSecrets("alice", "guess"), throttle=throttle, peer="127.0.0.9"
+    )
     _failed_with(wrong, LoginStatus.AUTHENTICATION_FAILURE)
     assert trio.current_time() - started >= 0.05  # the refusal was held back
     assert throttle.held_until(INITIATOR, "") > 0
+    assert throttle.held_until("", "127.0.0.9") > 0  # and its source address
     right = await _login(policy, name, chap=ChapSecrets("alice", ALICE.secret), throttle=throttle)
     assert isinstance(right.answer, LoginDone)
     assert throttle.held_until(INITIATOR, "") == 0.0  # success forgives the initiator name
+    assert throttle.held_until("", "127.0.0.9") > 0  # not the address
 
 
 async def test_missing_initiator_or_target_name_is_a_missing_parameter() -> None:
