@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from faults.channel import hold_unanswered
+from faults.model import DropMode
 from iscsicore.cmdsn import Arrival, CmdSNWindow
 from iscsicore.errors import IscsiProtocolError
 from iscsicore.framing import PduFramer, encode_pdu
@@ -60,8 +62,6 @@ from redirector.faults import FaultedLogin, RedirectorFaults
 from redirector.health import HealthChecker
 from redirector.log import log_redirect
 from redirector.policy import PlacementPolicy
-from stargate.faults.channel import hold_unanswered
-from stargate.faults.model import DropMode
 
 log = logging.getLogger(__name__)
 
