@@ -195,6 +195,35 @@ async def test_data_in_beyond_the_buffer_fails_only_that_command() -> None:
     await run_with_responder(overrun, body)
 
 
+async def test_data_in_out_of_sequence_fails_only_that_command() -> None:
+    """Data-In PDUs arrive in DataSN and offset order at error recovery level 0: one after
+    a DataSN gap fails its command (iscsicore.fullfeature.sequence), not the session."""
+
+    async def gap(session: FakeSession, cmd: ScsiCommand) -> bool:
+        if not is_read(cmd) or cmd.expected_data_transfer_length != 1024:
+            return False
+        await session.send(
+            DataIn(
+                itt=cmd.itt, data_sn=0, data=bytes(512), exp_cmd_sn=session.exp_cmd_sn,
+                max_cmd_sn=session.exp_cmd_sn + 31,
+            )
+        )  # fmt: skip
+        await session.send(
+            DataIn(
+                final=True, status_present=True, itt=cmd.itt, data_sn=2, buffer_offset=512,
+                data=bytes(512), **session.completion_fields(),
+            )
+        )  # fmt: skip
+        return True
+
+    async def body(device: BlockDevice) -> None:
+        with pytest.raises(TargetProtocolError, match="out of sequence"):
+            await device.read(0, 2)
+        assert await device.read(0, 4) == bytes(2048)  # the session goes on
+
+    await run_with_responder(gap, body)
+
+
 async def test_r2t_beyond_the_write_fails_that_command() -> None:
     async def bad_r2t(session: FakeSession, cmd: ScsiCommand) -> bool:
         if cmd.cdb[0] != 0x8A:
