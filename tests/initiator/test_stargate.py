@@ -72,6 +72,24 @@ async def test_large_io_and_many_in_flight(nursery: trio.Nursery) -> None:
         assert report.ok and report.writes > 50, report.as_dict()
 
 
+async def test_small_segments_and_bursts_both_ways(nursery: trio.Nursery) -> None:
+    """Data PDUs far smaller than the I/O: stargate's Data-In in many bursts (F on each,
+    DataSN across them) passes the initiator's sequence check, the initiator's Data-Out
+    (immediate, unsolicited, then one sequence per R2T) the target's; the bytes survive."""
+    server = await start_stargate(nursery, memory_target("vd1", 8 * MiB))
+    login = LoginOptions(
+        max_recv_data_segment_length=1024, max_burst_length=8192, first_burst_length=4096
+    )
+    async with BlockDevice.open(url_of(server, "vd1"), SessionConfig(login=login)) as disk:
+        params = disk.session.params
+        assert params.initiator_max_recv_data_segment_length == 1024
+        assert (params.max_burst_length, params.first_burst_length) == (8192, 4096)
+        payload = os.urandom(100 * 1024 + 512)
+        await disk.write(7, payload)
+        assert await disk.read(7, len(payload) // 512) == payload
+        assert await disk.read(6, 3) == bytes(512) + payload[:1024]
+
+
 @pytest.mark.parametrize("event", ["logout-request", "drop"])
 async def test_verify_rides_out_async_events(nursery: trio.Nursery, event: str) -> None:
     server = await start_stargate(nursery, memory_target("vd1", 16 * MiB))
