@@ -72,18 +72,24 @@ async def test_large_io_and_many_in_flight(nursery: trio.Nursery) -> None:
         assert report.ok and report.writes > 50, report.as_dict()
 
 
-async def test_small_segments_and_bursts_both_ways(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize(
+    ("segment", "burst", "first_burst"),
+    [(1024, 8192, 4096), (1536, 4096, 4096), (512, 512, 512)],  # 1536: bursts end short
+)
+async def test_small_segments_and_bursts_both_ways(
+    nursery: trio.Nursery, segment: int, burst: int, first_burst: int
+) -> None:
     """Data PDUs far smaller than the I/O: stargate's Data-In in many bursts (F on each,
     DataSN across them) passes the initiator's sequence check, the initiator's Data-Out
     (immediate, unsolicited, then one sequence per R2T) the target's; the bytes survive."""
     server = await start_stargate(nursery, memory_target("vd1", 8 * MiB))
     login = LoginOptions(
-        max_recv_data_segment_length=1024, max_burst_length=8192, first_burst_length=4096
+        max_recv_data_segment_length=segment, max_burst_length=burst, first_burst_length=first_burst
     )
     async with BlockDevice.open(url_of(server, "vd1"), SessionConfig(login=login)) as disk:
         params = disk.session.params
-        assert params.initiator_max_recv_data_segment_length == 1024
-        assert (params.max_burst_length, params.first_burst_length) == (8192, 4096)
+        assert params.initiator_max_recv_data_segment_length == segment
+        assert (params.max_burst_length, params.first_burst_length) == (burst, first_burst)
         payload = os.urandom(100 * 1024 + 512)
         await disk.write(7, payload)
         assert await disk.read(7, len(payload) // 512) == payload
