@@ -119,8 +119,10 @@ def check_imports_from(tree: SourceTree) -> Path:
         )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise TreeError(f"importing stargate from {tree.path}: {error}") from error
-    if completed.returncode != 0 or not completed.stdout:
+    if completed.returncode != 0:
         raise TreeError(f"importing stargate from {tree.path} failed:\n{completed.stderr[-2000:]}")
+    if not completed.stdout:
+        raise TreeError(f"stargate in {tree.path} is no regular package (no __init__.py)")
     imported = Path(completed.stdout).resolve()
     if not imported.is_relative_to(tree.path.resolve()):
         raise TreeError(f"stargate started from {tree.path} imports {imported} instead")
