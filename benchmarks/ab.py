@@ -248,7 +248,7 @@ def choose_client(name: str) -> tuple[AbClient, str]:
         if name == ClientKind.FIO:
             raise
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return InitiatorClient(), f"the project's initiator: fio's libiscsi engine is {reason}"
+        return InitiatorClient(), f"the project's initiator (no fio libiscsi engine: {reason})"
     return fio, "fio (libiscsi engine)"
 
 
@@ -259,9 +259,11 @@ def run_ab(
     trees: Mapping[Arm, SourceTree],
     log: Log,
 ) -> dict[str, Any]:
-    arms = {arm.value: trees[arm].as_dict() for arm in Arm}
+    arms: dict[str, dict[str, Any]] = {}
     for arm in Arm:
-        arms[arm.value]["imports"] = str(check_imports_from(trees[arm]))
+        imported = check_imports_from(trees[arm])
+        imports = {name: str(path) for name, path in imported.items()}
+        arms[arm.value] = {**trees[arm].as_dict(), "imports": imports}
     results: dict[str, Any] = {
         "machine": machine_description(),
         "settings": {**asdict(settings), "tolerance": TOLERANCE, "order": "A B, then B A"},

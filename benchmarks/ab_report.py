@@ -19,11 +19,9 @@ def spread_text(spread: dict[str, float] | None) -> str:
     return f"{number(spread['median'], 3)}x ({low}-{high})"
 
 
-def arm_line(name: str, arm: dict[str, str]) -> str:
-    return (
-        f"- {name}: `{arm['label']}` = {arm['commit']}, `python -m stargate target` importing "
-        f"`{arm['imports']}`"
-    )
+def arm_line(name: str, arm: dict[str, Any]) -> str:
+    imports = ", ".join(f"{package} from `{path}`" for package, path in arm["imports"].items())
+    return f"- {name}: `{arm['label']}` = {arm['commit']}; its stargate imports {imports}"
 
 
 def header_lines(results: dict[str, Any]) -> list[str]:

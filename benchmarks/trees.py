@@ -24,6 +24,8 @@ from pathlib import Path
 THIS_TREE = Path(__file__).resolve().parent.parent
 GIT_TIMEOUT_SECONDS = 120.0
 IMPORT_CHECK_TIMEOUT_SECONDS = 60.0
+#: the hot path's packages, under these names before issue 14's refactoring and after it
+PROBED_PACKAGES = ("stargate", "iscsicore")
 
 
 class TreeError(RuntimeError):
@@ -102,13 +104,18 @@ def existing_tree(path: Path) -> SourceTree:
     return SourceTree(str(path), resolved, commit + ("+dirty" if changed else ""))
 
 
-def check_imports_from(tree: SourceTree) -> Path:
-    """Where ``python -m stargate`` started as the benchmark starts it imports stargate from;
-    raise unless that is inside the tree (else both arms could run the same code)."""
-    probe = "import stargate, sys; sys.stdout.write(stargate.__file__ or '')"
+def check_imports_from(tree: SourceTree) -> dict[str, Path]:
+    """Where a process started as the benchmark starts stargate (environment, working
+    directory) imports the hot path's packages from; raise unless every one is inside the
+    tree (else both arms could run the same code)."""
+    probe = (
+        "import importlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    print(name, importlib.import_module(name).__file__ or '')"
+    )
     try:
         completed = subprocess.run(
-            [sys.executable, "-c", probe],
+            [sys.executable, "-c", probe, *PROBED_PACKAGES],
             cwd=tree.path,
             env=python_environment(tree.path),
             capture_output=True,
@@ -118,12 +125,15 @@ def check_imports_from(tree: SourceTree) -> Path:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise TreeError(f"importing stargate from {tree.path}: {error}") from error
+        raise TreeError(f"importing from {tree.path}: {error}") from error
     if completed.returncode != 0:
-        raise TreeError(f"importing stargate from {tree.path} failed:\n{completed.stderr[-2000:]}")
-    if not completed.stdout:
-        raise TreeError(f"stargate in {tree.path} is no regular package (no __init__.py)")
-    imported = Path(completed.stdout).resolve()
-    if not imported.is_relative_to(tree.path.resolve()):
-        raise TreeError(f"stargate started from {tree.path} imports {imported} instead")
+        raise TreeError(f"importing from {tree.path} failed:\n{completed.stderr[-2000:]}")
+    imported: dict[str, Path] = {}
+    for line in completed.stdout.splitlines():
+        name, _, file = line.partition(" ")
+        if not file:
+            raise TreeError(f"{name} in {tree.path} is no regular package (no __init__.py)")
+        imported[name] = Path(file).resolve()
+        if not imported[name].is_relative_to(tree.path.resolve()):
+            raise TreeError(f"{name} started from {tree.path} imports {imported[name]} instead")
     return imported

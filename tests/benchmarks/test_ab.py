@@ -9,8 +9,18 @@ from typing import Any
 
 import pytest
 
-from benchmarks.ab import TOLERANCE, AbSettings, Arm, PairedRun, main, workload_summary
+from benchmarks import clients
+from benchmarks.ab import (
+    TOLERANCE,
+    AbSettings,
+    Arm,
+    PairedRun,
+    choose_client,
+    main,
+    workload_summary,
+)
 from benchmarks.ab_report import render_ab_markdown
+from benchmarks.clients import ClientKind
 from benchmarks.initiator_driver import combined
 from benchmarks.trees import (
     THIS_TREE,
@@ -23,6 +33,7 @@ from benchmarks.trees import (
 )
 from benchmarks.workloads import Measurement
 from tests.conftest import require_tool
+from tests.peers.fio import FioError
 
 
 def registered_worktrees() -> str:
@@ -48,13 +59,19 @@ def test_unknown_revision() -> None:
 
 def test_import_check_refuses_a_tree_that_would_run_other_code(tmp_path: Path) -> None:
     empty = SourceTree("empty", tmp_path, "unknown")
-    with pytest.raises(TreeError, match=r"imports .* instead"):  # the venv's editable install
+    with pytest.raises(TreeError, match=r"stargate .* imports .* instead"):  # the venv's
         check_imports_from(empty)
     (tmp_path / "stargate").mkdir()
-    with pytest.raises(TreeError, match="no regular package"):
+    with pytest.raises(TreeError, match=r"stargate .* no regular package"):
+        check_imports_from(empty)
+    (tmp_path / "stargate" / "__init__.py").write_text("")
+    with pytest.raises(TreeError, match=r"iscsicore .* imports .* instead"):
         check_imports_from(empty)
     imported = check_imports_from(SourceTree("this", THIS_TREE, "unknown"))
-    assert imported == THIS_TREE / "stargate" / "__init__.py"
+    assert imported == {
+        "stargate": THIS_TREE / "stargate" / "__init__.py",
+        "iscsicore": THIS_TREE / "iscsicore" / "__init__.py",
+    }
 
 
 def measurement(iops: float, cpu_us_per_io: float) -> Measurement:
@@ -107,6 +124,18 @@ def test_initiator_driver_aggregate_of_several_devices() -> None:
     assert combined([report(100, 1.0, 200.0)]) == report(100, 1.0, 200.0)
 
 
+def test_without_fio_the_initiator_measures_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fio() -> Path:
+        raise FioError("apt-get source fio failed\nE: no deb-src entry")
+
+    monkeypatch.setattr(clients, "ensure_fio_libiscsi", no_fio)
+    client, note = choose_client("auto")
+    assert client.kind is ClientKind.INITIATOR
+    assert note == "the project's initiator (no fio libiscsi engine: apt-get source fio failed)"
+    with pytest.raises(FioError):
+        choose_client("fio")
+
+
 def tiny_run(tmp_path: Path, client: str, disks: int) -> dict[str, Any]:
     require_tool("git")
     argv = ["--baseline", "HEAD", "--runs", "1", "--seconds", "1", "--warmup", "0"]
@@ -122,8 +151,9 @@ def tiny_run(tmp_path: Path, client: str, disks: int) -> dict[str, Any]:
 def check_both_arms_measured(results: dict[str, Any], disks: int) -> None:
     baseline, candidate = results["arms"]["baseline"], results["arms"]["candidate"]
     assert baseline["commit"] == resolve_commit("HEAD")
-    assert Path(candidate["imports"]) == THIS_TREE / "stargate" / "__init__.py"
-    assert not Path(baseline["imports"]).is_relative_to(THIS_TREE)
+    assert Path(candidate["imports"]["stargate"]) == THIS_TREE / "stargate" / "__init__.py"
+    for path in baseline["imports"].values():
+        assert Path(path).is_relative_to(baseline["path"])
     assert not Path(baseline["path"]).exists()
     assert [w["disks"] for w in results["workloads"]] == [1, disks]
     assert [w["queue_depth_per_disk"] for w in results["workloads"]] == [32, 1]
