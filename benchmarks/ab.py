@@ -306,10 +306,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--candidate-tree", type=Path, default=THIS_TREE, help="a tree as it is (default: this)"
     )
     parser.add_argument("--runs", type=int, default=AbSettings.runs, help="pairs per workload")
-    parser.add_argument("--seconds", type=float, default=AbSettings.seconds)
-    parser.add_argument("--warmup", type=float, default=AbSettings.warmup_seconds)
-    parser.add_argument("--disks", type=int, default=AbSettings.many_disks)
-    parser.add_argument("--client", choices=["auto", *ClientKind], default="auto")
+    parser.add_argument(
+        "--seconds", type=float, default=AbSettings.seconds, help="seconds per measured run"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=AbSettings.warmup_seconds,
+        help="seconds of unmeasured load on each target before a workload's first pair",
+    )
+    parser.add_argument(
+        "--disks", type=int, default=AbSettings.many_disks, help="vDisks of the QD 1 workload"
+    )
+    parser.add_argument(
+        "--client",
+        choices=["auto", ClientKind.FIO, ClientKind.INITIATOR],
+        default="auto",
+        help="auto: fio with its libiscsi engine, the project's initiator if fio cannot be had",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where ab.md/json go")
     return parser.parse_args(argv)
 
