@@ -8,12 +8,13 @@ on this machine, to tell whether a change (issue 14's refactoring) slowed the ho
 The baseline revision (and a ``--candidate`` revision) is checked out into a temporary git
 worktree; the default candidate is the tree this code runs from, uncommitted changes
 included. Each arm is ``python -m stargate target`` with its tree as PYTHONPATH, under this
-interpreter. Per workload both arms' targets run side by side and one client measures them
-in turn, A B then B A (linear drift of the shared machine's load cancels); run i of the
-baseline and run i of the candidate form a pair, and each pair gives a candidate/baseline
-ratio. Workloads: 4 KiB randread QD32 on one vDisk (a filled 1 GiB file, as the standard
-section), and 4 KiB randread QD1 on each of 64 vDisks at once (256 MiB sparse files, as the
-scale section), aggregate IOPS. Results: ``ab.json`` and ``ab.md`` in ``--out``.
+interpreter. Run i of the baseline and run i of the candidate form a pair: both arms'
+targets are started for it (side by side, idle but for the one measured) and one client
+measures them in turn, A B then B A for the next pair (linear drift of the shared machine's
+load cancels). Each pair gives a candidate/baseline ratio. Workloads: 4 KiB randread QD32
+on one vDisk (a filled 1 GiB file, as the standard section), and 4 KiB randread QD1 on each
+of 64 vDisks at once (256 MiB sparse files, as the scale section), aggregate IOPS. Results:
+``ab.json`` and ``ab.md`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class AbWorkload:
 class AbSettings:
     runs: int = 3
     seconds: float = 5.0
-    warmup_seconds: float = 1.0  # each target, before the first pair of a workload
+    warmup_seconds: float = 1.0  # unmeasured load on each target right before its run
     disk_size: int = GiB
     many_disks: int = 64
     many_disk_size: int = 256 * MiB
@@ -121,6 +122,7 @@ class PairedRun:
 
     order: tuple[Arm, ...]
     measured: Mapping[Arm, Measurement | None]
+    load_average: float  # the machine's 1-minute load when the pair started
 
     def ratio(self, figure: Callable[[Measurement], float | None]) -> float | None:
         baseline, candidate = self.measured[Arm.BASELINE], self.measured[Arm.CANDIDATE]
@@ -130,7 +132,11 @@ class PairedRun:
 
     def as_dict(self) -> dict[str, Any]:
         runs = {arm.value: m.as_dict() if m else None for arm, m in self.measured.items()}
-        return {"order": [arm.value for arm in self.order], **runs}
+        return {
+            "order": [arm.value for arm in self.order],
+            "load_average": self.load_average,
+            **runs,
+        }
 
 
 FIGURES: dict[str, Callable[[Measurement], float | None]] = {
@@ -186,20 +192,51 @@ def measure_arm(
 
 @contextmanager
 def arm_servers(
-    trees: Mapping[Arm, SourceTree], workload: AbWorkload
+    trees: Mapping[Arm, SourceTree], workload: AbWorkload, order: Sequence[Arm]
 ) -> Iterator[dict[Arm, StargateServer]]:
+    """Each arm's target, started (and its backing files filled) in ``order``."""
     with ExitStack() as stack:
-        servers = {
-            arm: stack.enter_context(
-                StargateServer(workload.disks, workload.disk_size, source_tree=trees[arm].path)
-            )
-            for arm in Arm
-        }
-        if workload.fill:
-            for server in servers.values():
-                for disk in range(workload.disks):
-                    fill_backing_file(server.backing_file(disk))
+        servers: dict[Arm, StargateServer] = {}
+        for arm in order:
+            server = StargateServer(workload.disks, workload.disk_size, source_tree=trees[arm].path)
+            servers[arm] = stack.enter_context(server)
+            for disk in range(workload.disks if workload.fill else 0):
+                fill_backing_file(server.backing_file(disk))
         yield servers
+
+
+def run_pair(
+    settings: AbSettings,
+    client: AbClient,
+    trees: Mapping[Arm, SourceTree],
+    workload: AbWorkload,
+    run: int,
+    log: Log,
+) -> tuple[PairedRun, list[str]]:
+    """Run ``run`` of both arms, on targets started for this pair: a process's luck (address
+    layout, hash seed, where its pages landed) then varies from pair to pair instead of
+    favouring one arm for the whole run. Each arm gets its warm-up right before its run."""
+    order = tuple(alternating(list(Arm), run))
+    load = os.getloadavg()[0]
+    measured: dict[Arm, Measurement | None] = {}
+    errors: list[str] = []
+    with arm_servers(trees, workload, order) as servers:
+        for arm in order:
+            measured[arm] = None
+            try:
+                if settings.warmup_seconds > 0:
+                    measure_arm(client, servers[arm], workload, settings.warmup_seconds)
+                result = measure_arm(client, servers[arm], workload, settings.seconds)
+            except ClientError as error:
+                errors.append(f"run {run + 1} {arm}: {error}"[:2000])
+                log(f"  {workload.name} run {run + 1} {arm}: FAILED {error}")
+                continue
+            measured[arm] = result
+            log(
+                f"  {workload.name:26} run {run + 1} {arm:9} {result.iops:9.0f} IOPS "
+                f"cpu/io {result.target_cpu_us_per_io or 0:6.1f} us (load {load:.1f})"
+            )
+    return PairedRun(order, measured, load), errors
 
 
 def run_workload(
@@ -211,28 +248,10 @@ def run_workload(
 ) -> dict[str, Any]:
     pairs: list[PairedRun] = []
     errors: list[str] = []
-    with arm_servers(trees, workload) as servers:
-        if settings.warmup_seconds > 0:
-            for server in servers.values():
-                measure_arm(client, server, workload, settings.warmup_seconds)
-        for run in range(settings.runs):
-            order = tuple(alternating(list(Arm), run))
-            measured: dict[Arm, Measurement | None] = {}
-            for arm in order:
-                try:
-                    measured[arm] = measure_arm(client, servers[arm], workload, settings.seconds)
-                except ClientError as error:
-                    measured[arm] = None
-                    errors.append(f"run {run + 1} {arm}: {error}"[:2000])
-                    log(f"  {workload.name} run {run + 1} {arm}: FAILED {error}")
-                    continue
-                result = measured[arm]
-                assert result is not None
-                log(
-                    f"  {workload.name:24} run {run + 1} {arm:9} {result.iops:9.0f} IOPS "
-                    f"cpu/io {result.target_cpu_us_per_io or 0:6.1f} us"
-                )
-            pairs.append(PairedRun(order, measured))
+    for run in range(settings.runs):
+        pair, pair_errors = run_pair(settings, client, trees, workload, run, log)
+        pairs.append(pair)
+        errors += pair_errors
     return workload_summary(workload, pairs, errors)
 
 
@@ -313,7 +332,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--warmup",
         type=float,
         default=AbSettings.warmup_seconds,
-        help="seconds of unmeasured load on each target before a workload's first pair",
+        help="seconds of unmeasured load on each target right before its measured run",
     )
     parser.add_argument(
         "--disks", type=int, default=AbSettings.many_disks, help="vDisks of the QD 1 workload"

@@ -36,10 +36,10 @@ def header_lines(results: dict[str, Any]) -> list[str]:
         arm_line("baseline", results["arms"]["baseline"]),
         arm_line("candidate", results["arms"]["candidate"]),
         f"- client: {results['client_note']}",
-        f"- pairs per workload: {settings['runs']}, {settings['seconds']} s per run after a "
-        f"{settings['warmup_seconds']} s warm-up of each target; order {settings['order']} "
-        "(B: baseline, C: candidate); both targets of a workload run side by side, the client "
-        "measures one at a time",
+        f"- pairs per workload: {settings['runs']}, {settings['seconds']} s per run right "
+        f"after a {settings['warmup_seconds']} s warm-up; order {settings['order']} "
+        "(B: baseline, C: candidate); both targets started afresh for each pair, side by "
+        "side, the client measuring one at a time",
     ]
 
 
@@ -73,6 +73,7 @@ def run_rows(workload: dict[str, Any]) -> list[list[str]]:
                 workload["name"],
                 str(index),
                 " ".join(arm[0].upper() for arm in run["order"]),
+                number(run["load_average"]),
                 *(number(value, 0) for value in iops),
                 number(pair_ratio, 3),
                 *(number(value, 1) for value in cpu),
@@ -97,8 +98,10 @@ def render_ab_markdown(results: dict[str, Any]) -> str:
         "",
         "## Runs",
         "",
+        "Load: the machine's 1-minute load average when the pair started.",
+        "",
     ]
-    header = ["workload", "run", "order", "baseline IOPS", "candidate IOPS", "ratio",
+    header = ["workload", "run", "order", "load", "baseline IOPS", "candidate IOPS", "ratio",
               "baseline CPU µs/IO", "candidate CPU µs/IO"]  # fmt: skip
     rows = [row for workload in results["workloads"] for row in run_rows(workload)]
     lines += markdown_table(header, rows)

@@ -36,8 +36,13 @@ from tests.conftest import require_tool
 from tests.peers.fio import FioError
 
 
-def registered_worktrees() -> str:
-    return git(["worktree", "list", "--porcelain"], THIS_TREE)
+def registered_worktrees() -> set[str]:
+    listing = git(["worktree", "list", "--porcelain"], THIS_TREE)
+    return {
+        line.removeprefix("worktree ")
+        for line in listing.splitlines()
+        if line.startswith("worktree ")
+    }
 
 
 def test_checkout_is_removed_also_on_error() -> None:
@@ -80,9 +85,8 @@ def measurement(iops: float, cpu_us_per_io: float) -> Measurement:
 
 
 def paired(baseline: Measurement | None, candidate: Measurement | None) -> PairedRun:
-    return PairedRun(
-        (Arm.BASELINE, Arm.CANDIDATE), {Arm.BASELINE: baseline, Arm.CANDIDATE: candidate}
-    )
+    measured = {Arm.BASELINE: baseline, Arm.CANDIDATE: candidate}
+    return PairedRun((Arm.BASELINE, Arm.CANDIDATE), measured, load_average=1.0)
 
 
 def test_ratios_per_pair_their_spread_and_the_verdict() -> None:
@@ -140,9 +144,7 @@ def tiny_run(tmp_path: Path, client: str, disks: int) -> dict[str, Any]:
     require_tool("git")
     argv = ["--baseline", "HEAD", "--runs", "1", "--seconds", "1", "--warmup", "0"]
     argv += ["--disks", str(disks), "--client", client, "--out", str(tmp_path)]
-    before = registered_worktrees()
     assert main(argv) == 0
-    assert registered_worktrees() == before  # the baseline's worktree is gone
     results: dict[str, Any] = json.loads((tmp_path / "ab.json").read_text())
     assert render_ab_markdown(results) == (tmp_path / "ab.md").read_text()
     return results
@@ -154,7 +156,8 @@ def check_both_arms_measured(results: dict[str, Any], disks: int) -> None:
     assert Path(candidate["imports"]["stargate"]) == THIS_TREE / "stargate" / "__init__.py"
     for path in baseline["imports"].values():
         assert Path(path).is_relative_to(baseline["path"])
-    assert not Path(baseline["path"]).exists()
+    assert not Path(baseline["path"]).exists()  # the baseline's worktree is gone
+    assert baseline["path"] not in registered_worktrees()
     assert [w["disks"] for w in results["workloads"]] == [1, disks]
     assert [w["queue_depth_per_disk"] for w in results["workloads"]] == [32, 1]
     for workload in results["workloads"]:
