@@ -3,7 +3,7 @@ on this machine, to tell whether a change (issue 14's refactoring) slowed the ho
 
     python -m benchmarks ab --baseline REV [--candidate REV | --candidate-tree PATH]
                             [--runs 3] [--seconds 5] [--warmup 1] [--disks 64]
-                            [--client auto|fio|initiator] [--out DIR]
+                            [--client auto|fio|initiator] [--out DIR] [--nice N]
 
 The baseline revision (and a ``--candidate`` revision) is checked out into a temporary git
 worktree; the default candidate is the tree this code runs from, uncommitted changes
@@ -285,7 +285,12 @@ def run_ab(
         arms[arm.value] = {**trees[arm].as_dict(), "imports": imports}
     results: dict[str, Any] = {
         "machine": machine_description(),
-        "settings": {**asdict(settings), "tolerance": TOLERANCE, "order": "A B, then B A"},
+        "settings": {
+            **asdict(settings),
+            "tolerance": TOLERANCE,
+            "order": "A B, then B A",
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        },
         "client": client.kind.value,
         "client_note": client_note,
         "arms": arms,
@@ -344,6 +349,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="auto: fio with its libiscsi engine, the project's initiator if fio cannot be had",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where ab.md/json go")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness for the runner and all it starts, both arms alike (negative needs root)",
+    )
     return parser.parse_args(argv)
 
 
@@ -355,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = AbSettings(args.runs, args.seconds, args.warmup, many_disks=args.disks)
     raise_open_file_limit()
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # the targets and clients inherit it
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     client, client_note = choose_client(args.client)
     log_line(f"client: {client_note}")

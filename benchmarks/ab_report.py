@@ -35,7 +35,7 @@ def header_lines(results: dict[str, Any]) -> list[str]:
         f"- load average (1, 5, 15 min) at start: {load_start}; at end: {load_end}",
         arm_line("baseline", results["arms"]["baseline"]),
         arm_line("candidate", results["arms"]["candidate"]),
-        f"- client: {results['client_note']}",
+        f"- client: {results['client_note']}; niceness {settings.get('nice', 0)}",
         f"- pairs per workload: {settings['runs']}, {settings['seconds']} s per run right "
         f"after a {settings['warmup_seconds']} s warm-up; order {settings['order']} "
         "(B: baseline, C: candidate); both targets started afresh for each pair, side by "
