@@ -288,7 +288,7 @@ def run_ab(
         "settings": {
             **asdict(settings),
             "tolerance": TOLERANCE,
-            "order": "A B, then B A",
+            "order": "B C, then C B",
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
         },
         "client": client.kind.value,
