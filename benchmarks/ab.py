@@ -46,7 +46,7 @@ from benchmarks.trees import (
     checked_out,
     existing_tree,
 )
-from benchmarks.workloads import KiB, Measurement, Pattern, Workload
+from benchmarks.workloads import RANDREAD_QD1, RANDREAD_QD32, Measurement, Workload
 from tests.peers.fio import FioError
 
 Log = Callable[[str], None]
@@ -88,8 +88,7 @@ class AbSettings:
     many_disk_size: int = 256 * MiB
 
     def workloads(self) -> tuple[AbWorkload, ...]:
-        qd32 = Workload("randread-4k-qd32", Pattern.RANDREAD, 4 * KiB, 32)
-        qd1 = Workload("randread-4k-qd1", Pattern.RANDREAD, 4 * KiB, 1)
+        qd32, qd1 = RANDREAD_QD32, RANDREAD_QD1
         return (
             AbWorkload(qd32.name, f"{qd32.label}, 1 vDisk", qd32, 1, self.disk_size, True),
             AbWorkload(
