@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from faults.channel import hold_unanswered
+from faults.model import DropMode
 from iscsicore.errors import IscsiProtocolError
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionType, TextError, decode_text
@@ -55,8 +57,6 @@ from redirector.faults import FaultedLogin, RedirectorFaults
 from redirector.health import HealthChecker
 from redirector.log import log_redirect
 from redirector.policy import PlacementPolicy
-from stargate.faults.channel import hold_unanswered
-from stargate.faults.model import DropMode
 
 log = logging.getLogger(__name__)
 

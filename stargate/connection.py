@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
+from faults.channel import BlackholeChannel
+from faults.injector import FaultInjector
+from faults.model import DropMode, Fault, FaultKind
 from iscsicore import fastpath
 from iscsicore.cmdsn import Arrival
 from iscsicore.digest import digest_bytes, digest_of_parts
@@ -64,9 +67,6 @@ from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
 from iscsicore.seqnum import SERIAL_MASK
 from iscsicore.wire import full_cdb
-from stargate.faults.channel import BlackholeChannel
-from stargate.faults.injector import FaultInjector
-from stargate.faults.model import DropMode, Fault, FaultKind
 from stargate.queue import Admission, CommandQueue
 from stargate.reader_hub import ReaderHub, Turn
 from stargate.scsi import tmf

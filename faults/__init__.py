@@ -1,0 +1,8 @@
+"""Fault injection and failover forensics: armed faults (model, triggers, injector), the
+transport's hooks (stargate.connection), actions on a server, the HTTP control endpoints,
+the `stargate fault|scenario|timeline` commands, the timeline and the initiator auditor."""
+
+from faults.injector import FaultEvent, FaultInjector
+from faults.model import Delay, DropMode, Fault, FaultKind, IoClass
+
+__all__ = ["Delay", "DropMode", "Fault", "FaultEvent", "FaultInjector", "FaultKind", "IoClass"]
