@@ -4,6 +4,8 @@ real runs (HEAD against this tree) through fio and through the project's initiat
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,17 @@ def test_unknown_revision() -> None:
     require_tool("git")
     with pytest.raises(TreeError, match="names no commit"), checked_out("no-such-rev-xyz"):
         pass
+
+
+def test_command_line_refuses_an_unknown_baseline(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "benchmarks", "ab", "--baseline", "no-such-rev-xyz"]
+    argv += ["--client", "initiator", "--out", str(tmp_path)]
+    completed = subprocess.run(
+        argv, cwd=THIS_TREE, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert "cannot compare: 'no-such-rev-xyz' names no commit" in completed.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_import_check_refuses_a_tree_that_would_run_other_code(tmp_path: Path) -> None:
