@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from benchmarks.ab_report import write_ab_reports
+from benchmarks.ab_report import within_tolerance, write_ab_reports
 from benchmarks.clients import ClientError, ClientKind, FioClient, InitiatorClient
 from benchmarks.cpu import CpuMeter
 from benchmarks.machine import machine_description
@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     paths = write_ab_reports(results, args.out)
     log_line("wrote " + ", ".join(str(path) for path in paths))
-    verdicts = {w["name"]: w["ratio"]["iops"] for w in results["workloads"]}
-    print(json.dumps(verdicts, indent=2))
+    summary = {w["name"]: w["ratio"]["iops"] for w in results["workloads"]}
+    print(json.dumps({**summary, "within_tolerance": within_tolerance(results)}, indent=2))
     failed = results["errors"] or any(w["errors"] for w in results["workloads"])
     return 1 if failed else 0

@@ -82,6 +82,14 @@ def run_rows(workload: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def within_tolerance(results: dict[str, Any]) -> bool | None:
+    """Every workload's median IOPS ratio within tolerance; None if one was not measured."""
+    verdicts = [workload["within_tolerance"] for workload in results["workloads"]]
+    if results["errors"] or not verdicts or None in verdicts:
+        return None
+    return all(verdicts)
+
+
 def render_ab_markdown(results: dict[str, Any]) -> str:
     tolerance = results["settings"]["tolerance"]
     lines = ["# stargate A/B: candidate against baseline", "", *header_lines(results), ""]
@@ -89,12 +97,16 @@ def render_ab_markdown(results: dict[str, Any]) -> str:
               f"within {tolerance:.0%}", "target CPU µs/IO baseline / candidate",
               "CPU/IO ratio, median (min-max)"]  # fmt: skip
     lines += markdown_table(header, [summary_row(w, tolerance) for w in results["workloads"]])
+    overall = within_tolerance(results)
+    verdict = "not measured" if overall is None else "yes" if overall else "**no**"
     lines += [
         "",
+        f"Both workloads' median IOPS ratio within {tolerance:.0%} of 1: {verdict}.",
+        "",
         "Ratios are candidate / baseline of each pair (the two runs measured one after the "
-        "other); IOPS and CPU figures are each arm's median over its runs. The CPU per I/O "
-        "does not depend on the share of the cores the target got, so it is the steadier "
-        "figure on a shared machine.",
+        "other); IOPS and CPU figures are each arm's median over its runs. CPU per I/O depends "
+        "less than IOPS on the share of the cores the target got, except at QD 1, where the "
+        "reader hub's busy polling counts as target CPU.",
         "",
         "## Runs",
         "",

@@ -21,7 +21,7 @@ from benchmarks.ab import (
     main,
     workload_summary,
 )
-from benchmarks.ab_report import render_ab_markdown
+from benchmarks.ab_report import render_ab_markdown, within_tolerance
 from benchmarks.clients import ClientKind
 from benchmarks.initiator_driver import combined
 from benchmarks.trees import (
@@ -183,8 +183,10 @@ def check_both_arms_measured(results: dict[str, Any], disks: int) -> None:
         iops = workload["ratio"]["iops"]
         assert 0.1 < iops["minimum"] == iops["median"] == iops["maximum"] < 10
         assert workload["within_tolerance"] in (True, False)
+    assert within_tolerance(results) in (True, False)
     markdown = render_ab_markdown(results)
     assert "| 4 KiB randread QD32, 1 vDisk |" in markdown
+    assert "Both workloads' median IOPS ratio within 3% of 1: " in markdown
     assert f"| 4 KiB randread QD1 on each of {disks} vDisks (aggregate) |" in markdown
     assert results["machine"]["cpu_model"] and results["machine"]["kernel"]
 
