@@ -10,8 +10,9 @@ from iscsicore.login import LoginDone
 from iscsicore.pdu import RESERVED_TAG, RejectReason, TextRequest, TextResponse
 from stargate.discovery import SendTargetsResponder
 from stargate.server import ServerConfig, StargateServer
-from stargate.target import PortalGroup, TargetRegistry, target_name_for
+from stargate.target import PortalGroup, TargetRegistry
 from tests.stargate.client import INITIATOR, TestInitiator, memory_target
+from topology.naming import target_name_for
 
 OUTSIDER = "iqn.2026-11.test:outsider"
 

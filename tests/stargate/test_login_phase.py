@@ -34,8 +34,9 @@ from stargate.login_phase import (
 )
 from stargate.login_throttle import LoginThrottle
 from stargate.session import Session, SessionTable
-from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, target_name_for
+from stargate.target import ChapCredentials, PortalGroup, TargetRegistry
 from tests.stargate.client import INITIATOR, memory_target
+from topology.naming import target_name_for
 
 VD1 = target_name_for("vd1")
 ISID = 0x23D000000011

@@ -12,7 +12,7 @@ from iscsicore.login import LoginDone
 from iscsicore.pdu import LogoutRequest, LogoutResponse
 from stargate.server import StargateServer
 from stargate.session import MAX_TSIH, Session, SessionTable
-from stargate.target import VDiskTarget, target_name_for
+from stargate.target import VDiskTarget
 from tests.stargate.client import (
     INITIATOR,
     TEST_UNIT_READY,
@@ -21,6 +21,7 @@ from tests.stargate.client import (
     memory_target,
     start_stargate,
 )
+from topology.naming import target_name_for
 
 OTHER_INITIATOR = "iqn.2026-11.test:other-host"
 ISID = 0x23D000000007

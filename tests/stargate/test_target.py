@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from stargate.target import (
-    TARGET_NAME_PREFIX,
-    PortalGroup,
-    TargetRegistry,
-    target_name_for,
-)
+from stargate.target import PortalGroup, TargetRegistry
 from tests.stargate.client import memory_target
+from topology.naming import TARGET_NAME_PREFIX, target_name_for
 
 ALICE = "iqn.2026-11.test:alice"
 BOB = "iqn.2026-11.test:bob"
