@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -34,6 +33,7 @@ from stargate.login_phase import LoginPolicy
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, ShareLimits
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
+from stargate.stores.base import BlockStore
 from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskTarget
 
 log = logging.getLogger("stargate")
@@ -128,7 +128,7 @@ def _positive_float(text: str) -> float:
 # `stargate target`
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "target",
         help="serve vDisks as iSCSI targets (one target per vDisk, LUN 0)",
@@ -256,7 +256,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_target)
 
 
-def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any]]:
+def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[BlockStore]]:
     from stargate.scsi.lu import LogicalUnit
     from stargate.scsi.reserve import vdisk_reservations
     from stargate.stores.file import FileStore
@@ -273,7 +273,7 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
         raise CliError("--data-dir is required unless --memory is given")
     _check_vdisks(args, in_memory)  # all of them before any file is created
     targets: list[VDiskTarget] = []
-    stores: list[Any] = []
+    stores: list[BlockStore] = []
     for spec in args.vdisk:
         created: list[Path] = []
         if not in_memory:
@@ -284,7 +284,7 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
             ]
         try:
             meta = VDiskMeta(spec.vdisk_id, spec.size or 512)
-            store: Any
+            store: NullStore | MemoryStore | FileStore
             if args.null:
                 store = NullStore(meta)
             elif args.memory:
@@ -303,7 +303,7 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
         )
         lu = LogicalUnit(
             store,
-            getattr(store, "meta", meta),
+            store.meta,  # an existing vDisk's, as stored
             reservations=reservations,
             unit_attentions=unit_attentions,
             read_only=args.read_only,
