@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from cluster import demo
+from cluster.console import output_console
 from cluster.provision import create_vm
 from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 from cluster.top import run_top
@@ -332,7 +332,7 @@ def cluster_status(args: argparse.Namespace) -> int:
             status.address,
             status.log,
         )
-    Console().print(table)
+    output_console().print(table)
     return 0
 
 
@@ -385,7 +385,7 @@ def vdisk_list(args: argparse.Namespace) -> int:
             str(row["connections"]),
             row["iqn"],
         )
-    Console().print(table)
+    output_console().print(table)
     return 0
 
 
