@@ -8,6 +8,10 @@ control API the cluster uses (async logout / drop for a vDisk's sessions, statis
         server.drop_connections("vd1")           # AsyncEvent 3, then close
         server.stats()                           # {vdisk_id: counters}
         await server.shutdown()                  # drop every session, stop listening
+
+The cluster and fault injection reach it only through the `stargate.hooks.ServerHooks` given
+at construction: the command queue's admission gate, the login policy, a session observer,
+the fault injector.
 """
 
 from __future__ import annotations
