@@ -36,11 +36,12 @@ from cluster.admission import (
     OwnershipGate,
 )
 from cluster.evidence import EvidenceFile, evidence_file
-from cluster.forensics import cvm_forensics, cvm_hooks
+from cluster.forensics import cvm_faults, cvm_forensics
 from cluster.registry import ClusterRegistry, OwnershipLoginPolicy
 from cluster.stats_page import StatsPage
 from control.http import HttpError, http_json, serve_http
 from stargate.connection import FullFeatureConnection
+from stargate.hooks import ServerHooks
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
@@ -131,7 +132,12 @@ class ClusterStargate:
             park_limit=release_timeout + PARK_MARGIN,
         )
         self.forensics = cvm_forensics(self.paths, node_id)
-        hooks = cvm_hooks(self.paths, node_id, self.forensics, self.gate, self._login_policy)
+        hooks = ServerHooks(
+            gate=self.gate,
+            login_policy=self._login_policy,
+            observer=self.forensics,
+            faults=cvm_faults(self.paths, node_id, self.forensics),
+        )
         self.server = StargateServer(self.registry, config, hooks)
         self.page = StatsPage(self)
 

@@ -1,6 +1,6 @@
 """Fault injection and forensics of a cluster CVM (`cluster.cvm`): the forensics file
 DIR/forensics/stargate-<node>.jsonl, and "failed over" meaning the vDisk's VM has its home
-on another node. The CVM gives both to its server at construction (`cvm_hooks`)."""
+on another node. The CVM gives both to its server at construction (`ServerHooks`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import time
 
 from faults.forensics import Forensics
 from faults.injector import FaultInjector
-from stargate.hooks import LoginPolicyFactory, ServerHooks
-from stargate.queue import AdmissionGate
 from topology.spec import ClusterPaths, list_vdisks
 
 HOME_REFRESH = 2.0  # seconds between re-reads of the VM catalog
@@ -43,16 +41,10 @@ def cvm_forensics(paths: ClusterPaths, node_id: int) -> Forensics:
     return Forensics(node_id, directory / f"stargate-{node_id}.jsonl")
 
 
-def cvm_hooks(
-    paths: ClusterPaths,
-    node_id: int,
-    forensics: Forensics,
-    gate: AdmissionGate,
-    login_policy: LoginPolicyFactory,
-) -> ServerHooks:
-    """A CVM's server hooks: ownership (``gate``, ``login_policy``), faults, forensics."""
-    faults = FaultInjector(
+def cvm_faults(paths: ClusterPaths, node_id: int, forensics: Forensics) -> FaultInjector:
+    """The CVM's fault injector: fired faults go to its forensics; "failed over" is judged
+    by the home nodes of the VMs."""
+    return FaultInjector(
         is_failed_over=HomeNodes(paths, node_id).is_failed_over,
         listeners=[forensics.fault_fired],
     )
-    return ServerHooks(gate=gate, login_policy=login_policy, observer=forensics, faults=faults)
