@@ -146,7 +146,7 @@ class FencedLogicalUnit:
         self.inner = inner
         self.claim = claim
         self._on_lost = on_lost
-        # Not fenced: they only drop or reset this unit's own state, never the vDisk's data.
+        # Not fenced: they change the unit's state (unit attentions, SPC-2 holds), not blocks.
         self.nexus_lost = inner.nexus_lost
         self.logical_unit_reset = inner.logical_unit_reset
 
