@@ -132,7 +132,7 @@ VDISK = '[[vdisk]]\nid = "vd1"\nsize = "1M"\n'
         (
             'store = "memory"\n' + VDISK + '[mutual_chap]\nuser = "a"\nsecret = "b"\n',
             ":5: mutual_chap needs chap",
-        ),  # fmt: skip
+        ),
         ('store = "memory"\n' + VDISK + '[chap]\nuser = "a"\n', ":5: chap.secret: is required"),
         ('store = "memory"\n', ": vdisk: at least one vDisk is required"),
         (VDISK, ": data_dir is required unless the vDisks are in memory or null"),
