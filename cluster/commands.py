@@ -19,9 +19,9 @@ import trio
 from rich.table import Table
 
 from cluster import demo
-from cluster.config import VmConfig, cluster_config, saved_config
+from cluster.config import cluster_config, saved_config
 from cluster.console import output_console
-from cluster.provision import create_vm
+from cluster.provision import create_vm, provision_vms
 from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 from cluster.top import run_top
 from control.client import vdisk_table
@@ -35,8 +35,6 @@ from topology.spec import (
     ClusterPaths,
     ClusterSpec,
     ClusterSpecError,
-    list_vdisks,
-    load_vms,
 )
 from topology.vdisk import parse_size
 
@@ -212,8 +210,8 @@ def cluster_up(args: argparse.Namespace) -> int:
             wanted.save(directory)
         else:
             _check_same_cluster(stored, wanted, args.dir)
-        _provision(directory, config.vms)
-    except (ClusterSpecError, ConfigError) as error:
+        provision_vms(directory, config.vms)
+    except (ValueError, ConfigError) as error:  # ClusterSpecError, CapacityError
         raise CliError(str(error)) from None
     supervisor = Supervisor(directory, redirectors=config.redirectors)
     supervisor.remember_mode(redirectors=config.redirectors)
@@ -261,24 +259,6 @@ def _check_same_cluster(stored: ClusterSpec, wanted: ClusterSpec, directory: Pat
             f"{directory}/cluster.json describes another cluster than these options: "
             "start it without them, or use another --dir"
         )
-
-
-def _provision(directory: Path, vms: tuple[VmConfig, ...]) -> None:
-    """Create the configured VMs that do not exist yet; those that do must match."""
-    paths = ClusterPaths(directory)
-    existing = {record.name: record for record in load_vms(directory)}
-    sizes = {info.vdisk_id: info.size for info in list_vdisks(directory)}
-    for vm in vms:
-        record = existing.get(vm.name)
-        if record is None:
-            check_file_capacity(paths.vdisks, vm.size)
-            create_vm(directory, vm.name, home_node=vm.node, disks=vm.disks, size=vm.size)
-        elif (record.home_node, len(record.vdisk_ids)) != (vm.node, vm.disks) or any(
-            sizes.get(vdisk_id) != vm.size for vdisk_id in record.vdisk_ids
-        ):
-            raise CliError(
-                f"VM {vm.name} exists in {directory} with another node, disk count or size"
-            )
 
 
 def cluster_save(args: argparse.Namespace) -> int:

@@ -20,7 +20,6 @@ Each value is converted by the same function as its flag, so both accept the sam
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -213,7 +212,7 @@ def non_negative_int(value: str | int) -> int:
 
 def positive_float(value: str | float) -> float:
     number = _number(value)
-    if not number > 0 or math.isinf(number):
+    if not number > 0:  # nan too
         raise ValueError(f"{number} must be positive")
     return number
 

@@ -13,7 +13,7 @@ import pytest
 
 from cluster.cli import build_parser
 from stargate.cli import target_config
-from stargate.config import StoreKind, VDiskSpec
+from stargate.config import DEFAULTS, FIELD_NAMES, StoreKind, VDiskSpec
 from stargate.target import ChapCredentials
 from tests.helpers.net import free_port
 from tests.helpers.procs import ProcessReaper
@@ -79,6 +79,64 @@ def test_flags_given_with_the_file_override_it(tmp_path: Path) -> None:
     on = target_config(build_parser().parse_args(["target", "--config", str(read_only)]))
     off = ["target", "--config", str(read_only), "--no-read-only"]
     assert on.read_only and not target_config(build_parser().parse_args(off)).read_only
+
+
+EVERY_KEY = """
+portal = "127.0.0.5:3262"
+advertise = "192.0.2.1:3260"
+store = "memory"
+data_dir = "vdisks"
+read_only = true
+log_level = "DEBUG"
+allow = ["iqn.x:a"]
+[[vdisk]]
+id = "a"
+size = 1048576
+[chap]
+user = "u1"
+secret = "s1"
+[mutual_chap]
+user = "u2"
+secret = "s2"
+[discovery_chap]
+user = "u3"
+secret = "s3"
+[discovery_mutual_chap]
+user = "u4"
+secret = "s4"
+[http]
+portal = "127.0.0.5:8080"
+control_token_file = "token"
+[queue]
+depth = 9
+max_buffer_mib = 9
+session_slots = 9
+session_buffer_mib = 9
+vdisk_slots = 9
+vdisk_buffer_mib = 9
+[timers]
+login_timeout = 9
+nop_interval = 9
+nop_timeout = 9
+data_out_timeout = 9
+pdu_timeout = 9
+[connection]
+control_pdu_rate = 9
+eager_send_every = 9
+busy_poll_us = 9
+"""
+
+
+def test_every_setting_has_its_key_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "all.toml"
+    path.write_text(EVERY_KEY)
+    config = target_config(build_parser().parse_args(["target", "--config", str(path)]))
+    unchanged = [name for name in FIELD_NAMES if getattr(config, name) == getattr(DEFAULTS, name)]
+    assert unchanged == []
+    # Relative paths are the file's directory's, wherever the command runs.
+    assert config.data_dir == tmp_path / "vdisks"
+    assert config.control_token_file == tmp_path / "token"
+    assert config.discovery_mutual_chap == ChapCredentials("u4", "s4")
 
 
 def test_a_target_serves_what_the_file_says(
