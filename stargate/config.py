@@ -23,7 +23,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from iscsicore.portal import Portal, PortalError
 from stargate.connection import (
@@ -44,7 +44,6 @@ from topology.config_file import (
     locate,
 )
 
-T = TypeVar("T")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING")
 
 

@@ -23,7 +23,9 @@ KeyPath = tuple[str | int, ...]  # ("vdisk", 1, "size"): the second [[vdisk]]'s 
 
 _SYNTAX_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+|\"[^\"]*\")\s*=")
+_KEY = re.compile(
+    r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\")(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"))*)\s*="
+)
 
 
 class ConfigError(Exception):
@@ -98,7 +100,8 @@ def locate(text: str, key: KeyPath) -> int | None:
             assignment = _KEY.match(line)
             if not assignment:
                 continue
-            defined = (*table, assignment.group(1).strip('"'))
+            names = tuple(part.strip().strip('"') for part in assignment.group(1).split("."))
+            defined = (*table, *names)
         depth = _common_prefix(defined, key)
         if depth == len(defined) and depth > best_depth:
             best_line, best_depth = number, depth

@@ -228,6 +228,7 @@ def test_locate_finds_keys_tables_and_array_entries() -> None:
         'user = "u"\n'
         "[inline]\n"
         'creds = { user = "u", secret = "s" }\n'
+        'dotted . "key" = 1\n'
     )
     assert locate(text, ("portal",)) == 1
     assert locate(text, ("vdisk", 0, "id")) == 3
@@ -235,6 +236,7 @@ def test_locate_finds_keys_tables_and_array_entries() -> None:
     assert locate(text, ("vdisk", 1, "missing")) == 4  # the entry's header
     assert locate(text, ("chap", "secret")) == 7
     assert locate(text, ("inline", "creds", "secret")) == 10
+    assert locate(text, ("inline", "dotted", "key")) == 11
     assert locate(text, ("absent",)) is None
 
 
