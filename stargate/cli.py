@@ -121,7 +121,9 @@ def register(subparsers: Any) -> None:
         help="the token --http's POST/DELETE requests must carry (created if missing; "
         "default: DATA_DIR/control.token, or a new private file printed at start)",
     )
-    parser.add_argument("--queue-depth", type=positive_int, help=f"default {DEFAULTS.queue_depth}")
+    parser.add_argument(
+        "--queue-depth", type=positive_int, metavar="N", help=f"default {DEFAULTS.queue_depth}"
+    )
     isolation = parser.add_argument_group(
         "isolation between sessions",
         "What one session, and one vDisk with all its sessions, may hold of the shared "

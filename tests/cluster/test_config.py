@@ -4,6 +4,7 @@ elsewhere, which saves to the same text; bad files are refused by key and line."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -43,6 +44,12 @@ def test_the_example_file_describes_a_cluster() -> None:
         ConfigDocument.load(EXAMPLE), {"nodes": 2, "placement": "random"}, None
     )
     assert (overridden.nodes, overridden.placement, overridden.vms) == (2, "random", EXAMPLE_VMS)
+
+
+def test_every_setting_of_cluster_json_is_one_of_the_config() -> None:
+    """A setting of cluster.json the config left out could not be saved nor given."""
+    spec_settings = {field.name for field in dataclasses.fields(ClusterSpec)} - {"nodes"}
+    assert spec_settings <= {field.name for field in dataclasses.fields(ClusterConfig)}
 
 
 def test_up_config_serves_its_vms_and_save_recreates_it(cluster_dir: Path) -> None:

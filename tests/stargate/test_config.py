@@ -4,6 +4,7 @@ refused in one line naming the key and its line (exit status 2, no traceback).""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -137,6 +138,15 @@ def test_every_setting_has_its_key_in_the_file(tmp_path: Path) -> None:
     assert config.data_dir == tmp_path / "vdisks"
     assert config.control_token_file == tmp_path / "token"
     assert config.discovery_mutual_chap == ChapCredentials("u4", "s4")
+
+
+def test_every_flag_is_a_setting_of_the_config() -> None:
+    """A flag `target_config` did not know would be silently ignored."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    target = subparsers.choices["target"]
+    dests = {action.dest for action in target._actions} - {"help", "config", "handler"}
+    assert dests == set(FIELD_NAMES)
 
 
 def test_a_target_serves_what_the_file_says(
