@@ -235,7 +235,6 @@ def _open_targets(cfg: TargetConfig) -> tuple[list[VDiskTarget], list[Any]]:
     from stargate.stores.null import NullStore
     from topology.vdisk import VDiskMeta
 
-    _check_vdisks(cfg)  # all of them before any file is created
     targets: list[VDiskTarget] = []
     stores: list[Any] = []
     for spec in cfg.vdisks:
@@ -296,33 +295,6 @@ def share_limits(cfg: TargetConfig, owner: str) -> ShareLimits:
         buffered_bytes=fair.buffered_bytes if buffer_mib is None else buffer_mib << 20,
         waiting=fair.waiting,
     )
-
-
-def _check_vdisks(cfg: TargetConfig) -> None:
-    """Refuse missing sizes and sizes the store cannot hold."""
-    from stargate.stores.capacity import (
-        CapacityError,
-        check_file_capacity,
-        check_memory_capacity,
-        check_size_bound,
-    )
-
-    for spec in cfg.vdisks:
-        exists = cfg.data_dir is not None and (cfg.data_dir / f"{spec.vdisk_id}.json").exists()
-        if spec.size is None and (cfg.in_memory or not exists):
-            raise CliError(f"vDisk {spec.vdisk_id} does not exist: give its size, ID:SIZE")
-        if spec.size is None or exists:
-            continue  # an existing vDisk keeps its stored size
-        try:
-            if cfg.store is StoreKind.NULL:
-                check_size_bound(spec.size)
-            elif cfg.store is StoreKind.MEMORY:
-                check_memory_capacity(spec.size)
-            else:
-                assert cfg.data_dir is not None  # config.check
-                check_file_capacity(cfg.data_dir, spec.size)
-        except CapacityError as error:
-            raise CliError(f"vDisk {spec.vdisk_id}: {error}") from None
 
 
 def run_target(args: argparse.Namespace) -> int:

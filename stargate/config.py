@@ -320,13 +320,18 @@ def read_file(document: ConfigDocument) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """``template`` names ``names`` as {0}, {1}...: as flags or as the file's keys."""
+    """``template`` names ``names`` as {0}, {1}...: as flags or as the file's keys;
+    ``detail`` follows it as is; ``entry``: which vDisk of the list (its line in the file)."""
 
     names: tuple[str, ...]
     template: str
+    detail: str = ""
+    entry: int | None = None
 
 
 def check(config: TargetConfig) -> Problem | None:
+    """What makes ``config`` unusable, whatever source each field came from; the vDisks'
+    sizes are checked against their store (before any file is created)."""
     if not config.vdisks:
         return Problem(("vdisks",), "{0}: at least one vDisk is required")
     if config.mutual_chap is not None and config.chap is None:
@@ -338,10 +343,40 @@ def check(config: TargetConfig) -> Problem | None:
             ("data_dir", "store"), "{0} is required unless the vDisks are in memory or null ({1})"
         )
     seen: set[str] = set()
-    for spec in config.vdisks:
+    for index, spec in enumerate(config.vdisks):
         if spec.vdisk_id in seen:
-            return Problem(("vdisks",), f"{{0}}: vDisk {spec.vdisk_id} given twice")
+            return Problem(("vdisks",), "{0}: ", f"vDisk {spec.vdisk_id} given twice", index)
         seen.add(spec.vdisk_id)
+        reason = _vdisk_problem(config, spec)
+        if reason is not None:
+            return Problem(("vdisks",), "{0}: ", f"vDisk {spec.vdisk_id}{reason}", index)
+    return None
+
+
+def _vdisk_problem(config: TargetConfig, spec: VDiskSpec) -> str | None:
+    """What follows "vDisk ID" when its size is missing for a new vDisk or too large."""
+    from stargate.stores.capacity import (
+        CapacityError,
+        check_file_capacity,
+        check_memory_capacity,
+        check_size_bound,
+    )
+
+    data_dir = config.data_dir
+    exists = data_dir is not None and (data_dir / f"{spec.vdisk_id}.json").exists()
+    if spec.size is None and (config.in_memory or not exists):
+        return " does not exist: give its size, ID:SIZE"
+    if spec.size is None or exists:
+        return None  # an existing vDisk keeps its stored size
+    try:
+        if config.store is StoreKind.NULL:
+            check_size_bound(spec.size)
+        elif config.store is StoreKind.MEMORY:
+            check_memory_capacity(spec.size)
+        elif data_dir is not None:
+            check_file_capacity(data_dir, spec.size)
+    except CapacityError as error:
+        return f": {error}"
     return None
 
 
@@ -365,9 +400,10 @@ def target_config(document: ConfigDocument | None, flags: dict[str, Any]) -> Tar
             else flag_name(name)
         )
 
-    text = problem.template.format(*map(shown, problem.names))
+    text = problem.template.format(*map(shown, problem.names)) + problem.detail
     first = problem.names[0]
     if document is None or first in flags:
         raise ConfigError(text)
-    line = locate(document.text, file_key(first))
+    entry = () if problem.entry is None else (problem.entry,)
+    line = locate(document.text, (*file_key(first), *entry))
     raise ConfigError(f"{document.path}{f':{line}' if line else ''}: {text}")

@@ -203,6 +203,9 @@ VDISK = '[[vdisk]]\nid = "vd1"\nsize = "1M"\n'
         ),
         ('store = "memory"\n' + VDISK + '[chap]\nuser = "a"\n', ":5: chap.secret: is required"),
         ('store = "memory"\n', ": vdisk: at least one vDisk is required"),
+        ('store = "memory"\n' + VDISK + VDISK, ":5: vdisk: vDisk vd1 given twice"),
+        ('store = "memory"\n[[vdisk]]\nid = "new"\n', ":2: vdisk: vDisk new does not exist"),
+        ('store = "memory"\n' + VDISK.replace("1M", "1P"), ":2: vdisk: vDisk vd1: size"),
         (VDISK, ": data_dir is required unless the vDisks are in memory or null"),
     ],
 )
@@ -222,6 +225,8 @@ def test_a_flag_that_breaks_a_rule_is_named_as_a_flag(tmp_path: Path) -> None:
     completed = _stargate_target("--config", str(config), "--mutual-chap", "a:b")
     assert completed.returncode == 2
     assert "--mutual-chap needs chap" in completed.stderr  # chap: not in the file either
+    twice = _stargate_target("--memory", "--vdisk", "a{0}:1M", "--vdisk", "a{0}:1M")
+    assert twice.returncode == 2 and "--vdisk: vDisk a{0} given twice" in twice.stderr
     missing = _stargate_target("--config", str(tmp_path / "missing.toml"))
     assert missing.returncode == 2 and "missing.toml: cannot read" in missing.stderr
 
