@@ -237,15 +237,16 @@ def cluster_config(
     if "nodes" not in values and base is None:
         raise ClusterSpecError("how many nodes? give --nodes N, or nodes = N in the --config file")
     config = replace(base, **values) if base is not None else ClusterConfig(**values)
-    for index, vm in enumerate(config.vms):
-        if not 1 <= vm.node <= config.nodes:
-            message = f"no node {vm.node} (nodes: 1..{config.nodes})"
-            if document is not None and "vms" in from_file:
+    if config.vms:
+        assert document is not None  # VMs come from the file only
+        names: set[str] = set()
+        for index, vm in enumerate(config.vms):
+            if not 1 <= vm.node <= config.nodes:
+                message = f"no node {vm.node} (nodes: 1..{config.nodes})"
                 raise document.error(("vm", index, "node"), message)
-            raise ClusterSpecError(f"VM {vm.name}: {message}")
-    names = [vm.name for vm in config.vms]
-    if len(set(names)) != len(names):
-        raise ClusterSpecError(f"VM names must be unique: {names}")
+            if vm.name in names:
+                raise document.error(("vm", index, "name"), f"VM {vm.name} given twice")
+            names.add(vm.name)
     return config
 
 

@@ -136,6 +136,10 @@ def _up(config: Path, directory: Path) -> tuple[int, str]:
         ('nodes = 2\nadvertise = ["cvm:1"]\n', ":2: advertise: --advertise 'cvm:1'"),
         ('nodes = 2\n\n[[vm]]\nname = "a"\nnode = 3\n', ":5: vm[0].node: no node 3"),
         ("nodes = 2\n[[vm]]\nnode = 1\n", ":2: vm[0].name: is required"),
+        (
+            'nodes = 2\n[[vm]]\nname = "a"\nnode = 1\n[[vm]]\nname = "a"\nnode = 2\n',
+            ":6: vm[1].name: VM a given twice",
+        ),
         ('nodes = 2\n[[vm]]\nname = "A b"\nnode = 1\n', ":3: vm[0].name: 'A b': use"),
         ('nodes = 2\n[[vm]]\nname = "a"\nnode = 1\nsize = "lots"\n', ":5: vm[0].size:"),
         ('nodes = 2\n[[vm]]\nname = "a"\nnode = 1\ncpus = 4\n', ":5: vm[0].cpus: unknown key"),
