@@ -20,6 +20,13 @@ from typing import Any, Literal, cast
 
 from iscsicore.portal import Portal
 from topology.naming import target_name_for
+from topology.settings import (
+    DEFAULT_FAILBACK,
+    DEFAULT_HEALTH,
+    FailbackMode,
+    HealthChecks,
+    SettingsError,
+)
 from topology.vdisk import VDiskMeta, atomic_write
 
 DEFAULT_BASE_ADDRESS = "127.77.0.0"
@@ -220,6 +227,8 @@ class ClusterSpec:
     # How long a vDisk's owner may take to release it before another stargate takes it
     # over (the CVMs' `--release-timeout` wins); None: the CVM's default (5 s).
     release_timeout: float | None = None
+    failback: FailbackMode = DEFAULT_FAILBACK
+    health: HealthChecks = DEFAULT_HEALTH
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -264,6 +273,8 @@ class ClusterSpec:
         redirector_port: int = DEFAULT_ISCSI_PORT,
         http_port: int = DEFAULT_HTTP_PORT,
         release_timeout: float | None = None,
+        failback: FailbackMode = DEFAULT_FAILBACK,
+        health: HealthChecks = DEFAULT_HEALTH,
     ) -> ClusterSpec:
         """Lay out ``directory`` and write cluster.json for ``nodes`` nodes (ids 1..nodes)."""
         spec = cls.build(
@@ -276,6 +287,8 @@ class ClusterSpec:
             redirector_port=redirector_port,
             http_port=http_port,
             release_timeout=release_timeout,
+            failback=failback,
+            health=health,
         )
         spec.save(directory)
         return spec
@@ -293,6 +306,8 @@ class ClusterSpec:
         redirector_port: int = DEFAULT_ISCSI_PORT,
         http_port: int = DEFAULT_HTTP_PORT,
         release_timeout: float | None = None,
+        failback: FailbackMode = DEFAULT_FAILBACK,
+        health: HealthChecks = DEFAULT_HEALTH,
     ) -> ClusterSpec:
         """The spec of ``nodes`` nodes (ids 1..nodes), without writing it anywhere."""
         if nodes < 1:
@@ -320,7 +335,9 @@ class ClusterSpec:
                     http_port=http_port,
                 )
             )
-        return cls(node_specs, stable_window, placement, base_address, release_timeout)
+        return cls(
+            node_specs, stable_window, placement, base_address, release_timeout, failback, health
+        )
 
     def save(self, directory: Path | str) -> None:
         paths = ClusterPaths(Path(directory))
@@ -344,6 +361,8 @@ class ClusterSpec:
             "stable_window": self.stable_window,
             "placement": self.placement,
             "base_address": self.base_address,
+            "failback": self.failback.value,
+            "health": self.health.to_json(),
         }
         if self.release_timeout is not None:
             document["release_timeout"] = self.release_timeout
@@ -359,7 +378,23 @@ class ClusterSpec:
             placement=raw.get("placement", "round-robin"),
             base_address=str(raw.get("base_address", DEFAULT_BASE_ADDRESS)),
             release_timeout=_optional_seconds(raw.get("release_timeout")),
+            failback=_failback(raw.get("failback", DEFAULT_FAILBACK.value)),
+            health=_health(raw.get("health", {})),
         )
+
+
+def _failback(value: Any) -> FailbackMode:
+    try:
+        return FailbackMode.parse(str(value))
+    except SettingsError as error:
+        raise ClusterSpecError(str(error)) from None
+
+
+def _health(value: Any) -> HealthChecks:
+    try:
+        return HealthChecks.from_json(value)
+    except (SettingsError, TypeError) as error:
+        raise ClusterSpecError(f"health: {error}") from None
 
 
 def _optional_seconds(value: Any) -> float | None:

@@ -9,7 +9,7 @@ import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,13 @@ from redirector.log import redirector_logger
 from redirector.policy import PlacementPolicy
 from tests.helpers.procs import ProcessReaper
 from tests.redirector.cluster import PORT, TestCluster
+from topology.settings import HealthChecks
 from topology.spec import ClusterSpec
 
 INTERVAL = 0.5
 NOP_TIMEOUT = 2.0
-TIMERS = Timers(nop_interval=INTERVAL, nop_timeout=NOP_TIMEOUT, startup_grace=1.0)
+HEALTH = HealthChecks(nop_interval=INTERVAL, nop_timeout=NOP_TIMEOUT, connect_timeout=NOP_TIMEOUT)
+TIMERS = Timers(health=HEALTH, startup_grace=1.0)
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
 
 
@@ -112,7 +114,7 @@ async def test_hung_stargate_is_down_after_the_nop_timeout(cluster: TestCluster)
 async def test_local_crash_is_seen_at_redirect_time(cluster: TestCluster) -> None:
     """Pings too rare to notice in time: the redirect-time check alone marks it down."""
     cluster.start_stargates()
-    slow = Timers(nop_interval=60.0, nop_timeout=NOP_TIMEOUT, startup_grace=1.0)
+    slow = Timers(health=replace(HEALTH, nop_interval=60.0), startup_grace=1.0)
     async with checking(cluster, slow) as checker:
         await checker.wait("1", True, 10)
         assert await checker.health.recheck_local()  # alive: nothing changes
@@ -129,7 +131,7 @@ async def test_a_stargate_starting_late_is_not_held_to_the_stable_window(
 ) -> None:
     """At `cluster up` the redirector may be checking before the stargates listen: within
     the startup grace that is not "down", so the local stargate gets its vDisks at once."""
-    timers = Timers(nop_interval=INTERVAL, nop_timeout=NOP_TIMEOUT, startup_grace=20.0)
+    timers = Timers(health=HEALTH, startup_grace=20.0)
     async with checking(cluster, timers) as checker:
         await trio.sleep(1.0)  # refused connections meanwhile
         cluster.start_stargates()
