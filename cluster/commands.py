@@ -1,4 +1,4 @@
-"""The cluster's `stargate` subcommands: cluster up|down|status, vm create, vdisk list,
+"""The cluster's `stargate` subcommands: cluster up|down|status|set, vm create, vdisk list,
 cvm kill|stop|cont|start|restart, top.
 
 Each handler takes the parsed namespace and returns the exit status; problems the user can
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -21,12 +22,20 @@ from rich.table import Table
 from cluster import demo
 from cluster.console import output_console
 from cluster.provision import create_vm
+from cluster.settings_cli import (
+    add_failback,
+    add_health_knobs,
+    cluster_set,
+    health_option,
+    settings_document,
+)
 from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 from cluster.top import run_top
 from control.client import vdisk_table
 from control.control_token import cluster_token_file
 from stargate.cli import CliError
 from stargate.stores.capacity import check_file_capacity
+from topology.settings import DEFAULT_FAILBACK
 from topology.spec import (
     DEFAULT_BASE_ADDRESS,
     DEFAULT_STABLE_WINDOW,
@@ -107,6 +116,12 @@ def _register_cluster(subparsers: Any) -> None:
         metavar="[cvm:|redirector:]NODE=ADDR[:PORT]",
         help="the address initiators reach a CVM (or redirector) at; repeatable",
     )
+    add_failback(
+        up,
+        "how a remote CVM gives a vDisk back: kill (quiesce then close the connections, as "
+        "AHV does; default) or logout (AsyncEvent logout request, dropped after 5 s)",
+    )
+    add_health_knobs(up)
     up.add_argument(
         "--detach",
         action="store_true",
@@ -131,6 +146,10 @@ def _register_cluster(subparsers: Any) -> None:
     _add_dir(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cluster_status)
+    settings = actions.add_parser("set", help="change a setting of a (running) cluster")
+    _add_dir(settings)
+    add_failback(settings, "the failback mode, used from the next failback on")
+    settings.set_defaults(handler=cluster_set)
 
 
 def _register_vm(subparsers: Any) -> None:
@@ -223,6 +242,8 @@ def _spec_options(args: argparse.Namespace, stored: ClusterSpec | None) -> dict[
         "release_timeout": args.release_timeout
         if args.release_timeout is not None
         else (stored.release_timeout if stored else None),
+        "failback": args.failback or (stored.failback if stored else DEFAULT_FAILBACK),
+        "health": health_option(args, stored),
     }
 
 
@@ -236,8 +257,7 @@ def _check_same_cluster(stored: ClusterSpec, args: argparse.Namespace) -> None:
         )
     wanted = ClusterSpec.build(args.nodes, **_spec_options(args, stored))
     if not args.advertise:  # not given: keep the stored advertised addresses
-        wanted = ClusterSpec(stored.nodes, wanted.stable_window, wanted.placement,
-                             wanted.base_address, wanted.release_timeout)  # fmt: skip
+        wanted = dataclasses.replace(wanted, nodes=stored.nodes)
     if wanted != stored:
         raise CliError(
             f"{args.dir}/cluster.json describes another cluster than these options: "
@@ -274,6 +294,7 @@ def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> d
         "release_timeout": spec.release_timeout,
         "placement": spec.placement,
         "base_address": spec.base_address,
+        **settings_document(spec),
         "nodes": nodes,
     }
 
@@ -315,10 +336,15 @@ def cluster_down(args: argparse.Namespace) -> int:
 def cluster_status(args: argparse.Namespace) -> int:
     supervisor = _supervisor(args.dir.resolve())
     statuses = trio.run(supervisor.statuses)
+    spec = supervisor.spec
     if args.json:
-        _print_json([status.to_json() for status in statuses])
+        processes = [status.to_json() for status in statuses]
+        _print_json({**settings_document(spec), "processes": processes})
         return 0
-    table = Table(title=f"cluster {supervisor.directory}")
+    table = Table(
+        title=f"cluster {supervisor.directory}",
+        caption=f"failback: {spec.failback.value}; health checks: {spec.health.describe()}",
+    )
     for column in ("process", "pid", "state", "health", "address"):
         table.add_column(column, no_wrap=True)
     table.add_column("log", overflow="fold")

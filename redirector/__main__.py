@@ -24,11 +24,8 @@ from redirector.config import (
     Timers,
 )
 from redirector.log import redirector_logger
-from topology.settings import SettingsError
+from topology.settings import HEALTH_KNOBS, SettingsError
 from topology.spec import ClusterSpecError
-
-# Flags that override one health-check knob of cluster.json (tests, experiments).
-HEALTH_FLAGS = ("nop_interval", "nop_timeout", "misses", "connect_timeout")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -38,7 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, required=True, help="the cluster directory")
     parser.add_argument("--node", type=int, required=True, help="this node's id")
     parser.add_argument("--log", type=Path, help="the AHV-format log file (default: stderr)")
-    overrides = "overrides cluster.json's health knob"
+    overrides = "overrides cluster.json's health knob (tests, experiments)"
     parser.add_argument("--nop-interval", type=float, metavar="SECONDS", help=overrides)
     parser.add_argument("--nop-timeout", type=float, metavar="SECONDS", help=overrides)
     parser.add_argument("--misses", type=int, metavar="N", help=overrides)
@@ -67,7 +64,7 @@ async def serve_until_signalled(redirector: Redirector, logger: logging.Logger) 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     timers = Timers(login_timeout=args.login_timeout, startup_grace=args.startup_grace)
-    given = {name: getattr(args, name) for name in HEALTH_FLAGS}
+    given = {name: getattr(args, name) for name in HEALTH_KNOBS}
     overrides = {name: value for name, value in given.items() if value is not None}
     try:
         config = RedirectorConfig.load(args.dir, args.node, timers)

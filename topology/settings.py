@@ -96,3 +96,4 @@ class HealthChecks:
 
 
 DEFAULT_HEALTH = HealthChecks()
+HEALTH_KNOBS = tuple(HealthChecks.__dataclass_fields__)  # as cluster.json and flags name them
