@@ -161,6 +161,13 @@ def _register_vm(subparsers: Any) -> None:
     create.add_argument("--node", type=int, required=True, help="the VM's home node")
     create.add_argument("--disks", type=int, default=1)
     create.add_argument("--size", default="1G", help="each vDisk's size: 512M, 4G, ...")
+    create.add_argument(
+        "--sessions-per-disk",
+        type=int,
+        default=1,
+        metavar="N",
+        help="sessions the VM opens per vDisk (AHV Turbo: 2 for 2 or more vCPUs; 1..8)",
+    )
     create.set_defaults(handler=vm_create)
 
 
@@ -373,7 +380,12 @@ def vm_create(args: argparse.Namespace) -> int:
         # Before any file is made: a size the filesystem cannot hold leaves nothing behind.
         check_file_capacity(ClusterPaths(directory).vdisks, parse_size(args.size))
         record, infos = create_vm(
-            directory, args.name, home_node=args.node, disks=args.disks, size=args.size
+            directory,
+            args.name,
+            home_node=args.node,
+            disks=args.disks,
+            size=args.size,
+            sessions_per_disk=args.sessions_per_disk,
         )
     except (ClusterSpecError, ValueError) as error:
         raise CliError(str(error)) from None
@@ -381,6 +393,7 @@ def vm_create(args: argparse.Namespace) -> int:
         {
             "vm": record.name,
             "home_node": record.home_node,
+            "sessions_per_disk": record.sessions_per_disk,
             "portal": spec.node(record.home_node).redirector_portal,
             "vdisks": [info.to_json(spec) for info in infos],
         }

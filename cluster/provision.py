@@ -7,6 +7,7 @@ from pathlib import Path
 
 from stargate.stores.file import FileStore
 from topology.spec import (
+    MAX_SESSIONS_PER_DISK,
     VM_NAME_RE,
     ClusterPaths,
     ClusterSpec,
@@ -18,10 +19,17 @@ from topology.vdisk import VDiskMeta, parse_size
 
 
 def create_vm(
-    directory: Path | str, name: str, *, home_node: int, disks: int, size: int | str
+    directory: Path | str,
+    name: str,
+    *,
+    home_node: int,
+    disks: int,
+    size: int | str,
+    sessions_per_disk: int = 1,
 ) -> tuple[VmRecord, list[VDiskInfo]]:
     """Create VM ``name`` with ``disks`` new vDisks ``<name>-<k>`` (sparse files) on node
-    ``home_node``; refuses an existing VM name or vDisk id."""
+    ``home_node``, opening ``sessions_per_disk`` sessions to each; refuses an existing VM
+    name or vDisk id."""
     spec = ClusterSpec.load(directory)
     spec.node(home_node)  # validates the node
     if not VM_NAME_RE.match(name):
@@ -30,6 +38,10 @@ def create_vm(
         )
     if disks < 1:
         raise ClusterSpecError("a VM has at least one disk")
+    if not 1 <= sessions_per_disk <= MAX_SESSIONS_PER_DISK:
+        raise ClusterSpecError(
+            f"sessions per disk must be 1..{MAX_SESSIONS_PER_DISK}, not {sessions_per_disk}"
+        )
     paths = ClusterPaths(Path(directory))
     if paths.vm_file(name).exists():
         raise ClusterSpecError(f"VM {name!r} exists already")
@@ -43,6 +55,6 @@ def create_vm(
         meta = VDiskMeta(vdisk_id=vdisk_id, size=byte_size)
         FileStore.open_or_create(paths.vdisks, meta).close()
         infos.append(VDiskInfo(vdisk_id, meta.size, meta.block_size, name, home_node))
-    record = VmRecord(name, home_node, vdisk_ids)
+    record = VmRecord(name, home_node, vdisk_ids, sessions_per_disk)
     record.save(paths)
     return record, infos

@@ -34,6 +34,7 @@ DEFAULT_ISCSI_PORT = 3261
 DEFAULT_HTTP_PORT = 2009
 DEFAULT_STABLE_WINDOW = 300.0
 MAX_RELEASE_TIMEOUT = 600.0  # seconds; a release timeout is in (0, this]
+MAX_SESSIONS_PER_DISK = 8
 SPEC_FILE = "cluster.json"
 
 Placement = Literal["round-robin", "random"]
@@ -410,11 +411,13 @@ def _optional_seconds(value: Any) -> float | None:
 
 @dataclass
 class VmRecord:
-    """DIR/vms/<name>.json: a VM, the node it runs on and its vDisks (in disk order)."""
+    """DIR/vms/<name>.json: a VM, the node it runs on, its vDisks (in disk order) and how
+    many sessions it opens per vDisk (AHV Turbo: 2 for a VM with 2 or more vCPUs)."""
 
     name: str
     home_node: int
     vdisk_ids: list[str] = field(default_factory=list)
+    sessions_per_disk: int = 1
 
     def save(self, paths: ClusterPaths) -> None:
         atomic_write(paths.vm_file(self.name), (json.dumps(asdict(self), indent=2) + "\n").encode())
@@ -422,7 +425,12 @@ class VmRecord:
     @classmethod
     def load(cls, path: Path) -> VmRecord:
         raw = json.loads(path.read_text())
-        return cls(str(raw["name"]), int(raw["home_node"]), [str(v) for v in raw["vdisk_ids"]])
+        return cls(
+            str(raw["name"]),
+            int(raw["home_node"]),
+            [str(v) for v in raw["vdisk_ids"]],
+            int(raw.get("sessions_per_disk", 1)),
+        )
 
 
 @dataclass(frozen=True)
