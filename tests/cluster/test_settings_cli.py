@@ -12,7 +12,7 @@ import pytest
 
 from tests.cluster.conftest import run_cli, unique_cluster_base
 from topology.settings import FailbackMode, HealthChecks
-from topology.spec import ClusterSpec
+from topology.spec import ClusterPaths, ClusterSpec, VmRecord
 
 
 def test_up_records_the_settings_status_shows_them_and_set_changes_the_mode(
@@ -97,3 +97,29 @@ def test_set_needs_a_setting_and_an_existing_cluster(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     bad = run_cli("cluster", "set", "--dir", str(tmp_path), "--failback", "x", check=False)
     assert bad.returncode == 2 and "failback mode must be one of" in bad.stderr
+
+
+def test_vm_create_records_the_sessions_per_disk(tmp_path: Path) -> None:
+    ClusterSpec.create(tmp_path, 1)
+    created = json.loads(
+        run_cli(
+            "vm", "create", "turbo", "--dir", str(tmp_path), "--node", "1", "--size", "1M",
+            "--sessions-per-disk", "2",
+        ).stdout
+    )  # fmt: skip
+    assert created["sessions_per_disk"] == 2
+    assert VmRecord.load(ClusterPaths(tmp_path).vm_file("turbo")).sessions_per_disk == 2
+    plain = json.loads(
+        run_cli(
+            "vm", "create", "plain", "--dir", str(tmp_path), "--node", "1", "--size", "1M"
+        ).stdout
+    )
+    assert plain["sessions_per_disk"] == 1
+    for bad in ("0", "9"):
+        refused = run_cli(
+            "vm", "create", f"bad{bad}", "--dir", str(tmp_path), "--node", "1", "--size", "1M",
+            "--sessions-per-disk", bad, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 2, refused
+        assert f"sessions per disk must be 1..8, not {bad}" in refused.stderr
+        assert not ClusterPaths(tmp_path).vm_file(f"bad{bad}").exists()
