@@ -38,7 +38,7 @@ class PortalMonitor:
     interval: float = 1.0  # between pings, and between reconnect attempts
     timeout: float = 1.0  # for a ping answer
     misses: int = 1  # unanswered pings in a row that mean down
-    connect_timeout: float = 1.0  # for a connection, a login
+    connect_timeout: float | None = None  # for a connection, a login (None: ``timeout``)
     on_change: Callable[[bool, str], None] | None = None  # (healthy, reason)
     login: LoginOptions = field(default_factory=LoginOptions)
     healthy: bool | None = None  # None until the first verdict
@@ -86,8 +86,8 @@ class PortalMonitor:
             initiator_name=self.login.initiator_name,
             chap=self.login.chap,
             max_redirects=0,  # a health check is about this portal, not where it points
-            connect_timeout=self.connect_timeout,
-            login_timeout=self.connect_timeout,
+            connect_timeout=self.connect_timeout or self.timeout,
+            login_timeout=self.connect_timeout or self.timeout,
         )
 
     async def _ping_loop(self, established: Established) -> None:
