@@ -8,7 +8,9 @@ has been stable for the window.
 
 Each client's longest pause at failback is printed (`-s` shows it): with ``kill`` the
 remote stargate quiesces and closes the connections, the client reconnects at once; with
-``logout`` it sends AsyncEvent 1 and the client logs out and in again.
+``logout`` it sends AsyncEvent 1 and the client logs out and in again. The third case
+starts in logout and is switched to kill with `stargate cluster set` while failed over: the
+running redirector follows cluster.json.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from initiator.session import SessionConfig
 from initiator.verify import Verifier, VerifyReport
 from initiator.vm import VM
 from iscsicore.portal import Portal
+from tests.cluster.conftest import run_cli
 from tests.conftest import require_tool
 from tests.helpers.procs import ProcessReaper
 from tests.redirector.cluster import PORT, TestCluster
@@ -99,13 +102,21 @@ async def wait_progress(device: BlockDevice, timeout: float) -> None:
             await trio.sleep(0.05)
 
 
-@pytest.mark.parametrize("mode", list(FailbackMode), ids=lambda mode: mode.value)
+@pytest.mark.parametrize(
+    ("initial", "mode"),
+    [
+        (FailbackMode.KILL, FailbackMode.KILL),
+        (FailbackMode.LOGOUT, FailbackMode.LOGOUT),
+        (FailbackMode.LOGOUT, FailbackMode.KILL),  # `cluster set` while failed over
+    ],
+    ids=["kill", "logout", "logout-set-to-kill-live"],
+)
 async def test_failback_mode_with_the_initiator_and_qemu(
-    tmp_path: Path, process_reaper: ProcessReaper, mode: FailbackMode
+    tmp_path: Path, process_reaper: ProcessReaper, initial: FailbackMode, mode: FailbackMode
 ) -> None:
     qemu_io = require_tool("qemu-io", why="QEMU's libiscsi client")
     cluster = TestCluster.create(
-        tmp_path / "cluster", process_reaper, nodes=2, stable_window=STABLE_WINDOW, failback=mode
+        tmp_path / "cluster", process_reaper, nodes=2, stable_window=STABLE_WINDOW, failback=initial
     )
     cluster.create_vm("vm1", disks=2, size="16M", home=1)
     cluster.start_stargates()
@@ -138,6 +149,12 @@ async def test_failback_mode_with_the_initiator_and_qemu(
 
         nursery.start_soon(writes)
         await wait_serving(cluster, "vm1-1", {2}, FAILOVER_TIMEOUT)
+        if mode is not initial:  # the running redirector reads it at failback
+            await trio.to_thread.run_sync(
+                lambda: run_cli(
+                    "cluster", "set", "--dir", str(cluster.directory), "--failback", mode.value
+                )
+            )
         device.stats.pauses.longest = 0.0  # from here on: the failback's pause only
         cluster.start_stargate(1)
         for vdisk in ("vm1-0", "vm1-1"):
@@ -159,7 +176,7 @@ async def test_failback_mode_with_the_initiator_and_qemu(
     # redirector from node 1.
     await run_qemu_io(qemu_io, qemu_reads(qemu_url), 120)
     print(
-        f"\nfailback {mode.value}: initiator pause {initiator_pause:.3f} s, "
+        f"\nfailback {initial.value}->{mode.value}: initiator pause {initiator_pause:.3f} s, "
         f"qemu-io pause {qemu_pause:.3f} s"
     )
     assert initiator_pause < MAX_FAILBACK_PAUSE
