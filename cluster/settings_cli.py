@@ -15,7 +15,6 @@ from topology.settings import (
     DEFAULT_HEALTH,
     HEALTH_KNOBS,
     FailbackMode,
-    HealthChecks,
     SettingsError,
 )
 from topology.spec import ClusterSpec, ClusterSpecError
@@ -83,13 +82,9 @@ def add_health_knobs(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def health_option(args: argparse.Namespace, stored: ClusterSpec | None) -> HealthChecks:
-    """The health knobs given on the command line over the stored (or default) ones."""
-    given = {name: getattr(args, name) for name in HEALTH_KNOBS if getattr(args, name) is not None}
-    try:
-        return dataclasses.replace(stored.health if stored else DEFAULT_HEALTH, **given)
-    except SettingsError as error:
-        raise CliError(str(error)) from None
+def health_knobs_given(args: argparse.Namespace) -> dict[str, float | int]:
+    """The health-check knobs given on the command line (they override one by one)."""
+    return {name: getattr(args, name) for name in HEALTH_KNOBS if getattr(args, name) is not None}
 
 
 def settings_document(spec: ClusterSpec) -> dict[str, Any]:

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from cluster.config import cluster_config, saved_config
+from cluster.provision import provision_vms
 from tests.cluster.conftest import run_cli, unique_cluster_base
+from topology.config_file import ConfigDocument, ConfigError
 from topology.settings import FailbackMode, HealthChecks
 from topology.spec import ClusterPaths, ClusterSpec, VmRecord
 
@@ -123,3 +126,66 @@ def test_vm_create_records_the_sessions_per_disk(tmp_path: Path) -> None:
         assert refused.returncode == 2, refused
         assert f"sessions per disk must be 1..8, not {bad}" in refused.stderr
         assert not ClusterPaths(tmp_path).vm_file(f"bad{bad}").exists()
+
+
+CONFIG = """nodes = 2
+failback = "logout"
+
+[health]
+nop_timeout = 1.5
+misses = 2
+
+[[vm]]
+name = "turbo"
+node = 1
+size = "1M"
+sessions_per_disk = 2
+"""
+
+
+def test_the_config_file_carries_the_settings_and_save_writes_them(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(CONFIG)
+    config = cluster_config(ConfigDocument.load(path), {}, None)
+    spec = config.spec()
+    assert spec.failback is FailbackMode.LOGOUT
+    assert spec.health == HealthChecks(nop_timeout=1.5, misses=2)  # the rest: defaults
+    assert config.vms[0].sessions_per_disk == 2
+    # Flags override knob by knob, over the file's [health].
+    flagged = cluster_config(
+        ConfigDocument.load(path), {"health": {"misses": 4}, "failback": FailbackMode.KILL}, None
+    )
+    assert flagged.health == HealthChecks(nop_timeout=1.5, misses=4)
+    assert flagged.failback is FailbackMode.KILL
+    directory = tmp_path / "cluster"
+    spec.save(directory)
+    provision_vms(directory, config.vms)
+    saved, _ = saved_config(directory, redirectors=True)
+    assert saved.vms == config.vms and saved.spec() == spec
+    text = saved.to_toml()
+    assert 'failback = "logout"' in text and "sessions_per_disk = 2" in text, text
+    again = tmp_path / "again.toml"
+    again.write_text(text)
+    assert cluster_config(ConfigDocument.load(again), {}, None) == saved
+
+
+@pytest.mark.parametrize(
+    ("replace_line", "line", "message"),
+    [
+        ('failback = "logout"', 2, "failback mode must be one of kill, logout"),
+        ("misses = 2", 6, "misses must be in 1..100, not 0"),
+        ("nop_timeout = 1.5", 5, r"nop_timeout must be in (0, 3600] seconds"),
+        ("sessions_per_disk = 2", 12, "must be 1..8, not 9"),
+    ],
+)
+def test_bad_settings_in_the_file_name_the_key_and_line(
+    tmp_path: Path, replace_line: str, line: int, message: str
+) -> None:
+    key = replace_line.split(" = ")[0]
+    bad = {"failback": '"drain"', "misses": "0", "nop_timeout": "-1", "sessions_per_disk": "9"}
+    path = tmp_path / "cluster.toml"
+    path.write_text(CONFIG.replace(replace_line, f"{key} = {bad[key]}"))
+    with pytest.raises(ConfigError) as caught:
+        cluster_config(ConfigDocument.load(path), {}, None)
+    assert f"cluster.toml:{line}: " in str(caught.value) and key in str(caught.value), caught.value
+    assert message in str(caught.value), caught.value
