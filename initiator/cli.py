@@ -6,7 +6,8 @@
     initiator write URL LBA --file F
     initiator bench URL --rw randread --bs 4k --qd 32 --seconds 10 [--json]
     initiator verify URL --seconds N [--json]
-    initiator vm PORTAL VDISK... [--workload verify|randrw|...] --seconds N [--json]
+    initiator vm PORTAL VDISK... [--workload verify|randrw|...] --seconds N
+                 [--sessions-per-disk N] [--json]
 
 Errors print one line on stderr and exit 1 (2 for usage); no tracebacks.
 """

@@ -70,8 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = RedirectorConfig.load(args.dir, args.node, timers)
         if overrides:
             health = dataclasses.replace(config.spec.health, **overrides)
-            timers = dataclasses.replace(timers, health=health)
-            config = RedirectorConfig.load(args.dir, args.node, timers)
+            config = dataclasses.replace(config, timers=dataclasses.replace(timers, health=health))
     except (ClusterSpecError, SettingsError) as error:
         print(f"redirector-{args.node}: {error}", file=sys.stderr)
         return 2
