@@ -49,18 +49,26 @@ def isid_tsih(evidence: Evidence) -> Outcome:
     )
 
 
-def negotiate_once(evidence: Evidence) -> Outcome:
-    """RFC 7143 6.2: no key is declared or negotiated twice in one login."""
-    conn = first_connection(evidence)
-    if conn is None:
-        return never_logged_in()
-    counts = Counter(
+def _key_counts(conn: ConnectionLog) -> Counter[str]:
+    return Counter(
         key
         for seen in conn.received()
         if isinstance(seen.pdu, LoginRequest)
         for key, _ in seen.text()
     )
-    twice = sorted(key for key, count in counts.items() if count > 1)
+
+
+def _repeated_keys(conn: ConnectionLog) -> list[str]:
+    return sorted(key for key, count in _key_counts(conn).items() if count > 1)
+
+
+def negotiate_once(evidence: Evidence) -> Outcome:
+    """RFC 7143 6.2: no key is declared or negotiated twice in one login."""
+    conn = first_connection(evidence)
+    if conn is None:
+        return never_logged_in()
+    counts = _key_counts(conn)
+    twice = _repeated_keys(conn)
     quoted = quote(conn.received())
     if twice:
         return failed(f"sent {', '.join(twice)} more than once in one login", *quoted)
@@ -89,6 +97,12 @@ def transit_held(evidence: Evidence) -> Outcome:
                     f"moved to stage {pdu.csg} after a T=0 answer in stage {last.csg}",
                     *quote(conn.pdus),
                 )
+    repeated = _repeated_keys(conns[0])
+    if repeated:
+        return failed(
+            f"sent {', '.join(repeated)} again after a T=0 answer (RFC 7143 6.2: once)",
+            *quote(conns[0].pdus),
+        )
     held = sum(
         1 for resp in conns[0].login_responses() if not resp.transit and resp.status_class == 0
     )

@@ -1,0 +1,187 @@
+"""A deliberately misbehaving initiator for testing the conformance kit's judges.
+
+It speaks raw PDUs (iscsicore's `InitiatorLogin` and encoders) and breaks exactly one
+behaviour, its `Flaw`; with `Flaw.NONE` it behaves. It is a kit driver, so the kit runs
+it like any other initiator and must fail the behaviour it breaks.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass, replace
+from enum import Enum
+
+import trio
+
+from cluster.conformance.drivers import DriverJob, DriverRun
+from iscsicore.chap import ChapSecrets
+from iscsicore.framing import PduFramer, encode_pdu
+from iscsicore.login import InitiatorLogin, LoginDone, LoginFailed, LoginRedirect
+from iscsicore.pdu import LoginRequest, LoginResponse, LoginStage, LoginStatus, ScsiCommand
+from iscsicore.portal import Portal
+
+INITIATOR_NAME = "iqn.2026-12.test:rogue"
+RANDOM_ISID = (0b10 << 46) | 0x1234_5678  # type 10b: random
+RESERVED_ISID = (0b11 << 46) | 0x1234_5678
+MAX_HOPS = 4  # redirects a well-behaved rogue follows
+STORM_PAUSE = 0.01  # between the attempts of a flawed rogue that never gives up
+MAX_ATTEMPTS = 500
+RECEIVE_TIMEOUT = 5.0
+BLOCK = 512
+
+
+class Flaw(Enum):
+    NONE = "none"
+    RESERVED_ISID = "reserved ISID type"
+    STAGE_JUMP = "changes stage after a T=0 answer"
+    RENEGOTIATE = "sends its keys again after a T=0 answer"
+    STALE_EXP_STAT_SN = "ExpStatSN stuck at 1"
+    OVERSIZED_SEGMENT = "8 KiB of immediate data whatever the target declared"
+    RETRY_STORM = "retries a refused login at once, again and again"
+    FOLLOW_FOREVER = "follows every redirect"
+    IGNORE_PERMANENT = "does not follow 0x0102"
+    WRONG_CHAP_NAME = "CHAP_N is not the configured name"
+    ACCEPT_BAD_PROOF = "goes on after a wrong target CHAP_R"
+
+
+class _Closed(Exception):
+    pass
+
+
+def _write10(lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBIBHB", 0x2A, 0, lba, 0, blocks, 0).ljust(16, b"\0")
+
+
+@dataclass(frozen=True, slots=True)
+class RogueDriver:
+    flaw: Flaw
+    name: str = "rogue"
+    chap: bool = True
+    mutual_chap: bool = True
+
+    def unavailable(self) -> str | None:
+        return None
+
+    async def run(self, job: DriverJob, deadline: float) -> DriverRun:
+        started = time.monotonic()
+        status: int | None = None
+        with trio.move_on_at(deadline):
+            status = await self._run(job)
+        return DriverRun(status, self.flaw.value, time.monotonic() - started)
+
+    async def _run(self, job: DriverJob) -> int:
+        portal, hops = job.portal, 0
+        for _ in range(MAX_ATTEMPTS):
+            outcome = await self._connection(portal, job)
+            if isinstance(outcome, LoginRedirect):
+                if outcome.permanent and self.flaw is Flaw.IGNORE_PERMANENT:
+                    return 1
+                hops += 1
+                if hops > MAX_HOPS and self.flaw is not Flaw.FOLLOW_FOREVER:
+                    return 1
+                portal = outcome.address
+                await trio.sleep(STORM_PAUSE if self.flaw is Flaw.FOLLOW_FOREVER else 0)
+            elif isinstance(outcome, LoginFailed) or outcome is None:
+                if self.flaw is not Flaw.RETRY_STORM or outcome is None or not outcome.raw_status:
+                    return 1
+                await trio.sleep(STORM_PAUSE)
+            else:
+                return 0
+        return 1
+
+    async def _connection(
+        self, portal: Portal, job: DriverJob
+    ) -> LoginDone | LoginRedirect | LoginFailed | None:
+        stream = await trio.open_tcp_stream(portal.connect_host, portal.port)
+        framer = PduFramer(receiving_from="target", max_recv_data_segment_length=1 << 24)
+        try:
+            outcome = await self._login(stream, framer, job)
+            if isinstance(outcome, LoginDone):
+                await self._io(stream, framer, outcome)
+            return outcome
+        except (_Closed, trio.BrokenResourceError, trio.TooSlowError):
+            return None
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _login(
+        self, stream: trio.SocketStream, framer: PduFramer, job: DriverJob
+    ) -> LoginDone | LoginRedirect | LoginFailed:
+        chap = job.chap
+        if chap is not None and self.flaw is Flaw.WRONG_CHAP_NAME:
+            chap = ChapSecrets("not-" + chap.username, chap.secret)
+        isid = RESERVED_ISID if self.flaw is Flaw.RESERVED_ISID else RANDOM_ISID
+        login = InitiatorLogin(INITIATOR_NAME, job.target, isid, chap=chap, mutual_chap=job.mutual)
+        request = login.start()
+        first_text: dict[int, bytes] = {}
+        last: LoginResponse | None = None
+        while True:
+            first_text.setdefault(request.csg, bytes(request.data))
+            request = self._tweak(request, last, first_text, chap is not None)
+            await stream.send_all(encode_pdu(request))
+            response = await _receive(stream, framer)
+            if not isinstance(response, LoginResponse):
+                raise _Closed
+            last = response
+            outcome = login.receive(response)
+            if isinstance(outcome, LoginRequest):
+                request = outcome
+                continue
+            if (
+                isinstance(outcome, LoginFailed)
+                and self.flaw is Flaw.ACCEPT_BAD_PROOF
+                and outcome.status is LoginStatus.AUTHENTICATION_FAILURE
+                and not outcome.raw_status
+            ):
+                # Detected the wrong proof, and asks to go on anyway.
+                await stream.send_all(encode_pdu(replace(request, data=b"")))
+            return outcome
+
+    def _tweak(
+        self,
+        request: LoginRequest,
+        last: LoginResponse | None,
+        first_text: dict[int, bytes],
+        chap: bool,
+    ) -> LoginRequest:
+        held = last is not None and not last.transit and last.status_class == 0
+        if self.flaw is Flaw.STALE_EXP_STAT_SN:
+            return replace(request, exp_stat_sn=1)
+        if self.flaw is Flaw.STAGE_JUMP and held and not chap:
+            return replace(
+                request, csg=LoginStage.OPERATIONAL, nsg=LoginStage.FULL_FEATURE, transit=True
+            )
+        if self.flaw is Flaw.RENEGOTIATE and held and not request.data:
+            return replace(request, data=first_text[request.csg])
+        return request
+
+    async def _io(self, stream: trio.SocketStream, framer: PduFramer, done: LoginDone) -> None:
+        """One WRITE(10) with its data as immediate data, then its response."""
+        limit = done.params.target_max_recv_data_segment_length
+        blocks = 16 if self.flaw is Flaw.OVERSIZED_SEGMENT else max(1, min(8, limit // BLOCK))
+        exp_stat_sn = 1 if self.flaw is Flaw.STALE_EXP_STAT_SN else (done.stat_sn + 1) & 0xFFFFFFFF
+        data = bytes(blocks * BLOCK)
+        command = ScsiCommand(
+            write=True,
+            itt=1,
+            expected_data_transfer_length=len(data),
+            cmd_sn=done.exp_cmd_sn,
+            exp_stat_sn=exp_stat_sn,
+            cdb=_write10(0, blocks),
+            data=data,
+        )
+        await stream.send_all(encode_pdu(command))
+        await _receive(stream, framer)
+
+
+async def _receive(stream: trio.SocketStream, framer: PduFramer) -> object:
+    with trio.fail_after(RECEIVE_TIMEOUT):
+        while True:
+            pdu = framer.next_pdu()
+            if pdu is not None:
+                return pdu
+            data = await stream.receive_some(65536)
+            if not data:
+                raise _Closed
+            framer.feed(data)
