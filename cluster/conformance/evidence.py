@@ -127,11 +127,9 @@ class ConnectionLog:
 
     def full_feature(self) -> list[Seen]:
         """What the initiator sent after its login."""
-        return [
-            seen
-            for seen in self.received()
-            if not isinstance(seen.pdu, LoginRequest) and self.logged_in
-        ]
+        if not self.logged_in:
+            return []
+        return [seen for seen in self.received() if not isinstance(seen.pdu, LoginRequest)]
 
     def summary(self) -> dict[str, object]:
         return {
@@ -187,10 +185,11 @@ class RecordingStream(trio.abc.Stream):
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.send_all(data)
+        # Stamped before they go: the initiator's reaction must never come out earlier.
         if not self.log.undecodable:
             self._out.feed(bytes(data))
             self._drain(self._out, "out")
+        await self._inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()

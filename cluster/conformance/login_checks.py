@@ -100,7 +100,8 @@ def transit_held(evidence: Evidence) -> Outcome:
     repeated = _repeated_keys(conns[0])
     if repeated:
         return failed(
-            f"sent {', '.join(repeated)} again after a T=0 answer (RFC 7143 6.2: once)",
+            f"sent {', '.join(repeated)} more than once while the target held T=0 "
+            "(RFC 7143 6.2: negotiate once)",
             *quote(conns[0].pdus),
         )
     held = sum(

@@ -30,7 +30,7 @@ def redirect_followed(evidence: Evidence) -> Outcome:
     if not target.logged_in:
         return failed("the login at the new portal did not complete", *quote(target.pdus))
     return passed(
-        f"logged in at the new portal {delay * 1000:.0f} ms after the redirect",
+        f"logged in at the new portal {delay * 1000:.1f} ms after the redirect",
         timing,
         *quote(entry.pdus, 2),
         *quote(target.pdus, 2),

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.conformance.catalogue import ConformanceTest
-from cluster.conformance.runner import TestResult
+from cluster.conformance.runner import ConformanceResult
 from cluster.conformance.verdict import Verdict
 
 _STYLE = {
@@ -33,7 +33,7 @@ def tests_table(tests: tuple[ConformanceTest, ...]) -> Table:
     return table
 
 
-def results_table(driver: str, results: list[TestResult]) -> Table:
+def results_table(driver: str, results: list[ConformanceResult]) -> Table:
     table = Table(title=f"Initiator conformance: {driver}")
     for column in ("test", "verdict", "RFC 7143", "evidence"):
         table.add_column(column, overflow="fold")
@@ -48,17 +48,17 @@ def results_table(driver: str, results: list[TestResult]) -> Table:
     return table
 
 
-def counts(results: list[TestResult]) -> dict[str, int]:
+def counts(results: list[ConformanceResult]) -> dict[str, int]:
     counted = Counter(result.verdict.value for result in results)
     return {verdict.value: counted.get(verdict.value, 0) for verdict in Verdict}
 
 
-def print_results(console: Console, driver: str, results: list[TestResult]) -> None:
+def print_results(console: Console, driver: str, results: list[ConformanceResult]) -> None:
     console.print(results_table(driver, results))
     console.print(", ".join(f"{count} {name}" for name, count in counts(results).items()))
 
 
-def to_json(driver: str, results: list[TestResult], when: datetime | None = None) -> dict[str, Any]:
+def to_json(driver: str, results: list[ConformanceResult], when: datetime | None = None) -> dict[str, Any]:
     when = when or datetime.now(UTC)
     return {
         "initiator": driver,
@@ -88,11 +88,11 @@ def to_json(driver: str, results: list[TestResult], when: datetime | None = None
     }
 
 
-def write_json(path: Path, driver: str, results: list[TestResult]) -> None:
+def write_json(path: Path, driver: str, results: list[ConformanceResult]) -> None:
     path.write_text(json.dumps(to_json(driver, results), indent=2, default=str) + "\n")
 
 
-def junit_xml(driver: str, results: list[TestResult]) -> ET.ElementTree[ET.Element]:
+def junit_xml(driver: str, results: list[ConformanceResult]) -> ET.ElementTree[ET.Element]:
     """One <testsuite> per suite; a fail is a <failure>, n/a is <skipped>, informative
     passes with its finding in <system-out>."""
     root = ET.Element("testsuites", name=f"initiator conformance: {driver}")
@@ -126,7 +126,7 @@ def junit_xml(driver: str, results: list[TestResult]) -> ET.ElementTree[ET.Eleme
     return ET.ElementTree(root)
 
 
-def write_junit(path: Path, driver: str, results: list[TestResult]) -> None:
+def write_junit(path: Path, driver: str, results: list[ConformanceResult]) -> None:
     tree = junit_xml(driver, results)
     ET.indent(tree)
     tree.write(path, encoding="utf-8", xml_declaration=True)

@@ -33,7 +33,7 @@ class RunOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class TestResult:
+class ConformanceResult:
     test: ConformanceTest
     outcome: Outcome
     seconds: float
@@ -53,11 +53,11 @@ def _inapplicable(test: ConformanceTest, driver: Driver) -> str | None:
     return None
 
 
-async def run_test(test: ConformanceTest, driver: Driver, options: RunOptions) -> TestResult:
+async def run_test(test: ConformanceTest, driver: Driver, options: RunOptions) -> ConformanceResult:
     started = time.monotonic()
     reason = _inapplicable(test, driver)
     if reason is not None:
-        return TestResult(test, not_applicable(reason), 0.0, None)
+        return ConformanceResult(test, not_applicable(reason), 0.0, None)
     mutual_given = test.secrets is Chap.MUTUAL
     evidence = Evidence(trio.current_time())
     server = memory_server()
@@ -80,10 +80,10 @@ async def run_test(test: ConformanceTest, driver: Driver, options: RunOptions) -
     window = options.window if test.watch_window else evidence.now()
     outcome = test.judge(evidence, RunContext(window, mutual_given))
     connections = tuple(conn.summary() for conn in evidence.connections)
-    return TestResult(test, outcome, time.monotonic() - started, run, connections)
+    return ConformanceResult(test, outcome, time.monotonic() - started, run, connections)
 
 
 async def run_tests(
     tests: tuple[ConformanceTest, ...], driver: Driver, options: RunOptions
-) -> list[TestResult]:
+) -> list[ConformanceResult]:
     return [await run_test(test, driver, options) for test in tests]

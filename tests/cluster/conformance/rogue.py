@@ -36,6 +36,7 @@ class Flaw(Enum):
     RESERVED_ISID = "reserved ISID type"
     STAGE_JUMP = "changes stage after a T=0 answer"
     RENEGOTIATE = "sends its keys again after a T=0 answer"
+    DUPLICATE_KEY = "offers MaxBurstLength twice in its operational keys"
     STALE_EXP_STAT_SN = "ExpStatSN stuck at 1"
     OVERSIZED_SEGMENT = "8 KiB of immediate data whatever the target declared"
     RETRY_STORM = "retries a refused login at once, again and again"
@@ -152,6 +153,13 @@ class RogueDriver:
             return replace(
                 request, csg=LoginStage.OPERATIONAL, nsg=LoginStage.FULL_FEATURE, transit=True
             )
+        if (
+            self.flaw is Flaw.DUPLICATE_KEY
+            and request.csg == LoginStage.OPERATIONAL
+            and request.data == first_text[request.csg]
+            and b"MaxBurstLength=" in request.data
+        ):
+            return replace(request, data=bytes(request.data) + b"MaxBurstLength=262144\0")
         if self.flaw is Flaw.RENEGOTIATE and held and not request.data:
             return replace(request, data=first_text[request.csg])
         return request
