@@ -82,8 +82,13 @@ def run_command(args: argparse.Namespace) -> int:
         raise CliError(missing)
     options = RunOptions(args.window, args.driver_timeout, KitAddresses(args.host, args.other_host))
     # The stargate behind the portals logs every dropped connection: tests drop many.
-    logging.getLogger("stargate").setLevel(logging.CRITICAL)
-    results = trio.run(run_tests, tests, driver, options)
+    stargate_log = logging.getLogger("stargate")
+    level = stargate_log.level
+    stargate_log.setLevel(logging.CRITICAL)
+    try:
+        results = trio.run(run_tests, tests, driver, options)
+    finally:
+        stargate_log.setLevel(level)
     print_results(output_console(), driver.name, results)
     if args.report:
         write_json(args.report, driver.name, results)

@@ -58,7 +58,9 @@ def print_results(console: Console, driver: str, results: list[ConformanceResult
     console.print(", ".join(f"{count} {name}" for name, count in counts(results).items()))
 
 
-def to_json(driver: str, results: list[ConformanceResult], when: datetime | None = None) -> dict[str, Any]:
+def to_json(
+    driver: str, results: list[ConformanceResult], when: datetime | None = None
+) -> dict[str, Any]:
     when = when or datetime.now(UTC)
     return {
         "initiator": driver,

@@ -15,7 +15,7 @@ import trio
 
 from cluster.conformance.catalogue import TESTS
 from cluster.conformance.drivers import Driver, LibiscsiDriver, ProjectDriver
-from cluster.conformance.runner import RunOptions, ConformanceResult, run_tests
+from cluster.conformance.runner import ConformanceResult, RunOptions, run_tests
 from cluster.conformance.target import KitAddresses
 from cluster.conformance.verdict import Verdict
 from tests.cluster.conformance.rogue import Flaw, RogueDriver
@@ -84,9 +84,7 @@ def quiet_stargate() -> Iterator[None]:
 
 
 def _options() -> RunOptions:
-    return RunOptions(
-        window=WINDOW, addresses=KitAddresses("127.0.0.1", unique_loopback_address())
-    )
+    return RunOptions(window=WINDOW, addresses=KitAddresses("127.0.0.1", unique_loopback_address()))
 
 
 def _verdicts(results: list[ConformanceResult]) -> dict[str, Verdict]:
