@@ -12,16 +12,18 @@ from dataclasses import dataclass
 from enum import Enum
 
 from cluster.conformance import chap_checks as chap
+from cluster.conformance import full_feature_checks as full_feature
 from cluster.conformance import login_checks as login
 from cluster.conformance import redirect_checks as redirect
 from cluster.conformance.evidence import Evidence
-from cluster.conformance.target import LoginScript, PortalSpec
+from cluster.conformance.target import PING_TTT, LoginScript, PortalSpec
 from cluster.conformance.verdict import Outcome
 from iscsicore.chap import ChapSecrets
 from iscsicore.pdu import LoginStatus
 
-SUITES = ("login", "redirect", "chap")
+SUITES = ("login", "full-feature", "redirect", "chap")
 HELD_ROUNDS = 3
+CLOSED_WINDOW_SECONDS = 0.5
 SMALL_SEGMENT = 4096  # the MaxRecvDataSegmentLength declared by the segment-length test
 SHORT_CHALLENGE = b"\x07"
 CHAP_USER = "conformance-initiator"
@@ -138,6 +140,23 @@ TESTS: tuple[ConformanceTest, ...] = (
         _entry(LoginScript(refuse=LoginStatus.SERVICE_UNAVAILABLE)),
         lambda evidence, ctx: login.refused_without_storm(evidence, ctx.window, 3),
         watch_window=True,
+    ),
+    ConformanceTest(
+        "full-feature.nop-in-answered",
+        "full-feature",
+        "11.18, 11.19",
+        "a NOP-In ping right after login: a NOP-Out with its TTT, ITT 0xffffffff, I bit set",
+        _entry(LoginScript(ping_after_login=True)),
+        lambda evidence, ctx: full_feature.ping_answered(evidence, PING_TTT),
+    ),
+    ConformanceTest(
+        "full-feature.window-closed",
+        "full-feature",
+        "4.2.2.1",
+        f"the login ends with MaxCmdSN = ExpCmdSN - 1, a NOP-In opens the window "
+        f"{CLOSED_WINDOW_SECONDS:g} s later: no command before",
+        _entry(LoginScript(closed_window_seconds=CLOSED_WINDOW_SECONDS)),
+        lambda evidence, ctx: full_feature.closed_window_honoured(evidence),
     ),
     ConformanceTest(
         "redirect.new-address",

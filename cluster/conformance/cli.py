@@ -27,7 +27,7 @@ from stargate.cli import CliError
 def register(subparsers: Any) -> None:
     conformance = subparsers.add_parser(
         "conformance",
-        help="put an iSCSI initiator through login, redirect and CHAP conformance tests",
+        help="put an iSCSI initiator through login, full-feature, redirect and CHAP tests",
         description="Each test sets up scripted portals on loopback (a stargate serves the "
         "I/O behind them), runs the initiator, and judges it only by the PDUs the target "
         "received. Exit status 1 if a test fails.",

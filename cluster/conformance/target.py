@@ -23,8 +23,16 @@ from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionType, decode_text, encode_text
 from iscsicore.login import Accept, Redirect, Refuse, Resolution, TargetLogin
 from iscsicore.login_phase import LoginPhaseState, TargetLoginPhase
-from iscsicore.pdu import LoginRequest, LoginResponse, LoginStatus
+from iscsicore.pdu import (
+    RESERVED_TAG,
+    LoginRequest,
+    LoginResponse,
+    LoginStage,
+    LoginStatus,
+    NopIn,
+)
 from iscsicore.portal import Portal
+from iscsicore.seqnum import SERIAL_MASK
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
 from stargate.server import ServerConfig, StargateServer
@@ -40,6 +48,7 @@ LOGIN_TIMEOUT = 10.0
 RECEIVE_SIZE = 65536
 # Binding another loopback address on the entry portal's port: attempts before giving up.
 PORT_ATTEMPTS = 8
+PING_TTT = 0x6B697401  # the Target Transfer Tag of the kit's NOP-In ping
 
 Resolver = Callable[[str, str | None, SessionType], Resolution]
 
@@ -58,6 +67,11 @@ class LoginScript:
     mutual: ChapSecrets | None = None
     corrupt_mutual_response: bool = False  # the target's CHAP_R is wrong
     challenge: bytes | None = None  # sent as CHAP_C instead of the real challenge
+    # After the login: a NOP-In ping with PING_TTT before the stargate takes over.
+    ping_after_login: bool = False
+    # The login ends with the command window closed (MaxCmdSN = ExpCmdSN - 1); a NOP-In
+    # opens it this many seconds later.
+    closed_window_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +155,15 @@ class KitTarget:
         recording = RecordingStream(stream, log, self.evidence)
         try:
             login, framer = await self._login(recording, spec)
-            if login is not None and login.complete:
-                await self.server.serve_logged_in(recording, framer, login)
+            if login is None or not login.complete:
+                return
+            if spec.script.closed_window_seconds > 0:
+                if not await _read_while_closed(recording, framer, spec.script):
+                    return
+                await _send_nop_in(recording, login, RESERVED_TAG)  # the window opens
+            if spec.script.ping_after_login:
+                await _send_nop_in(recording, login, PING_TTT)
+            await self.server.serve_logged_in(recording, framer, login)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -206,8 +227,44 @@ class KitTarget:
         return resolve
 
 
+async def _read_while_closed(
+    stream: RecordingStream, framer: PduFramer, script: LoginScript
+) -> bool:
+    """Keep reading (and recording) while the window is closed: what the initiator sends
+    waits in ``framer`` for the stargate. False if the initiator closed meanwhile."""
+    with trio.move_on_after(script.closed_window_seconds):
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return False
+            framer.feed(data)
+    return True
+
+
+async def _send_nop_in(stream: RecordingStream, login: TargetLogin, ttt: int) -> None:
+    """A NOP-In with the session's numbers: a ping with ``ttt``, or (reserved TTT) just
+    news of the window. StatSN is not advanced by either (RFC 7143 11.19)."""
+    nop = NopIn(
+        ttt=ttt,
+        stat_sn=login.stat_sn,
+        exp_cmd_sn=login.cmd_sn,
+        max_cmd_sn=login.max_cmd_sn,
+    )
+    params = login.params
+    await stream.send_all(
+        encode_pdu(nop, header_digest=params.header_digest, data_digest=params.data_digest)
+    )
+
+
 def _rewrite(response: LoginResponse, script: LoginScript) -> LoginResponse:
-    """The scripted changes to a CHAP answer: another challenge, a wrong proof."""
+    """The scripted changes to a login answer: the command window closed at the end,
+    another CHAP challenge, a wrong CHAP proof."""
+    if (
+        script.closed_window_seconds > 0
+        and response.transit
+        and response.nsg == LoginStage.FULL_FEATURE
+    ):
+        return replace(response, max_cmd_sn=(response.exp_cmd_sn - 1) & SERIAL_MASK)
     if script.challenge is None and not script.corrupt_mutual_response:
         return response
     pairs = decode_text(bytes(response.data), terminated=False) if response.data else []

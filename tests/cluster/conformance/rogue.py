@@ -18,8 +18,18 @@ from cluster.conformance.drivers import DriverJob, DriverRun
 from iscsicore.chap import ChapSecrets
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.login import InitiatorLogin, LoginDone, LoginFailed, LoginRedirect
-from iscsicore.pdu import LoginRequest, LoginResponse, LoginStage, LoginStatus, ScsiCommand
+from iscsicore.pdu import (
+    RESERVED_TAG,
+    LoginRequest,
+    LoginResponse,
+    LoginStage,
+    LoginStatus,
+    NopIn,
+    NopOut,
+    ScsiCommand,
+)
 from iscsicore.portal import Portal
+from iscsicore.seqnum import SERIAL_MASK, sn_add, sn_gt
 
 INITIATOR_NAME = "iqn.2026-12.test:rogue"
 RANDOM_ISID = (0b10 << 46) | 0x1234_5678  # type 10b: random
@@ -36,6 +46,8 @@ class Flaw(Enum):
     RESERVED_ISID = "reserved ISID type"
     STAGE_JUMP = "changes stage after a T=0 answer"
     RENEGOTIATE = "sends its keys again after a T=0 answer"
+    IGNORE_NOP_IN = "leaves NOP-In pings unanswered"
+    IGNORE_WINDOW = "sends commands whatever MaxCmdSN says"
     DUPLICATE_KEY = "offers MaxBurstLength twice in its operational keys"
     STALE_EXP_STAT_SN = "ExpStatSN stuck at 1"
     OVERSIZED_SEGMENT = "8 KiB of immediate data whatever the target declared"
@@ -165,22 +177,41 @@ class RogueDriver:
         return request
 
     async def _io(self, stream: trio.SocketStream, framer: PduFramer, done: LoginDone) -> None:
-        """One WRITE(10) with its data as immediate data, then its response."""
+        """One WRITE(10) with its data as immediate data, once the command window is open
+        (NOP-In pings answered meanwhile), then its response."""
+        exp_stat_sn = (done.stat_sn + 1) & SERIAL_MASK
+        max_cmd_sn = done.max_cmd_sn
+        while sn_gt(done.exp_cmd_sn, max_cmd_sn) and self.flaw is not Flaw.IGNORE_WINDOW:
+            pdu = await _receive(stream, framer)
+            if isinstance(pdu, NopIn):
+                max_cmd_sn = pdu.max_cmd_sn
+                await self._answer_ping(stream, pdu, done.exp_cmd_sn, exp_stat_sn)
         limit = done.params.target_max_recv_data_segment_length
         blocks = 16 if self.flaw is Flaw.OVERSIZED_SEGMENT else max(1, min(8, limit // BLOCK))
-        exp_stat_sn = 1 if self.flaw is Flaw.STALE_EXP_STAT_SN else (done.stat_sn + 1) & 0xFFFFFFFF
         data = bytes(blocks * BLOCK)
         command = ScsiCommand(
             write=True,
             itt=1,
             expected_data_transfer_length=len(data),
             cmd_sn=done.exp_cmd_sn,
-            exp_stat_sn=exp_stat_sn,
+            exp_stat_sn=1 if self.flaw is Flaw.STALE_EXP_STAT_SN else exp_stat_sn,
             cdb=_write10(0, blocks),
             data=data,
         )
         await stream.send_all(encode_pdu(command))
-        await _receive(stream, framer)
+        # Until the command's response (or a Reject): pings are answered on the way.
+        while isinstance(pdu := await _receive(stream, framer), NopIn):
+            await self._answer_ping(stream, pdu, sn_add(done.exp_cmd_sn, 1), exp_stat_sn)
+
+    async def _answer_ping(
+        self, stream: trio.SocketStream, ping: NopIn, cmd_sn: int, exp_stat_sn: int
+    ) -> None:
+        if ping.ttt == RESERVED_TAG or self.flaw is Flaw.IGNORE_NOP_IN:
+            return
+        answer = NopOut(
+            immediate=True, lun=ping.lun, ttt=ping.ttt, cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn
+        )
+        await stream.send_all(encode_pdu(answer))
 
 
 async def _receive(stream: trio.SocketStream, framer: PduFramer) -> object:
