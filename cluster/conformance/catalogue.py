@@ -24,7 +24,8 @@ from iscsicore.pdu import LoginStatus
 SUITES = ("login", "full-feature", "redirect", "chap")
 HELD_ROUNDS = 3
 CLOSED_WINDOW_SECONDS = 0.5
-SMALL_SEGMENT = 4096  # the MaxRecvDataSegmentLength declared by the segment-length test
+SMALL_SEGMENT = 4096
+TWICE_KEY = "MaxBurstLength"  # the MaxRecvDataSegmentLength declared by the segment-length test
 SHORT_CHALLENGE = b"\x07"
 CHAP_USER = "conformance-initiator"
 CHAP_SECRET = ChapSecrets(CHAP_USER, "kit-secret-0123456789")
@@ -122,6 +123,23 @@ TESTS: tuple[ConformanceTest, ...] = (
         "segment follows (n/a if the initiator writes nothing)",
         _entry(LoginScript(max_recv_data_segment_length=SMALL_SEGMENT)),
         lambda evidence, ctx: login.segment_length_honoured(evidence, SMALL_SEGMENT),
+    ),
+    ConformanceTest(
+        "login.duplicate-answer",
+        "login",
+        "6.2",
+        f"the target answers {TWICE_KEY} twice: the initiator drops the connection",
+        _entry(LoginScript(answer_twice=TWICE_KEY)),
+        lambda evidence, ctx: login.duplicate_answer_refused(evidence, TWICE_KEY),
+    ),
+    ConformanceTest(
+        "login.header-digest",
+        "login",
+        "13.1, 11.1",
+        "the target takes only HeaderDigest=CRC32C: offered, then right on every PDU "
+        "(n/a if the initiator never offers it)",
+        _entry(LoginScript(require_header_digest=True)),
+        lambda evidence, ctx: login.header_digest_used(evidence),
     ),
     ConformanceTest(
         "login.refused-0x02",

@@ -19,6 +19,7 @@ import trio
 
 from initiator.device import BlockDevice
 from initiator.errors import InitiatorError
+from initiator.login_flow import LoginOptions
 from initiator.session import SessionConfig
 from initiator.url import ChapCredentials, IscsiUrl
 from iscsicore.chap import ChapSecrets
@@ -101,7 +102,8 @@ async def run_tools(
 
 @dataclass(frozen=True, slots=True)
 class ProjectDriver:
-    """The project's initiator library: log in, INQUIRY, write 64 KiB, read it back."""
+    """The project's initiator library: log in offering CRC32C digests, INQUIRY, write
+    64 KiB, read it back."""
 
     name: str = "project"
     chap: bool = True
@@ -122,7 +124,9 @@ class ProjectDriver:
                 _secret(mutual) if mutual else None,
             )
         url = IscsiUrl(job.portal, job.target, job.lun, credentials)
-        config = SessionConfig(nop_interval=0, replacement_timeout=2.0)
+        # Offers CRC32C digests (then None), so the kit sees them in use.
+        login = LoginOptions(header_digest=True, data_digest=True)
+        config = SessionConfig(login=login, nop_interval=0, replacement_timeout=2.0)
         status: int | None = None
         output = ""
         with trio.move_on_at(deadline):

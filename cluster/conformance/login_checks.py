@@ -58,6 +58,11 @@ def _key_counts(conn: ConnectionLog) -> Counter[str]:
     )
 
 
+def _some(keys: list[str], shown: int = 4) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
 def _repeated_keys(conn: ConnectionLog) -> list[str]:
     return sorted(key for key, count in _key_counts(conn).items() if count > 1)
 
@@ -71,7 +76,7 @@ def negotiate_once(evidence: Evidence) -> Outcome:
     twice = _repeated_keys(conn)
     quoted = quote(conn.received())
     if twice:
-        return failed(f"sent {', '.join(twice)} more than once in one login", *quoted)
+        return failed(f"sent {_some(twice)} more than once in one login", *quoted)
     return passed(f"{len(counts)} keys, each sent once", *quoted)
 
 
@@ -100,7 +105,7 @@ def transit_held(evidence: Evidence) -> Outcome:
     repeated = _repeated_keys(conns[0])
     if repeated:
         return failed(
-            f"sent {', '.join(repeated)} more than once while the target held T=0 "
+            f"sent {_some(repeated)} more than once while the target held T=0 "
             "(RFC 7143 6.2: negotiate once)",
             *quote(conns[0].pdus),
         )
@@ -193,3 +198,48 @@ def refused_without_storm(evidence: Evidence, window: float, status_class: int) 
             f"retried {len(conns) - 1} times a login refused with class 0x02", timing
         )
     return passed(f"{len(conns)} login(s) in {window:g} s", timing)
+
+
+def duplicate_answer_refused(evidence: Evidence, key: str) -> Outcome:
+    """RFC 7143 6.2: a key the target declares or answers twice is an error the initiator
+    MUST detect: it drops the connection, sending nothing more on it."""
+    conn = first_connection(evidence)
+    if conn is None:
+        return never_logged_in()
+    twice = next(
+        (
+            index
+            for index, seen in enumerate(conn.pdus)
+            if seen.direction == "out" and [k for k, _ in seen.text()].count(key) > 1
+        ),
+        None,
+    )
+    if twice is None:
+        return not_applicable(f"the initiator did not negotiate {key}")
+    after = [seen for seen in conn.pdus[twice + 1 :] if seen.direction == "in"]
+    if after:
+        return failed(
+            f"went on with {after[0].name} after {key} came twice", *quote(conn.pdus[twice:])
+        )
+    return passed(f"dropped the connection when {key} came twice", *quote(conn.pdus[twice:], 2))
+
+
+def header_digest_used(evidence: Evidence) -> Outcome:
+    """RFC 7143 13.1: a target that accepts only HeaderDigest=CRC32C gets it offered, and
+    every PDU after the login carries a right header digest (n/a if never offered)."""
+    conn = first_connection(evidence)
+    if conn is None:
+        return never_logged_in()
+    offered = [
+        value for seen in conn.received() for key, value in seen.text() if key == "HeaderDigest"
+    ]
+    if not any("CRC32C" in value.split(",") for value in offered):
+        return not_applicable(f"the initiator offered HeaderDigest={','.join(offered) or '-'}")
+    if conn.undecodable:
+        return failed(f"PDUs after the login do not decode: {conn.undecodable}", *quote(conn.pdus))
+    after = conn.full_feature()
+    if not conn.logged_in or not after:
+        return failed("no PDU with digests after the login", *quote(conn.pdus))
+    return passed(
+        f"{len(after)} PDUs with CRC32C header digests after the login", after[0].summary()
+    )

@@ -67,6 +67,8 @@ class LoginScript:
     mutual: ChapSecrets | None = None
     corrupt_mutual_response: bool = False  # the target's CHAP_R is wrong
     challenge: bytes | None = None  # sent as CHAP_C instead of the real challenge
+    answer_twice: str | None = None  # a key the target's answer carries twice
+    require_header_digest: bool = False  # HeaderDigest=CRC32C or no login
     # After the login: a NOP-In ping with PING_TTT before the stargate takes over.
     ping_after_login: bool = False
     # The login ends with the command window closed (MaxCmdSN = ExpCmdSN - 1); a NOP-In
@@ -181,6 +183,8 @@ class KitTarget:
         if script.max_recv_data_segment_length is not None:
             config.max_recv_data_segment_length = script.max_recv_data_segment_length
         config.resolve = self._resolver(script, config.resolve)
+        if script.require_header_digest:
+            config.header_digests = ("CRC32C",)
         login = TargetLogin(config)
         framer = PduFramer(receiving_from="initiator")
         phase = TargetLoginPhase(login, framer)
@@ -258,14 +262,14 @@ async def _send_nop_in(stream: RecordingStream, login: TargetLogin, ttt: int) ->
 
 def _rewrite(response: LoginResponse, script: LoginScript) -> LoginResponse:
     """The scripted changes to a login answer: the command window closed at the end,
-    another CHAP challenge, a wrong CHAP proof."""
+    another CHAP challenge, a wrong CHAP proof, a key answered twice."""
     if (
         script.closed_window_seconds > 0
         and response.transit
         and response.nsg == LoginStage.FULL_FEATURE
     ):
         return replace(response, max_cmd_sn=(response.exp_cmd_sn - 1) & SERIAL_MASK)
-    if script.challenge is None and not script.corrupt_mutual_response:
+    if script.challenge is None and not script.corrupt_mutual_response and not script.answer_twice:
         return response
     pairs = decode_text(bytes(response.data), terminated=False) if response.data else []
     changed = []
@@ -274,6 +278,8 @@ def _rewrite(response: LoginResponse, script: LoginScript) -> LoginResponse:
             value = encode_binary(script.challenge)
         elif key == "CHAP_R" and script.corrupt_mutual_response:
             value = "0x" + "00" * 16
+        elif key == script.answer_twice:
+            changed.append((key, value))
         changed.append((key, value))
     if changed == pairs:
         return response

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import Enum
+from functools import partial
 
 import trio
 
 from cluster.conformance.drivers import DriverJob, DriverRun
 from iscsicore.chap import ChapSecrets
 from iscsicore.framing import PduFramer, encode_pdu
-from iscsicore.login import InitiatorLogin, LoginDone, LoginFailed, LoginRedirect
+from iscsicore.keys import decode_text, encode_text
+from iscsicore.login import InitiatorLogin, LoginDone, LoginFailed, LoginProposals, LoginRedirect
 from iscsicore.pdu import (
     RESERVED_TAG,
     LoginRequest,
@@ -26,6 +29,7 @@ from iscsicore.pdu import (
     LoginStatus,
     NopIn,
     NopOut,
+    Pdu,
     ScsiCommand,
 )
 from iscsicore.portal import Portal
@@ -39,6 +43,8 @@ STORM_PAUSE = 0.01  # between the attempts of a flawed rogue that never gives up
 MAX_ATTEMPTS = 500
 RECEIVE_TIMEOUT = 5.0
 BLOCK = 512
+# Digests offered as libiscsi does: None first, so CRC32C only where the target insists.
+OFFERS = LoginProposals(header_digest=("None", "CRC32C"), data_digest=("None", "CRC32C"))
 
 
 class Flaw(Enum):
@@ -48,6 +54,8 @@ class Flaw(Enum):
     RENEGOTIATE = "sends its keys again after a T=0 answer"
     IGNORE_NOP_IN = "leaves NOP-In pings unanswered"
     IGNORE_WINDOW = "sends commands whatever MaxCmdSN says"
+    MISSES_DUPLICATE = "takes a key the target answered twice"
+    WRONG_DIGEST = "sends no header digest although CRC32C was agreed"
     DUPLICATE_KEY = "offers MaxBurstLength twice in its operational keys"
     STALE_EXP_STAT_SN = "ExpStatSN stuck at 1"
     OVERSIZED_SEGMENT = "8 KiB of immediate data whatever the target declared"
@@ -125,7 +133,9 @@ class RogueDriver:
         if chap is not None and self.flaw is Flaw.WRONG_CHAP_NAME:
             chap = ChapSecrets("not-" + chap.username, chap.secret)
         isid = RESERVED_ISID if self.flaw is Flaw.RESERVED_ISID else RANDOM_ISID
-        login = InitiatorLogin(INITIATOR_NAME, job.target, isid, chap=chap, mutual_chap=job.mutual)
+        login = InitiatorLogin(
+            INITIATOR_NAME, job.target, isid, chap=chap, mutual_chap=job.mutual, proposals=OFFERS
+        )
         request = login.start()
         first_text: dict[int, bytes] = {}
         last: LoginResponse | None = None
@@ -137,6 +147,9 @@ class RogueDriver:
             if not isinstance(response, LoginResponse):
                 raise _Closed
             last = response
+            if self.flaw is Flaw.MISSES_DUPLICATE and response.data:
+                pairs = decode_text(bytes(response.data), terminated=False)
+                response = replace(response, data=encode_text(dict(pairs).items()))
             outcome = login.receive(response)
             if isinstance(outcome, LoginRequest):
                 request = outcome
@@ -179,13 +192,20 @@ class RogueDriver:
     async def _io(self, stream: trio.SocketStream, framer: PduFramer, done: LoginDone) -> None:
         """One WRITE(10) with its data as immediate data, once the command window is open
         (NOP-In pings answered meanwhile), then its response."""
+        params = done.params
+        send = partial(
+            _send,
+            stream,
+            header_digest=params.header_digest and self.flaw is not Flaw.WRONG_DIGEST,
+            data_digest=params.data_digest,
+        )
         exp_stat_sn = (done.stat_sn + 1) & SERIAL_MASK
         max_cmd_sn = done.max_cmd_sn
         while sn_gt(done.exp_cmd_sn, max_cmd_sn) and self.flaw is not Flaw.IGNORE_WINDOW:
             pdu = await _receive(stream, framer)
             if isinstance(pdu, NopIn):
                 max_cmd_sn = pdu.max_cmd_sn
-                await self._answer_ping(stream, pdu, done.exp_cmd_sn, exp_stat_sn)
+                await self._answer_ping(send, pdu, done.exp_cmd_sn, exp_stat_sn)
         limit = done.params.target_max_recv_data_segment_length
         blocks = 16 if self.flaw is Flaw.OVERSIZED_SEGMENT else max(1, min(8, limit // BLOCK))
         data = bytes(blocks * BLOCK)
@@ -198,20 +218,26 @@ class RogueDriver:
             cdb=_write10(0, blocks),
             data=data,
         )
-        await stream.send_all(encode_pdu(command))
+        await send(command)
         # Until the command's response (or a Reject): pings are answered on the way.
         while isinstance(pdu := await _receive(stream, framer), NopIn):
-            await self._answer_ping(stream, pdu, sn_add(done.exp_cmd_sn, 1), exp_stat_sn)
+            await self._answer_ping(send, pdu, sn_add(done.exp_cmd_sn, 1), exp_stat_sn)
 
     async def _answer_ping(
-        self, stream: trio.SocketStream, ping: NopIn, cmd_sn: int, exp_stat_sn: int
+        self, send: Callable[[Pdu], Awaitable[None]], ping: NopIn, cmd_sn: int, exp_stat_sn: int
     ) -> None:
         if ping.ttt == RESERVED_TAG or self.flaw is Flaw.IGNORE_NOP_IN:
             return
         answer = NopOut(
             immediate=True, lun=ping.lun, ttt=ping.ttt, cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn
         )
-        await stream.send_all(encode_pdu(answer))
+        await send(answer)
+
+
+async def _send(
+    stream: trio.SocketStream, pdu: Pdu, *, header_digest: bool, data_digest: bool
+) -> None:
+    await stream.send_all(encode_pdu(pdu, header_digest=header_digest, data_digest=data_digest))
 
 
 async def _receive(stream: trio.SocketStream, framer: PduFramer) -> object:

@@ -37,6 +37,8 @@ EXPECTED: dict[Flaw, dict[str, Verdict]] = {
     Flaw.STALE_EXP_STAT_SN: {"login.statsn-zero": FAIL, "login.statsn-wrap": FAIL},
     Flaw.OVERSIZED_SEGMENT: {"login.mrdsl-honoured": FAIL},
     Flaw.RETRY_STORM: {"login.refused-0x02": FAIL, "login.refused-0x03": FAIL},
+    Flaw.MISSES_DUPLICATE: {"login.duplicate-answer": FAIL},
+    Flaw.WRONG_DIGEST: {"login.header-digest": FAIL},
     Flaw.IGNORE_NOP_IN: {"full-feature.nop-in-answered": FAIL},
     Flaw.IGNORE_WINDOW: {"full-feature.window-closed": FAIL},
     Flaw.FOLLOW_FOREVER: {"redirect.loop-bounded": FAIL},
@@ -54,6 +56,8 @@ EXPECTED: dict[Flaw, dict[str, Verdict]] = {
         "login.negotiate-once": FAIL,
         "login.t-bit-held": FAIL,
         "login.mrdsl-honoured": NA,
+        "login.duplicate-answer": NA,
+        "login.header-digest": FAIL,
         "full-feature.nop-in-answered": NA,
         "full-feature.window-closed": NA,
         "redirect.new-address": FAIL,
@@ -72,6 +76,8 @@ LIBISCSI_EXPECTED = {
     "login.statsn-wrap": FAIL,
     # The tools only read.
     "login.mrdsl-honoured": NA,
+    # Logs in and sends commands although the target answered MaxBurstLength twice.
+    "login.duplicate-answer": FAIL,
     # Sends its first command at once although the login's MaxCmdSN closed the window.
     "full-feature.window-closed": FAIL,
     # Fails the login with "Target moved permanently" instead of following it.
