@@ -13,11 +13,13 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import trio
 
+from faults.forensics import Forensics
+from faults.injector import FaultInjector
 from iscsicore.portal import Portal, PortalError
 from stargate.connection import (
     DEFAULT_CONTROL_PDU_BURST,
@@ -26,9 +28,12 @@ from stargate.connection import (
     DEFAULT_PDU_TIMEOUT,
     ConnectionTimers,
 )
+from stargate.hooks import ServerHooks
+from stargate.login_phase import LoginPolicy
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, ShareLimits
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
+from stargate.stores.base import BlockStore
 from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskTarget
 
 log = logging.getLogger("stargate")
@@ -123,7 +128,7 @@ def _positive_float(text: str) -> float:
 # `stargate target`
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "target",
         help="serve vDisks as iSCSI targets (one target per vDisk, LUN 0)",
@@ -251,7 +256,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_target)
 
 
-def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any]]:
+def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[BlockStore]]:
     from stargate.scsi.lu import LogicalUnit
     from stargate.scsi.reserve import vdisk_reservations
     from stargate.stores.file import FileStore
@@ -268,7 +273,7 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
         raise CliError("--data-dir is required unless --memory is given")
     _check_vdisks(args, in_memory)  # all of them before any file is created
     targets: list[VDiskTarget] = []
-    stores: list[Any] = []
+    stores: list[BlockStore] = []
     for spec in args.vdisk:
         created: list[Path] = []
         if not in_memory:
@@ -279,7 +284,7 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
             ]
         try:
             meta = VDiskMeta(spec.vdisk_id, spec.size or 512)
-            store: Any
+            store: NullStore | MemoryStore | FileStore
             if args.null:
                 store = NullStore(meta)
             elif args.memory:
@@ -298,7 +303,7 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
         )
         lu = LogicalUnit(
             store,
-            getattr(store, "meta", meta),
+            store.meta,  # an existing vDisk's, as stored
             reservations=reservations,
             unit_attentions=unit_attentions,
             read_only=args.read_only,
@@ -387,13 +392,20 @@ def run_target(args: argparse.Namespace) -> int:
         eager_send_every=max(0, args.eager_send_every),
         busy_poll_us=args.busy_poll_us,
     )
-    server = StargateServer(registry, config)
-    server.policy.discovery_chap = args.discovery_chap
-    server.policy.discovery_mutual_chap = args.discovery_mutual_chap
+    login_policy = partial(
+        LoginPolicy,
+        discovery_chap=args.discovery_chap,
+        discovery_mutual_chap=args.discovery_mutual_chap,
+    )
+    # With the HTTP page: its forensics record the sessions and the faults fired.
+    forensics = Forensics("target") if args.http is not None else None
+    faults = FaultInjector(listeners=[forensics.fault_fired] if forensics is not None else [])
+    hooks = ServerHooks(login_policy=login_policy, observer=forensics, faults=faults)
+    server = StargateServer(registry, config, hooks)
     control = _control_token(args) if args.http is not None else None
     listen_error: OSError | None = None
     try:
-        trio.run(_serve_until_signalled, server, args.http, control)
+        trio.run(_serve_until_signalled, server, args.http, control, forensics)
     except* OSError as group:  # from inside trio's nursery: wrapped in a group
         listen_error = _first_os_error(group)
     finally:
@@ -446,19 +458,17 @@ async def _serve_until_signalled(
     server: StargateServer,
     http_portal: tuple[str, int] | None = None,
     control: ControlToken | None = None,
+    forensics: Forensics | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)
             if http_portal is not None:
                 from control.http import serve_http
-                from faults.forensics import Forensics
                 from stargate.control_page import TargetPage
 
-                forensics = Forensics("target")
-                forensics.attach(server)
+                assert control is not None and forensics is not None
                 nursery.start_soon(forensics.sample_io, server)
-                assert control is not None
                 page = TargetPage(server, control.token, control.path, forensics)
                 http_port = await nursery.start(serve_http, page.handle, *http_portal)
                 print(f"stargate: HTTP on {http_portal[0]}:{http_port}", flush=True)
