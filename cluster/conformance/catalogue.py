@@ -209,6 +209,16 @@ TESTS: tuple[ConformanceTest, ...] = (
         lambda evidence, ctx: redirect.redirect_followed(evidence),
     ),
     ConformanceTest(
+        "redirect.then-chap",
+        "redirect",
+        "11.13.5, 12.1.3",
+        "0x0101 to a portal that requires CHAP: the initiator authenticates there "
+        "(open-iscsi #117)",
+        _redirect(PortalSpec("target", _CHAP)),
+        lambda evidence, ctx: redirect.redirect_then_chap(evidence),
+        secrets=Chap.ONE_WAY,
+    ),
+    ConformanceTest(
         "redirect.loop-bounded",
         "redirect",
         "11.13.5",

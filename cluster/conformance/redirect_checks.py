@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cluster.conformance.evidence import Evidence
 from cluster.conformance.login_checks import first_connection, never_logged_in, quote
-from cluster.conformance.verdict import Outcome, failed, passed
+from cluster.conformance.verdict import Outcome, Verdict, failed, passed
 
 # Logins through a redirect loop beyond which following it is unbounded.
 LOOP_LIMIT = 16
@@ -54,3 +54,16 @@ def redirect_loop_bounded(evidence: Evidence, window: float) -> Outcome:
     if last > window * 0.75 and len(conns) > 2:
         return failed(f"still following the loop at {last:.2f} s ({len(conns)} logins)", timing)
     return passed(f"stopped after {len(conns)} login(s)", timing)
+
+
+def redirect_then_chap(evidence: Evidence) -> Outcome:
+    """open-iscsi #117: the portal a redirect leads to requires CHAP; the initiator
+    authenticates there (CHAP_N/CHAP_R on the new connection) and logs in."""
+    followed = redirect_followed(evidence)
+    target = first_connection(evidence, "target")
+    if followed.verdict is not Verdict.PASS or target is None:
+        return followed
+    answered = any("CHAP_R" in dict(seen.text()) for seen in target.received())
+    if not answered:
+        return failed("logged in at the new portal without CHAP", *quote(target.pdus))
+    return passed("authenticated with CHAP at the new portal and logged in", *followed.evidence)

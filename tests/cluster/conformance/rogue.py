@@ -62,6 +62,7 @@ class Flaw(Enum):
     RETRY_STORM = "retries a refused login at once, again and again"
     FOLLOW_FOREVER = "follows every redirect"
     IGNORE_PERMANENT = "does not follow 0x0102"
+    NO_CHAP_AFTER_REDIRECT = "leaves its CHAP secrets behind at a redirect"
     WRONG_CHAP_NAME = "CHAP_N is not the configured name"
     ACCEPT_BAD_PROOF = "goes on after a wrong target CHAP_R"
 
@@ -102,6 +103,8 @@ class RogueDriver:
                 if hops > MAX_HOPS and self.flaw is not Flaw.FOLLOW_FOREVER:
                     return 1
                 portal = outcome.address
+                if self.flaw is Flaw.NO_CHAP_AFTER_REDIRECT:
+                    job = replace(job, chap=None, mutual=None)
                 await trio.sleep(STORM_PAUSE if self.flaw is Flaw.FOLLOW_FOREVER else 0)
             elif isinstance(outcome, LoginFailed) or outcome is None:
                 if self.flaw is not Flaw.RETRY_STORM or outcome is None or not outcome.raw_status:

@@ -44,7 +44,9 @@ EXPECTED: dict[Flaw, dict[str, Verdict]] = {
     Flaw.FOLLOW_FOREVER: {"redirect.loop-bounded": FAIL},
     Flaw.IGNORE_PERMANENT: {"redirect.permanent": FAIL},
     # A wrong name fails the authentication, so mutual CHAP never gets to the proof.
+    Flaw.NO_CHAP_AFTER_REDIRECT: {"redirect.then-chap": FAIL},
     Flaw.WRONG_CHAP_NAME: {
+        "redirect.then-chap": FAIL,
         "chap.name-response": FAIL,
         "chap.mutual": FAIL,
         "chap.mutual-bad-proof": NA,
@@ -64,6 +66,7 @@ EXPECTED: dict[Flaw, dict[str, Verdict]] = {
         "redirect.new-address-port": FAIL,
         "redirect.same-address-new-port": FAIL,
         "redirect.permanent": FAIL,
+        "redirect.then-chap": FAIL,
         "chap.name-response": FAIL,
         "chap.mutual": FAIL,
     },
