@@ -104,7 +104,7 @@ def memory_server() -> StargateServer:
 
 
 class KitTarget:
-    """The listeners of one test; `start` binds them all, `portal(name)` says where."""
+    """The listeners of one test; `start` binds them all, `portals[name]` says where."""
 
     def __init__(
         self,
