@@ -142,6 +142,15 @@ TESTS: tuple[ConformanceTest, ...] = (
         lambda evidence, ctx: login.header_digest_used(evidence),
     ),
     ConformanceTest(
+        "login.solicited-data-only",
+        "login",
+        "13.10, 13.11",
+        "the target answers ImmediateData=No, InitialR2T=Yes: write data only in answer to "
+        "R2Ts (n/a if the initiator writes nothing)",
+        _entry(LoginScript(solicited_data_only=True)),
+        lambda evidence, ctx: login.solicited_data_only(evidence),
+    ),
+    ConformanceTest(
         "login.refused-0x02",
         "login",
         "11.13.5",

@@ -6,7 +6,7 @@ from collections import Counter
 
 from cluster.conformance.evidence import ConnectionLog, Evidence, Seen
 from cluster.conformance.verdict import Outcome, failed, informative, not_applicable, passed
-from iscsicore.pdu import LoginRequest, LoginResponse
+from iscsicore.pdu import RESERVED_TAG, DataOut, LoginRequest, LoginResponse, ScsiCommand
 from iscsicore.seqnum import SERIAL_MASK
 
 EVIDENCE_PDUS = 12  # PDUs quoted per verdict: enough to see the exchange, not a dump
@@ -243,3 +243,39 @@ def header_digest_used(evidence: Evidence) -> Outcome:
     return passed(
         f"{len(after)} PDUs with CRC32C header digests after the login", after[0].summary()
     )
+
+
+def solicited_data_only(evidence: Evidence) -> Outcome:
+    """RFC 7143 13.10-13.11: with ImmediateData=No and InitialR2T=Yes agreed, a write's
+    data goes only in Data-Out PDUs answering an R2T: none in the command, none unsolicited
+    (TTT 0xffffffff)."""
+    conn = first_connection(evidence)
+    if conn is None:
+        return never_logged_in()
+    after = conn.full_feature()
+    writes = [seen for seen in after if isinstance(seen.pdu, ScsiCommand) and seen.pdu.write]
+    if not writes:
+        return not_applicable("the initiator wrote nothing")
+    immediate = [seen for seen in writes if seen.data_length]
+    if immediate:
+        return failed(
+            f"{seen_bytes(immediate)} bytes of immediate data with ImmediateData=No",
+            immediate[0].summary(),
+        )
+    unsolicited = [
+        seen for seen in after if isinstance(seen.pdu, DataOut) and seen.pdu.ttt == RESERVED_TAG
+    ]
+    if unsolicited:
+        return failed(
+            f"{seen_bytes(unsolicited)} bytes of unsolicited Data-Out with InitialR2T=Yes",
+            unsolicited[0].summary(),
+        )
+    solicited = [seen for seen in after if isinstance(seen.pdu, DataOut)]
+    return passed(
+        f"{len(writes)} writes, their {seen_bytes(solicited)} bytes all in answer to R2Ts",
+        writes[0].summary(),
+    )
+
+
+def seen_bytes(seen: list[Seen]) -> int:
+    return sum(item.data_length for item in seen)

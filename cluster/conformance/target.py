@@ -69,6 +69,8 @@ class LoginScript:
     challenge: bytes | None = None  # sent as CHAP_C instead of the real challenge
     answer_twice: str | None = None  # a key the target's answer carries twice
     require_header_digest: bool = False  # HeaderDigest=CRC32C or no login
+    # ImmediateData=No and InitialR2T=Yes: every byte of a write waits for an R2T.
+    solicited_data_only: bool = False
     # After the login: a NOP-In ping with PING_TTT before the stargate takes over.
     ping_after_login: bool = False
     # The login ends with the command window closed (MaxCmdSN = ExpCmdSN - 1); a NOP-In
@@ -185,6 +187,8 @@ class KitTarget:
         config.resolve = self._resolver(script, config.resolve)
         if script.require_header_digest:
             config.header_digests = ("CRC32C",)
+        if script.solicited_data_only:
+            config.immediate_data, config.initial_r2t = False, True
         login = TargetLogin(config)
         framer = PduFramer(receiving_from="initiator")
         phase = TargetLoginPhase(login, framer)

@@ -22,7 +22,9 @@ from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import decode_text, encode_text
 from iscsicore.login import InitiatorLogin, LoginDone, LoginFailed, LoginProposals, LoginRedirect
 from iscsicore.pdu import (
+    R2T,
     RESERVED_TAG,
+    DataOut,
     LoginRequest,
     LoginResponse,
     LoginStage,
@@ -52,6 +54,7 @@ class Flaw(Enum):
     RESERVED_ISID = "reserved ISID type"
     STAGE_JUMP = "changes stage after a T=0 answer"
     RENEGOTIATE = "sends its keys again after a T=0 answer"
+    IMMEDIATE_DATA_ANYWAY = "sends immediate data although ImmediateData=No"
     IGNORE_NOP_IN = "leaves NOP-In pings unanswered"
     IGNORE_WINDOW = "sends commands whatever MaxCmdSN says"
     MISSES_DUPLICATE = "takes a key the target answered twice"
@@ -193,8 +196,8 @@ class RogueDriver:
         return request
 
     async def _io(self, stream: trio.SocketStream, framer: PduFramer, done: LoginDone) -> None:
-        """One WRITE(10) with its data as immediate data, once the command window is open
-        (NOP-In pings answered meanwhile), then its response."""
+        """One WRITE(10), once the command window is open (NOP-In pings answered meanwhile):
+        its data as immediate data, or in answer to R2Ts with ImmediateData=No."""
         params = done.params
         send = partial(
             _send,
@@ -212,6 +215,7 @@ class RogueDriver:
         limit = done.params.target_max_recv_data_segment_length
         blocks = 16 if self.flaw is Flaw.OVERSIZED_SEGMENT else max(1, min(8, limit // BLOCK))
         data = bytes(blocks * BLOCK)
+        immediate = params.immediate_data or self.flaw is Flaw.IMMEDIATE_DATA_ANYWAY
         command = ScsiCommand(
             write=True,
             itt=1,
@@ -219,12 +223,25 @@ class RogueDriver:
             cmd_sn=done.exp_cmd_sn,
             exp_stat_sn=1 if self.flaw is Flaw.STALE_EXP_STAT_SN else exp_stat_sn,
             cdb=_write10(0, blocks),
-            data=data,
+            data=data if immediate else b"",
         )
         await send(command)
-        # Until the command's response (or a Reject): pings are answered on the way.
-        while isinstance(pdu := await _receive(stream, framer), NopIn):
-            await self._answer_ping(send, pdu, sn_add(done.exp_cmd_sn, 1), exp_stat_sn)
+        # Until the command's response (or a Reject): R2Ts and pings answered on the way.
+        while isinstance(pdu := await _receive(stream, framer), NopIn | R2T):
+            if isinstance(pdu, R2T):
+                end = pdu.buffer_offset + pdu.desired_data_transfer_length
+                await send(
+                    DataOut(
+                        final=True,
+                        itt=command.itt,
+                        ttt=pdu.ttt,
+                        exp_stat_sn=exp_stat_sn,
+                        buffer_offset=pdu.buffer_offset,
+                        data=data[pdu.buffer_offset : end],
+                    )
+                )
+            else:
+                await self._answer_ping(send, pdu, sn_add(done.exp_cmd_sn, 1), exp_stat_sn)
 
     async def _answer_ping(
         self, send: Callable[[Pdu], Awaitable[None]], ping: NopIn, cmd_sn: int, exp_stat_sn: int

@@ -39,6 +39,7 @@ EXPECTED: dict[Flaw, dict[str, Verdict]] = {
     Flaw.RETRY_STORM: {"login.refused-0x02": FAIL, "login.refused-0x03": FAIL},
     Flaw.MISSES_DUPLICATE: {"login.duplicate-answer": FAIL},
     Flaw.WRONG_DIGEST: {"login.header-digest": FAIL},
+    Flaw.IMMEDIATE_DATA_ANYWAY: {"login.solicited-data-only": FAIL},
     Flaw.IGNORE_NOP_IN: {"full-feature.nop-in-answered": FAIL},
     Flaw.IGNORE_WINDOW: {"full-feature.window-closed": FAIL},
     Flaw.FOLLOW_FOREVER: {"redirect.loop-bounded": FAIL},
@@ -60,6 +61,7 @@ EXPECTED: dict[Flaw, dict[str, Verdict]] = {
         "login.mrdsl-honoured": NA,
         "login.duplicate-answer": NA,
         "login.header-digest": FAIL,
+        "login.solicited-data-only": NA,
         "full-feature.nop-in-answered": NA,
         "full-feature.window-closed": NA,
         "redirect.new-address": FAIL,
@@ -79,6 +81,7 @@ LIBISCSI_EXPECTED = {
     "login.statsn-wrap": FAIL,
     # The tools only read.
     "login.mrdsl-honoured": NA,
+    "login.solicited-data-only": NA,
     # Logs in and sends commands although the target answered MaxBurstLength twice.
     "login.duplicate-answer": FAIL,
     # Sends its first command at once although the login's MaxCmdSN closed the window.
