@@ -85,9 +85,14 @@ async def run_tools(
     status: int | None = None
     with trio.move_on_at(deadline):
         for argv in commands:
-            done = await trio.run_process(
-                argv, capture_stdout=True, capture_stderr=True, check=False, env=env
-            )
+            try:
+                done = await trio.run_process(
+                    argv, capture_stdout=True, capture_stderr=True, check=False, env=env
+                )
+            except OSError as error:  # not executable after all: recorded, like any exit
+                output.append(f"$ {shlex.join(argv)}\n{error}\n")
+                status = 127
+                break
             output.append(f"$ {shlex.join(argv)}\n{done.stdout.decode(errors='replace')}")
             output.append(done.stderr.decode(errors="replace"))
             status = done.returncode
