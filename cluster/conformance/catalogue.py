@@ -228,6 +228,15 @@ TESTS: tuple[ConformanceTest, ...] = (
         secrets=Chap.ONE_WAY,
     ),
     ConformanceTest(
+        "redirect.reconnect-origin",
+        "redirect",
+        "11.13.5",
+        "after 0x0101 the new portal drops the session at its first command: the initiator "
+        "logs in again at the original portal (info if at the redirected one)",
+        _redirect(PortalSpec("target", LoginScript(drop_first_session=True))),
+        lambda evidence, ctx: redirect.reconnect_origin(evidence),
+    ),
+    ConformanceTest(
         "redirect.loop-bounded",
         "redirect",
         "11.13.5",

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from cluster.conformance.evidence import Evidence
 from cluster.conformance.login_checks import first_connection, never_logged_in, quote
-from cluster.conformance.verdict import Outcome, Verdict, failed, passed
+from cluster.conformance.verdict import (
+    Outcome,
+    Verdict,
+    failed,
+    informative,
+    not_applicable,
+    passed,
+)
 
 # Logins through a redirect loop beyond which following it is unbounded.
 LOOP_LIMIT = 16
@@ -67,3 +74,31 @@ def redirect_then_chap(evidence: Evidence) -> Outcome:
     if not answered:
         return failed("logged in at the new portal without CHAP", *quote(target.pdus))
     return passed("authenticated with CHAP at the new portal and logged in", *followed.evidence)
+
+
+def reconnect_origin(evidence: Evidence) -> Outcome:
+    """After a temporary redirect (0x0101) and a later connection loss, the initiator logs in
+    again at the original portal, which may send it elsewhere now (the redirector's
+    failover). Going straight back to the redirected address is recorded, not failed:
+    RFC 7143 11.13.5 does not say how long a temporary address stays good."""
+    followed = redirect_followed(evidence)
+    target = first_connection(evidence, "target")
+    if followed.verdict is not Verdict.PASS or target is None:
+        return followed
+    dropped_at = target.closed_at
+    later = [
+        conn
+        for conn in evidence.connections
+        if dropped_at is not None and conn.opened_at >= dropped_at and conn.login_requests()
+    ]
+    if not later:
+        return not_applicable("the initiator did not log in again after the connection loss")
+    again = later[0]
+    timing: dict[str, object] = {
+        "dropped_at": dropped_at,
+        "next_login_at": round(again.opened_at, 4),
+        "portal": again.listener,
+    }
+    if again.listener == "entry":
+        return passed("logged in again at the original portal", timing)
+    return informative("went straight back to the redirected portal", timing)

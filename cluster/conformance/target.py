@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from cluster.conformance.evidence import Evidence, RecordingStream
+from cluster.conformance.evidence import ConnectionLog, Evidence, RecordingStream
 from iscsicore.chap import ChapSecrets, encode_binary
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionType, decode_text, encode_text
@@ -30,6 +30,7 @@ from iscsicore.pdu import (
     LoginStage,
     LoginStatus,
     NopIn,
+    ScsiCommand,
 )
 from iscsicore.portal import Portal
 from iscsicore.seqnum import SERIAL_MASK
@@ -71,6 +72,8 @@ class LoginScript:
     require_header_digest: bool = False  # HeaderDigest=CRC32C or no login
     # ImmediateData=No and InitialR2T=Yes: every byte of a write waits for an R2T.
     solicited_data_only: bool = False
+    # The portal's first session is dropped when its first command comes, unanswered.
+    drop_first_session: bool = False
     # After the login: a NOP-In ping with PING_TTT before the stargate takes over.
     ping_after_login: bool = False
     # The login ends with the command window closed (MaxCmdSN = ExpCmdSN - 1); a NOP-In
@@ -167,11 +170,18 @@ class KitTarget:
                 await _send_nop_in(recording, login, RESERVED_TAG)  # the window opens
             if spec.script.ping_after_login:
                 await _send_nop_in(recording, login, PING_TTT)
+            if spec.script.drop_first_session and self._first_session(spec, log):
+                await _until_command(recording, log)
+                return
             await self.server.serve_logged_in(recording, framer, login)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             await trio.aclose_forcefully(recording)
+
+    def _first_session(self, spec: PortalSpec, log: ConnectionLog) -> bool:
+        sessions = [conn for conn in self.evidence.on(spec.name) if conn.logged_in]
+        return sessions[:1] == [log]
 
     async def _login(
         self, stream: RecordingStream, spec: PortalSpec
@@ -247,6 +257,14 @@ async def _read_while_closed(
                 return False
             framer.feed(data)
     return True
+
+
+async def _until_command(stream: RecordingStream, log: ConnectionLog) -> None:
+    """Read (and record) until the initiator's first SCSI command, or its close."""
+    with trio.move_on_after(LOGIN_TIMEOUT):
+        while not any(isinstance(seen.pdu, ScsiCommand) for seen in log.received()):
+            if not await stream.receive_some(RECEIVE_SIZE):
+                return
 
 
 async def _send_nop_in(stream: RecordingStream, login: TargetLogin, ttt: int) -> None:

@@ -65,6 +65,7 @@ class Flaw(Enum):
     RETRY_STORM = "retries a refused login at once, again and again"
     FOLLOW_FOREVER = "follows every redirect"
     IGNORE_PERMANENT = "does not follow 0x0102"
+    RECONNECT_TO_REDIRECTED = "reconnects to the redirected portal, not the original"
     NO_CHAP_AFTER_REDIRECT = "leaves its CHAP secrets behind at a redirect"
     WRONG_CHAP_NAME = "CHAP_N is not the configured name"
     ACCEPT_BAD_PROOF = "goes on after a wrong target CHAP_R"
@@ -72,6 +73,10 @@ class Flaw(Enum):
 
 class _Closed(Exception):
     pass
+
+
+class Lost(Enum):
+    SESSION = "the connection closed after the login"
 
 
 def _write10(lba: int, blocks: int) -> bytes:
@@ -96,10 +101,15 @@ class RogueDriver:
         return DriverRun(status, self.flaw.value, time.monotonic() - started)
 
     async def _run(self, job: DriverJob) -> int:
-        portal, hops = job.portal, 0
+        portal, hops, reconnected = job.portal, 0, False
         for _ in range(MAX_ATTEMPTS):
             outcome = await self._connection(portal, job)
-            if isinstance(outcome, LoginRedirect):
+            if outcome is Lost.SESSION and not reconnected:
+                # Once, from the original portal (the redirector), as a session would.
+                reconnected = True
+                if self.flaw is not Flaw.RECONNECT_TO_REDIRECTED:
+                    portal = job.portal
+            elif isinstance(outcome, LoginRedirect):
                 if outcome.permanent and self.flaw is Flaw.IGNORE_PERMANENT:
                     return 1
                 hops += 1
@@ -109,28 +119,31 @@ class RogueDriver:
                 if self.flaw is Flaw.NO_CHAP_AFTER_REDIRECT:
                     job = replace(job, chap=None, mutual=None)
                 await trio.sleep(STORM_PAUSE if self.flaw is Flaw.FOLLOW_FOREVER else 0)
-            elif isinstance(outcome, LoginFailed) or outcome is None:
-                if self.flaw is not Flaw.RETRY_STORM or outcome is None or not outcome.raw_status:
-                    return 1
+            elif (
+                isinstance(outcome, LoginFailed)
+                and outcome.raw_status
+                and self.flaw is Flaw.RETRY_STORM
+            ):
                 await trio.sleep(STORM_PAUSE)
             else:
-                return 0
+                return 0 if isinstance(outcome, LoginDone) else 1
         return 1
 
     async def _connection(
         self, portal: Portal, job: DriverJob
-    ) -> LoginDone | LoginRedirect | LoginFailed | None:
+    ) -> LoginDone | LoginRedirect | LoginFailed | Lost | None:
         stream = await trio.open_tcp_stream(portal.connect_host, portal.port)
         framer = PduFramer(receiving_from="target", max_recv_data_segment_length=1 << 24)
+        outcome: LoginDone | LoginRedirect | LoginFailed | Lost | None = None
         try:
             outcome = await self._login(stream, framer, job)
             if isinstance(outcome, LoginDone):
                 await self._io(stream, framer, outcome)
-            return outcome
         except (_Closed, trio.BrokenResourceError, trio.TooSlowError):
-            return None
+            outcome = Lost.SESSION if isinstance(outcome, LoginDone) else None
         finally:
             await trio.aclose_forcefully(stream)
+        return outcome
 
     async def _login(
         self, stream: trio.SocketStream, framer: PduFramer, job: DriverJob

@@ -53,14 +53,14 @@ def test_run_with_a_command_template_writes_json_and_junit(
     document = json.loads(report.read_text())
     assert document["initiator"] == "command"
     # redirect.then-chap is n/a: the template takes no CHAP secrets.
-    assert document["counts"] == {"pass": 4, "fail": 1, "n/a": 1, "info": 0}
+    assert document["counts"] == {"pass": 5, "fail": 1, "n/a": 1, "info": 0}
     permanent = next(t for t in document["tests"] if t["name"] == "redirect.permanent")
     assert permanent["verdict"] == "fail"
     statuses = [pdu.get("status") for pdu in permanent["connections"][0]["pdus"]]
     assert "0x0102" in statuses  # the evidence: the redirect the initiator did not follow
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("6", "1", "1")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("7", "1", "1")
     failed = [case.get("name") for case in suite if case.find("failure") is not None]
     assert failed == ["redirect.permanent"]
 

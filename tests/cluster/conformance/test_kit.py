@@ -45,6 +45,7 @@ EXPECTED: dict[Flaw, dict[str, Verdict]] = {
     Flaw.FOLLOW_FOREVER: {"redirect.loop-bounded": FAIL},
     Flaw.IGNORE_PERMANENT: {"redirect.permanent": FAIL},
     # A wrong name fails the authentication, so mutual CHAP never gets to the proof.
+    Flaw.RECONNECT_TO_REDIRECTED: {"redirect.reconnect-origin": INFO},
     Flaw.NO_CHAP_AFTER_REDIRECT: {"redirect.then-chap": FAIL},
     Flaw.WRONG_CHAP_NAME: {
         "redirect.then-chap": FAIL,
@@ -69,6 +70,7 @@ EXPECTED: dict[Flaw, dict[str, Verdict]] = {
         "redirect.same-address-new-port": FAIL,
         "redirect.permanent": FAIL,
         "redirect.then-chap": FAIL,
+        "redirect.reconnect-origin": FAIL,
         "chap.name-response": FAIL,
         "chap.mutual": FAIL,
     },
