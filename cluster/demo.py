@@ -38,7 +38,7 @@ from cluster.provision import create_vm
 from cluster.supervisor import Supervisor
 from initiator.errors import InitiatorError
 from initiator.session import SessionConfig
-from initiator.verify import Verifier, VerifyReport
+from initiator.verify import Verifier, VerifyReport, split_region
 from initiator.vm import VM
 from topology.spec import DEFAULT_BASE_ADDRESS, ClusterPaths, ClusterSpec, ClusterSpecError
 
@@ -261,10 +261,10 @@ async def _run_vm(
                 raise DemoFailed(f"attaching {vdisk}: {error}") from None
             # Each session (vm-0, vm-0#2, ...) verifies its own slice of the region.
             sessions = vm.sessions(vdisk)
-            share = options.region_bytes // sessions[0].block_size // len(sessions)
-            for index, device in enumerate(sessions):
+            slices = split_region(options.region_bytes // sessions[0].block_size, len(sessions))
+            for index, (device, (first, blocks)) in enumerate(zip(sessions, slices, strict=True)):
                 label = vdisk if index == 0 else f"{vdisk}#{index + 1}"
-                verifier = Verifier(device, region_blocks=share, first_block=index * share)
+                verifier = Verifier(device, region_blocks=blocks, first_block=first)
                 disks.append(DiskWatch(label, device, verifier))
 
         async def verify(disk: DiskWatch) -> None:

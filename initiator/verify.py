@@ -31,6 +31,7 @@ MAGIC = b"SGVERIFY"
 _HEADER = struct.Struct(">8sQQQ")  # magic, lba, generation, run id
 _CRC = struct.Struct(">I")
 _MAX_REPORTED_MISMATCHES = 20
+DEFAULT_CHUNK_BLOCKS = 8
 
 
 def make_block(block_size: int, lba: int, generation: int, run_id: int) -> bytes:
@@ -118,12 +119,21 @@ class _Chunk:
     busy: bool = False
 
 
+def split_region(
+    blocks: int, parts: int, chunk_blocks: int = DEFAULT_CHUNK_BLOCKS
+) -> list[tuple[int, int]]:
+    """(first block, blocks) of ``parts`` disjoint slices of a region of ``blocks``, each a
+    whole number of chunks (at least one): one verifier per session of a disk."""
+    share = max(1, blocks // parts // chunk_blocks) * chunk_blocks
+    return [(index * share, share) for index in range(parts)]
+
+
 class Verifier:
     def __init__(
         self,
         device: BlockDevice,
         *,
-        chunk_blocks: int = 8,
+        chunk_blocks: int = DEFAULT_CHUNK_BLOCKS,
         region_blocks: int | None = None,
         first_block: int = 0,
         write_fraction: float = 0.5,

@@ -19,7 +19,7 @@ from .bench import Pattern, run_bench
 from .device import BlockDevice
 from .errors import InitiatorError
 from .session import SessionConfig
-from .verify import Verifier, VerifyReport
+from .verify import Verifier, VerifyReport, split_region
 from .vm import VM
 
 
@@ -134,10 +134,10 @@ async def _verify(
 ) -> VerifyReport:
     """One verifier per session, each on its slice of the region; one report for the disk."""
     assert run.device is not None
-    share = region_bytes // run.device.block_size // len(run.sessions)
+    slices = split_region(region_bytes // run.device.block_size, len(run.sessions))
     verifiers = [
-        Verifier(device, region_blocks=share, first_block=index * share)
-        for index, device in enumerate(run.sessions)
+        Verifier(device, region_blocks=blocks, first_block=first)
+        for device, (first, blocks) in zip(run.sessions, slices, strict=True)
     ]
     reports: list[VerifyReport] = []
 
