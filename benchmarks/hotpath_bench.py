@@ -30,7 +30,6 @@ import trio
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionParams, SessionType
 from iscsicore.pdu import ScsiCommand, lun_from_number
-from stargate.connection import FullFeatureConnection
 from stargate.queue import CommandQueue
 from stargate.scsi.command import Nexus
 from stargate.scsi.lu import LogicalUnit
@@ -39,6 +38,7 @@ from stargate.session import Session
 from stargate.stores.file import FileStore
 from stargate.stores.meta import VDiskMeta
 from stargate.target import VDiskTarget
+from stargate.transport.runner import FullFeatureConnection
 
 BLOCK = 512
 IO_BYTES = 4096

@@ -22,17 +22,17 @@ from typing import Any
 import trio
 
 from iscsicore.portal import Portal, PortalError
-from stargate.connection import (
+from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, ShareLimits
+from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
+from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
+from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskTarget
+from stargate.transport.config import (
     DEFAULT_CONTROL_PDU_BURST,
     DEFAULT_CONTROL_PDU_RATE,
     DEFAULT_DATA_OUT_TIMEOUT,
     DEFAULT_PDU_TIMEOUT,
     ConnectionTimers,
 )
-from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, ShareLimits
-from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
-from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
-from stargate.target import ChapCredentials, PortalGroup, TargetRegistry, VDiskTarget
 
 log = logging.getLogger("stargate")
 

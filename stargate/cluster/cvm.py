@@ -47,7 +47,6 @@ from stargate.cluster.spec import (
     valid_release_timeout,
 )
 from stargate.cluster.stats_page import StatsPage
-from stargate.connection import FullFeatureConnection
 from stargate.faults.cluster import attach_forensics
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
@@ -56,6 +55,7 @@ from stargate.stats import VDiskStats
 from stargate.stores.file import FileStore
 from stargate.stores.meta import VDiskMeta
 from stargate.target import TARGET_NAME_PREFIX, VDiskTarget
+from stargate.transport.runner import FullFeatureConnection
 
 log = logging.getLogger("stargate.cluster.cvm")
 

@@ -22,9 +22,9 @@ from stargate.faults.auditor import InitiatorAuditor
 from stargate.faults.injector import FaultEvent
 
 if TYPE_CHECKING:
-    from stargate.connection import FullFeatureConnection
     from stargate.server import StargateServer
     from stargate.session import Session
+    from stargate.transport.runner import FullFeatureConnection
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,13 @@ from iscsicore.pdu import (
     ScsiCommand,
     ScsiResponse,
 )
-from stargate.connection import ConnectionTimers
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
 from stargate.server import ServerConfig, StargateServer
 from stargate.stores.memory import MemoryStore
 from stargate.stores.meta import VDiskMeta
 from stargate.target import ChapCredentials, TargetRegistry, VDiskTarget, target_name_for
+from stargate.transport.config import ConnectionTimers
 
 INITIATOR = "iqn.2026-11.test:initiator"
 RECEIVE_TIMEOUT = 5.0

@@ -23,9 +23,9 @@ from iscsicore.framing import encode_pdu
 from iscsicore.pdu import NopIn, NopOut
 from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.cli import build_parser
-from stargate.connection import DEFAULT_CONTROL_PDU_BURST
 from stargate.login_throttle import LogLimiter
 from stargate.target import target_name_for
+from stargate.transport.config import DEFAULT_CONTROL_PDU_BURST
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.stargate.client import (
