@@ -29,6 +29,7 @@ from iscsicore.pdu import (
 )
 from iscsicore.seqnum import SERIAL_MASK
 from stargate.transport.config import OUTPUT_HIGH_WATER, SOLE_TURN_BUDGET, TURN_BUDGET
+from stargate.transport.interfaces import ReadySocket
 from stargate.transport.state import Handler, StopBatch
 from stargate.transport.task_mgmt import TaskManagement
 
@@ -72,7 +73,8 @@ class Dispatch(TaskManagement):
         window = self._cmd_sn_window
         held = window.held
         eager_every = self.eager_send_every
-        try_send = getattr(self._io, "try_send", None) if eager_every else None
+        io = self._io
+        try_send = io.try_send if eager_every and isinstance(io, ReadySocket) else None
         handled = 0
         budget = TURN_BUDGET if self.queue.sessions > 1 else SOLE_TURN_BUDGET
         try:

@@ -4,6 +4,7 @@ Rejected and fails its command (ErrorRecoveryLevel 0), against the real server."
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -27,19 +28,22 @@ LBA = 40
 PAYLOAD = bytes([0x5A]) * (BLOCKS * BLOCK)
 HALF = len(PAYLOAD) // 2
 
-# Each case: the one Data-Out sent for the R2T of a 2 KiB write, given the R2T's TTT.
-BROKEN = {
-    "DataSN not 0": lambda ttt: DataOut(final=True, ttt=ttt, data_sn=1, data=PAYLOAD),
-    "offset past the start": lambda ttt: DataOut(
-        final=True, ttt=ttt, buffer_offset=BLOCK, data=PAYLOAD[BLOCK:]
+# Each case: the one Data-Out sent for the R2T of a 2 KiB write, given its ITT and the
+# R2T's TTT.
+BROKEN: dict[str, Callable[[int, int], DataOut]] = {
+    "DataSN not 0": lambda itt, ttt: DataOut(final=True, itt=itt, ttt=ttt, data_sn=1, data=PAYLOAD),
+    "offset past the start": lambda itt, ttt: DataOut(
+        final=True, itt=itt, ttt=ttt, buffer_offset=BLOCK, data=PAYLOAD[BLOCK:]
     ),
-    "more than the R2T asked for": lambda ttt: DataOut(
-        final=True, ttt=ttt, data=PAYLOAD + bytes(BLOCK)
+    "more than the R2T asked for": lambda itt, ttt: DataOut(
+        final=True, itt=itt, ttt=ttt, data=PAYLOAD + bytes(BLOCK)
     ),
-    "F bit before the end": lambda ttt: DataOut(final=True, ttt=ttt, data=PAYLOAD[:HALF]),
-    "a TTT never given": lambda ttt: DataOut(final=True, ttt=ttt + 100, data=PAYLOAD),
-    "unsolicited with InitialR2T=Yes": lambda ttt: DataOut(
-        final=True, ttt=RESERVED_TAG, data=PAYLOAD
+    "F bit before the end": lambda itt, ttt: DataOut(
+        final=True, itt=itt, ttt=ttt, data=PAYLOAD[:HALF]
+    ),
+    "a TTT never given": lambda itt, ttt: DataOut(final=True, itt=itt, ttt=ttt + 100, data=PAYLOAD),
+    "unsolicited with InitialR2T=Yes": lambda itt, ttt: DataOut(
+        final=True, itt=itt, ttt=RESERVED_TAG, data=PAYLOAD
     ),
 }
 
@@ -55,9 +59,7 @@ async def test_a_broken_data_out_sequence_fails_its_command(
     await initiator.send(command)
     r2t = await initiator.receive()
     assert isinstance(r2t, R2T) and r2t.desired_data_transfer_length == len(PAYLOAD)
-    data_out = BROKEN[case](r2t.ttt)
-    data_out.itt = command.itt
-    await initiator.send(data_out)
+    await initiator.send(BROKEN[case](command.itt, r2t.ttt))
     reject = await initiator.receive()
     assert isinstance(reject, Reject) and reject.reason == RejectReason.PROTOCOL_ERROR
     assert reject.data[16:20] == struct.pack(">I", command.itt)  # the Data-Out's header
