@@ -174,6 +174,11 @@ class FioClient:
     def measure(self, url: str, workload: Workload, seconds: float) -> Measurement | None:
         return self.run_jobs([FioJob("job", url, workload)], seconds)["job"]
 
+    def measure_disks(self, urls: Sequence[str], workload: Workload, seconds: float) -> Measurement:
+        """The workload on every URL at once (one job each): the aggregate."""
+        jobs = [FioJob(f"disk{index}", url, workload) for index, url in enumerate(urls)]
+        return self.run_jobs(jobs, seconds, group=True)["all"]
+
 
 # --- qemu-img bench -------------------------------------------------------------------------
 
@@ -244,8 +249,8 @@ def initiator_measurement(report: Mapping[str, Any]) -> Measurement:
     )
 
 
-def initiator_argv(url: str, workload: Workload, seconds: float) -> list[str]:
-    argv = [sys.executable, "-m", "benchmarks.initiator_driver", url]
+def initiator_argv(urls: Sequence[str], workload: Workload, seconds: float) -> list[str]:
+    argv = [sys.executable, "-m", "benchmarks.initiator_driver", *urls]
     argv += ["--rw", workload.pattern.value, "--bs", str(workload.block_size)]
     argv += ["--qd", str(workload.queue_depth), "--seconds", str(seconds)]
     return [*argv, "--read-percent", str(workload.read_percent)]
@@ -256,8 +261,14 @@ class InitiatorClient:
     kind: ClientKind = field(default=ClientKind.INITIATOR, init=False)
 
     def measure(self, url: str, workload: Workload, seconds: float) -> Measurement | None:
+        return self.measure_disks([url], workload, seconds)
+
+    def measure_disks(self, urls: Sequence[str], workload: Workload, seconds: float) -> Measurement:
+        """The workload on every URL at once, one process: the aggregate
+        (`benchmarks.initiator_driver.combined`)."""
         output = run_command(
-            initiator_argv(url, workload, seconds), timeout=seconds + CLIENT_SLACK_SECONDS
+            initiator_argv(urls, workload, seconds),
+            timeout=seconds + CLIENT_SLACK_SECONDS + len(urls),
         )
         report = json.loads(output)
         if report.get("errors"):

@@ -61,7 +61,7 @@ class PauseProbe:
     def __init__(self, client: str, url: str, seconds: float) -> None:
         self.client = client
         argv = (
-            initiator_argv(url, FAILOVER_WORKLOAD, seconds)
+            initiator_argv([url], FAILOVER_WORKLOAD, seconds)
             if client == "initiator"
             else qemu_io_argv(url, seconds)
         )

@@ -36,9 +36,9 @@ from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
 from stargate.session import Session
 from stargate.stores.file import FileStore
-from stargate.stores.meta import VDiskMeta
 from stargate.target import VDiskTarget
 from stargate.transport.runner import FullFeatureConnection
+from topology.vdisk import VDiskMeta
 
 BLOCK = 512
 IO_BYTES = 4096

@@ -1,6 +1,9 @@
 """``python -m benchmarks``: stargate against tgtd on this machine, results as ratios.
 
 python -m benchmarks [--quick] [--only standard,scale,...] [--runs 3] [--out DIR]
+
+``python -m benchmarks ab --baseline REV ...`` compares two trees' stargate instead
+(benchmarks/ab.py).
 """
 
 from __future__ import annotations

@@ -34,18 +34,15 @@ def scale_workload(disk_count: int, total_queue_depth: int) -> Workload:
     return Workload(f"randread-4k-qd{depth}", Pattern.RANDREAD, 4 * KiB, depth)
 
 
-def scale_jobs(target: BenchTarget, disk_count: int, workload: Workload) -> list[FioJob]:
-    return [FioJob(f"disk{disk}", target.url(disk), workload) for disk in range(disk_count)]
-
-
 def measure_aggregate(
-    fio: FioClient, target: BenchTarget, jobs: Sequence[FioJob], seconds: float
+    fio: FioClient, target: BenchTarget, disk_count: int, workload: Workload, seconds: float
 ) -> Measurement:
     meter = CpuMeter(target.pid)
     client_meter = ChildrenCpuMeter()
     meter.start()
     client_meter.start()
-    measured = fio.run_jobs(jobs, seconds, group=True)["all"]
+    urls = [target.url(disk) for disk in range(disk_count)]
+    measured = fio.measure_disks(urls, workload, seconds)
     return measured.with_target_cpu(meter.stop()).with_client_cpu(client_meter.stop())
 
 
@@ -60,8 +57,9 @@ def scale_steps(
         for run in range(settings.runs):
             for target in alternating(targets, run):
                 try:
-                    jobs = scale_jobs(target, disk_count, workload)
-                    measured = measure_aggregate(fio, target, jobs, settings.seconds)
+                    measured = measure_aggregate(
+                        fio, target, disk_count, workload, settings.seconds
+                    )
                 except ClientError as error:
                     errors.append(f"{target.kind}: {error}"[:2000])
                     log(f"  scale {disk_count} {target.kind}: FAILED {error}")
@@ -123,12 +121,12 @@ def cluster_steps(settings: Settings, fio: FioClient, log: Log) -> list[dict[str
         urls = cluster.direct_urls(created)
         for disk_count in settings.scale_counts:
             workload = scale_workload(disk_count, settings.scale_total_queue_depth)
-            jobs = [FioJob(f"disk{i}", urls[i], workload) for i in range(disk_count)]
             measurements: list[Measurement] = []
             errors: list[str] = []
             for _run in range(settings.runs):
                 try:
-                    measurements.append(fio.run_jobs(jobs, settings.seconds, group=True)["all"])
+                    measured = fio.measure_disks(urls[:disk_count], workload, settings.seconds)
+                    measurements.append(measured)
                 except ClientError as error:
                     errors.append(str(error)[:2000])
                     continue

@@ -7,7 +7,7 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from benchmarks.clients import ClientError, ClientKind
 from benchmarks.cpu import CpuMeter
@@ -20,6 +20,8 @@ from benchmarks.targets import (
     fill_backing_file,
 )
 from benchmarks.workloads import STANDARD_WORKLOADS, Measurement, Workload
+
+T = TypeVar("T")
 
 
 class Client(Protocol):
@@ -82,7 +84,7 @@ class Comparison:
         }
 
 
-def alternating(targets: Sequence[BenchTarget], run: int) -> list[BenchTarget]:
+def alternating(targets: Sequence[T], run: int) -> list[T]:
     """A B on even runs, B A on odd ones."""
     return list(targets) if run % 2 == 0 else list(reversed(targets))
 

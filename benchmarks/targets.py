@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+from benchmarks.trees import python_environment
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, spawn
 from tests.peers.tgtd import TgtdTarget
@@ -70,6 +71,9 @@ class StargateServer:
     disk_count: int = 1
     disk_size: int = GiB
     extra_args: tuple[str, ...] = ()
+    #: serve this tree's code: ``python -m stargate`` with the tree as PYTHONPATH and working
+    #: directory (the A/B benchmark), instead of the venv's ``stargate`` script
+    source_tree: Path | None = None
     kind: TargetKind = field(default=TargetKind.STARGATE, init=False)
     host: str = field(default="127.0.0.1", init=False)
     port: int = field(default=0, init=False)
@@ -95,7 +99,10 @@ class StargateServer:
     def argv(self) -> list[str]:
         assert self.data_dir is not None
         size_mib = self.disk_size // MiB
-        argv = [stargate_executable(), "target", "--portal", f"{self.host}:{self.port}"]
+        program = [stargate_executable()]
+        if self.source_tree is not None:
+            program = [sys.executable, "-m", "stargate"]
+        argv = [*program, "target", "--portal", f"{self.host}:{self.port}"]
         argv += ["--data-dir", str(self.data_dir), "--log-level", "WARNING"]
         for disk in range(self.disk_count):
             argv += ["--vdisk", f"{self.disk_id(disk)}:{size_mib}M"]
@@ -104,7 +111,14 @@ class StargateServer:
     def __enter__(self) -> Self:
         self.data_dir = scratch_dir("bench-stargate-")
         self.port = free_port(self.host)
-        self.process = spawn(self.argv(), log_dir=self.data_dir, name="stargate")
+        tree = self.source_tree
+        self.process = spawn(
+            self.argv(),
+            log_dir=self.data_dir,
+            name="stargate",
+            env=None if tree is None else python_environment(tree),
+            cwd=tree,
+        )
         try:
             self.process.wait_for_port(self.host, self.port, timeout=START_TIMEOUT_SECONDS)
         except BaseException:

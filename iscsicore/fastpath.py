@@ -2,7 +2,7 @@
 and NOP-Out/NOP-In (a NOP flood must not cost ~60 µs of construct per ping).
 
 ``wire`` declares every layout once with construct; the formats here restate the seven hot
-ones for speed and are property-tested (tests/core/test_fastpath.py) to encode and decode
+ones for speed and are property-tested (tests/iscsicore/test_fastpath.py) to encode and decode
 exactly as the construct declarations do, errors included. Bytes 4-7 (TotalAHSLength and
 the 24-bit DataSegmentLength) are read as one 32-bit word.
 

@@ -25,7 +25,7 @@ from redirector.config import (
     Timers,
 )
 from redirector.log import redirector_logger
-from stargate.cluster.spec import ClusterSpecError
+from topology.spec import ClusterSpecError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -13,14 +13,14 @@ from collections.abc import Callable
 
 import trio
 
+from control.http import serve_http
+from faults.forensics import Forensics
 from redirector.config import RedirectorConfig
 from redirector.failback import Failback
 from redirector.health import HealthChecker
 from redirector.page import RedirectorPage
 from redirector.policy import PlacementPolicy
 from redirector.server import RedirectorServer
-from stargate.cluster.http import serve_http
-from stargate.faults.forensics import Forensics
 
 
 class Redirector:

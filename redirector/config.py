@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redirector.policy import PlacementMode
-from stargate.cluster.spec import ClusterPaths, ClusterSpec, NodeSpec, list_vdisks
-from stargate.target import DEFAULT_PORTAL_GROUP_TAG, target_name_for
+from topology.naming import DEFAULT_PORTAL_GROUP_TAG, target_name_for
+from topology.spec import ClusterPaths, ClusterSpec, NodeSpec, list_vdisks
 
 DEFAULT_NOP_INTERVAL = 1.0
 DEFAULT_NOP_TIMEOUT = 3.0

@@ -21,13 +21,13 @@ from urllib.parse import quote
 
 import trio
 
+from control.control_token import ControlTokenError, cluster_token
+from control.http import HttpError, http_json
 from redirector.config import RedirectorConfig
 from redirector.policy import PlacementPolicy
-from stargate.cluster.control_token import ControlTokenError, cluster_token
-from stargate.cluster.http import HttpError, http_json
-from stargate.cluster.ownership import read_record
-from stargate.cluster.spec import load_vms
-from stargate.target import target_name_for
+from topology.naming import target_name_for
+from topology.ownership import read_record
+from topology.spec import load_vms
 
 CHECK_INTERVAL = 0.5
 REQUEST_TIMEOUT = 2.0

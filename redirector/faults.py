@@ -13,11 +13,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from faults.injector import FaultInjector
+from faults.login import PERMANENT_REDIRECT, login_status, with_tpgt
+from faults.model import LOGIN_KINDS, DropMode, Fault, FaultKind
 from iscsicore.login import Redirect, Refuse, Resolution
 from iscsicore.pdu import LoginStatus
-from stargate.faults.injector import FaultInjector
-from stargate.faults.login import PERMANENT_REDIRECT, login_status, with_tpgt
-from stargate.faults.model import LOGIN_KINDS, DropMode, Fault, FaultKind
 
 SELF_PORTAL = "self"  # login_redirect portal = the redirector's own: a redirect loop
 REDIRECTOR_KINDS = LOGIN_KINDS | {FaultKind.DROP_CONNECTION}

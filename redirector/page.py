@@ -1,21 +1,21 @@
 """The redirector's HTTP page, on the port a CVM's page uses, at the redirector's address
 (``http://<redirector address>:<http_port>``): its login faults and its counters.
 
-GET    /faults, POST /faults, DELETE /faults[/<id>]   as on a stargate (stargate.faults.http)
+GET    /faults, POST /faults, DELETE /faults[/<id>]   as on a stargate (control.faults_api)
 GET    /stats.json                                    redirects, refusals, sessions
 
-POST and DELETE need the cluster's control token (stargate.cluster.control_token).
+POST and DELETE need the cluster's control token (control.control_token).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from control.control_token import check_control, cluster_token, cluster_token_file
+from control.faults_api import handle_fault_request
+from control.http import HttpRequest, HttpResponse
 from redirector.faults import redirector_fault_error
 from redirector.server import RedirectorServer
-from stargate.cluster.control_token import check_control, cluster_token, cluster_token_file
-from stargate.cluster.http import HttpRequest, HttpResponse
-from stargate.faults.http import handle_fault_request
 
 
 class RedirectorPage:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from faults.channel import hold_unanswered
+from faults.model import DropMode
 from iscsicore.errors import IscsiProtocolError
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionType, TextError, decode_text
@@ -33,6 +35,7 @@ from iscsicore.login import (
     TargetLogin,
     TargetLoginConfig,
 )
+from iscsicore.login_phase import LoginEnded, LoginPhaseState, TargetLoginPhase
 from iscsicore.pdu import (
     RESERVED_TAG,
     LoginRequest,
@@ -55,8 +58,6 @@ from redirector.faults import FaultedLogin, RedirectorFaults
 from redirector.health import HealthChecker
 from redirector.log import log_redirect
 from redirector.policy import PlacementPolicy
-from stargate.faults.channel import hold_unanswered
-from stargate.faults.model import DropMode
 
 log = logging.getLogger(__name__)
 
@@ -250,34 +251,30 @@ class _Connection:
 
     async def _login(self) -> bool:
         """Answer Login Requests; False when the connection is to be dropped now."""
-        while not self.login.finished:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                return False
-            self.framer.feed(data)
-            while not self.login.finished:
-                try:
-                    pdu = self.framer.next_pdu()
-                except IscsiProtocolError as error:
-                    self.server.stats.bad_clients += 1
-                    log.info("dropping a client: %s", error)
-                    return False
-                if pdu is None:
-                    break
-                if not isinstance(pdu, LoginRequest):
-                    self.server.stats.bad_clients += 1
-                    await self._reject(pdu, RejectReason.PROTOCOL_ERROR)
-                    return False
+        phase = TargetLoginPhase(self.login, self.framer)
+        while True:
+            event = phase.next_event()
+            if event is LoginPhaseState.NEED_DATA:
+                phase.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+            elif isinstance(event, LoginRequest):
                 if not self._prepared:
-                    target = _normal_login_target(pdu)
+                    target = _normal_login_target(event)
                     if target is not None:
                         self._prepared = True
                         await self.server.prepare(target)
-                response = self.login.receive(pdu)
+                response = self.login.receive(event)
                 if self.fault is not None and not await self._apply_fault(self.fault):
                     return False
                 await self.stream.send_all(encode_pdu(response))
-        return True
+            elif isinstance(event, LoginEnded):
+                if event.protocol_error:
+                    self.server.stats.bad_clients += 1
+                    log.info("dropping a client: %s", event.reason)
+                if event.pdu is not None:
+                    await self._reject(event.pdu, RejectReason.PROTOCOL_ERROR)
+                return False
+            else:
+                return True
 
     async def _apply_fault(self, faulted: FaultedLogin) -> bool:
         """Hold the response back (slow login) or drop the connection; False: dropped.
@@ -304,10 +301,6 @@ class _Connection:
         )
 
     async def _discovery_session(self) -> None:
-        params = self.login.params
-        self.framer.header_digest = params.header_digest
-        self.framer.data_digest = params.data_digest
-        self.framer.max_recv_data_segment_length = MAX_RECV_DATA_SEGMENT_LENGTH
         session = _DiscoverySession(self.server, self.login)
         while True:
             # PDUs first: some may have come in with the last login PDU.

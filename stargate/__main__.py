@@ -1,7 +1,9 @@
-"""`python -m stargate`: the same as the `stargate` console script."""
+"""`python -m stargate`: the `stargate` console script, whose entry point gathers every
+floor's subcommands (`cluster.cli`); the one import upward, allowed by name in the import
+contracts (pyproject.toml)."""
 
 import sys
 
-from stargate.cli import main
+from cluster.cli import main
 
 sys.exit(main())

@@ -1,20 +1,17 @@
-"""The `stargate` console script.
+"""`stargate target`: one stargate serving vDisks, outside any cluster.
 
-Subcommands register themselves: each module named in `SUBCOMMAND_MODULES` defines
-``register(subparsers)``, which adds its parser and sets ``handler`` (argv namespace -> exit
-code). `target` lives here; the cluster's subcommands are added in their own modules by
-appending them to the list (a module that is not there yet is skipped).
+``register(subparsers)`` adds the subcommand to the `stargate` console script, whose entry
+point (`cluster.cli`) sits on the top floor and gathers every floor's subcommands; a handler
+maps the parsed arguments to an exit code and raises `CliError` for a bad argument.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import signal
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,13 +33,6 @@ from stargate.transport.config import (
 
 log = logging.getLogger("stargate")
 
-# Modules whose ``register(subparsers)`` adds subcommands, in help order.
-SUBCOMMAND_MODULES: list[str] = [
-    "stargate.cli",
-    "stargate.cluster.commands",
-    "stargate.faults.cli",
-    "stargate.jepsen.cli",
-]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -74,7 +64,7 @@ def parse_portal(text: str) -> tuple[str, int]:
 
 def parse_vdisk(text: str) -> VDiskSpec:
     from stargate.stores.capacity import check_size_bound
-    from stargate.stores.meta import parse_size
+    from topology.vdisk import parse_size
 
     vdisk_id, sep, size_text = text.partition(":")
     if not vdisk_id or "/" in vdisk_id or vdisk_id.startswith("."):
@@ -266,8 +256,8 @@ def _open_targets(args: argparse.Namespace) -> tuple[list[VDiskTarget], list[Any
     from stargate.scsi.reserve import vdisk_reservations
     from stargate.stores.file import FileStore
     from stargate.stores.memory import MemoryStore
-    from stargate.stores.meta import VDiskMeta
     from stargate.stores.null import NullStore
+    from topology.vdisk import VDiskMeta
 
     if args.mutual_chap is not None and args.chap is None:
         raise CliError("--mutual-chap needs --chap (the initiator authenticates first)")
@@ -432,7 +422,7 @@ def _control_token(args: argparse.Namespace) -> ControlToken:
     DATA_DIR/control.token, else a new file in a private temporary directory."""
     import tempfile
 
-    from stargate.cluster.control_token import TOKEN_FILE, ControlTokenError, ensure_token
+    from control.control_token import TOKEN_FILE, ControlTokenError, ensure_token
 
     path: Path = args.control_token_file
     temporary = path is None and args.data_dir is None
@@ -461,9 +451,9 @@ async def _serve_until_signalled(
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)
             if http_portal is not None:
-                from stargate.cluster.http import serve_http
-                from stargate.faults.forensics import Forensics
-                from stargate.faults.target_page import TargetPage
+                from control.http import serve_http
+                from faults.forensics import Forensics
+                from stargate.control_page import TargetPage
 
                 forensics = Forensics("target")
                 forensics.attach(server)
@@ -481,41 +471,3 @@ async def _serve_until_signalled(
                 await server.shutdown()
                 nursery.cancel_scope.cancel()
                 break
-
-
-# ---------------------------------------------------------------------------------------
-# Entry point
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stargate", description="The CVM storage service of the cluster emulator."
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in SUBCOMMAND_MODULES:
-        try:
-            module = sys.modules[__name__] if module_name == __name__ else None
-            module = module or importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name is not None and module_name.startswith(error.name):
-                continue  # that subcommand's module is not written yet
-            raise
-        module.register(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Handler = args.handler
-    try:
-        return handler(args)
-    except CliError as error:
-        print(f"stargate {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import trio
 
 from iscsicore.chap import ChapSecrets
-from iscsicore.errors import IscsiProtocolError
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionType
 from iscsicore.login import (
@@ -28,6 +27,7 @@ from iscsicore.login import (
     TargetLogin,
     TargetLoginConfig,
 )
+from iscsicore.login_phase import LoginEnded, LoginPhaseState, TargetLoginPhase
 from iscsicore.pdu import LoginRequest, LoginStatus
 from stargate.login_throttle import LoginThrottle
 from stargate.session import SessionTable
@@ -142,40 +142,29 @@ async def run_login(
     ``throttle``, answers to an initiator name or ``peer`` address that failed recently wait.
     """
     outcome = LoginOutcome(login)
+    phase = TargetLoginPhase(login, framer)
     with trio.move_on_after(timeout) as scope:
-        while not login.finished:
-            data = await stream.receive_some(LOGIN_RECEIVE_SIZE)
-            if not data:
-                outcome.reason = "closed during login"
-                return outcome
-            framer.feed(data)
-            while not login.finished:
-                try:
-                    pdu = framer.next_pdu()
-                except IscsiProtocolError as error:
-                    outcome.reason = f"protocol error during login: {error}"
-                    outcome.protocol_error = True
-                    return outcome
-                if pdu is None:
-                    break
-                if not isinstance(pdu, LoginRequest):
-                    outcome.reason = f"{type(pdu).__name__} during login"
-                    outcome.protocol_error = True
-                    return outcome
-                response = login.receive(pdu)
+        while True:
+            event = phase.next_event()
+            if event is LoginPhaseState.NEED_DATA:
+                phase.receive_data(await stream.receive_some(LOGIN_RECEIVE_SIZE))
+            elif isinstance(event, LoginRequest):
+                response = login.receive(event)
                 if throttle is not None:
                     await throttle.hold(login.chap_failed, login.initiator_name, peer)
                 await stream.send_all(encode_pdu(response))
+            elif isinstance(event, LoginEnded):
+                outcome.reason = event.reason
+                outcome.protocol_error = event.protocol_error
+                return outcome
+            else:
+                break
     if scope.cancelled_caught:
         outcome.reason = f"login not finished within {timeout:g} s"
         return outcome
     if login.complete:
         if throttle is not None:
             throttle.succeeded(login.initiator_name)
-        params = login.params
-        framer.header_digest = params.header_digest
-        framer.data_digest = params.data_digest
-        framer.max_recv_data_segment_length = login.config.max_recv_data_segment_length
     elif login.failed:
         outcome.reason = f"login failed ({login.failure_status}): {login.failure_message}"
     else:

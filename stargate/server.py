@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 
 import trio
 
+from faults.channel import blackhole_stream
+from faults.forensics import Forensics
+from faults.injector import FaultInjector
+from faults.login import faulted_login, hold_swallowed_login
 from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionType
 from iscsicore.login import LoginStatus, TargetLogin
 from iscsicore.portal import Portal
 from stargate.discovery import SendTargetsResponder
-from stargate.faults.actions import ServerActions
-from stargate.faults.channel import blackhole_stream
-from stargate.faults.forensics import Forensics
-from stargate.faults.injector import FaultInjector
-from stargate.faults.login import faulted_login, hold_swallowed_login
+from stargate.fault_actions import ServerActions
 from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, peer_host, run_login
 from stargate.login_throttle import LogLimiter
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, CommandQueue, ShareLimits
@@ -171,7 +171,7 @@ class StargateServer:
         self.hub = ReaderHub(spin_seconds=self.config.busy_poll_us / 1e6)
         self._cancel_scope: trio.CancelScope | None = None
         self._closing = False
-        # Fault injection (stargate.faults): costs the transport one check per batch.
+        # Fault injection (faults): costs the transport one check per batch.
         self.faults = FaultInjector()
         self.faults.perform_action = ServerActions(self)
         self.forensics: Forensics | None = None  # set by Forensics.attach

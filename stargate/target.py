@@ -12,13 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stargate.stats import VDiskStats
-
-TARGET_NAME_PREFIX = "iqn.2010-06.com.nutanix:vmdisk-"
-DEFAULT_PORTAL_GROUP_TAG = 1
-
-
-def target_name_for(vdisk_id: str) -> str:
-    return f"{TARGET_NAME_PREFIX}{vdisk_id}"
+from topology.naming import DEFAULT_PORTAL_GROUP_TAG, target_name_for
 
 
 class BlockStoreLike(Protocol):

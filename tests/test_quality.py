@@ -46,6 +46,46 @@ def test_code_quality(checker: tuple[str, ...]) -> None:
         )
 
 
+def lint_imports(*args: str) -> subprocess.CompletedProcess[str]:
+    """import-linter's `lint-imports`, from this interpreter's environment."""
+    script = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run(
+        [str(script), "--no-cache", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240.0,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_imports_go_only_down_the_floors() -> None:
+    """The contracts in pyproject.toml: iscsicore < topology < faults < control <
+    initiator | stargate < redirector < cluster, and the redirector never imports stargate."""
+    completed = lint_imports()
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "Contracts: 2 kept, 0 broken." in completed.stdout
+
+
+def test_import_contracts_see_the_real_imports(tmp_path: Path) -> None:
+    """The floors contract is not vacuous: a contract the tree breaks (the target's
+    connection imports iscsicore, a floor below) is reported broken, with that import."""
+    config = tmp_path / "contracts.toml"
+    config.write_text(
+        "[tool.importlinter]\n"
+        'root_packages = ["iscsicore", "stargate"]\n'
+        "[[tool.importlinter.contracts]]\n"
+        'name = "upside down"\n'
+        'type = "layers"\n'
+        'layers = ["iscsicore", "stargate"]\n'
+    )
+    completed = lint_imports("--config", str(config))
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "stargate is not allowed to import iscsicore" in completed.stdout
+    assert "stargate.server -> iscsicore." in completed.stdout
+
+
 @pytest.mark.parametrize("script", ["run", ".ci/run"])
 def test_shell_scripts_parse_and_pass_shellcheck(script: str) -> None:
     syntax = subprocess.run(

@@ -32,7 +32,7 @@ from stargate.scsi.modes import ModeState
 from stargate.scsi.sanitize import HoldFlushUntilSanitized, SanitizeJob, Sanitizer
 from stargate.scsi.vpd import BLOCK_LIMITS
 from stargate.stores.base import BlockStore
-from stargate.stores.meta import VDiskMeta
+from topology.vdisk import VDiskMeta
 
 __all__ = [
     "LogicalUnit",

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from iscsicore.scsi.opcodes import PrType
 from stargate.scsi.command import Nexus
-from stargate.stores.meta import atomic_write
+from topology.vdisk import atomic_write
 
 FORMAT_VERSION = 1
 PR_SUFFIX = ".pr.json"

@@ -3,6 +3,5 @@
 from stargate.stores.base import BlockStore, Extent
 from stargate.stores.file import FileStore
 from stargate.stores.memory import MemoryStore
-from stargate.stores.meta import VDiskMeta, parse_size
 
-__all__ = ["BlockStore", "Extent", "FileStore", "MemoryStore", "VDiskMeta", "parse_size"]
+__all__ = ["BlockStore", "Extent", "FileStore", "MemoryStore"]

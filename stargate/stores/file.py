@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from stargate.stores.base import Extent, check_range, coalesce
-from stargate.stores.meta import VDiskMeta
+from topology.vdisk import VDiskMeta
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02

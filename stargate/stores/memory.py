@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from stargate.stores.base import Extent, check_range, coalesce
-from stargate.stores.meta import VDiskMeta
+from topology.vdisk import VDiskMeta
 
 CHUNK_SIZE = 64 * 1024
 _ZERO_CHUNK = bytes(CHUNK_SIZE)

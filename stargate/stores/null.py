@@ -7,7 +7,7 @@ allocation, no flush. Reads of one size share one preallocated buffer.
 from __future__ import annotations
 
 from stargate.stores.base import Extent, check_range
-from stargate.stores.meta import VDiskMeta
+from topology.vdisk import VDiskMeta
 
 
 class NullStore:

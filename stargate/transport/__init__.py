@@ -12,5 +12,5 @@ plain path) < `keepalive` (NOP, watchdog) < `exchanges` (Text, Logout, SNACK) < 
 hub turns).
 
 May import iscsicore, stargate.scsi, stargate.queue/session/tasks/stats/reader_hub and
-stargate.faults (model and channel); nothing above the target.
+faults (model and channel), topology; nothing above the target.
 """

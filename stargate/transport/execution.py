@@ -8,10 +8,10 @@ import logging
 
 import trio
 
+from faults.model import DropMode, Fault, FaultKind
 from iscsicore.pdu import lun_number
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
-from stargate.faults.model import DropMode, Fault, FaultKind
 from stargate.target import ScsiResultLike
 from stargate.tasks import ScsiTask, TaskPhase
 from stargate.transport.data_in import GOOD

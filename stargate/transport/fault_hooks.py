@@ -2,7 +2,7 @@
 the connection as a whole (drop it, blackhole it, freeze its window).
 
 The connection asks the strategy nothing while ``armed`` is false (one check per batch of
-PDUs, `runner`); `faulted_pdus` applies what it answers. `stargate.faults.FaultInjector` is
+PDUs, `runner`); `faulted_pdus` applies what it answers. `faults.FaultInjector` is
 the server's strategy; `NO_FAULTS` is the default.
 """
 
@@ -17,8 +17,8 @@ from typing import Protocol
 
 import trio
 
-from stargate.faults.channel import BlackholeChannel
-from stargate.faults.model import DropMode, Fault
+from faults.channel import BlackholeChannel
+from faults.model import DropMode, Fault
 from stargate.transport.data_in import StatusSender
 from stargate.transport.interfaces import ResettableChannel
 from stargate.transport.state import StopBatch

@@ -7,12 +7,12 @@ import functools
 
 import trio
 
+from faults.model import Fault, FaultKind
 from iscsicore.pdu import NopOut, Pdu, ScsiCommand, TaskMgmtRequest, TextRequest
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import SenseKey, build_fixed
 from iscsicore.seqnum import SERIAL_MASK
 from iscsicore.wire import full_cdb
-from stargate.faults.model import Fault, FaultKind
 from stargate.tasks import ScsiTask, TaskPhase
 from stargate.transport.dispatch import Dispatch
 from stargate.transport.fault_hooks import FAULT_RNG

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from faults.model import Fault
 from iscsicore.cmdsn import CmdSNWindow
 from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionParams
 from iscsicore.pdu import DataOut, Pdu
-from stargate.faults.model import Fault
 from stargate.queue import CommandQueue, Tenant
 from stargate.reader_hub import ReaderHub
 from stargate.scsi.command import Nexus

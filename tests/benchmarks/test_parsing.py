@@ -161,8 +161,8 @@ def test_scale_table_shows_target_and_client_cpu_per_io() -> None:
 
 
 def test_targets_alternate() -> None:
-    assert alternating(["a", "b"], 0) == ["a", "b"]  # type: ignore[list-item]
-    assert alternating(["a", "b"], 1) == ["b", "a"]  # type: ignore[list-item]
+    assert alternating(["a", "b"], 0) == ["a", "b"]
+    assert alternating(["a", "b"], 1) == ["b", "a"]
 
 
 def test_goal_verdicts() -> None:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from stargate.cluster.spec import ClusterSpec, node_addresses
-from stargate.cluster.supervisor import Supervisor
+from cluster.supervisor import Supervisor
+from topology.spec import ClusterSpec, node_addresses
 
 CLI_TIMEOUT = 60.0
 _rng = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "big"))

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from iscsicore.scsi.opcodes import ScsiStatus
-from stargate.cluster.admission import (
+from cluster.admission import (
     Claim,
     ClaimState,
     FencedLogicalUnit,
@@ -17,11 +16,12 @@ from stargate.cluster.admission import (
     OwnershipQueue,
     StaleOwnerError,
 )
-from stargate.cluster.ownership import Fence, OwnershipFile
+from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.queue import Admission, Tenant
 from stargate.scsi.command import ScsiResult
 from stargate.stores.memory import MemoryStore
-from stargate.stores.meta import VDiskMeta
+from topology.ownership import Fence, OwnershipFile
+from topology.vdisk import VDiskMeta
 
 NAME = "iqn.2010-06.com.nutanix:vmdisk-vd"
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from control.http import http_json, http_request
 from initiator.discovery import send_targets
 from iscsicore.portal import Portal
-from stargate.cluster.http import http_json, http_request
-from stargate.cluster.spec import ClusterSpec
 from tests.cluster.conftest import RunningCluster, run_cli, unique_cluster_base
 from tests.conftest import require_tool
 from tests.helpers.net import tcp_port_answers
 from tests.peers.tools import iscsi_inq, qemu_io
+from topology.spec import ClusterSpec
 
 
 def statuses(cluster: RunningCluster) -> dict[str, dict[str, object]]:

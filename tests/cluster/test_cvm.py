@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from cluster.cvm import ClusterStargate
+from cluster.provision import create_vm
+from control.http import http_json, http_request
 from initiator.device import BlockDevice
 from initiator.session import SessionConfig
-from stargate.cluster.cvm import ClusterStargate
-from stargate.cluster.http import http_json, http_request
-from stargate.cluster.ownership import OwnershipFile, read_record
-from stargate.cluster.spec import ClusterPaths, ClusterSpec, create_vm
 from tests.cluster.conftest import unique_cluster_base
+from topology.ownership import OwnershipFile, read_record
+from topology.spec import ClusterPaths, ClusterSpec
 
 BLOCK = 512
 CONFIG = SessionConfig(replacement_timeout=30)

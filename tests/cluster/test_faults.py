@@ -9,12 +9,12 @@ from pathlib import Path
 
 import trio
 
+from control.http import http_json
 from initiator.device import BlockDevice
 from initiator.session import SessionConfig
-from stargate.cluster.http import http_json
-from stargate.cluster.ownership import read_record
-from stargate.cluster.spec import ClusterPaths
 from tests.cluster.conftest import RunningCluster
+from topology.ownership import read_record
+from topology.spec import ClusterPaths
 
 BLOCK = 512
 CONFIG = SessionConfig(replacement_timeout=60)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from stargate.cluster.http import (
+from control.http import (
     HttpError,
     HttpRequest,
     HttpResponse,
@@ -16,8 +16,8 @@ from stargate.cluster.http import (
     http_request,
     serve_http,
 )
-from stargate.cluster.ownership import Fence, OwnershipFile, OwnershipRecord, read_record
 from tests.helpers.net import unique_loopback_address
+from topology.ownership import Fence, OwnershipFile, OwnershipRecord, read_record
 
 
 def test_claims_bump_the_epoch_and_break_older_fences(tmp_path: Path) -> None:

@@ -29,10 +29,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from stargate.cluster.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater, Step
-from stargate.cluster.admission import Claim, ClaimState, OwnershipQueue
-from stargate.cluster.ownership import NO_NODE, Fence, OwnershipFile, OwnershipRecord, read_record
+from cluster.admission import Claim, ClaimState, OwnershipQueue
 from stargate.queue import Admission, Tenant
+from topology.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater, Step
+from topology.ownership import NO_NODE, Fence, OwnershipFile, OwnershipRecord, read_record
 
 NAME = "iqn.2010-06.com.nutanix:vmdisk-vd"
 NODES = (1, 2, 3)

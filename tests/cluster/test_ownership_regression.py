@@ -17,17 +17,18 @@ from pathlib import Path
 import pytest
 import trio
 
+from cluster.provision import create_vm
+from control.client import vdisk_table
+from control.http import http_json
 from iscsicore.login import LoginDone
 from iscsicore.pdu import R2T, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
-from stargate.cluster.client import vdisk_table
-from stargate.cluster.http import http_json
-from stargate.cluster.ownership import OwnershipRecord, read_record
-from stargate.cluster.spec import ClusterPaths, ClusterSpec, create_vm
-from stargate.target import TARGET_NAME_PREFIX
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.redirector.cluster import HTTP_PORT, PORT, START_TIMEOUT, make_spec
 from tests.stargate.client import TestInitiator, clear_unit_attention, read10, write10
+from topology.naming import TARGET_NAME_PREFIX
+from topology.ownership import OwnershipRecord, read_record
+from topology.spec import ClusterPaths, ClusterSpec
 
 BLOCK = 512
 RELEASE_TIMEOUT = 1.5  # the CVMs' --release-timeout: parked commands expire after 3.5 s
@@ -38,7 +39,7 @@ NEW = b"NEW".ljust(BLOCK, b"!")
 def start_cvms(directory: Path, spec: ClusterSpec, reaper: ProcessReaper) -> list[ManagedProcess]:
     processes = []
     for node in spec.nodes:
-        argv: list[str | Path] = [sys.executable, "-m", "stargate.cluster.cvm", "--dir", directory]
+        argv: list[str | Path] = [sys.executable, "-m", "cluster.cvm", "--dir", directory]
         argv += ["--node", str(node.node_id), "--release-timeout", str(RELEASE_TIMEOUT)]
         processes.append(reaper.spawn(argv, name=f"stargate-{node.node_id}"))
     for node, process in zip(spec.nodes, processes, strict=True):

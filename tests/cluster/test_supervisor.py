@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from stargate.cluster.spec import ClusterSpec
-from stargate.cluster.supervisor import (
+from cluster.supervisor import (
     Health,
     ManagedProcess,
     PidRecord,
@@ -24,6 +23,7 @@ from stargate.cluster.supervisor import (
     managed_processes,
 )
 from tests.helpers.net import free_port, unique_loopback_address
+from topology.spec import ClusterSpec
 
 LISTENER = """
 import signal, socket, sys, time
@@ -67,7 +67,7 @@ def test_the_cluster_processes(supervisor: Supervisor, tmp_path: Path) -> None:
     stargate = supervisor.stargate(2)
     assert stargate.argv[1:] == (
         "-m",
-        "stargate.cluster.cvm",
+        "cluster.cvm",
         "--dir",
         str(tmp_path),
         "--node",

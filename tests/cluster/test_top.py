@@ -7,11 +7,12 @@ from typing import Any
 
 from rich.console import Console
 
-from stargate.cluster.client import PageAnswer
-from stargate.cluster.spec import ClusterSpec, create_vm
-from stargate.cluster.supervisor import Supervisor
-from stargate.cluster.top import TopModel, render, vdisk_rates
+from cluster.provision import create_vm
+from cluster.supervisor import Supervisor
+from cluster.top import TopModel, render, vdisk_rates
+from control.client import PageAnswer
 from stargate.stats import LATENCY_BUCKET_BOUNDS_US
+from topology.spec import ClusterSpec
 
 BUCKETS = len(LATENCY_BUCKET_BOUNDS_US) + 1
 

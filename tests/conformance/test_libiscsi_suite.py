@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from stargate.target import target_name_for
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.peers.tools import (
@@ -30,6 +29,7 @@ from tests.peers.tools import (
     parse_test_cu_output,
     run_tool,
 )
+from topology.naming import target_name_for
 
 pytestmark = pytest.mark.slow
 

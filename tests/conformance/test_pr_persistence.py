@@ -20,11 +20,11 @@ import trio
 
 from iscsicore.login import LoginDone
 from iscsicore.scsi.opcodes import ScsiStatus
-from stargate.target import target_name_for
 from tests.cluster.conftest import RunningCluster, cluster_dir, stargate_cluster
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.stargate.client import TestInitiator, clear_unit_attention, write10
+from topology.naming import target_name_for
 
 HOST = "127.0.0.1"
 VDISK = "prd"

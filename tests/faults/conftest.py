@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from stargate.target import target_name_for
 from tests.helpers.net import free_port as _free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.peers.tools import iscsi_url
+from topology.naming import target_name_for
 
 HOST = "127.0.0.1"
 

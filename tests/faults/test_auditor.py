@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stargate.faults.auditor import InitiatorAuditor
+from faults.auditor import InitiatorAuditor
 
 
 class FakeClock:

@@ -10,15 +10,15 @@ from collections.abc import Callable
 import pytest
 import trio
 
+from faults import DropMode, Fault, FaultKind
 from initiator.errors import LoginError
 from initiator.login_flow import LoginOptions, establish
 from iscsicore.portal import Portal
-from stargate.faults import DropMode, Fault, FaultKind
 from stargate.server import StargateServer
-from stargate.target import target_name_for
 from tests.faults.conftest import FaultyTarget
 from tests.peers.tools import PeerToolError, iscsi_inq
 from tests.stargate.client import TestInitiator, start_stargate
+from topology.naming import target_name_for
 
 CLIENT_LOGIN_TIMEOUT = 1.5
 

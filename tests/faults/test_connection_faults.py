@@ -12,14 +12,14 @@ from urllib.request import urlopen
 import pytest
 import trio
 
+from faults import DropMode, Fault, FaultKind
+from faults.forensics import Forensics
 from initiator.session import Session, SessionConfig
 from iscsicore.portal import Portal
-from stargate.faults import DropMode, Fault, FaultKind
-from stargate.faults.forensics import Forensics
-from stargate.target import target_name_for
 from tests.faults.conftest import FaultyTarget
 from tests.peers.tools import qemu_io
 from tests.stargate.client import read10, start_stargate
+from topology.naming import target_name_for
 
 
 def _forensics(target: FaultyTarget) -> list[dict[str, Any]]:

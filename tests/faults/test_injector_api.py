@@ -7,10 +7,9 @@ import time
 
 import trio
 
+from faults import Delay, DropMode, Fault, FaultKind, IoClass
 from iscsicore.login import LoginFailed
 from iscsicore.pdu import RESERVED_TAG, DataIn, NopIn, NopOut, Reject, ScsiResponse
-from stargate.faults import Delay, DropMode, Fault, FaultKind, IoClass
-from stargate.target import target_name_for
 from tests.stargate.client import (
     TestInitiator,
     clear_unit_attention,
@@ -19,6 +18,7 @@ from tests.stargate.client import (
     start_stargate,
     write10,
 )
+from topology.naming import target_name_for
 
 GOOD, CHECK_CONDITION, BUSY, RESERVATION_CONFLICT, TASK_SET_FULL = 0, 2, 8, 0x18, 0x28
 

@@ -8,13 +8,12 @@ import time
 import pytest
 import trio
 
+from faults import Delay, Fault, FaultKind
+from faults.forensics import Forensics
 from initiator.errors import RedirectError
 from initiator.login_flow import LoginOptions, establish
 from iscsicore.pdu import AsyncMessage
 from iscsicore.portal import Portal
-from stargate.faults import Delay, Fault, FaultKind
-from stargate.faults.forensics import Forensics
-from stargate.target import target_name_for
 from tests.stargate.client import (
     TestInitiator,
     clear_unit_attention,
@@ -22,6 +21,7 @@ from tests.stargate.client import (
     read10,
     start_stargate,
 )
+from topology.naming import target_name_for
 
 
 async def test_permanent_redirect_to_another_stargate(nursery: trio.Nursery) -> None:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from stargate.faults import Delay, Fault, FaultInjector, FaultKind, IoClass
-from stargate.faults.triggers import io_class, lba_extent
+from faults import Delay, Fault, FaultInjector, FaultKind, IoClass
+from faults.triggers import io_class, lba_extent
 
 
 def _read16(lba: int, blocks: int) -> bytes:

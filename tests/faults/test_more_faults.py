@@ -8,6 +8,7 @@ import time
 import pytest
 import trio
 
+from faults import Delay, Fault, FaultKind
 from iscsicore.errors import IscsiProtocolError
 from iscsicore.pdu import (
     AsyncMessage,
@@ -17,8 +18,6 @@ from iscsicore.pdu import (
     TaskMgmtRequest,
     TaskMgmtResponse,
 )
-from stargate.faults import Delay, Fault, FaultKind
-from stargate.target import target_name_for
 from tests.stargate.client import (
     TestInitiator,
     clear_unit_attention,
@@ -28,6 +27,7 @@ from tests.stargate.client import (
     start_stargate,
     write10,
 )
+from topology.naming import target_name_for
 
 
 async def _ready(server, **login: object) -> TestInitiator:

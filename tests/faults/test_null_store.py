@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from stargate.stores.meta import VDiskMeta
 from stargate.stores.null import NullStore
+from topology.vdisk import VDiskMeta
 
 
 def test_reads_zeros_or_a_pattern_and_checks_ranges() -> None:

@@ -17,17 +17,17 @@ from types import SimpleNamespace
 import pytest
 import trio
 
+from cluster.scenario import Scenario, ScenarioError, perform_step
+from cluster.timeline import build_timeline
 from initiator.errors import LoginError, RedirectError
 from initiator.login_flow import LoginOptions, establish
 from iscsicore.login import LoginDone, LoginFailed, LoginRedirect
 from iscsicore.pdu import LoginStatus
 from iscsicore.portal import Portal
-from stargate.faults.scenario import Scenario, ScenarioError, perform_step
-from stargate.faults.timeline import build_timeline
-from stargate.target import target_name_for
 from tests.helpers.procs import ProcessReaper
 from tests.peers.tools import PeerToolError, iscsi_inq, iscsi_url
 from tests.redirector.cluster import PORT, TestCluster, login_once
+from topology.naming import target_name_for
 
 TARGET = target_name_for("vm1-0")
 OTHER = target_name_for("vm1-1")

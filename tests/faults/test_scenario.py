@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stargate.faults.scenario import Scenario, ScenarioError
+from cluster.scenario import Scenario, ScenarioError
 from tests.redirector.cluster import make_spec
 
 pytestmark = pytest.mark.slow

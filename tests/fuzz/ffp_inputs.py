@@ -31,7 +31,7 @@ from iscsicore.pdu import (
     TmfFunction,
     lun_from_number,
 )
-from tests.core.strategies import initiator_pdus, pdus_of
+from tests.iscsicore.strategies import initiator_pdus, pdus_of
 
 BLOCK = 512
 PROBE_ITT = 0xFFFFFFF0  # the liveness ping's tag: never drawn for anything else

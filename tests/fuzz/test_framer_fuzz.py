@@ -1,6 +1,6 @@
 """Fuzz targets for `iscsicore.framing.PduFramer`: hostile byte streams, any split.
 
-Streams are built from legal PDUs (tests/core/strategies.py), mutated byte by byte,
+Streams are built from legal PDUs (tests/iscsicore/strategies.py), mutated byte by byte,
 truncated and mixed with random bytes, so that most of them get past the opcode check and
 reach the length, AHS, digest and field checks. The oracles:
 
@@ -29,8 +29,8 @@ from iscsicore.digest import DIGEST_LENGTH
 from iscsicore.errors import DataDigestError, HeaderDigestError, IscsiProtocolError
 from iscsicore.framing import LOGIN_DATA_SEGMENT_LIMIT, PduFramer, encode_pdu
 from iscsicore.pdu import BHS_LENGTH, Opcode, Pdu, ScsiCommand
-from tests.core.strategies import initiator_pdus, pdus_of, target_pdus
 from tests.fuzz.driver import count_example, fuzz_target
+from tests.iscsicore.strategies import initiator_pdus, pdus_of, target_pdus
 
 Peer = Literal["initiator", "target"]
 

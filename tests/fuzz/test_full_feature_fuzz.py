@@ -55,10 +55,11 @@ from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import parse_sense
 from stargate.queue import CommandQueue
 from stargate.server import ServerConfig, StargateServer
-from stargate.target import TargetRegistry, target_name_for
+from stargate.target import TargetRegistry
 from tests.fuzz.driver import ErrorLog, count_event, count_example, fuzz_target
 from tests.fuzz.ffp_inputs import BLOCK, PROBE_ITT, Observed, hostile_pdu
 from tests.stargate.client import TestInitiator, clear_unit_attention, memory_target, read10
+from topology.naming import target_name_for
 
 NAME = "test_fuzz_full_feature_dispatch"
 MAX_PDUS = 24

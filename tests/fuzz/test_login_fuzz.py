@@ -37,7 +37,7 @@ from iscsicore.login import (
 )
 from iscsicore.pdu import LoginRequest, LoginResponse, LoginStatus
 from stargate.server import ServerConfig, StargateServer
-from stargate.target import ChapCredentials, TargetRegistry, target_name_for
+from stargate.target import ChapCredentials, TargetRegistry
 from tests.fuzz.driver import ErrorLog, count_event, count_example, fuzz_target
 from tests.fuzz.login_inputs import (
     CHAP,
@@ -50,6 +50,7 @@ from tests.fuzz.login_inputs import (
     to_full_feature,
 )
 from tests.stargate.client import memory_target
+from topology.naming import target_name_for
 
 MAX_REQUESTS = 10
 

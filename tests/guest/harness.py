@@ -81,7 +81,7 @@ class GuestImage:
 
 
 @dataclass(frozen=True)
-class Portal:
+class RelayedPortal:
     """One guest-side portal relayed to one host-side portal."""
 
     guest_ip: str
@@ -112,9 +112,9 @@ class Portal:
 PortalMap = Mapping[str, int | tuple[str, int]]
 
 
-def parse_portals(portals: PortalMap) -> list[Portal]:
+def parse_portals(portals: PortalMap) -> list[RelayedPortal]:
     """``{"10.0.2.100": 3261, "10.0.2.101:3261": ("127.0.0.5", 3261)}`` -> Portals."""
-    parsed: list[Portal] = []
+    parsed: list[RelayedPortal] = []
     for key, target in portals.items():
         guest_ip, _, port_text = key.partition(":")
         guest_port = int(port_text) if port_text else DEFAULT_GUEST_PORT
@@ -125,7 +125,7 @@ def parse_portals(portals: PortalMap) -> list[Portal]:
         ):
             raise ValueError(f"guest portal address {guest_ip} is not a free 10.0.2.x address")
         host, host_port = ("127.0.0.1", target) if isinstance(target, int) else target
-        parsed.append(Portal(guest_ip, guest_port, host, int(host_port)))
+        parsed.append(RelayedPortal(guest_ip, guest_port, host, int(host_port)))
     return parsed
 
 
@@ -674,7 +674,7 @@ __all__ = [
     "GuestEvent",
     "GuestImage",
     "GuestResult",
-    "Portal",
+    "RelayedPortal",
     "format_steps",
     "main",
     "parse_portals",

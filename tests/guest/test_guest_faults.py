@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from stargate.target import target_name_for
 from tests.guest.harness import Guest, GuestImage, GuestResult, format_steps
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
+from topology.naming import target_name_for
 
 pytestmark = pytest.mark.slow
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from cluster.supervisor import Supervisor
+from control.control_token import cluster_token
 from initiator.device import BlockDevice
 from initiator.session import SessionConfig
 from initiator.vm_workload import DiskRun, run_vm_workload
 from iscsicore.portal import Portal
-from stargate.cluster.control_token import cluster_token
-from stargate.cluster.spec import ClusterSpec, NodeSpec, node_addresses
-from stargate.cluster.supervisor import Supervisor
 from tests.initiator.fake_target import Address, FakeRedirector
+from topology.spec import ClusterSpec, NodeSpec, node_addresses
 
 CLI_TIMEOUT = 60.0
 

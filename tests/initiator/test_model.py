@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from initiator.device import BlockDevice
 from initiator.session import SessionConfig
-from stargate.target import target_name_for
 from tests.stargate.client import memory_target, start_stargate
+from topology.naming import target_name_for
 
 BLOCKS = 4096
 operation = st.tuples(

@@ -22,8 +22,8 @@ from iscsicore.portal import Portal
 from iscsicore.scsi.sense import SenseKey
 from stargate.server import StargateServer
 from stargate.target import ChapCredentials as StargateChap
-from stargate.target import target_name_for
 from tests.stargate.client import memory_target, start_stargate
+from topology.naming import target_name_for
 
 MiB = 1 << 20
 

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import trio
 
+from cluster.provision import create_vm
+from control.client import vdisk_table
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.login import InitiatorLogin, LoginDone, LoginFailed, LoginRedirect
 from iscsicore.pdu import LoginRequest, LoginResponse
-from stargate.cluster.client import vdisk_table
-from stargate.cluster.spec import ClusterPaths, ClusterSpec, NodeSpec, VmRecord, create_vm
 from tests.helpers.net import unique_loopback_address
 from tests.helpers.procs import ManagedProcess, ProcessReaper
+from topology.spec import ClusterPaths, ClusterSpec, NodeSpec, VmRecord
 
 PORT = 3261
 HTTP_PORT = 2009
@@ -75,7 +76,7 @@ class TestCluster:
         argv: list[str | Path] = [
             sys.executable,
             "-m",
-            "stargate.cluster.cvm",
+            "cluster.cvm",
             "--dir",
             self.directory,
         ]

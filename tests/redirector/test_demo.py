@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stargate.cluster.spec import ClusterPaths, ClusterSpec
 from tests.helpers.net import tcp_port_answers
 from tests.helpers.procs import ProcessReaper
+from topology.spec import ClusterPaths, ClusterSpec
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_demo_headless(tmp_path: Path, process_reaper: ProcessReaper) -> None:
         [
             sys.executable,
             "-m",
-            "stargate.cluster.demo",
+            "cluster.demo",
             "--dir",
             directory,
             "--stable-window",
@@ -85,7 +85,7 @@ def test_demo_interrupted_takes_the_cluster_down(
     tmp_path: Path, process_reaper: ProcessReaper
 ) -> None:
     directory = tmp_path / "demo"
-    argv: list[str | Path] = [sys.executable, "-m", "stargate.cluster.demo", "--dir", directory]
+    argv: list[str | Path] = [sys.executable, "-m", "cluster.demo", "--dir", directory]
     demo = process_reaper.spawn([*argv, "--base-address", demo_base_address()], name="demo")
     deadline = time.monotonic() + 60
     while "VM I/O through node 1" not in demo.log_text():

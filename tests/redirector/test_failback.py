@@ -15,14 +15,15 @@ from pathlib import Path
 
 import trio
 
+from cluster.provision import create_vm
+from control.http import HttpRequest, HttpResponse, serve_http
 from redirector.config import RedirectorConfig, Timers
 from redirector.failback import MAX_ATTEMPTS, Failback
 from redirector.log import redirector_logger
 from redirector.policy import PlacementPolicy
-from stargate.cluster.http import HttpRequest, HttpResponse, serve_http
-from stargate.cluster.ownership import OwnershipFile
-from stargate.cluster.spec import ClusterPaths, create_vm
 from tests.redirector.cluster import make_spec
+from topology.ownership import OwnershipFile
+from topology.spec import ClusterPaths
 
 STABLE_WINDOW = 5.0
 

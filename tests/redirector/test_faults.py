@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from faults import DropMode, Fault, FaultKind
 from iscsicore.login import Redirect, Refuse
 from iscsicore.pdu import LoginStatus
 from redirector.faults import RedirectorFaults, redirector_fault_error
-from stargate.faults import DropMode, Fault, FaultKind
 
 OWN_PORTAL = "127.0.0.9:3261"
 

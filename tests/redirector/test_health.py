@@ -19,9 +19,9 @@ from redirector.config import RedirectorConfig, Timers
 from redirector.health import HealthChecker
 from redirector.log import redirector_logger
 from redirector.policy import PlacementPolicy
-from stargate.cluster.spec import ClusterSpec
 from tests.helpers.procs import ProcessReaper
 from tests.redirector.cluster import PORT, TestCluster
+from topology.spec import ClusterSpec
 
 INTERVAL = 0.5
 NOP_TIMEOUT = 2.0

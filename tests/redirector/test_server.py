@@ -19,6 +19,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cluster.provision import create_vm
 from initiator.discovery import send_targets
 from initiator.monitor import PortalMonitor
 from iscsicore.framing import PduFramer, encode_pdu
@@ -40,11 +41,11 @@ from redirector.config import RedirectorConfig, Timers
 from redirector.log import redirector_logger
 from redirector.policy import PlacementMode
 from redirector.server import RedirectorServer
-from stargate.cluster.spec import ClusterSpec, NodeSpec, create_vm
 from tests.conftest import require_tool
-from tests.core.strategies import initiator_pdus
 from tests.helpers.procs import ProcessReaper
+from tests.iscsicore.strategies import initiator_pdus
 from tests.redirector.cluster import PORT, TestCluster, login_once, make_spec
+from topology.spec import ClusterSpec, NodeSpec
 
 IQN = "iqn.2010-06.com.nutanix:vmdisk-"
 

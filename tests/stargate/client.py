@@ -34,9 +34,10 @@ from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
 from stargate.server import ServerConfig, StargateServer
 from stargate.stores.memory import MemoryStore
-from stargate.stores.meta import VDiskMeta
-from stargate.target import ChapCredentials, TargetRegistry, VDiskTarget, target_name_for
+from stargate.target import ChapCredentials, TargetRegistry, VDiskTarget
 from stargate.transport.config import ConnectionTimers
+from topology.naming import target_name_for
+from topology.vdisk import VDiskMeta
 
 INITIATOR = "iqn.2026-11.test:initiator"
 RECEIVE_TIMEOUT = 5.0

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stargate.cluster.spec import ClusterSpec
 from tests.cluster.conftest import unique_cluster_base
+from topology.spec import ClusterSpec
 
 # A process that wrongly accepts the size serves until killed: this bounds the test.
 RUN_TIMEOUT = 20.0

@@ -19,12 +19,11 @@ import time
 import pytest
 import trio
 
+from cluster.cli import build_parser
 from iscsicore.framing import encode_pdu
 from iscsicore.pdu import NopIn, NopOut
 from iscsicore.scsi.opcodes import ScsiStatus
-from stargate.cli import build_parser
 from stargate.login_throttle import LogLimiter
-from stargate.target import target_name_for
 from stargate.transport.config import DEFAULT_CONTROL_PDU_BURST
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
@@ -34,6 +33,7 @@ from tests.stargate.client import (
     clear_unit_attention,
     read10,
 )
+from topology.naming import target_name_for
 
 HOST = "127.0.0.1"
 OTHER_HOST = "127.0.0.2"

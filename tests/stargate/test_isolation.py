@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from cluster.cli import build_parser
 from iscsicore.framing import encode_pdu
 from iscsicore.pdu import R2T, NopOut, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.seqnum import sn_diff
-from stargate.cli import _share_limits, build_parser
+from stargate.cli import _share_limits
 from stargate.queue import ShareLimits
-from stargate.target import target_name_for
 from stargate.transport.config import ConnectionTimers
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.stargate.client import (
@@ -37,6 +37,7 @@ from tests.stargate.client import (
     start_stargate,
     write10,
 )
+from topology.naming import target_name_for
 
 HOG_COMMANDS = 300
 DATA_OUT_TIMEOUT = 8.0

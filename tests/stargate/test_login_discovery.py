@@ -12,7 +12,7 @@ from iscsicore.login import LoginDone, LoginFailed
 from iscsicore.pdu import LoginStatus, TextRequest, TextResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.server import StargateServer
-from stargate.target import ChapCredentials, target_name_for
+from stargate.target import ChapCredentials
 from tests.stargate.client import (
     INITIATOR,
     TEST_UNIT_READY,
@@ -21,6 +21,7 @@ from tests.stargate.client import (
     memory_target,
     start_stargate,
 )
+from topology.naming import target_name_for
 
 OTHER_INITIATOR = "iqn.2026-11.test:someone-else"
 

@@ -18,12 +18,12 @@ from iscsicore.chap import ChapSecrets
 from iscsicore.keys import decode_text, encode_text
 from iscsicore.login import InitiatorLogin, LoginDone, LoginFailed
 from iscsicore.pdu import LoginRequest, LoginResponse, LoginStatus, TextRequest, TextResponse
-from stargate.target import target_name_for
 from tests.conftest import require_tool
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.peers.tools import PeerToolError, iscsi_inq, iscsi_ls, iscsi_url
 from tests.stargate.client import TestInitiator
+from topology.naming import target_name_for
 
 HOST = "127.0.0.1"
 OTHER_HOST = "127.0.0.2"  # a second source address for the initiator that is not slowed

@@ -21,7 +21,6 @@ import pytest
 import trio
 
 from iscsicore.login import LoginDone
-from stargate.target import target_name_for
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.peers.fio import job_errors, run_fio
 from tests.peers.tools import (
@@ -35,6 +34,7 @@ from tests.peers.tools import (
     run_tool,
 )
 from tests.stargate.client import TestInitiator, clear_unit_attention, read10, write10
+from topology.naming import target_name_for
 
 HOST = "127.0.0.1"
 MiB = 1 << 20

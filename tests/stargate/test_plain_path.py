@@ -20,10 +20,11 @@ from stargate.scsi.command import Nexus
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
 from stargate.session import Session
-from stargate.stores import MemoryStore, VDiskMeta
+from stargate.stores import MemoryStore
 from stargate.target import VDiskTarget
 from stargate.transport import commands as commands_module
 from stargate.transport.runner import FullFeatureConnection
+from topology.vdisk import VDiskMeta
 
 BLOCK = 512
 BLOCKS = 256

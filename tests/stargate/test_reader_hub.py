@@ -24,7 +24,7 @@ from stargate.reader_hub import ReaderHub, Turn
 from stargate.scsi.command import Nexus
 from stargate.scsi.lu import LogicalUnit
 from stargate.session import Session
-from stargate.stores import MemoryStore, VDiskMeta
+from stargate.stores import MemoryStore
 from stargate.target import VDiskTarget
 from stargate.transport.runner import FullFeatureConnection
 from tests.stargate.client import (
@@ -35,6 +35,7 @@ from tests.stargate.client import (
     start_stargate,
     write10,
 )
+from topology.vdisk import VDiskMeta
 
 
 @dataclass

@@ -31,7 +31,6 @@ from iscsicore.pdu import (
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import parse_sense
 from stargate.server import StargateServer
-from stargate.target import target_name_for
 from tests.stargate.client import (
     INITIATOR,
     TEST_UNIT_READY,
@@ -43,6 +42,7 @@ from tests.stargate.client import (
     start_stargate,
     write10,
 )
+from topology.naming import target_name_for
 
 BLOCK = 512
 QUIET = 0.3  # seconds in which a held command must stay unanswered

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import trio
 
+from faults import Fault, FaultKind
 from iscsicore.errors import DataDigestError
 from iscsicore.pdu import DataIn
 from iscsicore.scsi.opcodes import ScsiStatus
-from stargate.faults import Fault, FaultKind
 from tests.stargate.client import (
     TestInitiator,
     clear_unit_attention,

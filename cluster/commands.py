@@ -1,0 +1,432 @@
+"""The cluster's `stargate` subcommands: cluster up|down|status, vm create, vdisk list,
+cvm kill|stop|cont|start|restart, top.
+
+Each handler takes the parsed namespace and returns the exit status; problems the user can
+fix are raised as `stargate.cli.CliError` (one line on stderr, exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from cluster import demo
+from cluster.provision import create_vm
+from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
+from cluster.top import run_top
+from control.client import vdisk_table
+from control.control_token import cluster_token_file
+from stargate.cli import CliError
+from stargate.stores.capacity import check_file_capacity
+from topology.spec import (
+    DEFAULT_BASE_ADDRESS,
+    DEFAULT_STABLE_WINDOW,
+    PLACEMENTS,
+    Advertisement,
+    ClusterPaths,
+    ClusterSpec,
+    ClusterSpecError,
+)
+from topology.vdisk import parse_size
+
+
+def _cli_error(message: str) -> Exception:
+    return CliError(message)
+
+
+def _advertisement(text: str) -> Advertisement:
+    try:
+        return Advertisement.parse(text)
+    except (ClusterSpecError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", type=Path, required=True, help="the cluster directory")
+
+
+def _print_json(document: Any) -> None:
+    # A closed pipe (`| head`) is the reader's choice, not an error worth a traceback.
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps(document, indent=2, sort_keys=True), flush=True)
+
+
+# -- registration --------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    _register_cluster(subparsers)
+    _register_vm(subparsers)
+    _register_vdisk(subparsers)
+    _register_cvm(subparsers)
+    top = subparsers.add_parser("top", help="the whole cluster, live")
+    _add_dir(top)
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--iterations", type=int, help="refresh this many times, then exit")
+    top.set_defaults(handler=run_top_command)
+    demo.register(subparsers)
+
+
+def _register_cluster(subparsers: Any) -> None:
+    cluster = subparsers.add_parser("cluster", help="start, stop and inspect a local cluster")
+    actions = cluster.add_subparsers(dest="cluster_action", metavar="ACTION", required=True)
+    up = actions.add_parser("up", help="start N nodes: a stargate and a redirector each")
+    _add_dir(up)
+    up.add_argument("--nodes", type=int, required=True)
+    up.add_argument(
+        "--stable-window",
+        type=float,
+        metavar="SECONDS",
+        help="how long a CVM must be healthy before failback",
+    )
+    up.add_argument(
+        "--release-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a vDisk's owner may take to release it before another CVM takes "
+        "it over (default 5)",
+    )
+    up.add_argument(
+        "--policy",
+        choices=PLACEMENTS,
+        help="how a redirector picks a remote CVM for a vDisk",
+    )
+    up.add_argument(
+        "--base-address",
+        help="node i: redirector base+i*256+1, stargate base+i*256+2",
+    )
+    up.add_argument(
+        "--advertise",
+        type=_advertisement,
+        action="append",
+        metavar="[cvm:|redirector:]NODE=ADDR[:PORT]",
+        help="the address initiators reach a CVM (or redirector) at; repeatable",
+    )
+    up.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once everything answers, printing the cluster as JSON",
+    )
+    up.add_argument(
+        "--no-redirectors",
+        action="store_true",
+        help="start the stargates only (tests of the storage path)",
+    )
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=READY_TIMEOUT,
+        help="seconds to wait for every process to answer",
+    )
+    up.set_defaults(handler=cluster_up)
+    down = actions.add_parser("down", help="stop every process the cluster started")
+    _add_dir(down)
+    down.set_defaults(handler=cluster_down)
+    status = actions.add_parser("status", help="every process: pid, address, health, log")
+    _add_dir(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cluster_status)
+
+
+def _register_vm(subparsers: Any) -> None:
+    vm = subparsers.add_parser("vm", help="VMs and their vDisks")
+    actions = vm.add_subparsers(dest="vm_action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="create a VM's vDisks")
+    create.add_argument("name")
+    _add_dir(create)
+    create.add_argument("--node", type=int, required=True, help="the VM's home node")
+    create.add_argument("--disks", type=int, default=1)
+    create.add_argument("--size", default="1G", help="each vDisk's size: 512M, 4G, ...")
+    create.set_defaults(handler=vm_create)
+
+
+def _register_vdisk(subparsers: Any) -> None:
+    vdisk = subparsers.add_parser("vdisk", help="the cluster's vDisks")
+    actions = vdisk.add_subparsers(dest="vdisk_action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="each vDisk, the CVM serving it, connections")
+    _add_dir(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=vdisk_list)
+
+
+def _register_cvm(subparsers: Any) -> None:
+    cvm = subparsers.add_parser("cvm", help="fault injection on one CVM's stargate")
+    actions = cvm.add_subparsers(dest="cvm_action", metavar="ACTION", required=True)
+    helps = {
+        "kill": "SIGKILL",
+        "stop": "SIGSTOP (hung CVM)",
+        "cont": "SIGCONT",
+        "start": "start it again",
+        "restart": "graceful stop (SIGTERM), then start",
+    }
+    for action, help_text in helps.items():
+        parser = actions.add_parser(action, help=help_text)
+        parser.add_argument("node", type=int)
+        _add_dir(parser)
+        parser.set_defaults(handler=cvm_action)
+
+
+# -- cluster ------------------------------------------------------------------------------
+
+
+def _supervisor(directory: Path, **options: Any) -> Supervisor:
+    try:
+        return Supervisor(directory, **options)
+    except ClusterSpecError as error:
+        raise _cli_error(str(error)) from None
+
+
+def cluster_up(args: argparse.Namespace) -> int:
+    directory: Path = args.dir.resolve()
+    paths = ClusterPaths(directory)
+    try:
+        if paths.spec_file.exists():
+            _check_same_cluster(ClusterSpec.load(directory), args)
+        else:
+            ClusterSpec.create(directory, args.nodes, **_spec_options(args, None))
+    except ClusterSpecError as error:
+        raise _cli_error(str(error)) from None
+    supervisor = Supervisor(directory, redirectors=not args.no_redirectors)
+    supervisor.remember_mode(redirectors=not args.no_redirectors)
+    for process in supervisor.processes:
+        supervisor.start(process)
+    not_ready = trio.run(supervisor.wait_ready, supervisor.processes, args.timeout)
+    if not_ready:
+        for process in not_ready:
+            _, state = supervisor.state(process)
+            print(f"{process.name} ({state}) does not answer; its log ends:", file=sys.stderr)
+            print(supervisor.log_tail(process) or "(empty)", file=sys.stderr)
+        if not args.detach:
+            _stop_all(supervisor)
+        return 1
+    if args.detach:
+        _print_json(cluster_document(supervisor, trio.run(supervisor.statuses)))
+        return 0
+    return _foreground(supervisor)
+
+
+def _spec_options(args: argparse.Namespace, stored: ClusterSpec | None) -> dict[str, Any]:
+    """The spec options given on the command line; those not given: stored, or defaults."""
+    return {
+        "stable_window": args.stable_window
+        if args.stable_window is not None
+        else (stored.stable_window if stored else DEFAULT_STABLE_WINDOW),
+        "placement": args.policy or (stored.placement if stored else "round-robin"),
+        "base_address": args.base_address
+        or (stored.base_address if stored else DEFAULT_BASE_ADDRESS),
+        "advertise": args.advertise or [],
+        "release_timeout": args.release_timeout
+        if args.release_timeout is not None
+        else (stored.release_timeout if stored else None),
+    }
+
+
+def _check_same_cluster(stored: ClusterSpec, args: argparse.Namespace) -> None:
+    """`cluster up` on an existing directory starts the cluster it describes: options that
+    would describe another one are refused rather than silently ignored."""
+    if len(stored.nodes) != args.nodes:
+        raise _cli_error(
+            f"{args.dir}/cluster.json has {len(stored.nodes)} nodes, not {args.nodes}: "
+            "use another --dir"
+        )
+    wanted = ClusterSpec.build(args.nodes, **_spec_options(args, stored))
+    if not args.advertise:  # not given: keep the stored advertised addresses
+        wanted = ClusterSpec(stored.nodes, wanted.stable_window, wanted.placement,
+                             wanted.base_address, wanted.release_timeout)  # fmt: skip
+    if wanted != stored:
+        raise _cli_error(
+            f"{args.dir}/cluster.json describes another cluster than these options: "
+            "start it without them, or use another --dir"
+        )
+
+
+def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> dict[str, Any]:
+    spec = supervisor.spec
+    by_name = {status.name: status.to_json() for status in statuses}
+    nodes = []
+    for node in spec.nodes:
+        nodes.append(
+            {
+                "node": node.node_id,
+                "stargate": {
+                    "portal": node.cvm_portal,
+                    "address": f"{node.cvm_address}:{node.cvm_port}",
+                    "http": node.http_url,
+                    **by_name.get(node.stargate_name, {}),
+                },
+                "redirector": {
+                    "portal": node.redirector_portal,
+                    "address": f"{node.redirector_address}:{node.redirector_port}",
+                    **by_name.get(node.redirector_name, {}),
+                },
+            }
+        )
+    return {
+        "dir": str(supervisor.directory),
+        # What POST/DELETE to the HTTP pages must send as Authorization: Bearer.
+        "control_token_file": str(cluster_token_file(supervisor.directory)),
+        "stable_window": spec.stable_window,
+        "release_timeout": spec.release_timeout,
+        "placement": spec.placement,
+        "base_address": spec.base_address,
+        "nodes": nodes,
+    }
+
+
+def _foreground(supervisor: Supervisor) -> int:
+
+    print("cluster up; Ctrl-C takes it down", flush=True)
+
+    async def until_interrupted() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_top, supervisor)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(until_interrupted)
+    finally:
+        _stop_all(supervisor)
+    return 0
+
+
+def _stop_all(supervisor: Supervisor) -> list[str]:
+    # Redirectors first: no new logins are sent to stargates that are about to go.
+    redirectors = [p for p in supervisor.processes if p.kind is ProcessKind.REDIRECTOR]
+    stargates = [p for p in supervisor.processes if p.kind is ProcessKind.STARGATE]
+    return supervisor.stop_many(redirectors) + supervisor.stop_many(stargates)
+
+
+def cluster_down(args: argparse.Namespace) -> int:
+    # Every process with a pid file, whatever mode `cluster up` ran in.
+    supervisor = _supervisor(args.dir.resolve(), redirectors=True)
+    stopped = _stop_all(supervisor)
+    print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    return 0
+
+
+def cluster_status(args: argparse.Namespace) -> int:
+    supervisor = _supervisor(args.dir.resolve())
+    statuses = trio.run(supervisor.statuses)
+    if args.json:
+        _print_json([status.to_json() for status in statuses])
+        return 0
+    table = Table(title=f"cluster {supervisor.directory}")
+    for column in ("process", "pid", "state", "health", "address"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("log", overflow="fold")
+    styles = {"up": "green", "stopped": "yellow", "starting": "yellow", "down": "red"}
+    for status in statuses:
+        table.add_row(
+            status.name,
+            str(status.pid or "-"),
+            status.state,
+            f"[{styles.get(status.health, '')}]{status.health}[/]",
+            status.address,
+            status.log,
+        )
+    Console().print(table)
+    return 0
+
+
+# -- VMs and vDisks ---------------------------------------------------------------------
+
+
+def vm_create(args: argparse.Namespace) -> int:
+
+    directory: Path = args.dir.resolve()
+    try:
+        spec = ClusterSpec.load(directory)
+        # Before any file is made: a size the filesystem cannot hold leaves nothing behind.
+        check_file_capacity(ClusterPaths(directory).vdisks, parse_size(args.size))
+        record, infos = create_vm(
+            directory, args.name, home_node=args.node, disks=args.disks, size=args.size
+        )
+    except (ClusterSpecError, ValueError) as error:
+        raise _cli_error(str(error)) from None
+    _print_json(
+        {
+            "vm": record.name,
+            "home_node": record.home_node,
+            "portal": spec.node(record.home_node).redirector_portal,
+            "vdisks": [info.to_json(spec) for info in infos],
+        }
+    )
+    return 0
+
+
+def vdisk_list(args: argparse.Namespace) -> int:
+    directory: Path = args.dir.resolve()
+    try:
+        spec = ClusterSpec.load(directory)
+    except ClusterSpecError as error:
+        raise _cli_error(str(error)) from None
+    table_rows = trio.run(vdisk_table, spec, ClusterPaths(directory))
+    if args.json:
+        _print_json(table_rows)
+        return 0
+    table = Table(title="vDisks")
+    for column in ("vDisk", "VM", "home", "size", "served by", "conns", "IQN"):
+        table.add_column(column)
+    for row in table_rows:
+        table.add_row(
+            row["id"],
+            row["vm"] or "-",
+            str(row["home_node"] or "-"),
+            f"{row['size'] / (1 << 20):.0f} MiB",
+            str(row["serving_node"] or "-"),
+            str(row["connections"]),
+            row["iqn"],
+        )
+    Console().print(table)
+    return 0
+
+
+# -- fault injection ------------------------------------------------------------------------
+
+
+def cvm_action(args: argparse.Namespace) -> int:
+    supervisor = _supervisor(args.dir.resolve())
+    try:
+        process = supervisor.stargate(args.node)
+    except (ClusterSpecError, ValueError) as error:
+        raise _cli_error(str(error)) from None
+    action: str = args.cvm_action
+    try:
+        if action == "kill":
+            pid = supervisor.kill(process)
+        elif action == "stop":
+            pid = supervisor.send(process, signal.SIGSTOP)
+        elif action == "cont":
+            pid = supervisor.send(process, signal.SIGCONT)
+        else:
+            if action == "restart":
+                supervisor.stop(process)
+            pid = supervisor.start(process)
+            if trio.run(supervisor.wait_ready, [process]):
+                print(f"{process.name} does not answer; its log ends:", file=sys.stderr)
+                print(supervisor.log_tail(process), file=sys.stderr)
+                return 1
+    except ProcessLookupError as error:
+        raise _cli_error(str(error)) from None
+    print(f"{process.name}: {action} (pid {pid})")
+    return 0
+
+
+def run_top_command(args: argparse.Namespace) -> int:
+
+    supervisor = _supervisor(args.dir.resolve())
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(lambda: run_top(supervisor, interval=args.interval, iterations=args.iterations))
+    return 0

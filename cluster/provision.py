@@ -1,0 +1,48 @@
+"""Provisioning: a VM's vDisks created as sparse files in the cluster's shared store
+directory, and its record written beside them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stargate.stores.file import FileStore
+from topology.spec import (
+    VM_NAME_RE,
+    ClusterPaths,
+    ClusterSpec,
+    ClusterSpecError,
+    VDiskInfo,
+    VmRecord,
+)
+from topology.vdisk import VDiskMeta, parse_size
+
+
+def create_vm(
+    directory: Path | str, name: str, *, home_node: int, disks: int, size: int | str
+) -> tuple[VmRecord, list[VDiskInfo]]:
+    """Create VM ``name`` with ``disks`` new vDisks ``<name>-<k>`` (sparse files) on node
+    ``home_node``; refuses an existing VM name or vDisk id."""
+    spec = ClusterSpec.load(directory)
+    spec.node(home_node)  # validates the node
+    if not VM_NAME_RE.match(name):
+        raise ClusterSpecError(
+            f"VM name {name!r}: use lowercase letters, digits, '-' and '.' (it goes into IQNs)"
+        )
+    if disks < 1:
+        raise ClusterSpecError("a VM has at least one disk")
+    paths = ClusterPaths(Path(directory))
+    if paths.vm_file(name).exists():
+        raise ClusterSpecError(f"VM {name!r} exists already")
+    byte_size = parse_size(size)
+    vdisk_ids = [f"{name}-{index}" for index in range(disks)]
+    for vdisk_id in vdisk_ids:
+        if paths.vdisk_meta_file(vdisk_id).exists():
+            raise ClusterSpecError(f"vDisk {vdisk_id!r} exists already")
+    infos = []
+    for vdisk_id in vdisk_ids:
+        meta = VDiskMeta(vdisk_id=vdisk_id, size=byte_size)
+        FileStore.open_or_create(paths.vdisks, meta).close()
+        infos.append(VDiskInfo(vdisk_id, meta.size, meta.block_size, name, home_node))
+    record = VmRecord(name, home_node, vdisk_ids)
+    record.save(paths)
+    return record, infos
