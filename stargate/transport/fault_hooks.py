@@ -1,10 +1,6 @@
-"""The fault strategy a connection is given at construction, and what a fault can do to
-the connection as a whole (drop it, blackhole it, freeze its window).
-
-The connection asks the strategy nothing while ``armed`` is false (one check per batch of
-PDUs, `runner`); `faulted_pdus` applies what it answers. `faults.FaultInjector` is
-the server's strategy; `NO_FAULTS` is the default.
-"""
+"""What a fault can do to a connection as a whole: drop it (reset, close), blackhole it,
+freeze its window. The decisions come from the `interfaces.FaultStrategy` the connection
+was given; `faulted_pdus` applies them per PDU."""
 
 from __future__ import annotations
 
@@ -12,13 +8,11 @@ import logging
 import random
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Protocol
 
 import trio
 
 from faults.channel import BlackholeChannel
-from faults.model import DropMode, Fault
+from faults.model import DropMode
 from stargate.transport.data_in import StatusSender
 from stargate.transport.interfaces import ResettableChannel
 from stargate.transport.state import StopBatch
@@ -27,39 +21,6 @@ log = logging.getLogger(__name__)
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST, not FIN
 FAULT_RNG = random.Random()  # draws the delays of faults
-
-
-class FaultStrategy(Protocol):
-    """Decides, per PDU and per command received, which fault (if any) applies."""
-
-    @property
-    def armed(self) -> bool:
-        """Whether any fault is present at all (else nothing else is asked)."""
-        ...
-
-    def pdu_fault(
-        self, vdisk_id: str, opcode: int, *, write_command: bool, cdb: bytes | None = None
-    ) -> Fault | None: ...
-
-    def scsi_fault(self, vdisk_id: str, cdb: bytes) -> Fault | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class NoFaults:
-    """The strategy of a connection without fault injection: never armed."""
-
-    armed: bool = False
-
-    def pdu_fault(
-        self, vdisk_id: str, opcode: int, *, write_command: bool, cdb: bytes | None = None
-    ) -> Fault | None:
-        return None
-
-    def scsi_fault(self, vdisk_id: str, cdb: bytes) -> Fault | None:
-        return None
-
-
-NO_FAULTS = NoFaults()
 
 
 class FaultEffects(StatusSender):

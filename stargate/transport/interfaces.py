@@ -1,9 +1,17 @@
-"""What a connection is given at construction: its byte channel and the server's helpers."""
+"""What a connection is given at construction: its byte channel, the server's helpers and
+its fault strategy.
+
+The connection asks the fault strategy nothing while ``armed`` is false (one check per
+batch of PDUs, `runner`); `faulted_pdus` applies what it answers. `faults.FaultInjector`
+is the server's strategy; `NO_FAULTS` is the default.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from faults.model import Fault
 from iscsicore.pdu import RejectReason, TextRequest, TextResponse
 
 if TYPE_CHECKING:
@@ -49,3 +57,36 @@ class ResettableChannel(Protocol):
     def reset_on_close(self) -> None:
         """Make the coming close send RST instead of FIN (SO_LINGER 0)."""
         ...
+
+
+class FaultStrategy(Protocol):
+    """Decides, per PDU and per command received, which fault (if any) applies."""
+
+    @property
+    def armed(self) -> bool:
+        """Whether any fault is present at all (else nothing else is asked)."""
+        ...
+
+    def pdu_fault(
+        self, vdisk_id: str, opcode: int, *, write_command: bool, cdb: bytes | None = None
+    ) -> Fault | None: ...
+
+    def scsi_fault(self, vdisk_id: str, cdb: bytes) -> Fault | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NoFaults:
+    """The strategy of a connection without fault injection: never armed."""
+
+    armed: bool = False
+
+    def pdu_fault(
+        self, vdisk_id: str, opcode: int, *, write_command: bool, cdb: bytes | None = None
+    ) -> Fault | None:
+        return None
+
+    def scsi_fault(self, vdisk_id: str, cdb: bytes) -> Fault | None:
+        return None
+
+
+NO_FAULTS = NoFaults()

@@ -25,9 +25,15 @@ from stargate.reader_hub import ReaderHub, Turn
 from stargate.scsi.command import Nexus
 from stargate.session import Session
 from stargate.transport.config import CONTROL_RESUME_SECONDS, RECEIVE_SIZE, ConnectionTimers
-from stargate.transport.fault_hooks import NO_FAULTS, FaultStrategy
 from stargate.transport.faulted_pdus import FaultedPdus
-from stargate.transport.interfaces import ByteChannel, ReadySocket, TaskDirectory, TextResponder
+from stargate.transport.interfaces import (
+    NO_FAULTS,
+    ByteChannel,
+    FaultStrategy,
+    ReadySocket,
+    TaskDirectory,
+    TextResponder,
+)
 from stargate.transport.state import ConnectionClosed
 
 

@@ -22,10 +22,15 @@ from stargate.stats import VDiskStats
 from stargate.target import LogicalUnitLike, VDiskTarget
 from stargate.tasks import ScsiTask
 from stargate.transport.config import ConnectionTimers
-from stargate.transport.interfaces import ByteChannel, ReadySocket, TaskDirectory, TextResponder
+from stargate.transport.interfaces import (
+    ByteChannel,
+    FaultStrategy,
+    ReadySocket,
+    TaskDirectory,
+    TextResponder,
+)
 
 if TYPE_CHECKING:
-    from stargate.transport.fault_hooks import FaultStrategy
     from stargate.transport.runner import FullFeatureConnection
 
 # A handler of one PDU type. Any: the dispatch table maps each PDU type to the handler of
