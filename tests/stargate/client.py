@@ -153,6 +153,7 @@ class TestInitiator:
         chap: ChapSecrets | None = None,
         mutual_chap: ChapSecrets | None = None,
         proposals: LoginProposals | None = None,
+        cmd_sn: int = 0,
     ) -> LoginDone | LoginFailed:
         machine = InitiatorLogin(
             initiator_name,
@@ -161,6 +162,7 @@ class TestInitiator:
             chap=chap,
             mutual_chap=mutual_chap,
             proposals=proposals or LoginProposals(),
+            cmd_sn=cmd_sn,
         )
         request: Any = machine.start()
         while isinstance(request, LoginRequest):

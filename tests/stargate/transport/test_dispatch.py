@@ -135,3 +135,34 @@ async def test_a_discovery_session_rejects_scsi_commands_without_using_their_cmd
     answer = await initiator.receive()
     assert isinstance(answer, TextResponse) and answer.itt == ITT
     assert answer.exp_cmd_sn == command.cmd_sn + 1
+
+
+async def test_cmd_sns_wrap_around_at_2_to_the_32(nursery: trio.Nursery) -> None:
+    """RFC 7143 serial arithmetic: 0xFFFFFFFF is followed by 0, in order and held alike."""
+    server = await start_stargate(nursery)
+    initiator = await logged_in(server, cmd_sn=0xFFFFFFF8)
+    await clear_unit_attention(initiator)
+    for _ in range(8):  # the CmdSNs up to 0xFFFFFFFE, in order
+        if initiator.cmd_sn == 0xFFFFFFFE:
+            break
+        assert (await initiator.scsi(TEST_UNIT_READY)).status == ScsiStatus.GOOD
+    assert initiator.cmd_sn == 0xFFFFFFFE
+    before_wrap = initiator.command(TEST_UNIT_READY)  # 0xFFFFFFFE
+    gap = initiator.command(TEST_UNIT_READY)  # 0xFFFFFFFF
+    after_wrap = [initiator.command(TEST_UNIT_READY) for _ in range(2)]  # 0, 1
+    assert [c.cmd_sn for c in (gap, *after_wrap)] == [0xFFFFFFFF, 0, 1]
+    await initiator.send(before_wrap)
+    for command in after_wrap:
+        await initiator.send(command)
+    answer = await initiator.receive()
+    assert isinstance(answer, ScsiResponse) and answer.itt == before_wrap.itt
+    assert answer.exp_cmd_sn == 0xFFFFFFFF
+    assert await initiator.receive_or_none(QUIET) is None  # 0 and 1 wait for 0xFFFFFFFF
+    await initiator.send(gap)
+    answers = [await initiator.receive() for _ in range(3)]
+    assert all(isinstance(pdu, ScsiResponse) for pdu in answers)
+    assert [pdu.itt for pdu in answers if isinstance(pdu, ScsiResponse)] == [
+        gap.itt,
+        *(c.itt for c in after_wrap),
+    ]
+    assert (await initiator.scsi(TEST_UNIT_READY)).status == ScsiStatus.GOOD  # CmdSN 2
