@@ -17,6 +17,8 @@ MB = 1e6
 
 class Verdict(StrEnum):
     PASS = "PASS"
+    # The median meets the goal but some run pair does not: not to be relied on.
+    UNSTEADY = "UNSTEADY"
     NOT_YET = "NOT YET"
     NOT_MEASURED = "not measured"
 
@@ -28,6 +30,8 @@ class Goal:
     higher_is_better: bool
     unit: str  # "x" for ratios, "s", "MB"
     extract: Callable[[dict[str, Any]], float | None]
+    # (min, max) over the run pairs of a ratio, when the figure has pairs.
+    spread: Callable[[dict[str, Any]], tuple[float, float] | None] = lambda sections: None
 
     @property
     def target_text(self) -> str:
@@ -45,28 +49,60 @@ class Goal:
             measured = self.extract(sections)
         except (KeyError, IndexError, TypeError, ValueError):
             measured = None
+        try:
+            spread = self.spread(sections)
+        except (KeyError, IndexError, TypeError, ValueError):
+            spread = None
         if measured is None:
             verdict = Verdict.NOT_MEASURED
+        elif not self.met_by(measured):
+            verdict = Verdict.NOT_YET
+        elif spread is not None and not self.met_by(self.worst(spread)):
+            verdict = Verdict.UNSTEADY
         else:
-            verdict = Verdict.PASS if self.met_by(measured) else Verdict.NOT_YET
+            verdict = Verdict.PASS
         return {
             "goal": self.name,
             "target": self.target_text,
             "measured": measured,
+            "spread": None if spread is None else list(spread),
             "unit": self.unit,
             "verdict": verdict.value,
         }
 
+    def worst(self, spread: tuple[float, float]) -> float:
+        low, high = spread
+        return low if self.higher_is_better else high
+
+
+def _comparison(sections: dict[str, Any], workload: str, client: str) -> dict[str, Any] | None:
+    for comparison in sections["standard"]:
+        if comparison["workload"] == workload and comparison["client"] == client:
+            found: dict[str, Any] = comparison
+            return found
+    return None
+
 
 def standard_ratio(workload: str, figure: str, client: str = GOAL_CLIENT) -> Callable[..., Any]:
     def extract(sections: dict[str, Any]) -> float | None:
-        for comparison in sections["standard"]:
-            if comparison["workload"] == workload and comparison["client"] == client:
-                value: float | None = comparison["ratio"][figure]
-                return value
-        return None
+        comparison = _comparison(sections, workload, client)
+        value: float | None = None if comparison is None else comparison["ratio"][figure]
+        return value
 
     return extract
+
+
+def standard_spread(workload: str, figure: str, client: str = GOAL_CLIENT) -> Callable[..., Any]:
+    """(min, max) of the per-pair ratios; None for results measured before pairs were kept."""
+
+    def spread(sections: dict[str, Any]) -> tuple[float, float] | None:
+        comparison = _comparison(sections, workload, client)
+        if comparison is None:
+            return None
+        pairs = comparison.get("ratio_spread", {}).get(figure)
+        return None if pairs is None else (pairs["min"], pairs["max"])
+
+    return spread
 
 
 def scale_ratio(sections: dict[str, Any]) -> float | None:
@@ -115,15 +151,20 @@ def rss_with_most_vdisks(sections: dict[str, Any]) -> float | None:
 
 GOALS = (
     Goal("4 KiB randread QD32 IOPS vs tgtd", 1.5, True, "x",
-         standard_ratio("randread-4k-qd32", "iops")),
+         standard_ratio("randread-4k-qd32", "iops"),
+         standard_spread("randread-4k-qd32", "iops")),
     Goal("4 KiB randwrite QD32 IOPS vs tgtd", 1.5, True, "x",
-         standard_ratio("randwrite-4k-qd32", "iops")),
+         standard_ratio("randwrite-4k-qd32", "iops"),
+         standard_spread("randwrite-4k-qd32", "iops")),
     Goal("128 KiB seq read QD8 MB/s vs tgtd", 1.0, True, "x",
-         standard_ratio("seqread-128k-qd8", "mb_per_s")),
+         standard_ratio("seqread-128k-qd8", "mb_per_s"),
+         standard_spread("seqread-128k-qd8", "mb_per_s")),
     Goal("4 KiB randread QD1 IOPS vs tgtd", 1.0, True, "x",
-         standard_ratio("randread-4k-qd1", "iops")),
+         standard_ratio("randread-4k-qd1", "iops"),
+         standard_spread("randread-4k-qd1", "iops")),
     Goal("target CPU per 4 KiB I/O vs tgtd (randread QD32)", 0.5, False, "x",
-         standard_ratio("randread-4k-qd32", "target_cpu_us_per_io")),
+         standard_ratio("randread-4k-qd32", "target_cpu_us_per_io"),
+         standard_spread("randread-4k-qd32", "target_cpu_us_per_io")),
     Goal("64 vDisks at once vs one connection, aggregate IOPS", 0.9, True, "x", scale_ratio),
     Goal("fairness: QD1 p99 beside QD128 vs alone", 3.0, False, "x", fairness_ratio),
     Goal("isolation: victim p99 beside hostile vs alone", 2.0, False, "x", isolation_p99_ratio),
@@ -180,6 +221,9 @@ def goal_rows(goals: list[dict[str, Any]]) -> list[list[str]]:
         unit = goal["unit"]
         measured = goal["measured"]
         shown = "-" if measured is None else number(measured) + ("x" if unit == "x" else f" {unit}")
+        if goal.get("spread"):
+            low, high = goal["spread"]
+            shown += f" ({number(low)}-{number(high)})"
         rows.append([goal["goal"], goal["target"], shown, f"**{goal['verdict']}**"])
     return rows
 
@@ -425,7 +469,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"Ratios are stargate / tgtd from the same run; the goals use {GOAL_CLIENT} figures "
-        "(every client is listed below).",
+        "(every client is listed below). In brackets: the lowest and highest ratio of a "
+        "single run pair (stargate and tgtd measured back to back); a goal whose median "
+        "meets it while a pair does not is UNSTEADY, not PASS.",
     ]
     if "standard" in sections:
         header = ["workload", "client", "stargate IOPS", "tgtd IOPS", "IOPS ratio",

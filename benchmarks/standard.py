@@ -52,6 +52,29 @@ def summarize(measurements: Sequence[Measurement]) -> dict[str, float | None]:
     }
 
 
+RATIO_FIGURES = ("iops", "mb_per_s", "p99_latency_us", "target_cpu_us_per_io")
+
+
+def paired_ratio_spread(
+    stargate: Sequence[Measurement], tgtd: Sequence[Measurement], figure: str
+) -> dict[str, float] | None:
+    """stargate / tgtd of each run pair (run i of each, measured back to back), as
+    min / median / max: the spread a single lucky run would hide."""
+    ratios = [
+        value
+        for ours, theirs in zip(stargate, tgtd, strict=False)
+        if (value := ratio(getattr(ours, figure), getattr(theirs, figure))) is not None
+    ]
+    if not ratios:
+        return None
+    return {
+        "min": min(ratios),
+        "median": statistics.median(ratios),
+        "max": max(ratios),
+        "pairs": len(ratios),
+    }
+
+
 @dataclass
 class Comparison:
     """One client x workload: every run of each target, then medians and stargate/tgtd."""
@@ -79,6 +102,12 @@ class Comparison:
                 "target_cpu_us_per_io": ratio(
                     stargate["target_cpu_us_per_io"], tgtd["target_cpu_us_per_io"]
                 ),
+            },
+            "ratio_spread": {
+                figure: paired_ratio_spread(
+                    self.runs[TargetKind.STARGATE], self.runs[TargetKind.TGTD], figure
+                )
+                for figure in RATIO_FIGURES
             },
             "errors": self.errors,
         }

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from cluster import demo
+from cluster.console import output_console
 from cluster.provision import create_vm
 from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 from cluster.top import run_top
@@ -37,10 +37,6 @@ from topology.spec import (
     ClusterSpecError,
 )
 from topology.vdisk import parse_size
-
-
-def _cli_error(message: str) -> Exception:
-    return CliError(message)
 
 
 def _advertisement(text: str) -> Advertisement:
@@ -182,7 +178,7 @@ def _supervisor(directory: Path, **options: Any) -> Supervisor:
     try:
         return Supervisor(directory, **options)
     except ClusterSpecError as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
 
 
 def cluster_up(args: argparse.Namespace) -> int:
@@ -194,7 +190,7 @@ def cluster_up(args: argparse.Namespace) -> int:
         else:
             ClusterSpec.create(directory, args.nodes, **_spec_options(args, None))
     except ClusterSpecError as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
     supervisor = Supervisor(directory, redirectors=not args.no_redirectors)
     supervisor.remember_mode(redirectors=not args.no_redirectors)
     for process in supervisor.processes:
@@ -234,7 +230,7 @@ def _check_same_cluster(stored: ClusterSpec, args: argparse.Namespace) -> None:
     """`cluster up` on an existing directory starts the cluster it describes: options that
     would describe another one are refused rather than silently ignored."""
     if len(stored.nodes) != args.nodes:
-        raise _cli_error(
+        raise CliError(
             f"{args.dir}/cluster.json has {len(stored.nodes)} nodes, not {args.nodes}: "
             "use another --dir"
         )
@@ -243,7 +239,7 @@ def _check_same_cluster(stored: ClusterSpec, args: argparse.Namespace) -> None:
         wanted = ClusterSpec(stored.nodes, wanted.stable_window, wanted.placement,
                              wanted.base_address, wanted.release_timeout)  # fmt: skip
     if wanted != stored:
-        raise _cli_error(
+        raise CliError(
             f"{args.dir}/cluster.json describes another cluster than these options: "
             "start it without them, or use another --dir"
         )
@@ -336,7 +332,7 @@ def cluster_status(args: argparse.Namespace) -> int:
             status.address,
             status.log,
         )
-    Console().print(table)
+    output_console().print(table)
     return 0
 
 
@@ -354,7 +350,7 @@ def vm_create(args: argparse.Namespace) -> int:
             directory, args.name, home_node=args.node, disks=args.disks, size=args.size
         )
     except (ClusterSpecError, ValueError) as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
     _print_json(
         {
             "vm": record.name,
@@ -371,7 +367,7 @@ def vdisk_list(args: argparse.Namespace) -> int:
     try:
         spec = ClusterSpec.load(directory)
     except ClusterSpecError as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
     table_rows = trio.run(vdisk_table, spec, ClusterPaths(directory))
     if args.json:
         _print_json(table_rows)
@@ -389,7 +385,7 @@ def vdisk_list(args: argparse.Namespace) -> int:
             str(row["connections"]),
             row["iqn"],
         )
-    Console().print(table)
+    output_console().print(table)
     return 0
 
 
@@ -401,7 +397,7 @@ def cvm_action(args: argparse.Namespace) -> int:
     try:
         process = supervisor.stargate(args.node)
     except (ClusterSpecError, ValueError) as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
     action: str = args.cvm_action
     try:
         if action == "kill":
@@ -419,7 +415,7 @@ def cvm_action(args: argparse.Namespace) -> int:
                 print(supervisor.log_tail(process), file=sys.stderr)
                 return 1
     except ProcessLookupError as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
     print(f"{process.name}: {action} (pid {pid})")
     return 0
 

@@ -19,11 +19,11 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from cluster.metrics import CONTENT_TYPE, prometheus_text
 from control.control_token import check_control, cluster_token, cluster_token_file
 from control.fault_summary import stats_section
 from control.faults_api import handle_fault_request
 from control.http import HttpRequest, HttpResponse
-from stargate.stats import LATENCY_BUCKET_BOUNDS_US
 from topology.ownership import read_record
 from topology.spec import list_vdisks
 
@@ -34,7 +34,6 @@ _CONTROL_RE = re.compile(r"^/control/vdisks/([^/]+)/(release|logout)$")
 DEFAULT_LOGOUT_SECONDS = 5
 MAX_LOGOUT_SECONDS = 0xFFFF  # AsyncEvent 1 carries the time in Parameter3, 16 bits
 MAX_BY_LENGTH = 64
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class StatsPage:
@@ -55,9 +54,7 @@ class StatsPage:
             if request.path in ("/stats.json", "/"):
                 return HttpResponse.json(self.stats_document())
             if request.path == "/metrics":
-                return HttpResponse.text(
-                    prometheus_text(self.stats_document()), content_type=PROMETHEUS_CONTENT_TYPE
-                )
+                return HttpResponse(200, prometheus_text(self.stats_document()), CONTENT_TYPE)
             if request.path == "/vdisks":
                 return HttpResponse.json(self.vdisks_document())
             return HttpResponse.json({"error": f"no page {request.path}"}, 404)
@@ -158,85 +155,3 @@ def _int_or_none(text: str) -> int | None:
     if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 12:
         return None
     return int(text)
-
-
-# -- Prometheus text -------------------------------------------------------------------------
-
-_COUNTERS = {
-    "reads": "SCSI read commands completed",
-    "writes": "SCSI write commands completed",
-    "other_commands": "other SCSI commands completed",
-    "bytes_read": "bytes read",
-    "bytes_written": "bytes written",
-    "errors": "commands ended with a status other than GOOD",
-    "task_set_full": "commands refused with TASK SET FULL",
-    "logins": "logins",
-    "login_failures": "refused logins",
-}
-_GAUGES = {
-    "queue_depth": "commands holding a queue slot now",
-    "queued_waiting_now": "commands waiting for a queue slot now",
-    "connections": "connections now",
-    "sessions": "sessions now",
-}
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def prometheus_text(document: dict[str, Any]) -> str:
-    """The stats document in the Prometheus text exposition format (version 0.0.4)."""
-    node = document["node"]
-    lines: list[str] = []
-
-    def family(name: str, kind: str, help_text: str) -> None:
-        lines.append(f"# HELP stargate_{name} {help_text}")
-        lines.append(f"# TYPE stargate_{name} {kind}")
-
-    vdisks: dict[str, dict[str, Any]] = document["vdisks"]
-    for key, help_text in _COUNTERS.items():
-        family(f"vdisk_{key}_total", "counter", help_text)
-        for vdisk_id, counters in sorted(vdisks.items()):
-            if key in counters:
-                labels = f'node="{node}",vdisk="{_escape(vdisk_id)}"'
-                lines.append(f"stargate_vdisk_{key}_total{{{labels}}} {counters[key]}")
-    for key, help_text in _GAUGES.items():
-        family(f"vdisk_{key}", "gauge", help_text)
-        for vdisk_id, counters in sorted(vdisks.items()):
-            if key in counters:
-                labels = f'node="{node}",vdisk="{_escape(vdisk_id)}"'
-                lines.append(f"stargate_vdisk_{key}{{{labels}}} {counters[key]}")
-    family("vdisk_owned", "gauge", "1 while this stargate serves the vDisk")
-    for vdisk_id, counters in sorted(vdisks.items()):
-        labels = f'node="{node}",vdisk="{_escape(vdisk_id)}"'
-        owned = 1 if counters.get("state") == "owned" and counters.get("serving") else 0
-        lines.append(f"stargate_vdisk_owned{{{labels}}} {owned}")
-    family("vdisk_latency_seconds", "histogram", "command latency, arrival to status")
-    for vdisk_id, counters in sorted(vdisks.items()):
-        latency = counters.get("latency")
-        if not isinstance(latency, dict):
-            continue
-        labels = f'node="{node}",vdisk="{_escape(vdisk_id)}"'
-        cumulative = 0
-        for bound_us, count in zip(
-            [*LATENCY_BUCKET_BOUNDS_US, None], latency["counts"], strict=True
-        ):
-            cumulative += count
-            le = "+Inf" if bound_us is None else f"{bound_us / 1e6:g}"
-            lines.append(
-                f'stargate_vdisk_latency_seconds_bucket{{{labels},le="{le}"}} {cumulative}'
-            )
-        mean_us = latency.get("mean_us") or 0.0
-        lines.append(f"stargate_vdisk_latency_seconds_sum{{{labels}}} {mean_us * cumulative / 1e6}")
-        lines.append(f"stargate_vdisk_latency_seconds_count{{{labels}}} {cumulative}")
-    queue = document["queue"]
-    family("queue_in_flight", "gauge", "commands holding a slot of the shared queue")
-    lines.append(f'stargate_queue_in_flight{{node="{node}"}} {queue["in_flight"]}')
-    family("queue_depth_limit", "gauge", "slots of the shared command queue")
-    lines.append(f'stargate_queue_depth_limit{{node="{node}"}} {queue["depth"]}')
-    family("connections", "gauge", "iSCSI connections now")
-    lines.append(f'stargate_connections{{node="{node}"}} {queue["connections"]}')
-    family("uptime_seconds", "gauge", "seconds since the stargate started")
-    lines.append(f'stargate_uptime_seconds{{node="{node}"}} {document["uptime_s"]:.3f}')
-    return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from cluster.console import output_console
 from cluster.supervisor import Supervisor
 from control.client import PageAnswer, fetch_all
 from control.fault_summary import top_line
@@ -137,9 +138,10 @@ def _process_state(supervisor: Supervisor, name: str) -> str:
     return f"{state} ({pid})" if pid else state
 
 
-def render(model: TopModel, supervisor: Supervisor | None) -> Group:
+def render(model: TopModel, supervisor: Supervisor | None, *, fill_width: bool = True) -> Group:
+    """The view; ``fill_width``: tables as wide as the terminal (not when piped)."""
     spec = model.spec
-    cvms = Table(title="CVMs (stargates)", expand=True)
+    cvms = Table(title="CVMs (stargates)", expand=fill_width)
     columns = ("node", "address", "process", "health", "conns", "queue", "IOPS", "MB/s")
     for column in (*columns, "redirector"):
         cvms.add_column(column, justify="right" if column in ("IOPS", "MB/s") else "left")
@@ -170,7 +172,7 @@ def render(model: TopModel, supervisor: Supervisor | None) -> Group:
             f"{sum(r.read_mbps + r.write_mbps for r in node_rates):.1f}",
             redirector_state,
         )
-    vdisks = Table(title="vDisks", expand=True)
+    vdisks = Table(title="vDisks", expand=fill_width)
     vdisk_columns = ("vDisk", "VM", "home", "served by", "IOPS", "read MB/s", "write MB/s")
     for column in (*vdisk_columns, "lat mean", "lat p99", "conns", "qd"):
         vdisks.add_column(column)
@@ -211,11 +213,12 @@ async def run_top(
     """Refresh the view every ``interval`` seconds (``iterations`` times, or until Ctrl-C)."""
     model = TopModel(supervisor.spec)
     done = 0
-    with Live(console=console or Console(), auto_refresh=False, screen=False) as live:
+    console = console or output_console()
+    with Live(console=console, auto_refresh=False, screen=False) as live:
         while iterations is None or done < iterations:
             answers = await fetch_all(supervisor.spec, "/stats.json")
             model.update(answers, time.monotonic())
-            live.update(render(model, supervisor), refresh=True)
+            live.update(render(model, supervisor, fill_width=console.is_terminal), refresh=True)
             done += 1
             if iterations is None or done < iterations:
                 await trio.sleep(interval)

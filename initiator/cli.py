@@ -462,6 +462,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], Awaitable[int]]] = {
 }
 
 
+UNCUT_WIDTH = 10_000
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -469,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    console = Console(stderr=args.command == "read")  # read writes data to stdout
+    to_stderr = args.command == "read"  # read writes data to stdout
+    stream = sys.stderr if to_stderr else sys.stdout
+    # Piped or redirected, tables keep every character (scripts grep whole IQNs); rich
+    # would otherwise cut them to 80 columns.
+    console = Console(stderr=to_stderr, width=None if stream.isatty() else UNCUT_WIDTH)
     try:
         return trio.run(COMMANDS[args.command], args, console)
     except KeyboardInterrupt:

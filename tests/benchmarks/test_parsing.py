@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.clients import (
     ClientError,
+    ClientKind,
     fio_measurement,
     initiator_measurement,
     parse_fio_report,
@@ -21,10 +22,11 @@ from benchmarks.clients import (
 from benchmarks.cpu import ChildrenCpuMeter, parse_stat_cpu_ticks
 from benchmarks.failover import slowest_qemu_io_command_seconds
 from benchmarks.profile import summarize_collapsed, without_line_numbers
-from benchmarks.report import judge_goals, scale_lines
+from benchmarks.report import goal_rows, judge_goals, scale_lines
 from benchmarks.runner import merge_previous
-from benchmarks.standard import alternating, median_or_none, ratio
-from benchmarks.workloads import Measurement
+from benchmarks.standard import Comparison, alternating, median_or_none, ratio
+from benchmarks.targets import TargetKind
+from benchmarks.workloads import STANDARD_WORKLOADS, Measurement
 
 FIO_NOTE = (
     "note: both iodepth >= 1 and synchronous I/O engine are selected, "
@@ -226,3 +228,28 @@ def test_merge_keeps_the_other_sections(tmp_path: Path) -> None:
     assert results["section_dates"]["memory"] == "2026-11-24 00:44 UTC"
     assert results["errors"] == {"failover": "boom"}
     merge_previous(results, tmp_path / "missing.json")  # nothing to merge: no error
+
+
+def test_a_goal_met_on_the_median_but_not_by_every_run_pair_is_unsteady() -> None:
+    def run(iops: float, cpu_seconds: float) -> Measurement:
+        return Measurement(ios=int(iops), bytes=int(iops) * 4096, seconds=1.0).with_target_cpu(
+            cpu_seconds
+        )
+
+    comparison = Comparison(ClientKind.FIO, STANDARD_WORKLOADS[0])
+    # Three pairs: stargate/tgtd IOPS 2.0x, 1.6x and, in one unlucky pair, 1.2x.
+    comparison.runs[TargetKind.STARGATE] = [run(20e3, 0.2), run(16e3, 0.2), run(12e3, 0.2)]
+    comparison.runs[TargetKind.TGTD] = [run(10e3, 0.5), run(10e3, 0.5), run(10e3, 0.5)]
+    document = comparison.as_dict()
+    spread = document["ratio_spread"]["iops"]
+    assert (spread["min"], spread["median"], spread["max"], spread["pairs"]) == (1.2, 1.6, 2.0, 3)
+    assert document["ratio"]["iops"] == pytest.approx(1.6)
+
+    sections = {"standard": [document | {"workload": "randread-4k-qd32", "client": "fio"}]}
+    judged = {g["goal"]: g for g in judge_goals(sections)}
+    qd32 = judged["4 KiB randread QD32 IOPS vs tgtd"]
+    assert qd32["verdict"] == "UNSTEADY" and qd32["spread"] == [1.2, 2.0]
+    # CPU per I/O: 10, 12.5 and 16.7 µs against 50: every pair within the <= 0.5x goal.
+    cpu = judged["target CPU per 4 KiB I/O vs tgtd (randread QD32)"]
+    assert cpu["verdict"] == "PASS" and cpu["spread"] == pytest.approx([0.2, 1 / 3])
+    assert "1.60x (1.20-2.00)" in goal_rows([qd32])[0][2]

@@ -144,22 +144,25 @@ async def test_stats_pages_count_ios_in_json_and_prometheus(tmp_data_dir: Path) 
     assert samples[f"stargate_vdisk_writes_total{labels}"] == 5
     assert samples[f"stargate_vdisk_reads_total{labels}"] == counters["reads"]
     assert samples[f"stargate_vdisk_owned{labels}"] == 1
-    inf_bucket = 'stargate_vdisk_latency_seconds_bucket{node="1",vdisk="vm-0",le="+Inf"}'
+    inf_bucket = 'stargate_vdisk_latency_seconds_bucket{le="+Inf",node="1",vdisk="vm-0"}'
     assert samples[inf_bucket] == samples[f"stargate_vdisk_latency_seconds_count{labels}"]
 
 
+_LABEL = re.compile(r'[a-zA-Z_]+="[^"]*"')
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_]+="[^"]*",?)*\})? (\S+)$')
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
-    """A strict reader of the text format: every line a comment (HELP/TYPE) or a sample."""
+    """A strict reader of the text format: every line a comment (HELP/TYPE) or a sample;
+    samples keyed by name and labels in sorted order (the format leaves the order free)."""
     samples: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("# HELP ") or line.startswith("# TYPE "):
             continue
         match = _SAMPLE.match(line)
         assert match is not None, f"not a Prometheus sample line: {line!r}"
-        samples[f"{match[1]}{match[2] or ''}"] = float(match[3])
+        labels = ",".join(sorted(_LABEL.findall(match[2] or "")))
+        samples[f"{match[1]}{{{labels}}}" if labels else match[1]] = float(match[3])
     return samples
 
 

@@ -52,6 +52,8 @@ def test_ls_lists_targets_luns_and_sizes(tgtd_factory: TgtdFactory) -> None:
     assert sizes[1] == 8 * MiB and sizes[2] == 16 * MiB
     table = initiator("ls", tgt.portal)
     assert table.returncode == 0 and "MiB" in table.stdout
+    # Piped to a script, the table is never cut to 80 columns: `| grep iqn` finds it whole.
+    assert [line for line in table.stdout.splitlines() if tgt.iqn in line], table.stdout
 
 
 def test_inq(tgtd_factory: TgtdFactory) -> None:
