@@ -1,12 +1,13 @@
-"""What may run for a vDisk at this stargate now: claims, the fenced LU, the parking queue.
+"""What may run for a vDisk at this stargate now: claims, the fenced LU, the parking gate.
 
 A `Claim` is this stargate's standing on one vDisk it has open. Commands are admitted only
 while the claim is OWNED and its fence holds:
 
-- `OwnershipQueue` (the server's shared command queue) parks a vDisk's commands while its
-  claim is being acquired (the previous owner is releasing it) and releases them once it
-  is owned; commands of a vDisk being released or lost stay parked and never run (their
-  connections are being dropped, the initiator re-issues them elsewhere). Nothing parked
+- `OwnershipGate` (the admission gate of the server's shared command queue) parks a
+  vDisk's commands while its claim is being acquired (the previous owner is releasing it)
+  and lets them into the queue once it is owned; commands of a vDisk being released or
+  lost stay parked and never run (their connections are being dropped, the initiator
+  re-issues them elsewhere). Nothing parked
   outlives its connection (an aborted command is skipped) or its bound: a command parked
   longer than `park_limit` is answered BUSY instead of run, whether the claim was won
   since or not. Its initiator may have given up on it long ago (a connection whose close
@@ -29,12 +30,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 from cluster.evidence import EpochSlot
 from iscsicore.scsi.opcodes import ScsiStatus
-from stargate.queue import Admission, CommandQueue, QueuedCommand, Tenant
-from stargate.scsi.command import ScsiResult
+from stargate.queue import CommandQueue, QueuedCommand
+from stargate.scsi.command import Nexus, ScsiResult
+from stargate.scsi.lu import UnitAttentions
+from stargate.stores.base import BlockStore
+from stargate.target import BlockStoreLike, LogicalUnitLike, ScsiResultLike
 from stargate.tasks import ScsiTask
 from topology.ownership import Fence, OwnershipFile
 
@@ -99,10 +102,10 @@ class StaleOwnerError(OSError):
 class FencedStore:
     """A block store that refuses to change the vDisk unless the claim may execute."""
 
-    def __init__(self, inner: Any, claim: Claim) -> None:
+    def __init__(self, inner: BlockStore, claim: Claim) -> None:
         self.inner = inner
         self.claim = claim
-        # Bound once: reads are the hot path and must not go through __getattr__.
+        # Bound once: reads are the hot path, one call straight to the store's method.
         self.read = inner.read
         self.sync = inner.sync
         self.allocated_extents = inner.allocated_extents
@@ -110,11 +113,11 @@ class FencedStore:
 
     @property
     def size(self) -> int:
-        return int(self.inner.size)
+        return self.inner.size
 
     @property
     def block_size(self) -> int:
-        return int(self.inner.block_size)
+        return self.inner.block_size
 
     def _check(self) -> None:
         if not self.claim.may_execute():
@@ -135,29 +138,31 @@ class FencedStore:
         self._check()
         self.inner.resize(size)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
 
 class FencedLogicalUnit:
-    """A `LogicalUnit` that executes only while this stargate holds the vDisk."""
+    """A logical unit that executes only while this stargate holds the vDisk."""
 
-    def __init__(self, inner: Any, claim: Claim, on_lost: LostCallback) -> None:
+    def __init__(self, inner: LogicalUnitLike, claim: Claim, on_lost: LostCallback) -> None:
         self.inner = inner
         self.claim = claim
         self._on_lost = on_lost
+        # Not fenced: they change the unit's state (unit attentions, SPC-2 holds), not blocks.
+        self.nexus_lost = inner.nexus_lost
+        self.logical_unit_reset = inner.logical_unit_reset
 
     @property
-    def store(self) -> Any:
+    def store(self) -> BlockStoreLike:
         # Read through every time: SANITIZE swaps the unit's store for one whose sync()
         # waits for the erase, and the transport must sync that one before status.
         return self.inner.store
 
-    @store.setter
-    def store(self, store: Any) -> None:
-        self.inner.store = store
+    @property
+    def unit_attentions(self) -> UnitAttentions:
+        return self.inner.unit_attentions
 
-    def execute(self, cdb: bytes, data_out: Any, nexus: Any) -> Any:
+    def execute(
+        self, cdb: bytes, data_out: bytes | bytearray | memoryview, nexus: Nexus
+    ) -> ScsiResultLike:
         if self.claim.may_execute():
             result = self.inner.execute(cdb, data_out, nexus)
             if self.claim.may_execute():
@@ -165,17 +170,12 @@ class FencedLogicalUnit:
         self._on_lost(self.claim)
         return _BUSY
 
-    def __getattr__(self, name: str) -> Any:
-        # nexus_lost, reset, reservations...: everything else is the inner unit's.
-        return getattr(self.inner, name)
 
-
-class OwnershipQueue(CommandQueue):
-    """The shared command queue, admitting a vDisk's commands only while it is owned."""
+class OwnershipGate:
+    """The shared command queue's gate: a vDisk's commands enter only while it is owned."""
 
     def __init__(
         self,
-        depth: int,
         claims: dict[str, Claim],
         *,
         on_lost: LostCallback,
@@ -183,7 +183,6 @@ class OwnershipQueue(CommandQueue):
         park_limit: float = DEFAULT_PARK_LIMIT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(depth)
         self._claims = claims  # by target name, shared with the CVM
         self._on_lost = on_lost
         self._on_unclaimed = on_unclaimed
@@ -191,28 +190,21 @@ class OwnershipQueue(CommandQueue):
         self._clock = clock  # monotonic: it keeps counting while the process is stopped
         self.refused_stale = 0  # parked commands answered BUSY for waiting too long
 
-    def admit(self, vdisk: str, command: QueuedCommand) -> Admission:
+    def is_open(self, vdisk: str) -> bool:
+        """Owned and fenced, or not a cluster vDisk (tests): the queue's own rules."""
         claim = self._claims.get(vdisk)
-        if claim is None:
-            return super().admit(vdisk, command)  # not a cluster vDisk (tests)
-        if claim.serving():
-            return super().admit(vdisk, command)
+        return claim is None or claim.serving()
+
+    def hold(self, vdisk: str, command: QueuedCommand) -> None:
+        """Park the command and start the claim's hand-over (or report it lost)."""
+        claim = self._claims[vdisk]
         if claim.state is ClaimState.OWNED:
             self._on_lost(claim)
         elif claim.state is ClaimState.IDLE:
             self._on_unclaimed(claim)
         claim.parked.append(Parked(command, self._clock()))
-        return Admission.QUEUED
 
-    def admit_now(self, vdisk: str, buffer_bytes: int = 0, tenant: Tenant | None = None) -> bool:
-        """The inline path, while the vDisk is owned and fenced (else `admit` decides:
-        it parks the command and starts the claim's hand-over)."""
-        claim = self._claims.get(vdisk)
-        if claim is not None and not claim.serving():
-            return False
-        return self._take_free_slot(buffer_bytes, tenant)
-
-    def resume(self, claim: Claim) -> None:
+    def resume(self, claim: Claim, queue: CommandQueue) -> None:
         """The claim is owned now: its parked commands enter the queue, in arrival order,
         except those whose connection went (never run) and those parked too long (BUSY)."""
         now = self._clock()
@@ -224,14 +216,7 @@ class OwnershipQueue(CommandQueue):
             if now - entry.since > self.park_limit:
                 self._refuse(command)
                 continue
-            admission = super().admit(claim.target_name, command)
-            if admission is Admission.RUN:
-                command.dispatch()
-            elif admission is Admission.FULL:
-                # The initiator was told nothing yet; rather than fail it, run it over depth
-                # (accounted as `admit` would, so that its `release` balances).
-                self._charge(command.buffer_bytes, command.tenant)
-                command.dispatch()
+            queue.admit_held(claim.target_name, command)
 
     def expire_parked(self, claim: Claim) -> None:
         """Answer BUSY the commands parked longer than the bound (the claim still waits)."""
@@ -260,7 +245,6 @@ class OwnershipQueue(CommandQueue):
         # Anything else (tests' commands) holds no slot and has nobody to answer.
 
     def forget_cancelled(self) -> None:
-        super().forget_cancelled()
         for claim in self._claims.values():
             if claim.parked:
                 claim.parked = [entry for entry in claim.parked if not entry.command.cancelled]

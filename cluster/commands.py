@@ -1,4 +1,4 @@
-"""The cluster's `stargate` subcommands: cluster up|down|status, vm create, vdisk list,
+"""The cluster's `stargate` subcommands: cluster up|down|save|status, vm create, vdisk list,
 cvm kill|stop|cont|start|restart, top.
 
 Each handler takes the parsed namespace and returns the exit status; problems the user can
@@ -19,17 +19,17 @@ import trio
 from rich.table import Table
 
 from cluster import demo
+from cluster.config import cluster_config, saved_config
 from cluster.console import output_console
-from cluster.provision import create_vm
+from cluster.provision import create_vm, provision_vms
 from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 from cluster.top import run_top
 from control.client import vdisk_table
 from control.control_token import cluster_token_file
 from stargate.cli import CliError
 from stargate.stores.capacity import check_file_capacity
+from topology.config_file import ConfigDocument, ConfigError
 from topology.spec import (
-    DEFAULT_BASE_ADDRESS,
-    DEFAULT_STABLE_WINDOW,
     PLACEMENTS,
     Advertisement,
     ClusterPaths,
@@ -75,9 +75,18 @@ def register(subparsers: Any) -> None:
 def _register_cluster(subparsers: Any) -> None:
     cluster = subparsers.add_parser("cluster", help="start, stop and inspect a local cluster")
     actions = cluster.add_subparsers(dest="cluster_action", metavar="ACTION", required=True)
-    up = actions.add_parser("up", help="start N nodes: a stargate and a redirector each")
+    up = actions.add_parser(
+        "up",
+        help="start N nodes: a stargate and a redirector each",
+        description="Start the cluster DIR describes, or a new one. Its settings and VMs "
+        "can come from a TOML file (--config, see docs/examples/cluster.toml; `cluster "
+        "save` writes one); flags given with --config override the file's values.",
+    )
     _add_dir(up)
-    up.add_argument("--nodes", type=int, required=True)
+    up.add_argument(
+        "--config", type=Path, metavar="FILE.toml", help="the cluster's settings and VMs"
+    )
+    up.add_argument("--nodes", type=int, help="how many nodes (required without --config)")
     up.add_argument(
         "--stable-window",
         type=float,
@@ -115,6 +124,7 @@ def _register_cluster(subparsers: Any) -> None:
     up.add_argument(
         "--no-redirectors",
         action="store_true",
+        default=None,
         help="start the stargates only (tests of the storage path)",
     )
     up.add_argument(
@@ -127,6 +137,13 @@ def _register_cluster(subparsers: Any) -> None:
     down = actions.add_parser("down", help="stop every process the cluster started")
     _add_dir(down)
     down.set_defaults(handler=cluster_down)
+    save = actions.add_parser(
+        "save",
+        help="print the cluster's configuration as TOML, for cluster up --config "
+        "(its shape, not its data: vDisks are recreated empty)",
+    )
+    _add_dir(save)
+    save.set_defaults(handler=cluster_save)
     status = actions.add_parser("status", help="every process: pid, address, health, log")
     _add_dir(status)
     status.add_argument("--json", action="store_true")
@@ -185,14 +202,19 @@ def cluster_up(args: argparse.Namespace) -> int:
     directory: Path = args.dir.resolve()
     paths = ClusterPaths(directory)
     try:
-        if paths.spec_file.exists():
-            _check_same_cluster(ClusterSpec.load(directory), args)
+        stored = ClusterSpec.load(directory) if paths.spec_file.exists() else None
+        document = ConfigDocument.load(args.config) if args.config is not None else None
+        config = cluster_config(document, _up_flags(args), stored)
+        wanted = config.spec()
+        if stored is None:
+            wanted.save(directory)
         else:
-            ClusterSpec.create(directory, args.nodes, **_spec_options(args, None))
-    except ClusterSpecError as error:
+            _check_same_cluster(stored, wanted, args.dir)
+        provision_vms(directory, config.vms)
+    except (ValueError, ConfigError) as error:  # ClusterSpecError, CapacityError
         raise CliError(str(error)) from None
-    supervisor = Supervisor(directory, redirectors=not args.no_redirectors)
-    supervisor.remember_mode(redirectors=not args.no_redirectors)
+    supervisor = Supervisor(directory, redirectors=config.redirectors)
+    supervisor.remember_mode(redirectors=config.redirectors)
     for process in supervisor.processes:
         supervisor.start(process)
     not_ready = trio.run(supervisor.wait_ready, supervisor.processes, args.timeout)
@@ -210,39 +232,52 @@ def cluster_up(args: argparse.Namespace) -> int:
     return _foreground(supervisor)
 
 
-def _spec_options(args: argparse.Namespace, stored: ClusterSpec | None) -> dict[str, Any]:
-    """The spec options given on the command line; those not given: stored, or defaults."""
-    return {
-        "stable_window": args.stable_window
-        if args.stable_window is not None
-        else (stored.stable_window if stored else DEFAULT_STABLE_WINDOW),
-        "placement": args.policy or (stored.placement if stored else "round-robin"),
-        "base_address": args.base_address
-        or (stored.base_address if stored else DEFAULT_BASE_ADDRESS),
-        "advertise": args.advertise or [],
-        "release_timeout": args.release_timeout
-        if args.release_timeout is not None
-        else (stored.release_timeout if stored else None),
+def _up_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The ClusterConfig fields given as flags."""
+    flags = {
+        "nodes": args.nodes,
+        "stable_window": args.stable_window,
+        "placement": args.policy,
+        "base_address": args.base_address,
+        "release_timeout": args.release_timeout,
+        "advertise": tuple(args.advertise) if args.advertise else None,
+        "redirectors": False if args.no_redirectors else None,
     }
+    return {name: value for name, value in flags.items() if value is not None}
 
 
-def _check_same_cluster(stored: ClusterSpec, args: argparse.Namespace) -> None:
-    """`cluster up` on an existing directory starts the cluster it describes: options that
-    would describe another one are refused rather than silently ignored."""
-    if len(stored.nodes) != args.nodes:
+def _check_same_cluster(stored: ClusterSpec, wanted: ClusterSpec, directory: Path) -> None:
+    """`cluster up` on an existing directory starts the cluster it describes: settings
+    that would describe another one are refused rather than silently ignored."""
+    if len(stored.nodes) != len(wanted.nodes):
         raise CliError(
-            f"{args.dir}/cluster.json has {len(stored.nodes)} nodes, not {args.nodes}: "
+            f"{directory}/cluster.json has {len(stored.nodes)} nodes, not {len(wanted.nodes)}: "
             "use another --dir"
         )
-    wanted = ClusterSpec.build(args.nodes, **_spec_options(args, stored))
-    if not args.advertise:  # not given: keep the stored advertised addresses
-        wanted = ClusterSpec(stored.nodes, wanted.stable_window, wanted.placement,
-                             wanted.base_address, wanted.release_timeout)  # fmt: skip
     if wanted != stored:
         raise CliError(
-            f"{args.dir}/cluster.json describes another cluster than these options: "
+            f"{directory}/cluster.json describes another cluster than these options: "
             "start it without them, or use another --dir"
         )
+
+
+def cluster_save(args: argparse.Namespace) -> int:
+    directory: Path = args.dir.resolve()
+    try:
+        supervisor = Supervisor(directory)  # knows whether redirectors were started
+        config, notes = saved_config(directory, redirectors=supervisor.redirectors)
+    except ClusterSpecError as error:
+        raise CliError(str(error)) from None
+    for note in notes:
+        print(f"stargate cluster save: note: {note}", file=sys.stderr)
+    header = (
+        f"# The cluster of {directory}, saved by `stargate cluster save`.\n"
+        "# `stargate cluster up --config FILE --dir NEW_DIR` recreates it: the same nodes,\n"
+        "# settings, VMs and vDisk sizes. vDisk data is not copied: the vDisks start empty.\n\n"
+    )
+    with contextlib.suppress(BrokenPipeError):
+        print(header + config.to_toml(), end="", flush=True)
+    return 0
 
 
 def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> dict[str, Any]:

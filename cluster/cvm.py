@@ -33,19 +33,21 @@ from cluster.admission import (
     ClaimState,
     FencedLogicalUnit,
     FencedStore,
-    OwnershipQueue,
+    OwnershipGate,
 )
 from cluster.evidence import EvidenceFile, evidence_file
-from cluster.forensics import attach_forensics
+from cluster.forensics import cvm_faults, cvm_forensics
 from cluster.registry import ClusterRegistry, OwnershipLoginPolicy
 from cluster.stats_page import StatsPage
 from control.http import HttpError, http_json, serve_http
+from stargate.hooks import ServerHooks
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
+from stargate.session import SessionTable
 from stargate.stats import VDiskStats
 from stargate.stores.file import FileStore
-from stargate.target import VDiskTarget
+from stargate.target import TargetRegistry, VDiskTarget
 from stargate.transport.runner import FullFeatureConnection
 from topology.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater
 from topology.naming import TARGET_NAME_PREFIX
@@ -121,20 +123,23 @@ class ClusterStargate:
             advertised_address=self.node.cvm_portal,
             queue_depth=queue_depth,
         )
-        self.server = StargateServer(self.registry, config)
-        # The hooks: the shared queue parks commands of unowned vDisks, logins acquire.
-        self.server.queue = OwnershipQueue(
-            queue_depth,
+        # The hooks: the shared queue parks commands of unowned vDisks, logins acquire;
+        # faults and forensics (timeline, auditor).
+        self.gate = OwnershipGate(
             self.claims,
             on_lost=self.lose,
             on_unclaimed=self._start_acquiring,
             park_limit=release_timeout + PARK_MARGIN,
         )
-        self.server.policy = OwnershipLoginPolicy(
-            self.registry, self.server.sessions, self._on_login
+        self.forensics = cvm_forensics(self.paths, node_id)
+        hooks = ServerHooks(
+            gate=self.gate,
+            login_policy=self._login_policy,
+            observer=self.forensics,
+            faults=cvm_faults(self.paths, node_id, self.forensics),
         )
+        self.server = StargateServer(self.registry, config, hooks)
         self.page = StatsPage(self)
-        self.forensics = attach_forensics(self)  # faults: timeline, auditor
 
     @property
     def node_id(self) -> int:
@@ -194,6 +199,11 @@ class ClusterStargate:
 
     # -- acquiring ----------------------------------------------------------------------
 
+    def _login_policy(
+        self, registry: TargetRegistry, sessions: SessionTable
+    ) -> OwnershipLoginPolicy:
+        return OwnershipLoginPolicy(registry, sessions, self._on_login)
+
     def _on_login(self, target_name: str) -> None:
         claim = self.claims.get(target_name)
         if claim is not None:
@@ -234,15 +244,11 @@ class ClusterStargate:
             return
         claim.state = ClaimState.OWNED
         log.info("vDisk %s: serving, epoch %d", claim.vdisk_id, claim.fence.record.epoch)
-        queue = self.server.queue
-        assert isinstance(queue, OwnershipQueue)
-        queue.resume(claim)
+        self.gate.resume(claim, self.server.queue)
 
     def _give_up(self, claim: Claim, reason: str) -> None:
         log.warning("vDisk %s: not acquired: %s", claim.vdisk_id, reason)
-        queue = self.server.queue
-        assert isinstance(queue, OwnershipQueue)
-        queue.refuse_parked(claim)
+        self.gate.refuse_parked(claim)
         detached = self._detach(claim)
         if detached is not None and self._nursery is not None:
             self._nursery.start_soon(self._close, detached, f"not acquired: {reason}")
@@ -331,15 +337,13 @@ class ClusterStargate:
         log.info("vDisk %s: no longer served here (%s)", opened.target.vdisk_id, reason)
 
     async def _watch(self) -> None:
-        queue = self.server.queue
-        assert isinstance(queue, OwnershipQueue)
         while True:
             await trio.sleep(WATCH_INTERVAL)
             for claim in list(self.claims.values()):
                 if claim.state is ClaimState.OWNED and not claim.may_execute():
                     self.lose(claim)
                 elif claim.state is ClaimState.ACQUIRING and claim.parked:
-                    queue.expire_parked(claim)  # nothing waits past its bound
+                    self.gate.expire_parked(claim)  # nothing waits past its bound
 
     # -- failback -----------------------------------------------------------------------
 

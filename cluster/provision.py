@@ -1,10 +1,12 @@
 """Provisioning: a VM's vDisks created as sparse files in the cluster's shared store
-directory, and its record written beside them."""
+directory, and its record written beside them; a configuration's VMs made so."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cluster.config import VmConfig
+from stargate.stores.capacity import check_file_capacity
 from stargate.stores.file import FileStore
 from topology.spec import (
     VM_NAME_RE,
@@ -13,6 +15,8 @@ from topology.spec import (
     ClusterSpecError,
     VDiskInfo,
     VmRecord,
+    list_vdisks,
+    load_vms,
 )
 from topology.vdisk import VDiskMeta, parse_size
 
@@ -46,3 +50,21 @@ def create_vm(
     record = VmRecord(name, home_node, vdisk_ids)
     record.save(paths)
     return record, infos
+
+
+def provision_vms(directory: Path, vms: tuple[VmConfig, ...]) -> None:
+    """Create the configured VMs that do not exist yet; those that do must match."""
+    paths = ClusterPaths(directory)
+    existing = {record.name: record for record in load_vms(directory)}
+    sizes = {info.vdisk_id: info.size for info in list_vdisks(directory)}
+    for vm in vms:
+        record = existing.get(vm.name)
+        if record is None:
+            check_file_capacity(paths.vdisks, vm.size)  # a CapacityError: a ValueError
+            create_vm(directory, vm.name, home_node=vm.node, disks=vm.disks, size=vm.size)
+        elif (record.home_node, len(record.vdisk_ids)) != (vm.node, vm.disks) or any(
+            sizes.get(vdisk_id) != vm.size for vdisk_id in record.vdisk_ids
+        ):
+            raise ClusterSpecError(
+                f"VM {vm.name} exists in {directory} with another node, disk count or size"
+            )

@@ -142,6 +142,7 @@ class Supervisor:
         self.spec = ClusterSpec.load(self.directory)
         if redirectors is None:  # whatever `cluster up` chose, as recorded by its pid files
             redirectors = not self._stargates_only_marker.exists()
+        self.redirectors = redirectors
         self.processes = managed_processes(self.spec, self.directory, redirectors=redirectors)
 
     @property

@@ -41,11 +41,16 @@ class BlackholeChannel:
         await trio.lowlevel.checkpoint()
 
 
-async def blackhole_stream(stream: trio.abc.ReceiveStream, still_paused: object) -> None:
+class _Pausable(Protocol):
+    @property
+    def network_paused(self) -> bool: ...
+
+
+async def blackhole_stream(stream: trio.abc.ReceiveStream, faults: _Pausable) -> None:
     """Hold a connection accepted while the network is paused: read and discard until the
     peer goes (its login timeout), or the pause ends (then it is closed: a late SYN-ACK
     would not revive a real TCP connection either)."""
-    await hold_unanswered(stream, lambda: bool(getattr(still_paused, "network_paused", False)))
+    await hold_unanswered(stream, lambda: faults.network_paused)
 
 
 async def hold_unanswered(stream: trio.abc.ReceiveStream, still_on: Callable[[], bool]) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import trio
 
 from faults.auditor import InitiatorAuditor
-from faults.injector import FaultEvent, FaultInjector
+from faults.injector import FaultEvent
 
 
 class _Target(Protocol):
@@ -42,8 +42,11 @@ class _Session(Protocol):
 class _Connection(Protocol):
     """What it reads of the session's connection when the session ends."""
 
-    cmd_sn_out_of_window: int
-    logout_requested_at: float | None
+    @property
+    def cmd_sn_out_of_window(self) -> int: ...
+
+    @property
+    def logout_requested_at(self) -> float | None: ...
 
 
 class _Counters(Protocol):
@@ -61,10 +64,7 @@ class _CountedVDisk(Protocol):
 
 
 class _Server(Protocol):
-    """What `attach` wires into (stargate.server._Server)."""
-
-    forensics: Any
-    faults: FaultInjector
+    """What the I/O sampler reads of a server (stargate.server.StargateServer)."""
 
     @property
     def registry(self) -> Iterable[_CountedVDisk]: ...
@@ -97,11 +97,7 @@ class Forensics:
             except OSError as error:
                 log.warning("cannot write forensics to %s: %s", self.path, error)
 
-    # -- hooks -------------------------------------------------------------------------
-
-    def attach(self, server: _Server) -> None:
-        server.forensics = self
-        server.faults.listeners.append(self.fault_fired)
+    # -- hooks: a `FaultInjector` listener and a server's session observer --------------
 
     def fault_fired(self, event: FaultEvent) -> None:
         self.emit("fault", vdisk=event.vdisk, fault_id=event.fault_id, kind=event.kind,

@@ -45,6 +45,10 @@ BLACKHOLE_ONLY = frozenset({DropMode.BLACKHOLE})
 
 log = logging.getLogger(__name__)
 
+# Performs an immediate action (async logout, drops, unit attentions, network pause) at the
+# server and says what it did.
+ActionPerformer = Callable[[Fault], str]
+
 MAX_EVENTS = 10_000
 ACTION_POLL = 0.05  # how often timed actions (async logout at T...) are checked
 
@@ -75,10 +79,8 @@ class FaultInjector:
     faults: dict[int, Fault] = field(default_factory=dict)
     events: deque[FaultEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     listeners: list[Callable[[FaultEvent], None]] = field(default_factory=list)
-    # Set by the cluster: is this vDisk served away from its home CVM right now?
+    # Given by the cluster: is this vDisk served away from its home CVM right now?
     is_failed_over: Callable[[str], bool] = field(default=lambda vdisk_id: False)
-    # Performs immediate actions (async logout, drops, unit attentions, network pause).
-    perform_action: Callable[[Fault], str] | None = None
     network_paused: bool = False
     _rngs: dict[int, random.Random] = field(default_factory=dict)
     _wakeup: trio.Event = field(default_factory=trio.Event)
@@ -206,15 +208,16 @@ class FaultInjector:
 
     # -- immediate actions ----------------------------------------------------------------
 
-    async def run_actions(self) -> None:
-        """Fire action faults once their time comes (a task of the server's nursery)."""
+    async def run_actions(self, perform: ActionPerformer) -> None:
+        """Fire action faults once their time comes, by ``perform`` (the server's actions,
+        a task of its nursery)."""
         while True:
             with trio.move_on_after(ACTION_POLL):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
-            self.fire_due_actions()
+            self.fire_due_actions(perform)
 
-    def fire_due_actions(self) -> None:
+    def fire_due_actions(self, perform: ActionPerformer) -> None:
         moment = now()
         for fault in list(self.faults.values()):
             if fault.kind not in ACTION_KINDS:
@@ -228,7 +231,7 @@ class FaultInjector:
             if expired:
                 self.remove(fault.fault_id)
                 continue
-            if not open_now or self.perform_action is None:
+            if not open_now:
                 continue
             if fault.only_failed_over and not (
                 fault.vdisk is not None and self.is_failed_over(fault.vdisk)
@@ -237,5 +240,5 @@ class FaultInjector:
             fault.fired += 1
             if fault.kind is not FaultKind.NETWORK_PAUSE:
                 fault.count = fault.fired  # actions fire once
-            detail = self.perform_action(fault)
+            detail = perform(fault)
             self.record(fault, fault.vdisk, detail)

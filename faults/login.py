@@ -9,7 +9,7 @@ decides once the initiator has said which target it wants.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -89,8 +89,7 @@ def faulted_login(
             return Redirect(with_tpgt(fault.portal), permanent=fault.status == PERMANENT_REDIRECT)
         return plain_resolve(initiator_name, target_name, session_type)
 
-    config.resolve = resolve
-    return config, SlowLoginStream(stream, decision, faults)
+    return replace(config, resolve=resolve), SlowLoginStream(stream, decision, faults)
 
 
 def login_status(raw: int) -> LoginStatus:

@@ -15,6 +15,7 @@ import trio
 
 from control.http import serve_http
 from faults.forensics import Forensics
+from faults.injector import FaultInjector
 from redirector.config import RedirectorConfig
 from redirector.failback import Failback
 from redirector.health import HealthChecker
@@ -42,11 +43,14 @@ class Redirector:
             rng=rng or random.Random(),
         )
         self.health = HealthChecker(config, self.policy, logger, clock=clock)
-        self.server = RedirectorServer(config, self.policy, self.health, logger, clock=clock)
+        forensics = self._forensics()
+        injector = FaultInjector(listeners=[forensics.fault_fired] if forensics else [])
+        self.server = RedirectorServer(
+            config, self.policy, self.health, logger, clock=clock, injector=injector
+        )
         self.failback = Failback(config, self.policy, logger, clock=clock)
-        self._record_faults()
 
-    def _record_faults(self) -> None:
+    def _forensics(self) -> Forensics | None:
         """Faults fired here go to DIR/forensics/redirector-N.jsonl, which `stargate timeline`
         merges with the stargates' records (a slow or refused login shows in the vDisk's lane)."""
         directory = self.config.directory / "forensics"
@@ -54,10 +58,9 @@ class Redirector:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             self.logger.warning("No forensics (the timeline misses this redirector): %s", error)
-            return
+            return None
         name = f"redirector-{self.config.node_id}"
-        forensics = Forensics(name, directory / f"{name}.jsonl")
-        self.server.faults.injector.listeners.append(forensics.fault_fired)
+        return Forensics(name, directory / f"{name}.jsonl")
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Health checks first (their first verdicts arrive while the portal opens), then

@@ -48,9 +48,9 @@ class FaultedLogin:
 
 
 class RedirectorFaults:
-    def __init__(self, own_portal: str) -> None:
+    def __init__(self, own_portal: str, injector: FaultInjector | None = None) -> None:
         self.own_portal = own_portal  # host:port the initiators reach this redirector at
-        self.injector = FaultInjector()
+        self.injector = injector or FaultInjector()
 
     def decide(self, vdisk_id: str | None) -> FaultedLogin | None:
         """The fault that fires on a login for ``vdisk_id`` (None: a discovery login, which

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import trio
 
 from faults.channel import hold_unanswered
+from faults.injector import FaultInjector
 from faults.model import DropMode
 from iscsicore.errors import IscsiProtocolError
 from iscsicore.framing import PduFramer, encode_pdu
@@ -85,6 +86,7 @@ class RedirectorServer:
         logger: logging.Logger,
         *,
         clock: Callable[[], float] = trio.current_time,
+        injector: FaultInjector | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -92,7 +94,7 @@ class RedirectorServer:
         self.logger = logger
         self.clock = clock
         self.stats = RedirectorStats()
-        self.faults = RedirectorFaults(config.node.redirector_portal)  # login faults
+        self.faults = RedirectorFaults(config.node.redirector_portal, injector)  # login faults
         self.port: int | None = None
         self._next_tsih = 0
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from faults.model import Fault, FaultKind
-from stargate.scsi.ua import UnitAttentionQueues
 
 if TYPE_CHECKING:
     from stargate.server import StargateServer
 
 
 class ServerActions:
-    """`FaultInjector.perform_action` for one `StargateServer`."""
+    """The `faults.injector.ActionPerformer` of one `StargateServer` (it runs them)."""
 
     def __init__(self, server: StargateServer) -> None:
         self.server = server
@@ -42,9 +41,8 @@ class ServerActions:
             queued = 0
             for vdisk_id in vdisks:
                 target = server.registry.by_vdisk_id(vdisk_id)
-                queues = _unit_attention_queues(target.lu if target is not None else None)
-                if queues is not None:
-                    queues.establish(code)
+                if target is not None:
+                    target.lu.unit_attentions.establish(code)
                     queued += 1
             return f"unit attention {code[0]:#04x}/{code[1]:#04x} on {queued} vDisk(s)"
         if kind is FaultKind.NETWORK_PAUSE:
@@ -54,15 +52,3 @@ class ServerActions:
                 connection.blackhole()
             return f"network paused: {len(connections)} connection(s) blackholed"
         return f"{kind.value}: not an action"
-
-
-def _unit_attention_queues(lu: object) -> UnitAttentionQueues | None:
-    """The queues of a logical unit, looking through wrappers (the cluster's fence)."""
-    for _ in range(3):
-        queues = getattr(lu, "unit_attentions", None)
-        if isinstance(queues, UnitAttentionQueues):
-            return queues
-        lu = getattr(lu, "lu", None) or getattr(lu, "inner", None)
-        if lu is None:
-            return None
-    return None

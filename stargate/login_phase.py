@@ -12,7 +12,7 @@ source address. With discovery CHAP set, SendTargets sessions must authenticate 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -50,13 +50,20 @@ def _secrets(credentials: ChapCredentials | None) -> ChapSecrets | None:
 class LoginPolicy:
     """Who may log in to what, and TSIH allocation with session reinstatement."""
 
-    def __init__(self, registry: TargetRegistry, sessions: SessionTable) -> None:
+    def __init__(
+        self,
+        registry: TargetRegistry,
+        sessions: SessionTable,
+        *,
+        discovery_chap: ChapCredentials | None = None,
+        discovery_mutual_chap: ChapCredentials | None = None,
+    ) -> None:
         self.registry = registry
         self.sessions = sessions
         self.throttle = LoginThrottle()
         # Discovery CHAP (tgt's and LIO's discovery_auth): None leaves SendTargets open.
-        self.discovery_chap: ChapCredentials | None = None
-        self.discovery_mutual_chap: ChapCredentials | None = None
+        self.discovery_chap = discovery_chap
+        self.discovery_mutual_chap = discovery_mutual_chap
 
     def resolve(
         self, initiator_name: str, target_name: str | None, session_type: SessionType
@@ -92,16 +99,16 @@ class LoginPolicy:
             old.close("reinstated by a new login of the same initiator port")
         return self.sessions.allocate_tsih()
 
-    def login_config(self, **overrides: object) -> TargetLoginConfig:
+    def login_config(self, *, cmd_window: int | None = None) -> TargetLoginConfig:
+        """The login machine's config; ``cmd_window``: the window granted at login (None:
+        the machine's default)."""
         config = TargetLoginConfig(
             portal_group_tag=self.registry.portal_group.tag,
             resolve=self.resolve,
             allocate_tsih=self.allocate_tsih,
             max_recv_data_segment_length=TARGET_MAX_RECV_DATA_SEGMENT_LENGTH,
         )
-        for name, value in overrides.items():
-            setattr(config, name, value)
-        return config
+        return config if cmd_window is None else replace(config, cmd_window=cmd_window)
 
 
 @dataclass(slots=True)

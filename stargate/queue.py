@@ -94,6 +94,21 @@ class QueuedCommand(Protocol):
         """Called with a slot held for it; it must eventually `release()` that slot."""
 
 
+class AdmissionGate(Protocol):
+    """What may enter the queue, decided before the queue's own rules (the cluster admits a
+    vDisk's commands only while this stargate owns it: cluster/admission.py)."""
+
+    def is_open(self, vdisk: str) -> bool:
+        """May commands of ``vdisk`` take slots now? The inline path asks only this."""
+
+    def hold(self, vdisk: str, command: QueuedCommand) -> None:
+        """The gate is closed for ``vdisk``: keep ``command`` until it opens (then
+        `CommandQueue.admit_held`) or answer it otherwise."""
+
+    def forget_cancelled(self) -> None:
+        """Drop held commands that were cancelled (after an abort)."""
+
+
 class WindowListener(Protocol):
     def window_opened(self) -> None:
         """Slots are free again: advertise the new MaxCmdSN (e.g. with a NOP-In)."""
@@ -108,6 +123,7 @@ class CommandQueue:
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         session_limits: ShareLimits | None = None,
         vdisk_limits: ShareLimits | None = None,
+        gate: AdmissionGate | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError("queue depth must be at least 1")
@@ -132,10 +148,7 @@ class CommandQueue:
         self._dispatching = False
         self.sessions = 0  # sessions sharing the slots (read on every response)
         self._closed_windows: dict[int, WindowListener] = {}
-        self._admit_now_allowed = (
-            type(self).admit is CommandQueue.admit
-            or type(self).admit_now is not CommandQueue.admit_now
-        )
+        self._gate = gate
 
     # -- sessions and their command windows -----------------------------------------
 
@@ -195,6 +208,23 @@ class CommandQueue:
         )
 
     def admit(self, vdisk: str, command: QueuedCommand) -> Admission:
+        gate = self._gate
+        if gate is not None and not gate.is_open(vdisk):
+            gate.hold(vdisk, command)
+            return Admission.QUEUED
+        return self._enter(vdisk, command)
+
+    def admit_held(self, vdisk: str, command: QueuedCommand) -> None:
+        """A command the gate held enters now, in the order held: it runs, or waits for a
+        slot. A full queue runs it over depth (accounted as `admit` would, so that its
+        `release` balances): its initiator was told nothing yet, better late than failed."""
+        admission = self._enter(vdisk, command)
+        if admission is Admission.FULL:
+            self._charge(command.buffer_bytes, command.tenant)
+        if admission is not Admission.QUEUED:
+            command.dispatch()
+
+    def _enter(self, vdisk: str, command: QueuedCommand) -> Admission:
         tenant = command.tenant
         if self._take_free_slot(command.buffer_bytes, tenant):
             return Admission.RUN
@@ -227,10 +257,12 @@ class CommandQueue:
         wait: True (the slot is held, `release()` it) when `admit` would say RUN; False:
         call `admit`. The inline path, without a queued-command object.
 
-        A subclass that decides admission itself (overrides `admit`) gets False here unless
-        it overrides this too, applying its own rules before `_take_free_slot`.
+        A closed gate says False here, and `admit` hands the command to it.
         """
-        return self._admit_now_allowed and self._take_free_slot(buffer_bytes, tenant)
+        gate = self._gate
+        if gate is not None and not gate.is_open(vdisk):
+            return False
+        return self._take_free_slot(buffer_bytes, tenant)
 
     def _take_free_slot(self, buffer_bytes: int, tenant: Tenant | None = None) -> bool:
         # The inline path of every command: `_fits` and `_charge` written out, no calls.
@@ -292,7 +324,9 @@ class CommandQueue:
                 listener.window_opened()
 
     def forget_cancelled(self) -> None:
-        """Drop cancelled commands from the waiting room (after an abort)."""
+        """Drop cancelled commands from the waiting room and the gate (after an abort)."""
+        if self._gate is not None:
+            self._gate.forget_cancelled()
         for vdisk, sub_queue in list(self._sub_queues.items()):
             kept: deque[QueuedCommand] = deque()
             for command in sub_queue:

@@ -8,6 +8,10 @@ control API the cluster uses (async logout / drop for a vDisk's sessions, statis
         server.drop_connections("vd1")           # AsyncEvent 3, then close
         server.stats()                           # {vdisk_id: counters}
         await server.shutdown()                  # drop every session, stop listening
+
+The cluster and fault injection reach it only through the `stargate.hooks.ServerHooks` given
+at construction: the command queue's admission gate, the login policy, a session observer,
+the fault injector.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ from dataclasses import dataclass, field
 import trio
 
 from faults.channel import blackhole_stream
-from faults.forensics import Forensics
-from faults.injector import FaultInjector
 from faults.login import faulted_login, hold_swallowed_login
 from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionType
@@ -31,7 +33,8 @@ from iscsicore.login import LoginStatus, TargetLogin
 from iscsicore.portal import Portal
 from stargate.discovery import SendTargetsResponder
 from stargate.fault_actions import ServerActions
-from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, LoginPolicy, peer_host, run_login
+from stargate.hooks import ServerHooks
+from stargate.login_phase import DEFAULT_LOGIN_TIMEOUT, peer_host, run_login
 from stargate.login_throttle import LogLimiter
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES, CommandQueue, ShareLimits
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS, ReaderHub
@@ -151,17 +154,24 @@ class ServerConfig:
 
 
 class StargateServer:
-    def __init__(self, registry: TargetRegistry, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self,
+        registry: TargetRegistry,
+        config: ServerConfig | None = None,
+        hooks: ServerHooks | None = None,
+    ) -> None:
         self.registry = registry
         self.config = config or ServerConfig()
+        hooks = hooks or ServerHooks()
         self.queue = CommandQueue(
             self.config.queue_depth,
             max_buffered_bytes=self.config.max_buffered_bytes,
             session_limits=self.config.session_limits,
             vdisk_limits=self.config.vdisk_limits,
+            gate=hooks.gate,
         )
         self.sessions = SessionTable()
-        self.policy = LoginPolicy(registry, self.sessions)
+        self.policy = hooks.login_policy(registry, self.sessions)
         # Log lines of connections dropped for protocol errors, per source address: a
         # reconnect storm logs a few a second and a count (stargate.login_throttle).
         self.drop_log = LogLimiter()
@@ -172,9 +182,8 @@ class StargateServer:
         self._cancel_scope: trio.CancelScope | None = None
         self._closing = False
         # Fault injection (faults): costs the transport one check per batch.
-        self.faults = FaultInjector()
-        self.faults.perform_action = ServerActions(self)
-        self.forensics: Forensics | None = None  # set by Forensics.attach
+        self.faults = hooks.faults
+        self.observer = hooks.observer
 
     # -- serving ------------------------------------------------------------------------
 
@@ -192,7 +201,7 @@ class StargateServer:
         with trio.CancelScope() as scope:
             self._cancel_scope = scope
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.faults.run_actions)
+                nursery.start_soon(self.faults.run_actions, ServerActions(self))
                 await nursery.start(self.hub.run)
                 task_status.started(self.port)
                 await trio.serve_listeners(
@@ -333,8 +342,8 @@ class StargateServer:
             target.stats.connections += 1
         if self._closing:  # logged in while the server shuts down: told to go at once
             connection.drop(all_connections=True)
-        if self.forensics is not None:
-            self.forensics.session_started(session, connection)
+        if self.observer is not None:
+            self.observer.session_started(session, connection)
         reason = "connection handler failed"
         try:
             reason = await connection.run()
@@ -349,8 +358,8 @@ class StargateServer:
                 reason,
             )
         finally:
-            if self.forensics is not None:
-                self.forensics.session_ended(session, connection, reason)
+            if self.observer is not None:
+                self.observer.session_ended(session, connection, reason)
             session.closed = True
             self._connections.discard(connection)
             self.sessions.remove(session)

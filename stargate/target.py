@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from stargate.scsi.command import Nexus
+from stargate.scsi.lu import UnitAttentions
 from stargate.stats import VDiskStats
 from topology.naming import DEFAULT_PORTAL_GROUP_TAG, target_name_for
 
@@ -31,16 +33,25 @@ class ScsiResultLike(Protocol):
 
 
 class LogicalUnitLike(Protocol):
-    """What the transport needs of `stargate.scsi.lu.LogicalUnit` (tests use fakes)."""
+    """What the target needs of `stargate.scsi.lu.LogicalUnit` (or of a wrapper around
+    one, as the cluster's fence: cluster/admission.py)."""
 
-    store: Any
+    @property
+    def store(self) -> BlockStoreLike:
+        """The store to sync before a ``needs_sync`` status (read again every time)."""
+
+    @property
+    def unit_attentions(self) -> UnitAttentions: ...
 
     def execute(
-        self, cdb: bytes, data_out: bytes | bytearray | memoryview, nexus: Any
+        self, cdb: bytes, data_out: bytes | bytearray | memoryview, nexus: Nexus
     ) -> ScsiResultLike: ...
 
-    def nexus_lost(self, nexus: Any) -> None:
+    def nexus_lost(self, nexus: Nexus) -> None:
         """The I_T nexus ended (logout, connection gone): its SPC-2 reservation goes."""
+
+    def logical_unit_reset(self, by: Nexus | None = None) -> None:
+        """LOGICAL UNIT RESET, TARGET RESET, TARGET COLD RESET."""
 
 
 @dataclass(frozen=True, slots=True)

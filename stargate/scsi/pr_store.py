@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from iscsicore.scsi.opcodes import PrType
 from stargate.scsi.command import Nexus
@@ -78,7 +78,7 @@ class PrState:
     reservation: Reservation | None = None
 
     def to_json(self) -> str:
-        document: dict[str, Any] = {
+        document: dict[str, object] = {
             "version": FORMAT_VERSION,
             "generation": self.generation,
             "aptpl": self.aptpl,

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import (
@@ -36,6 +36,7 @@ from iscsicore.scsi.sense import (
     invalid_field_in_cdb,
 )
 from stargate.scsi.command import GOOD, Command, ScsiResult
+from stargate.stores.base import BlockStore, Extent
 
 if TYPE_CHECKING:
     from stargate.scsi.lu import LogicalUnit
@@ -78,7 +79,7 @@ class SanitizeJob:
     """One sanitize operation, run by a daemon thread against the store."""
 
     def __init__(
-        self, store: Any, action: SanitizeAction, plan: OverwritePlan | None, rate: int
+        self, store: BlockStore, action: SanitizeAction, plan: OverwritePlan | None, rate: int
     ) -> None:
         self._store = store
         self._action = action
@@ -149,7 +150,7 @@ class HoldFlushUntilSanitized:
     goes to the real store.
     """
 
-    def __init__(self, store: Any, job: SanitizeJob) -> None:
+    def __init__(self, store: BlockStore, job: SanitizeJob) -> None:
         self.wrapped = store
         self._job = job
 
@@ -159,8 +160,32 @@ class HoldFlushUntilSanitized:
             raise self._job.error
         self.wrapped.sync()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.wrapped, name)
+    # Everything else is the real store's (no medium access reaches it while sanitizing).
+    @property
+    def size(self) -> int:
+        return self.wrapped.size
+
+    @property
+    def block_size(self) -> int:
+        return self.wrapped.block_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.wrapped.read(offset, length)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.wrapped.write(offset, data)
+
+    def punch_hole(self, offset: int, length: int) -> None:
+        self.wrapped.punch_hole(offset, length)
+
+    def allocated_extents(self, offset: int, length: int) -> list[Extent]:
+        return self.wrapped.allocated_extents(offset, length)
+
+    def resize(self, size: int) -> None:
+        self.wrapped.resize(size)
+
+    def close(self) -> None:
+        self.wrapped.close()
 
 
 class Sanitizer:
@@ -199,7 +224,9 @@ class Sanitizer:
             self.failed = self.job.error is not None
             self.job = None
 
-    def start(self, store: Any, action: SanitizeAction, plan: OverwritePlan | None) -> SanitizeJob:
+    def start(
+        self, store: BlockStore, action: SanitizeAction, plan: OverwritePlan | None
+    ) -> SanitizeJob:
         self.failed = False
         self.job = SanitizeJob(store, action, plan, self.overwrite_rate)
         self.job.start()

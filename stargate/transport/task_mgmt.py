@@ -89,14 +89,13 @@ class TaskManagement(Exchanges):
             owner = by_nexus.get(nexus)
             if owner is not None:
                 owner.abort_tasks({task.itt for task in tasks})
-        lu = self.lu
         if outcome.reset_logical_unit_state or outcome.release_spc2_reservation:
             # Mode pages to defaults, SPC-2 reservation released, BUS DEVICE RESET for the
             # other nexuses (the logical unit's own rules).
-            reset = getattr(lu, "logical_unit_reset", None)
-            if reset is not None:
-                reset(self.nexus)
-        queues = getattr(lu, "unit_attentions", None)
+            self.lu.logical_unit_reset(self.nexus)
+        queues = self.lu.unit_attentions
+        # The decision's notices go to per-nexus queues (another implementation of the
+        # protocol, e.g. a test's, gets none).
         if isinstance(queues, UnitAttentionQueues):
             outcome.apply_unit_attentions(queues)
         if outcome.close_all_connections:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,12 @@ import trio
 from cluster.cvm import ClusterStargate
 from cluster.provision import create_vm
 from control.http import http_json, http_request
+from faults.model import Fault, FaultKind
 from initiator.device import BlockDevice
 from initiator.session import SessionConfig
+from stargate.queue import Admission, Tenant
 from tests.cluster.conftest import unique_cluster_base
+from topology.naming import target_name_for
 from topology.ownership import OwnershipFile, read_record
 from topology.spec import ClusterPaths, ClusterSpec
 
@@ -272,3 +276,50 @@ async def test_a_take_over_under_load_costs_the_initiator_latency_not_errors(
                 assert found in (last, in_flight), (lba, last, found)
         record = read_record(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-0"))
         assert record is not None and record.node_id == 1 and record.epoch == 3
+
+
+@dataclass
+class _Parked:
+    """A queued command stand-in: what the gate parks."""
+
+    cancelled: bool = False
+    buffer_bytes: int = 0
+    tenant: Tenant | None = None
+
+    def dispatch(self) -> None:
+        raise AssertionError("an unowned vDisk's command must not run")
+
+
+async def test_a_cvms_server_is_built_with_its_ownership_and_fault_hooks(
+    tmp_data_dir: Path,
+) -> None:
+    """Without a network: the server a CVM builds parks the commands of a vDisk it does not
+    own yet, records fired faults in the CVM's forensics file, and judges "failed over" by
+    the VM's home node."""
+    directory = tmp_data_dir / "c"
+    ClusterSpec.create(directory, 2, base_address=unique_cluster_base())
+    create_vm(directory, "vm", home_node=1, disks=1, size="8M")
+    home, away = ClusterStargate(directory, 1), ClusterStargate(directory, 2)
+    try:
+        name = target_name_for("vm-0")
+        server = away.server
+        assert server.registry.get(name) is not None  # opened on first use: a claim, IDLE
+        claim = away.claims[name]
+        assert not server.queue.admit_now(name)  # not owned: the inline path stays shut
+        parked = _Parked()
+        assert server.queue.admit(name, parked) is Admission.QUEUED
+        assert [entry.command for entry in claim.parked] == [parked]
+        assert server.queue.in_flight == 0
+        assert server.observer is away.forensics  # sessions are recorded there
+        read = bytes([0x28]) + bytes(9)
+        for cvm in (home, away):
+            cvm.server.faults.add(Fault(FaultKind.BUSY, only_failed_over=True))
+        assert home.server.faults.scsi_fault("vm-0", read) is None  # its home: not moved
+        assert away.server.faults.scsi_fault("vm-0", read) is not None
+        assert [e["event"] for e in away.forensics.events] == ["fault"]
+        assert not home.forensics.events
+        written = (directory / "forensics" / "stargate-2.jsonl").read_text().splitlines()
+        assert len(written) == 1 and '"event": "fault"' in written[0]
+    finally:
+        await home.shutdown()
+        await away.shutdown()

@@ -4,11 +4,11 @@ nothing), resumes, kills, restarts, connection closes and clock jumps.
 
 The nodes run the real code on real files: each maps the record with its own `OwnershipFile`
 (as its own process would), acquires through `Acquisition` (a compare-and-swap on the
-record), parks and resumes commands in a real `OwnershipQueue` whose `Claim`s and fences
-decide. Only what surrounds them is modelled, as cvm.py does it: the HTTP release request
-(a message), the connections (a close reaches the node at once, is read when it takes a
-step; before resuming parked commands it reads what arrived), and the execution of a WRITE
-as one step that checks the fence and appends to the disk's history.
+record), parks and resumes commands in a real queue behind an `OwnershipGate` whose
+`Claim`s and fences decide. Only what surrounds them is modelled, as cvm.py does it: the
+HTTP release request (a message), the connections (a close reaches the node at once, is
+read when it takes a step; before resuming parked commands it reads what arrived), and the
+execution of a WRITE as one step that checks the fence and appends to the disk's history.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from cluster.admission import Claim, ClaimState, OwnershipQueue
-from stargate.queue import Admission, Tenant
+from cluster.admission import Claim, ClaimState, OwnershipGate
+from stargate.queue import Admission, CommandQueue, Tenant
 from topology.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater, Step
 from topology.ownership import NO_NODE, Fence, OwnershipFile, OwnershipRecord, read_record
 
@@ -80,8 +80,9 @@ class Execution:
 class Node:
     node_id: int
     file: OwnershipFile
-    claims: dict[str, Claim] = field(default_factory=dict)
-    queue: OwnershipQueue | None = None
+    claims: dict[str, Claim]
+    gate: OwnershipGate
+    queue: CommandQueue
     alive: bool = True
     paused: bool = False
     connections: list[Connection] = field(default_factory=list)
@@ -126,15 +127,15 @@ class OwnershipModel(RuleBasedStateMachine):
             self.nodes[node_id] = self.fresh_node(node_id)
 
     def fresh_node(self, node_id: int) -> Node:
-        node = Node(node_id, OwnershipFile(self.path))
-        node.queue = OwnershipQueue(
-            64,
-            node.claims,
+        claims: dict[str, Claim] = {}
+        gate = OwnershipGate(
+            claims,
             on_lost=lambda claim: self.detach(node, claim),
             on_unclaimed=lambda claim: self.start_acquiring(node, claim),
             park_limit=PARK_LIMIT,
             clock=lambda: self.now,
         )
+        node = Node(node_id, OwnershipFile(self.path), claims, gate, CommandQueue(64, gate=gate))
         return node
 
     def teardown(self) -> None:
@@ -144,10 +145,6 @@ class OwnershipModel(RuleBasedStateMachine):
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- what cvm.py does ---------------------------------------------------------------
-
-    def queue(self, node: Node) -> OwnershipQueue:
-        assert node.queue is not None
-        return node.queue
 
     def start_acquiring(self, node: Node, claim: Claim) -> None:
         if claim.state is not ClaimState.IDLE:
@@ -181,7 +178,7 @@ class OwnershipModel(RuleBasedStateMachine):
             node.asking, node.answered = None, True  # try again at its next step
         elif isinstance(step, GaveUp):
             node.acquisition = node.asking = None
-            self.queue(node).refuse_parked(claim)
+            node.gate.refuse_parked(claim)
             self.detach(node, claim)
         else:
             self.become_owner(node, claim, step)
@@ -191,7 +188,7 @@ class OwnershipModel(RuleBasedStateMachine):
         claim.fence = Fence(node.file, step.record)
         self.read_closes(node)  # the settle before resuming: closes that arrived are read
         claim.state = ClaimState.OWNED
-        self.queue(node).resume(claim)
+        node.gate.resume(claim, node.queue)
 
     def detach(self, node: Node, claim: Claim) -> None:
         """lose / release / give up: forget the vDisk and drop its connections."""
@@ -203,20 +200,20 @@ class OwnershipModel(RuleBasedStateMachine):
         for connection in node.connections:
             connection.open = False
             connection.close_read = True
-        self.queue(node).forget_cancelled()
+        node.queue.forget_cancelled()
         claim.parked.clear()
         for _ in node.awaiting_data:
-            self.queue(node).release()
+            node.queue.release()
         node.awaiting_data.clear()
 
     def read_closes(self, node: Node) -> None:
         for connection in node.connections:
             if not connection.open:
                 connection.close_read = True
-        self.queue(node).forget_cancelled()
+        node.queue.forget_cancelled()
         for write in [w for w in node.awaiting_data if w.cancelled]:
             node.awaiting_data.remove(write)
-            self.queue(node).release()
+            node.queue.release()
         node.connections = [c for c in node.connections if c.open]
 
     def execute(self, write: Write) -> None:
@@ -239,7 +236,7 @@ class OwnershipModel(RuleBasedStateMachine):
             self.highest_acked_epoch = max(self.highest_acked_epoch, epoch)
         else:
             self.detach(node, write.claim)  # BUSY, and the vDisk is dropped here
-        self.queue(node).release()
+        node.queue.release()
 
     # -- rules: each picks among the nodes (connections, requests) it can apply to ----------
 
@@ -289,7 +286,7 @@ class OwnershipModel(RuleBasedStateMachine):
         assert node.claim is not None
         connections = [c for c in node.connections if c.open]
         command = Write(self, node, node.claim, connections[value % len(connections)], value)
-        admission = self.queue(node).admit(NAME, command)
+        admission = node.queue.admit(NAME, command)
         if admission is Admission.RUN:
             if with_data:
                 self.execute(command)
@@ -307,7 +304,7 @@ class OwnershipModel(RuleBasedStateMachine):
         if write.connection.open:
             self.execute(write)  # it may have been admitted before a pause: the fence says
         else:
-            self.queue(node).release()
+            node.queue.release()
 
     @precondition(lambda self: any(self.nodes[r.owner].steps for r in self.requests))
     @rule(index=st.integers(0, 20))
@@ -344,7 +341,7 @@ class OwnershipModel(RuleBasedStateMachine):
         if claim.state is ClaimState.OWNED:
             self.detach(node, claim)
         else:
-            self.queue(node).expire_parked(claim)
+            node.gate.expire_parked(claim)
 
     @precondition(
         lambda self: any(
@@ -418,7 +415,7 @@ class OwnershipModel(RuleBasedStateMachine):
     def slots_are_given_back(self) -> None:
         for node in self.nodes.values():
             if node.alive:
-                assert self.queue(node).in_flight == len(node.awaiting_data)
+                assert node.queue.in_flight == len(node.awaiting_data)
 
 
 OwnershipModel.TestCase.settings = settings(

@@ -18,7 +18,7 @@ from initiator.session import Session, SessionConfig
 from iscsicore.portal import Portal
 from tests.faults.conftest import FaultyTarget
 from tests.peers.tools import qemu_io
-from tests.stargate.client import read10, start_stargate
+from tests.stargate.client import read10, recorded_by, start_stargate
 from topology.naming import target_name_for
 
 
@@ -48,9 +48,8 @@ def test_libiscsi_reconnects_after_a_tcp_reset_mid_io(
 
 
 async def test_blackhole_is_found_only_by_the_nop_timeout(nursery: trio.Nursery) -> None:
-    server = await start_stargate(nursery)
     forensics = Forensics("test")
-    forensics.attach(server)
+    server = await start_stargate(nursery, hooks=recorded_by(forensics))
     assert server.port is not None
     config = SessionConfig(nop_interval=0.3, nop_timeout=1.0, replacement_timeout=30.0)
     async with Session.connect(

@@ -19,6 +19,7 @@ from tests.stargate.client import (
     clear_unit_attention,
     logged_in,
     read10,
+    recorded_by,
     start_stargate,
 )
 from topology.naming import target_name_for
@@ -56,9 +57,8 @@ async def test_slow_login(nursery: trio.Nursery) -> None:
 
 
 async def test_auditor_flags_isid_churn_and_duplicate_sessions(nursery: trio.Nursery) -> None:
-    server = await start_stargate(nursery)
     forensics = Forensics("test")
-    forensics.attach(server)
+    server = await start_stargate(nursery, hooks=recorded_by(forensics))
     live = []
     for serial in range(5):  # every "reconnect" with a new ISID, the old session left open
         live.append(await logged_in(server, isid=0x400000AB0000 + serial))
@@ -73,9 +73,8 @@ async def test_auditor_flags_isid_churn_and_duplicate_sessions(nursery: trio.Nur
 
 
 async def test_auditor_flags_an_ignored_async_logout(nursery: trio.Nursery) -> None:
-    server = await start_stargate(nursery)
     forensics = Forensics("test")
-    forensics.attach(server)
+    server = await start_stargate(nursery, hooks=recorded_by(forensics))
     initiator = await logged_in(server)
     await clear_unit_attention(initiator)
     server.faults.add(Fault(FaultKind.ASYNC_LOGOUT, vdisk="vd1", time2wait=1))
@@ -91,9 +90,8 @@ async def test_auditor_flags_an_ignored_async_logout(nursery: trio.Nursery) -> N
 
 
 async def test_auditor_flags_cmd_sn_outside_the_window(nursery: trio.Nursery) -> None:
-    server = await start_stargate(nursery)
     forensics = Forensics("test")
-    forensics.attach(server)
+    server = await start_stargate(nursery, hooks=recorded_by(forensics))
     initiator: TestInitiator = await logged_in(server)
     await clear_unit_attention(initiator)
 

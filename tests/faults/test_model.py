@@ -48,15 +48,14 @@ def test_delay_distributions_stay_in_range() -> None:
 
 
 def test_time_window_scope_and_failed_over_only() -> None:
-    faults = FaultInjector()
+    moved = {"vd1": False}
+    faults = FaultInjector(is_failed_over=lambda vdisk: moved[vdisk])
     later = faults.add(Fault(FaultKind.BUSY, after_seconds=30))
     assert faults.scsi_fault("vd1", _read16(0, 1)) is None  # not yet
     faults.remove(later.fault_id)
     short = faults.add(Fault(FaultKind.BUSY, vdisk="vd2", at=time.time() - 10, duration=5))
     assert faults.scsi_fault("vd2", _read16(0, 1)) is None  # its window has passed
     assert short.fault_id not in faults.faults and not faults.armed  # and it went away
-    moved = {"vd1": False}
-    faults.is_failed_over = lambda vdisk: moved[vdisk]
     faults.add(Fault(FaultKind.BUSY, only_failed_over=True, lba=(0, 7)))
     assert faults.scsi_fault("vd1", _read16(0, 1)) is None
     moved["vd1"] = True

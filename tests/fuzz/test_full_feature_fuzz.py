@@ -53,7 +53,6 @@ from iscsicore.pdu import (
 )
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import parse_sense
-from stargate.queue import CommandQueue
 from stargate.server import ServerConfig, StargateServer
 from stargate.target import TargetRegistry
 from tests.fuzz.driver import ErrorLog, count_event, count_example, fuzz_target
@@ -111,13 +110,14 @@ proposal_strategy = st.builds(
 def fuzz_server(queue_depth: int, max_buffered_bytes: int) -> StargateServer:
     registry = TargetRegistry()
     registry.add(memory_target("vd1", LU_BYTES))
-    server = StargateServer(
-        registry,
-        ServerConfig(queue_depth=queue_depth, login_timeout=ANSWER_TIMEOUT, busy_poll_us=0),
-    )
     # A small write-buffer budget: commands also wait for buffer bytes, not only slots.
-    server.queue = CommandQueue(queue_depth, max_buffered_bytes=max_buffered_bytes)
-    return server
+    config = ServerConfig(
+        queue_depth=queue_depth,
+        max_buffered_bytes=max_buffered_bytes,
+        login_timeout=ANSWER_TIMEOUT,
+        busy_poll_us=0,
+    )
+    return StargateServer(registry, config)
 
 
 @fuzz_target(examples=100)

@@ -15,6 +15,8 @@ from typing import Any
 
 import trio
 
+from faults.forensics import Forensics
+from faults.injector import FaultInjector
 from iscsicore.chap import ChapSecrets
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import NONE
@@ -30,6 +32,7 @@ from iscsicore.pdu import (
     ScsiCommand,
     ScsiResponse,
 )
+from stargate.hooks import ServerHooks
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
 from stargate.server import ServerConfig, StargateServer
@@ -356,6 +359,7 @@ async def start_stargate(
     login_timeout: float = 5.0,
     timers: ConnectionTimers | None = None,
     eager_send_every: int = 0,
+    hooks: ServerHooks | None = None,
 ) -> StargateServer:
     registry = TargetRegistry()
     for target in targets or (memory_target("vd1"), memory_target("vd2")):
@@ -370,9 +374,15 @@ async def start_stargate(
             timers=timers or ConnectionTimers(),
             eager_send_every=eager_send_every,
         ),
+        hooks,
     )
     await nursery.start(server.serve)
     return server
+
+
+def recorded_by(forensics: Forensics) -> ServerHooks:
+    """Server hooks that record its sessions and the faults fired in ``forensics``."""
+    return ServerHooks(observer=forensics, faults=FaultInjector(listeners=[forensics.fault_fired]))
 
 
 async def logged_in(

@@ -23,6 +23,7 @@ from cluster.cli import build_parser
 from iscsicore.framing import encode_pdu
 from iscsicore.pdu import NopIn, NopOut
 from iscsicore.scsi.opcodes import ScsiStatus
+from stargate.cli import target_config
 from stargate.login_throttle import LogLimiter
 from stargate.transport.config import DEFAULT_CONTROL_PDU_BURST
 from tests.helpers.net import free_port
@@ -163,8 +164,9 @@ async def test_a_garbage_reconnect_storm_is_slowed_but_not_the_others(
 
 def test_the_control_pdu_rate_is_a_flag_of_stargate_target() -> None:
     base = ["target", "--memory", "--vdisk", "vd1:8M"]
-    assert build_parser().parse_args([*base, "--control-pdu-rate", "0"]).control_pdu_rate == 0
-    assert build_parser().parse_args(base).control_pdu_rate == 2000
+    given = target_config(build_parser().parse_args([*base, "--control-pdu-rate", "0"]))
+    assert given.control_pdu_rate == 0
+    assert target_config(build_parser().parse_args(base)).control_pdu_rate == 2000
 
 
 @pytest.mark.parametrize("value", ["-1", "many", "nan"])

@@ -22,7 +22,7 @@ from iscsicore.framing import encode_pdu
 from iscsicore.pdu import R2T, NopOut, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.seqnum import sn_diff
-from stargate.cli import _share_limits
+from stargate.cli import share_limits, target_config
 from stargate.queue import ShareLimits
 from stargate.transport.config import ConnectionTimers
 from tests.helpers.procs import ManagedProcess, ProcessReaper
@@ -178,10 +178,11 @@ def test_the_bounds_and_deadlines_are_flags_of_stargate_target() -> None:
             *("--data-out-timeout", "7", "--pdu-timeout", "2.5"),
         ]
     )
-    session, vdisk = _share_limits(args, "session"), _share_limits(args, "vdisk")
+    config = target_config(args)
+    session, vdisk = share_limits(config, "session"), share_limits(config, "vdisk")
     assert session == ShareLimits(slots=8, buffered_bytes=32 << 20, waiting=16)
     assert vdisk == ShareLimits(slots=48, buffered_bytes=40 << 20, waiting=16)
-    assert (args.data_out_timeout, args.pdu_timeout, args.max_buffer_mib) == (7, 2.5, 128)
+    assert (config.data_out_timeout, config.pdu_timeout, config.max_buffer_mib) == (7, 2.5, 128)
 
 
 @pytest.mark.parametrize("flag", ["--session-slots", "--vdisk-buffer-mib", "--pdu-timeout"])

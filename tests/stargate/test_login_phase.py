@@ -7,7 +7,7 @@ target side is `run_login` with the policy's own configuration."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -387,9 +387,7 @@ async def test_anything_but_login_requests_is_a_protocol_error() -> None:
 
 
 async def test_a_redirect_ends_the_login_as_redirected() -> None:
-    config = _policy().login_config(
-        resolve=lambda *_: Redirect.to("127.0.0.3", 3261, 1),
-    )
+    config = replace(_policy().login_config(), resolve=lambda *_: Redirect.to("127.0.0.3", 3261, 1))
     run = await _serve(config, _machine_login(InitiatorLogin(INITIATOR, VD1, ISID)))
     assert isinstance(run.answer, LoginRedirect)
     assert (run.answer.host, run.answer.port, run.answer.tpgt) == ("127.0.0.3", 3261, 1)

@@ -4,7 +4,6 @@ queue's `admit_now`: the same bytes out, the same counters, as the general task 
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 import pytest
 import trio
@@ -15,7 +14,7 @@ from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionParams, SessionType
 from iscsicore.pdu import ScsiCommand
 from iscsicore.scsi.opcodes import ScsiOp
-from stargate.queue import Admission, CommandQueue, Tenant
+from stargate.queue import Admission, CommandQueue, QueuedCommand, Tenant
 from stargate.scsi.command import Nexus
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
@@ -67,23 +66,36 @@ def test_admit_now_is_admit_run_without_a_command() -> None:
     assert queue.admit_now("b")  # nobody waits, a slot is free
 
 
-def test_admit_now_never_bypasses_a_subclass_admit() -> None:
-    class Gated(CommandQueue):
-        def admit(self, vdisk: str, command: Any) -> Admission:
-            return Admission.QUEUED
+class _Gate:
+    """An admission gate open only for vDisk "open"; it keeps what it holds back."""
 
-    assert not Gated(8).admit_now("a")
+    def __init__(self) -> None:
+        self.held: list[tuple[str, QueuedCommand]] = []
+        self.forgotten = 0
 
-    class GatedWithItsOwnShortcut(Gated):
-        def admit_now(
-            self, vdisk: str, buffer_bytes: int = 0, tenant: Tenant | None = None
-        ) -> bool:
-            return vdisk == "open" and self._take_free_slot(buffer_bytes, tenant)
+    def is_open(self, vdisk: str) -> bool:
+        return vdisk == "open"
 
-    queue = GatedWithItsOwnShortcut(8)
+    def hold(self, vdisk: str, command: QueuedCommand) -> None:
+        self.held.append((vdisk, command))
+
+    def forget_cancelled(self) -> None:
+        self.forgotten += 1
+
+
+def test_admit_now_never_bypasses_the_gate() -> None:
+    gate = _Gate()
+    queue = CommandQueue(8, gate=gate)
     assert not queue.admit_now("closed")
+    held = _Command(7)
+    assert queue.admit("closed", held) is Admission.QUEUED
+    assert gate.held == [("closed", held)] and not held.dispatched and queue.in_flight == 0
     assert queue.admit_now("open", 5)
     assert (queue.in_flight, queue.buffered_bytes) == (1, 5)
+    queue.admit_held("closed", held)  # the gate lets it in: a slot is free, it runs
+    assert held.dispatched and (queue.in_flight, queue.buffered_bytes) == (2, 12)
+    queue.forget_cancelled()
+    assert gate.forgotten == 1
 
 
 def _unit(fresh_nexus: bool) -> tuple[LogicalUnit, VDiskTarget]:

@@ -1,0 +1,285 @@
+"""A cluster as a TOML file: what `stargate cluster up --config FILE` builds and what
+`stargate cluster save --dir DIR` writes (docs/examples/cluster.toml is a complete one)::
+
+    nodes = 3                  base_address, stable_window, placement, release_timeout,
+                               advertise = ["[cvm:|redirector:]NODE=ADDR[:PORT]", ...],
+                               redirectors = true|false
+    [[vm]]                     name, node, disks, size ("1G" or bytes)
+
+`ClusterConfig` is what both the file and `cluster up`'s flags fill (flags win; on an
+existing directory, what neither gives is cluster.json's); `ClusterSpec` (cluster.json)
+stays the rule book for the nodes' settings. A saved file holds the shape of the cluster,
+not its data: `up --config` makes new, empty vDisks of the same sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import tomli_w
+
+from topology.config_file import ConfigDocument, TableReader
+from topology.spec import (
+    DEFAULT_BASE_ADDRESS,
+    DEFAULT_STABLE_WINDOW,
+    MAX_RELEASE_TIMEOUT,
+    PLACEMENTS,
+    VM_NAME_RE,
+    Advertisement,
+    ClusterPaths,
+    ClusterSpec,
+    ClusterSpecError,
+    Placement,
+    list_vdisks,
+    load_vms,
+    node_addresses,
+    valid_release_timeout,
+)
+from topology.vdisk import parse_size
+
+DEFAULT_VM_SIZE = 1 << 30  # as `stargate vm create`'s --size
+Role = Literal["cvm", "redirector"]
+_SIZE_UNITS = (("P", 50), ("T", 40), ("G", 30), ("M", 20), ("K", 10))
+
+
+@dataclass(frozen=True, slots=True)
+class VmConfig:
+    """A VM as `stargate vm create NAME --node N --disks D --size S` makes it."""
+
+    name: str
+    node: int
+    disks: int = 1
+    size: int = DEFAULT_VM_SIZE  # bytes, each vDisk
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"name": self.name, "node": self.node, "disks": self.disks, "size": _size(self.size)}
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    nodes: int
+    base_address: str = DEFAULT_BASE_ADDRESS
+    stable_window: float = DEFAULT_STABLE_WINDOW
+    placement: Placement = "round-robin"
+    release_timeout: float | None = None  # None: the CVMs' default
+    advertise: tuple[Advertisement, ...] = ()
+    redirectors: bool = True
+    vms: tuple[VmConfig, ...] = ()
+
+    def spec(self) -> ClusterSpec:
+        """cluster.json for this configuration (raises ClusterSpecError)."""
+        return ClusterSpec.build(
+            self.nodes,
+            stable_window=self.stable_window,
+            placement=self.placement,
+            base_address=self.base_address,
+            advertise=list(self.advertise),
+            release_timeout=self.release_timeout,
+        )
+
+    @classmethod
+    def from_spec(cls, spec: ClusterSpec) -> ClusterConfig:
+        """The settings of cluster.json (no VMs); its advertised addresses as --advertise."""
+        advertise = []
+        for node in spec.nodes:
+            for role, bound, port, shown, shown_port in (
+                ("cvm", node.cvm_address, node.cvm_port,
+                 node.cvm_advertised_address, node.cvm_advertised_port),
+                ("redirector", node.redirector_address, node.redirector_port,
+                 node.redirector_advertised_address, node.redirector_advertised_port),
+            ):  # fmt: skip
+                if (shown, shown_port) != (bound, port):
+                    ad_port = None if shown_port == port else shown_port
+                    advertise.append(Advertisement(cast(Role, role), node.node_id, shown, ad_port))
+        return cls(
+            nodes=len(spec.nodes),
+            base_address=spec.base_address,
+            stable_window=spec.stable_window,
+            placement=spec.placement,
+            release_timeout=spec.release_timeout,
+            advertise=tuple(advertise),
+        )
+
+    def to_toml(self) -> str:
+        document: dict[str, Any] = {
+            "nodes": self.nodes,
+            "base_address": self.base_address,
+            "stable_window": self.stable_window,
+            "placement": self.placement,
+        }
+        if self.release_timeout is not None:
+            document["release_timeout"] = self.release_timeout
+        if self.advertise:
+            document["advertise"] = [advertisement_text(ad) for ad in self.advertise]
+        document["redirectors"] = self.redirectors
+        # One [[vm]] table each, as people write them (tomli_w would inline short ones).
+        vms = "".join(f"\n[[vm]]\n{tomli_w.dumps(vm.to_toml())}" for vm in self.vms)
+        return tomli_w.dumps(document) + vms
+
+
+def advertisement_text(ad: Advertisement) -> str:
+    host = f"[{ad.address}]" if ":" in ad.address else ad.address
+    return f"{ad.role}:{ad.node_id}={host}{'' if ad.port is None else f':{ad.port}'}"
+
+
+def _size(size: int) -> str | int:
+    """The shortest exact form: "4G", "512M", else the byte count."""
+    for unit, shift in _SIZE_UNITS:
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return size
+
+
+# ---------------------------------------------------------------------------------------
+# The file
+
+
+def read_file(document: ConfigDocument) -> dict[str, Any]:
+    """The ClusterConfig fields ``document`` sets; unknown keys are errors."""
+    root = document.root()
+    values: dict[str, Any] = {}
+    nodes = root.integer("nodes")
+    if nodes is not None:
+        values["nodes"] = root.convert("nodes", nodes, _at_least_one)
+    base = root.string("base_address")
+    if base is not None:
+        values["base_address"] = root.convert("base_address", base, _base_address)
+    window = root.number("stable_window")
+    if window is not None:
+        values["stable_window"] = root.convert("stable_window", window, _stable_window)
+    placement = root.string("placement")
+    if placement is not None:
+        values["placement"] = root.convert("placement", placement, _placement)
+    release = root.number("release_timeout")
+    if release is not None:
+        values["release_timeout"] = root.convert("release_timeout", release, _release_timeout)
+    advertise = root.strings("advertise")
+    if advertise is not None:
+        values["advertise"] = tuple(root.convert("advertise", text, _advert) for text in advertise)
+    redirectors = root.boolean("redirectors")
+    if redirectors is not None:
+        values["redirectors"] = redirectors
+    vms = tuple(_read_vm(table) for table in root.subtables("vm"))
+    if vms:
+        values["vms"] = vms
+    root.finish()
+    return values
+
+
+def _read_vm(table: TableReader) -> VmConfig:
+    name = table.convert("name", table.required("name", table.string), _vm_name)
+    node = table.required("node", table.integer)
+    disks = table.integer("disks")
+    size = table.typed("size", (str, int), 'a size ("1G") or a byte count')
+    table.finish()
+    return VmConfig(
+        name,
+        node,
+        1 if disks is None else table.convert("disks", disks, _at_least_one),
+        DEFAULT_VM_SIZE if size is None else table.convert("size", size, parse_size),
+    )
+
+
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
+def _base_address(value: str) -> str:
+    try:
+        node_addresses(value, 1)
+    except (ClusterSpecError, ValueError) as error:
+        raise ValueError(str(error)) from None
+    return value
+
+
+def _stable_window(value: float) -> float:
+    if value < 0:
+        raise ValueError("the stable window cannot be negative")
+    return value
+
+
+def _placement(value: str) -> Placement:
+    if value not in PLACEMENTS:
+        raise ValueError(f"{value!r} is not one of {', '.join(PLACEMENTS)}")
+    return cast(Placement, value)
+
+
+def _release_timeout(value: float) -> float:
+    if not valid_release_timeout(value):
+        raise ValueError(f"must be in (0, {MAX_RELEASE_TIMEOUT:g}] seconds")
+    return value
+
+
+def _advert(text: str) -> Advertisement:
+    return Advertisement.parse(text)  # its ClusterSpecError is a ValueError
+
+
+def _vm_name(value: str) -> str:
+    if not VM_NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r}: use lowercase letters, digits, '-' and '.' (it goes into IQNs)"
+        )
+    return value
+
+
+def cluster_config(
+    document: ConfigDocument | None, flags: dict[str, Any], stored: ClusterSpec | None
+) -> ClusterConfig:
+    """cluster.json's settings (when the directory has one), overridden by the file's,
+    overridden by the flags given. Raises ConfigError (the file), ClusterSpecError."""
+    from_file = read_file(document) if document is not None else {}
+    values = from_file | flags
+    base = ClusterConfig.from_spec(stored) if stored is not None else None
+    if "nodes" not in values and base is None:
+        raise ClusterSpecError("how many nodes? give --nodes N, or nodes = N in the --config file")
+    config = replace(base, **values) if base is not None else ClusterConfig(**values)
+    if config.vms:
+        assert document is not None  # VMs come from the file only
+        names: set[str] = set()
+        for index, vm in enumerate(config.vms):
+            if not 1 <= vm.node <= config.nodes:
+                message = f"no node {vm.node} (nodes: 1..{config.nodes})"
+                raise document.error(("vm", index, "node"), message)
+            if vm.name in names:
+                raise document.error(("vm", index, "name"), f"VM {vm.name} given twice")
+            names.add(vm.name)
+    return config
+
+
+# ---------------------------------------------------------------------------------------
+# Saving
+
+
+def saved_config(directory: Path, *, redirectors: bool) -> tuple[ClusterConfig, list[str]]:
+    """The configuration that recreates the cluster in ``directory`` and notes about what
+    it leaves out (vDisks of no VM). Raises ClusterSpecError when `cluster up --config`
+    could not recreate it."""
+    spec = ClusterSpec.load(directory)
+    config = replace(ClusterConfig.from_spec(spec), redirectors=redirectors)
+    if config.spec() != spec:
+        raise ClusterSpecError(
+            f"{ClusterPaths(directory).spec_file} has settings `cluster up` cannot make "
+            "(ports, or addresses not from its base address): it cannot be saved as TOML"
+        )
+    sizes = {info.vdisk_id: info.size for info in list_vdisks(directory)}
+    vms = []
+    for record in load_vms(directory):
+        expected = [f"{record.name}-{index}" for index in range(len(record.vdisk_ids))]
+        disk_sizes = {sizes.get(vdisk_id) for vdisk_id in record.vdisk_ids}
+        if record.vdisk_ids != expected or len(disk_sizes) != 1 or None in disk_sizes:
+            raise ClusterSpecError(
+                f"VM {record.name}: its vDisks are not those `vm create` makes "
+                f"({', '.join(record.vdisk_ids)}): it cannot be saved as TOML"
+            )
+        size = disk_sizes.pop()
+        assert size is not None
+        vms.append(VmConfig(record.name, record.home_node, len(record.vdisk_ids), size))
+    in_vms = {vdisk_id for record in load_vms(directory) for vdisk_id in record.vdisk_ids}
+    notes = [
+        f"vDisk {vdisk_id} belongs to no VM: not saved" for vdisk_id in sorted(set(sizes) - in_vms)
+    ]
+    return replace(config, vms=tuple(vms)), notes
