@@ -280,6 +280,14 @@ class StargateServer:
                 outcome.reason,
             )
             return
+        await self.serve_logged_in(stream, framer, login, peer)
+
+    async def serve_logged_in(
+        self, stream: trio.abc.Stream, framer: PduFramer, login: TargetLogin, peer: str = ""
+    ) -> None:
+        """The full feature phase of a connection whose login is complete: ``framer`` holds
+        what the initiator sent after its last Login Request. The conformance kit runs its
+        own scripted logins and hands the connections over here."""
         target = self.registry.get(login.target_name or "") if login.target_name else None
         session_type = login.params.session_type
         if session_type is SessionType.NORMAL and target is None:

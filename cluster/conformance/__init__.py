@@ -1,0 +1,1 @@
+"""The initiator conformance kit (`stargate conformance`): see README.md here."""
