@@ -1,14 +1,16 @@
 """The I/O pause a client sees when its local stargate dies (SIGKILL) and when the vDisk
 comes back to it (failback), through a 3-node cluster's redirector.
 
-The project's initiator reports its longest I/O pause itself. QEMU's libiscsi client runs as
-qemu-io: 4 KiB reads with 10 ms sleeps between them; every read prints its rate, so the
-slowest read is the pause.
+Failback runs in both modes: kill (quiesce then close the connections, the default) and
+logout (AsyncEvent logout request). The project's initiator reports its longest I/O pause
+itself. QEMU's libiscsi client runs as qemu-io: 4 KiB reads with 10 ms sleeps between
+them; every read prints its rate, so the slowest read is the pause.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 import statistics
@@ -31,6 +33,9 @@ KILL_RUN_SECONDS = 6.0
 FAILBACK_RUN_SECONDS = STABLE_WINDOW_SECONDS + 7.0
 QEMU_IO_SLEEP_MS = 10
 FAILOVER_WORKLOAD = Workload("randrw-4k-qd4", Pattern.RANDRW, 4 * KiB, 4, read_percent=70)
+# Each cycle's failback in each mode (`cluster set --failback`); "failback" is the default.
+MODES = ("kill", "logout")
+FAILBACK_EVENTS = {"kill": "failback", "logout": "failback-logout"}
 _OPS_PER_SECOND = re.compile(r"and ([\d.]+) ops/sec")
 _FAILED_COMMAND = re.compile(r"^\S+ failed: ", re.MULTILINE)
 
@@ -132,9 +137,10 @@ def run_failover(settings: Settings, log: Log = _stderr) -> dict[str, Any]:
         for client in ("initiator", "qemu-io"):
             cycles: list[dict[str, Any]] = []
             errors: list[str] = []
-            for repeat in range(settings.failover_repeats):
+            for repeat, mode in itertools.product(range(settings.failover_repeats), MODES):
                 try:
-                    cycle = one_cycle(cluster, client, url)
+                    cluster.cli("cluster", "set", "--failback", mode)
+                    cycle = one_cycle(cluster, client, url) | {"failback_mode": mode}
                 except Exception as error:  # record and go on: the node may need restarting
                     errors.append(f"{type(error).__name__}: {error}"[:1000])
                     log(f"  failover {client} #{repeat}: FAILED {error}")
@@ -145,11 +151,16 @@ def run_failover(settings: Settings, log: Log = _stderr) -> dict[str, Any]:
                 cycles.append(cycle)
                 log(
                     f"  failover {client:9} #{repeat}: kill pause {cycle['kill_pause_s']:.3f} s, "
-                    f"failback pause {cycle['failback_pause_s']:.3f} s"
+                    f"failback ({mode}) pause {cycle['failback_pause_s']:.3f} s"
                 )
             results[client] = {
                 "kill": summarize([cycle["kill_pause_s"] for cycle in cycles]),
-                "failback": summarize([cycle["failback_pause_s"] for cycle in cycles]),
+                **{
+                    FAILBACK_EVENTS[mode]: summarize(
+                        [c["failback_pause_s"] for c in cycles if c["failback_mode"] == mode]
+                    )
+                    for mode in MODES
+                },
                 "cycles": cycles,
                 "errors": errors,
             }

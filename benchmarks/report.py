@@ -420,7 +420,7 @@ def mib(value: float | None) -> float | None:
 def failover_lines(failover: dict[str, Any]) -> list[str]:
     rows = []
     for client in ("initiator", "qemu-io"):
-        for event in ("kill", "failback"):
+        for event in ("kill", "failback", "failback-logout"):
             figures = failover.get(client, {}).get(event)
             if figures:
                 rows.append(

@@ -1,4 +1,5 @@
-"""The cluster's `stargate` subcommands: cluster up|down|save|status, vm create, vdisk list,
+"""The cluster's `stargate` subcommands: cluster up|down|save|status|set, vm create,
+vdisk list,
 cvm kill|stop|cont|start|restart, top.
 
 Each handler takes the parsed namespace and returns the exit status; problems the user can
@@ -22,6 +23,13 @@ from cluster import demo
 from cluster.config import cluster_config, saved_config
 from cluster.console import output_console
 from cluster.provision import create_vm, provision_vms
+from cluster.settings_cli import (
+    add_failback,
+    add_health_knobs,
+    cluster_set,
+    health_knobs_given,
+    settings_document,
+)
 from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 from cluster.top import run_top
 from control.client import vdisk_table
@@ -116,6 +124,12 @@ def _register_cluster(subparsers: Any) -> None:
         metavar="[cvm:|redirector:]NODE=ADDR[:PORT]",
         help="the address initiators reach a CVM (or redirector) at; repeatable",
     )
+    add_failback(
+        up,
+        "how a remote CVM gives a vDisk back: kill (quiesce then close the connections, as "
+        "AHV does; default) or logout (AsyncEvent logout request, dropped after 5 s)",
+    )
+    add_health_knobs(up)
     up.add_argument(
         "--detach",
         action="store_true",
@@ -148,6 +162,10 @@ def _register_cluster(subparsers: Any) -> None:
     _add_dir(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cluster_status)
+    settings = actions.add_parser("set", help="change a setting of a (running) cluster")
+    _add_dir(settings)
+    add_failback(settings, "the failback mode, used from the next failback on")
+    settings.set_defaults(handler=cluster_set)
 
 
 def _register_vm(subparsers: Any) -> None:
@@ -159,6 +177,13 @@ def _register_vm(subparsers: Any) -> None:
     create.add_argument("--node", type=int, required=True, help="the VM's home node")
     create.add_argument("--disks", type=int, default=1)
     create.add_argument("--size", default="1G", help="each vDisk's size: 512M, 4G, ...")
+    create.add_argument(
+        "--sessions-per-disk",
+        type=int,
+        default=1,
+        metavar="N",
+        help="sessions the VM opens per vDisk (AHV Turbo: 2 for 2 or more vCPUs; 1..8)",
+    )
     create.set_defaults(handler=vm_create)
 
 
@@ -242,6 +267,8 @@ def _up_flags(args: argparse.Namespace) -> dict[str, Any]:
         "release_timeout": args.release_timeout,
         "advertise": tuple(args.advertise) if args.advertise else None,
         "redirectors": False if args.no_redirectors else None,
+        "failback": args.failback,
+        "health": health_knobs_given(args) or None,  # knobs over the file's or stored ones
     }
     return {name: value for name, value in flags.items() if value is not None}
 
@@ -309,6 +336,7 @@ def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> d
         "release_timeout": spec.release_timeout,
         "placement": spec.placement,
         "base_address": spec.base_address,
+        **settings_document(spec),
         "nodes": nodes,
     }
 
@@ -350,10 +378,15 @@ def cluster_down(args: argparse.Namespace) -> int:
 def cluster_status(args: argparse.Namespace) -> int:
     supervisor = _supervisor(args.dir.resolve())
     statuses = trio.run(supervisor.statuses)
+    spec = supervisor.spec
     if args.json:
-        _print_json([status.to_json() for status in statuses])
+        processes = [status.to_json() for status in statuses]
+        _print_json({**settings_document(spec), "processes": processes})
         return 0
-    table = Table(title=f"cluster {supervisor.directory}")
+    table = Table(
+        title=f"cluster {supervisor.directory}",
+        caption=f"failback: {spec.failback.value}; health checks: {spec.health.describe()}",
+    )
     for column in ("process", "pid", "state", "health", "address"):
         table.add_column(column, no_wrap=True)
     table.add_column("log", overflow="fold")
@@ -382,7 +415,12 @@ def vm_create(args: argparse.Namespace) -> int:
         # Before any file is made: a size the filesystem cannot hold leaves nothing behind.
         check_file_capacity(ClusterPaths(directory).vdisks, parse_size(args.size))
         record, infos = create_vm(
-            directory, args.name, home_node=args.node, disks=args.disks, size=args.size
+            directory,
+            args.name,
+            home_node=args.node,
+            disks=args.disks,
+            size=args.size,
+            sessions_per_disk=args.sessions_per_disk,
         )
     except (ClusterSpecError, ValueError) as error:
         raise CliError(str(error)) from None
@@ -390,6 +428,7 @@ def vm_create(args: argparse.Namespace) -> int:
         {
             "vm": record.name,
             "home_node": record.home_node,
+            "sessions_per_disk": record.sessions_per_disk,
             "portal": spec.node(record.home_node).redirector_portal,
             "vdisks": [info.to_json(spec) for info in infos],
         }

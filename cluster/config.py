@@ -3,8 +3,9 @@
 
     nodes = 3                  base_address, stable_window, placement, release_timeout,
                                advertise = ["[cvm:|redirector:]NODE=ADDR[:PORT]", ...],
-                               redirectors = true|false
-    [[vm]]                     name, node, disks, size ("1G" or bytes)
+                               redirectors = true|false, failback = "kill"|"logout"
+    [health]                   nop_interval, nop_timeout, misses, connect_timeout
+    [[vm]]                     name, node, disks, size ("1G" or bytes), sessions_per_disk
 
 `ClusterConfig` is what both the file and `cluster up`'s flags fill (flags win; on an
 existing directory, what neither gives is cluster.json's); `ClusterSpec` (cluster.json)
@@ -14,6 +15,7 @@ not its data: `up --config` makes new, empty vDisks of the same sizes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -21,10 +23,18 @@ from typing import Any, Literal, cast
 import tomli_w
 
 from topology.config_file import ConfigDocument, TableReader
+from topology.settings import (
+    DEFAULT_FAILBACK,
+    DEFAULT_HEALTH,
+    HEALTH_KNOBS,
+    FailbackMode,
+    HealthChecks,
+)
 from topology.spec import (
     DEFAULT_BASE_ADDRESS,
     DEFAULT_STABLE_WINDOW,
     MAX_RELEASE_TIMEOUT,
+    MAX_SESSIONS_PER_DISK,
     PLACEMENTS,
     VM_NAME_RE,
     Advertisement,
@@ -52,9 +62,18 @@ class VmConfig:
     node: int
     disks: int = 1
     size: int = DEFAULT_VM_SIZE  # bytes, each vDisk
+    sessions_per_disk: int = 1
 
     def to_toml(self) -> dict[str, Any]:
-        return {"name": self.name, "node": self.node, "disks": self.disks, "size": _size(self.size)}
+        document: dict[str, Any] = {
+            "name": self.name,
+            "node": self.node,
+            "disks": self.disks,
+            "size": _size(self.size),
+        }
+        if self.sessions_per_disk != 1:
+            document["sessions_per_disk"] = self.sessions_per_disk
+        return document
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +85,8 @@ class ClusterConfig:
     release_timeout: float | None = None  # None: the CVMs' default
     advertise: tuple[Advertisement, ...] = ()
     redirectors: bool = True
+    failback: FailbackMode = DEFAULT_FAILBACK
+    health: HealthChecks = DEFAULT_HEALTH
     vms: tuple[VmConfig, ...] = ()
 
     def spec(self) -> ClusterSpec:
@@ -77,6 +98,8 @@ class ClusterConfig:
             base_address=self.base_address,
             advertise=list(self.advertise),
             release_timeout=self.release_timeout,
+            failback=self.failback,
+            health=self.health,
         )
 
     @classmethod
@@ -100,6 +123,8 @@ class ClusterConfig:
             placement=spec.placement,
             release_timeout=spec.release_timeout,
             advertise=tuple(advertise),
+            failback=spec.failback,
+            health=spec.health,
         )
 
     def to_toml(self) -> str:
@@ -114,6 +139,8 @@ class ClusterConfig:
         if self.advertise:
             document["advertise"] = [advertisement_text(ad) for ad in self.advertise]
         document["redirectors"] = self.redirectors
+        document["failback"] = self.failback.value
+        document["health"] = self.health.to_json()
         # One [[vm]] table each, as people write them (tomli_w would inline short ones).
         vms = "".join(f"\n[[vm]]\n{tomli_w.dumps(vm.to_toml())}" for vm in self.vms)
         return tomli_w.dumps(document) + vms
@@ -161,6 +188,12 @@ def read_file(document: ConfigDocument) -> dict[str, Any]:
     redirectors = root.boolean("redirectors")
     if redirectors is not None:
         values["redirectors"] = redirectors
+    failback = root.string("failback")
+    if failback is not None:
+        values["failback"] = root.convert("failback", failback, FailbackMode.parse)
+    health = root.subtable("health")
+    if health is not None:
+        values["health"] = _read_health(health)
     vms = tuple(_read_vm(table) for table in root.subtables("vm"))
     if vms:
         values["vms"] = vms
@@ -168,18 +201,42 @@ def read_file(document: ConfigDocument) -> dict[str, Any]:
     return values
 
 
+def _read_health(table: TableReader) -> HealthChecks:
+    """[health]: each knob given replaces the default (SettingsError names the knob)."""
+    knobs: dict[str, Any] = {}
+    for name in HEALTH_KNOBS:
+        value = table.integer(name) if name == "misses" else table.number(name)
+        if value is not None:
+            knobs[name] = table.convert(name, value, functools.partial(_knob, name))
+    table.finish()
+    return replace(DEFAULT_HEALTH, **knobs)
+
+
+def _knob(name: str, value: Any) -> Any:
+    replace(DEFAULT_HEALTH, **{name: value})  # validates; raises SettingsError
+    return value
+
+
 def _read_vm(table: TableReader) -> VmConfig:
     name = table.convert("name", table.required("name", table.string), _vm_name)
     node = table.required("node", table.integer)
     disks = table.integer("disks")
     size = table.typed("size", (str, int), 'a size ("1G") or a byte count')
+    sessions = table.integer("sessions_per_disk")
     table.finish()
     return VmConfig(
         name,
         node,
         1 if disks is None else table.convert("disks", disks, _at_least_one),
         DEFAULT_VM_SIZE if size is None else table.convert("size", size, parse_size),
+        1 if sessions is None else table.convert("sessions_per_disk", sessions, _sessions),
     )
+
+
+def _sessions(value: int) -> int:
+    if not 1 <= value <= MAX_SESSIONS_PER_DISK:
+        raise ValueError(f"must be 1..{MAX_SESSIONS_PER_DISK}, not {value}")
+    return value
 
 
 def _at_least_one(value: int) -> int:
@@ -232,11 +289,15 @@ def cluster_config(
     """cluster.json's settings (when the directory has one), overridden by the file's,
     overridden by the flags given. Raises ConfigError (the file), ClusterSpecError."""
     from_file = read_file(document) if document is not None else {}
-    values = from_file | flags
+    # Health knobs given as flags override one by one (a dict), the file's [health] whole.
+    knobs: dict[str, Any] = flags.get("health") or {}
+    values = from_file | {name: value for name, value in flags.items() if name != "health"}
     base = ClusterConfig.from_spec(stored) if stored is not None else None
     if "nodes" not in values and base is None:
         raise ClusterSpecError("how many nodes? give --nodes N, or nodes = N in the --config file")
     config = replace(base, **values) if base is not None else ClusterConfig(**values)
+    if knobs:  # SettingsError (a ValueError) for a knob out of range
+        config = replace(config, health=replace(config.health, **knobs))
     if config.vms:
         assert document is not None  # VMs come from the file only
         names: set[str] = set()
@@ -277,7 +338,15 @@ def saved_config(directory: Path, *, redirectors: bool) -> tuple[ClusterConfig, 
             )
         size = disk_sizes.pop()
         assert size is not None
-        vms.append(VmConfig(record.name, record.home_node, len(record.vdisk_ids), size))
+        vms.append(
+            VmConfig(
+                record.name,
+                record.home_node,
+                len(record.vdisk_ids),
+                size,
+                record.sessions_per_disk,
+            )
+        )
     in_vms = {vdisk_id for record in load_vms(directory) for vdisk_id in record.vdisk_ids}
     notes = [
         f"vDisk {vdisk_id} belongs to no VM: not saved" for vdisk_id in sorted(set(sizes) - in_vms)

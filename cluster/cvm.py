@@ -277,8 +277,10 @@ class ClusterStargate:
 
     # -- releasing and losing -----------------------------------------------------------
 
-    async def release(self, vdisk_id: str, *, by: str = "?") -> dict[str, Any]:
-        """Another stargate takes the vDisk: stop admitting, drain, drop, close."""
+    async def release(self, vdisk_id: str, *, by: str = "?", notify: bool = True) -> dict[str, Any]:
+        """Another stargate takes the vDisk: stop admitting, drain, drop, close. Without
+        ``notify`` (failback's "quiesce then kill") the connections are closed without an
+        async event first."""
         name = f"{TARGET_NAME_PREFIX}{vdisk_id}"
         claim = self.claims.get(name)
         if claim is None:
@@ -292,9 +294,16 @@ class ClusterStargate:
                 while stats.queue_depth - claim.live_parked() > 0:
                     await trio.sleep(0.005)
         detached = self._detach(claim)
+        closed = 0
         if detached is not None:
-            await self._close(detached, f"released to node {by}")
-        return {"vdisk": vdisk_id, "released": True, "was_serving": was_serving}
+            reason = f"released to node {by}" if notify else f"released ({by}), killed"
+            closed = await self._close(detached, reason, notify=notify)
+        return {
+            "vdisk": vdisk_id,
+            "released": True,
+            "was_serving": was_serving,
+            "connections_closed": closed,
+        }
 
     def lose(self, claim: Claim) -> None:
         """The record moved under us (we were stopped, or slow): drop the vDisk now."""
@@ -317,24 +326,28 @@ class ClusterStargate:
         self.registry.remove(name)
         return opened
 
-    async def _close(self, opened: OpenedVDisk, reason: str) -> None:
-        """Drop the connections of this opening of the vDisk, then close its files."""
+    async def _close(self, opened: OpenedVDisk, reason: str, *, notify: bool = True) -> int:
+        """Drop the connections of this opening of the vDisk (AsyncEvent 3 first when
+        ``notify``), then close its files. Returns how many connections it had."""
 
         def its_connections() -> list[FullFeatureConnection]:
             connections = self.server.connections_of(opened.target.name)
             return [c for c in connections if c.target is opened.target]
 
-        for connection in its_connections():
-            # Time2Wait 2: the initiator does not bounce straight back (it moved, or will).
-            connection.drop(all_connections=True, time2wait=2, time2retain=0)
-        with trio.move_on_after(DROP_TIMEOUT):
-            while its_connections():
-                await trio.sleep(0.01)
+        count = len(its_connections())
+        if notify:
+            for connection in its_connections():
+                # Time2Wait 2: the initiator does not bounce straight back (it moved, or will).
+                connection.drop(all_connections=True, time2wait=2, time2retain=0)
+            with trio.move_on_after(DROP_TIMEOUT):
+                while its_connections():
+                    await trio.sleep(0.01)
         for connection in its_connections():
             connection.close(reason)
         opened.claim.parked.clear()
         opened.close_files()
         log.info("vDisk %s: no longer served here (%s)", opened.target.vdisk_id, reason)
+        return count
 
     async def _watch(self) -> None:
         while True:

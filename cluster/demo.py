@@ -38,7 +38,7 @@ from cluster.provision import create_vm
 from cluster.supervisor import Supervisor
 from initiator.errors import InitiatorError
 from initiator.session import SessionConfig
-from initiator.verify import Verifier, VerifyReport
+from initiator.verify import Verifier, VerifyReport, split_region
 from initiator.vm import VM
 from topology.spec import DEFAULT_BASE_ADDRESS, ClusterPaths, ClusterSpec, ClusterSpecError
 
@@ -67,6 +67,7 @@ class DemoOptions:
     base_address: str
     disks: int = 3
     disk_size: str = "64M"
+    sessions_per_disk: int = 1
     region_bytes: int = 16 << 20
     queue_depth: int = 4
     steady_seconds: float = 5.0
@@ -97,6 +98,13 @@ def register(subparsers: Any) -> None:
     )
     demo.add_argument("--base-address", default=DEFAULT_BASE_ADDRESS)
     demo.add_argument("--disk-size", default="64M")
+    demo.add_argument(
+        "--sessions-per-disk",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the VM's sessions per vDisk (AHV Turbo: 2); each is watched and verified",
+    )
     demo.add_argument("--steady-seconds", type=float, default=5.0)
     demo.add_argument("--hold-seconds", type=float, default=5.0)
     demo.add_argument(
@@ -117,6 +125,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         stable_window=args.stable_window,
         base_address=args.base_address,
         disk_size=args.disk_size,
+        sessions_per_disk=args.sessions_per_disk,
         steady_seconds=args.steady_seconds,
         hold_seconds=args.hold_seconds,
         failure=Failure(args.failure),
@@ -202,7 +211,12 @@ async def _demo(
                 )
             return 1
         record, _ = create_vm(
-            directory, VM_NAME, home_node=HOME_NODE, disks=options.disks, size=options.disk_size
+            directory,
+            VM_NAME,
+            home_node=HOME_NODE,
+            disks=options.disks,
+            size=options.disk_size,
+            sessions_per_disk=options.sessions_per_disk,
         )
         view.event(f"VM {VM_NAME} on node {HOME_NODE}: vDisks {', '.join(record.vdisk_ids)}")
         with view:
@@ -242,11 +256,16 @@ async def _run_vm(
         disks: list[DiskWatch] = []
         for vdisk in vdisks:
             try:
-                device = await vm.attach(vdisk)
+                await vm.attach(vdisk, sessions=options.sessions_per_disk)
             except InitiatorError as error:
                 raise DemoFailed(f"attaching {vdisk}: {error}") from None
-            region = options.region_bytes // device.block_size
-            disks.append(DiskWatch(vdisk, device, Verifier(device, region_blocks=region)))
+            # Each session (vm-0, vm-0#2, ...) verifies its own slice of the region.
+            sessions = vm.sessions(vdisk)
+            slices = split_region(options.region_bytes // sessions[0].block_size, len(sessions))
+            for index, (device, (first, blocks)) in enumerate(zip(sessions, slices, strict=True)):
+                label = vdisk if index == 0 else f"{vdisk}#{index + 1}"
+                verifier = Verifier(device, region_blocks=blocks, first_block=first)
+                disks.append(DiskWatch(label, device, verifier))
 
         async def verify(disk: DiskWatch) -> None:
             reports[disk.vdisk] = await disk.verifier.run(0, queue_depth=options.queue_depth)

@@ -9,6 +9,7 @@ from cluster.config import VmConfig
 from stargate.stores.capacity import check_file_capacity
 from stargate.stores.file import FileStore
 from topology.spec import (
+    MAX_SESSIONS_PER_DISK,
     VM_NAME_RE,
     ClusterPaths,
     ClusterSpec,
@@ -22,10 +23,17 @@ from topology.vdisk import VDiskMeta, parse_size
 
 
 def create_vm(
-    directory: Path | str, name: str, *, home_node: int, disks: int, size: int | str
+    directory: Path | str,
+    name: str,
+    *,
+    home_node: int,
+    disks: int,
+    size: int | str,
+    sessions_per_disk: int = 1,
 ) -> tuple[VmRecord, list[VDiskInfo]]:
     """Create VM ``name`` with ``disks`` new vDisks ``<name>-<k>`` (sparse files) on node
-    ``home_node``; refuses an existing VM name or vDisk id."""
+    ``home_node``, opening ``sessions_per_disk`` sessions to each; refuses an existing VM
+    name or vDisk id."""
     spec = ClusterSpec.load(directory)
     spec.node(home_node)  # validates the node
     if not VM_NAME_RE.match(name):
@@ -34,6 +42,10 @@ def create_vm(
         )
     if disks < 1:
         raise ClusterSpecError("a VM has at least one disk")
+    if not 1 <= sessions_per_disk <= MAX_SESSIONS_PER_DISK:
+        raise ClusterSpecError(
+            f"sessions per disk must be 1..{MAX_SESSIONS_PER_DISK}, not {sessions_per_disk}"
+        )
     paths = ClusterPaths(Path(directory))
     if paths.vm_file(name).exists():
         raise ClusterSpecError(f"VM {name!r} exists already")
@@ -47,7 +59,7 @@ def create_vm(
         meta = VDiskMeta(vdisk_id=vdisk_id, size=byte_size)
         FileStore.open_or_create(paths.vdisks, meta).close()
         infos.append(VDiskInfo(vdisk_id, meta.size, meta.block_size, name, home_node))
-    record = VmRecord(name, home_node, vdisk_ids)
+    record = VmRecord(name, home_node, vdisk_ids, sessions_per_disk)
     record.save(paths)
     return record, infos
 
@@ -61,10 +73,20 @@ def provision_vms(directory: Path, vms: tuple[VmConfig, ...]) -> None:
         record = existing.get(vm.name)
         if record is None:
             check_file_capacity(paths.vdisks, vm.size)  # a CapacityError: a ValueError
-            create_vm(directory, vm.name, home_node=vm.node, disks=vm.disks, size=vm.size)
-        elif (record.home_node, len(record.vdisk_ids)) != (vm.node, vm.disks) or any(
-            sizes.get(vdisk_id) != vm.size for vdisk_id in record.vdisk_ids
-        ):
+            create_vm(
+                directory,
+                vm.name,
+                home_node=vm.node,
+                disks=vm.disks,
+                size=vm.size,
+                sessions_per_disk=vm.sessions_per_disk,
+            )
+        elif (record.home_node, len(record.vdisk_ids), record.sessions_per_disk) != (
+            vm.node,
+            vm.disks,
+            vm.sessions_per_disk,
+        ) or any(sizes.get(vdisk_id) != vm.size for vdisk_id in record.vdisk_ids):
             raise ClusterSpecError(
-                f"VM {vm.name} exists in {directory} with another node, disk count or size"
+                f"VM {vm.name} exists in {directory} with another node, disk count, size "
+                "or sessions per disk"
             )

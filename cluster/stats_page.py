@@ -6,7 +6,10 @@ GET  /vdisks                        every vDisk of the cluster: owner record, se
 POST /control/vdisks/<id>/release   stop serving it: drain, drop connections, close
 POST /control/vdisks/<id>/logout    AsyncEvent 1 to its sessions (?seconds=N, 0..65535,
                                     default 5), dropped after that time (the redirector's
-                                    failback)
+                                    failback, mode "logout")
+POST /control/vdisks/<id>/kill      quiesce then kill: hold new commands, let in-flight
+                                    ones finish (bounded), close the connections without
+                                    an async event (failback, mode "kill")
 
 Every POST/PUT/DELETE needs the cluster's control token (control_token.py); an unknown
 vDisk is 404, a parameter out of range 400, naming the problem.
@@ -30,7 +33,7 @@ from topology.spec import list_vdisks
 if TYPE_CHECKING:
     from cluster.cvm import ClusterStargate
 
-_CONTROL_RE = re.compile(r"^/control/vdisks/([^/]+)/(release|logout)$")
+_CONTROL_RE = re.compile(r"^/control/vdisks/([^/]+)/(release|logout|kill)$")
 DEFAULT_LOGOUT_SECONDS = 5
 MAX_LOGOUT_SECONDS = 0xFFFF  # AsyncEvent 1 carries the time in Parameter3, 16 bits
 MAX_BY_LENGTH = 64
@@ -75,6 +78,8 @@ class StatsPage:
                     {"error": f"by must be at most {MAX_BY_LENGTH} printable characters"}, 400
                 )
             return HttpResponse.json(await self.cvm.release(vdisk_id, by=by))
+        if action == "kill":
+            return HttpResponse.json(await self.cvm.release(vdisk_id, by="failback", notify=False))
         text = request.query_value("seconds")
         seconds = DEFAULT_LOGOUT_SECONDS if text is None else _int_or_none(text)
         if seconds is None or not 0 <= seconds <= MAX_LOGOUT_SECONDS:

@@ -6,7 +6,8 @@
     initiator write URL LBA --file F
     initiator bench URL --rw randread --bs 4k --qd 32 --seconds 10 [--json]
     initiator verify URL --seconds N [--json]
-    initiator vm PORTAL VDISK... [--workload verify|randrw|...] --seconds N [--json]
+    initiator vm PORTAL VDISK... [--workload verify|randrw|...] --seconds N
+                 [--sessions-per-disk N] [--json]
 
 Errors print one line on stderr and exit 1 (2 for usage); no tracebacks.
 """
@@ -29,6 +30,8 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from topology.spec import MAX_SESSIONS_PER_DISK
+
 from .bench import BenchReport, Pattern, parse_size, run_bench
 from .device import BlockDevice
 from .discovery import list_luns, send_targets
@@ -42,6 +45,14 @@ from .vm_workload import DiskRun, run_vm_workload
 EXIT_ERROR = 1
 EXIT_MISMATCH = 3  # verify found lost or corrupt data
 EXIT_INTERNAL = 4
+
+
+def _sessions_per_disk(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SESSIONS_PER_DISK:
+        raise argparse.ArgumentTypeError(
+            f"sessions per disk must be 1..{MAX_SESSIONS_PER_DISK}, not {text!r}"
+        )
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     vm.add_argument("--bs", default="4k")
     vm.add_argument("--size", default="64m", help="region of each vDisk to exercise")
     vm.add_argument("--name", default="vm")
+    vm.add_argument(
+        "--sessions-per-disk",
+        type=_sessions_per_disk,
+        default=1,
+        metavar="N",
+        help="sessions per vDisk (AHV Turbo: 2 for a VM with 2+ vCPUs)",
+    )
     vm.add_argument("--json", action="store_true")
     return parser
 
@@ -438,6 +456,7 @@ async def cmd_vm(args: argparse.Namespace, console: Console) -> int:
             config=_config(args),
             on_tick=tick,
             vm_name=args.name,
+            sessions_per_disk=args.sessions_per_disk,
         )
     finally:
         if live is not None:

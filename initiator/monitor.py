@@ -2,9 +2,10 @@
 
 What the redirector's health checks need (stargate answers NOP-Out on a discovery
 session; tgtd drops the connection instead): a portal is down after a refused or timed-out
-connection or login, a dropped connection, or a NOP-Out unanswered within ``timeout``;
-it is up again after the next successful login. Transitions are reported through a
-callback; ``healthy``, ``rtt`` and ``error`` always hold the latest view.
+connection or login (``connect_timeout``), a dropped connection, or ``misses`` NOP-Outs in a
+row unanswered within ``timeout``; it is up again after the next successful login.
+Transitions are reported through a callback; ``healthy``, ``rtt`` and ``error`` always hold
+the latest view.
 
     monitor = PortalMonitor(parse_portal("127.77.1.2:3261"), on_change=print)
     nursery.start_soon(monitor.run)
@@ -27,11 +28,17 @@ from .login_flow import Established, LoginOptions, establish
 _PING_TAG_START = 0x1000
 
 
+class _Unanswered(TargetProtocolError):
+    """A NOP-Out got no answer in time (one miss; a closed connection is not a miss)."""
+
+
 @dataclass
 class PortalMonitor:
     portal: Portal
     interval: float = 1.0  # between pings, and between reconnect attempts
-    timeout: float = 1.0  # for a connection, a login, a ping answer
+    timeout: float = 1.0  # for a ping answer
+    misses: int = 1  # unanswered pings in a row that mean down
+    connect_timeout: float | None = None  # for a connection, a login (None: ``timeout``)
     on_change: Callable[[bool, str], None] | None = None  # (healthy, reason)
     login: LoginOptions = field(default_factory=LoginOptions)
     healthy: bool | None = None  # None until the first verdict
@@ -79,14 +86,21 @@ class PortalMonitor:
             initiator_name=self.login.initiator_name,
             chap=self.login.chap,
             max_redirects=0,  # a health check is about this portal, not where it points
-            connect_timeout=self.timeout,
-            login_timeout=self.timeout,
+            connect_timeout=self.connect_timeout or self.timeout,
+            login_timeout=self.connect_timeout or self.timeout,
         )
 
     async def _ping_loop(self, established: Established) -> None:
         tag = _PING_TAG_START
+        missed = 0
         while True:
-            await self._ping(established, tag)
+            try:
+                await self._ping(established, tag)
+                missed = 0
+            except _Unanswered:
+                missed += 1
+                if missed >= self.misses:
+                    raise
             tag = tag + 1 if tag < 0xFFFF_0000 else _PING_TAG_START
             await trio.sleep(self.interval)
 
@@ -122,7 +136,7 @@ class PortalMonitor:
                 elif isinstance(pdu, Reject):
                     raise TargetProtocolError(f"portal rejected the NOP-Out ({pdu.reason:#x})")
         if scope.cancelled_caught:
-            raise TargetProtocolError(f"NOP-Out unanswered for {self.timeout:g} s")
+            raise _Unanswered(f"NOP-Out unanswered for {self.timeout:g} s")
         self.rtt = trio.current_time() - started
         self.checks += 1
         self._verdict(True, "")

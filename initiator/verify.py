@@ -31,6 +31,7 @@ MAGIC = b"SGVERIFY"
 _HEADER = struct.Struct(">8sQQQ")  # magic, lba, generation, run id
 _CRC = struct.Struct(">I")
 _MAX_REPORTED_MISMATCHES = 20
+DEFAULT_CHUNK_BLOCKS = 8
 
 
 def make_block(block_size: int, lba: int, generation: int, run_id: int) -> bytes:
@@ -93,6 +94,17 @@ class VerifyReport:
     def ok(self) -> bool:
         return self.mismatch_count == 0 and self.errors == 0
 
+    def add(self, other: VerifyReport) -> None:
+        """Fold in another verifier's report of the same disk (another session's region)."""
+        for name in ("writes", "reads", "blocks_written", "blocks_verified", "chunks_touched",
+                     "final_pass_blocks", "mismatch_count", "errors", "reconnects",
+                     "retried_commands"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.mismatches.extend(other.mismatches[: _MAX_REPORTED_MISMATCHES - len(self.mismatches)])
+        self.last_error = other.last_error or self.last_error
+        self.longest_pause_s = max(self.longest_pause_s, other.longest_pause_s)
+        self.seconds = max(self.seconds, other.seconds)
+
     def as_dict(self) -> dict[str, object]:
         result = asdict(self)
         result["mismatches"] = [str(m) for m in self.mismatches]
@@ -107,20 +119,36 @@ class _Chunk:
     busy: bool = False
 
 
+def split_region(
+    blocks: int, parts: int, chunk_blocks: int = DEFAULT_CHUNK_BLOCKS
+) -> list[tuple[int, int]]:
+    """(first block, blocks) of ``parts`` disjoint slices of a region of ``blocks``, each a
+    whole number of chunks (at least one): one verifier per session of a disk."""
+    share = max(1, blocks // parts // chunk_blocks) * chunk_blocks
+    return [(index * share, share) for index in range(parts)]
+
+
 class Verifier:
     def __init__(
         self,
         device: BlockDevice,
         *,
-        chunk_blocks: int = 8,
+        chunk_blocks: int = DEFAULT_CHUNK_BLOCKS,
         region_blocks: int | None = None,
+        first_block: int = 0,
         write_fraction: float = 0.5,
         seed: int | None = None,
     ) -> None:
+        """Verify the region of ``region_blocks`` (default: the rest of the device) from
+        ``first_block``: several verifiers of one disk (a session each) use disjoint ones."""
+        if not 0 <= first_block < device.blocks:
+            raise ValueError(f"first block {first_block} outside the device")
         self.device = device
         self.block_size = device.block_size
         self.chunk_blocks = chunk_blocks
-        region = min(region_blocks or device.blocks, device.blocks)
+        self.first_block = first_block
+        available = device.blocks - first_block
+        region = min(region_blocks or available, available)
         self.chunk_count = max(1, region // chunk_blocks)
         self.write_fraction = write_fraction
         self.rng = random.Random(seed)
@@ -193,7 +221,7 @@ class Verifier:
                 chunk.busy = False
 
     async def _write(self, index: int, chunk: _Chunk) -> None:
-        first_lba = index * self.chunk_blocks
+        first_lba = self.first_block + index * self.chunk_blocks
         generation = chunk.generation + 1
         data = b"".join(
             make_block(self.block_size, first_lba + i, generation, self.run_id)
@@ -214,7 +242,7 @@ class Verifier:
         self.report.blocks_written += self.chunk_blocks
 
     async def _read_and_check(self, index: int, chunk: _Chunk) -> int:
-        first_lba = index * self.chunk_blocks
+        first_lba = self.first_block + index * self.chunk_blocks
         data = await self.device.read(first_lba, self.chunk_blocks)
         self.report.reads += 1
         view = memoryview(data)

@@ -7,6 +7,7 @@ format to FILE (default stderr); SIGTERM or SIGINT end it cleanly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -18,13 +19,12 @@ import trio
 from redirector.app import Redirector
 from redirector.config import (
     DEFAULT_LOGIN_TIMEOUT,
-    DEFAULT_NOP_INTERVAL,
-    DEFAULT_NOP_TIMEOUT,
     DEFAULT_STARTUP_GRACE,
     RedirectorConfig,
     Timers,
 )
 from redirector.log import redirector_logger
+from topology.settings import HEALTH_KNOBS, SettingsError
 from topology.spec import ClusterSpecError
 
 
@@ -35,8 +35,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, required=True, help="the cluster directory")
     parser.add_argument("--node", type=int, required=True, help="this node's id")
     parser.add_argument("--log", type=Path, help="the AHV-format log file (default: stderr)")
-    parser.add_argument("--nop-interval", type=float, default=DEFAULT_NOP_INTERVAL)
-    parser.add_argument("--nop-timeout", type=float, default=DEFAULT_NOP_TIMEOUT)
+    overrides = "overrides cluster.json's health knob (tests, experiments)"
+    parser.add_argument("--nop-interval", type=float, metavar="SECONDS", help=overrides)
+    parser.add_argument("--nop-timeout", type=float, metavar="SECONDS", help=overrides)
+    parser.add_argument("--misses", type=int, metavar="N", help=overrides)
+    parser.add_argument("--connect-timeout", type=float, metavar="SECONDS", help=overrides)
     parser.add_argument("--login-timeout", type=float, default=DEFAULT_LOGIN_TIMEOUT)
     parser.add_argument("--startup-grace", type=float, default=DEFAULT_STARTUP_GRACE)
     return parser.parse_args(argv)
@@ -60,15 +63,15 @@ async def serve_until_signalled(redirector: Redirector, logger: logging.Logger) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    timers = Timers(
-        nop_interval=args.nop_interval,
-        nop_timeout=args.nop_timeout,
-        login_timeout=args.login_timeout,
-        startup_grace=args.startup_grace,
-    )
+    timers = Timers(login_timeout=args.login_timeout, startup_grace=args.startup_grace)
+    given = {name: getattr(args, name) for name in HEALTH_KNOBS}
+    overrides = {name: value for name, value in given.items() if value is not None}
     try:
         config = RedirectorConfig.load(args.dir, args.node, timers)
-    except ClusterSpecError as error:
+        if overrides:
+            health = dataclasses.replace(config.spec.health, **overrides)
+            config = dataclasses.replace(config, timers=dataclasses.replace(timers, health=health))
+    except (ClusterSpecError, SettingsError) as error:
         print(f"redirector-{args.node}: {error}", file=sys.stderr)
         return 2
     logger = redirector_logger(args.log)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from redirector.policy import PlacementMode
 from topology.naming import DEFAULT_PORTAL_GROUP_TAG, target_name_for
+from topology.settings import HealthChecks
 from topology.spec import ClusterPaths, ClusterSpec, NodeSpec, list_vdisks
 
-DEFAULT_NOP_INTERVAL = 1.0
-DEFAULT_NOP_TIMEOUT = 3.0
 DEFAULT_LOGIN_TIMEOUT = 15.0
 # Until a stargate has answered once, failures are not reported as "down": at `cluster up`
 # the redirector may start before the stargates listen, and a stargate seen down must then
@@ -28,8 +27,7 @@ def redirector_page_url(node: NodeSpec) -> str:
 
 @dataclass(frozen=True)
 class Timers:
-    nop_interval: float = DEFAULT_NOP_INTERVAL
-    nop_timeout: float = DEFAULT_NOP_TIMEOUT
+    health: HealthChecks | None = None  # None: cluster.json's
     login_timeout: float = DEFAULT_LOGIN_TIMEOUT
     startup_grace: float = DEFAULT_STARTUP_GRACE
     failback_logout_seconds: int = DEFAULT_FAILBACK_LOGOUT_SECONDS
@@ -62,6 +60,10 @@ class RedirectorConfig:
     @property
     def paths(self) -> ClusterPaths:
         return ClusterPaths(self.directory)
+
+    @property
+    def health(self) -> HealthChecks:
+        return self.timers.health or self.spec.health
 
     @property
     def stable_window(self) -> float:

@@ -2,10 +2,17 @@
 
 The policy says which vDisks were redirected to which remote CVM. When the local stargate
 has been healthy for the stable window, each of those remote stargates is asked over its
-HTTP page (``POST /control/vdisks/<id>/logout``) to send AsyncEvent 1 (logout request) to
-the vDisk's sessions and drop them after a timeout; the initiator logs in again through
-this redirector, which now sends it home. A request that fails is retried a bounded number
-of times; a remote CVM that goes down meanwhile drops the placement itself (policy).
+HTTP page to end the vDisk's sessions, as cluster.json's failback mode says (read at each
+failback, so `stargate cluster set --failback` applies to a running cluster):
+
+- ``kill`` (``POST /control/vdisks/<id>/kill``): quiesce then kill, as the Nutanix Bible
+  describes: new commands held, in-flight ones finished (bounded), connections closed;
+- ``logout`` (``POST /control/vdisks/<id>/logout``): AsyncEvent 1 (logout request) to the
+  sessions, dropped after a timeout.
+
+The initiator logs in again through this redirector, which now sends it home. A request
+that fails is retried a bounded number of times; a remote CVM that goes down meanwhile
+drops the placement itself (policy).
 
 A redirector that restarts knows no placements: the first time the local stargate is stable
 it also looks at the ownership records of its node's VMs' vDisks, and those a remote
@@ -27,7 +34,8 @@ from redirector.config import RedirectorConfig
 from redirector.policy import PlacementPolicy
 from topology.naming import target_name_for
 from topology.ownership import read_record
-from topology.spec import load_vms
+from topology.settings import FailbackMode
+from topology.spec import ClusterSpec, ClusterSpecError, load_vms
 
 CHECK_INTERVAL = 0.5
 REQUEST_TIMEOUT = 2.0
@@ -44,8 +52,9 @@ class _Attempts:
 
 @dataclass
 class FailbackStats:
-    requested: int = 0  # logout requests the remote stargates accepted
-    sessions_asked: int = 0
+    requested: int = 0  # failback requests the remote stargates accepted
+    sessions_asked: int = 0  # to log out (mode logout)
+    connections_killed: int = 0  # closed after the quiesce (mode kill)
     abandoned: int = 0  # vDisks given up on after MAX_ATTEMPTS
 
 
@@ -66,7 +75,7 @@ class Failback:
             await trio.sleep(CHECK_INTERVAL)
 
     async def step(self) -> None:
-        """Ask for the logout of every vDisk due to come home (concurrently)."""
+        """Ask for the sessions of every vDisk due to come home to end (concurrently)."""
         now = self.clock()
         if not self.policy.local_is_stable(now):
             return
@@ -83,12 +92,21 @@ class Failback:
             for vdisk, node_key in due.items():
                 attempts = self._attempts.setdefault(vdisk, _Attempts())
                 if self.clock() >= attempts.not_before:
-                    nursery.start_soon(self._request_logout, vdisk, node_key, attempts)
+                    nursery.start_soon(self._request_failback, vdisk, node_key, attempts)
 
-    async def _request_logout(self, vdisk: str, node_key: str, attempts: _Attempts) -> None:
+    def mode(self) -> FailbackMode:
+        """cluster.json's failback mode as it is now (the spec loaded at start if unreadable)."""
+        try:
+            return ClusterSpec.load(self.config.directory).failback
+        except ClusterSpecError:
+            return self.config.spec.failback
+
+    async def _request_failback(self, vdisk: str, node_key: str, attempts: _Attempts) -> None:
         node = self.config.node_of(node_key)
-        seconds = self.config.timers.failback_logout_seconds
-        url = f"{node.http_url}/control/vdisks/{quote(vdisk, safe='')}/logout?seconds={seconds}"
+        mode = self.mode()
+        url = f"{node.http_url}/control/vdisks/{quote(vdisk, safe='')}/{mode.value}"
+        if mode is FailbackMode.LOGOUT:
+            url += f"?seconds={self.config.timers.failback_logout_seconds}"
         try:
             try:
                 token = cluster_token(self.config.directory)  # the CVM pages' credential
@@ -113,15 +131,27 @@ class Failback:
             backoff = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_FIRST * 2 ** (attempts.count - 1))
             attempts.not_before = self.clock() + backoff
             return
-        asked = int(document.get("sessions_asked", 0)) if isinstance(document, dict) else 0
-        self.logger.info(
-            "Failing back target %s: %s asked %d session(s) to log out",
-            target_name_for(vdisk),
-            node.cvm_portal,
-            asked,
-        )
+        answer = document if isinstance(document, dict) else {}
+        target = target_name_for(vdisk)
+        if mode is FailbackMode.LOGOUT:
+            asked = int(answer.get("sessions_asked", 0))
+            self.logger.info(
+                "Failing back target %s: %s asked %d session(s) to log out",
+                target,
+                node.cvm_portal,
+                asked,
+            )
+            self.stats.sessions_asked += asked
+        else:
+            killed = int(answer.get("connections_closed", 0))
+            self.logger.info(
+                "Failing back target %s: %s quiesced and killed %d connection(s)",
+                target,
+                node.cvm_portal,
+                killed,
+            )
+            self.stats.connections_killed += killed
         self.stats.requested += 1
-        self.stats.sessions_asked += asked
         self._forget(vdisk)
 
     def _forget(self, vdisk: str) -> None:

@@ -1,11 +1,12 @@
 """Is each stargate of the cluster alive? Feeds the placement policy and the AHV log.
 
 Per stargate, an `initiator.monitor.PortalMonitor` keeps a discovery session open and
-pings it with NOP-Outs: a refused or reset connection means down at once, an unanswered
-NOP-Out (a hung, e.g. SIGSTOPped, stargate) after the NOP timeout, a new successful session
-means up. At redirect time the local stargate gets one more quick look (a TCP connect): a
-crashed local stargate refuses it at once, so a vDisk's re-login never waits for the next
-ping to learn that (a remote stargate about to be chosen gets the same look).
+pings it with NOP-Outs (cluster.json's health-check knobs): a refused or reset connection
+means down at once, unanswered NOP-Outs (a hung, e.g. SIGSTOPped, stargate) after the
+given number of misses, a new successful session means up. At redirect time the local
+stargate gets one more quick look (a TCP connect): a crashed local stargate refuses it at
+once, so a vDisk's re-login never waits for the next ping to learn that (a remote stargate
+about to be chosen gets the same look).
 """
 
 from __future__ import annotations
@@ -69,13 +70,15 @@ class HealthChecker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.started_at = self.clock()
-        timers = self.config.timers
+        health = self.config.health
         async with trio.open_nursery() as nursery:
             for state in self.nodes.values():
                 monitor = PortalMonitor(
                     state.portal,
-                    interval=timers.nop_interval,
-                    timeout=timers.nop_timeout,
+                    interval=health.nop_interval,
+                    timeout=health.nop_timeout,
+                    misses=health.misses,
+                    connect_timeout=health.connect_timeout,
                     on_change=self._callback(state),
                     login=LoginOptions(initiator_name=HEALTH_INITIATOR_NAME),
                 )

@@ -124,7 +124,7 @@ class RedirectorServer:
         make the health view fresh enough that the answer is a stargate that listens."""
         await self.health.wait_local_verdict()
         if self.health.started_at is not None and not self.policy.healthy_nodes():
-            await self.health.wait_first_verdicts(self.config.timers.nop_timeout)
+            await self.health.wait_first_verdicts(self.config.health.nop_timeout)
         vdisk_id = self.config.vdisk_targets().get(target_name)
         if vdisk_id is None:
             return

@@ -20,6 +20,13 @@ from typing import Any, Literal, cast
 
 from iscsicore.portal import Portal
 from topology.naming import target_name_for
+from topology.settings import (
+    DEFAULT_FAILBACK,
+    DEFAULT_HEALTH,
+    FailbackMode,
+    HealthChecks,
+    SettingsError,
+)
 from topology.vdisk import VDiskMeta, atomic_write
 
 DEFAULT_BASE_ADDRESS = "127.77.0.0"
@@ -27,6 +34,7 @@ DEFAULT_ISCSI_PORT = 3261
 DEFAULT_HTTP_PORT = 2009
 DEFAULT_STABLE_WINDOW = 300.0
 MAX_RELEASE_TIMEOUT = 600.0  # seconds; a release timeout is in (0, this]
+MAX_SESSIONS_PER_DISK = 8
 SPEC_FILE = "cluster.json"
 
 Placement = Literal["round-robin", "random"]
@@ -220,6 +228,8 @@ class ClusterSpec:
     # How long a vDisk's owner may take to release it before another stargate takes it
     # over (the CVMs' `--release-timeout` wins); None: the CVM's default (5 s).
     release_timeout: float | None = None
+    failback: FailbackMode = DEFAULT_FAILBACK
+    health: HealthChecks = DEFAULT_HEALTH
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -264,6 +274,8 @@ class ClusterSpec:
         redirector_port: int = DEFAULT_ISCSI_PORT,
         http_port: int = DEFAULT_HTTP_PORT,
         release_timeout: float | None = None,
+        failback: FailbackMode = DEFAULT_FAILBACK,
+        health: HealthChecks = DEFAULT_HEALTH,
     ) -> ClusterSpec:
         """Lay out ``directory`` and write cluster.json for ``nodes`` nodes (ids 1..nodes)."""
         spec = cls.build(
@@ -276,6 +288,8 @@ class ClusterSpec:
             redirector_port=redirector_port,
             http_port=http_port,
             release_timeout=release_timeout,
+            failback=failback,
+            health=health,
         )
         spec.save(directory)
         return spec
@@ -293,6 +307,8 @@ class ClusterSpec:
         redirector_port: int = DEFAULT_ISCSI_PORT,
         http_port: int = DEFAULT_HTTP_PORT,
         release_timeout: float | None = None,
+        failback: FailbackMode = DEFAULT_FAILBACK,
+        health: HealthChecks = DEFAULT_HEALTH,
     ) -> ClusterSpec:
         """The spec of ``nodes`` nodes (ids 1..nodes), without writing it anywhere."""
         if nodes < 1:
@@ -320,7 +336,9 @@ class ClusterSpec:
                     http_port=http_port,
                 )
             )
-        return cls(node_specs, stable_window, placement, base_address, release_timeout)
+        return cls(
+            node_specs, stable_window, placement, base_address, release_timeout, failback, health
+        )
 
     def save(self, directory: Path | str) -> None:
         paths = ClusterPaths(Path(directory))
@@ -344,6 +362,8 @@ class ClusterSpec:
             "stable_window": self.stable_window,
             "placement": self.placement,
             "base_address": self.base_address,
+            "failback": self.failback.value,
+            "health": self.health.to_json(),
         }
         if self.release_timeout is not None:
             document["release_timeout"] = self.release_timeout
@@ -359,7 +379,23 @@ class ClusterSpec:
             placement=raw.get("placement", "round-robin"),
             base_address=str(raw.get("base_address", DEFAULT_BASE_ADDRESS)),
             release_timeout=_optional_seconds(raw.get("release_timeout")),
+            failback=_failback(raw.get("failback", DEFAULT_FAILBACK.value)),
+            health=_health(raw.get("health", {})),
         )
+
+
+def _failback(value: Any) -> FailbackMode:
+    try:
+        return FailbackMode.parse(str(value))
+    except SettingsError as error:
+        raise ClusterSpecError(str(error)) from None
+
+
+def _health(value: Any) -> HealthChecks:
+    try:
+        return HealthChecks.from_json(value)
+    except (SettingsError, TypeError) as error:
+        raise ClusterSpecError(f"health: {error}") from None
 
 
 def _optional_seconds(value: Any) -> float | None:
@@ -375,11 +411,13 @@ def _optional_seconds(value: Any) -> float | None:
 
 @dataclass
 class VmRecord:
-    """DIR/vms/<name>.json: a VM, the node it runs on and its vDisks (in disk order)."""
+    """DIR/vms/<name>.json: a VM, the node it runs on, its vDisks (in disk order) and how
+    many sessions it opens per vDisk (AHV Turbo: 2 for a VM with 2 or more vCPUs)."""
 
     name: str
     home_node: int
     vdisk_ids: list[str] = field(default_factory=list)
+    sessions_per_disk: int = 1
 
     def save(self, paths: ClusterPaths) -> None:
         atomic_write(paths.vm_file(self.name), (json.dumps(asdict(self), indent=2) + "\n").encode())
@@ -387,7 +425,12 @@ class VmRecord:
     @classmethod
     def load(cls, path: Path) -> VmRecord:
         raw = json.loads(path.read_text())
-        return cls(str(raw["name"]), int(raw["home_node"]), [str(v) for v in raw["vdisk_ids"]])
+        return cls(
+            str(raw["name"]),
+            int(raw["home_node"]),
+            [str(v) for v in raw["vdisk_ids"]],
+            int(raw.get("sessions_per_disk", 1)),
+        )
 
 
 @dataclass(frozen=True)

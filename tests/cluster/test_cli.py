@@ -25,7 +25,8 @@ from topology.spec import ClusterSpec
 
 
 def statuses(cluster: RunningCluster) -> dict[str, dict[str, object]]:
-    return {entry["name"]: entry for entry in cluster.cli_json("cluster", "status", "--json")}
+    status = cluster.cli_json("cluster", "status", "--json")
+    return {entry["name"]: entry for entry in status["processes"]}
 
 
 def pid_alive(pid: int) -> bool:
@@ -87,7 +88,9 @@ def test_up_writes_the_spec_with_advertised_addresses(cluster_dir: Path) -> None
     assert spec.node(1).cvm_portal == "10.0.2.100:3262"
     assert spec.node(1).redirector_portal == "10.0.2.101:3261"
     status = json.loads(run_cli("cluster", "status", "--dir", str(cluster_dir), "--json").stdout)
-    assert status[0]["health"] == "up"  # it binds its own address, advertises the other
+    assert (
+        status["processes"][0]["health"] == "up"
+    )  # it binds its own address, advertises the other
     run_cli("vm", "create", "web", "--dir", str(cluster_dir), "--node", "1", "--size", "1M")
     portal = Portal.parse(f"{spec.node(1).cvm_address}:3261")
     listed = trio.run(send_targets, portal)  # discovery at the stargate itself
@@ -219,10 +222,10 @@ def test_full_cluster_with_redirectors(cluster_dir: Path) -> None:
     for node in up["nodes"]:
         assert node["redirector"]["health"] == "up" and node["stargate"]["health"] == "up"
     status = json.loads(run_cli("cluster", "status", "--dir", str(cluster_dir), "--json").stdout)
-    assert sorted(entry["name"] for entry in status) == [
+    assert sorted(entry["name"] for entry in status["processes"]) == [
         "redirector-1", "redirector-2", "stargate-1", "stargate-2",
     ]  # fmt: skip
-    assert all(Path(entry["log"]).exists() for entry in status)
+    assert all(Path(entry["log"]).exists() for entry in status["processes"])
     created = json.loads(
         run_cli(
             "vm", "create", "app", "--dir", str(cluster_dir), "--node", "2", "--size", "8M"
@@ -252,7 +255,7 @@ def test_foreground_up_takes_the_cluster_down_on_ctrl_c(cluster_dir: Path) -> No
             assert "Ctrl-C takes it down" in first_line
             pid = json.loads(
                 run_cli("cluster", "status", "--dir", str(cluster_dir), "--json").stdout
-            )[0]["pid"]
+            )["processes"][0]["pid"]
             assert pid_alive(pid)
             foreground.send_signal(signal.SIGINT)
             assert foreground.wait(timeout=30) == 0

@@ -3,6 +3,7 @@ library: ownership moves on login, the HTTP page, the logout control."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -276,6 +277,52 @@ async def test_a_take_over_under_load_costs_the_initiator_latency_not_errors(
                 assert found in (last, in_flight), (lba, last, found)
         record = read_record(ClusterPaths(tmp_data_dir / "c").ownership_file("vm-0"))
         assert record is not None and record.node_id == 1 and record.epoch == 3
+
+
+@pytest.mark.parametrize(("action", "async_event"), [("kill", False), ("release?by=2", True)])
+async def test_control_kill_quiesces_then_closes_without_an_async_event(
+    tmp_data_dir: Path, caplog: pytest.LogCaptureFixture, action: str, async_event: bool
+) -> None:
+    """Failback's "quiesce then kill": writes in flight when it comes are either finished
+    (and acknowledged) or re-issued after the reconnect, none lost; the initiator learns it
+    from the closed connection, not from an AsyncEvent (a release sends one: the control)."""
+    caplog.set_level(logging.INFO, logger="initiator")
+    async with (
+        two_cvms(tmp_data_dir / "c") as (first, _),
+        BlockDevice.open(url(first, "vm-0"), CONFIG) as disk,
+    ):
+        acked: dict[int, int] = {}
+        stop = trio.Event()
+
+        async def writer(lba: int) -> None:
+            generation = 0
+            while not stop.is_set():
+                generation += 1
+                await disk.write(lba, bytes([generation % 256]) * BLOCK)
+                acked[lba] = generation
+
+        async with trio.open_nursery() as nursery:
+            for lba in range(4):
+                nursery.start_soon(writer, lba)
+            with trio.fail_after(10):
+                while len(acked) < 4:
+                    await trio.sleep(0.01)
+            base = f"{first.node.http_url}/control/vdisks"
+            status, answer = await http_json(
+                "POST", f"{base}/vm-0/{action}", token=first.page.token
+            )
+            assert status == 200 and answer["was_serving"] is True, answer
+            assert answer["connections_closed"] == 1, answer
+            before = dict(acked)
+            with trio.fail_after(20):  # the writers go on after the reconnect
+                while any(acked[lba] <= before[lba] for lba in before):
+                    await trio.sleep(0.01)
+            stop.set()
+        assert disk.stats.reconnects >= 1
+        assert disk.stats.errors == 0
+        for lba, generation in acked.items():
+            assert await disk.read(lba, 1) == bytes([generation % 256]) * BLOCK, lba
+    assert ("AsyncEvent" in caplog.text) is async_event, caplog.text
 
 
 @dataclass

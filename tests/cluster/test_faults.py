@@ -82,9 +82,8 @@ async def test_killed_owner_is_taken_over_at_once(stargate_cluster: RunningClust
     with trio.fail_after(10):  # no release timeout to sit out: the connection is refused
         async with BlockDevice.open(cluster.stargate_url(2, "app-0"), CONFIG) as on_second:
             assert await on_second.read(8, 8) == OLD
-    statuses = {
-        entry["name"]: entry["health"] for entry in cluster.cli_json("cluster", "status", "--json")
-    }
+    status = cluster.cli_json("cluster", "status", "--json")
+    statuses = {entry["name"]: entry["health"] for entry in status["processes"]}
     assert statuses == {"stargate-1": "down", "stargate-2": "up"}
 
 

@@ -177,6 +177,26 @@ def test_vm_command_reports_each_vdisk(
     assert rows["a"]["portal"] == f"127.0.0.1:{free_port}"
 
 
+def test_vm_command_opens_sessions_per_disk(
+    process_reaper: ProcessReaper, free_port: int, tmp_data_dir: Path
+) -> None:
+    """AHV Turbo's two sessions per disk: each session verifies its own slice of the disk."""
+    argv = [
+        sys.executable, "-m", "stargate", "target", "--portal", f"127.0.0.1:{free_port}",
+        "--data-dir", str(tmp_data_dir), "--vdisk", "a:16M",
+    ]  # fmt: skip
+    process_reaper.spawn(argv, name="stargate").wait_for_port("127.0.0.1", free_port)
+    done = initiator(
+        "vm", f"127.0.0.1:{free_port}", "a", "--seconds", "1", "--size", "2m", "--json",
+        "--sessions-per-disk", "2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)
+    assert row["sessions"] == 2 and row["verify_ok"] and row["ios"] > 0, row
+    refused = initiator("vm", f"127.0.0.1:{free_port}", "a", "--sessions-per-disk", "0")
+    assert refused.returncode == 2 and "sessions per disk must be 1..8" in refused.stderr
+
+
 def test_verify_until_sigterm_still_reports(tgtd_factory: TgtdFactory) -> None:
     """`--seconds 0` runs until SIGTERM, then does the final read-back and reports: how a
     failover test brackets its cluster operations."""

@@ -68,3 +68,24 @@ async def test_check_once(
     stargate.kill()
     assert not await monitor.check_once()
     assert "login failed" in monitor.error
+
+
+async def test_misses_in_a_row_before_down(
+    process_reaper: ProcessReaper, free_port: int, tmp_data_dir: Path, nursery: trio.Nursery
+) -> None:
+    """With misses=3 a frozen stargate is down only after three unanswered NOP-Outs."""
+    stargate = start_stargate(process_reaper, free_port, tmp_data_dir)
+    monitor = PortalMonitor(
+        Portal.parse(f"127.0.0.1:{free_port}"), interval=0.1, timeout=0.4, misses=3
+    )
+    nursery.start_soon(monitor.run)
+    await wait_for(lambda: monitor.healthy is True)
+    os.kill(stargate.pid, signal.SIGSTOP)
+    stopped = trio.current_time()
+    try:
+        await wait_for(lambda: monitor.healthy is False)
+        assert trio.current_time() - stopped >= 3 * 0.4 - 0.05
+        assert "NOP-Out unanswered" in monitor.error
+    finally:
+        os.kill(stargate.pid, signal.SIGCONT)
+    await wait_for(lambda: monitor.healthy is True)

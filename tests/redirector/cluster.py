@@ -20,6 +20,7 @@ from iscsicore.login import InitiatorLogin, LoginDone, LoginFailed, LoginRedirec
 from iscsicore.pdu import LoginRequest, LoginResponse
 from tests.helpers.net import unique_loopback_address
 from tests.helpers.procs import ManagedProcess, ProcessReaper
+from topology.settings import DEFAULT_FAILBACK, DEFAULT_HEALTH, FailbackMode, HealthChecks
 from topology.spec import ClusterPaths, ClusterSpec, NodeSpec, VmRecord
 
 PORT = 3261
@@ -27,7 +28,14 @@ HTTP_PORT = 2009
 START_TIMEOUT = 30.0  # a loaded machine (2 cores, parallel tests) starts Python slowly
 
 
-def make_spec(directory: Path, nodes: int, *, stable_window: float) -> ClusterSpec:
+def make_spec(
+    directory: Path,
+    nodes: int,
+    *,
+    stable_window: float,
+    failback: FailbackMode = DEFAULT_FAILBACK,
+    health: HealthChecks = DEFAULT_HEALTH,
+) -> ClusterSpec:
     """cluster.json for ``nodes`` nodes, every address unique to this test."""
     node_specs = [
         NodeSpec(
@@ -38,7 +46,13 @@ def make_spec(directory: Path, nodes: int, *, stable_window: float) -> ClusterSp
         )
         for node_id in range(1, nodes + 1)
     ]
-    spec = ClusterSpec(node_specs, stable_window=stable_window, base_address="127.0.0.0")
+    spec = ClusterSpec(
+        node_specs,
+        stable_window=stable_window,
+        base_address="127.0.0.0",
+        failback=failback,
+        health=health,
+    )
     spec.save(directory)
     return spec
 
@@ -55,9 +69,19 @@ class TestCluster:
 
     @classmethod
     def create(
-        cls, directory: Path, reaper: ProcessReaper, nodes: int = 3, *, stable_window: float = 5.0
+        cls,
+        directory: Path,
+        reaper: ProcessReaper,
+        nodes: int = 3,
+        *,
+        stable_window: float = 5.0,
+        failback: FailbackMode = DEFAULT_FAILBACK,
+        health: HealthChecks = DEFAULT_HEALTH,
     ) -> TestCluster:
-        return cls(directory, make_spec(directory, nodes, stable_window=stable_window), reaper)
+        spec = make_spec(
+            directory, nodes, stable_window=stable_window, failback=failback, health=health
+        )
+        return cls(directory, spec, reaper)
 
     @property
     def paths(self) -> ClusterPaths:

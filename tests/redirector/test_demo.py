@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers.net import tcp_port_answers
 from tests.helpers.procs import ProcessReaper
-from topology.spec import ClusterPaths, ClusterSpec
+from topology.spec import ClusterPaths, ClusterSpec, VmRecord
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +79,35 @@ def test_demo_headless(tmp_path: Path, process_reaper: ProcessReaper) -> None:
         assert not tcp_port_answers(node.cvm_address, node.cvm_port)
         assert not tcp_port_answers(node.redirector_address, node.redirector_port)
     assert not list(ClusterPaths(directory).run.glob("*.pid"))
+
+
+def test_demo_with_two_sessions_per_disk(tmp_path: Path, process_reaper: ProcessReaper) -> None:
+    """AHV Turbo's two sessions per disk: each session is verified and watched; both
+    sessions of a vDisk move to the same remote CVM and both come home."""
+    directory = tmp_path / "demo"
+    demo = process_reaper.spawn(
+        [
+            sys.executable, "-m", "cluster.demo", "--dir", directory, "--stable-window", "5",
+            "--steady-seconds", "2", "--hold-seconds", "2", "--base-address",
+            demo_base_address(), "--sessions-per-disk", "2",
+        ],
+        name="demo",
+    )  # fmt: skip
+    returncode = demo.popen.wait(timeout=240)
+    output = demo.log_text()
+    assert returncode == 0, output
+    rows = [match.groupdict() for match in SUMMARY_RE.finditer(output)]
+    sessions = [f"demo-vm-{i}{suffix}" for i in range(3) for suffix in ("", "#2")]
+    assert [row["vdisk"] for row in rows] == sessions, output
+    for row in rows:
+        assert row["mismatches"] == "0" and row["errors"] == "0", row
+        assert int(row["verified"]) > 0 and row["final"] == "1", row
+    moved = dict(re.findall(r"(demo-vm-\d(?:#2)?): moved to CVM ([23]) \(from CVM 1\)", output))
+    assert set(moved) == set(sessions), output
+    for vdisk in range(3):  # together: the second session on its first one's CVM
+        assert moved[f"demo-vm-{vdisk}"] == moved[f"demo-vm-{vdisk}#2"], moved
+    assert len(re.findall(r"demo-vm-\d(?:#2)?: moved to CVM 1 \(from CVM [23]\)", output)) == 6
+    assert VmRecord.load(ClusterPaths(directory).vm_file("demo-vm")).sessions_per_disk == 2
 
 
 def test_demo_interrupted_takes_the_cluster_down(

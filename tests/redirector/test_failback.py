@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -23,7 +23,8 @@ from redirector.log import redirector_logger
 from redirector.policy import PlacementPolicy
 from tests.redirector.cluster import make_spec
 from topology.ownership import OwnershipFile
-from topology.spec import ClusterPaths
+from topology.settings import FailbackMode
+from topology.spec import ClusterPaths, ClusterSpec
 
 STABLE_WINDOW = 5.0
 
@@ -47,7 +48,10 @@ class FakePage:
         self.requests.append(request)
         if len(self.requests) <= self.failures:
             return HttpResponse.json({"error": "busy"}, 503)
-        return HttpResponse.json({"vdisk": request.path.split("/")[3], "sessions_asked": 1})
+        vdisk = request.path.split("/")[3]
+        if request.path.endswith("/kill"):
+            return HttpResponse.json({"vdisk": vdisk, "connections_closed": 2})
+        return HttpResponse.json({"vdisk": vdisk, "sessions_asked": 1})
 
 
 @dataclass
@@ -60,8 +64,10 @@ class Setup:
 
 
 @asynccontextmanager
-async def failback_setup(tmp_path: Path, failures: int = 0) -> AsyncIterator[Setup]:
-    spec = make_spec(tmp_path, 3, stable_window=STABLE_WINDOW)
+async def failback_setup(
+    tmp_path: Path, failures: int = 0, mode: FailbackMode = FailbackMode.LOGOUT
+) -> AsyncIterator[Setup]:
+    spec = make_spec(tmp_path, 3, stable_window=STABLE_WINDOW, failback=mode)
     config = RedirectorConfig(tmp_path, spec, 1, Timers(failback_logout_seconds=7))
     clock = FakeClock()
     policy = PlacementPolicy(nodes=["1", "2", "3"], local="1", stable_window=STABLE_WINDOW)
@@ -197,3 +203,33 @@ async def test_a_restarted_redirector_fails_back_what_remotes_own(tmp_path: Path
         for _ in range(3):  # each asked once
             await setup.failback.step()
         assert len(setup.pages[2].requests) == len(setup.pages[3].requests) == 1
+
+
+async def test_kill_mode_asks_for_quiesce_then_kill_and_follows_a_live_change(
+    tmp_path: Path,
+) -> None:
+    """Mode kill: POST .../kill (no seconds). cluster.json is read at each failback: a mode
+    changed on the running cluster (`stargate cluster set --failback`) applies to the next."""
+    async with failback_setup(tmp_path, mode=FailbackMode.KILL) as setup:
+        fail_over(setup)
+        setup.clock.now = 2.0 + STABLE_WINDOW
+        await setup.failback.step()
+        (to_2,) = setup.pages[2].requests
+        assert (to_2.method, to_2.path, to_2.query) == ("POST", "/control/vdisks/a/kill", {})
+        assert setup.failback.stats.connections_killed == 4  # 2 each from pages 2 and 3
+        assert setup.failback.stats.sessions_asked == 0
+
+        spec = ClusterSpec.load(tmp_path)
+        replace(spec, failback=FailbackMode.LOGOUT).save(tmp_path)
+        fail_over(setup)
+        setup.clock.now = 2.0 + STABLE_WINDOW
+        await setup.failback.step()
+        paths = [request.path for page in setup.pages.values() for request in page.requests]
+        assert sorted(path for path in paths if path.endswith("/logout")) == [
+            "/control/vdisks/a/logout",
+            "/control/vdisks/b/logout",
+        ]
+        assert len(paths) == 4  # each vDisk once per failback
+        assert setup.failback.stats.sessions_asked == 2
+    log = setup.log_file.read_text()
+    assert "quiesced and killed 2 connection(s)" in log

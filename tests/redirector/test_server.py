@@ -45,6 +45,7 @@ from tests.conftest import require_tool
 from tests.helpers.procs import ProcessReaper
 from tests.iscsicore.strategies import initiator_pdus
 from tests.redirector.cluster import PORT, TestCluster, login_once, make_spec
+from topology.settings import HealthChecks
 from topology.spec import ClusterSpec, NodeSpec
 
 IQN = "iqn.2010-06.com.nutanix:vmdisk-"
@@ -89,7 +90,8 @@ def complete_login(session_type: str) -> LoginRequest:
     return LoginRequest(transit=True, csg=1, nsg=3, isid=0x80_0000_0000_02, data=encode_text(keys))
 
 
-TIMERS = Timers(nop_interval=0.5, nop_timeout=2.0, login_timeout=1.0, startup_grace=1.0)
+HEALTH = HealthChecks(nop_interval=0.5, nop_timeout=2.0, connect_timeout=2.0)
+TIMERS = Timers(health=HEALTH, login_timeout=1.0, startup_grace=1.0)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cluster.cvm import ClusterStargate, parse_args
 from cluster.provision import create_vm
+from topology.settings import FailbackMode, HealthChecks
 from topology.spec import (
     Advertisement,
     ClusterPaths,
@@ -175,3 +176,30 @@ def test_cvm_refuses_a_bad_release_timeout_flag(
         parse_args(["--dir", ".", "--node", "1", "--release-timeout", value])
     assert exited.value.code == 2
     assert "--release-timeout" in capsys.readouterr().err
+
+
+def test_failback_and_health_in_cluster_json_and_their_bounds() -> None:
+    node = {"node_id": 1, "cvm_address": "127.0.0.1", "redirector_address": "127.0.0.2"}
+    raw = {
+        "nodes": [node],
+        "failback": "logout",
+        "health": {"nop_interval": 0.5, "nop_timeout": 2, "misses": 3, "connect_timeout": 1},
+    }
+    spec = ClusterSpec.from_json(raw)
+    assert spec.failback is FailbackMode.LOGOUT
+    assert spec.health == HealthChecks(0.5, 2.0, 3, 1.0)
+    assert spec.health.detection_bound == 3 * (0.5 + 2.0)
+    assert ClusterSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    bad_values: list[tuple[dict[str, object], str]] = [
+        ({"failback": "drain"}, "failback mode must be one of kill, logout"),
+        ({"health": {"misses": 0}}, "misses must be in 1..100"),
+        ({"health": {"misses": 1.5}}, "misses must be an integer"),
+        ({"health": {"nop_timeout": 0}}, r"nop_timeout must be in \(0, 3600\]"),
+        ({"health": {"nop_interval": "1"}}, "nop_interval must be a number"),
+        ({"health": {"connect_timeout": float("nan")}}, "connect_timeout must be in"),
+        ({"health": {"colour": 1}}, r"unknown health fields \['colour'\]"),
+        ({"health": []}, "health must be an object"),
+    ]
+    for extra, message in bad_values:
+        with pytest.raises(ClusterSpecError, match=message):
+            ClusterSpec.from_json({"nodes": [node], **extra})
