@@ -30,7 +30,6 @@ import trio
 from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionParams, SessionType
 from iscsicore.pdu import ScsiCommand, lun_from_number
-from stargate.connection import FullFeatureConnection
 from stargate.queue import CommandQueue
 from stargate.scsi.command import Nexus
 from stargate.scsi.lu import LogicalUnit
@@ -38,6 +37,7 @@ from stargate.scsi.reserve import vdisk_reservations
 from stargate.session import Session
 from stargate.stores.file import FileStore
 from stargate.target import VDiskTarget
+from stargate.transport.runner import FullFeatureConnection
 from topology.vdisk import VDiskMeta
 
 BLOCK = 512

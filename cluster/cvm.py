@@ -40,7 +40,6 @@ from cluster.forensics import cvm_faults, cvm_forensics
 from cluster.registry import ClusterRegistry, OwnershipLoginPolicy
 from cluster.stats_page import StatsPage
 from control.http import HttpError, http_json, serve_http
-from stargate.connection import FullFeatureConnection
 from stargate.hooks import ServerHooks
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
@@ -49,6 +48,7 @@ from stargate.session import SessionTable
 from stargate.stats import VDiskStats
 from stargate.stores.file import FileStore
 from stargate.target import TargetRegistry, VDiskTarget
+from stargate.transport.runner import FullFeatureConnection
 from topology.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater
 from topology.naming import TARGET_NAME_PREFIX
 from topology.ownership import Fence, OwnershipFile

@@ -1,4 +1,5 @@
-"""PDU framing on a byte stream: ``encode_pdu`` for sending, ``PduFramer`` for receiving.
+"""PDU framing on a byte stream: ``encode_pdu``/``append_segments`` for sending (one
+serializer), ``PduFramer`` for receiving.
 
 A PDU on the wire (RFC 7143 section 11.1) is the 48-byte BHS, the AHSs, an optional header
 digest over both, the data segment padded to a multiple of 4, and an optional data digest
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from . import fastpath, wire
-from .digest import DIGEST_LENGTH, digest_of_parts
+from .digest import DIGEST_LENGTH, digest_bytes, digest_of_parts
 from .errors import (
     DataDigestError,
     DataSegmentTooLong,
@@ -33,18 +34,49 @@ _SCSI_COMMAND = int(Opcode.SCSI_COMMAND)
 
 def encode_pdu(pdu: Pdu, *, header_digest: bool = False, data_digest: bool = False) -> bytes:
     """The complete wire form of ``pdu``: BHS, AHS, header digest, data, pad, data digest."""
+    out = bytearray()
+    append_pdu(out, pdu, header_digest, data_digest)
+    return bytes(out)
+
+
+def append_pdu(out: bytearray, pdu: Pdu, header_digest: bool, data_digest: bool) -> None:
+    """Append the wire form of ``pdu`` to ``out`` (see `append_segments`)."""
     ahs = wire.encode_ahs(pdu.ahs) if pdu.ahs else b""
-    bhs = fastpath.encode_bhs(pdu, len(ahs))
-    parts: list[bytes | bytearray | memoryview] = [bhs, ahs]
-    if header_digest:
-        parts.append(digest_of_parts(bhs, ahs))
-    data = pdu.data
-    if data:
-        padding = _PADDING[len(data) % 4]
-        parts += (data, padding)
+    append_segments(
+        out, fastpath.encode_bhs(pdu, len(ahs)), ahs, pdu.data, header_digest, data_digest
+    )
+
+
+def append_segments(
+    out: bytearray,
+    bhs: bytes,
+    ahs: bytes,
+    data: bytes | bytearray | memoryview,
+    header_digest: bool,
+    data_digest: bool,
+) -> None:
+    """The one PDU serializer: append an encoded BHS, its AHS, the header digest, the data
+    segment, its padding and the data digest to ``out``.
+
+    A sender's hot path builds the BHS with the struct codecs (`fastpath.scsi_response_bhs`,
+    `fastpath.data_in_bhs`) and calls this directly: no PDU object, one buffer for a whole
+    batch of responses, positional arguments only.
+    """
+    out += bhs
+    if ahs:
+        out += ahs
+        if header_digest:
+            out += digest_of_parts(bhs, ahs)
+    elif header_digest:
+        out += digest_bytes(bhs)
+    length = len(data)
+    if length:
+        out += data
+        padding = _PADDING[length & 3]
+        if padding:
+            out += padding
         if data_digest:
-            parts.append(digest_of_parts(data, padding))
-    return b"".join(parts)
+            out += digest_of_parts(data, padding)
 
 
 class PduFramer:

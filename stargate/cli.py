@@ -30,13 +30,13 @@ from stargate.config import (
     parse_portal,
     parse_vdisk,
 )
-from stargate.connection import DEFAULT_CONTROL_PDU_BURST, ConnectionTimers
 from stargate.hooks import ServerHooks
 from stargate.login_phase import LoginPolicy
 from stargate.queue import ShareLimits
 from stargate.server import ServerConfig, StargateServer
 from stargate.stores.base import BlockStore
 from stargate.target import PortalGroup, TargetRegistry, VDiskTarget
+from stargate.transport.config import DEFAULT_CONTROL_PDU_BURST, ConnectionTimers
 from topology.config_file import ConfigDocument, ConfigError
 
 log = logging.getLogger("stargate")

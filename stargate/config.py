@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from iscsicore.portal import Portal, PortalError
-from stargate.connection import (
-    DEFAULT_CONTROL_PDU_RATE,
-    DEFAULT_DATA_OUT_TIMEOUT,
-    DEFAULT_PDU_TIMEOUT,
-)
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
 from stargate.server import DEFAULT_QUEUE_DEPTH
 from stargate.target import ChapCredentials
+from stargate.transport.config import (
+    DEFAULT_CONTROL_PDU_RATE,
+    DEFAULT_DATA_OUT_TIMEOUT,
+    DEFAULT_PDU_TIMEOUT,
+)
 from topology.config_file import (
     ConfigDocument,
     ConfigError,

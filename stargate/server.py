@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -30,7 +31,6 @@ from iscsicore.framing import PduFramer
 from iscsicore.keys import SessionType
 from iscsicore.login import LoginStatus, TargetLogin
 from iscsicore.portal import Portal
-from stargate.connection import ByteChannel, ConnectionTimers, FullFeatureConnection
 from stargate.discovery import SendTargetsResponder
 from stargate.fault_actions import ServerActions
 from stargate.hooks import ServerHooks
@@ -41,6 +41,9 @@ from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS, ReaderHub
 from stargate.scsi.command import Nexus
 from stargate.session import Session, SessionTable
 from stargate.target import TargetRegistry, VDiskTarget
+from stargate.transport.config import ConnectionTimers
+from stargate.transport.interfaces import ByteChannel
+from stargate.transport.runner import FullFeatureConnection
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,10 @@ class DirectSocket:
         except OSError:
             return  # would block, or broken: the next awaited send deals with it
         del data[:sent]
+
+    def reset_on_close(self) -> None:
+        """Make the stream's coming close send RST instead of FIN (SO_LINGER 0)."""
+        self._raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     def detach(self) -> None:
         self._raw.detach()

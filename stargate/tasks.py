@@ -1,8 +1,9 @@
 """SCSI tasks of a connection: one command from arrival to status, its Data-Out sequences,
 and what a write CDB implies about its data (for exact residuals).
 
-The connection (`stargate.connection`) drives them; the command queue sees a task through
-the ``QueuedCommand`` protocol (``cancelled``, ``buffer_bytes``, ``tenant``, ``dispatch``).
+The connection (`stargate.transport`, its `data_out` layer and above) drives them; the
+command queue sees a task through the ``QueuedCommand`` protocol (``cancelled``,
+``buffer_bytes``, ``tenant``, ``dispatch``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from iscsicore.scsi.opcodes import ScsiOp
 from stargate.stats import IoKind
 
 if TYPE_CHECKING:
-    from stargate.connection import FullFeatureConnection
     from stargate.queue import Tenant
+    from stargate.transport.data_out import DataOutReceiver
 
 # CDB transfer lengths: what a write CDB implies, so EDTL mismatches get exact residuals
 
@@ -108,7 +109,7 @@ class ScsiTask:
         "unsolicited",
     )
 
-    def __init__(self, connection: FullFeatureConnection, command: ScsiCommand, cdb: bytes):
+    def __init__(self, connection: DataOutReceiver, command: ScsiCommand, cdb: bytes):
         self.connection = connection
         self.command = command
         self.itt = command.itt

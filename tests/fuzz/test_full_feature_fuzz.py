@@ -1,4 +1,4 @@
-"""Fuzz target for the full-feature dispatch (stargate/connection.py FullFeatureConnection)
+"""Fuzz target for the full-feature dispatch (stargate/transport, FullFeatureConnection)
 behind the real server (`StargateServer.serve_stream`), over an in-memory stream (the
 connection's own task reads) or loopback TCP (served through the reader hub).
 

@@ -32,13 +32,13 @@ from iscsicore.pdu import (
     ScsiCommand,
     ScsiResponse,
 )
-from stargate.connection import ConnectionTimers
 from stargate.hooks import ServerHooks
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import vdisk_reservations
 from stargate.server import ServerConfig, StargateServer
 from stargate.stores.memory import MemoryStore
 from stargate.target import ChapCredentials, TargetRegistry, VDiskTarget
+from stargate.transport.config import ConnectionTimers
 from topology.naming import target_name_for
 from topology.vdisk import VDiskMeta
 
@@ -156,6 +156,7 @@ class TestInitiator:
         chap: ChapSecrets | None = None,
         mutual_chap: ChapSecrets | None = None,
         proposals: LoginProposals | None = None,
+        cmd_sn: int = 0,
     ) -> LoginDone | LoginFailed:
         machine = InitiatorLogin(
             initiator_name,
@@ -164,6 +165,7 @@ class TestInitiator:
             chap=chap,
             mutual_chap=mutual_chap,
             proposals=proposals or LoginProposals(),
+            cmd_sn=cmd_sn,
         )
         request: Any = machine.start()
         while isinstance(request, LoginRequest):

@@ -24,8 +24,8 @@ from iscsicore.framing import encode_pdu
 from iscsicore.pdu import NopIn, NopOut
 from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.cli import target_config
-from stargate.connection import DEFAULT_CONTROL_PDU_BURST
 from stargate.login_throttle import LogLimiter
+from stargate.transport.config import DEFAULT_CONTROL_PDU_BURST
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.stargate.client import (

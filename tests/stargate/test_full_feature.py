@@ -31,7 +31,7 @@ from iscsicore.pdu import (
 )
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import parse_sense
-from stargate.connection import ConnectionTimers
+from stargate.transport.config import ConnectionTimers
 from tests.stargate.client import (
     INQUIRY,
     TEST_UNIT_READY,

@@ -23,8 +23,8 @@ from iscsicore.pdu import R2T, NopOut, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.seqnum import sn_diff
 from stargate.cli import share_limits, target_config
-from stargate.connection import ConnectionTimers
 from stargate.queue import ShareLimits
+from stargate.transport.config import ConnectionTimers
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from tests.stargate.client import (
     TEST_UNIT_READY,

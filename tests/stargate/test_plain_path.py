@@ -14,8 +14,6 @@ from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionParams, SessionType
 from iscsicore.pdu import ScsiCommand
 from iscsicore.scsi.opcodes import ScsiOp
-from stargate import connection as connection_module
-from stargate.connection import FullFeatureConnection
 from stargate.queue import Admission, CommandQueue, QueuedCommand, Tenant
 from stargate.scsi.command import Nexus
 from stargate.scsi.lu import LogicalUnit
@@ -23,6 +21,8 @@ from stargate.scsi.reserve import vdisk_reservations
 from stargate.session import Session
 from stargate.stores import MemoryStore
 from stargate.target import VDiskTarget
+from stargate.transport import commands as commands_module
+from stargate.transport.runner import FullFeatureConnection
 from topology.vdisk import VDiskMeta
 
 BLOCK = 512
@@ -192,7 +192,7 @@ def test_plain_path_sends_what_the_general_path_sends(
 ) -> None:
     plain = trio.run(_serve, batch, fresh_nexus)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(connection_module, "_PLAIN_READS", frozenset())
-        patch.setattr(connection_module, "_PLAIN_WRITE_BLOCKS", {})
+        patch.setattr(commands_module, "PLAIN_READS", frozenset())
+        patch.setattr(commands_module, "PLAIN_WRITE_BLOCKS", {})
         general = trio.run(_serve, batch, fresh_nexus)
     assert plain == general

@@ -19,7 +19,6 @@ from iscsicore.framing import PduFramer, encode_pdu
 from iscsicore.keys import SessionParams, SessionType
 from iscsicore.pdu import LogoutReason, LogoutRequest, LogoutResponse, ScsiResponse
 from iscsicore.scsi.opcodes import ScsiStatus
-from stargate.connection import FullFeatureConnection
 from stargate.queue import CommandQueue
 from stargate.reader_hub import ReaderHub, Turn
 from stargate.scsi.command import Nexus
@@ -27,6 +26,7 @@ from stargate.scsi.lu import LogicalUnit
 from stargate.session import Session
 from stargate.stores import MemoryStore
 from stargate.target import VDiskTarget
+from stargate.transport.runner import FullFeatureConnection
 from tests.stargate.client import (
     clear_unit_attention,
     logged_in,

@@ -26,7 +26,6 @@ from iscsicore.pdu import (
     TmfResponse,
 )
 from iscsicore.scsi.opcodes import ScsiStatus
-from stargate.connection import FullFeatureConnection
 from stargate.server import StargateServer
 from stargate.stats import IoKind
 from stargate.tasks import (
@@ -37,6 +36,7 @@ from stargate.tasks import (
     implied_write_blocks,
     with_write_blocks,
 )
+from stargate.transport.runner import FullFeatureConnection
 from tests.stargate.client import (
     TEST_UNIT_READY,
     TestInitiator,
