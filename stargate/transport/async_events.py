@@ -23,7 +23,7 @@ class AsyncEvents(Outbox):
         self._append(
             AsyncMessage(
                 lun=0,
-                stat_sn=self._next_stat_sn(),
+                stat_sn=self._stat_sn.take(),
                 exp_cmd_sn=exp_cmd_sn,
                 max_cmd_sn=max_cmd_sn,
                 async_event=event,

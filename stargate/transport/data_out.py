@@ -160,7 +160,7 @@ class DataOutReceiver(Execution):
                     lun=task.command.lun,
                     itt=task.itt,
                     ttt=ttt,
-                    stat_sn=self._stat_sn,
+                    stat_sn=self._stat_sn.next,
                     exp_cmd_sn=exp_cmd_sn,
                     max_cmd_sn=max_cmd_sn,
                     r2t_sn=task.r2t_sn,

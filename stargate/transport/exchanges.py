@@ -29,7 +29,7 @@ class Exchanges(Keepalive):
         self._append(
             dataclasses.replace(
                 answer,
-                stat_sn=self._next_stat_sn(),
+                stat_sn=self._stat_sn.take(),
                 exp_cmd_sn=exp_cmd_sn,
                 max_cmd_sn=max_cmd_sn,
             )
@@ -48,7 +48,7 @@ class Exchanges(Keepalive):
             logout_response(
                 pdu,
                 response,
-                stat_sn=self._next_stat_sn(),
+                stat_sn=self._stat_sn.take(),
                 exp_cmd_sn=exp_cmd_sn,
                 max_cmd_sn=max_cmd_sn,
             )

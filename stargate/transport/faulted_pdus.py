@@ -78,7 +78,7 @@ class FaultedPdus(Dispatch):
             self._reject(pdu, fault.reason)
             return True
         if kind is FaultKind.STAT_SN_JUMP:
-            self._stat_sn = (self._stat_sn + fault.amount) & SERIAL_MASK
+            self._stat_sn.next = (self._stat_sn.next + fault.amount) & SERIAL_MASK
             return False
         if kind is FaultKind.FREEZE_WINDOW:
             self._freeze_window(fault.duration or 10.0)

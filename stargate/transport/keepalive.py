@@ -22,7 +22,7 @@ class Keepalive(Commands):
         self._append(
             nop_in_reply(
                 pdu,
-                stat_sn=self._next_stat_sn(),
+                stat_sn=self._stat_sn.take(),
                 exp_cmd_sn=exp_cmd_sn,
                 max_cmd_sn=max_cmd_sn,
                 max_data=self._max_send_segment,
@@ -52,7 +52,7 @@ class Keepalive(Commands):
                     lun=0,
                     itt=RESERVED_TAG,
                     ttt=self._new_ttt(),
-                    stat_sn=self._stat_sn,
+                    stat_sn=self._stat_sn.next,
                     exp_cmd_sn=exp_cmd_sn,
                     max_cmd_sn=max_cmd_sn,
                 )

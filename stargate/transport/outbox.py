@@ -8,7 +8,6 @@ import trio
 from iscsicore import fastpath
 from iscsicore.framing import append_pdu, append_segments
 from iscsicore.pdu import NopIn, Pdu, Reject
-from iscsicore.seqnum import SERIAL_MASK
 from stargate.transport.state import ConnectionState, DigestTamper
 
 
@@ -81,11 +80,6 @@ class Outbox(ConnectionState):
                 self.close(self._closing_reason)
                 return
 
-    def _next_stat_sn(self) -> int:
-        stat_sn = self._stat_sn
-        self._stat_sn = (stat_sn + 1) & SERIAL_MASK
-        return stat_sn
-
     def _window(self) -> tuple[int, int]:
         """(ExpCmdSN, MaxCmdSN) to put in the next PDU."""
         window = self._cmd_sn_window
@@ -103,7 +97,9 @@ class Outbox(ConnectionState):
     def window_opened(self) -> None:
         """Queue slots are free again: tell the initiator with a NOP-In (no reply wanted)."""
         exp_cmd_sn, max_cmd_sn = self._window()
-        self._append(NopIn(stat_sn=self._stat_sn, exp_cmd_sn=exp_cmd_sn, max_cmd_sn=max_cmd_sn))
+        self._append(
+            NopIn(stat_sn=self._stat_sn.next, exp_cmd_sn=exp_cmd_sn, max_cmd_sn=max_cmd_sn)
+        )
         self._wake_writer()
 
     def _queue_reject(self, header: bytes, reason: int) -> None:
@@ -111,7 +107,7 @@ class Outbox(ConnectionState):
         self._append(
             Reject(
                 reason=reason,
-                stat_sn=self._next_stat_sn(),
+                stat_sn=self._stat_sn.take(),
                 exp_cmd_sn=exp_cmd_sn,
                 max_cmd_sn=max_cmd_sn,
                 data_sn_or_r2t_sn=0,

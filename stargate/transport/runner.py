@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from iscsicore.framing import PduFramer
+from iscsicore.fullfeature.numbering import StatSN
 from iscsicore.keys import SessionParams
-from iscsicore.seqnum import SERIAL_MASK
 from stargate.queue import CommandQueue
 from stargate.reader_hub import ReaderHub, Turn
 from stargate.scsi.command import Nexus
@@ -86,7 +86,7 @@ class FullFeatureConnection(FaultedPdus):
         self.stats = self.target.stats if self.target is not None else None
         self.tenant = queue.tenant(self.vdisk_key) if self.lu is not None else None
 
-        self._stat_sn = stat_sn & SERIAL_MASK
+        self._stat_sn = StatSN(stat_sn)
         self._cmd_sn_window = session.window
         self._held_data = {}
         self._tasks = {}

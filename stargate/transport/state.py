@@ -12,6 +12,7 @@ import trio
 from faults.model import Fault
 from iscsicore.cmdsn import CmdSNWindow
 from iscsicore.framing import PduFramer
+from iscsicore.fullfeature.numbering import StatSN
 from iscsicore.keys import SessionParams
 from iscsicore.pdu import DataOut, Pdu
 from stargate.queue import CommandQueue, Tenant
@@ -92,7 +93,7 @@ class ConnectionState:
     tenant: Tenant | None  # whom this connection's commands are charged to in the queue
 
     # -- sequence numbers and tasks
-    _stat_sn: int
+    _stat_sn: StatSN
     # Session-wide in the RFC; one connection per session, so this connection drives it.
     _cmd_sn_window: CmdSNWindow[HeldPdu]
     # Unsolicited Data-Out of held write commands, by ITT, replayed when they are delivered

@@ -42,7 +42,7 @@ class TaskManagement(Exchanges):
             TaskMgmtResponse(
                 response=response,
                 itt=pdu.itt,
-                stat_sn=self._next_stat_sn(),
+                stat_sn=self._stat_sn.take(),
                 exp_cmd_sn=exp_cmd_sn,
                 max_cmd_sn=max_cmd_sn,
             )
