@@ -125,9 +125,10 @@ class LoginOutcome:
 
 def peer_host(stream: trio.abc.Stream) -> str:
     """The initiator's address ("" when the stream is not a socket)."""
-    sock = getattr(stream, "socket", None)
+    if not isinstance(stream, trio.SocketStream):
+        return ""
     try:
-        peer = sock.getpeername() if sock is not None else None
+        peer = stream.socket.getpeername()
     except OSError:
         return ""
     return str(peer[0]) if isinstance(peer, tuple) else ""
