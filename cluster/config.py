@@ -16,6 +16,7 @@ not its data: `up --config` makes new, empty vDisks of the same sizes.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -167,30 +168,9 @@ def read_file(document: ConfigDocument) -> dict[str, Any]:
     """The ClusterConfig fields ``document`` sets; unknown keys are errors."""
     root = document.root()
     values: dict[str, Any] = {}
-    nodes = root.integer("nodes")
-    if nodes is not None:
-        values["nodes"] = root.convert("nodes", nodes, _at_least_one)
-    base = root.string("base_address")
-    if base is not None:
-        values["base_address"] = root.convert("base_address", base, _base_address)
-    window = root.number("stable_window")
-    if window is not None:
-        values["stable_window"] = root.convert("stable_window", window, _stable_window)
-    placement = root.string("placement")
-    if placement is not None:
-        values["placement"] = root.convert("placement", placement, _placement)
-    release = root.number("release_timeout")
-    if release is not None:
-        values["release_timeout"] = root.convert("release_timeout", release, _release_timeout)
-    advertise = root.strings("advertise")
-    if advertise is not None:
-        values["advertise"] = tuple(root.convert("advertise", text, _advert) for text in advertise)
-    redirectors = root.boolean("redirectors")
-    if redirectors is not None:
-        values["redirectors"] = redirectors
-    failback = root.string("failback")
-    if failback is not None:
-        values["failback"] = root.convert("failback", failback, FailbackMode.parse)
+    for name, (getter, converter) in SCALARS.items():
+        if (value := getter(root, name)) is not None:
+            values[name] = root.convert(name, value, converter)
     health = root.subtable("health")
     if health is not None:
         values["health"] = _read_health(health)
@@ -273,6 +253,25 @@ def _release_timeout(value: float) -> float:
 
 def _advert(text: str) -> Advertisement:
     return Advertisement.parse(text)  # its ClusterSpecError is a ValueError
+
+
+def _adverts(texts: list[str]) -> tuple[Advertisement, ...]:
+    return tuple(_advert(text) for text in texts)
+
+
+# The top-level keys and how to read and convert them, in reading order (as the target's
+# stargate.config.SCALARS).
+_Reader = Callable[[TableReader, str], Any]
+SCALARS: dict[str, tuple[_Reader, Callable[[Any], Any]]] = {
+    "nodes": (TableReader.integer, _at_least_one),
+    "base_address": (TableReader.string, _base_address),
+    "stable_window": (TableReader.number, _stable_window),
+    "placement": (TableReader.string, _placement),
+    "release_timeout": (TableReader.number, _release_timeout),
+    "advertise": (TableReader.strings, _adverts),
+    "redirectors": (TableReader.boolean, bool),
+    "failback": (TableReader.string, FailbackMode.parse),
+}
 
 
 def _vm_name(value: str) -> str:
