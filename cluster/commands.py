@@ -21,7 +21,6 @@ from rich.table import Table
 
 from cluster import demo
 from cluster.config import cluster_config, saved_config
-from cluster.console import output_console
 from cluster.provision import create_vm, provision_vms
 from cluster.settings_cli import (
     add_failback,
@@ -34,6 +33,7 @@ from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Superv
 from cluster.top import run_top
 from control.client import vdisk_table
 from control.control_token import cluster_token_file
+from initiator.console import output_console
 from stargate.cli import CliError
 from stargate.stores.capacity import check_file_capacity
 from topology.config_file import ConfigDocument, ConfigError

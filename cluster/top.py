@@ -18,10 +18,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cluster.console import output_console
 from cluster.supervisor import Supervisor
 from control.client import PageAnswer, fetch_all
 from control.fault_summary import top_line
+from initiator.console import output_console
 from stargate.stats import LATENCY_BUCKET_BOUNDS_US
 from topology.spec import ClusterSpec, list_vdisks
 

@@ -33,6 +33,7 @@ from rich.table import Table
 from topology.spec import MAX_SESSIONS_PER_DISK
 
 from .bench import BenchReport, Pattern, parse_size, run_bench
+from .console import output_console
 from .device import BlockDevice
 from .discovery import list_luns, send_targets
 from .errors import InitiatorError
@@ -481,9 +482,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], Awaitable[int]]] = {
 }
 
 
-UNCUT_WIDTH = 10_000
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -491,11 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    to_stderr = args.command == "read"  # read writes data to stdout
-    stream = sys.stderr if to_stderr else sys.stdout
-    # Piped or redirected, tables keep every character (scripts grep whole IQNs); rich
-    # would otherwise cut them to 80 columns.
-    console = Console(stderr=to_stderr, width=None if stream.isatty() else UNCUT_WIDTH)
+    console = output_console(stderr=args.command == "read")  # read writes data to stdout
     try:
         return trio.run(COMMANDS[args.command], args, console)
     except KeyboardInterrupt:

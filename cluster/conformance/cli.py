@@ -20,7 +20,7 @@ from cluster.conformance.runner import (
 )
 from cluster.conformance.target import KitAddresses
 from cluster.conformance.verdict import Verdict
-from cluster.console import output_console
+from initiator.console import output_console
 from stargate.cli import CliError
 
 
