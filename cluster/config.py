@@ -16,14 +16,13 @@ not its data: `up --config` makes new, empty vDisks of the same sizes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import tomli_w
 
-from topology.config_file import ConfigDocument, TableReader
+from topology.config_file import ConfigDocument, ScalarSpec, TableReader
 from topology.settings import (
     DEFAULT_FAILBACK,
     DEFAULT_HEALTH,
@@ -261,8 +260,7 @@ def _adverts(texts: list[str]) -> tuple[Advertisement, ...]:
 
 # The top-level keys and how to read and convert them, in reading order (as the target's
 # stargate.config.SCALARS).
-_Reader = Callable[[TableReader, str], Any]
-SCALARS: dict[str, tuple[_Reader, Callable[[Any], Any]]] = {
+SCALARS: dict[str, ScalarSpec] = {
     "nodes": (TableReader.integer, _at_least_one),
     "base_address": (TableReader.string, _base_address),
     "stable_window": (TableReader.number, _stable_window),

@@ -20,7 +20,6 @@ Each value is converted by the same function as its flag, so both accept the sam
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from topology.config_file import (
     ConfigDocument,
     ConfigError,
     KeyPath,
+    ScalarSpec,
     TableReader,
     dotted,
     locate,
@@ -238,8 +238,7 @@ def store_kind(value: str) -> StoreKind:
 
 
 # The scalar fields and how to read and convert them (the same converter as the flag's).
-_Reader = Callable[[TableReader, str], Any]
-SCALARS: dict[str, tuple[_Reader, Callable[[Any], Any]]] = {
+SCALARS: dict[str, ScalarSpec] = {
     "portal": (TableReader.string, parse_portal),
     "advertise": (TableReader.string, str),
     "store": (TableReader.string, store_kind),

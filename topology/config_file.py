@@ -196,3 +196,9 @@ class TableReader:
             raise self.error(
                 unknown[0], f"unknown key (known here: {', '.join(sorted(self._read))})"
             )
+
+
+# How a table of scalar keys is declared (stargate.config, cluster.config): the reader
+# method for the key's TOML type, and the converter that checks and maps its value.
+ScalarGetter = Callable[[TableReader, str], Any]
+ScalarSpec = tuple[ScalarGetter, Callable[[Any], Any]]
