@@ -35,7 +35,6 @@ from control.client import vdisk_table
 from control.control_token import cluster_token_file
 from initiator.console import output_console
 from stargate.cli import CliError
-from stargate.stores.capacity import check_file_capacity
 from topology.config_file import ConfigDocument, ConfigError
 from topology.spec import (
     PLACEMENTS,
@@ -44,7 +43,6 @@ from topology.spec import (
     ClusterSpec,
     ClusterSpecError,
 )
-from topology.vdisk import parse_size
 
 
 def _advertisement(text: str) -> Advertisement:
@@ -412,8 +410,6 @@ def vm_create(args: argparse.Namespace) -> int:
     directory: Path = args.dir.resolve()
     try:
         spec = ClusterSpec.load(directory)
-        # Before any file is made: a size the filesystem cannot hold leaves nothing behind.
-        check_file_capacity(ClusterPaths(directory).vdisks, parse_size(args.size))
         record, infos = create_vm(
             directory,
             args.name,

@@ -33,7 +33,7 @@ def create_vm(
 ) -> tuple[VmRecord, list[VDiskInfo]]:
     """Create VM ``name`` with ``disks`` new vDisks ``<name>-<k>`` (sparse files) on node
     ``home_node``, opening ``sessions_per_disk`` sessions to each; refuses an existing VM
-    name or vDisk id."""
+    name or vDisk id, and a size the store directory's filesystem cannot hold."""
     spec = ClusterSpec.load(directory)
     spec.node(home_node)  # validates the node
     if not VM_NAME_RE.match(name):
@@ -50,6 +50,9 @@ def create_vm(
     if paths.vm_file(name).exists():
         raise ClusterSpecError(f"VM {name!r} exists already")
     byte_size = parse_size(size)
+    # Before any file is made: a size the filesystem cannot hold leaves nothing behind (a
+    # CapacityError is a ValueError).
+    check_file_capacity(paths.vdisks, byte_size)
     vdisk_ids = [f"{name}-{index}" for index in range(disks)]
     for vdisk_id in vdisk_ids:
         if paths.vdisk_meta_file(vdisk_id).exists():
@@ -66,13 +69,11 @@ def create_vm(
 
 def provision_vms(directory: Path, vms: tuple[VmConfig, ...]) -> None:
     """Create the configured VMs that do not exist yet; those that do must match."""
-    paths = ClusterPaths(directory)
     existing = {record.name: record for record in load_vms(directory)}
     sizes = {info.vdisk_id: info.size for info in list_vdisks(directory)}
     for vm in vms:
         record = existing.get(vm.name)
         if record is None:
-            check_file_capacity(paths.vdisks, vm.size)  # a CapacityError: a ValueError
             create_vm(
                 directory,
                 vm.name,
