@@ -68,6 +68,9 @@ class Failback:
     _attempts: dict[str, _Attempts] = field(default_factory=dict)
     _strays: dict[str, str] = field(default_factory=dict)  # vDisk -> remote node key
     _looked_for_strays: bool = False
+    # Set live on the redirector's page (/h/gflags); None: cluster.json's, read each time.
+    mode_override: FailbackMode | None = None
+    logout_seconds: int | None = None  # None: the timers'
 
     async def run(self) -> None:
         while True:
@@ -95,18 +98,27 @@ class Failback:
                     nursery.start_soon(self._request_failback, vdisk, node_key, attempts)
 
     def mode(self) -> FailbackMode:
-        """cluster.json's failback mode as it is now (the spec loaded at start if unreadable)."""
+        """The mode set live, else cluster.json's as it is now (the spec loaded at start if
+        unreadable)."""
+        if self.mode_override is not None:
+            return self.mode_override
         try:
             return ClusterSpec.load(self.config.directory).failback
         except ClusterSpecError:
             return self.config.spec.failback
+
+    @property
+    def failback_logout_seconds(self) -> int:
+        if self.logout_seconds is not None:
+            return self.logout_seconds
+        return self.config.timers.failback_logout_seconds
 
     async def _request_failback(self, vdisk: str, node_key: str, attempts: _Attempts) -> None:
         node = self.config.node_of(node_key)
         mode = self.mode()
         url = f"{node.http_url}/control/vdisks/{quote(vdisk, safe='')}/{mode.value}"
         if mode is FailbackMode.LOGOUT:
-            url += f"?seconds={self.config.timers.failback_logout_seconds}"
+            url += f"?seconds={self.failback_logout_seconds}"
         try:
             try:
                 token = cluster_token(self.config.directory)  # the CVM pages' credential
