@@ -239,8 +239,7 @@ def traces_page(stats: Mapping[str, VDiskStats], request: HttpRequest) -> HttpRe
     if wants_json(request):
         return HttpResponse.json({"depth": TRACE_SETTINGS.depth, "vdisks": document})
     sections = []
-    columns = ("received", "itt", "opcode", "bytes", "status", "queued_us", "executed_us",
-               "status_us", "latency_us")  # fmt: skip
+    columns = TRACE_COLUMNS
     head = "".join(f"<th>{name}</th>" for name in columns)
     for vdisk_id, entries in document.items():
         rows = "".join(
@@ -254,6 +253,12 @@ def traces_page(stats: Mapping[str, VDiskStats], request: HttpRequest) -> HttpRe
         "unit's result), status (handed to the send buffer).</p>"
     )
     return html_page("stargate: traces", note + "".join(sections))
+
+
+TRACE_COLUMNS = (
+    *("received", "itt", "opcode", "bytes", "status"),
+    *("queued_us", "executed_us", "status_us", "latency_us"),
+)
 
 
 def _cell(name: str, value: Any) -> str:

@@ -19,7 +19,7 @@ from iscsicore.portal import Portal
 from redirector.config import redirector_page_url
 from tests.cluster.conftest import run_cli
 from tests.helpers.procs import ProcessReaper
-from tests.redirector.cluster import PORT, TestCluster
+from tests.redirector.cluster import HTTP_PORT, PORT, START_TIMEOUT, TestCluster
 from topology.settings import HealthChecks
 from topology.spec import ClusterSpec
 
@@ -33,7 +33,12 @@ LONG_WINDOW = 600.0
 
 class Pages:
     def __init__(self, cluster: TestCluster, node_id: int) -> None:
-        self.base = redirector_page_url(cluster.node(node_id))
+        node = cluster.node(node_id)
+        # The page opens just after the iSCSI portal the fixture waited for.
+        cluster.redirectors[node_id].wait_for_port(
+            node.redirector_address, HTTP_PORT, timeout=START_TIMEOUT
+        )
+        self.base = redirector_page_url(node)
         self.token = cluster_token(cluster.directory)
 
     async def get(self, path: str) -> HttpResponse:
@@ -194,12 +199,9 @@ async def test_cluster_set_records_and_reports_health_knobs(
     cluster.start_stargates()
     cluster.start_redirector(1, *REDIRECTOR_OPTIONS)  # node 2's redirector is not running
     pages = Pages(cluster, 1)
-    result = await trio.to_thread.run_sync(
-        lambda: run_cli(
-            "cluster", "set", "--dir", str(cluster.directory), "--misses", "4",
-            "--nop-interval", "0.5", "--failback", "logout",
-        )  # fmt: skip
-    )
+    argv = ["cluster", "set", "--dir", str(cluster.directory), "--misses", "4"]
+    argv += ["--nop-interval", "0.5", "--failback", "logout"]
+    result = await trio.to_thread.run_sync(lambda: run_cli(*argv))
     assert '"1": "set"' in result.stdout, result.stdout
     assert '"2": "not running?' in result.stdout, result.stdout
     spec = ClusterSpec.load(cluster.directory)
@@ -207,8 +209,6 @@ async def test_cluster_set_records_and_reports_health_knobs(
     assert spec.failback.value == "logout"
     flags = await pages.flags()
     assert (flags["misses"], flags["nop_interval"], flags["failback"]) == (4, 0.5, "logout")
-    refused = await trio.to_thread.run_sync(
-        lambda: run_cli("cluster", "set", "--dir", str(cluster.directory), "--misses", "0",
-                        check=False)  # fmt: skip
-    )
+    argv = ["cluster", "set", "--dir", str(cluster.directory), "--misses", "0"]
+    refused = await trio.to_thread.run_sync(lambda: run_cli(*argv, check=False))
     assert refused.returncode == 2 and "--misses" in refused.stderr, refused.stderr
