@@ -27,6 +27,7 @@ from iscsicore.portal import Portal
 
 OUTPUT_TAIL = 2000  # characters of a tool's output kept as evidence
 IO_BYTES = 65536  # what the writing drivers write and read back at LBA 0
+REPLACEMENT_TIMEOUT = 6.0  # the project's initiator gives up a lost session after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,8 @@ class ProjectDriver:
         url = IscsiUrl(job.portal, job.target, job.lun, credentials)
         # Offers CRC32C digests (then None), so the kit sees them in use.
         login = LoginOptions(header_digest=True, data_digest=True)
-        config = SessionConfig(login=login, nop_interval=0, replacement_timeout=2.0)
+        # Longer than the kit's Time2Wait, so that a dropped session comes back.
+        config = SessionConfig(login=login, nop_interval=0, replacement_timeout=REPLACEMENT_TIMEOUT)
         status: int | None = None
         output = ""
         with trio.move_on_at(deadline):
