@@ -18,12 +18,13 @@ from cluster.conformance import login_checks as login
 from cluster.conformance import redirect_checks as redirect
 from cluster.conformance.async_target import AsyncScript
 from cluster.conformance.evidence import Evidence
+from cluster.conformance.failover import CvmFailure
 from cluster.conformance.target import PING_TTT, LoginScript, PortalSpec
 from cluster.conformance.verdict import Outcome
 from iscsicore.chap import ChapSecrets
 from iscsicore.pdu import AsyncEvent, LoginStatus
 
-SUITES = ("login", "full-feature", "redirect", "chap", "async")
+SUITES = ("login", "full-feature", "redirect", "chap", "async", "failover")
 HELD_ROUNDS = 3
 CLOSED_WINDOW_SECONDS = 0.5
 SMALL_SEGMENT = 4096
@@ -62,9 +63,10 @@ class ConformanceTest:
     rfc: str  # RFC 7143 sections
     checks: str
     portals: tuple[PortalSpec, ...]
-    judge: Judge
+    judge: Judge | None  # None for the failover tests, judged on the cluster's records
     secrets: Chap = Chap.NONE
     watch_window: bool = False  # observe the whole window even if the driver ends first
+    failover: CvmFailure | None = None  # played on a local cluster (failover.py)
 
 
 def _entry(script: LoginScript | None = None) -> tuple[PortalSpec, ...]:
@@ -363,6 +365,26 @@ TESTS: tuple[ConformanceTest, ...] = (
             )
         ),
         lambda evidence, ctx: async_.negotiation_requested(evidence, NEGOTIATION_WITHIN),
+    ),
+    ConformanceTest(
+        "failover.kill",
+        "failover",
+        "6.1.1, 11.13.5",
+        "through node 1's redirector, writing and reading back; node 1's CVM is SIGKILLed, "
+        "then restarted: re-logins via the redirector to a remote CVM and home again "
+        "(failback after the stable window), every chunk written is on the vDisk",
+        (),
+        None,
+        failover=CvmFailure.KILL,
+    ),
+    ConformanceTest(
+        "failover.stop",
+        "failover",
+        "6.1.1, 11.13.5",
+        "the same with node 1's CVM SIGSTOPped (found out only by timeouts), then SIGCONT",
+        (),
+        None,
+        failover=CvmFailure.STOP,
     ),
 )
 
