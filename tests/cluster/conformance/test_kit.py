@@ -23,6 +23,8 @@ from tests.conftest import require_tool
 from tests.helpers.net import unique_loopback_address
 
 WINDOW = 1.0
+# The failover suite runs on a local cluster: tests/cluster/conformance/test_failover.py.
+KIT_TESTS = tuple(test for test in TESTS if test.failover is None)
 INFO = Verdict.INFORMATIVE
 FAIL = Verdict.FAIL
 NA = Verdict.NOT_APPLICABLE
@@ -124,14 +126,14 @@ def _verdicts(results: list[ConformanceResult]) -> dict[str, Verdict]:
 
 
 def _run(driver: Driver) -> list[ConformanceResult]:
-    return trio.run(run_tests, TESTS, driver, _options())
+    return trio.run(run_tests, KIT_TESTS, driver, _options())
 
 
 def test_each_flaw_fails_the_behaviour_it_breaks_and_passes_the_others() -> None:
     results: dict[Flaw, list[ConformanceResult]] = {}
 
     async def one(flaw: Flaw) -> None:
-        results[flaw] = await run_tests(TESTS, RogueDriver(flaw), _options())
+        results[flaw] = await run_tests(KIT_TESTS, RogueDriver(flaw), _options())
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -149,7 +151,7 @@ def test_each_flaw_fails_the_behaviour_it_breaks_and_passes_the_others() -> None
 
 def test_every_verdict_rests_on_the_pdus_the_target_received() -> None:
     names = ("login.mrdsl-honoured", "login.refused-0x03", "redirect.new-address")
-    tests = tuple(test for test in TESTS if test.name in names)
+    tests = tuple(test for test in KIT_TESTS if test.name in names)
     results = trio.run(run_tests, tests, RogueDriver(Flaw.OVERSIZED_SEGMENT), _options())
     by_name = {result.test.name: result for result in results}
     oversized = by_name["login.mrdsl-honoured"]
@@ -166,7 +168,7 @@ def test_every_verdict_rests_on_the_pdus_the_target_received() -> None:
 
 def test_async_verdicts_rest_on_the_event_and_the_answer_timed_at_the_target() -> None:
     names = ("async.logout-request", "async.drop-session")
-    tests = tuple(test for test in TESTS if test.name in names)
+    tests = tuple(test for test in KIT_TESTS if test.name in names)
 
     async def both() -> dict[Flaw, list[ConformanceResult]]:
         found: dict[Flaw, list[ConformanceResult]] = {}
