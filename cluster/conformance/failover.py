@@ -60,6 +60,7 @@ STEADY = 2.0  # seconds of I/O at home before the failure, and after each move
 FAILOVER_TIMEOUT = 40.0
 FAILBACK_SLACK = 30.0  # beyond the stable window
 POLL = 0.2
+SETTLE = 1.5  # beyond the stable window: the redirectors' health checks catch up
 READ_BACK = SessionConfig(nop_interval=0, replacement_timeout=5.0)
 _LOG_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - \w+ - Redirecting target (\S+) to (\S+)$", re.M
@@ -98,7 +99,8 @@ class FailoverEvidence:
     data: bytes | None  # the region as the target holds it (None: unreadable)
     read_error: str
     run: WorkloadRun
-    run_ended_at: float  # when the driver's workload ended (stopped by the kit, or not)
+    run_ended_at: float  # when the driver's workload ended
+    stopped_at: float | None  # when the scenario ended and the kit stopped the workload
     timeline: tuple[str, ...]
 
 
@@ -117,6 +119,8 @@ class LocalCluster:
         self.supervisor = supervisor
         self.failover_timeout = failover_timeout
         self._vms = 0
+        # Until then node 1 may not yet count as stable: new logins would go elsewhere.
+        self._settled_at = 0.0
 
     @classmethod
     @asynccontextmanager
@@ -214,8 +218,10 @@ class LocalCluster:
         else:
             self.supervisor.send(home, signal.SIGCONT)
         await self.supervisor.wait_ready([home], START_TIMEOUT)
+        self._settled_at = time.time() + self.spec.stable_window + SETTLE
 
     async def play(self, failure: CvmFailure, driver: WorkloadDriver) -> FailoverEvidence:
+        await trio.sleep(max(0.0, self._settled_at - time.time()))
         vdisk = self.new_vdisk()
         target = target_name_for(vdisk)
         portal = Portal(
@@ -224,7 +230,9 @@ class LocalCluster:
         stop = trio.Event()
         timeline: list[str] = []
         started = time.time()
-        marks: dict[str, float | None] = dict.fromkeys(("failed", "moved", "revived", "back"))
+        marks: dict[str, float | None] = dict.fromkeys(
+            ("failed", "moved", "revived", "back", "stopped")
+        )
         window = self.spec.stable_window
         budget = STEADY * 3 + self.failover_timeout + window + FAILBACK_SLACK + 2 * START_TIMEOUT
         run: WorkloadRun | None = None
@@ -240,12 +248,14 @@ class LocalCluster:
             )
             ended_at = time.time()
             note(f"workload ended: exit status {run.exit_status}")
+            nursery.cancel_scope.cancel()  # a workload that gave up ends the scenario
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(workload)
             try:
                 await self._scenario(failure, vdisk, marks, note)
             finally:
+                marks["stopped"] = time.time()
                 stop.set()
         assert run is not None
         data, read_error = await self.read_region(vdisk)
@@ -265,6 +275,7 @@ class LocalCluster:
             read_error,
             run,
             ended_at,
+            marks["stopped"],
             tuple(timeline),
         )
 
@@ -284,15 +295,20 @@ class LocalCluster:
         marks["failed"] = time.time()
         await trio.to_thread.run_sync(self.fail, failure)
         note(f"node {HOME}'s CVM: {'SIGKILL' if failure is CvmFailure.KILL else 'SIGSTOP'}")
-        marks["moved"] = await self.wait_served(vdisk, remotes, self.failover_timeout)
-        note(
-            "a remote CVM serves the vDisk"
-            if marks["moved"]
-            else f"no remote CVM serves it after {self.failover_timeout:g} s"
-        )
-        await trio.sleep(STEADY)
-        marks["revived"] = time.time()
-        await self.revive(failure)
+        try:
+            marks["moved"] = await self.wait_served(vdisk, remotes, self.failover_timeout)
+            note(
+                "a remote CVM serves the vDisk"
+                if marks["moved"]
+                else f"no remote CVM serves it after {self.failover_timeout:g} s"
+            )
+            await trio.sleep(STEADY)
+        finally:
+            # Even when the scenario is cut short (the workload gave up): never leave a
+            # CVM killed or stopped.
+            with trio.CancelScope(shield=True):
+                marks["revived"] = time.time()
+                await self.revive(failure)
         revived = "started" if failure is CvmFailure.KILL else "continued (SIGCONT)"
         note(f"node {HOME}'s CVM {revived}")
         marks["back"] = await self.wait_served(

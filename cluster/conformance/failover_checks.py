@@ -74,7 +74,9 @@ def failover_judged(evidence: FailoverEvidence) -> Outcome:
     driver: dict[str, object] = {"driver_exit_status": run.exit_status, "driver_errors": run.errors}
     if evidence.failed_at is None:
         return failed("the initiator never got node 1 to serve its vDisk", timing, driver)
-    if evidence.back_at is None and evidence.run_ended_at < (evidence.revived_at or 0.0):
+    stopped_at = evidence.stopped_at
+    gave_up = stopped_at is None or evidence.run_ended_at < stopped_at
+    if gave_up and (evidence.moved_at is None or evidence.back_at is None):
         ended = evidence.run_ended_at - evidence.failed_at
         lines = run.output.strip().splitlines()
         why = "; ".join(run.errors) or (lines[-1] if lines else "no reason given")

@@ -55,6 +55,7 @@ def _good_evidence() -> FailoverEvidence:
         "",
         run,
         112.0,
+        111.9,
         (),
     )
 
