@@ -20,6 +20,7 @@ from topology.spec import (
     load_vms,
 )
 from topology.vdisk import VDiskMeta, parse_size
+from topology.volume_group import VG_VDISK_PREFIX
 
 
 def create_vm(
@@ -46,25 +47,33 @@ def create_vm(
         raise ClusterSpecError(
             f"sessions per disk must be 1..{MAX_SESSIONS_PER_DISK}, not {sessions_per_disk}"
         )
+    if name.startswith(VG_VDISK_PREFIX):
+        raise ClusterSpecError(f"VM name {name!r}: names starting {VG_VDISK_PREFIX!r} are kept "
+                               "for volume groups' disks")  # fmt: skip
     paths = ClusterPaths(Path(directory))
     if paths.vm_file(name).exists():
         raise ClusterSpecError(f"VM {name!r} exists already")
-    byte_size = parse_size(size)
-    # Before any file is made: a size the filesystem cannot hold leaves nothing behind (a
-    # CapacityError is a ValueError).
-    check_file_capacity(paths.vdisks, byte_size)
     vdisk_ids = [f"{name}-{index}" for index in range(disks)]
-    for vdisk_id in vdisk_ids:
-        if paths.vdisk_meta_file(vdisk_id).exists():
-            raise ClusterSpecError(f"vDisk {vdisk_id!r} exists already")
-    infos = []
-    for vdisk_id in vdisk_ids:
-        meta = VDiskMeta(vdisk_id=vdisk_id, size=byte_size)
-        FileStore.open_or_create(paths.vdisks, meta).close()
-        infos.append(VDiskInfo(vdisk_id, meta.size, meta.block_size, name, home_node))
+    metas = create_vdisks(paths, vdisk_ids, parse_size(size))
+    infos = [VDiskInfo(m.vdisk_id, m.size, m.block_size, name, home_node) for m in metas]
     record = VmRecord(name, home_node, vdisk_ids, sessions_per_disk)
     record.save(paths)
     return record, infos
+
+
+def create_vdisks(paths: ClusterPaths, vdisk_ids: list[str], byte_size: int) -> list[VDiskMeta]:
+    """New sparse vDisks of ``byte_size`` bytes in the shared store directory; refuses an
+    existing id, and a size the filesystem cannot hold, before any file is made."""
+    check_file_capacity(paths.vdisks, byte_size)  # a CapacityError is a ValueError
+    for vdisk_id in vdisk_ids:
+        if paths.vdisk_meta_file(vdisk_id).exists():
+            raise ClusterSpecError(f"vDisk {vdisk_id!r} exists already")
+    metas = []
+    for vdisk_id in vdisk_ids:
+        meta = VDiskMeta(vdisk_id=vdisk_id, size=byte_size)
+        FileStore.open_or_create(paths.vdisks, meta).close()
+        metas.append(meta)
+    return metas
 
 
 def provision_vms(directory: Path, vms: tuple[VmConfig, ...]) -> None:

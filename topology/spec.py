@@ -32,6 +32,8 @@ from topology.vdisk import VDiskMeta, atomic_write
 DEFAULT_BASE_ADDRESS = "127.77.0.0"
 DEFAULT_ISCSI_PORT = 3261
 DEFAULT_HTTP_PORT = 2009
+DEFAULT_DSIP_PORT = 3260  # the Data Services IP is a standard iSCSI portal
+DSIP_OFFSET = 3  # by default the DSIP is the cluster's base address + 3 (no node uses it)
 DEFAULT_STABLE_WINDOW = 300.0
 MAX_RELEASE_TIMEOUT = 600.0  # seconds; a release timeout is in (0, this]
 MAX_SESSIONS_PER_DISK = 8
@@ -230,6 +232,9 @@ class ClusterSpec:
     release_timeout: float | None = None
     failback: FailbackMode = DEFAULT_FAILBACK
     health: HealthChecks = DEFAULT_HEALTH
+    # The Data Services IP, ADDR:PORT, where external initiators discover and log in to
+    # volume groups; None: the default, base address + 3, port 3260.
+    dsip: str | None = None
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -257,6 +262,14 @@ class ClusterSpec:
     @property
     def node_ids(self) -> list[int]:
         return [node.node_id for node in self.nodes]
+
+    @property
+    def dsip_portal(self) -> str:
+        """The Data Services IP as ADDR:PORT."""
+        if self.dsip is not None:
+            return self.dsip
+        base = ipaddress.IPv4Address(self.base_address)
+        return f"{ipaddress.IPv4Address(int(base) + DSIP_OFFSET)}:{DEFAULT_DSIP_PORT}"
 
     # -- files --------------------------------------------------------------------------
 
@@ -367,6 +380,8 @@ class ClusterSpec:
         }
         if self.release_timeout is not None:
             document["release_timeout"] = self.release_timeout
+        if self.dsip is not None:
+            document["dsip"] = self.dsip
         return document
 
     @classmethod
@@ -381,6 +396,7 @@ class ClusterSpec:
             release_timeout=_optional_seconds(raw.get("release_timeout")),
             failback=_failback(raw.get("failback", DEFAULT_FAILBACK.value)),
             health=_health(raw.get("health", {})),
+            dsip=None if raw.get("dsip") is None else str(raw["dsip"]),
         )
 
 
