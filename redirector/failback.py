@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 import trio
@@ -35,7 +36,7 @@ from redirector.policy import PlacementPolicy
 from topology.naming import target_name_for
 from topology.ownership import read_record
 from topology.settings import FailbackMode
-from topology.spec import ClusterSpec, ClusterSpecError, load_vms
+from topology.spec import ClusterSpec, ClusterSpecError, NodeSpec, load_vms
 
 CHECK_INTERVAL = 0.5
 REQUEST_TIMEOUT = 2.0
@@ -104,17 +105,8 @@ class Failback:
     async def _request_failback(self, vdisk: str, node_key: str, attempts: _Attempts) -> None:
         node = self.config.node_of(node_key)
         mode = self.mode()
-        url = f"{node.http_url}/control/vdisks/{quote(vdisk, safe='')}/{mode.value}"
-        if mode is FailbackMode.LOGOUT:
-            url += f"?seconds={self.config.timers.failback_logout_seconds}"
         try:
-            try:
-                token = cluster_token(self.config.directory)  # the CVM pages' credential
-            except ControlTokenError as error:
-                raise HttpError(str(error)) from None
-            status, document = await http_json("POST", url, timeout=REQUEST_TIMEOUT, token=token)
-            if status != 200:
-                raise HttpError(f"{url}: HTTP {status}")
+            answer = await end_sessions(self.config, node, vdisk, mode)
         except HttpError as error:
             attempts.count += 1
             if attempts.count >= MAX_ATTEMPTS:
@@ -131,7 +123,6 @@ class Failback:
             backoff = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_FIRST * 2 ** (attempts.count - 1))
             attempts.not_before = self.clock() + backoff
             return
-        answer = document if isinstance(document, dict) else {}
         target = target_name_for(vdisk)
         if mode is FailbackMode.LOGOUT:
             asked = int(answer.get("sessions_asked", 0))
@@ -173,3 +164,21 @@ class Failback:
                     continue
                 strays[vdisk] = self.config.node_key(record.node_id)
         return strays
+
+
+async def end_sessions(
+    config: RedirectorConfig, node: NodeSpec, vdisk: str, mode: FailbackMode
+) -> dict[str, Any]:
+    """Ask ``node``'s stargate to end ``vdisk``'s sessions as ``mode`` says; its answer
+    (sessions asked, connections closed). Raises HttpError when it did not."""
+    url = f"{node.http_url}/control/vdisks/{quote(vdisk, safe='')}/{mode.value}"
+    if mode is FailbackMode.LOGOUT:
+        url += f"?seconds={config.timers.failback_logout_seconds}"
+    try:
+        token = cluster_token(config.directory)  # the CVM pages' credential
+    except ControlTokenError as error:
+        raise HttpError(str(error)) from None
+    status, document = await http_json("POST", url, timeout=REQUEST_TIMEOUT, token=token)
+    if status != 200:
+        raise HttpError(f"{url}: HTTP {status}")
+    return document if isinstance(document, dict) else {}

@@ -91,12 +91,17 @@ class PlacementPolicy:
     def local_is_stable(self, now: float) -> bool:
         """The local stargate may take vDisks (back): healthy, and either never seen down
         or healthy for the whole stable window since it came back."""
-        health = self._health[self.local]
+        return self.is_stable(self.local, now, self.stable_window)
+
+    def is_stable(self, node: str, now: float, window: float) -> bool:
+        """``node`` is healthy, and either never seen down or healthy for ``window``
+        seconds since it came back."""
+        health = self._health[node]
         if not health.healthy or health.healthy_since is None:
             return False
         if not health.ever_down:
             return True
-        return now - health.healthy_since >= self.stable_window
+        return now - health.healthy_since >= window
 
     def choose(self, vdisk: str, now: float) -> str | None:
         """The CVM to redirect ``vdisk``'s login to, or None when no CVM is healthy."""
