@@ -3,7 +3,8 @@
 
     nodes = 3                  base_address, stable_window, placement, release_timeout,
                                advertise = ["[cvm:|redirector:]NODE=ADDR[:PORT]", ...],
-                               redirectors = true|false, failback = "kill"|"logout"
+                               redirectors = true|false, failback = "kill"|"logout",
+                               dsip = "ADDR[:PORT]" (the Data Services IP)
     [health]                   nop_interval, nop_timeout, misses, connect_timeout
     [[vm]]                     name, node, disks, size ("1G" or bytes), sessions_per_disk
 
@@ -45,6 +46,7 @@ from topology.spec import (
     list_vdisks,
     load_vms,
     node_addresses,
+    normal_dsip,
     valid_release_timeout,
 )
 from topology.vdisk import parse_size
@@ -63,6 +65,7 @@ class VmConfig:
     disks: int = 1
     size: int = DEFAULT_VM_SIZE  # bytes, each vDisk
     sessions_per_disk: int = 1
+    load_balance: bool = False  # its vDisks spread over every CVM
 
     def to_toml(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -73,6 +76,8 @@ class VmConfig:
         }
         if self.sessions_per_disk != 1:
             document["sessions_per_disk"] = self.sessions_per_disk
+        if self.load_balance:
+            document["load_balance"] = True
         return document
 
 
@@ -87,11 +92,12 @@ class ClusterConfig:
     redirectors: bool = True
     failback: FailbackMode = DEFAULT_FAILBACK
     health: HealthChecks = DEFAULT_HEALTH
+    dsip: str | None = None  # None: base address + 3, port 3260
     vms: tuple[VmConfig, ...] = ()
 
     def spec(self) -> ClusterSpec:
         """cluster.json for this configuration (raises ClusterSpecError)."""
-        return ClusterSpec.build(
+        spec = ClusterSpec.build(
             self.nodes,
             stable_window=self.stable_window,
             placement=self.placement,
@@ -101,6 +107,7 @@ class ClusterConfig:
             failback=self.failback,
             health=self.health,
         )
+        return replace(spec, dsip=self.dsip)
 
     @classmethod
     def from_spec(cls, spec: ClusterSpec) -> ClusterConfig:
@@ -125,6 +132,7 @@ class ClusterConfig:
             advertise=tuple(advertise),
             failback=spec.failback,
             health=spec.health,
+            dsip=spec.dsip,
         )
 
     def to_toml(self) -> str:
@@ -140,6 +148,8 @@ class ClusterConfig:
             document["advertise"] = [advertisement_text(ad) for ad in self.advertise]
         document["redirectors"] = self.redirectors
         document["failback"] = self.failback.value
+        if self.dsip is not None:
+            document["dsip"] = self.dsip
         document["health"] = self.health.to_json()
         # One [[vm]] table each, as people write them (tomli_w would inline short ones).
         vms = "".join(f"\n[[vm]]\n{tomli_w.dumps(vm.to_toml())}" for vm in self.vms)
@@ -202,6 +212,7 @@ def _read_vm(table: TableReader) -> VmConfig:
     disks = table.integer("disks")
     size = table.typed("size", (str, int), 'a size ("1G") or a byte count')
     sessions = table.integer("sessions_per_disk")
+    load_balance = table.typed("load_balance", (bool,), "true or false")
     table.finish()
     return VmConfig(
         name,
@@ -209,6 +220,7 @@ def _read_vm(table: TableReader) -> VmConfig:
         1 if disks is None else table.convert("disks", disks, _at_least_one),
         DEFAULT_VM_SIZE if size is None else table.convert("size", size, parse_size),
         1 if sessions is None else table.convert("sessions_per_disk", sessions, _sessions),
+        bool(load_balance),
     )
 
 
@@ -269,6 +281,7 @@ SCALARS: dict[str, ScalarSpec] = {
     "advertise": (TableReader.strings, _adverts),
     "redirectors": (TableReader.boolean, bool),
     "failback": (TableReader.string, FailbackMode.parse),
+    "dsip": (TableReader.string, normal_dsip),  # its ClusterSpecError is a ValueError
 }
 
 
@@ -342,6 +355,7 @@ def saved_config(directory: Path, *, redirectors: bool) -> tuple[ClusterConfig, 
                 len(record.vdisk_ids),
                 size,
                 record.sessions_per_disk,
+                record.load_balance,
             )
         )
     in_vms = {vdisk_id for record in load_vms(directory) for vdisk_id in record.vdisk_ids}

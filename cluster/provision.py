@@ -31,9 +31,11 @@ def create_vm(
     disks: int,
     size: int | str,
     sessions_per_disk: int = 1,
+    load_balance: bool = False,
 ) -> tuple[VmRecord, list[VDiskInfo]]:
     """Create VM ``name`` with ``disks`` new vDisks ``<name>-<k>`` (sparse files) on node
-    ``home_node``, opening ``sessions_per_disk`` sessions to each; refuses an existing VM
+    ``home_node``, opening ``sessions_per_disk`` sessions to each, its vDisks spread over
+    every CVM if ``load_balance``; refuses an existing VM
     name or vDisk id, and a size the store directory's filesystem cannot hold."""
     spec = ClusterSpec.load(directory)
     spec.node(home_node)  # validates the node
@@ -56,7 +58,7 @@ def create_vm(
     vdisk_ids = [f"{name}-{index}" for index in range(disks)]
     metas = create_vdisks(paths, vdisk_ids, parse_size(size))
     infos = [VDiskInfo(m.vdisk_id, m.size, m.block_size, name, home_node) for m in metas]
-    record = VmRecord(name, home_node, vdisk_ids, sessions_per_disk)
+    record = VmRecord(name, home_node, vdisk_ids, sessions_per_disk, load_balance)
     record.save(paths)
     return record, infos
 
@@ -90,13 +92,16 @@ def provision_vms(directory: Path, vms: tuple[VmConfig, ...]) -> None:
                 disks=vm.disks,
                 size=vm.size,
                 sessions_per_disk=vm.sessions_per_disk,
+                load_balance=vm.load_balance,
             )
-        elif (record.home_node, len(record.vdisk_ids), record.sessions_per_disk) != (
-            vm.node,
-            vm.disks,
-            vm.sessions_per_disk,
-        ) or any(sizes.get(vdisk_id) != vm.size for vdisk_id in record.vdisk_ids):
+        elif _shape(record) != (vm.node, vm.disks, vm.sessions_per_disk, vm.load_balance) or any(
+            sizes.get(vdisk_id) != vm.size for vdisk_id in record.vdisk_ids
+        ):
             raise ClusterSpecError(
-                f"VM {vm.name} exists in {directory} with another node, disk count, size "
-                "or sessions per disk"
+                f"VM {vm.name} exists in {directory} with another node, disk count, size, "
+                "sessions per disk or load balancing"
             )
+
+
+def _shape(record: VmRecord) -> tuple[int, int, int, bool]:
+    return record.home_node, len(record.vdisk_ids), record.sessions_per_disk, record.load_balance

@@ -78,13 +78,13 @@ class Failback:
     async def step(self) -> None:
         """Ask for the sessions of every vDisk due to come home to end (concurrently)."""
         now = self.clock()
-        if not self.policy.local_is_stable(now):
-            return
-        if not self._looked_for_strays:
-            self._looked_for_strays = True
-            self._strays = self.stray_vdisks()
-        # A stray owned by a stargate not (yet) seen healthy waits: asking it would fail.
-        strays = {v: node for v, node in self._strays.items() if self.policy.is_healthy(node)}
+        strays: dict[str, str] = {}
+        if self.policy.local_is_stable(now):
+            if not self._looked_for_strays:
+                self._looked_for_strays = True
+                self._strays = self.stray_vdisks()
+            # A stray owned by a stargate not (yet) seen healthy waits: asking it would fail.
+            strays = {v: node for v, node in self._strays.items() if self.policy.is_healthy(node)}
         due = {**strays, **self.policy.failback_due(now)}
         for vdisk in list(self._attempts):
             if vdisk not in due:
@@ -151,12 +151,13 @@ class Failback:
         self._strays.pop(vdisk, None)
 
     def stray_vdisks(self) -> dict[str, str]:
-        """vDisks of this node's VMs owned by a remote stargate, by their records."""
+        """vDisks of this node's VMs owned by a remote stargate, by their records (a
+        load-balanced VM's vDisks have homes of their own: not strays)."""
         local = self.config.node_id
         remote_ids = set(self.config.spec.node_ids) - {local}
         strays = {}
         for vm in load_vms(self.config.directory):
-            if vm.home_node != local:
+            if vm.home_node != local or vm.load_balance:
                 continue
             for vdisk in vm.vdisk_ids:
                 record = read_record(self.config.paths.ownership_file(vdisk))

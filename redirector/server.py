@@ -138,8 +138,9 @@ class RedirectorServer:
             return
         # A crashed stargate refuses connections: learn it now rather than at the next ping
         # (the choice is remembered by the policy, so `resolve` makes the same one).
+        home = self.config.home_of(vdisk_id)
         for _ in self.config.spec.nodes:
-            chosen = self.policy.choose(vdisk_id, self.clock())
+            chosen = self.policy.choose(vdisk_id, self.clock(), home)
             if chosen is None or await self.health.recheck(chosen):
                 return
 
@@ -167,7 +168,7 @@ class RedirectorServer:
             on_fault(faulted)
             if faulted.resolution is not None:
                 return faulted.resolution
-        chosen = self.policy.choose(vdisk_id, self.clock())
+        chosen = self.policy.choose(vdisk_id, self.clock(), self.config.home_of(vdisk_id))
         if chosen is None:
             self.stats.refused += 1
             self.logger.warning("No healthy portal for target %s", target_name)

@@ -9,15 +9,10 @@ DSIP leader, old or new, sends a target's logins to the same place.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Collection, Sequence
 
+from redirector.policy import spread_node, stable_hash
 from topology.volume_group import VirtualTarget, VolumeGroup
-
-
-def stable_hash(text: str) -> int:
-    """A hash that is the same in every process and every run (unlike ``hash``)."""
-    return zlib.crc32(text.encode())
 
 
 def home_node(group: VolumeGroup, target: VirtualTarget, nodes: Sequence[int]) -> int:
@@ -28,7 +23,7 @@ def home_node(group: VolumeGroup, target: VirtualTarget, nodes: Sequence[int]) -
     if group.preferred_node is not None and group.preferred_node in ring:
         return group.preferred_node
     if group.load_balance:
-        return ring[(stable_hash(group.iqn) + target.index) % len(ring)]
+        return spread_node(group.iqn, target.index, ring)
     return ring[stable_hash(target.iqn) % len(ring)]
 
 

@@ -217,6 +217,19 @@ def _split_host_port(value: str) -> tuple[str, int | None]:
     return value, None
 
 
+def normal_dsip(text: str) -> str:
+    """``ADDR[:PORT]`` as ``ADDR:PORT`` (port 3260 by default); ClusterSpecError if it is
+    not an IP address and a port."""
+    try:
+        portal = Portal.parse(text, default_port=DEFAULT_DSIP_PORT, what="DSIP")
+        ipaddress.ip_address(portal.host)
+    except ValueError as error:
+        raise ClusterSpecError(f"DSIP {text!r}: {error}") from None
+    if portal.tpgt is not None:
+        raise ClusterSpecError(f"DSIP {text!r}: ADDR[:PORT], without a portal group tag")
+    return portal.host_port
+
+
 def valid_release_timeout(seconds: float) -> bool:
     return 0 < seconds <= MAX_RELEASE_TIMEOUT
 
@@ -250,6 +263,8 @@ class ClusterSpec:
             raise ClusterSpecError(
                 f"the release timeout must be in (0, {MAX_RELEASE_TIMEOUT:g}] seconds"
             )
+        if self.dsip is not None and self.dsip != normal_dsip(self.dsip):
+            raise ClusterSpecError(f"dsip {self.dsip!r}: write it as ADDR:PORT")
 
     # -- lookup -------------------------------------------------------------------------
 
@@ -427,13 +442,16 @@ def _optional_seconds(value: Any) -> float | None:
 
 @dataclass
 class VmRecord:
-    """DIR/vms/<name>.json: a VM, the node it runs on, its vDisks (in disk order) and how
-    many sessions it opens per vDisk (AHV Turbo: 2 for a VM with 2 or more vCPUs)."""
+    """DIR/vms/<name>.json: a VM, the node it runs on, its vDisks (in disk order), how
+    many sessions it opens per vDisk (AHV Turbo: 2 for a VM with 2 or more vCPUs), and
+    whether its vDisks are spread over every CVM (a load-balanced attachment) instead of
+    served by the local one."""
 
     name: str
     home_node: int
     vdisk_ids: list[str] = field(default_factory=list)
     sessions_per_disk: int = 1
+    load_balance: bool = False
 
     def save(self, paths: ClusterPaths) -> None:
         atomic_write(paths.vm_file(self.name), (json.dumps(asdict(self), indent=2) + "\n").encode())
@@ -446,6 +464,7 @@ class VmRecord:
             int(raw["home_node"]),
             [str(v) for v in raw["vdisk_ids"]],
             int(raw.get("sessions_per_disk", 1)),
+            bool(raw.get("load_balance", False)),
         )
 
 
