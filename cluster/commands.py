@@ -31,6 +31,7 @@ from cluster.settings_cli import (
 )
 from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 from cluster.top import run_top
+from cluster.volume_groups import provision_volume_groups
 from control.client import vdisk_table
 from control.control_token import cluster_token_file
 from initiator.console import output_console
@@ -254,6 +255,7 @@ def cluster_up(args: argparse.Namespace) -> int:
         else:
             _check_same_cluster(stored, wanted, args.dir)
         provision_vms(directory, config.vms)
+        provision_volume_groups(directory, config.volume_groups)
     except (ValueError, ConfigError) as error:  # ClusterSpecError, CapacityError
         raise CliError(str(error)) from None
     supervisor = Supervisor(directory, redirectors=config.redirectors)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from cluster.config import VolumeGroupConfig
 from cluster.provision import create_vdisks
 from iscsicore.chap import ChapSecrets
 from topology.spec import ClusterPaths, ClusterSpec
-from topology.vdisk import parse_size
+from topology.vdisk import VDiskMeta, parse_size
 from topology.volume_group import VolumeGroup, VolumeGroupError, VolumeGroupStore
 
 
@@ -80,3 +81,33 @@ def delete_volume_group(directory: Path, name: str, *, force: bool = False) -> V
         ):
             path.unlink(missing_ok=True)
     return group
+
+
+def provision_volume_groups(directory: Path, groups: tuple[VolumeGroupConfig, ...]) -> None:
+    """Create the configured volume groups that do not exist yet; those that do must match
+    (their attachments may have changed: the file's are taken)."""
+    store = VolumeGroupStore(Path(directory))
+    for wanted in groups:
+        if not store.exists(wanted.name):
+            create_volume_group(
+                directory,
+                wanted.name,
+                disks=wanted.disks,
+                size=wanted.size,
+                attachments=wanted.attach,
+                chap=wanted.chap,
+                mutual_chap=wanted.mutual_chap,
+                virtual_targets=wanted.virtual_targets,
+                preferred_node=wanted.preferred_node,
+                load_balance=wanted.load_balance,
+            )
+            continue
+        existing = store.load(wanted.name)
+        sizes = {
+            VDiskMeta.load(ClusterPaths(directory).vdisk_meta_file(vdisk)).size
+            for vdisk in existing.vdisk_ids
+        }
+        if VolumeGroupConfig.from_group(existing, sizes.pop()) != wanted:
+            raise VolumeGroupError(
+                f"volume group {wanted.name} exists in {directory} with other settings"
+            )

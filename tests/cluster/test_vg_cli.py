@@ -4,13 +4,17 @@ every bad request refused with exit status 2 and a message naming the problem.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from cluster.config import cluster_config, saved_config
+from cluster.volume_groups import provision_volume_groups
 from tests.cluster.conftest import run_cli
+from topology.config_file import ConfigDocument, ConfigError
 from topology.spec import ClusterPaths, ClusterSpec
-from topology.volume_group import VolumeGroupStore
+from topology.volume_group import VolumeGroupError, VolumeGroupStore
 
 HOST = "iqn.2026-12.org.example:host1"
 OTHER = "iqn.2026-12.org.example:host2"
@@ -104,3 +108,57 @@ def test_unknown_groups_and_duplicates_are_refused(directory: Path) -> None:
     vm = run_cli("vm", "create", "vg-x", "--dir", str(directory), "--node", "1", "--disks",
                  "1", "--size", "1M", check=False)  # fmt: skip
     assert vm.returncode == 2 and "kept for volume groups" in vm.stderr
+
+
+GROUPS_CONFIG = """nodes = 3
+
+[[volume_group]]
+name = "data"
+disks = 3
+size = "4M"
+attach = ["iqn.2026-12.org.example:host1"]
+chap = "user:secret-12345"
+virtual_targets = 2
+preferred_node = 2
+"""
+
+
+def test_volume_groups_in_the_config_file_are_made_and_saved(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(GROUPS_CONFIG)
+    config = cluster_config(ConfigDocument.load(path), {}, None)
+    directory = tmp_path / "cluster"
+    config.spec().save(directory)
+    provision_volume_groups(directory, config.volume_groups)
+    group = VolumeGroupStore(directory).load("data")
+    assert (group.attachments, group.virtual_targets, group.preferred_node) == ((HOST,), 2, 2)
+    assert group.chap is not None and group.chap.username == "user"
+    provision_volume_groups(directory, config.volume_groups)  # again: nothing to do
+    saved, notes = saved_config(directory, redirectors=True)
+    assert saved.volume_groups == config.volume_groups and notes == []
+    again = tmp_path / "again.toml"
+    again.write_text(saved.to_toml())
+    assert cluster_config(ConfigDocument.load(again), {}, None).volume_groups == saved.volume_groups
+    changed = replace(config.volume_groups[0], disks=4)
+    with pytest.raises(VolumeGroupError, match=r"exists .* with other settings"):
+        provision_volume_groups(directory, (changed,))
+
+
+@pytest.mark.parametrize(
+    ("line", "replacement", "message"),
+    [
+        ("preferred_node = 2", "preferred_node = 7", "no node 7"),
+        ("virtual_targets = 2", "virtual_targets = 50", "virtual targets must be 1..32"),
+        ('chap = "user:secret-12345"', 'chap = "nosecret"', "USER:SECRET"),
+        ('attach = ["iqn.2026-12.org.example:host1"]', 'attach = ["host1"]', "initiator name"),
+        ('size = "4M"', "", "size"),
+    ],
+)
+def test_bad_volume_groups_in_the_file_name_the_key(
+    tmp_path: Path, line: str, replacement: str, message: str
+) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(GROUPS_CONFIG.replace(line, replacement))
+    with pytest.raises(ConfigError, match=message) as caught:
+        cluster_config(ConfigDocument.load(path), {}, None)
+    assert "cluster.toml:" in str(caught.value)
