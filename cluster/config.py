@@ -9,7 +9,8 @@
     [[vm]]                     name, node, disks, size ("1G" or bytes), sessions_per_disk,
                                load_balance
     [[volume_group]]           name, disks, size, attach = [IQN, ...], chap and mutual_chap
-                               ("USER:SECRET"), virtual_targets, preferred_node, load_balance
+                               ("USER:SECRET"), virtual_targets, preferred_node,
+                               load_balance, stable_window
 
 `ClusterConfig` is what both the file and `cluster up`'s flags fill (flags win; on an
 existing directory, what neither gives is cluster.json's); `ClusterSpec` (cluster.json)
@@ -55,6 +56,7 @@ from topology.spec import (
 )
 from topology.vdisk import parse_size
 from topology.volume_group import (
+    DEFAULT_VG_STABLE_WINDOW,
     DEFAULT_VIRTUAL_TARGETS,
     VolumeGroup,
     VolumeGroupError,
@@ -105,6 +107,7 @@ class VolumeGroupConfig:
     virtual_targets: int = DEFAULT_VIRTUAL_TARGETS
     preferred_node: int | None = None
     load_balance: bool = False
+    stable_window: float = DEFAULT_VG_STABLE_WINDOW
 
     def to_toml(self) -> dict[str, Any]:
         document: dict[str, Any] = {"name": self.name, "disks": self.disks}
@@ -120,6 +123,8 @@ class VolumeGroupConfig:
             document["preferred_node"] = self.preferred_node
         if self.load_balance:
             document["load_balance"] = True
+        if self.stable_window != DEFAULT_VG_STABLE_WINDOW:
+            document["stable_window"] = self.stable_window
         return document
 
     @classmethod
@@ -134,6 +139,7 @@ class VolumeGroupConfig:
             group.virtual_targets,
             group.preferred_node,
             group.load_balance,
+            group.stable_window,
         )
 
 
@@ -297,6 +303,7 @@ def _read_volume_group(table: TableReader) -> VolumeGroupConfig:
     virtual_targets = table.integer("virtual_targets")
     preferred_node = table.integer("preferred_node")
     load_balance = table.boolean("load_balance")
+    stable_window = table.number("stable_window")
     table.finish()
     config = VolumeGroupConfig(
         name,
@@ -308,11 +315,12 @@ def _read_volume_group(table: TableReader) -> VolumeGroupConfig:
         DEFAULT_VIRTUAL_TARGETS if virtual_targets is None else virtual_targets,
         preferred_node,
         bool(load_balance),
+        DEFAULT_VG_STABLE_WINDOW if stable_window is None else float(stable_window),
     )
     try:  # the rules of a group (virtual targets' range, mutual CHAP needs CHAP, ...)
         VolumeGroup(
             name, VolumeGroup.disk_ids(name, disks), config.attach, config.virtual_targets,
-            config.chap, config.mutual_chap,
+            config.chap, config.mutual_chap, stable_window=config.stable_window,
         )  # fmt: skip
     except VolumeGroupError as error:
         raise table.error("name", str(error)) from None

@@ -20,6 +20,7 @@ from stargate.cli import CliError
 from topology.spec import ClusterPaths, ClusterSpec, ClusterSpecError
 from topology.vdisk import VDiskMeta
 from topology.volume_group import (
+    DEFAULT_VG_STABLE_WINDOW,
     DEFAULT_VIRTUAL_TARGETS,
     MAX_VIRTUAL_TARGETS,
     VolumeGroup,
@@ -65,6 +66,11 @@ def register(subparsers: Any) -> None:
     create.add_argument(
         "--load-balance", action="store_true", help="spread the targets over every CVM"
     )
+    create.add_argument(
+        "--stable-window", type=float, metavar="SECONDS",
+        help=f"fail back once the home CVM is healthy this long (default "
+        f"{DEFAULT_VG_STABLE_WINDOW:g}, as Nutanix Volumes)",
+    )  # fmt: skip
     create.set_defaults(handler=vg_create)
     for action, help_text in (
         ("attach", "let an initiator see and use the group"),
@@ -135,6 +141,7 @@ def vg_create(args: argparse.Namespace) -> int:
             virtual_targets=args.virtual_targets,
             preferred_node=args.preferred_node,
             load_balance=args.load_balance,
+            stable_window=args.stable_window,
         )
         spec = ClusterSpec.load(directory)
     except (ClusterSpecError, VolumeGroupError, ValueError) as error:

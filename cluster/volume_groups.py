@@ -26,6 +26,7 @@ def create_volume_group(
     virtual_targets: int | None = None,
     preferred_node: int | None = None,
     load_balance: bool = False,
+    stable_window: float | None = None,
 ) -> VolumeGroup:
     """Validate everything, then make the disks and write the record."""
     spec = ClusterSpec.load(directory)
@@ -44,6 +45,8 @@ def create_volume_group(
     )
     if virtual_targets is not None:
         group = replace(group, virtual_targets=virtual_targets)
+    if stable_window is not None:
+        group = replace(group, stable_window=stable_window)
     store = VolumeGroupStore(Path(directory))
     if store.exists(name):
         raise VolumeGroupError(f"volume group {name!r} exists already")
@@ -100,6 +103,7 @@ def provision_volume_groups(directory: Path, groups: tuple[VolumeGroupConfig, ..
                 virtual_targets=wanted.virtual_targets,
                 preferred_node=wanted.preferred_node,
                 load_balance=wanted.load_balance,
+                stable_window=wanted.stable_window,
             )
             continue
         existing = store.load(wanted.name)
