@@ -127,6 +127,10 @@ class VDiskCatalog:
             return {}
         if stamp != self._stamp:
             infos = list_vdisks(self.directory)
-            self._targets = {target_name_for(info.vdisk_id): info.vdisk_id for info in infos}
+            self._targets = {
+                target_name_for(info.vdisk_id): info.vdisk_id
+                for info in infos
+                if info.volume_group is None  # the DSIP's, through its virtual targets
+            }
             self._stamp = stamp
         return self._targets

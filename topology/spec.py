@@ -28,6 +28,7 @@ from topology.settings import (
     SettingsError,
 )
 from topology.vdisk import VDiskMeta, atomic_write
+from topology.volume_group import volume_group_of
 
 DEFAULT_BASE_ADDRESS = "127.77.0.0"
 DEFAULT_ISCSI_PORT = 3261
@@ -482,6 +483,12 @@ class VDiskInfo:
     def iqn(self) -> str:
         return target_name_for(self.vdisk_id)
 
+    @property
+    def volume_group(self) -> str | None:
+        """The volume group the vDisk is a disk of (its target is the group's, never a
+        vmdisk target of its own), or None."""
+        return volume_group_of(self.vdisk_id)
+
     def to_json(self, spec: ClusterSpec | None = None) -> dict[str, Any]:
         document: dict[str, Any] = {
             "id": self.vdisk_id,
@@ -491,6 +498,9 @@ class VDiskInfo:
             "vm": self.vm,
             "home_node": self.home_node,
         }
+        if self.volume_group is not None:
+            document["volume_group"] = self.volume_group
+            del document["iqn"]  # reached only through the group's virtual target
         if spec is not None and self.home_node is not None:
             document["portal"] = spec.node(self.home_node).redirector_portal
         return document

@@ -158,6 +158,15 @@ class VolumeGroup:
             raise VolumeGroupError(f"volume group record: {error!r}") from None
 
 
+def volume_group_of(vdisk_id: str) -> str | None:
+    """``vg-NAME-<i>`` -> NAME: the group a vDisk is a disk of (VM names never start
+    ``vg-``); None for a VM's vDisk."""
+    if not vdisk_id.startswith(VG_VDISK_PREFIX):
+        return None
+    name, _, index = vdisk_id.removeprefix(VG_VDISK_PREFIX).rpartition("-")
+    return name if name and index.isdigit() else None
+
+
 def check_initiator_name(name: str) -> None:
     if not INITIATOR_NAME_RE.match(name):
         raise VolumeGroupError(

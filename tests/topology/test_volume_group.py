@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iscsicore.chap import ChapSecrets
-from topology.volume_group import VolumeGroup, VolumeGroupError, VolumeGroupStore
+from topology.volume_group import VolumeGroup, VolumeGroupError, VolumeGroupStore, volume_group_of
 
 HOST = "iqn.2026-12.org.example:host1"
 
@@ -98,3 +98,10 @@ def test_the_record_round_trips_and_is_found_by_target_name(tmp_path: Path) -> N
     store.delete("data")
     with pytest.raises(VolumeGroupError, match="no volume group 'data'"):
         store.load("data")
+
+
+def test_a_vdisk_id_names_its_volume_group() -> None:
+    assert volume_group_of("vg-data-3") == "data"
+    assert volume_group_of("vg-my-data-12") == "my-data"
+    assert volume_group_of("web-0") is None
+    assert volume_group_of("vg-") is None and volume_group_of("vg-x-y") is None
