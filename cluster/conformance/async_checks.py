@@ -12,6 +12,8 @@ from iscsicore.pdu import AsyncMessage, LogoutReason, LogoutRequest, ScsiCommand
 
 # Logout reasons that end the connection or the session (RFC 7143 11.9.1, event 1).
 CLOSING_REASONS = (LogoutReason.CLOSE_SESSION, LogoutReason.CLOSE_CONNECTION)
+# Reconnects all sooner than this after their drop are no backoff at all.
+BACKOFF_FLOOR = 0.1
 
 
 def _event(evidence: Evidence) -> tuple[ConnectionLog, Seen] | None:
@@ -121,17 +123,35 @@ def time2wait_honoured(evidence: Evidence) -> Outcome:
 
 def reconnect_backoff(evidence: Evidence, window: float) -> Outcome:
     """libiscsi #428: a target that drops every session at its first command gets
-    reconnects that back off, never a storm (the limit of the login storm tests)."""
+    reconnects that back off, never a storm: not more logins than the login storm tests
+    allow, and not every reconnect right after its drop (a first one at once is fine)."""
     conns = [conn for conn in evidence.on("entry") if conn.login_requests()]
     if not conns:
         return never_logged_in()
     opened = [conn.opened_at for conn in conns]
     gaps = [round(later - earlier, 3) for earlier, later in pairwise(opened)]
-    timing: dict[str, object] = {"logins": len(conns), "window_s": window, "gaps_s": gaps}
+    # From the target's drop to the next connection: the initiator's own wait.
+    waits = [
+        round(later.opened_at - earlier.closed_at, 3)
+        for earlier, later in pairwise(conns)
+        if earlier.closed_at is not None
+    ]
+    timing: dict[str, object] = {
+        "logins": len(conns),
+        "window_s": window,
+        "gaps_s": gaps,
+        "waits_after_drop_s": waits,
+    }
     limit = storm_limit(window)
     if len(conns) > limit:
         return failed(
             f"{len(conns)} logins in {window:g} s while every session was dropped", timing
+        )
+    if len(waits) >= 2 and max(waits) < BACKOFF_FLOOR:
+        return failed(
+            f"reconnected {len(waits)} times, each within {max(waits) * 1000:.0f} ms of the "
+            "drop: no backoff",
+            timing,
         )
     growing = len(gaps) >= 2 and all(b >= a for a, b in pairwise(gaps))
     shape = ", gaps growing" if growing else ""

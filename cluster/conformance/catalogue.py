@@ -66,6 +66,7 @@ class ConformanceTest:
     judge: Judge | None  # None for the failover tests, judged on the cluster's records
     secrets: Chap = Chap.NONE
     watch_window: bool = False  # observe the whole window even if the driver ends first
+    windows: int = 1  # how many windows it watches: more for slow behaviours
     failover: CvmFailure | None = None  # played on a local cluster (failover.py)
 
 
@@ -350,6 +351,8 @@ TESTS: tuple[ConformanceTest, ...] = (
         _entry(LoginScript(drop_every_session=True)),
         lambda evidence, ctx: async_.reconnect_backoff(evidence, ctx.window),
         watch_window=True,
+        # Each cycle is a whole login: a storm must have time to show on a loaded machine.
+        windows=2,
     ),
     ConformanceTest(
         "async.negotiation-request",

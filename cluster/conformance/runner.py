@@ -81,14 +81,15 @@ async def run_test(test: ConformanceTest, driver: Driver, options: RunOptions) -
             chap=CHAP_SECRET if test.secrets is not Chap.NONE else None,
             mutual=MUTUAL_SECRET if mutual_given else None,
         )
-        budget = options.window if test.watch_window else options.driver_timeout
+        watched = options.window * test.windows
+        budget = watched if test.watch_window else options.driver_timeout
         run = await driver.run(job, evidence.started + budget)
         if test.watch_window:
-            await trio.sleep_until(evidence.started + options.window)
+            await trio.sleep_until(evidence.started + watched)
         else:
             await trio.sleep(SETTLE)
         nursery.cancel_scope.cancel()
-    window = options.window if test.watch_window else evidence.now()
+    window = watched if test.watch_window else evidence.now()
     assert test.judge is not None
     outcome = test.judge(evidence, RunContext(window, mutual_given))
     connections = tuple(conn.summary() for conn in evidence.connections)
