@@ -23,6 +23,7 @@ from tests.conftest import require_tool
 from tests.helpers.net import unique_loopback_address
 
 WINDOW = 1.0
+FLAWS_AT_ONCE = 10
 # The failover suite runs on a local cluster: tests/cluster/conformance/test_failover.py.
 KIT_TESTS = tuple(test for test in TESTS if test.failover is None)
 INFO = Verdict.INFORMATIVE
@@ -129,11 +130,20 @@ def _run(driver: Driver) -> list[ConformanceResult]:
     return trio.run(run_tests, KIT_TESTS, driver, _options())
 
 
+def _expected(flaw: Flaw, test: str) -> Verdict:
+    return (EXPECTED[flaw] | ANSWERS_SHORT_CHALLENGE).get(test, Verdict.PASS)
+
+
 def test_each_flaw_fails_the_behaviour_it_breaks_and_passes_the_others() -> None:
     results: dict[Flaw, list[ConformanceResult]] = {}
 
+    # The storm and loop judges count logins in a window: too many rogues at once on 2
+    # cores and none gets to storm.
+    limiter = trio.CapacityLimiter(FLAWS_AT_ONCE)
+
     async def one(flaw: Flaw) -> None:
-        results[flaw] = await run_tests(KIT_TESTS, RogueDriver(flaw), _options())
+        async with limiter:
+            results[flaw] = await run_tests(KIT_TESTS, RogueDriver(flaw), _options())
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -142,9 +152,10 @@ def test_each_flaw_fails_the_behaviour_it_breaks_and_passes_the_others() -> None
 
     trio.run(main)
     wrong = {
-        flaw: _verdicts(results[flaw])
+        (flaw.name, result.test.name): (result.verdict.value, result.outcome.message)
         for flaw in Flaw
-        if _verdicts(results[flaw]) != EXPECTED[flaw] | ANSWERS_SHORT_CHALLENGE
+        for result in results[flaw]
+        if result.verdict is not _expected(flaw, result.test.name)
     }
     assert not wrong
 
