@@ -28,6 +28,7 @@ from cluster.metrics import CONTENT_TYPE, prometheus_text
 from control.control_token import check_control, cluster_token, cluster_token_file
 from control.fault_summary import stats_section
 from control.faults_api import handle_fault_request
+from control.flags import Flag
 from control.http import HttpRequest, HttpResponse
 from stargate.support_page import SupportPages
 from topology.ownership import read_record
@@ -47,7 +48,9 @@ class StatsPage:
         self.cvm = cvm
         self.token_file = cluster_token_file(cvm.paths.root)
         self.token = cluster_token(cvm.paths.root)
-        self.support = SupportPages(cvm.server, lambda: cvm.vdisk_stats, f"stargate {cvm.node_id}")
+        self.support = SupportPages(
+            cvm.server, lambda: cvm.vdisk_stats, f"stargate {cvm.node_id}", cvm_flags(cvm)
+        )
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         denied = check_control(request, self.token, where=str(self.token_file))
@@ -160,6 +163,38 @@ class StatsPage:
                 }
             )
         return document
+
+
+def cvm_flags(cvm: ClusterStargate) -> list[Flag]:
+    """The ownership protocol's timers: fixed, since every CVM must agree on them (the
+    release timeout bounds how long a take-over waits for the previous owner)."""
+    agreed = "the cluster's CVMs must agree on it (cluster.json, at start)"
+    return [
+        Flag(
+            "release_timeout",
+            "seconds a previous owner gets to release a vDisk before a take-over",
+            lambda: cvm.release_timeout,
+            fixed_because=agreed,
+        ),
+        Flag(
+            "drain_timeout",
+            "seconds a releasing owner lets in-flight commands finish",
+            lambda: cvm.drain_timeout,
+            fixed_because="set at start",
+        ),
+        Flag(
+            "park_limit",
+            "seconds a command of a vDisk being acquired may wait before it is answered BUSY",
+            lambda: cvm.gate.park_limit,
+            fixed_because="follows the release timeout",
+        ),
+        Flag(
+            "acquire_time_limit",
+            "seconds an acquisition tries before it gives up",
+            lambda: cvm.acquire_time_limit,
+            fixed_because=agreed,
+        ),
+    ]
 
 
 def _int_or_none(text: str) -> int | None:
