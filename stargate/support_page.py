@@ -27,6 +27,7 @@ from control.flags import (
     wants_json,
 )
 from control.http import HttpRequest, HttpResponse
+from faults.injector import ACTION_POLL, MAX_EVENTS
 from stargate.server import StargateServer
 from stargate.stats import VDiskStats
 from stargate.traces import MAX_TRACE_DEPTH, TRACE_SETTINGS, entry_json, resized
@@ -159,6 +160,18 @@ def stargate_flags(
                 lambda: server.drop_log.per_second,
                 int_in(0, MAX_LOG_LINES_PER_SECOND),
                 attribute(server.drop_log, "per_second"),
+            ),
+            Flag(
+                "fault_events_kept",
+                "fault events (fired, expired) kept for /faults and the timeline",
+                lambda: MAX_EVENTS,
+                fixed_because="the injector's event ring is sized at start",
+            ),
+            Flag(
+                "fault_action_poll",
+                "seconds between checks of timed fault actions (async logout at T...)",
+                lambda: ACTION_POLL,
+                fixed_because="a constant of the fault injector",
             ),
             Flag(
                 "trace_depth",
