@@ -21,6 +21,7 @@ from rich.table import Table
 
 from cluster import demo
 from cluster.config import cluster_config, saved_config
+from cluster.coordinated import choose_coordinator, coordinator_of, publish, record_coordinator
 from cluster.provision import create_vm, provision_vms
 from cluster.settings_cli import (
     add_failback,
@@ -36,6 +37,7 @@ from control.control_token import cluster_token_file
 from initiator.console import output_console
 from stargate.cli import CliError
 from topology.config_file import ConfigDocument, ConfigError
+from topology.coordination import CoordinationError
 from topology.spec import (
     PLACEMENTS,
     Advertisement,
@@ -128,6 +130,12 @@ def _register_cluster(subparsers: Any) -> None:
         "AHV does; default) or logout (AsyncEvent logout request, dropped after 5 s)",
     )
     add_health_knobs(up)
+    up.add_argument(
+        "--coordinator",
+        metavar="dir|zk://HOST:PORT/PATH",
+        help="where the CVMs agree on vDisk ownership and liveness: the cluster directory "
+        "(default) or a ZooKeeper (Debian's zookeeper; PATH is this cluster's own znode)",
+    )
     up.add_argument(
         "--detach",
         action="store_true",
@@ -225,6 +233,7 @@ def cluster_up(args: argparse.Namespace) -> int:
     directory: Path = args.dir.resolve()
     paths = ClusterPaths(directory)
     try:
+        coordinator = choose_coordinator(paths, args.coordinator)
         stored = ClusterSpec.load(directory) if paths.spec_file.exists() else None
         document = ConfigDocument.load(args.config) if args.config is not None else None
         config = cluster_config(document, _up_flags(args), stored)
@@ -234,7 +243,9 @@ def cluster_up(args: argparse.Namespace) -> int:
         else:
             _check_same_cluster(stored, wanted, args.dir)
         provision_vms(directory, config.vms)
-    except (ValueError, ConfigError) as error:  # ClusterSpecError, CapacityError
+        record_coordinator(paths, coordinator)  # first: a retry after a failed publish agrees
+        publish(paths, coordinator)
+    except (ValueError, ConfigError) as error:  # ClusterSpecError, CapacityError, coordinator
         raise CliError(str(error)) from None
     supervisor = Supervisor(directory, redirectors=config.redirectors)
     supervisor.remember_mode(redirectors=config.redirectors)
@@ -334,6 +345,7 @@ def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> d
         "release_timeout": spec.release_timeout,
         "placement": spec.placement,
         "base_address": spec.base_address,
+        "coordinator": coordinator_of(supervisor.directory),
         **settings_document(spec),
         "nodes": nodes,
     }
@@ -418,6 +430,8 @@ def vm_create(args: argparse.Namespace) -> int:
             size=args.size,
             sessions_per_disk=args.sessions_per_disk,
         )
+        paths = ClusterPaths(directory)
+        publish(paths, choose_coordinator(paths, None))  # ZooKeeper's copy of the VMs
     except (ClusterSpecError, ValueError) as error:
         raise CliError(str(error)) from None
     _print_json(
@@ -438,7 +452,10 @@ def vdisk_list(args: argparse.Namespace) -> int:
         spec = ClusterSpec.load(directory)
     except ClusterSpecError as error:
         raise CliError(str(error)) from None
-    table_rows = trio.run(vdisk_table, spec, ClusterPaths(directory))
+    try:
+        table_rows = trio.run(vdisk_table, spec, ClusterPaths(directory))
+    except CoordinationError as error:
+        raise CliError(f"ownership records unreadable: {error}") from None
     if args.json:
         _print_json(table_rows)
         return 0

@@ -65,10 +65,11 @@ from topology.coordination import (
     OwnershipCell,
     SessionState,
     open_coordinator,
+    register_when_free,
 )
 from topology.directory_coordination import DirectoryCoordinator
 from topology.naming import TARGET_NAME_PREFIX
-from topology.ownership import Fence
+from topology.ownership import Fence, OwnershipRecord
 from topology.spec import (
     MAX_RELEASE_TIMEOUT,
     ClusterPaths,
@@ -86,7 +87,7 @@ WATCH_INTERVAL = 0.25  # how often owned vDisks' records are checked for a take-
 PARK_MARGIN = 2.0  # parked commands are answered BUSY this long after the release timeout
 ACQUIRE_ROUNDS_TIME = 3  # an acquisition gives up after this many release timeouts
 SETTLE_TIMEOUT = 0.05  # at most this long for connections to notice a close before resuming
-REGISTER_RETRY = 0.5  # seconds between tries to register while a dead predecessor's entry lives
+PAGE_RECORDS_TIMEOUT = 1.0  # at most this long for a page's ownership records
 
 
 @dataclass(eq=False)
@@ -211,19 +212,9 @@ class ClusterStargate:
                 self.coordinator = None
 
     async def _register(self, coordinator: Coordinator) -> None:
-        """Be the live member stargate-<i>; a killed predecessor's entry may outlive it for
-        a session timeout (ZooKeeper): try again until it is gone."""
+        """Be the live member stargate-<i> (the coordinator withdraws it as `run` ends)."""
         info = {"pid": os.getpid(), "address": self.node.cvm_address, "http": self.node.http_url}
-        warned = False
-        while True:
-            try:
-                await coordinator.register(self.node.stargate_name, info)
-                return
-            except CoordinationError as error:
-                if not warned:
-                    log.warning("not registered as %s yet: %s", self.node.stargate_name, error)
-                    warned = True
-            await trio.sleep(REGISTER_RETRY)
+        await register_when_free(coordinator, self.node.stargate_name, info, log=log)
 
     async def _watch_session(self, coordinator: Coordinator) -> None:
         """An interrupted session proves nothing: stop serving everything at once."""
@@ -376,6 +367,26 @@ class ClusterStargate:
             return member in await self.coordinator.members()
         except CoordinationError:
             return True
+
+    async def ownership_records(self, vdisk_ids: list[str]) -> dict[str, OwnershipRecord]:
+        """The records of ``vdisk_ids`` as the coordinator has them (the pages' "owner"),
+        read together within one call's deadline; those it could not read are left out."""
+        coordinator = self.coordinator
+        records: dict[str, OwnershipRecord] = {}
+        if coordinator is None:
+            return records
+
+        async def read(vdisk_id: str) -> None:
+            with contextlib.suppress(CoordinationError):
+                record = await coordinator.read_ownership(vdisk_id)
+                if record is not None:
+                    records[vdisk_id] = record
+
+        with trio.move_on_after(PAGE_RECORDS_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for vdisk_id in vdisk_ids:
+                    nursery.start_soon(read, vdisk_id)
+        return records
 
     # -- releasing and losing -----------------------------------------------------------
 

@@ -17,6 +17,7 @@ connected, so a node whose session is suspended or lost stops serving at once.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
+
+import trio
 
 from topology.ownership import ClaimResult, OwnershipRecord
 from topology.spec import ClusterSpec, VmRecord
@@ -153,6 +156,12 @@ class OwnershipCell(Protocol):
     def close(self) -> None: ...
 
 
+class OwnershipRecords(Protocol):
+    async def read_ownership(self, vdisk_id: str) -> OwnershipRecord | None:
+        """The record, None if nobody ever claimed or created it."""
+        ...
+
+
 class Registration(Protocol):
     """A live member: it disappears when this node closes it or dies."""
 
@@ -226,6 +235,25 @@ class Coordinator(Protocol):
     async def save_vdisk(self, meta: VDiskMeta) -> None: ...
 
     async def load_vdisks(self) -> list[VDiskMeta]: ...
+
+
+REGISTER_RETRY = 0.5  # seconds between tries while a dead predecessor's entry lives on
+
+
+async def register_when_free(
+    coordinator: Coordinator, name: str, info: dict[str, Any], *, log: logging.Logger
+) -> Registration:
+    """Register ``name``, trying again until it is free: a killed predecessor's ZooKeeper
+    entry outlives it by up to a session timeout. Bounded by the caller's cancellation."""
+    warned = False
+    while True:
+        try:
+            return await coordinator.register(name, info)
+        except CoordinationError as error:
+            if not warned:
+                log.warning("not registered as %s yet: %s", name, error)
+                warned = True
+        await trio.sleep(REGISTER_RETRY)
 
 
 @asynccontextmanager
