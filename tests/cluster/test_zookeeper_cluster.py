@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from cluster.coordinated import record_coordinator
+from cluster.cvm import ClusterStargate
+from cluster.provision import create_vm
 from cluster.supervisor import Supervisor
 from control.client import vdisk_table
 from initiator.device import BlockDevice
@@ -23,8 +26,9 @@ from initiator.verify import Verifier, VerifyReport
 from initiator.vm import VM
 from iscsicore.portal import Portal
 from tests.cluster.conftest import run_cli, unique_cluster_base
+from tests.conftest import start_zookeeper
 from tests.peers.zookeeper import ZooKeeperServer
-from topology.coordination import open_coordinator
+from topology.coordination import CoordinatorUrl, open_coordinator
 from topology.ownership import OwnershipRecord
 from topology.spec import ClusterPaths, ClusterSpec
 
@@ -165,3 +169,41 @@ async def test_a_zookeeper_cluster_fails_over_and_back(
         vdisk: (1, 3) for vdisk in VDISKS
     }
     run_cli("cluster", "down", "--dir", str(cluster_dir))
+
+
+async def test_a_stargate_whose_session_is_interrupted_stops_serving(tmp_path: Path) -> None:
+    """Its ZooKeeper frozen, a serving stargate can no longer prove it owns the vDisk: it
+    drops it at once; once the session is back, a new login takes it again (next epoch)."""
+    server = start_zookeeper(tmp_path / "zookeeper")
+    try:
+        directory = tmp_path / "cluster"
+        ClusterSpec.create(directory, 1, base_address=unique_cluster_base())
+        create_vm(directory, "vm", home_node=1, disks=1, size="8M")
+        url = server.url(session_timeout=1.0)
+        record_coordinator(ClusterPaths(directory), CoordinatorUrl.parse(url))
+        cvm = ClusterStargate(directory, 1)
+        target = f"iscsi://{cvm.node.cvm_portal}/iqn.2010-06.com.nutanix:vmdisk-vm-0/0"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cvm.run)
+            async with BlockDevice.open(target, SessionConfig(replacement_timeout=5)) as disk:
+                await disk.write(0, b"\x11" * 4096)
+                assert [claim.serving() for claim in cvm.claims.values()] == [True]
+                server.freeze()
+                try:
+                    frozen_at = trio.current_time()
+                    with trio.fail_after(5):
+                        while cvm.claims:
+                            await trio.sleep(0.02)
+                    print(f"dropped {trio.current_time() - frozen_at:.2f} s after the freeze")
+                finally:
+                    server.freeze(False)
+            with trio.fail_after(15):  # reconnected: served again, at the next epoch
+                async with BlockDevice.open(target, SessionConfig(replacement_timeout=10)) as disk:
+                    assert await disk.read(0, 8) == b"\x11" * 4096
+                    (claim,) = cvm.claims.values()
+                    assert claim.serving() and claim.fence is not None
+                    assert claim.fence.record == OwnershipRecord(1, 2)
+            await cvm.shutdown()
+            nursery.cancel_scope.cancel()
+    finally:
+        server.stop()

@@ -74,9 +74,18 @@ class KazooBridge:
 
         return on_kazoo_thread
 
-    def listen(self, callback: Callable[[str], None]) -> None:
-        """Forward kazoo's session state changes (KazooState values) to ``callback``."""
-        listener = self.forward(callback)
+    def listen(
+        self, callback: Callable[[str], None], *, at_once: Callable[[str], None] | None = None
+    ) -> None:
+        """Forward kazoo's session state changes (KazooState values) to ``callback``;
+        ``at_once`` is called on kazoo's thread first (it must not block): what trio
+        learns of a change is then never ahead of it."""
+
+        def listener(state: str) -> None:  # on kazoo's thread
+            if at_once is not None:
+                at_once(state)
+            self._schedule(callback, state)
+
         self._listeners.append(listener)
         self.client.add_listener(listener)
 

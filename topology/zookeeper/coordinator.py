@@ -275,6 +275,7 @@ class ZooKeeperCoordinator:
         self._registrations: list[ZooKeeperRegistration] = []
         self._candidacies: list[ZooKeeperLeadership] = []
         self._lost_since_connected = False
+        self.sessions_lost = 0  # sessions that expired under this node (logs, tests)
 
     def node_path(self, *parts: str) -> str:
         return "/".join((self.url.path, *parts))
@@ -287,8 +288,7 @@ class ZooKeeperCoordinator:
 
     async def connect(self) -> None:
         client = self.bridge.client
-        client.add_listener(self.session_view.on_kazoo_state)
-        self.bridge.listen(self._on_state)
+        self.bridge.listen(self._on_state, at_once=self.session_view.on_kazoo_state)
         client.start_async()
         with trio.move_on_after(self.url.session_timeout + self.bridge.call_timeout):
             await self._connected.wait()
@@ -323,6 +323,7 @@ class ZooKeeperCoordinator:
         else:
             self.session_view.state = SessionState.LOST
             self._lost_since_connected = True
+            self.sessions_lost += 1
         if self.session_view.state is not previous:
             connected = self.session_view.state is SessionState.CONNECTED
             log.log(logging.INFO if connected else logging.WARNING, "ZooKeeper session: %s",
@@ -346,7 +347,6 @@ class ZooKeeperCoordinator:
         self._state_changed.set()
         self.bridge.close()
         client = self.bridge.client
-        client.remove_listener(self.session_view.on_kazoo_state)
         self.session_view.on_kazoo_state(KazooState.LOST)
         # Once per process: stopping joins kazoo's threads, so off the event loop.
         with trio.move_on_after(CLOSE_TIMEOUT):
