@@ -118,7 +118,7 @@ class CoordinatorUrl:
 
 _ZK_URL_RE = re.compile(
     r"^zk://(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(?::(?P<port>\d{1,5}))?"
-    r"(?P<path>/[A-Za-z0-9._/-]*)(?:\?(?P<query>[a-z_]+=[^&]*))?$"
+    r"(?P<path>(?:/[A-Za-z0-9._/-]*)?)(?:\?(?P<query>[a-z_]+=[^&]*))?$"
 )
 
 
