@@ -166,3 +166,23 @@ async def test_an_interrupted_session_proves_nothing_and_a_lost_one_is_surfaced(
             assert not cell.matches(claimed.record)
         finally:
             replacement.stop()
+
+
+async def test_candidates_are_what_kazoos_election_recipe_sees(
+    zookeeper_server: ZooKeeperServer, tmp_path: Path
+) -> None:
+    """The election's znodes are named as kazoo's Lock/Election recipes name theirs: a
+    process using kazoo's recipe on the same path sees the same order of contenders."""
+    url = zookeeper_server.url()
+    async with (
+        open_coordinator(url, tmp_path) as first,
+        open_coordinator(url, tmp_path) as second,
+    ):
+        assert isinstance(first, ZooKeeperCoordinator)
+        leading = await first.campaign("portal", "node-1")
+        await second.campaign("portal", "node-2")
+        with trio.fail_after(BOUND):
+            await leading.wait_leading()
+        election = first.bridge.client.Election(first.node_path("elections", "portal"))
+        contenders = await trio.to_thread.run_sync(election.contenders)
+        assert contenders == ["node-1", "node-2"]

@@ -97,7 +97,7 @@ class ZooKeeperOwnershipCell:
         self._session = coordinator.session_view
         self.path = coordinator.node_path("ownership", vdisk_id)
         self._record = OwnershipRecord(0, 0)
-        self._version: int | None = None  # None: no znode yet
+        self._mzxid = 0  # the transaction that wrote the record known: orders the reads
         self._generation = UNPROVABLE
         self._closed = False
         self._watch = self._bridge.forward(self._on_watch)  # one watcher: kazoo dedups it
@@ -109,48 +109,61 @@ class ZooKeeperOwnershipCell:
         return self._session.proves(self._generation) and self._record == expected
 
     async def fetch(self) -> OwnershipRecord:
-        generation = self._session.generation
-        try:
-            data, stat = await self._bridge.call(
-                lambda: self._bridge.client.get_async(self.path, watch=self._watch)
-            )
-        except NoNodeError:
-            await self._bridge.call(
-                lambda: self._bridge.client.exists_async(self.path, watch=self._watch)
-            )
-            self._remember(OwnershipRecord(0, 0), None, generation)
-        else:
-            self._remember(_decode_record(data), stat.version, generation)
-        return self._record
+        record, _version = await self._read()
+        return record
 
-    def _remember(self, record: OwnershipRecord, version: int | None, generation: int) -> None:
-        self._record, self._version, self._generation = record, version, generation
+    async def _read(self) -> tuple[OwnershipRecord, int | None]:
+        """The record and its znode version (None: no znode), as read now; remembered
+        (with the watch armed) for the fence."""
+        generation = self._session.generation
+        client = self._bridge.client
+        try:
+            data, stat = await self._bridge.call(lambda: client.get_async(self.path, self._watch))
+        except NoNodeError:
+            await self._bridge.call(lambda: client.exists_async(self.path, watch=self._watch))
+            self._remember(OwnershipRecord(0, 0), 0, generation)
+            return OwnershipRecord(0, 0), None
+        record = _decode_record(data)
+        self._remember(record, stat.mzxid, generation)
+        return record, stat.version
+
+    def _remember(self, record: OwnershipRecord, mzxid: int, generation: int) -> None:
+        """Keep what was read or written unless something newer is known: within one
+        session, reads complete in order but trio may resume their tasks in any order
+        (the later write, by its zxid, wins); a read in a newer session wins anyway."""
+        if generation < self._generation:
+            return
+        if generation == self._generation and mzxid < self._mzxid:
+            return
+        self._record, self._mzxid = record, mzxid
+        self._generation = generation
 
     async def compare_and_claim(self, expected: OwnershipRecord, node_id: int) -> ClaimResult:
         client = self._bridge.client
         try:
-            current = await self.fetch()
+            generation = self._session.generation
+            current, version = await self._read()
             if current != expected:
                 return ClaimResult(ClaimOutcome.MOVED, current)
-            generation, version = self._generation, self._version
             claimed = OwnershipRecord(node_id, current.epoch + 1)
             data = _encode_record(claimed)
             try:
+                stat: ZnodeStat
                 if version is None:
-                    await self._bridge.call(
-                        lambda: client.create_async(self.path, data, makepath=True)
+                    _path, stat = await self._bridge.call(
+                        lambda: client.create_async(
+                            self.path, data, makepath=True, include_data=True
+                        )
                     )
-                    new_version = 0
                 else:
-                    stat: ZnodeStat = await self._bridge.call(
+                    stat = await self._bridge.call(
                         lambda: client.set_async(self.path, data, version=version)
                     )
-                    new_version = stat.version
-            except (BadVersionError, NodeExistsError):  # another claim won: stale version
+            except (BadVersionError, NodeExistsError, NoNodeError):  # stale version: moved
                 return ClaimResult(ClaimOutcome.MOVED, await self.fetch())
         except CoordinationError:
             return ClaimResult(ClaimOutcome.UNAVAILABLE, expected)
-        self._remember(claimed, new_version, generation)
+        self._remember(claimed, stat.mzxid, generation)
         return ClaimResult(ClaimOutcome.CLAIMED, claimed)
 
     def _on_watch(self, _event: WatchedEvent) -> None:  # in trio
