@@ -32,6 +32,7 @@ from cluster.settings_cli import (
 )
 from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 from cluster.top import run_top
+from cluster.volume_groups import provision_volume_groups
 from control.client import vdisk_table
 from control.control_token import cluster_token_file
 from initiator.console import output_console
@@ -44,6 +45,7 @@ from topology.spec import (
     ClusterPaths,
     ClusterSpec,
     ClusterSpecError,
+    normal_dsip,
 )
 
 
@@ -51,6 +53,13 @@ def _advertisement(text: str) -> Advertisement:
     try:
         return Advertisement.parse(text)
     except (ClusterSpecError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _dsip(text: str) -> str:
+    try:
+        return normal_dsip(text)
+    except ClusterSpecError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -137,6 +146,13 @@ def _register_cluster(subparsers: Any) -> None:
         "(default) or a ZooKeeper (Debian's zookeeper; PATH is this cluster's own znode)",
     )
     up.add_argument(
+        "--dsip",
+        type=_dsip,
+        metavar="ADDR[:PORT]",
+        help="the Data Services IP, volume groups' portal for external initiators "
+        "(default: the base address + 3, port 3260)",
+    )
+    up.add_argument(
         "--detach",
         action="store_true",
         help="return once everything answers, printing the cluster as JSON",
@@ -189,6 +205,11 @@ def _register_vm(subparsers: Any) -> None:
         default=1,
         metavar="N",
         help="sessions the VM opens per vDisk (AHV Turbo: 2 for 2 or more vCPUs; 1..8)",
+    )
+    create.add_argument(
+        "--load-balance",
+        action="store_true",
+        help="spread the VM's vDisks over every CVM, even while the local one is healthy",
     )
     create.set_defaults(handler=vm_create)
 
@@ -243,6 +264,7 @@ def cluster_up(args: argparse.Namespace) -> int:
         else:
             _check_same_cluster(stored, wanted, args.dir)
         provision_vms(directory, config.vms)
+        provision_volume_groups(directory, config.volume_groups)
         record_coordinator(paths, coordinator)  # first: a retry after a failed publish agrees
         publish(paths, coordinator)
     except (ValueError, ConfigError) as error:  # ClusterSpecError, CapacityError, coordinator
@@ -277,6 +299,7 @@ def _up_flags(args: argparse.Namespace) -> dict[str, Any]:
         "advertise": tuple(args.advertise) if args.advertise else None,
         "redirectors": False if args.no_redirectors else None,
         "failback": args.failback,
+        "dsip": args.dsip,
         "health": health_knobs_given(args) or None,  # knobs over the file's or stored ones
     }
     return {name: value for name, value in flags.items() if value is not None}
@@ -345,6 +368,7 @@ def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> d
         "release_timeout": spec.release_timeout,
         "placement": spec.placement,
         "base_address": spec.base_address,
+        "dsip": spec.dsip_portal,
         "coordinator": coordinator_of(supervisor.directory),
         **settings_document(spec),
         "nodes": nodes,
@@ -429,6 +453,7 @@ def vm_create(args: argparse.Namespace) -> int:
             disks=args.disks,
             size=args.size,
             sessions_per_disk=args.sessions_per_disk,
+            load_balance=args.load_balance,
         )
         paths = ClusterPaths(directory)
         publish(paths, choose_coordinator(paths, None))  # ZooKeeper's copy of the VMs
@@ -439,6 +464,7 @@ def vm_create(args: argparse.Namespace) -> int:
             "vm": record.name,
             "home_node": record.home_node,
             "sessions_per_disk": record.sessions_per_disk,
+            "load_balance": record.load_balance,
             "portal": spec.node(record.home_node).redirector_portal,
             "vdisks": [info.to_json(spec) for info in infos],
         }
