@@ -94,7 +94,10 @@ async def test_watches_run_in_trio_and_stop_with_the_run(
 
 
 async def test_every_call_has_a_deadline(own_zookeeper: ZooKeeperServer, tmp_path: Path) -> None:
-    async with open_coordinator(own_zookeeper.url(), tmp_path, call_timeout=0.5) as coordinator:
+    # A long session: kazoo notices the dead connection only after the deadlines (about a
+    # third of it), so what ends the calls here is their own deadline.
+    url = own_zookeeper.url(session_timeout=10)
+    async with open_coordinator(url, tmp_path, call_timeout=0.5) as coordinator:
         assert isinstance(coordinator, ZooKeeperCoordinator)
         cell = coordinator.ownership("vd")
         seen = await cell.fetch()
@@ -105,11 +108,11 @@ async def test_every_call_has_a_deadline(own_zookeeper: ZooKeeperServer, tmp_pat
                 await coordinator.bridge.call(
                     lambda: coordinator.bridge.client.get_async("/"), timeout=0.3
                 )
-            assert 0.3 <= trio.current_time() - start < 1.0
+            assert 0.3 <= trio.current_time() - start < 2.0  # a loaded machine is slow
             start = trio.current_time()
             result = await cell.compare_and_claim(seen, 1)  # the claim's outcome is unknown
             assert result.outcome is ClaimOutcome.UNAVAILABLE
-            assert trio.current_time() - start < 1.5
+            assert trio.current_time() - start < 2.5
         finally:
             own_zookeeper.freeze(False)
 
