@@ -1,8 +1,9 @@
 """The redirector's side of the coordinator: it registers as the live member
 `redirector-<i>`, and a stargate whose member entry goes away (its process died, or its
 ZooKeeper session expired: a stopped or partitioned CVM) is reported down to the health
-checker at once, without waiting for its NOP-Outs to go unanswered. Up verdicts stay the
-NOP monitors' (a registered stargate may still not answer iSCSI)."""
+checker at once, without waiting for its NOP-Outs to go unanswered. When the entry comes
+back, the stargate is reported up again if it accepts a connection (its NOP monitor,
+which may have seen it answer all along, would not report a change)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Membership:
         self.config = config
         self.health = health
         self.members: set[str] = set()  # the stargates last seen alive
+        self.reported_down: set[str] = set()  # by us, for a missing entry
 
     async def run(
         self, *, task_status: trio.TaskStatus[Coordinator] = trio.TASK_STATUS_IGNORED
@@ -57,9 +59,12 @@ class Membership:
             log.warning("live members unknown: %s", error)
             return
         for node in self.config.spec.nodes:
-            name = node.stargate_name
+            name, key = node.stargate_name, self.config.node_key(node.node_id)
             if name in self.members and name not in alive:
-                self.health.report(
-                    self.config.node_key(node.node_id), False, "no longer alive in the coordinator"
-                )
+                self.health.report(key, False, "no longer alive in the coordinator")
+                self.reported_down.add(name)
+            elif name in self.reported_down and name in alive:
+                self.reported_down.discard(name)
+                if await self.health.recheck(key):  # a refusal reports it down itself
+                    self.health.report(key, True, "alive again in the coordinator")
         self.members = {name for name in alive if name.startswith("stargate-")}
