@@ -254,10 +254,10 @@ def cluster_up(args: argparse.Namespace) -> int:
     directory: Path = args.dir.resolve()
     paths = ClusterPaths(directory)
     try:
-        coordinator = choose_coordinator(paths, args.coordinator)
         stored = ClusterSpec.load(directory) if paths.spec_file.exists() else None
         document = ConfigDocument.load(args.config) if args.config is not None else None
         config = cluster_config(document, _up_flags(args), stored)
+        coordinator = choose_coordinator(paths, config.coordinator)
         wanted = config.spec()
         if stored is None:
             wanted.save(directory)
@@ -300,6 +300,7 @@ def _up_flags(args: argparse.Namespace) -> dict[str, Any]:
         "redirectors": False if args.no_redirectors else None,
         "failback": args.failback,
         "dsip": args.dsip,
+        "coordinator": args.coordinator,
         "health": health_knobs_given(args) or None,  # knobs over the file's or stored ones
     }
     return {name: value for name, value in flags.items() if value is not None}

@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cluster.config import saved_config
+from cluster.coordinated import record_coordinator
 from tests.cluster.conftest import run_cli, unique_cluster_base
 from tests.helpers.net import free_port
+from topology.coordination import CoordinatorUrl
+from topology.spec import ClusterPaths, ClusterSpec
 
 
 def up(directory: Path, coordinator: str) -> subprocess.CompletedProcess[str]:
@@ -51,3 +55,21 @@ def test_a_cvm_names_a_bad_coordinator(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "not a coordinator: 'etcd://127.0.0.1/x'" in result.stderr
+
+
+def test_a_config_files_coordinator_is_checked_and_saved(tmp_path: Path) -> None:
+    config = tmp_path / "cluster.toml"
+    config.write_text('nodes = 1\ncoordinator = "etcd://127.0.0.1/x"\n')
+    result = run_cli(
+        "cluster", "up", "--config", str(config), "--dir", str(tmp_path / "c"), check=False
+    )
+    assert result.returncode == 2
+    assert "cluster.toml:2" in result.stderr and "not a coordinator" in result.stderr
+
+    directory = tmp_path / "saved"
+    ClusterSpec.create(directory, 1, base_address=unique_cluster_base(1))
+    url = "zk://127.0.0.1:2181/stargate"
+    record_coordinator(ClusterPaths(directory), CoordinatorUrl.parse(url))
+    saved, _notes = saved_config(directory, redirectors=True)
+    assert saved.coordinator == url
+    assert f'coordinator = "{url}"' in saved.to_toml()
