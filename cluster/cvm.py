@@ -199,10 +199,12 @@ class ClusterStargate:
     @asynccontextmanager
     async def _coordinated(self) -> AsyncIterator[Coordinator]:
         if self.coordinator is not None:
+            directory = self.coordinator
             try:
-                yield self.coordinator
+                yield directory
             finally:
-                await self.coordinator.aclose()
+                await directory.aclose()  # its registrations go
+                self.coordinator = DirectoryCoordinator(self.paths.root)  # for a next run
             return
         async with open_coordinator(self.coordinator_url, self.paths.root) as coordinator:
             self.coordinator = coordinator
@@ -221,7 +223,9 @@ class ClusterStargate:
         state = coordinator.session
         while True:
             state = await coordinator.wait_session_change(state)
-            if state is SessionState.CONNECTED or state is SessionState.CLOSED:
+            if state is SessionState.CLOSED:
+                return
+            if state is SessionState.CONNECTED:
                 continue
             for claim in list(self.claims.values()):
                 if claim.state in (ClaimState.OWNED, ClaimState.ACQUIRING, ClaimState.RELEASING):
