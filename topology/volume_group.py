@@ -21,7 +21,8 @@ from typing import Any
 from iscsicore.chap import ChapSecrets
 from topology.vdisk import atomic_write
 
-VG_TARGET_PREFIX = "iqn.2010-06.com.nutanix:vg-"
+IQN_AUTHORITY = "iqn.2010-06.com.nutanix:"
+VG_TARGET_PREFIX = f"{IQN_AUTHORITY}vg-"
 VG_VDISK_PREFIX = "vg-"  # a group's disks are vg-NAME-0, vg-NAME-1, ...
 VG_DIRECTORY = "volume-groups"
 DEFAULT_VIRTUAL_TARGETS = 32
@@ -40,12 +41,19 @@ class VolumeGroupError(ValueError):
 
 @dataclass(frozen=True)
 class VirtualTarget:
-    """One of a volume group's targets: its IQN and its LUNs' vDisks, LUN 0 first."""
+    """One of a volume group's targets: its IQN and its LUNs' vDisks, LUN 0 first.
+
+    A virtual target is the unit of ownership: one CVM serves all its LUNs, under one
+    ownership record named by ``unit_id`` (``vg-NAME-tgtI``, the IQN's last part)."""
 
     group: str
     index: int
     iqn: str
     vdisk_ids: tuple[str, ...]
+
+    @property
+    def unit_id(self) -> str:
+        return self.iqn.removeprefix(IQN_AUTHORITY)
 
 
 @dataclass(frozen=True)
