@@ -19,7 +19,7 @@ from .errors import (
     IscsiProtocolError,
     WrongDirection,
 )
-from .pdu import BHS_LENGTH, Opcode, Pdu, ScsiCommand
+from .pdu import BHS_LENGTH, DataIn, Opcode, Pdu, ScsiCommand
 
 Peer = Literal["initiator", "target"]
 
@@ -30,6 +30,7 @@ DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH = 8192
 _LOGIN_OPCODES = frozenset({int(Opcode.LOGIN_REQUEST), int(Opcode.LOGIN_RESPONSE)})
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # indexed by length % 4
 _SCSI_COMMAND = int(Opcode.SCSI_COMMAND)
+_DATA_IN = int(Opcode.DATA_IN)
 
 
 def encode_pdu(pdu: Pdu, *, header_digest: bool = False, data_digest: bool = False) -> bytes:
@@ -118,8 +119,14 @@ class PduFramer:
         self._data_length = 0
         self._total_length = 0
         self._has_data_digest = False
-        self._plain_commands = False
-        self._update_plain_commands()
+        # The commonest PDU of the direction, decoded in place while no digests are on:
+        # SCSI Commands from an initiator, Data-In from a target.
+        self._plain_opcode = _SCSI_COMMAND if receiving_from == "initiator" else _DATA_IN
+        self._plain_at = (
+            fastpath.scsi_command_at if receiving_from == "initiator" else fastpath.data_in_at
+        )
+        self._plain = False
+        self._update_plain()
 
     # -- settings that login changes -------------------------------------------------------
 
@@ -131,7 +138,7 @@ class PduFramer:
     def header_digest(self, enabled: bool) -> None:
         self._header_digest = enabled
         self._bhs = None
-        self._update_plain_commands()
+        self._update_plain()
 
     @property
     def data_digest(self) -> bool:
@@ -141,7 +148,7 @@ class PduFramer:
     def data_digest(self, enabled: bool) -> None:
         self._data_digest = enabled
         self._bhs = None
-        self._update_plain_commands()
+        self._update_plain()
 
     @property
     def max_recv_data_segment_length(self) -> int:
@@ -152,11 +159,9 @@ class PduFramer:
         self._max_recv_data_segment_length = length
         self._bhs = None
 
-    def _update_plain_commands(self) -> None:
-        # The SCSI Command shortcut of `next_pdu` skips digests: only without them.
-        self._plain_commands = (
-            self.receiving_from == "initiator" and not self._header_digest and not self._data_digest
-        )
+    def _update_plain(self) -> None:
+        # The in-place shortcut of `next_pdu` skips digests: only without them.
+        self._plain = not self._header_digest and not self._data_digest
 
     # -- state -----------------------------------------------------------------------------
 
@@ -182,10 +187,10 @@ class PduFramer:
         """The next complete PDU, or None when more bytes are needed."""
         if self._failure is not None:
             raise self._failure
-        if self._plain_commands and self._bhs is None:
-            command = self._next_plain_command()
-            if command is not None:
-                return command
+        if self._plain and self._bhs is None:
+            pdu = self._next_plain()
+            if pdu is not None:
+                return pdu
         try:
             if self._bhs is None and not self._read_header():
                 return None
@@ -199,19 +204,20 @@ class PduFramer:
 
     # -------------------------------------------------------------------------------------
 
-    def _next_plain_command(self) -> ScsiCommand | None:
-        """A complete SCSI Command without AHS, decoded in place with one unpack (no digests
-        are negotiated); None: anything else, left to the general path, which decodes it or
-        raises as it always does (that includes a data segment over the limit)."""
+    def _next_plain(self) -> ScsiCommand | DataIn | None:
+        """A complete SCSI Command (from an initiator) or Data-In (from a target) without
+        AHS, decoded in place with one unpack (no digests are negotiated); None: anything
+        else, left to the general path, which decodes it or raises as it always does (that
+        includes a data segment over the limit)."""
         buffer = self._buffer
         start = self._offset
         available = len(buffer) - start
-        if available < BHS_LENGTH or buffer[start] & wire.OPCODE_MASK != _SCSI_COMMAND:
+        if available < BHS_LENGTH or buffer[start] & wire.OPCODE_MASK != self._plain_opcode:
             return None
-        decoded = fastpath.scsi_command_at(buffer, start)
+        decoded = self._plain_at(buffer, start)
         if decoded is None:
             return None
-        command, data_length = decoded  # no AHS: the lengths word is the data length
+        pdu, data_length = decoded  # no AHS: the lengths word is the data length
         if data_length > self._max_recv_data_segment_length:
             return None
         end = BHS_LENGTH + ((data_length + 3) & ~3)
@@ -219,12 +225,12 @@ class PduFramer:
             return None
         if data_length:
             with memoryview(buffer) as view:
-                command.data = bytes(view[start + BHS_LENGTH : start + BHS_LENGTH + data_length])
+                pdu.data = bytes(view[start + BHS_LENGTH : start + BHS_LENGTH + data_length])
         self._offset = start + end
         if self._offset == len(buffer):
             buffer.clear()
             self._offset = 0
-        return command
+        return pdu
 
     def _read_header(self) -> bool:
         """Parse and check the next header once it is complete (digest included)."""
