@@ -436,6 +436,27 @@ def data_in_at(buffer: _Buffer, offset: int) -> tuple[DataIn, int] | None:
     return pdu, lengths
 
 
+def scsi_response_at(buffer: _Buffer, offset: int) -> tuple[ScsiResponse, int] | None:
+    """(SCSI Response, DataSegmentLength) of the SCSI Response BHS at ``buffer[offset:]``,
+    read in place as `data_in_at` reads a Data-In; None where the general decoder must look."""
+    fields = SCSI_RESPONSE.unpack_from(buffer, offset)
+    b0, b1 = fields[:2]
+    lengths = fields[4]
+    if b0 & wire.OPCODE_MASK != _SCSI_RESPONSE or lengths >> 24:
+        return None
+    if b1 & 0x06 == 0x06 or b1 & 0x18 == 0x18:
+        return None  # overflow and underflow both set: malformed
+    pdu = ScsiResponse(
+        bool(b1 & 0x10),
+        bool(b1 & 0x08),
+        bool(b1 & 0x04),
+        bool(b1 & 0x02),
+        *fields[2:4],
+        *fields[5:],
+    )
+    return pdu, lengths
+
+
 def _decode_data_out(header: bytes) -> Pdu:
     return DataOut(bool(header[1] & 0x80), *DATA_OUT.unpack(header)[3:])
 

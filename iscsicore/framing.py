@@ -8,6 +8,7 @@ over the padded data (present only when the data segment is not empty).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from . import fastpath, wire
@@ -19,7 +20,7 @@ from .errors import (
     IscsiProtocolError,
     WrongDirection,
 )
-from .pdu import BHS_LENGTH, DataIn, Opcode, Pdu, ScsiCommand
+from .pdu import BHS_LENGTH, Opcode, Pdu
 
 Peer = Literal["initiator", "target"]
 
@@ -29,8 +30,16 @@ LOGIN_DATA_SEGMENT_LIMIT = 8192
 DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH = 8192
 _LOGIN_OPCODES = frozenset({int(Opcode.LOGIN_REQUEST), int(Opcode.LOGIN_RESPONSE)})
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # indexed by length % 4
-_SCSI_COMMAND = int(Opcode.SCSI_COMMAND)
-_DATA_IN = int(Opcode.DATA_IN)
+# The commonest PDUs of each direction, decoded in place while no digests are on: SCSI
+# Commands from an initiator; Data-In and SCSI Responses from a target.
+_PlainDecoder = Callable[[bytearray, int], tuple[Pdu, int] | None]
+_PLAIN_DECODERS: dict[Peer, dict[int, _PlainDecoder]] = {
+    "initiator": {int(Opcode.SCSI_COMMAND): fastpath.scsi_command_at},
+    "target": {
+        int(Opcode.DATA_IN): fastpath.data_in_at,
+        int(Opcode.SCSI_RESPONSE): fastpath.scsi_response_at,
+    },
+}
 
 
 def encode_pdu(pdu: Pdu, *, header_digest: bool = False, data_digest: bool = False) -> bytes:
@@ -119,12 +128,7 @@ class PduFramer:
         self._data_length = 0
         self._total_length = 0
         self._has_data_digest = False
-        # The commonest PDU of the direction, decoded in place while no digests are on:
-        # SCSI Commands from an initiator, Data-In from a target.
-        self._plain_opcode = _SCSI_COMMAND if receiving_from == "initiator" else _DATA_IN
-        self._plain_at = (
-            fastpath.scsi_command_at if receiving_from == "initiator" else fastpath.data_in_at
-        )
+        self._plain_decoders = _PLAIN_DECODERS[receiving_from]
         self._plain = False
         self._update_plain()
 
@@ -204,17 +208,20 @@ class PduFramer:
 
     # -------------------------------------------------------------------------------------
 
-    def _next_plain(self) -> ScsiCommand | DataIn | None:
-        """A complete SCSI Command (from an initiator) or Data-In (from a target) without
-        AHS, decoded in place with one unpack (no digests are negotiated); None: anything
-        else, left to the general path, which decodes it or raises as it always does (that
-        includes a data segment over the limit)."""
+    def _next_plain(self) -> Pdu | None:
+        """A complete SCSI Command (from an initiator), Data-In or SCSI Response (from a
+        target) without AHS, decoded in place with one unpack (no digests are negotiated);
+        None: anything else, left to the general path, which decodes it or raises as it
+        always does (that includes a data segment over the limit)."""
         buffer = self._buffer
         start = self._offset
         available = len(buffer) - start
-        if available < BHS_LENGTH or buffer[start] & wire.OPCODE_MASK != self._plain_opcode:
+        if available < BHS_LENGTH:
             return None
-        decoded = self._plain_at(buffer, start)
+        decode_at = self._plain_decoders.get(buffer[start] & wire.OPCODE_MASK)
+        if decode_at is None:
+            return None
+        decoded = decode_at(buffer, start)
         if decoded is None:
             return None
         pdu, data_length = decoded  # no AHS: the lengths word is the data length

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -162,35 +163,40 @@ def test_scsi_command_at_equals_construct_decode(
     assert lengths_word == int.from_bytes(header[4:8], "big")
 
 
+@pytest.mark.parametrize(
+    ("cls", "decode_at"),
+    [(DataIn, fastpath.data_in_at), (ScsiResponse, fastpath.scsi_response_at)],
+    ids=["DataIn", "ScsiResponse"],
+)
 @settings(deadline=None)
 @given(
     data=st.data(),
     prefix=st.binary(max_size=7),
     any_opcode=st.booleans(),
 )
-def test_data_in_at_equals_construct_decode(
-    data: st.DataObject, prefix: bytes, any_opcode: bool
+def test_initiator_side_decode_at_equals_construct_decode(
+    cls: type[Pdu], decode_at: Any, data: st.DataObject, prefix: bytes, any_opcode: bool
 ) -> None:
-    """The initiator's in-place Data-In decode: exactly what wire decodes, or None where
-    wire would need an AHS, raise, or give another PDU."""
+    """The initiator's in-place decodes: exactly what wire decodes, or None where wire
+    would need an AHS, raise, or give another PDU."""
     if any_opcode:
         header = data.draw(st.binary(min_size=BHS_LENGTH, max_size=BHS_LENGTH))
     else:
         header = data.draw(
-            raw_headers(Opcode.DATA_IN, total_ahs_length=data.draw(st.sampled_from([0, 0, 1])))
+            raw_headers(cls.OPCODE, total_ahs_length=data.draw(st.sampled_from([0, 0, 1])))
         )
     buffer = bytearray(prefix + header + b"tail")
-    found = fastpath.data_in_at(buffer, len(prefix))
+    found = decode_at(buffer, len(prefix))
     try:
         expected: object = wire.decode_bhs(header)
     except IscsiProtocolError:
         expected = None
     if found is None:
-        assert header[4] or not isinstance(expected, DataIn)
+        assert header[4] or not isinstance(expected, cls)
         return
-    data_in, lengths_word = found
+    pdu, lengths_word = found
     assert not header[4]
-    assert data_in == expected
+    assert pdu == expected
     assert lengths_word == int.from_bytes(header[4:8], "big")
 
 
