@@ -1,4 +1,5 @@
-"""One node's redirector, assembled: placement policy, health checks, portal, failback.
+"""One node's redirector, assembled: placement policy, health checks, portal, failback,
+and a candidacy for the cluster's Data Services IP.
 
 redirector = Redirector(RedirectorConfig.load(directory, node_id), logger)
 async with trio.open_nursery() as nursery:
@@ -17,6 +18,7 @@ from control.http import serve_http
 from faults.forensics import Forensics
 from faults.injector import FaultInjector
 from redirector.config import RedirectorConfig
+from redirector.dsip_service import DataServicesIp
 from redirector.failback import Failback
 from redirector.health import HealthChecker
 from redirector.membership import Membership
@@ -51,6 +53,9 @@ class Redirector:
         )
         self.failback = Failback(config, self.policy, logger, clock=clock)
         self.membership = Membership(config, self.health)
+        self.dsip = DataServicesIp(
+            config, self.policy, self.health, self.failback, logger, clock=clock
+        )
 
     def _forensics(self) -> Forensics | None:
         """Faults fired here go to DIR/forensics/redirector-N.jsonl, which `stargate timeline`
@@ -72,6 +77,7 @@ class Redirector:
             coordinator = await nursery.start(self.membership.run)  # liveness, records
             port = await nursery.start(self.server.serve)
             nursery.start_soon(self.failback.run, coordinator)
+            nursery.start_soon(self.dsip.run, coordinator)  # serves it while leading
             await self._start_page(nursery)
             task_status.started(port)
 
