@@ -39,7 +39,7 @@ class StatusSender(AsyncEvents):
             del self._tasks[task.itt]
         if task.has_slot:
             task.has_slot = False
-            self.queue.release(task.needed, self.tenant)
+            self.queue.release(task.needed, task.route.tenant)
         if not task.aborted:
             self._send_status_of(
                 task.itt,
@@ -51,11 +51,10 @@ class StatusSender(AsyncEvents):
                 data,
                 sense,
             )
-        if self.stats is not None:
-            moved = task.needed if task.kind is IoKind.WRITE else len(data)
-            self.stats.command_finished(
-                task.kind, moved, time.perf_counter_ns() - task.started_ns, good=status == GOOD
-            )
+        moved = task.needed if task.kind is IoKind.WRITE else len(data)
+        task.route.stats.command_finished(
+            task.kind, moved, time.perf_counter_ns() - task.started_ns, good=status == GOOD
+        )
 
     def _send_status_of(
         self,
