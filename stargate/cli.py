@@ -82,9 +82,9 @@ class JoinLastTarget(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         targets: list[VDiskSpec] | None = getattr(namespace, self.dest, None)
-        if not targets:
-            parser.error(f"{option_string} {values}: no --vdisk before it to be a LUN of")
         assert isinstance(values, VDiskSpec)
+        if not targets:
+            parser.error(f"{option_string} {values.vdisk_id}: no --vdisk before it to join")
         targets[-1] = targets[-1].with_lun(values)
 
 

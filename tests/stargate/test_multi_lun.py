@@ -120,7 +120,7 @@ async def test_an_absent_lun_gets_the_spc_answers(nursery: trio.Nursery) -> None
         (read10(0, 1), {"read_length": 512}),
         (write10(0, 1), {"write_data": bytes(512)}),
     ):
-        result = await initiator.scsi(cdb, lun=ABSENT, **kwargs)  # type: ignore[arg-type]
+        result = await initiator.scsi(cdb, lun=ABSENT, **kwargs)
         assert result.status == ScsiStatus.CHECK_CONDITION
         assert _sense(result) == (SenseKey.ILLEGAL_REQUEST, Asc.LOGICAL_UNIT_NOT_SUPPORTED.value)
     # Hierarchical addressing the target does not use is no LUN of it either.
