@@ -2,8 +2,9 @@
 
 Four runs, each against a fresh target: every test with data loss and SANITIZE allowed
 (`--dataloss -S -t ALL`), on LUN 0 and on LUN 1 of a three-LUN target, the multipath
-tests with two sessions to one vDisk (the URL twice), and the ReadOnly tests against a `--read-only` target. The counts and the names
-of the skipped and failed tests are written next to the test's tmp dir and printed.
+tests with two sessions to one vDisk (the URL twice), and the ReadOnly tests against a
+`--read-only` target. The counts and the names of the skipped and failed tests are
+written next to the test's tmp dir and printed.
 
 CUnit counts a skipped test as passed; `tests.peers.tools.parse_test_cu_output` counts a
 test that printed ``[SKIPPED]`` as skipped. tgtd on this kind of machine: 160 passed,
