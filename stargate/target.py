@@ -11,7 +11,7 @@ logical unit runs a command) consult.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Protocol
 
 from iscsicore.pdu import MAX_LUN
@@ -96,11 +96,14 @@ class VDiskTarget:
     chap: ChapCredentials | None = None  # the initiator must authenticate with these
     mutual_chap: ChapCredentials | None = None  # the target authenticates itself with these
     extra_luns: tuple[ExtraLun, ...] = ()
+    # LUN 0's counters to keep counting in (the cluster's, which outlive the vDisk's moves
+    # away and back); None: new ones.
+    counters: InitVar[VDiskStats | None] = None
     stats: VDiskStats = field(init=False)  # LUN 0's, and the target's logins and sessions
     luns: tuple[TargetLun, ...] = field(init=False)  # by number: luns[n] is LUN n
 
-    def __post_init__(self) -> None:
-        self.stats = VDiskStats(self.vdisk_id)
+    def __post_init__(self, counters: VDiskStats | None) -> None:
+        self.stats = counters if counters is not None else VDiskStats(self.vdisk_id)
         if len(self.extra_luns) > MAX_LUN:
             raise ValueError(f"target {self.vdisk_id}: more than 16383 LUNs")
         first = TargetLun(0, self.vdisk_id, self.lu, self.stats, self.name)
