@@ -244,6 +244,40 @@ async def test_lun_reset_on_lun_1_leaves_the_reservation_on_lun_0(nursery: trio.
     )
 
 
+def _prout(service_action: int, key: int, service_action_key: int) -> tuple[bytes, bytes]:
+    """PERSISTENT RESERVE OUT (type Write Exclusive) and its 24-byte parameter list."""
+    cdb = struct.pack(">BBB2xIB", 0x5F, service_action, 0x01, 24, 0)
+    return cdb, struct.pack(">QQ8x", key, service_action_key)
+
+
+async def test_a_persistent_reservation_holds_on_its_lun_only(nursery: trio.Nursery) -> None:
+    server = await _started(nursery)
+    holder = await logged_in(server, "vg-0")
+    other = await logged_in(server, "vg-0")
+    await _clear(holder, 0, 1)
+    await _clear(other, 0, 1)
+    lun1 = encode_lun(1)
+    for service_action, key, new_key in ((0x00, 0, 0xABC), (0x01, 0xABC, 0)):  # REGISTER, RESERVE
+        cdb, parameters = _prout(service_action, key, new_key)
+        result = await holder.scsi(cdb, write_data=parameters, lun=lun1)
+        assert result.status == ScsiStatus.GOOD, service_action
+    write = write10(0, 1)
+    assert (await other.scsi(write, write_data=bytes(512), lun=lun1)).status == (
+        ScsiStatus.RESERVATION_CONFLICT
+    )
+    assert (await other.scsi(write, write_data=bytes(512))).status == ScsiStatus.GOOD
+    assert (await other.scsi(write, write_data=bytes(512), lun=encode_lun(2))).status == (
+        ScsiStatus.CHECK_CONDITION  # LUN 2's own power-on unit attention, no conflict
+    )
+    assert (await holder.scsi(write, write_data=bytes(512), lun=lun1)).status == ScsiStatus.GOOD
+    # LOGICAL UNIT RESET keeps persistent reservations (SPC-4), on LUN 1 as anywhere.
+    assert await _tmf(other, TmfFunction.LOGICAL_UNIT_RESET, lun1) == TmfResponse.COMPLETE
+    await other.scsi(TEST_UNIT_READY, lun=lun1)  # its BUS DEVICE RESET unit attention
+    assert (await other.scsi(write, write_data=bytes(512), lun=lun1)).status == (
+        ScsiStatus.RESERVATION_CONFLICT
+    )
+
+
 async def test_abort_task_set_ends_the_tasks_of_its_lun_only(nursery: trio.Nursery) -> None:
     server = await _started(nursery)
     initiator = await logged_in(server, "vg-0", proposals=_R2T_FIRST)
