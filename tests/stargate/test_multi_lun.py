@@ -244,6 +244,28 @@ async def test_lun_reset_on_lun_1_leaves_the_reservation_on_lun_0(nursery: trio.
     )
 
 
+async def test_a_target_warm_reset_resets_every_lun(nursery: trio.Nursery) -> None:
+    server = await _started(nursery)
+    holder = await logged_in(server, "vg-0")
+    other = await logged_in(server, "vg-0")
+    await _clear(holder, 0, 1, 2)
+    await _clear(other, 0, 1, 2)
+    lun2 = encode_lun(2)
+    assert (await holder.scsi(RESERVE_6, lun=lun2)).status == ScsiStatus.GOOD
+    assert await _tmf(other, TmfFunction.TARGET_WARM_RESET, 0) == TmfResponse.COMPLETE
+    for initiator in (holder, other):
+        for number in range(3):
+            result = await initiator.scsi(TEST_UNIT_READY, lun=encode_lun(number))
+            key, (asc, _) = _sense(result)
+            assert (key, asc) == (SenseKey.UNIT_ATTENTION, 0x29), number  # a reset occurred
+    # The SPC-2 reservation on LUN 2 went with the reset.
+    for _ in range(3):  # past any further reset condition queued on LUN 2
+        result = await other.scsi(read10(0, 1), read_length=512, lun=lun2)
+        if result.status != ScsiStatus.CHECK_CONDITION:
+            break
+    assert result.status == ScsiStatus.GOOD
+
+
 def _prout(service_action: int, key: int, service_action_key: int) -> tuple[bytes, bytes]:
     """PERSISTENT RESERVE OUT (type Write Exclusive) and its 24-byte parameter list."""
     cdb = struct.pack(">BBB2xIB", 0x5F, service_action, 0x01, 24, 0)
