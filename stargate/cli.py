@@ -472,7 +472,10 @@ async def _serve_until_signalled(
                 http_port = await nursery.start(serve_http, page.handle, *http_portal)
                 print(f"stargate: HTTP on {http_portal[0]}:{http_port}", flush=True)
                 print(f"stargate: control token in {control.path}", flush=True)
-            names = ", ".join(target.name for target in server.registry)
+            names = ", ".join(
+                target.name + (f" ({len(target.luns)} LUNs)" if target.extra_luns else "")
+                for target in server.registry
+            )
             log.info("serving %s on port %s", names, port)
             print(f"stargate: listening on {server.config.host}:{port}", flush=True)
             async for signum in signals:
