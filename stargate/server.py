@@ -397,8 +397,10 @@ class StargateServer:
         return [c for c in self._connections if c.session.target_name == target_name]
 
     def _connections_of_vdisk(self, vdisk_id: str) -> list[FullFeatureConnection]:
-        target = self.registry.by_vdisk_id(vdisk_id)
-        return [] if target is None else self.connections_of(target.name)
+        """The connections of the target serving ``vdisk_id`` as any of its LUNs (a session
+        is with a whole target)."""
+        served = self.registry.serving(vdisk_id)
+        return [] if served is None else self.connections_of(served[0].name)
 
     def request_logout(self, vdisk_id: str, seconds: int = 5) -> int:
         """AsyncEvent 1 (Parameter3 = ``seconds``) to every session of the vDisk; those

@@ -170,12 +170,12 @@ class TargetRegistry:
         """The target whose LUN 0 is ``vdisk_id``."""
         return self._targets.get(target_name_for(vdisk_id))
 
-    def lun_of_vdisk(self, vdisk_id: str) -> TargetLun | None:
-        """Where ``vdisk_id`` is served, as whichever LUN of whichever target."""
+    def serving(self, vdisk_id: str) -> tuple[VDiskTarget, TargetLun] | None:
+        """The target that serves ``vdisk_id``, as whichever of its LUNs, and that LUN."""
         for target in self._targets.values():
             for lun in target.luns:
                 if lun.vdisk_id == vdisk_id:
-                    return lun
+                    return target, lun
         return None
 
     def visible_to(self, initiator_name: str) -> list[VDiskTarget]:

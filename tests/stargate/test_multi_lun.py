@@ -179,6 +179,18 @@ async def test_queue_charges_each_lun_to_its_own_vdisk_share(nursery: trio.Nurse
     assert [route.tenant.vdisk.slots for route in routes] == [0, 0, 0]
 
 
+async def test_a_lun_vdisk_names_its_target_sessions_to_the_control_api(
+    nursery: trio.Nursery,
+) -> None:
+    server = await _started(nursery)
+    initiator = await logged_in(server, "vg-0")
+    await _clear(initiator, 0)
+    assert server.request_logout("vg-2", seconds=5) == 1  # LUN 2's vDisk: the target's session
+    assert server.drop_connections("vg-1") == 1
+    assert await initiator.closed_by_target()
+    assert server.drop_connections("not-served") == 0
+
+
 async def test_capacity_change_is_news_on_its_lun_only(nursery: trio.Nursery) -> None:
     target = multi_lun_target()
     server = await start_stargate(nursery, target)
