@@ -5,6 +5,7 @@ then an fdatasync in a worker thread when the result needs one; or as a fault sa
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
@@ -28,6 +29,7 @@ class Execution(FaultEffects):
                 return
         data_out: bytes | bytearray | memoryview = task.buffer if task.buffer is not None else b""
         result = task.route.lu.execute(task.cdb, data_out, self.nexus)
+        task.executed_ns = time.perf_counter_ns()
         if result.needs_sync and result.status == GOOD:
             self._start_sync(task, result)
             return
@@ -60,6 +62,7 @@ class Execution(FaultEffects):
     def _execute_faulted(self, task: ScsiTask, fault: Fault) -> None:
         data_out: bytes | bytearray | memoryview = task.buffer if task.buffer is not None else b""
         result = task.route.lu.execute(task.cdb, data_out, self.nexus)
+        task.executed_ns = time.perf_counter_ns()
         kind = fault.kind
         if kind is FaultKind.SHORT_TRANSFER:
             data = result.data
