@@ -39,7 +39,7 @@ from stargate.scsi.lu import UnitAttentions
 from stargate.stores.base import BlockStore
 from stargate.target import BlockStoreLike, LogicalUnitLike, ScsiResultLike
 from stargate.tasks import ScsiTask
-from topology.ownership import Fence, OwnershipFile
+from topology.ownership import Fence, RecordView
 
 # How long a command may wait, parked, for its vDisk to be acquired: a little more than an
 # acquisition whose owner does not answer (the release timeout, 5 s) takes.
@@ -64,7 +64,7 @@ class Parked:
 class Claim:
     vdisk_id: str
     target_name: str
-    file: OwnershipFile
+    file: RecordView  # the record (an ownership cell of the coordinator)
     state: ClaimState = ClaimState.IDLE
     fence: Fence | None = None
     parked: list[Parked] = field(default_factory=list)

@@ -31,7 +31,6 @@ from control.faults_api import handle_fault_request
 from control.flags import Flag
 from control.http import HttpRequest, HttpResponse
 from stargate.support_page import SupportPages
-from topology.ownership import read_record
 from topology.spec import list_vdisks
 
 if TYPE_CHECKING:
@@ -65,11 +64,12 @@ class StatsPage:
             return supported
         if request.method == "GET":
             if request.path in ("/stats.json", "/"):
-                return HttpResponse.json(self.stats_document())
+                return HttpResponse.json(await self.stats_document())
             if request.path == "/metrics":
-                return HttpResponse(200, prometheus_text(self.stats_document()), CONTENT_TYPE)
+                document = await self.stats_document()
+                return HttpResponse(200, prometheus_text(document), CONTENT_TYPE)
             if request.path == "/vdisks":
-                return HttpResponse.json(self.vdisks_document())
+                return HttpResponse.json(await self.vdisks_document())
             return HttpResponse.json({"error": f"no page {request.path}"}, 404)
         if request.method == "POST":
             match = _CONTROL_RE.match(request.path)
@@ -102,7 +102,7 @@ class StatsPage:
 
     # -- documents --------------------------------------------------------------------------
 
-    def stats_document(self) -> dict[str, Any]:
+    async def stats_document(self) -> dict[str, Any]:
         cvm = self.cvm
         # Every vDisk this stargate served since it started; "released" once it moved away.
         per_vdisk: dict[str, dict[str, object]] = {
@@ -124,8 +124,9 @@ class StatsPage:
             # Read from the record now: a stargate that was stopped never claims to serve
             # a vDisk taken over meanwhile, even before its watcher has noticed.
             entry["serving"] = claim.may_execute()
+        records = await cvm.ownership_records(list(per_vdisk))
         for vdisk_id, entry in per_vdisk.items():  # who serves it now, as the record says
-            record = read_record(cvm.paths.ownership_file(vdisk_id))
+            record = records.get(vdisk_id)
             entry["owner_node"] = record.node_id if record and record.claimed else None
             entry["owner_epoch"] = record.epoch if record else 0
         return {
@@ -141,12 +142,14 @@ class StatsPage:
             "vdisks": per_vdisk,
         }
 
-    def vdisks_document(self) -> list[dict[str, Any]]:
+    async def vdisks_document(self) -> list[dict[str, Any]]:
         cvm = self.cvm
         stats = cvm.server.stats()
         document = []
-        for info in list_vdisks(cvm.paths.root):
-            record = read_record(cvm.paths.ownership_file(info.vdisk_id))
+        infos = list_vdisks(cvm.paths.root)
+        records = await cvm.ownership_records([info.vdisk_id for info in infos])
+        for info in infos:
+            record = records.get(info.vdisk_id)
             claim = cvm.claims.get(info.iqn)
             fence = claim.fence if claim is not None and claim.may_execute() else None
             counters = stats.get(info.vdisk_id, {})

@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from control.http import HttpError, http_json
-from topology.ownership import read_record
+from topology.coordination import open_coordinator
 from topology.spec import ClusterPaths, ClusterSpec, list_vdisks
 
 FETCH_TIMEOUT = 1.0
@@ -74,8 +74,11 @@ async def vdisk_table(spec: ClusterSpec, paths: ClusterPaths) -> list[dict[str, 
                 if vdisk_id not in serving or epoch > serving[vdisk_id][1]:
                     serving[vdisk_id] = (answer.node_id, epoch)
     table = []
-    for info in list_vdisks(paths.root):
-        record = read_record(paths.ownership_file(info.vdisk_id))
+    infos = list_vdisks(paths.root)
+    async with open_coordinator(paths.coordinator(), paths.root) as coordinator:
+        records = {info.vdisk_id: await coordinator.read_ownership(info.vdisk_id) for info in infos}
+    for info in infos:
+        record = records[info.vdisk_id]
         served = serving.get(info.vdisk_id)
         table.append(
             {

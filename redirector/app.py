@@ -19,6 +19,7 @@ from faults.injector import FaultInjector
 from redirector.config import RedirectorConfig
 from redirector.failback import Failback
 from redirector.health import HealthChecker
+from redirector.membership import Membership
 from redirector.page import RedirectorPage
 from redirector.policy import PlacementPolicy
 from redirector.server import RedirectorServer
@@ -49,6 +50,7 @@ class Redirector:
             config, self.policy, self.health, logger, clock=clock, injector=injector
         )
         self.failback = Failback(config, self.policy, logger, clock=clock)
+        self.membership = Membership(config, self.health)
 
     def _forensics(self) -> Forensics | None:
         """Faults fired here go to DIR/forensics/redirector-N.jsonl, which `stargate timeline`
@@ -67,8 +69,9 @@ class Redirector:
         the portal; failback and the HTTP page run alongside. Reports the bound port."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.health.run)
+            coordinator = await nursery.start(self.membership.run)  # liveness, records
             port = await nursery.start(self.server.serve)
-            nursery.start_soon(self.failback.run)
+            nursery.start_soon(self.failback.run, coordinator)
             await self._start_page(nursery)
             task_status.started(port)
 
