@@ -258,9 +258,11 @@ class ClusterStargate:
             unit_attentions=unit_attentions,
         )
         target = VDiskTarget(
-            vdisk_id, FencedLogicalUnit(lu, claim, self.lose), block_size=store.block_size
+            vdisk_id,
+            FencedLogicalUnit(lu, claim, self.lose),
+            block_size=store.block_size,
+            counters=self.vdisk_stats.setdefault(vdisk_id, VDiskStats(vdisk_id)),
         )
-        target.stats = self.vdisk_stats.setdefault(vdisk_id, target.stats)
         self.claims[target.name] = claim
         self._opened[target.name] = OpenedVDisk(target, store, reservations, claim, cell)
         log.info("opened vDisk %s", vdisk_id)
