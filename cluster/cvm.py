@@ -47,6 +47,7 @@ from cluster.forensics import cvm_faults, cvm_forensics
 from cluster.registry import ClusterRegistry, OwnershipLoginPolicy
 from cluster.stats_page import StatsPage
 from control.http import HttpError, http_json, serve_http
+from iscsicore.chap import ChapSecrets
 from stargate.hooks import ServerHooks
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
@@ -54,7 +55,7 @@ from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
 from stargate.session import SessionTable
 from stargate.stats import VDiskStats
 from stargate.stores.file import FileStore
-from stargate.target import TargetRegistry, VDiskTarget
+from stargate.target import ChapCredentials, ExtraLun, TargetRegistry, VDiskTarget
 from stargate.transport.runner import FullFeatureConnection
 from topology.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater
 from topology.coordination import (
@@ -77,6 +78,13 @@ from topology.spec import (
     valid_release_timeout,
 )
 from topology.vdisk import VDiskMeta
+from topology.volume_group import (
+    VirtualTarget,
+    VolumeGroup,
+    VolumeGroupError,
+    VolumeGroupStore,
+    unit_target_name,
+)
 
 log = logging.getLogger("cluster.cvm")
 
@@ -92,18 +100,20 @@ PAGE_RECORDS_TIMEOUT = 1.0  # at most this long for a page's ownership records
 
 @dataclass(eq=False)
 class OpenedVDisk:
-    """One opening of a vDisk at this stargate: from a login naming it until it goes."""
+    """One opening of a target at this stargate (a vDisk's, or a volume group's virtual
+    target with its LUNs): from a login naming it until it goes."""
 
     target: VDiskTarget
-    store: FileStore
-    reservations: Reservations
-    claim: Claim
+    stores: list[FileStore]  # by LUN
+    reservations: list[Reservations]  # by LUN
+    claim: Claim  # one for the whole target: its LUNs move together
     cell: OwnershipCell  # the claim's record, with the compare-and-swap
 
     def close_files(self) -> None:
-        with contextlib.suppress(OSError):
-            self.store.sync()
-            self.store.close()
+        for store in self.stores:
+            with contextlib.suppress(OSError):
+                store.sync()
+                store.close()
         self.cell.close()
 
 
@@ -144,7 +154,8 @@ class ClusterStargate:
         # decrement the gauges they incremented.
         self.vdisk_stats: dict[str, VDiskStats] = {}
         self._nursery: trio.Nursery | None = None
-        self.registry = ClusterRegistry(self._open_target, self.paths)
+        self.groups = VolumeGroupStore(self.paths.root)
+        self.registry = ClusterRegistry(self._open_target, self.paths, self._open_virtual_target)
         config = ServerConfig(
             host=self.node.cvm_address,
             port=self.node.cvm_port,
@@ -240,33 +251,90 @@ class ClusterStargate:
     # -- opening vDisks -----------------------------------------------------------------
 
     def _open_target(self, vdisk_id: str) -> VDiskTarget | None:
+        return self._open_unit(vdisk_id, f"{TARGET_NAME_PREFIX}{vdisk_id}", (vdisk_id,))
+
+    def _open_virtual_target(
+        self, group: VolumeGroup, virtual: VirtualTarget
+    ) -> VDiskTarget | None:
+        """A volume group's virtual target: its disks as LUNs 0..K-1, its attachments as
+        the ACL, the group's CHAP; owned as one unit (``vg-NAME-tgtI``)."""
+        return self._open_unit(
+            virtual.unit_id,
+            virtual.iqn,
+            virtual.vdisk_ids,
+            allowed=frozenset(group.attachments),
+            chap=_credentials(group.chap),
+            mutual_chap=_credentials(group.mutual_chap),
+        )
+
+    def _open_unit(
+        self,
+        unit_id: str,
+        target_name: str,
+        vdisk_ids: tuple[str, ...],
+        *,
+        allowed: frozenset[str] | None = None,
+        chap: ChapCredentials | None = None,
+        mutual_chap: ChapCredentials | None = None,
+    ) -> VDiskTarget | None:
+        """Open the stores of ``vdisk_ids`` (LUN 0 first) as one target under one claim."""
         if self.coordinator is None:
             return None  # not running (a login racing the shutdown)
+        stores: list[FileStore] = []
         try:
-            meta = VDiskMeta.load(self.paths.vdisk_meta_file(vdisk_id))
-            store = FileStore.open_or_create(self.paths.vdisks, meta)
+            for vdisk_id in vdisk_ids:
+                meta = VDiskMeta.load(self.paths.vdisk_meta_file(vdisk_id))
+                stores.append(FileStore.open_or_create(self.paths.vdisks, meta))
         except (OSError, ValueError) as error:
-            log.error("cannot open vDisk %s: %s", vdisk_id, error)
+            log.error("cannot open %s: %s", unit_id, error)
+            for store in stores:
+                store.close()
             return None
-        reservations, unit_attentions = vdisk_reservations(self.paths.vdisks, vdisk_id)
-        cell = self.coordinator.ownership(vdisk_id)
-        claim = Claim(vdisk_id, f"{TARGET_NAME_PREFIX}{vdisk_id}", cell)
-        lu = LogicalUnit(
-            FencedStore(store, claim),
-            store.meta,
-            reservations=reservations,
-            unit_attentions=unit_attentions,
-        )
+        cell = self.coordinator.ownership(unit_id)
+        claim = Claim(unit_id, target_name, cell)
+        lus: list[FencedLogicalUnit] = []
+        all_reservations: list[Reservations] = []
+        for store in stores:
+            vdisk_id = store.meta.vdisk_id
+            reservations, unit_attentions = vdisk_reservations(self.paths.vdisks, vdisk_id)
+            lu = LogicalUnit(
+                FencedStore(store, claim),
+                store.meta,
+                reservations=reservations,
+                unit_attentions=unit_attentions,
+            )
+            lus.append(FencedLogicalUnit(lu, claim, self.lose))
+            all_reservations.append(reservations)
+        first = vdisk_ids[0]
         target = VDiskTarget(
-            vdisk_id,
-            FencedLogicalUnit(lu, claim, self.lose),
-            block_size=store.block_size,
-            counters=self.vdisk_stats.setdefault(vdisk_id, VDiskStats(vdisk_id)),
+            first,
+            lus[0],
+            block_size=stores[0].block_size,
+            allowed_initiators=allowed,
+            chap=chap,
+            mutual_chap=mutual_chap,
+            extra_luns=tuple(
+                ExtraLun(vdisk_id, lu, self._counters(vdisk_id))
+                for vdisk_id, lu in zip(vdisk_ids[1:], lus[1:], strict=True)
+            ),
+            iqn=target_name,
+            counters=self._counters(first),
         )
         self.claims[target.name] = claim
-        self._opened[target.name] = OpenedVDisk(target, store, reservations, claim, cell)
-        log.info("opened vDisk %s", vdisk_id)
+        self._opened[target.name] = OpenedVDisk(target, stores, all_reservations, claim, cell)
+        log.info("opened %s (%d LUN%s)", unit_id, len(stores), "" if len(stores) == 1 else "s")
         return target
+
+    def unit_of(self, vdisk_id: str) -> str:
+        """The vDisk's ownership unit (a volume group's disk: its virtual target's)."""
+        try:
+            return self.groups.unit_of(vdisk_id)
+        except VolumeGroupError:
+            return vdisk_id
+
+    def _counters(self, vdisk_id: str) -> VDiskStats:
+        """A vDisk's counters for the life of the process, across its moves away and back."""
+        return self.vdisk_stats.setdefault(vdisk_id, VDiskStats(vdisk_id))
 
     # -- acquiring ----------------------------------------------------------------------
 
@@ -321,7 +389,8 @@ class ClusterStargate:
         claim.evidence = self._evidence_of(claim.vdisk_id).begin(claim.fence.record.epoch)
         opened = self._opened.get(claim.target_name)
         if opened is not None and opened.claim is claim:
-            opened.reservations.reload()  # the previous owner may have changed them
+            for reservations in opened.reservations:
+                reservations.reload()  # the previous owner may have changed them
         # Still ACQUIRING, so new commands park behind the old ones: first let connections
         # whose close arrived while we waited (or were stopped) read it and abort theirs.
         with trio.move_on_after(SETTLE_TIMEOUT):
@@ -397,10 +466,10 @@ class ClusterStargate:
     # -- releasing and losing -----------------------------------------------------------
 
     async def release(self, vdisk_id: str, *, by: str = "?", notify: bool = True) -> dict[str, Any]:
-        """Another stargate takes the vDisk: stop admitting, drain, drop, close. Without
-        ``notify`` (failback's "quiesce then kill") the connections are closed without an
-        async event first."""
-        name = f"{TARGET_NAME_PREFIX}{vdisk_id}"
+        """Another stargate takes the vDisk (or a volume group's virtual target, by its
+        unit id): stop admitting, drain, drop, close. Without ``notify`` (failback's
+        "quiesce then kill") the connections are closed without an async event first."""
+        name = unit_target_name(vdisk_id)
         claim = self.claims.get(name)
         if claim is None:
             return {"vdisk": vdisk_id, "released": True, "was_serving": False}
@@ -408,9 +477,9 @@ class ClusterStargate:
         claim.state = ClaimState.RELEASING
         opened = self._opened.get(name)
         if was_serving and opened is not None:
-            stats = opened.target.stats
+            luns = opened.target.luns
             with trio.move_on_after(self.drain_timeout):
-                while stats.queue_depth - claim.live_parked() > 0:
+                while sum(lun.stats.queue_depth for lun in luns) - claim.live_parked() > 0:
                     await trio.sleep(0.005)
         detached = self._detach(claim)
         closed = 0
@@ -480,7 +549,16 @@ class ClusterStargate:
     # -- failback -----------------------------------------------------------------------
 
     def request_logout(self, vdisk_id: str, seconds: int) -> int:
+        """AsyncEvent 1 to the sessions of the vDisk's target (or the virtual target's,
+        by its unit id); how many were asked."""
+        opened = self._opened.get(unit_target_name(vdisk_id))
+        if opened is not None:
+            vdisk_id = opened.target.vdisk_id  # its LUN 0
         return self.server.request_logout(vdisk_id, seconds)
+
+
+def _credentials(secrets: ChapSecrets | None) -> ChapCredentials | None:
+    return None if secrets is None else ChapCredentials(secrets.username, secrets.secret.decode())
 
 
 # -- process ------------------------------------------------------------------------------

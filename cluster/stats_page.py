@@ -32,6 +32,7 @@ from control.flags import Flag
 from control.http import HttpRequest, HttpResponse
 from stargate.support_page import SupportPages
 from topology.spec import list_vdisks
+from topology.volume_group import VolumeGroupError, unit_target_name
 
 if TYPE_CHECKING:
     from cluster.cvm import ClusterStargate
@@ -79,7 +80,8 @@ class StatsPage:
         return HttpResponse.json({"error": f"method {request.method} not allowed"}, 405)
 
     async def control(self, request: HttpRequest, vdisk_id: str, action: str) -> HttpResponse:
-        if not self.cvm.paths.vdisk_meta_file(vdisk_id).is_file():
+        """``vdisk_id``: a vDisk, or a volume group's virtual target by its unit id."""
+        if not self.cvm.paths.vdisk_meta_file(vdisk_id).is_file() and not self._is_unit(vdisk_id):
             return HttpResponse.json({"error": f"no vDisk {vdisk_id!r} in this cluster"}, 404)
         if action == "release":
             by = request.query_value("by", "?") or "?"
@@ -99,6 +101,12 @@ class StatsPage:
             )
         asked = self.cvm.request_logout(vdisk_id, seconds)
         return HttpResponse.json({"vdisk": vdisk_id, "sessions_asked": asked})
+
+    def _is_unit(self, unit_id: str) -> bool:
+        try:
+            return self.cvm.groups.target_of_unit(unit_id) is not None
+        except VolumeGroupError:
+            return False
 
     # -- documents --------------------------------------------------------------------------
 
@@ -147,10 +155,13 @@ class StatsPage:
         stats = cvm.server.stats()
         document = []
         infos = list_vdisks(cvm.paths.root)
-        records = await cvm.ownership_records([info.vdisk_id for info in infos])
+        # A volume group's disk is owned and served with its virtual target.
+        units = {info.vdisk_id: cvm.unit_of(info.vdisk_id) for info in infos}
+        records = await cvm.ownership_records(sorted(set(units.values())))
         for info in infos:
-            record = records.get(info.vdisk_id)
-            claim = cvm.claims.get(info.iqn)
+            unit = units[info.vdisk_id]
+            record = records.get(unit)
+            claim = cvm.claims.get(unit_target_name(unit))
             fence = claim.fence if claim is not None and claim.may_execute() else None
             counters = stats.get(info.vdisk_id, {})
             document.append(

@@ -64,12 +64,21 @@ class ChapCredentials:
     secret: str
 
 
+LUN_KEY_SEPARATOR = ";lun="  # a LUN's queue key: <target name>;lun=<n> (LUN 0: the name)
+
+
+def target_of_queue_key(key: str) -> str:
+    """The target name a command queue key belongs to."""
+    return key.partition(LUN_KEY_SEPARATOR)[0]
+
+
 @dataclass(frozen=True, slots=True)
 class ExtraLun:
     """A vDisk served as a further LUN of a target (after the target's own, LUN 0)."""
 
     vdisk_id: str
     lu: LogicalUnitLike
+    counters: VDiskStats | None = None  # to keep counting in (as VDiskTarget's); None: new
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -96,6 +105,7 @@ class VDiskTarget:
     chap: ChapCredentials | None = None  # the initiator must authenticate with these
     mutual_chap: ChapCredentials | None = None  # the target authenticates itself with these
     extra_luns: tuple[ExtraLun, ...] = ()
+    iqn: str | None = None  # the target's name if not its vDisk's (a volume group's target)
     # LUN 0's counters to keep counting in (the cluster's, which outlive the vDisk's moves
     # away and back); None: new ones.
     counters: InitVar[VDiskStats | None] = None
@@ -114,8 +124,8 @@ class VDiskTarget:
                     number,
                     extra.vdisk_id,
                     extra.lu,
-                    VDiskStats(extra.vdisk_id),
-                    f"{self.name};lun={number}",
+                    extra.counters if extra.counters is not None else VDiskStats(extra.vdisk_id),
+                    f"{self.name}{LUN_KEY_SEPARATOR}{number}",
                 )
                 for number, extra in enumerate(self.extra_luns, start=1)
             ),
@@ -130,7 +140,7 @@ class VDiskTarget:
 
     @property
     def name(self) -> str:
-        return target_name_for(self.vdisk_id)
+        return self.iqn if self.iqn is not None else target_name_for(self.vdisk_id)
 
     def admits(self, initiator_name: str) -> bool:
         return self.allowed_initiators is None or initiator_name in self.allowed_initiators
