@@ -302,6 +302,7 @@ class ClusterStargate:
                 store.meta,
                 reservations=reservations,
                 unit_attentions=unit_attentions,
+                target_luns=len(stores),  # REPORT LUNS lists its target's
             )
             lus.append(FencedLogicalUnit(lu, claim, self.lose))
             all_reservations.append(reservations)
