@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,7 +258,9 @@ def test_another_redirector_takes_the_dsip_when_its_leader_dies(cluster: Running
         f"{VG_PREFIX}kept-tgt0"
     ]
     supervisor.kill(supervisor.process(cluster.spec.node(first).redirector_name))
+    killed = time.monotonic()
     second = trio.run(wait_leader, first, 15.0)
     assert second != first
+    print(f"DSIP taken over by node {second} {time.monotonic() - killed:.2f} s after the kill")
     listed = iscsi_ls(dsip_url(cluster, secret=None), initiator=HOST, timeout=30)
     assert [target.name for target in listed] == [f"{VG_PREFIX}kept-tgt0"]
