@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -33,8 +34,9 @@ from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Superv
 from cluster.top import run_top
 from control.client import vdisk_table
 from control.control_token import cluster_token_file
+from faults.injector import FaultInjector
 from initiator.console import output_console
-from stargate.cli import CliError
+from stargate.cli import CliError, add_not_ready_flags, arm_not_ready
 from topology.config_file import ConfigDocument, ConfigError
 from topology.spec import (
     PLACEMENTS,
@@ -208,6 +210,8 @@ def _register_cvm(subparsers: Any) -> None:
         parser = actions.add_parser(action, help=help_text)
         parser.add_argument("node", type=int)
         _add_dir(parser)
+        if action in ("start", "restart"):
+            add_not_ready_flags(parser)  # the CVM refuses logins for a while after start
         parser.set_defaults(handler=cvm_action)
 
 
@@ -479,6 +483,11 @@ def cvm_action(args: argparse.Namespace) -> int:
         else:
             if action == "restart":
                 supervisor.stop(process)
+            if args.not_ready is not None:
+                arm_not_ready(args, FaultInjector())  # a bad status is reported here
+                not_ready = ("--not-ready", str(args.not_ready))
+                status = ("--not-ready-status", args.not_ready_status)
+                process = dataclasses.replace(process, argv=(*process.argv, *not_ready, *status))
             pid = supervisor.start(process)
             if trio.run(supervisor.wait_ready, [process]):
                 print(f"{process.name} does not answer; its log ends:", file=sys.stderr)

@@ -40,6 +40,7 @@ from cluster.forensics import cvm_faults, cvm_forensics
 from cluster.registry import ClusterRegistry, OwnershipLoginPolicy
 from cluster.stats_page import StatsPage
 from control.http import HttpError, http_json, serve_http
+from stargate.cli import CliError, add_not_ready_flags, arm_not_ready
 from stargate.hooks import ServerHooks
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
@@ -394,6 +395,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(default: cluster.json's release_timeout, else 5; parked commands wait 2 s more "
         "at most)",
     )
+    add_not_ready_flags(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return parser.parse_args(argv)
 
@@ -428,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             queue_depth=args.queue_depth,
             release_timeout=args.release_timeout,
         )
-    except ValueError as error:
+        arm_not_ready(args, cvm.server.faults)
+    except (ValueError, CliError) as error:
         print(f"stargate-{args.node}: {error}", file=sys.stderr)
         return 2
     failure: BaseException | None = None
