@@ -34,9 +34,8 @@ from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Superv
 from cluster.top import run_top
 from control.client import vdisk_table
 from control.control_token import cluster_token_file
-from faults.injector import FaultInjector
 from initiator.console import output_console
-from stargate.cli import CliError, add_not_ready_flags, arm_not_ready
+from stargate.cli import CliError, add_not_ready_flags, not_ready_argv
 from topology.config_file import ConfigDocument, ConfigError
 from topology.spec import (
     PLACEMENTS,
@@ -484,10 +483,11 @@ def cvm_action(args: argparse.Namespace) -> int:
             if action == "restart":
                 supervisor.stop(process)
             if args.not_ready is not None:
-                arm_not_ready(args, FaultInjector())  # a bad status is reported here
-                not_ready = ("--not-ready", str(args.not_ready))
-                status = ("--not-ready-status", args.not_ready_status)
-                process = dataclasses.replace(process, argv=(*process.argv, *not_ready, *status))
+                try:
+                    flags = not_ready_argv(args.not_ready, args.not_ready_status)
+                except ValueError as error:
+                    raise CliError(f"--not-ready-status: {error}") from None
+                process = dataclasses.replace(process, argv=(*process.argv, *flags))
             pid = supervisor.start(process)
             if trio.run(supervisor.wait_ready, [process]):
                 print(f"{process.name} does not answer; its log ends:", file=sys.stderr)

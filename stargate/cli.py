@@ -241,6 +241,15 @@ def add_not_ready_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def not_ready_argv(seconds: float, status: str | int = "0x0301") -> tuple[str, ...]:
+    """The flags that start a target (or CVM) not ready for ``seconds``; ValueError for a
+    status that is not a refusal or a window that is not positive."""
+    if not seconds > 0:
+        raise ValueError(f"the not-ready window must be positive seconds, not {seconds!r}")
+    login_not_ready_fault(seconds, status)
+    return ("--not-ready", str(seconds), "--not-ready-status", str(status))
+
+
 def arm_not_ready(args: argparse.Namespace, faults: FaultInjector) -> None:
     """Arm --not-ready's login_not_ready fault before the portal listens."""
     if args.not_ready is None:

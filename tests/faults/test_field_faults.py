@@ -6,12 +6,17 @@ makes of it. The real clients (libiscsi, QEMU) are in test_field_faults_peers.py
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
 import trio
 
-from faults import Fault, FaultKind
+from cluster.cli import build_parser
+from cluster.fault_cli import FaultCliError, fault_document
+from cluster.scenario import Scenario, ScenarioError
+from faults import Fault
 from initiator.errors import AuthenticationError, LoginError, TaskAborted
 from initiator.login_flow import LoginOptions
 from initiator.session import Session, SessionConfig
@@ -290,3 +295,64 @@ async def test_the_project_initiator_sees_abort_task_refused(nursery: trio.Nurse
             await session.lun_reset()  # what is left to an initiator: a wider function
     assert session.outstanding == 0 and len(aborted) == 1
     assert [e.kind for e in server.faults.events].count("abort_task_unsupported") == 1
+
+
+# -- armed the ways every fault is: the CLI's document, scenario steps, start-up flags --
+
+
+def test_the_cli_builds_the_four_faults() -> None:
+    parser = build_parser()
+
+    def document(*words: str) -> dict[str, object]:
+        return fault_document(parser.parse_args(["fault", "add", *words, "--url", "http://x"]))
+
+    chap = document("require_chap", "--chap", "user:secret-of-12")
+    assert Fault.from_dict(chap).chap_user == "user"
+    busy = Fault.from_dict(document("logout_pending_fail", "--scsi-status", "busy"))
+    assert busy.scsi_status == 0x08 and busy.sense_key == ILLEGAL_REQUEST
+    not_ready = Fault.from_dict(document("login_not_ready", "--duration", "5"))
+    assert not_ready.status == 0x0301 and not_ready.duration == 5
+    assert Fault.from_dict(document("abort_task_unsupported")).kind.value == (
+        "abort_task_unsupported"
+    )
+    with pytest.raises(FaultCliError, match="USER:SECRET"):
+        document("require_chap", "--chap", "no-colon")
+
+
+def test_scenario_steps_take_the_four_faults_and_a_not_ready_restart() -> None:
+    steps = [
+        {"at": 1, "fault": {"kind": "logout_pending_fail", "scsi_status": "task_set_full"}},
+        {
+            "at": 2,
+            "node": 1,
+            "fault": {"kind": "require_chap", "chap_user": "u", "chap_secret": "s" * 12},
+        },
+        {"at": 3, "fault": {"kind": "abort_task_unsupported", "count": 1}},
+        {"at": 4, "redirector": 1, "fault": {"kind": "login_not_ready", "duration": 2}},
+        {"at": 5, "cvm": "restart", "node": 1, "not_ready": 3},
+    ]
+    scenario = Scenario.from_dict({"vm": [{"name": "v", "home": 1}], "step": steps})
+    assert scenario.steps[-1].not_ready == 3
+    wrong = [
+        {
+            "at": 1,
+            "redirector": 1,
+            "fault": {"kind": "require_chap", "chap_user": "u", "chap_secret": "s" * 12},
+        },
+        {"at": 1, "cvm": "kill", "node": 1, "not_ready": 3},
+        {"at": 1, "cvm": "start", "node": 1, "not_ready": 3, "not_ready_status": "0x0101"},
+        {"at": 1, "cvm": "start", "node": 1, "not_ready": 0},
+    ]
+    for step in wrong:
+        with pytest.raises(ScenarioError):
+            Scenario.from_dict({"vm": [{"name": "v", "home": 1}], "step": [step]})
+
+
+def test_stargate_target_refuses_a_not_ready_status_that_is_no_refusal() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "stargate", "target", "--memory", "--vdisk", "vd1:1M",
+         "--portal", "127.0.0.1:0", "--not-ready", "3", "--not-ready-status", "0x0101"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 2, completed.stderr
+    assert "--not-ready-status 0x0101" in completed.stderr and "Traceback" not in completed.stderr
