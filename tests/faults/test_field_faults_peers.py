@@ -34,12 +34,15 @@ import trio
 
 from control.control_token import read_token
 from control.http import http_json
+from tests.cluster.conftest import RunningCluster, cluster_dir, stargate_cluster
 from tests.faults.conftest import HOST, FaultyTarget
 from tests.helpers.net import free_port
 from tests.helpers.procs import ProcessReaper
 from tests.peers.tools import iscsi_test_cu, iscsi_url, parse_test_cu_output, run_tool
 from tests.redirector.cluster import PORT, TestCluster
 from topology.naming import target_name_for
+
+__all__ = ["cluster_dir", "stargate_cluster"]  # the cluster tests' fixtures, used here too
 
 BENCH_WRITES = "60000"  # 4 KiB writes at QD 32: some seconds on a loaded 2-core machine
 
@@ -288,3 +291,33 @@ def test_qemu_reconnects_instead_of_aborting_a_command_that_timed_out(
     (armed,) = [f for f in target.faults()["faults"] if f["kind"] == "abort_task_unsupported"]
     assert armed["seen"] == 0  # no ABORT TASK ever came: QEMU re-sent on a new connection
     assert _fired(target, "hang") == 1
+
+
+def test_a_cvm_restarted_not_ready_refuses_logins_for_the_window(
+    require_tool: Callable[..., str], stargate_cluster: RunningCluster
+) -> None:
+    """`stargate cvm restart N --not-ready S`: the CVM's portal answers at once, but
+    iscsi-inq is refused 0x0302 (as asked) until S seconds have passed, then served."""
+    require_tool("iscsi-inq")
+    cluster = stargate_cluster
+    cluster.cli("vm", "create", "web", "--node", "1", "--size", "16M")
+    url = cluster.stargate_url(1, "web-0")
+    assert run_tool(["iscsi-inq", url], timeout=60).returncode == 0
+    bad = cluster.cli("cvm", "restart", "1", "--not-ready", "3", "--not-ready-status", "0x0101",
+                      check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--not-ready-status" in bad.stderr, bad.stderr
+    restarted = cluster.cli(
+        "cvm", "restart", "1", "--not-ready", "6", "--not-ready-status", "0x0302"
+    )
+    started = time.monotonic()
+    assert "restart" in restarted.stdout
+    refused = run_tool(["iscsi-inq", url], timeout=60, check=False)
+    assert refused.returncode != 0 and "Out of resources(770)" in _output(refused), _output(refused)
+    served = None
+    while time.monotonic() - started < 30:
+        served = run_tool(["iscsi-inq", url], timeout=60, check=False)
+        if served.returncode == 0:
+            break
+        time.sleep(0.5)
+    assert served is not None and served.returncode == 0, served and _output(served)
+    assert time.monotonic() - started >= 5  # the window (6 s from the CVM's start)
