@@ -194,8 +194,9 @@ async def test_the_project_initiator_behind_a_redirect_to_a_chap_target(
     nursery: trio.Nursery,
 ) -> None:
     """A portal redirects (0x0101) to a stargate that demands CHAP: with the right
-    credentials the initiator follows the redirect and logs in; with wrong ones it reports
-    an authentication failure at the target it was sent to (not at the portal)."""
+    credentials the initiator follows the redirect and logs in; with wrong or none it
+    reports an authentication failure naming the target it was sent to and the portal
+    that sent it there (open-iscsi #117's message named neither)."""
     chap_target = await start_stargate(nursery)
     portal_server = await start_stargate(nursery)
     assert chap_target.port is not None and portal_server.port is not None
@@ -220,7 +221,9 @@ async def test_the_project_initiator_behind_a_redirect_to_a_chap_target(
             async with Session.connect(portal, target_name_for("vd1"), config(secret)):
                 pass
         assert failed.value.status == 0x0201, failed.value
-        assert secret is None or isinstance(failed.value, AuthenticationError)
+        assert isinstance(failed.value, AuthenticationError)
+        where = f"at 127.0.0.1:{chap_target.port}, where {portal.host_port} redirected us"
+        assert where in str(failed.value), failed.value
     assert [e.kind for e in portal_server.faults.events].count("login_redirect") == 3
     assert [e.kind for e in chap_target.faults.events].count("require_chap") == 3
 
