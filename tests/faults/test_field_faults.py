@@ -166,6 +166,28 @@ async def test_the_project_initiator_retries_a_not_ready_target(nursery: trio.Nu
         assert session.connected
 
 
+async def test_the_project_initiator_waits_out_a_not_ready_window_after_a_reset(
+    nursery: trio.Nursery,
+) -> None:
+    """As after a restart: the connection is reset and logins are refused (0x0301) for
+    1.5 s; the session's reconnect loop retries (backoff at most 1 s) and the read that
+    was waiting completes once the target is ready."""
+    server = await start_stargate(nursery)
+    assert server.port is not None
+    portal = Portal("127.0.0.1", server.port)
+    async with Session.connect(portal, target_name_for("vd1")) as session:
+        await session.execute(read10(0, 1), read_length=512, check=False)  # unit attention
+        server.faults.add(Fault.from_dict({"kind": "login_not_ready", "duration": 1.5}))
+        server.faults.add(Fault.from_dict({"kind": "drop_connection", "count": 1}))
+        started = trio.current_time()
+        with trio.fail_after(30):
+            result = await session.execute(read10(0, 1), read_length=512, check=False)
+        waited = trio.current_time() - started
+    assert result.status in (0x00, 0x02)  # GOOD, or the new nexus's unit attention
+    refusals = [e for e in server.faults.events if e.kind == "login_not_ready"]
+    assert refusals and waited >= 1.0, (refusals, waited)
+
+
 def test_login_not_ready_wants_a_refusing_status() -> None:
     with pytest.raises(ValueError, match="0x02xx"):
         Fault.from_dict({"kind": "login_not_ready", "status": 0x0101})
