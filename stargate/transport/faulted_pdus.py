@@ -60,9 +60,12 @@ class FaultedPdus(Dispatch):
         )
         if fault is not None and self._apply_pdu_fault(fault, pdu):
             return
-        if command is not None and cdb is not None and self.lu is not None and faults.armed:
+        if command is not None and cdb is not None and self.routes is not None and faults.armed:
+            route = self.routes.of(command.lun)
             logout_pending = self._pending_logout_deadline is not None
-            scsi_fault = faults.scsi_fault(self.vdisk_id, cdb, logout_pending=logout_pending)
+            scsi_fault = faults.scsi_fault(
+                route.vdisk_id if route else self.vdisk_id, cdb, logout_pending=logout_pending
+            )
             if scsi_fault is not None:
                 self._on_faulted_command(command, cdb, scsi_fault)
                 return
@@ -156,9 +159,9 @@ class FaultedPdus(Dispatch):
     def _finish_faulted(self, cdb: bytes, fault: Fault, command: ScsiCommand) -> None:
         """Answer a command with the status a fault says, without running it."""
         kind = fault.kind
-        task = ScsiTask(self, command, cdb)
-        if self.stats is not None:
-            self.stats.command_started()
+        assert self.routes is not None
+        task = ScsiTask(self, command, cdb, self.routes.of(command.lun) or self.routes.routes[0])
+        task.route.stats.command_started()
         status = fault.scsi_status if kind is FaultKind.LOGOUT_PENDING_FAIL else _FAULT_STATUS[kind]
         sense = b""
         if status == ScsiStatus.CHECK_CONDITION:
