@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -37,7 +38,7 @@ from cluster.volume_groups import provision_volume_groups
 from control.client import vdisk_table
 from control.control_token import cluster_token_file
 from initiator.console import output_console
-from stargate.cli import CliError
+from stargate.cli import CliError, add_not_ready_flags, not_ready_argv
 from topology.config_file import ConfigDocument, ConfigError
 from topology.coordination import CoordinationError
 from topology.spec import (
@@ -238,6 +239,8 @@ def _register_cvm(subparsers: Any) -> None:
         parser = actions.add_parser(action, help=help_text)
         parser.add_argument("node", type=int)
         _add_dir(parser)
+        if action in ("start", "restart"):
+            add_not_ready_flags(parser)  # the CVM refuses logins for a while after start
         parser.set_defaults(handler=cvm_action)
 
 
@@ -524,6 +527,12 @@ def cvm_action(args: argparse.Namespace) -> int:
         else:
             if action == "restart":
                 supervisor.stop(process)
+            if args.not_ready is not None:
+                try:
+                    flags = not_ready_argv(args.not_ready, args.not_ready_status)
+                except ValueError as error:
+                    raise CliError(f"--not-ready-status: {error}") from None
+                process = dataclasses.replace(process, argv=(*process.argv, *flags))
             pid = supervisor.start(process)
             if trio.run(supervisor.wait_ready, [process]):
                 print(f"{process.name} does not answer; its log ends:", file=sys.stderr)

@@ -48,6 +48,7 @@ from cluster.registry import ClusterRegistry, OwnershipLoginPolicy
 from cluster.stats_page import StatsPage
 from control.http import HttpError, http_json, serve_http
 from iscsicore.chap import ChapSecrets
+from stargate.cli import CliError, add_not_ready_flags, arm_not_ready
 from stargate.hooks import ServerHooks
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
@@ -599,6 +600,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where ownership and liveness are agreed: 'dir' (the cluster directory) or "
         "zk://HOST:PORT/PATH (default: what `cluster up` recorded, else dir)",
     )
+    add_not_ready_flags(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return parser.parse_args(argv)
 
@@ -641,7 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             release_timeout=args.release_timeout,
             coordinator=args.coordinator,
         )
-    except ValueError as error:
+        arm_not_ready(args, cvm.server.faults)
+    except (ValueError, CliError) as error:
         print(f"stargate-{args.node}: {error}", file=sys.stderr)
         return 2
     failure: str | None = None

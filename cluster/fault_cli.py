@@ -48,7 +48,8 @@ def register(subparsers: Any) -> None:
         "redirectors (--dir --redirector N). A redirector takes login faults: login_fail "
         "(--status 0x0201|0x0203|0x0301|0x0302...), login_redirect (--portal HOST:PORT or "
         "self for a redirect loop, --status 0x0101|0x0102), login_delay (--delay) and "
-        "drop_connection (--mode blackhole: the login is never answered; reset, close). "
+        "drop_connection (--mode blackhole: the login is never answered; reset, close), "
+        "login_not_ready (--status, default 0x0301; discovery logins too). "
         "On a stargate, a blackhole also leaves new logins of its scope unanswered. See "
         "faults/README.md.",
     )
@@ -72,7 +73,16 @@ def register(subparsers: Any) -> None:
     add.add_argument("--mode", choices=[mode.value for mode in DropMode])
     add.add_argument("--amount", type=int, help="stat_sn_jump: +N skips, -1 repeats")
     add.add_argument("--reason", help="reject reason code")
-    add.add_argument("--status", help="login status: 0x02xx/0x03xx to fail, 0x0101/0x0102")
+    add.add_argument(
+        "--status",
+        help="login status: 0x02xx/0x03xx to fail (login_not_ready: 0x0301), 0x0101/0x0102",
+    )
+    add.add_argument(
+        "--scsi-status",
+        help="logout_pending_fail: check_condition (the default), busy, task_set_full, "
+        "reservation_conflict or a number",
+    )
+    add.add_argument("--chap", metavar="USER:SECRET", help="require_chap: the credentials")
     add.add_argument("--portal", help="login_redirect: HOST:PORT (self: the redirector's own)")
     add.add_argument("--ua", dest="asc_name", help="power_on|reset|capacity_changed|luns_changed")
     add.add_argument("--time2wait", type=int)
@@ -182,7 +192,7 @@ def fault_document(args: argparse.Namespace) -> dict[str, Any]:
     for name in (
         "vdisk", "io", "at", "after_seconds", "skip", "count", "probability", "duration",
         "only_failed_over", "fraction", "mode", "amount", "reason", "status", "portal",
-        "time2wait", "time2retain", "seed",
+        "time2wait", "time2retain", "seed", "scsi_status",
     ):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
@@ -202,6 +212,11 @@ def fault_document(args: argparse.Namespace) -> dict[str, Any]:
         document.update(sense_key=key, asc=asc, ascq=ascq)
     if args.asc_name:
         document["asc"] = args.asc_name
+    if args.chap is not None:
+        user, sep, secret = args.chap.partition(":")
+        if not sep:
+            raise FaultCliError(f"bad --chap {args.chap!r}: USER:SECRET")
+        document.update(chap_user=user, chap_secret=secret)
     if args.delay:
         document["delay"] = parse_delay(args.delay)
     for assignment in args.set:
@@ -332,8 +347,13 @@ def describe_fault(fault: dict[str, Any]) -> str:
     """One line per armed fault: what, where, and the parameters that say what it does."""
     parts = [f"#{fault['id']:<4} {fault['kind']:<22} vdisk={fault['vdisk'] or '*'}"]
     kind = fault["kind"]
-    if kind in ("login_fail", "login_redirect"):
+    if kind in ("login_fail", "login_redirect", "login_not_ready"):
         parts.append(f"status={int(fault['status']):#06x}")
+    if kind == "logout_pending_fail":
+        sense = f"{fault['sense_key']:#x}/{fault['asc']:#04x}/{fault['ascq']:#04x}"
+        parts.append(f"scsi_status={int(fault['scsi_status']):#04x} sense={sense}")
+    if kind == "require_chap":
+        parts.append(f"chap_user={fault['chap_user']}")
     if kind == "login_redirect":
         parts.append(f"portal={fault['portal']}")
     if kind == "drop_connection":

@@ -38,6 +38,12 @@ of faults and cluster events, for reproducible failover runs (`stargate scenario
     fault = { kind = "login_delay", delay = 2, count = 3 }
 
     [[step]]
+    at = 16
+    cvm = "restart"
+    node = 2
+    not_ready = 3                  # its portal refuses logins (0x0301) for 3 s after start
+
+    [[step]]
     at = 20
     clear_faults = true            # every CVM and redirector (or node = N, redirector = N)
 
@@ -73,6 +79,7 @@ from initiator.vm import VM
 from iscsicore.portal import Portal
 from redirector.config import redirector_page_url
 from redirector.faults import redirector_fault_error
+from stargate.cli import not_ready_argv
 from topology.spec import MAX_SESSIONS_PER_DISK, ClusterPaths, ClusterSpec
 
 log = logging.getLogger(__name__)
@@ -94,6 +101,9 @@ class Step:
     cvm: str | None = None
     fault: dict[str, Any] | None = None
     clear_faults: bool = False
+    # cvm start|restart: refuse logins this long after the start (the login_not_ready fault)
+    not_ready: float | None = None
+    not_ready_status: str = "0x0301"
 
     def describe(self) -> str:
         where = f"CVM {self.node}" if self.node is not None else "every CVM"
@@ -120,6 +130,15 @@ def _check_fault(step: Step, name: str) -> None:
     reason = check(fault)
     if reason is not None:
         raise ScenarioError(f"{name}: step at {step.at}: {reason}")
+
+
+def _check_not_ready(step: Step, name: str) -> None:
+    if step.cvm not in ("start", "restart"):
+        raise ScenarioError(f"{name}: step at {step.at}: not_ready goes with cvm start|restart")
+    try:
+        not_ready_argv(step.not_ready or 0.0, step.not_ready_status)
+    except ValueError as error:
+        raise ScenarioError(f"{name}: step at {step.at}: not_ready: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,8 @@ class Scenario:
                 raise ScenarioError(f"{name}: step at {step.at}: redirector or node, not both")
             if step.fault is not None:
                 _check_fault(step, name)
+            if step.not_ready is not None:
+                _check_not_ready(step, name)
         if not vms:
             raise ScenarioError(f"{name}: no [[vm]]: nothing to run I/O against")
         for vm in vms:
@@ -375,6 +396,9 @@ async def perform_step(step: Step, supervisor: Any) -> str:
             return f"pid {supervisor.send(process, signal.SIGCONT)} continued"
         if operation == "restart":
             supervisor.stop(process)
+        if step.not_ready is not None:
+            flags = not_ready_argv(step.not_ready, step.not_ready_status)
+            process = dataclasses.replace(process, argv=(*process.argv, *flags))
         pid = supervisor.start(process)
         await supervisor.wait_ready([process], 30.0)
         return f"pid {pid} started"

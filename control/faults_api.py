@@ -31,7 +31,7 @@ RECENT_EVENTS = 200
 
 def faults_document(injector: FaultInjector) -> dict[str, Any]:
     return {
-        "faults": [fault.to_dict() for fault in injector.list()],
+        "faults": [fault.redacted() for fault in injector.list()],
         "events": [event.to_dict() for event in list(injector.events)[-RECENT_EVENTS:]],
         "network_paused": injector.network_paused,
     }
@@ -76,7 +76,7 @@ async def handle_fault_request(
             if reason is not None:
                 return HttpResponse.json({"error": reason}, 400)
         added = injector.add_all(faults)
-        return HttpResponse.json({"added": [fault.to_dict() for fault in added]})
+        return HttpResponse.json({"added": [fault.redacted() for fault in added]})
     if request.method == "DELETE":
         match = _ONE_FAULT_RE.match(path)
         if match is not None:

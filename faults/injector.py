@@ -35,13 +35,16 @@ from faults.triggers import cdb_matches, now, take_shot, window_open
 IMPLIED_PDU_OPCODES: dict[FaultKind, tuple[int, ...]] = {
     FaultKind.SWALLOW_NOP_OUT: (0x00,),
     FaultKind.SWALLOW_TMF: (0x02,),
+    FaultKind.ABORT_TASK_UNSUPPORTED: (0x02,),
     FaultKind.DELAY_R2T: (0x01,),
     FaultKind.WITHHOLD_R2T: (0x01,),
 }
 R2T_KINDS = frozenset({FaultKind.DELAY_R2T, FaultKind.WITHHOLD_R2T})
 _DROP_KINDS = frozenset({FaultKind.DROP_CONNECTION})
+_NOT_READY = frozenset({FaultKind.LOGIN_NOT_READY})
 LOGIN_REQUEST_OPCODE = 0x03
 BLACKHOLE_ONLY = frozenset({DropMode.BLACKHOLE})
+ABORT_TASK_FUNCTION = 1  # RFC 7143 11.5.1
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +125,40 @@ class FaultInjector:
 
     # -- decisions (only called while armed) --------------------------------------------
 
-    def scsi_fault(self, vdisk_id: str, cdb: bytes) -> Fault | None:
-        return self._first(
-            SCSI_KINDS, vdisk_id, lambda fault: cdb_matches(fault, cdb), f"cdb {cdb[:1].hex()}"
-        )
+    def scsi_fault(
+        self, vdisk_id: str, cdb: bytes, *, logout_pending: bool = False
+    ) -> Fault | None:
+        """A SCSI fault for a command; ``logout_pending``: its connection has been asked to
+        log out (AsyncEvent 1) and has not yet (only then does logout_pending_fail fire)."""
+
+        def matches(fault: Fault) -> bool:
+            if fault.kind is FaultKind.LOGOUT_PENDING_FAIL and not logout_pending:
+                return False
+            return cdb_matches(fault, cdb)
+
+        return self._first(SCSI_KINDS, vdisk_id, matches, f"cdb {cdb[:1].hex()}")
 
     def pdu_fault(
-        self, vdisk_id: str, opcode: int, *, write_command: bool, cdb: bytes | None = None
+        self,
+        vdisk_id: str,
+        opcode: int,
+        *,
+        write_command: bool,
+        cdb: bytes | None = None,
+        tmf_function: int | None = None,
     ) -> Fault | None:
         """A PDU fault for a PDU received; a fault naming CDB opcodes, an LBA range or an
-        I/O class matches only SCSI commands (``cdb``) that fit them."""
+        I/O class matches only SCSI commands (``cdb``) that fit them; abort_task_unsupported
+        only Task Management Requests of ``tmf_function`` ABORT TASK."""
 
         def matches(fault: Fault) -> bool:
             implied = IMPLIED_PDU_OPCODES.get(fault.kind)
             if implied is not None and opcode not in implied:
+                return False
+            if (
+                fault.kind is FaultKind.ABORT_TASK_UNSUPPORTED
+                and tmf_function != ABORT_TASK_FUNCTION
+            ):
                 return False
             if fault.kind in R2T_KINDS and not write_command:
                 return False
@@ -147,7 +170,11 @@ class FaultInjector:
         return self._first(PDU_KINDS, vdisk_id, matches, f"pdu opcode {opcode:#04x}")
 
     def login_fault(self, vdisk_id: str | None) -> Fault | None:
-        return self._first(LOGIN_KINDS, vdisk_id or "", lambda fault: True, "login")
+        """The login fault for a Normal login to ``vdisk_id``; None or "": a discovery
+        login, which only an unscoped login_not_ready refuses (no target is named)."""
+        if not vdisk_id:
+            return self._first(_NOT_READY, "", lambda fault: True, "discovery login")
+        return self._first(LOGIN_KINDS, vdisk_id, lambda fault: True, "login")
 
     def login_drop(
         self, vdisk_id: str | None, modes: frozenset[DropMode] = BLACKHOLE_ONLY

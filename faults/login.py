@@ -1,6 +1,8 @@
 """Login faults at a stargate: fail with a chosen status, redirect (temporarily or for
 good, to anywhere: to itself for a redirect loop), answer slowly, or never (a
-``drop_connection`` blackhole swallows new logins of its scope while it is on).
+``drop_connection`` blackhole swallows new logins of its scope while it is on); refuse
+every login, discovery too, as a target not configured yet (``login_not_ready``); demand
+CHAP where the target has none (``require_chap``: behind a redirect, open-iscsi #117).
 
 The login machine's ``resolve`` is wrapped (only while a fault is armed), so the fault
 decides once the initiator has said which target it wants.
@@ -16,12 +18,14 @@ import trio
 from faults.channel import hold_unanswered
 from faults.injector import FaultInjector
 from faults.model import Fault, FaultKind
+from iscsicore.chap import ChapSecrets
 from iscsicore.keys import SessionType
-from iscsicore.login import Redirect, Refuse, Resolution, TargetLoginConfig
+from iscsicore.login import Accept, Redirect, Refuse, Resolution, TargetLoginConfig
 from iscsicore.pdu import LoginStatus
 from topology.naming import TARGET_NAME_PREFIX
 
 PERMANENT_REDIRECT = 0x0102
+REFUSING_KINDS = frozenset({FaultKind.LOGIN_FAIL, FaultKind.LOGIN_NOT_READY})
 
 
 @dataclass
@@ -79,17 +83,27 @@ def faulted_login(
             # Never sent; a refusal keeps the target from acting on the login (a cluster
             # CVM would start taking the vDisk over on an Accept).
             return Refuse(LoginStatus.SERVICE_UNAVAILABLE)
-        fault = None
-        if session_type is SessionType.NORMAL:
-            fault = faults.login_fault(vdisk_id)
+        normal = session_type is SessionType.NORMAL
+        fault = faults.login_fault(vdisk_id if normal else None)
         decision.fault = fault
-        if fault is not None and fault.kind is FaultKind.LOGIN_FAIL:
+        if fault is not None and fault.kind in REFUSING_KINDS:
             return Refuse(login_status(fault.status))
         if fault is not None and fault.kind is FaultKind.LOGIN_REDIRECT:
             return Redirect(with_tpgt(fault.portal), permanent=fault.status == PERMANENT_REDIRECT)
-        return plain_resolve(initiator_name, target_name, session_type)
+        resolution = plain_resolve(initiator_name, target_name, session_type)
+        if fault is not None and fault.kind is FaultKind.REQUIRE_CHAP:
+            return with_chap(resolution, fault)
+        return resolution
 
     return replace(config, resolve=resolve), SlowLoginStream(stream, decision, faults)
+
+
+def with_chap(resolution: Resolution, fault: Fault) -> Resolution:
+    """An accepted login made to authenticate with the fault's CHAP secrets (any mutual
+    secrets the target has stay as they are); refusals and redirects unchanged."""
+    if not isinstance(resolution, Accept):
+        return resolution
+    return replace(resolution, chap=ChapSecrets(fault.chap_user, fault.chap_secret))
 
 
 def login_status(raw: int) -> LoginStatus:

@@ -27,6 +27,9 @@ class FaultKind(Enum):
     SHORT_TRANSFER = "short_transfer"  # a read returns fewer bytes: underflow residual
     DELAY = "delay"  # the response waits (trio.sleep, only this command)
     HANG = "hang"  # the command never completes (task management can still abort it)
+    # Fails with `scsi_status` (and sense) only while a logout request (AsyncEvent 1) is
+    # pending on the command's connection, as EqualLogic firmware 7 did (libiscsi #140).
+    LOGOUT_PENDING_FAIL = "logout_pending_fail"
     # iSCSI PDUs and the connection: decided per PDU received
     DROP_CONNECTION = "drop_connection"  # mode: reset | close | blackhole
     DROP_MID_DATA_IN = "drop_mid_data_in"  # half a read's Data-In, then the connection closes
@@ -39,10 +42,15 @@ class FaultKind(Enum):
     SWALLOW_NOP_OUT = "swallow_nop_out"
     SWALLOW_TMF = "swallow_tmf"
     REJECT = "reject"  # reason: RFC 7143 reject reason code
+    ABORT_TASK_UNSUPPORTED = "abort_task_unsupported"  # TMF response 5, nothing aborted
     # Login (at this stargate)
     LOGIN_FAIL = "login_fail"  # status: 0x0201, 0x0203, 0x0301, 0x0302...
     LOGIN_REDIRECT = "login_redirect"  # status 0x0101/0x0102 to `portal`
     LOGIN_DELAY = "login_delay"
+    # The portal listens but the target is not configured yet (just restarted, spdk #1676):
+    # every login of its scope, discovery too, refused with `status` (0x0301).
+    LOGIN_NOT_READY = "login_not_ready"
+    REQUIRE_CHAP = "require_chap"  # Normal logins must authenticate as chap_user/chap_secret
     # Immediate actions: fire once when armed (now, or at `at`/`after`)
     UNIT_ATTENTION = "unit_attention"  # asc/ascq queued for every nexus of the vDisk
     ASYNC_LOGOUT = "async_logout"  # AsyncEvent 1 with time2wait = Parameter3
@@ -61,9 +69,18 @@ SCSI_KINDS = frozenset(
         FaultKind.DELAY,
         FaultKind.HANG,
         FaultKind.DROP_MID_DATA_IN,
+        FaultKind.LOGOUT_PENDING_FAIL,
     }
 )
-LOGIN_KINDS = frozenset({FaultKind.LOGIN_FAIL, FaultKind.LOGIN_REDIRECT, FaultKind.LOGIN_DELAY})
+LOGIN_KINDS = frozenset(
+    {
+        FaultKind.LOGIN_FAIL,
+        FaultKind.LOGIN_REDIRECT,
+        FaultKind.LOGIN_DELAY,
+        FaultKind.LOGIN_NOT_READY,
+        FaultKind.REQUIRE_CHAP,
+    }
+)
 ACTION_KINDS = frozenset(
     {
         FaultKind.UNIT_ATTENTION,
@@ -123,7 +140,24 @@ MAX_LBA = (1 << 64) - 1
 MAX_TIME2 = 0xFFFF  # Time2Wait/Time2Retain and AsyncEvent parameters are 16 bits
 MAX_STAT_SN_JUMP = (1 << 31) - 1  # serial number arithmetic: at most half the space
 MAX_VDISK_LENGTH = 256
+MAX_CHAP_LENGTH = 255
 REDIRECT_STATUSES = (0x0101, 0x0102)
+# The statuses a SCSI fault may answer with (logout_pending_fail's `scsi_status`).
+FAULT_SCSI_STATUSES = {
+    "check_condition": 0x02,
+    "busy": 0x08,
+    "reservation_conflict": 0x18,
+    "task_set_full": 0x28,
+}
+# Defaults that differ by kind, applied by `Fault.from_dict` (the CLI, /faults, scenarios).
+KIND_DEFAULTS: dict[FaultKind, dict[str, int]] = {
+    FaultKind.LOGIN_REDIRECT: {"status": 0x0101},
+    # RFC 7143 11.13.5: 0x0301 "service unavailable", a target error the initiator may
+    # retry later; 0x0203 "not found" would tell it the target is gone for good.
+    FaultKind.LOGIN_NOT_READY: {"status": 0x0301},
+    # ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED: a volume being moved off this member.
+    FaultKind.LOGOUT_PENDING_FAIL: {"sense_key": 0x05, "asc": 0x25, "ascq": 0x00},
+}
 
 _ids = itertools.count(1)
 
@@ -157,6 +191,9 @@ class Fault:
     amount: int = 1  # STAT_SN_JUMP
     reason: int = 0x09  # REJECT: invalid PDU field
     status: int = 0x0201  # LOGIN_FAIL / LOGIN_REDIRECT: status class << 8 | detail
+    scsi_status: int = 0x02  # LOGOUT_PENDING_FAIL: CHECK CONDITION (sense: sense_key...)
+    chap_user: str = ""  # REQUIRE_CHAP
+    chap_secret: str = ""
     portal: str = ""  # LOGIN_REDIRECT: host:port
     time2wait: int = 2
     time2retain: int = 0
@@ -203,11 +240,17 @@ class Fault:
         named = UNIT_ATTENTION_NAMES.get(str(values.get("asc", "")))
         if named is not None:
             values["asc"], values["ascq"] = named
-        for name in ("status", "sense_key", "asc", "ascq", "reason"):
+        status_name = FAULT_SCSI_STATUSES.get(str(values.get("scsi_status", "")))
+        if status_name is not None:
+            values["scsi_status"] = status_name
+        for name in ("status", "sense_key", "asc", "ascq", "reason", "scsi_status"):
             if name in values:
-                values[name] = _int(values[name])
-        if values["kind"] is FaultKind.LOGIN_REDIRECT:
-            values.setdefault("status", 0x0101)
+                try:
+                    values[name] = _int(values[name])
+                except (ValueError, TypeError):
+                    raise ValueError(f"{name} must be an integer, got {values[name]!r}") from None
+        for name, default in KIND_DEFAULTS.get(values["kind"], {}).items():
+            values.setdefault(name, default)
         fault = cls(**values)
         fault.validate()
         return fault
@@ -223,12 +266,26 @@ class Fault:
                 raise ValueError("login_redirect needs a portal (host:port, or self)")
             if self.status not in REDIRECT_STATUSES:
                 raise ValueError("login_redirect status: 0x0101 (temporary) or 0x0102 (for good)")
-        if self.kind is FaultKind.LOGIN_FAIL and self.status >> 8 not in (0x02, 0x03):
+        refusing = (FaultKind.LOGIN_FAIL, FaultKind.LOGIN_NOT_READY)
+        if self.kind in refusing and self.status >> 8 not in (0x02, 0x03):
             raise ValueError(
-                f"login_fail status {self.status:#06x}: want an initiator error 0x02xx "
+                f"{self.kind.value} status {self.status:#06x}: want an initiator error 0x02xx "
                 "(0x0201 authentication, 0x0203 not found...) or a target error 0x03xx "
                 "(0x0301 service unavailable, 0x0302 out of resources)"
             )
+        if self.kind is FaultKind.LOGOUT_PENDING_FAIL and (
+            self.scsi_status not in FAULT_SCSI_STATUSES.values()
+        ):
+            names = ", ".join(f"{name} ({code:#04x})" for name, code in FAULT_SCSI_STATUSES.items())
+            raise ValueError(f"scsi_status {self.scsi_status!r}: one of {names}")
+        if self.kind is FaultKind.REQUIRE_CHAP:
+            for name in ("chap_user", "chap_secret"):
+                value = getattr(self, name)
+                if not isinstance(value, str) or not 0 < len(value) <= MAX_CHAP_LENGTH:
+                    raise ValueError(
+                        f"require_chap needs {name} (1..{MAX_CHAP_LENGTH} characters; "
+                        "the CLI: --chap USER:SECRET)"
+                    )
         delay = self.delay
         if delay.distribution not in DELAY_DISTRIBUTIONS:
             raise ValueError(f"delay distribution is one of {', '.join(DELAY_DISTRIBUTIONS)}")
@@ -261,6 +318,7 @@ class Fault:
         _check_ints("ascq", (self.ascq,), 0, 0xFF)
         _check_ints("reason", (self.reason,), 0, 0xFF)
         _check_ints("status", (self.status,), 0, 0xFFFF)
+        _check_ints("scsi_status", (self.scsi_status,), 0, 0xFF)
         _check_ints("amount", (self.amount,), -1, MAX_STAT_SN_JUMP)
         _check_ints("time2wait", (self.time2wait,), 0, MAX_TIME2)
         _check_ints("time2retain", (self.time2retain,), 0, MAX_TIME2)
@@ -286,9 +344,22 @@ class Fault:
             document["id" if item.name == "fault_id" else item.name] = value
         return document
 
+    def redacted(self) -> dict[str, Any]:
+        """`to_dict` for pages anyone may read: a CHAP secret shown as stars."""
+        document = self.to_dict()
+        if document["chap_secret"]:
+            document["chap_secret"] = "***"
+        return document
+
     def describe(self) -> str:
         where = f"vDisk {self.vdisk}" if self.vdisk else "every vDisk"
         return f"#{self.fault_id} {self.kind.value} on {where}"
+
+
+def login_not_ready_fault(seconds: float, status: int | str = 0x0301) -> Fault:
+    """The window after a restart in which the portal listens but the target is not
+    configured yet: every login refused with ``status`` for ``seconds``, then normal."""
+    return Fault.from_dict({"kind": "login_not_ready", "duration": seconds, "status": status})
 
 
 def _check_ints(name: str, values: tuple[int, ...], low: int, high: int) -> None:

@@ -105,6 +105,14 @@ async def establish(
         except trio.TooSlowError:
             await connection.aclose()
             raise LoginError(f"login to {current} timed out") from None
+        except LoginError as error:
+            await connection.aclose()
+            if not hops:
+                raise
+            # Say where it failed: after a redirect, "authentication failed" alone reads as
+            # the portal's refusal (open-iscsi #117).
+            where = f"at {current.host_port}, where {portal.host_port} redirected us"
+            raise type(error)(f"{error} ({where})", error.status) from None
         except BaseException:
             await connection.aclose()
             raise

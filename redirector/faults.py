@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 
 from faults.injector import FaultInjector
-from faults.login import PERMANENT_REDIRECT, login_status, with_tpgt
+from faults.login import PERMANENT_REDIRECT, REFUSING_KINDS, login_status, with_tpgt
 from faults.model import LOGIN_KINDS, DropMode, Fault, FaultKind
 from iscsicore.login import Redirect, Refuse, Resolution
 from iscsicore.pdu import LoginStatus
@@ -25,6 +25,11 @@ REDIRECTOR_KINDS = LOGIN_KINDS | {FaultKind.DROP_CONNECTION}
 
 def redirector_fault_error(fault: Fault) -> str | None:
     """Why a redirector cannot apply ``fault``; None when it can."""
+    if fault.kind is FaultKind.REQUIRE_CHAP:
+        return (
+            "require_chap is for a stargate (a redirector authenticates no one): arm it on "
+            "the CVM the redirector sends the login to (--node N)"
+        )
     if fault.kind not in REDIRECTOR_KINDS:
         return (
             f"a redirector only answers logins: it takes login_fail, login_redirect, "
@@ -54,22 +59,23 @@ class RedirectorFaults:
 
     def decide(self, vdisk_id: str | None) -> FaultedLogin | None:
         """The fault that fires on a login for ``vdisk_id`` (None: a discovery login, which
-        only an unscoped drop_connection touches); None to answer as usual."""
+        only an unscoped drop_connection or login_not_ready touches); None to answer as
+        usual."""
         injector = self.injector
         if not injector.armed:
             return None
         dropped = self._drop(vdisk_id)
-        if dropped is not None or vdisk_id is None:
+        if dropped is not None:
             return dropped
         fault = injector.login_fault(vdisk_id)
         if fault is None:
             return None
+        if fault.kind in REFUSING_KINDS:
+            return FaultedLogin(fault, Refuse(login_status(fault.status)))
         if fault.kind is FaultKind.LOGIN_REDIRECT:
             portal = self.own_portal if fault.portal == SELF_PORTAL else fault.portal
             redirect = Redirect(with_tpgt(portal), permanent=fault.status == PERMANENT_REDIRECT)
             return FaultedLogin(fault, redirect)
-        if fault.kind is FaultKind.LOGIN_FAIL:
-            return FaultedLogin(fault, Refuse(login_status(fault.status)))
         return FaultedLogin(fault, delay=fault.delay.draw(_rng))
 
     def _drop(self, vdisk_id: str | None) -> FaultedLogin | None:

@@ -21,6 +21,7 @@ import trio
 
 from faults.forensics import Forensics
 from faults.injector import FaultInjector
+from faults.model import login_not_ready_fault
 from stargate import config
 from stargate.config import (
     DEFAULTS,
@@ -247,8 +248,47 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="after serving, poll the connections this long for the next command before "
         f"sleeping (low queue depth latency; 0: off; default {DEFAULTS.busy_poll_us:g})",
     )
+    add_not_ready_flags(parser)
     parser.add_argument("--log-level", choices=config.LOG_LEVELS, help="default INFO")
     parser.set_defaults(handler=run_target)
+
+
+def add_not_ready_flags(parser: argparse.ArgumentParser) -> None:
+    """--not-ready S [--not-ready-status STATUS]: as a target just restarted whose portal
+    listens before it is configured, refuse every login for S seconds (spdk #1676)."""
+    parser.add_argument(
+        "--not-ready",
+        type=_flag_type(config.positive_float),
+        metavar="S",
+        help="refuse every login (discovery too) for S seconds after start, as a target "
+        "whose portal listens before it is configured (the login_not_ready fault)",
+    )
+    parser.add_argument(
+        "--not-ready-status",
+        default="0x0301",
+        metavar="STATUS",
+        help="the login status of those refusals: 0x0301 service unavailable (the "
+        "default), 0x0302 out of resources, or any 0x02xx/0x03xx",
+    )
+
+
+def not_ready_argv(seconds: float, status: str | int = "0x0301") -> tuple[str, ...]:
+    """The flags that start a target (or CVM) not ready for ``seconds``; ValueError for a
+    status that is not a refusal or a window that is not positive."""
+    if not seconds > 0:
+        raise ValueError(f"the not-ready window must be positive seconds, not {seconds!r}")
+    login_not_ready_fault(seconds, status)
+    return ("--not-ready", str(seconds), "--not-ready-status", str(status))
+
+
+def arm_not_ready(args: argparse.Namespace, faults: FaultInjector) -> None:
+    """Arm --not-ready's login_not_ready fault before the portal listens."""
+    if args.not_ready is None:
+        return
+    try:
+        faults.add(login_not_ready_fault(args.not_ready, args.not_ready_status))
+    except ValueError as error:
+        raise CliError(f"--not-ready-status {args.not_ready_status}: {error}") from None
 
 
 def target_config(args: argparse.Namespace) -> TargetConfig:
@@ -399,6 +439,7 @@ def run_target(args: argparse.Namespace) -> int:
     # With the HTTP page: its forensics record the sessions and the faults fired.
     forensics = Forensics("target") if cfg.http is not None else None
     faults = FaultInjector(listeners=[forensics.fault_fired] if forensics is not None else [])
+    arm_not_ready(args, faults)
     hooks = ServerHooks(login_policy=login_policy, observer=forensics, faults=faults)
     server = StargateServer(registry, server_config, hooks)
     control = _control_token(cfg) if cfg.http is not None else None

@@ -8,7 +8,15 @@ import functools
 import trio
 
 from faults.model import Fault, FaultKind
-from iscsicore.pdu import NopOut, Pdu, ScsiCommand, TaskMgmtRequest, TextRequest
+from iscsicore.pdu import (
+    NopOut,
+    Pdu,
+    ScsiCommand,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
+    TextRequest,
+    TmfResponse,
+)
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import SenseKey, build_fixed
 from iscsicore.seqnum import SERIAL_MASK
@@ -48,12 +56,16 @@ class FaultedPdus(Dispatch):
             int(pdu.OPCODE),
             write_command=command is not None and command.write,
             cdb=cdb,
+            tmf_function=int(pdu.function) if isinstance(pdu, TaskMgmtRequest) else None,
         )
         if fault is not None and self._apply_pdu_fault(fault, pdu):
             return
         if command is not None and cdb is not None and self.routes is not None and faults.armed:
             route = self.routes.of(command.lun)
-            scsi_fault = faults.scsi_fault(route.vdisk_id if route else self.vdisk_id, cdb)
+            logout_pending = self._pending_logout_deadline is not None
+            scsi_fault = faults.scsi_fault(
+                route.vdisk_id if route else self.vdisk_id, cdb, logout_pending=logout_pending
+            )
             if scsi_fault is not None:
                 self._on_faulted_command(command, cdb, scsi_fault)
                 return
@@ -66,6 +78,9 @@ class FaultedPdus(Dispatch):
             self.drop_by_fault(fault.mode)
             return True
         if kind in (FaultKind.SWALLOW_NOP_OUT, FaultKind.SWALLOW_TMF):
+            return True
+        if kind is FaultKind.ABORT_TASK_UNSUPPORTED and isinstance(pdu, TaskMgmtRequest):
+            self._deliver(self._refuse_task_management, pdu)
             return True
         if kind is FaultKind.REJECT:
             # Its CmdSN is used up, its turn or not.
@@ -118,8 +133,21 @@ class FaultedPdus(Dispatch):
 
         self._nursery.start_soon(release_later, fault.delay.draw(FAULT_RNG))
 
+    def _refuse_task_management(self, pdu: TaskMgmtRequest) -> None:
+        """Answer "function not supported" (response 5) and leave every task running."""
+        exp_cmd_sn, max_cmd_sn = self._window()
+        self._append(
+            TaskMgmtResponse(
+                response=TmfResponse.NOT_SUPPORTED,
+                itt=pdu.itt,
+                stat_sn=self._stat_sn.take(),
+                exp_cmd_sn=exp_cmd_sn,
+                max_cmd_sn=max_cmd_sn,
+            )
+        )
+
     def _on_faulted_command(self, command: ScsiCommand, cdb: bytes, fault: Fault) -> None:
-        if fault.kind not in _FAULT_STATUS:
+        if fault.kind not in _FAULT_STATUS and fault.kind is not FaultKind.LOGOUT_PENDING_FAIL:
             # Applied when it executes (delay, hang, short transfer, drop mid Data-In).
             self._execution_faults[command.itt] = fault
             self._deliver(self._on_scsi_command, command)
@@ -134,8 +162,9 @@ class FaultedPdus(Dispatch):
         assert self.routes is not None
         task = ScsiTask(self, command, cdb, self.routes.of(command.lun) or self.routes.routes[0])
         task.route.stats.command_started()
+        status = fault.scsi_status if kind is FaultKind.LOGOUT_PENDING_FAIL else _FAULT_STATUS[kind]
         sense = b""
-        if kind is FaultKind.CHECK_CONDITION:
+        if status == ScsiStatus.CHECK_CONDITION:
             sense = build_fixed(SenseKey(fault.sense_key & 0x0F), (fault.asc, fault.ascq))
         # Its Data-Out (if any) finds no task and is dropped, as for any failed command.
-        self._finish(task, _FAULT_STATUS[kind], sense=sense)
+        self._finish(task, status, sense=sense)

@@ -68,10 +68,18 @@ class FaultStrategy(Protocol):
         ...
 
     def pdu_fault(
-        self, vdisk_id: str, opcode: int, *, write_command: bool, cdb: bytes | None = None
+        self,
+        vdisk_id: str,
+        opcode: int,
+        *,
+        write_command: bool,
+        cdb: bytes | None = None,
+        tmf_function: int | None = None,
     ) -> Fault | None: ...
 
-    def scsi_fault(self, vdisk_id: str, cdb: bytes) -> Fault | None: ...
+    def scsi_fault(
+        self, vdisk_id: str, cdb: bytes, *, logout_pending: bool = False
+    ) -> Fault | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +89,19 @@ class NoFaults:
     armed: bool = False
 
     def pdu_fault(
-        self, vdisk_id: str, opcode: int, *, write_command: bool, cdb: bytes | None = None
+        self,
+        vdisk_id: str,
+        opcode: int,
+        *,
+        write_command: bool,
+        cdb: bytes | None = None,
+        tmf_function: int | None = None,
     ) -> Fault | None:
         return None
 
-    def scsi_fault(self, vdisk_id: str, cdb: bytes) -> Fault | None:
+    def scsi_fault(
+        self, vdisk_id: str, cdb: bytes, *, logout_pending: bool = False
+    ) -> Fault | None:
         return None
 
 
