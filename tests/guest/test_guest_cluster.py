@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from cluster.guest.harness import Guest, GuestImage, GuestResult, format_steps
 from tests.guest.cluster_fixture import (
     GuestCluster,
     redirector_guest_portal,
     stargate_guest_portal,
 )
-from tests.guest.harness import Guest, GuestImage, GuestResult, format_steps
 
 pytestmark = pytest.mark.slow
 
