@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from cluster.conformance.catalogue import SUITES, TESTS, select
-from cluster.conformance.drivers import DRIVER_NAMES, driver_named
+from cluster.conformance.choice import DRIVER_NAMES, driver_named
 from cluster.conformance.report import print_results, tests_table, write_json, write_junit
 from cluster.conformance.runner import (
     DEFAULT_DRIVER_TIMEOUT,

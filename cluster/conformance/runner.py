@@ -15,7 +15,7 @@ from cluster.conformance.catalogue import (
     ConformanceTest,
     RunContext,
 )
-from cluster.conformance.drivers import Driver, DriverJob, DriverRun
+from cluster.conformance.drivers import Driver, DriverJob, DriverRun, RoutedDriver
 from cluster.conformance.evidence import Evidence
 from cluster.conformance.target import TARGET_NAME, KitAddresses, KitTarget, memory_server
 from cluster.conformance.verdict import Outcome, Verdict, not_applicable
@@ -64,6 +64,8 @@ async def run_test(test: ConformanceTest, driver: Driver, options: RunOptions) -
     async with trio.open_nursery() as nursery:
         kit = KitTarget(test.portals, evidence, options.addresses, server)
         await kit.start(nursery)
+        if isinstance(driver, RoutedDriver):
+            kit.advertised = driver.route(kit.portals)
         job = DriverJob(
             kit.entry,
             TARGET_NAME,
@@ -86,4 +88,9 @@ async def run_test(test: ConformanceTest, driver: Driver, options: RunOptions) -
 async def run_tests(
     tests: tuple[ConformanceTest, ...], driver: Driver, options: RunOptions
 ) -> list[ConformanceResult]:
-    return [await run_test(test, driver, options) for test in tests]
+    try:
+        return [await run_test(test, driver, options) for test in tests]
+    finally:
+        if isinstance(driver, RoutedDriver):
+            with trio.CancelScope(shield=True):
+                await driver.close()
