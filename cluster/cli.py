@@ -12,14 +12,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cluster import commands, fault_cli
+from cluster import commands, fault_cli, vg_cli
 from cluster.conformance import cli as conformance_cli
 from cluster.jepsen import cli as soak_cli
 from stargate import cli as target_cli
 from stargate.cli import CliError, Handler
 
 # In help order.
-SUBCOMMAND_MODULES = (target_cli, commands, fault_cli, soak_cli, conformance_cli)
+SUBCOMMAND_MODULES = (target_cli, commands, vg_cli, fault_cli, soak_cli, conformance_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

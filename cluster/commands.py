@@ -31,6 +31,7 @@ from cluster.settings_cli import (
 )
 from cluster.supervisor import READY_TIMEOUT, ProcessKind, ProcessStatus, Supervisor
 from cluster.top import run_top
+from cluster.volume_groups import provision_volume_groups
 from control.client import vdisk_table
 from control.control_token import cluster_token_file
 from initiator.console import output_console
@@ -42,6 +43,7 @@ from topology.spec import (
     ClusterPaths,
     ClusterSpec,
     ClusterSpecError,
+    normal_dsip,
 )
 
 
@@ -49,6 +51,13 @@ def _advertisement(text: str) -> Advertisement:
     try:
         return Advertisement.parse(text)
     except (ClusterSpecError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _dsip(text: str) -> str:
+    try:
+        return normal_dsip(text)
+    except ClusterSpecError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -129,6 +138,13 @@ def _register_cluster(subparsers: Any) -> None:
     )
     add_health_knobs(up)
     up.add_argument(
+        "--dsip",
+        type=_dsip,
+        metavar="ADDR[:PORT]",
+        help="the Data Services IP, volume groups' portal for external initiators "
+        "(default: the base address + 3, port 3260)",
+    )
+    up.add_argument(
         "--detach",
         action="store_true",
         help="return once everything answers, printing the cluster as JSON",
@@ -182,6 +198,11 @@ def _register_vm(subparsers: Any) -> None:
         metavar="N",
         help="sessions the VM opens per vDisk (AHV Turbo: 2 for 2 or more vCPUs; 1..8)",
     )
+    create.add_argument(
+        "--load-balance",
+        action="store_true",
+        help="spread the VM's vDisks over every CVM, even while the local one is healthy",
+    )
     create.set_defaults(handler=vm_create)
 
 
@@ -234,6 +255,7 @@ def cluster_up(args: argparse.Namespace) -> int:
         else:
             _check_same_cluster(stored, wanted, args.dir)
         provision_vms(directory, config.vms)
+        provision_volume_groups(directory, config.volume_groups)
     except (ValueError, ConfigError) as error:  # ClusterSpecError, CapacityError
         raise CliError(str(error)) from None
     supervisor = Supervisor(directory, redirectors=config.redirectors)
@@ -266,6 +288,7 @@ def _up_flags(args: argparse.Namespace) -> dict[str, Any]:
         "advertise": tuple(args.advertise) if args.advertise else None,
         "redirectors": False if args.no_redirectors else None,
         "failback": args.failback,
+        "dsip": args.dsip,
         "health": health_knobs_given(args) or None,  # knobs over the file's or stored ones
     }
     return {name: value for name, value in flags.items() if value is not None}
@@ -334,6 +357,7 @@ def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> d
         "release_timeout": spec.release_timeout,
         "placement": spec.placement,
         "base_address": spec.base_address,
+        "dsip": spec.dsip_portal,
         **settings_document(spec),
         "nodes": nodes,
     }
@@ -417,6 +441,7 @@ def vm_create(args: argparse.Namespace) -> int:
             disks=args.disks,
             size=args.size,
             sessions_per_disk=args.sessions_per_disk,
+            load_balance=args.load_balance,
         )
     except (ClusterSpecError, ValueError) as error:
         raise CliError(str(error)) from None
@@ -425,6 +450,7 @@ def vm_create(args: argparse.Namespace) -> int:
             "vm": record.name,
             "home_node": record.home_node,
             "sessions_per_disk": record.sessions_per_disk,
+            "load_balance": record.load_balance,
             "portal": spec.node(record.home_node).redirector_portal,
             "vdisks": [info.to_json(spec) for info in infos],
         }

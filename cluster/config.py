@@ -3,9 +3,14 @@
 
     nodes = 3                  base_address, stable_window, placement, release_timeout,
                                advertise = ["[cvm:|redirector:]NODE=ADDR[:PORT]", ...],
-                               redirectors = true|false, failback = "kill"|"logout"
+                               redirectors = true|false, failback = "kill"|"logout",
+                               dsip = "ADDR[:PORT]" (the Data Services IP)
     [health]                   nop_interval, nop_timeout, misses, connect_timeout
-    [[vm]]                     name, node, disks, size ("1G" or bytes), sessions_per_disk
+    [[vm]]                     name, node, disks, size ("1G" or bytes), sessions_per_disk,
+                               load_balance
+    [[volume_group]]           name, disks, size, attach = [IQN, ...], chap and mutual_chap
+                               ("USER:SECRET"), virtual_targets, preferred_node,
+                               load_balance, stable_window
 
 `ClusterConfig` is what both the file and `cluster up`'s flags fill (flags win; on an
 existing directory, what neither gives is cluster.json's); `ClusterSpec` (cluster.json)
@@ -22,6 +27,7 @@ from typing import Any, Literal, cast
 
 import tomli_w
 
+from iscsicore.chap import ChapSecrets
 from topology.config_file import ConfigDocument, ScalarSpec, TableReader
 from topology.settings import (
     DEFAULT_FAILBACK,
@@ -45,9 +51,18 @@ from topology.spec import (
     list_vdisks,
     load_vms,
     node_addresses,
+    normal_dsip,
     valid_release_timeout,
 )
 from topology.vdisk import parse_size
+from topology.volume_group import (
+    DEFAULT_VG_STABLE_WINDOW,
+    DEFAULT_VIRTUAL_TARGETS,
+    VolumeGroup,
+    VolumeGroupError,
+    VolumeGroupStore,
+    check_initiator_name,
+)
 
 DEFAULT_VM_SIZE = 1 << 30  # as `stargate vm create`'s --size
 Role = Literal["cvm", "redirector"]
@@ -63,6 +78,7 @@ class VmConfig:
     disks: int = 1
     size: int = DEFAULT_VM_SIZE  # bytes, each vDisk
     sessions_per_disk: int = 1
+    load_balance: bool = False  # its vDisks spread over every CVM
 
     def to_toml(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -73,7 +89,58 @@ class VmConfig:
         }
         if self.sessions_per_disk != 1:
             document["sessions_per_disk"] = self.sessions_per_disk
+        if self.load_balance:
+            document["load_balance"] = True
         return document
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeGroupConfig:
+    """A volume group as `stargate vg create` makes it."""
+
+    name: str
+    disks: int
+    size: int  # bytes, each disk
+    attach: tuple[str, ...] = ()
+    chap: ChapSecrets | None = None
+    mutual_chap: ChapSecrets | None = None
+    virtual_targets: int = DEFAULT_VIRTUAL_TARGETS
+    preferred_node: int | None = None
+    load_balance: bool = False
+    stable_window: float = DEFAULT_VG_STABLE_WINDOW
+
+    def to_toml(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"name": self.name, "disks": self.disks}
+        document["size"] = _size(self.size)
+        if self.attach:
+            document["attach"] = list(self.attach)
+        for key, secrets in (("chap", self.chap), ("mutual_chap", self.mutual_chap)):
+            if secrets is not None:
+                document[key] = f"{secrets.username}:{secrets.secret.decode()}"
+        if self.virtual_targets != DEFAULT_VIRTUAL_TARGETS:
+            document["virtual_targets"] = self.virtual_targets
+        if self.preferred_node is not None:
+            document["preferred_node"] = self.preferred_node
+        if self.load_balance:
+            document["load_balance"] = True
+        if self.stable_window != DEFAULT_VG_STABLE_WINDOW:
+            document["stable_window"] = self.stable_window
+        return document
+
+    @classmethod
+    def from_group(cls, group: VolumeGroup, size: int) -> VolumeGroupConfig:
+        return cls(
+            group.name,
+            len(group.vdisk_ids),
+            size,
+            group.attachments,
+            group.chap,
+            group.mutual_chap,
+            group.virtual_targets,
+            group.preferred_node,
+            group.load_balance,
+            group.stable_window,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +154,13 @@ class ClusterConfig:
     redirectors: bool = True
     failback: FailbackMode = DEFAULT_FAILBACK
     health: HealthChecks = DEFAULT_HEALTH
+    dsip: str | None = None  # None: base address + 3, port 3260
     vms: tuple[VmConfig, ...] = ()
+    volume_groups: tuple[VolumeGroupConfig, ...] = ()
 
     def spec(self) -> ClusterSpec:
         """cluster.json for this configuration (raises ClusterSpecError)."""
-        return ClusterSpec.build(
+        spec = ClusterSpec.build(
             self.nodes,
             stable_window=self.stable_window,
             placement=self.placement,
@@ -101,6 +170,7 @@ class ClusterConfig:
             failback=self.failback,
             health=self.health,
         )
+        return replace(spec, dsip=self.dsip)
 
     @classmethod
     def from_spec(cls, spec: ClusterSpec) -> ClusterConfig:
@@ -125,6 +195,7 @@ class ClusterConfig:
             advertise=tuple(advertise),
             failback=spec.failback,
             health=spec.health,
+            dsip=spec.dsip,
         )
 
     def to_toml(self) -> str:
@@ -140,10 +211,15 @@ class ClusterConfig:
             document["advertise"] = [advertisement_text(ad) for ad in self.advertise]
         document["redirectors"] = self.redirectors
         document["failback"] = self.failback.value
+        if self.dsip is not None:
+            document["dsip"] = self.dsip
         document["health"] = self.health.to_json()
         # One [[vm]] table each, as people write them (tomli_w would inline short ones).
         vms = "".join(f"\n[[vm]]\n{tomli_w.dumps(vm.to_toml())}" for vm in self.vms)
-        return tomli_w.dumps(document) + vms
+        groups = "".join(
+            f"\n[[volume_group]]\n{tomli_w.dumps(group.to_toml())}" for group in self.volume_groups
+        )
+        return tomli_w.dumps(document) + vms + groups
 
 
 def advertisement_text(ad: Advertisement) -> str:
@@ -176,6 +252,9 @@ def read_file(document: ConfigDocument) -> dict[str, Any]:
     vms = tuple(_read_vm(table) for table in root.subtables("vm"))
     if vms:
         values["vms"] = vms
+    groups = tuple(_read_volume_group(table) for table in root.subtables("volume_group"))
+    if groups:
+        values["volume_groups"] = groups
     root.finish()
     return values
 
@@ -202,6 +281,7 @@ def _read_vm(table: TableReader) -> VmConfig:
     disks = table.integer("disks")
     size = table.typed("size", (str, int), 'a size ("1G") or a byte count')
     sessions = table.integer("sessions_per_disk")
+    load_balance = table.typed("load_balance", (bool,), "true or false")
     table.finish()
     return VmConfig(
         name,
@@ -209,7 +289,54 @@ def _read_vm(table: TableReader) -> VmConfig:
         1 if disks is None else table.convert("disks", disks, _at_least_one),
         DEFAULT_VM_SIZE if size is None else table.convert("size", size, parse_size),
         1 if sessions is None else table.convert("sessions_per_disk", sessions, _sessions),
+        bool(load_balance),
     )
+
+
+def _read_volume_group(table: TableReader) -> VolumeGroupConfig:
+    name = table.convert("name", table.required("name", table.string), _vm_name)
+    disks = table.convert("disks", table.required("disks", table.integer), _at_least_one)
+    size = table.required("size", lambda key: table.typed(key, (str, int), "a size or bytes"))
+    attach = table.strings("attach") or []
+    chap = table.string("chap")
+    mutual_chap = table.string("mutual_chap")
+    virtual_targets = table.integer("virtual_targets")
+    preferred_node = table.integer("preferred_node")
+    load_balance = table.boolean("load_balance")
+    stable_window = table.number("stable_window")
+    table.finish()
+    config = VolumeGroupConfig(
+        name,
+        disks,
+        table.convert("size", size, parse_size),
+        tuple(table.convert("attach", text, _initiator) for text in attach),
+        None if chap is None else table.convert("chap", chap, _chap),
+        None if mutual_chap is None else table.convert("mutual_chap", mutual_chap, _chap),
+        DEFAULT_VIRTUAL_TARGETS if virtual_targets is None else virtual_targets,
+        preferred_node,
+        bool(load_balance),
+        DEFAULT_VG_STABLE_WINDOW if stable_window is None else float(stable_window),
+    )
+    try:  # the rules of a group (virtual targets' range, mutual CHAP needs CHAP, ...)
+        VolumeGroup(
+            name, VolumeGroup.disk_ids(name, disks), config.attach, config.virtual_targets,
+            config.chap, config.mutual_chap, stable_window=config.stable_window,
+        )  # fmt: skip
+    except VolumeGroupError as error:
+        raise table.error("name", str(error)) from None
+    return config
+
+
+def _initiator(text: str) -> str:
+    check_initiator_name(text)  # its VolumeGroupError is a ValueError
+    return text
+
+
+def _chap(text: str) -> ChapSecrets:
+    user, sep, secret = text.partition(":")
+    if not sep or not user or not secret:
+        raise ValueError("CHAP credentials must be USER:SECRET")
+    return ChapSecrets(user, secret)
 
 
 def _sessions(value: int) -> int:
@@ -269,6 +396,7 @@ SCALARS: dict[str, ScalarSpec] = {
     "advertise": (TableReader.strings, _adverts),
     "redirectors": (TableReader.boolean, bool),
     "failback": (TableReader.string, FailbackMode.parse),
+    "dsip": (TableReader.string, normal_dsip),  # its ClusterSpecError is a ValueError
 }
 
 
@@ -305,6 +433,18 @@ def cluster_config(
             if vm.name in names:
                 raise document.error(("vm", index, "name"), f"VM {vm.name} given twice")
             names.add(vm.name)
+    if config.volume_groups:
+        assert document is not None  # volume groups come from the file only
+        group_names: set[str] = set()
+        for index, group in enumerate(config.volume_groups):
+            node = group.preferred_node
+            if node is not None and not 1 <= node <= config.nodes:
+                message = f"no node {node} (nodes: 1..{config.nodes})"
+                raise document.error(("volume_group", index, "preferred_node"), message)
+            if group.name in group_names:
+                message = f"volume group {group.name} given twice"
+                raise document.error(("volume_group", index, "name"), message)
+            group_names.add(group.name)
     return config
 
 
@@ -342,10 +482,19 @@ def saved_config(directory: Path, *, redirectors: bool) -> tuple[ClusterConfig, 
                 len(record.vdisk_ids),
                 size,
                 record.sessions_per_disk,
+                record.load_balance,
             )
         )
+    groups = []
+    for group in VolumeGroupStore(directory).all():
+        disk_sizes = {sizes.get(vdisk_id) for vdisk_id in group.vdisk_ids}
+        if len(disk_sizes) != 1 or None in disk_sizes:
+            raise ClusterSpecError(f"volume group {group.name}: disks missing or of mixed sizes")
+        groups.append(VolumeGroupConfig.from_group(group, disk_sizes.pop() or 0))
     in_vms = {vdisk_id for record in load_vms(directory) for vdisk_id in record.vdisk_ids}
+    in_groups = {vdisk for g in groups for vdisk in VolumeGroup.disk_ids(g.name, g.disks)}
     notes = [
-        f"vDisk {vdisk_id} belongs to no VM: not saved" for vdisk_id in sorted(set(sizes) - in_vms)
+        f"vDisk {vdisk_id} belongs to no VM: not saved"
+        for vdisk_id in sorted(set(sizes) - in_vms - in_groups)
     ]
-    return replace(config, vms=tuple(vms)), notes
+    return replace(config, vms=tuple(vms), volume_groups=tuple(groups)), notes

@@ -20,6 +20,7 @@ from topology.spec import (
     load_vms,
 )
 from topology.vdisk import VDiskMeta, parse_size
+from topology.volume_group import VG_VDISK_PREFIX
 
 
 def create_vm(
@@ -30,9 +31,11 @@ def create_vm(
     disks: int,
     size: int | str,
     sessions_per_disk: int = 1,
+    load_balance: bool = False,
 ) -> tuple[VmRecord, list[VDiskInfo]]:
     """Create VM ``name`` with ``disks`` new vDisks ``<name>-<k>`` (sparse files) on node
-    ``home_node``, opening ``sessions_per_disk`` sessions to each; refuses an existing VM
+    ``home_node``, opening ``sessions_per_disk`` sessions to each, its vDisks spread over
+    every CVM if ``load_balance``; refuses an existing VM
     name or vDisk id, and a size the store directory's filesystem cannot hold."""
     spec = ClusterSpec.load(directory)
     spec.node(home_node)  # validates the node
@@ -46,25 +49,33 @@ def create_vm(
         raise ClusterSpecError(
             f"sessions per disk must be 1..{MAX_SESSIONS_PER_DISK}, not {sessions_per_disk}"
         )
+    if name.startswith(VG_VDISK_PREFIX):
+        raise ClusterSpecError(f"VM name {name!r}: names starting {VG_VDISK_PREFIX!r} are kept "
+                               "for volume groups' disks")  # fmt: skip
     paths = ClusterPaths(Path(directory))
     if paths.vm_file(name).exists():
         raise ClusterSpecError(f"VM {name!r} exists already")
-    byte_size = parse_size(size)
-    # Before any file is made: a size the filesystem cannot hold leaves nothing behind (a
-    # CapacityError is a ValueError).
-    check_file_capacity(paths.vdisks, byte_size)
     vdisk_ids = [f"{name}-{index}" for index in range(disks)]
+    metas = create_vdisks(paths, vdisk_ids, parse_size(size))
+    infos = [VDiskInfo(m.vdisk_id, m.size, m.block_size, name, home_node) for m in metas]
+    record = VmRecord(name, home_node, vdisk_ids, sessions_per_disk, load_balance)
+    record.save(paths)
+    return record, infos
+
+
+def create_vdisks(paths: ClusterPaths, vdisk_ids: list[str], byte_size: int) -> list[VDiskMeta]:
+    """New sparse vDisks of ``byte_size`` bytes in the shared store directory; refuses an
+    existing id, and a size the filesystem cannot hold, before any file is made."""
+    check_file_capacity(paths.vdisks, byte_size)  # a CapacityError is a ValueError
     for vdisk_id in vdisk_ids:
         if paths.vdisk_meta_file(vdisk_id).exists():
             raise ClusterSpecError(f"vDisk {vdisk_id!r} exists already")
-    infos = []
+    metas = []
     for vdisk_id in vdisk_ids:
         meta = VDiskMeta(vdisk_id=vdisk_id, size=byte_size)
         FileStore.open_or_create(paths.vdisks, meta).close()
-        infos.append(VDiskInfo(vdisk_id, meta.size, meta.block_size, name, home_node))
-    record = VmRecord(name, home_node, vdisk_ids, sessions_per_disk)
-    record.save(paths)
-    return record, infos
+        metas.append(meta)
+    return metas
 
 
 def provision_vms(directory: Path, vms: tuple[VmConfig, ...]) -> None:
@@ -81,13 +92,16 @@ def provision_vms(directory: Path, vms: tuple[VmConfig, ...]) -> None:
                 disks=vm.disks,
                 size=vm.size,
                 sessions_per_disk=vm.sessions_per_disk,
+                load_balance=vm.load_balance,
             )
-        elif (record.home_node, len(record.vdisk_ids), record.sessions_per_disk) != (
-            vm.node,
-            vm.disks,
-            vm.sessions_per_disk,
-        ) or any(sizes.get(vdisk_id) != vm.size for vdisk_id in record.vdisk_ids):
+        elif _shape(record) != (vm.node, vm.disks, vm.sessions_per_disk, vm.load_balance) or any(
+            sizes.get(vdisk_id) != vm.size for vdisk_id in record.vdisk_ids
+        ):
             raise ClusterSpecError(
-                f"VM {vm.name} exists in {directory} with another node, disk count, size "
-                "or sessions per disk"
+                f"VM {vm.name} exists in {directory} with another node, disk count, size, "
+                "sessions per disk or load balancing"
             )
+
+
+def _shape(record: VmRecord) -> tuple[int, int, int, bool]:
+    return record.home_node, len(record.vdisk_ids), record.sessions_per_disk, record.load_balance

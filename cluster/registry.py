@@ -17,6 +17,7 @@ from stargate.session import SessionTable
 from stargate.target import PortalGroup, TargetRegistry, VDiskTarget
 from topology.naming import TARGET_NAME_PREFIX
 from topology.spec import ClusterPaths, list_vdisks
+from topology.volume_group import volume_group_of
 
 
 class ClusterRegistry(TargetRegistry):
@@ -34,6 +35,8 @@ class ClusterRegistry(TargetRegistry):
         vdisk_id = name.removeprefix(TARGET_NAME_PREFIX)
         if not vdisk_id or "/" in vdisk_id or vdisk_id.startswith("."):
             return None
+        if volume_group_of(vdisk_id) is not None:
+            return None  # a volume group's disk: only its virtual target serves it
         if not self._paths.vdisk_meta_file(vdisk_id).exists():
             return None
         target = self._opener(vdisk_id)
@@ -44,7 +47,8 @@ class ClusterRegistry(TargetRegistry):
     def visible_to(self, initiator_name: str) -> list[VDiskTarget]:
         # Discovery lists every vDisk of the cluster, not only those opened so far.
         for info in list_vdisks(self._paths.root):
-            self.get(f"{TARGET_NAME_PREFIX}{info.vdisk_id}")
+            if info.volume_group is None:
+                self.get(f"{TARGET_NAME_PREFIX}{info.vdisk_id}")
         return super().visible_to(initiator_name)
 
 

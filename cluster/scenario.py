@@ -15,6 +15,7 @@ of faults and cluster events, for reproducible failover runs (`stargate scenario
     home = 1
     disks = 2
     size = "16M"
+    sessions_per_disk = 2          # AHV Turbo: each session verifies its own slice
 
     [workload]                     # the project's initiator, verifying what it wrote
     nop_interval = 1.0
@@ -67,16 +68,17 @@ from control.faults_api import stargate_fault_error
 from control.http import HttpError, http_json
 from faults.model import Fault
 from initiator.session import SessionConfig
-from initiator.verify import Verifier
+from initiator.verify import Verifier, VerifyReport, split_region
 from initiator.vm import VM
 from iscsicore.portal import Portal
 from redirector.config import redirector_page_url
 from redirector.faults import redirector_fault_error
-from topology.spec import ClusterPaths, ClusterSpec
+from topology.spec import MAX_SESSIONS_PER_DISK, ClusterPaths, ClusterSpec
 
 log = logging.getLogger(__name__)
 
 CVM_OPERATIONS = ("kill", "stop", "cont", "start", "restart")
+VERIFY_REGION_BLOCKS = 2048  # blocks of each vDisk the workload writes and verifies
 WORKLOAD_GRACE = 90.0  # seconds past the scenario's duration for the workload to wind down
 
 
@@ -126,6 +128,7 @@ class VmSpec:
     home: int
     disks: int = 1
     size: str = "16M"
+    sessions_per_disk: int = 1
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,12 @@ class Scenario:
                 _check_fault(step, name)
         if not vms:
             raise ScenarioError(f"{name}: no [[vm]]: nothing to run I/O against")
+        for vm in vms:
+            if not 1 <= vm.sessions_per_disk <= MAX_SESSIONS_PER_DISK:
+                raise ScenarioError(
+                    f"{name}: vm {vm.name}: sessions_per_disk must be 1..{MAX_SESSIONS_PER_DISK},"
+                    f" not {vm.sessions_per_disk}"
+                )
         return cls(
             name=str(document.get("name", name)),
             duration=float(document.get("duration", 30.0)),
@@ -217,7 +226,14 @@ def prepare_cluster(scenario: Scenario, directory: Path) -> None:
         )
     for vm in scenario.vms:
         if not paths.vm_file(vm.name).exists():
-            create_vm(directory, vm.name, home_node=vm.home, disks=vm.disks, size=vm.size)
+            create_vm(
+                directory,
+                vm.name,
+                home_node=vm.home,
+                disks=vm.disks,
+                size=vm.size,
+                sessions_per_disk=vm.sessions_per_disk,
+            )
 
 
 async def run_scenario(
@@ -309,20 +325,37 @@ async def _vm_workload(
     """One VM: its disks attached through its home node's redirector, each verifying what
     it wrote until stopped; then logged out."""
 
-    async def verify(vdisk: str, verifier: Verifier) -> None:
-        report = await verifier.run(0, queue_depth=depth)
+    async def verify(vdisk: str, disk_verifiers: list[Verifier]) -> None:
+        session_reports: list[VerifyReport] = []
+
+        async def one(verifier: Verifier) -> None:
+            session_reports.append(await verifier.run(0, queue_depth=depth))
+
+        async with trio.open_nursery() as sessions:
+            for verifier in disk_verifiers:
+                sessions.start_soon(one, verifier)
+        report = session_reports[0]
+        for other in session_reports[1:]:
+            report.add(other)
         values = {item.name: getattr(report, item.name) for item in dataclasses.fields(report)}
         reports[vdisk] = {
             name: value for name, value in values.items() if isinstance(value, int | float | str)
         }
+        reports[vdisk]["sessions"] = len(disk_verifiers)
 
     async with VM(portal, name=vm_spec.name, config=config) as vm, trio.open_nursery() as disks:
         for index in range(vm_spec.disks):
             vdisk = f"{vm_spec.name}-{index}"
-            device = await vm.attach(vdisk)
-            verifier = Verifier(device, region_blocks=2048, seed=index + 1)
-            verifiers.append(verifier)
-            disks.start_soon(verify, vdisk, verifier)
+            await vm.attach(vdisk, sessions=vm_spec.sessions_per_disk)
+            sessions = vm.sessions(vdisk)
+            # Each session verifies its own slice: two writers on one block would race.
+            slices = split_region(VERIFY_REGION_BLOCKS, len(sessions))
+            disk_verifiers = [
+                Verifier(session, region_blocks=blocks, first_block=first, seed=index + 1)
+                for session, (first, blocks) in zip(sessions, slices, strict=True)
+            ]
+            verifiers.extend(disk_verifiers)
+            disks.start_soon(verify, vdisk, disk_verifiers)
         task_status.started()
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redirector.policy import PlacementMode
+from redirector.policy import PlacementMode, spread_node
 from topology.naming import DEFAULT_PORTAL_GROUP_TAG, target_name_for
 from topology.settings import HealthChecks
-from topology.spec import ClusterPaths, ClusterSpec, NodeSpec, list_vdisks
+from topology.spec import ClusterPaths, ClusterSpec, NodeSpec, list_vdisks, load_vms
 
 DEFAULT_LOGIN_TIMEOUT = 15.0
 # Until a stargate has answered once, failures are not reported as "down": at `cluster up`
@@ -85,6 +85,12 @@ class RedirectorConfig:
         the redirector runs)."""
         return self.catalog.targets()
 
+    def home_of(self, vdisk_id: str) -> str | None:
+        """The policy key of the vDisk's home CVM when it is not the local one: the vDisks
+        of a load-balanced VM are spread over every CVM."""
+        node_id = self.catalog.spread_homes(self.spec.node_ids).get(vdisk_id)
+        return None if node_id is None else self.node_key(node_id)
+
 
 @dataclass
 class VDiskCatalog:
@@ -94,6 +100,25 @@ class VDiskCatalog:
     directory: Path
     _stamp: int | None = None
     _targets: dict[str, str] = field(default_factory=dict)
+    _vms_stamp: int | None = None
+    _homes: dict[str, int] = field(default_factory=dict)
+
+    def spread_homes(self, node_ids: list[int]) -> dict[str, int]:
+        """vDisk id -> home node of each vDisk of a load-balanced VM (read again when
+        DIR/vms changed)."""
+        try:
+            stamp = ClusterPaths(self.directory).vms.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        if stamp != self._vms_stamp:
+            self._homes = {
+                vdisk_id: spread_node(vm.name, index, node_ids)
+                for vm in load_vms(self.directory)
+                if vm.load_balance
+                for index, vdisk_id in enumerate(vm.vdisk_ids)
+            }
+            self._vms_stamp = stamp
+        return self._homes
 
     def targets(self) -> dict[str, str]:
         try:
@@ -102,6 +127,10 @@ class VDiskCatalog:
             return {}
         if stamp != self._stamp:
             infos = list_vdisks(self.directory)
-            self._targets = {target_name_for(info.vdisk_id): info.vdisk_id for info in infos}
+            self._targets = {
+                target_name_for(info.vdisk_id): info.vdisk_id
+                for info in infos
+                if info.volume_group is None  # the DSIP's, through its virtual targets
+            }
             self._stamp = stamp
         return self._targets

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 import trio
@@ -35,7 +36,7 @@ from redirector.policy import PlacementPolicy
 from topology.naming import target_name_for
 from topology.ownership import read_record
 from topology.settings import FailbackMode
-from topology.spec import ClusterSpec, ClusterSpecError, load_vms
+from topology.spec import ClusterSpec, ClusterSpecError, NodeSpec, load_vms
 
 CHECK_INTERVAL = 0.5
 REQUEST_TIMEOUT = 2.0
@@ -77,13 +78,13 @@ class Failback:
     async def step(self) -> None:
         """Ask for the sessions of every vDisk due to come home to end (concurrently)."""
         now = self.clock()
-        if not self.policy.local_is_stable(now):
-            return
-        if not self._looked_for_strays:
-            self._looked_for_strays = True
-            self._strays = self.stray_vdisks()
-        # A stray owned by a stargate not (yet) seen healthy waits: asking it would fail.
-        strays = {v: node for v, node in self._strays.items() if self.policy.is_healthy(node)}
+        strays: dict[str, str] = {}
+        if self.policy.local_is_stable(now):
+            if not self._looked_for_strays:
+                self._looked_for_strays = True
+                self._strays = self.stray_vdisks()
+            # A stray owned by a stargate not (yet) seen healthy waits: asking it would fail.
+            strays = {v: node for v, node in self._strays.items() if self.policy.is_healthy(node)}
         due = {**strays, **self.policy.failback_due(now)}
         for vdisk in list(self._attempts):
             if vdisk not in due:
@@ -104,17 +105,8 @@ class Failback:
     async def _request_failback(self, vdisk: str, node_key: str, attempts: _Attempts) -> None:
         node = self.config.node_of(node_key)
         mode = self.mode()
-        url = f"{node.http_url}/control/vdisks/{quote(vdisk, safe='')}/{mode.value}"
-        if mode is FailbackMode.LOGOUT:
-            url += f"?seconds={self.config.timers.failback_logout_seconds}"
         try:
-            try:
-                token = cluster_token(self.config.directory)  # the CVM pages' credential
-            except ControlTokenError as error:
-                raise HttpError(str(error)) from None
-            status, document = await http_json("POST", url, timeout=REQUEST_TIMEOUT, token=token)
-            if status != 200:
-                raise HttpError(f"{url}: HTTP {status}")
+            answer = await end_sessions(self.config, node, vdisk, mode)
         except HttpError as error:
             attempts.count += 1
             if attempts.count >= MAX_ATTEMPTS:
@@ -131,7 +123,6 @@ class Failback:
             backoff = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_FIRST * 2 ** (attempts.count - 1))
             attempts.not_before = self.clock() + backoff
             return
-        answer = document if isinstance(document, dict) else {}
         target = target_name_for(vdisk)
         if mode is FailbackMode.LOGOUT:
             asked = int(answer.get("sessions_asked", 0))
@@ -160,12 +151,13 @@ class Failback:
         self._strays.pop(vdisk, None)
 
     def stray_vdisks(self) -> dict[str, str]:
-        """vDisks of this node's VMs owned by a remote stargate, by their records."""
+        """vDisks of this node's VMs owned by a remote stargate, by their records (a
+        load-balanced VM's vDisks have homes of their own: not strays)."""
         local = self.config.node_id
         remote_ids = set(self.config.spec.node_ids) - {local}
         strays = {}
         for vm in load_vms(self.config.directory):
-            if vm.home_node != local:
+            if vm.home_node != local or vm.load_balance:
                 continue
             for vdisk in vm.vdisk_ids:
                 record = read_record(self.config.paths.ownership_file(vdisk))
@@ -173,3 +165,21 @@ class Failback:
                     continue
                 strays[vdisk] = self.config.node_key(record.node_id)
         return strays
+
+
+async def end_sessions(
+    config: RedirectorConfig, node: NodeSpec, vdisk: str, mode: FailbackMode
+) -> dict[str, Any]:
+    """Ask ``node``'s stargate to end ``vdisk``'s sessions as ``mode`` says; its answer
+    (sessions asked, connections closed). Raises HttpError when it did not."""
+    url = f"{node.http_url}/control/vdisks/{quote(vdisk, safe='')}/{mode.value}"
+    if mode is FailbackMode.LOGOUT:
+        url += f"?seconds={config.timers.failback_logout_seconds}"
+    try:
+        token = cluster_token(config.directory)  # the CVM pages' credential
+    except ControlTokenError as error:
+        raise HttpError(str(error)) from None
+    status, document = await http_json("POST", url, timeout=REQUEST_TIMEOUT, token=token)
+    if status != 200:
+        raise HttpError(f"{url}: HTTP {status}")
+    return document if isinstance(document, dict) else {}

@@ -7,16 +7,34 @@ remote CVMs; a vDisk stays where it was placed until that CVM goes down too. Onc
 stargate has been healthy for the stable window, the vDisks placed remotely are due to fail
 back: the remote stargates end their sessions and the re-logins land locally.
 
+A VM may ask for a load-balanced attachment: its vDisks each get a home CVM in turn over
+the whole cluster (`spread_node`), and are placed and failed back as if that CVM were
+their local one.
+
 Time is passed in by the caller (seconds, monotonic), which keeps this module testable.
 """
 
 from __future__ import annotations
 
 import random
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 DEFAULT_STABLE_WINDOW = 300.0
+
+
+def stable_hash(text: str) -> int:
+    """A hash that is the same in every process and every run (unlike ``hash``)."""
+    return zlib.crc32(text.encode())
+
+
+def spread_node(name: str, index: int, nodes: Sequence[int]) -> int:
+    """The ``index``-th of ``name``'s disks (or targets) goes to the CVMs in turn, from a
+    point ``name`` fixes: k consecutive indexes land on min(k, len(nodes)) CVMs."""
+    ring = sorted(nodes)
+    return ring[(stable_hash(name) + index) % len(ring)]
 
 
 class PlacementMode(Enum):
@@ -45,6 +63,7 @@ class PlacementPolicy:
     rng: random.Random = field(default_factory=random.Random)
     _health: dict[str, _NodeHealth] = field(init=False)
     _remote_placement: dict[str, str] = field(init=False, default_factory=dict)
+    _homes: dict[str, str] = field(init=False, default_factory=dict)  # not local ones
     _next_index: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -78,6 +97,7 @@ class PlacementPolicy:
         for vdisk, placed_on in list(self._remote_placement.items()):
             if placed_on == node:
                 del self._remote_placement[vdisk]
+                self._homes.pop(vdisk, None)
         return changed
 
     def is_healthy(self, node: str) -> bool:
@@ -91,27 +111,37 @@ class PlacementPolicy:
     def local_is_stable(self, now: float) -> bool:
         """The local stargate may take vDisks (back): healthy, and either never seen down
         or healthy for the whole stable window since it came back."""
-        health = self._health[self.local]
+        return self.is_stable(self.local, now, self.stable_window)
+
+    def is_stable(self, node: str, now: float, window: float) -> bool:
+        """``node`` is healthy, and either never seen down or healthy for ``window``
+        seconds since it came back."""
+        health = self._health[node]
         if not health.healthy or health.healthy_since is None:
             return False
         if not health.ever_down:
             return True
-        return now - health.healthy_since >= self.stable_window
+        return now - health.healthy_since >= window
 
-    def choose(self, vdisk: str, now: float) -> str | None:
-        """The CVM to redirect ``vdisk``'s login to, or None when no CVM is healthy."""
-        if self.local_is_stable(now):
+    def choose(self, vdisk: str, now: float, home: str | None = None) -> str | None:
+        """The CVM to redirect ``vdisk``'s login to, or None when no CVM is healthy.
+        ``home``: the vDisk's home CVM when it is not the local one (load balancing)."""
+        home = self.local if home is None else home
+        if self.is_stable(home, now, self.stable_window):
             self._remote_placement.pop(vdisk, None)
-            return self.local
+            self._homes.pop(vdisk, None)
+            return home
         placed_on = self._remote_placement.get(vdisk)
         if placed_on is not None and self._health[placed_on].healthy:
             return placed_on
-        remotes = [node for node in self.healthy_nodes() if node != self.local]
+        remotes = [node for node in self.healthy_nodes() if node != home]
         if not remotes:
-            # Better a local stargate inside its stable window than no stargate at all.
-            return self.local if self._health[self.local].healthy else None
+            # Better a home stargate inside its stable window than no stargate at all.
+            return home if self._health[home].healthy else None
         chosen = self._pick(remotes)
         self._remote_placement[vdisk] = chosen
+        if home != self.local:
+            self._homes[vdisk] = home
         return chosen
 
     def _pick(self, candidates: list[str]) -> str:
@@ -132,11 +162,14 @@ class PlacementPolicy:
 
     def failback_due(self, now: float) -> dict[str, str]:
         """vDisks whose sessions on a remote CVM should now be ended so that they come home:
-        every remote placement, once the local stargate is stable."""
-        if not self.local_is_stable(now):
-            return {}
-        return dict(self._remote_placement)
+        every placement away from home, once its home stargate is stable."""
+        return {
+            vdisk: node
+            for vdisk, node in self._remote_placement.items()
+            if self.is_stable(self._homes.get(vdisk, self.local), now, self.stable_window)
+        }
 
     def forget(self, vdisk: str) -> None:
         """The vDisk's remote sessions were ended (or it was deleted)."""
         self._remote_placement.pop(vdisk, None)
+        self._homes.pop(vdisk, None)

@@ -103,13 +103,16 @@ class RedirectorServer:
         self.port: int | None = None
         self._next_tsih = 0
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    def listen_portal(self) -> Portal:
+        """Where this portal listens (its own address, not an advertised one)."""
         node = self.config.node
-        listeners = await trio.open_tcp_listeners(
-            node.redirector_port, host=node.redirector_address
-        )
+        return Portal(node.redirector_address, node.redirector_port)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        portal = self.listen_portal()
+        listeners = await trio.open_tcp_listeners(portal.port, host=portal.host)
         self.port = listeners[0].socket.getsockname()[1]
-        log.info("redirector listening on %s:%s", node.redirector_address, self.port)
+        log.info("%s listening on %s:%s", type(self).__name__, portal.host, self.port)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self.handle_connection, listeners)
             task_status.started(self.port)
@@ -135,8 +138,9 @@ class RedirectorServer:
             return
         # A crashed stargate refuses connections: learn it now rather than at the next ping
         # (the choice is remembered by the policy, so `resolve` makes the same one).
+        home = self.config.home_of(vdisk_id)
         for _ in self.config.spec.nodes:
-            chosen = self.policy.choose(vdisk_id, self.clock())
+            chosen = self.policy.choose(vdisk_id, self.clock(), home)
             if chosen is None or await self.health.recheck(chosen):
                 return
 
@@ -164,7 +168,7 @@ class RedirectorServer:
             on_fault(faulted)
             if faulted.resolution is not None:
                 return faulted.resolution
-        chosen = self.policy.choose(vdisk_id, self.clock())
+        chosen = self.policy.choose(vdisk_id, self.clock(), self.config.home_of(vdisk_id))
         if chosen is None:
             self.stats.refused += 1
             self.logger.warning("No healthy portal for target %s", target_name)
@@ -186,7 +190,8 @@ class RedirectorServer:
         self._next_tsih = self._next_tsih % _TSIH_LIMIT + 1
         return self._next_tsih
 
-    def discovery_targets(self) -> list[TargetRecord]:
+    def discovery_targets(self, initiator_name: str) -> list[TargetRecord]:
+        """What SendTargets lists to ``initiator_name``: here every vDisk, at this portal."""
         node = self.config.node
         address = Portal(
             node.redirector_advertised_address,
@@ -353,7 +358,7 @@ class _DiscoverySession:
         self.max_send_length = login.params.initiator_max_recv_data_segment_length
         self.responder = TextResponder(
             session_type=SessionType.DISCOVERY,
-            targets=server.discovery_targets,
+            targets=lambda: server.discovery_targets(login.initiator_name),
             max_send_length=self.max_send_length,
         )
 

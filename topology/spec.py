@@ -28,10 +28,13 @@ from topology.settings import (
     SettingsError,
 )
 from topology.vdisk import VDiskMeta, atomic_write
+from topology.volume_group import volume_group_of
 
 DEFAULT_BASE_ADDRESS = "127.77.0.0"
 DEFAULT_ISCSI_PORT = 3261
 DEFAULT_HTTP_PORT = 2009
+DEFAULT_DSIP_PORT = 3260  # the Data Services IP is a standard iSCSI portal
+DSIP_OFFSET = 3  # by default the DSIP is the cluster's base address + 3 (no node uses it)
 DEFAULT_STABLE_WINDOW = 300.0
 MAX_RELEASE_TIMEOUT = 600.0  # seconds; a release timeout is in (0, this]
 MAX_SESSIONS_PER_DISK = 8
@@ -215,6 +218,19 @@ def _split_host_port(value: str) -> tuple[str, int | None]:
     return value, None
 
 
+def normal_dsip(text: str) -> str:
+    """``ADDR[:PORT]`` as ``ADDR:PORT`` (port 3260 by default); ClusterSpecError if it is
+    not an IP address and a port."""
+    try:
+        portal = Portal.parse(text, default_port=DEFAULT_DSIP_PORT, what="DSIP")
+        ipaddress.ip_address(portal.host)
+    except ValueError as error:
+        raise ClusterSpecError(f"DSIP {text!r}: {error}") from None
+    if portal.tpgt is not None:
+        raise ClusterSpecError(f"DSIP {text!r}: ADDR[:PORT], without a portal group tag")
+    return portal.host_port
+
+
 def valid_release_timeout(seconds: float) -> bool:
     return 0 < seconds <= MAX_RELEASE_TIMEOUT
 
@@ -230,6 +246,9 @@ class ClusterSpec:
     release_timeout: float | None = None
     failback: FailbackMode = DEFAULT_FAILBACK
     health: HealthChecks = DEFAULT_HEALTH
+    # The Data Services IP, ADDR:PORT, where external initiators discover and log in to
+    # volume groups; None: the default, base address + 3, port 3260.
+    dsip: str | None = None
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -245,6 +264,8 @@ class ClusterSpec:
             raise ClusterSpecError(
                 f"the release timeout must be in (0, {MAX_RELEASE_TIMEOUT:g}] seconds"
             )
+        if self.dsip is not None and self.dsip != normal_dsip(self.dsip):
+            raise ClusterSpecError(f"dsip {self.dsip!r}: write it as ADDR:PORT")
 
     # -- lookup -------------------------------------------------------------------------
 
@@ -257,6 +278,14 @@ class ClusterSpec:
     @property
     def node_ids(self) -> list[int]:
         return [node.node_id for node in self.nodes]
+
+    @property
+    def dsip_portal(self) -> str:
+        """The Data Services IP as ADDR:PORT."""
+        if self.dsip is not None:
+            return self.dsip
+        base = ipaddress.IPv4Address(self.base_address)
+        return f"{ipaddress.IPv4Address(int(base) + DSIP_OFFSET)}:{DEFAULT_DSIP_PORT}"
 
     # -- files --------------------------------------------------------------------------
 
@@ -367,6 +396,8 @@ class ClusterSpec:
         }
         if self.release_timeout is not None:
             document["release_timeout"] = self.release_timeout
+        if self.dsip is not None:
+            document["dsip"] = self.dsip
         return document
 
     @classmethod
@@ -381,6 +412,7 @@ class ClusterSpec:
             release_timeout=_optional_seconds(raw.get("release_timeout")),
             failback=_failback(raw.get("failback", DEFAULT_FAILBACK.value)),
             health=_health(raw.get("health", {})),
+            dsip=None if raw.get("dsip") is None else str(raw["dsip"]),
         )
 
 
@@ -411,13 +443,16 @@ def _optional_seconds(value: Any) -> float | None:
 
 @dataclass
 class VmRecord:
-    """DIR/vms/<name>.json: a VM, the node it runs on, its vDisks (in disk order) and how
-    many sessions it opens per vDisk (AHV Turbo: 2 for a VM with 2 or more vCPUs)."""
+    """DIR/vms/<name>.json: a VM, the node it runs on, its vDisks (in disk order), how
+    many sessions it opens per vDisk (AHV Turbo: 2 for a VM with 2 or more vCPUs), and
+    whether its vDisks are spread over every CVM (a load-balanced attachment) instead of
+    served by the local one."""
 
     name: str
     home_node: int
     vdisk_ids: list[str] = field(default_factory=list)
     sessions_per_disk: int = 1
+    load_balance: bool = False
 
     def save(self, paths: ClusterPaths) -> None:
         atomic_write(paths.vm_file(self.name), (json.dumps(asdict(self), indent=2) + "\n").encode())
@@ -430,6 +465,7 @@ class VmRecord:
             int(raw["home_node"]),
             [str(v) for v in raw["vdisk_ids"]],
             int(raw.get("sessions_per_disk", 1)),
+            bool(raw.get("load_balance", False)),
         )
 
 
@@ -447,6 +483,12 @@ class VDiskInfo:
     def iqn(self) -> str:
         return target_name_for(self.vdisk_id)
 
+    @property
+    def volume_group(self) -> str | None:
+        """The volume group the vDisk is a disk of (its target is the group's, never a
+        vmdisk target of its own), or None."""
+        return volume_group_of(self.vdisk_id)
+
     def to_json(self, spec: ClusterSpec | None = None) -> dict[str, Any]:
         document: dict[str, Any] = {
             "id": self.vdisk_id,
@@ -456,6 +498,9 @@ class VDiskInfo:
             "vm": self.vm,
             "home_node": self.home_node,
         }
+        if self.volume_group is not None:
+            document["volume_group"] = self.volume_group
+            del document["iqn"]  # reached only through the group's virtual target
         if spec is not None and self.home_node is not None:
             document["portal"] = spec.node(self.home_node).redirector_portal
         return document

@@ -19,7 +19,12 @@ import trio
 from cluster.jepsen.report import SoakReport
 from cluster.jepsen.runner import SoakOptions, run_soak
 from cluster.supervisor import Supervisor
-from topology.spec import DEFAULT_BASE_ADDRESS, ClusterSpec, ClusterSpecError
+from topology.spec import (
+    DEFAULT_BASE_ADDRESS,
+    MAX_SESSIONS_PER_DISK,
+    ClusterSpec,
+    ClusterSpecError,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -50,6 +55,13 @@ def register(subparsers: Any) -> None:
     soak.add_argument("--qemu", type=int, default=1, help="qemu-io clients")
     soak.add_argument("--blocks", type=int, default=128, help="blocks per vDisk")
     soak.add_argument(
+        "--sessions-per-disk",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the initiator clients' sessions per vDisk (AHV Turbo: 2)",
+    )
+    soak.add_argument(
         "--keep-histories", action="store_true", help="keep every history (else: failing ones)"
     )
     soak.set_defaults(handler=soak_command)
@@ -72,6 +84,8 @@ def soak_command(args: argparse.Namespace) -> int:
         return _usage_error("qemu-io is not installed (apt-get install qemu-utils, or --qemu 0)")
     if args.schedule_seconds <= 0 or args.blocks < 1:
         return _usage_error("--schedule-seconds and --blocks must be positive")
+    if not 1 <= args.sessions_per_disk <= MAX_SESSIONS_PER_DISK:
+        return _usage_error(f"--sessions-per-disk must be 1..{MAX_SESSIONS_PER_DISK}")
     if (args.minutes is not None and args.minutes <= 0) or (
         args.schedules is not None and args.schedules < 1
     ):
@@ -86,6 +100,7 @@ def soak_command(args: argparse.Namespace) -> int:
         initiator_clients=args.initiators,
         qemu_clients=args.qemu,
         blocks=args.blocks,
+        sessions_per_disk=args.sessions_per_disk,
         keep_histories=args.keep_histories,
     )
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -113,7 +128,8 @@ def _base_command(args: argparse.Namespace) -> str:
     words = ["stargate", "soak", "--nodes", str(args.nodes), "--schedule-seconds",
              f"{args.schedule_seconds:g}", "--initiators", str(args.initiators),
              "--qemu", str(args.qemu), "--blocks", str(args.blocks),
-             "--stable-window", f"{args.stable_window:g}"]  # fmt: skip
+             "--stable-window", f"{args.stable_window:g}",
+             "--sessions-per-disk", str(args.sessions_per_disk)]  # fmt: skip
     return shlex.join(words)
 
 

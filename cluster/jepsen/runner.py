@@ -48,6 +48,7 @@ class SoakOptions:
     initiator_clients: int = 2
     qemu_clients: int = 1
     vdisks_per_client: int = 2
+    sessions_per_disk: int = 1  # the initiator clients' (qemu-io opens one)
     blocks: int = 128
     vdisk_size: str = "16M"
     keep_histories: bool = False  # else only those of schedules that found something
@@ -101,11 +102,13 @@ def _plans(supervisor: Supervisor, options: SoakOptions, index: int, seed: int) 
     clients = []
     for number, kind in enumerate(kinds, start=1):
         home = spec.node_ids[(number - 1) % len(spec.node_ids)]
+        sessions = options.sessions_per_disk if kind == "initiator" else 1
         record, _ = create_vm(supervisor.directory, f"j{index}-{seed}-c{number}",
                               home_node=home, disks=options.vdisks_per_client,
-                              size=options.vdisk_size)  # fmt: skip
+                              size=options.vdisk_size, sessions_per_disk=sessions)  # fmt: skip
         plan = ClientPlan(number, kind, spec.node(home).redirector_portal,
-                          tuple(record.vdisk_ids), options.blocks, seed * 100 + number)  # fmt: skip
+                          tuple(record.vdisk_ids), options.blocks, seed * 100 + number,
+                          sessions_per_disk=sessions)  # fmt: skip
         runner = run_initiator_client if kind == "initiator" else run_qemu_io_client
         clients.append(_Client(plan, runner, ClientOutcome(plan.name)))
     return clients

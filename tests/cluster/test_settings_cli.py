@@ -117,7 +117,13 @@ def test_vm_create_records_the_sessions_per_disk(tmp_path: Path) -> None:
             "vm", "create", "plain", "--dir", str(tmp_path), "--node", "1", "--size", "1M"
         ).stdout
     )
-    assert plain["sessions_per_disk"] == 1
+    assert plain["sessions_per_disk"] == 1 and plain["load_balance"] is False
+    balanced = run_cli(
+        "vm", "create", "lb", "--dir", str(tmp_path), "--node", "1", "--size", "1M",
+        "--load-balance",
+    )  # fmt: skip
+    assert json.loads(balanced.stdout)["load_balance"] is True
+    assert VmRecord.load(ClusterPaths(tmp_path).vm_file("lb")).load_balance
     for bad in ("0", "9"):
         refused = run_cli(
             "vm", "create", f"bad{bad}", "--dir", str(tmp_path), "--node", "1", "--size", "1M",
@@ -130,6 +136,7 @@ def test_vm_create_records_the_sessions_per_disk(tmp_path: Path) -> None:
 
 CONFIG = """nodes = 2
 failback = "logout"
+dsip = "127.0.0.9"
 
 [health]
 nop_timeout = 1.5
@@ -140,6 +147,7 @@ name = "turbo"
 node = 1
 size = "1M"
 sessions_per_disk = 2
+load_balance = true
 """
 
 
@@ -150,7 +158,8 @@ def test_the_config_file_carries_the_settings_and_save_writes_them(tmp_path: Pat
     spec = config.spec()
     assert spec.failback is FailbackMode.LOGOUT
     assert spec.health == HealthChecks(nop_timeout=1.5, misses=2)  # the rest: defaults
-    assert config.vms[0].sessions_per_disk == 2
+    assert config.vms[0].sessions_per_disk == 2 and config.vms[0].load_balance
+    assert spec.dsip_portal == "127.0.0.9:3260"
     # Flags override knob by knob, over the file's [health].
     flagged = cluster_config(
         ConfigDocument.load(path), {"health": {"misses": 4}, "failback": FailbackMode.KILL}, None
@@ -164,6 +173,7 @@ def test_the_config_file_carries_the_settings_and_save_writes_them(tmp_path: Pat
     assert saved.vms == config.vms and saved.spec() == spec
     text = saved.to_toml()
     assert 'failback = "logout"' in text and "sessions_per_disk = 2" in text, text
+    assert "load_balance = true" in text and 'dsip = "127.0.0.9:3260"' in text, text
     again = tmp_path / "again.toml"
     again.write_text(text)
     assert cluster_config(ConfigDocument.load(again), {}, None) == saved
@@ -173,16 +183,19 @@ def test_the_config_file_carries_the_settings_and_save_writes_them(tmp_path: Pat
     ("replace_line", "line", "message"),
     [
         ('failback = "logout"', 2, "failback mode must be one of kill, logout"),
-        ("misses = 2", 6, "misses must be in 1..100, not 0"),
-        ("nop_timeout = 1.5", 5, r"nop_timeout must be in (0, 3600] seconds"),
-        ("sessions_per_disk = 2", 12, "must be 1..8, not 9"),
+        ("misses = 2", 7, "misses must be in 1..100, not 0"),
+        ("nop_timeout = 1.5", 6, r"nop_timeout must be in (0, 3600] seconds"),
+        ("sessions_per_disk = 2", 13, "must be 1..8, not 9"),
+        ('dsip = "127.0.0.9"', 3, "DSIP"),
+        ("load_balance = true", 14, "must be true or false"),
     ],
 )
 def test_bad_settings_in_the_file_name_the_key_and_line(
     tmp_path: Path, replace_line: str, line: int, message: str
 ) -> None:
     key = replace_line.split(" = ")[0]
-    bad = {"failback": '"drain"', "misses": "0", "nop_timeout": "-1", "sessions_per_disk": "9"}
+    bad = {"failback": '"drain"', "misses": "0", "nop_timeout": "-1", "sessions_per_disk": "9",
+           "dsip": '"host.example"', "load_balance": '"yes"'}  # fmt: skip
     path = tmp_path / "cluster.toml"
     path.write_text(CONFIG.replace(replace_line, f"{key} = {bad[key]}"))
     with pytest.raises(ConfigError) as caught:

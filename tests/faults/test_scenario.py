@@ -28,6 +28,8 @@ def test_scenario_file_validates() -> None:
     with pytest.raises(ScenarioError, match="unknown fault field"):
         Scenario.from_dict({"vm": [{"name": "v", "home": 1}],
                             "step": [{"at": 1, "fault": {"kind": "busy", "nope": 1}}]})  # fmt: skip
+    with pytest.raises(ScenarioError, match=r"sessions_per_disk must be 1\.\.8, not 9"):
+        Scenario.from_dict({"vm": [{"name": "v", "home": 1, "sessions_per_disk": 9}]})
 
 
 def test_failover_then_faults_during_failback(tmp_path: Path) -> None:
@@ -82,3 +84,51 @@ def test_failover_then_faults_during_failback(tmp_path: Path) -> None:
     assert again["vdisks"]["vm1-0"]["failbacks"] == document["vdisks"]["vm1-0"]["failbacks"]
     assert (tmp_path / "again.png").stat().st_size > 10_000
     assert all(report["mismatch_count"] == 0 for report in document["verify"].values())
+
+
+def test_two_sessions_per_disk_fail_over_and_back_together(tmp_path: Path) -> None:
+    """AHV Turbo in a scenario: each disk's two sessions verify their own halves through a
+    kill of the home CVM and its return; nothing is lost and both sessions keep going."""
+    directory = tmp_path / "cluster"
+    make_spec(directory, 2, stable_window=3.0)
+    scenario = tmp_path / "turbo.toml"
+    scenario.write_text(TURBO_SCENARIO)
+    completed = subprocess.run(
+        [sys.executable, "-m", "stargate", "scenario", "run", str(scenario), "--dir",
+         str(directory)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    document = json.loads((directory / "forensics" / "timeline.json").read_text())
+    for vdisk, report in document["verify"].items():
+        assert report["sessions"] == 2, (vdisk, report)
+        assert report["mismatch_count"] == 0 and report["writes"] > 0, (vdisk, report)
+    for vdisk, timeline in document["vdisks"].items():
+        assert [segment["node"] for segment in timeline["serving"]][:3] == [1, 2, 1], vdisk
+
+
+TURBO_SCENARIO = """
+name = "two sessions per disk through a failover and back"
+duration = 16
+
+[cluster]
+nodes = 2
+stable_window = 3
+
+[[vm]]
+name = "turbo"
+home = 1
+disks = 2
+size = "16M"
+sessions_per_disk = 2
+
+[[step]]
+at = 3
+cvm = "kill"
+node = 1
+
+[[step]]
+at = 6
+cvm = "start"
+node = 1
+"""

@@ -170,3 +170,19 @@ PlacementMachine.TestCase.settings = settings(
     max_examples=200, stateful_step_count=40, deadline=None
 )
 TestPlacementMachine = PlacementMachine.TestCase
+
+
+def test_a_load_balanced_vdisk_has_its_own_home_and_fails_back_to_it() -> None:
+    policy = PlacementPolicy(nodes=["1", "2", "3"], local="1", stable_window=10.0)
+    for node in ("1", "2", "3"):
+        policy.mark_up(node, 0.0)
+    assert policy.choose("lb-1", 1.0, home="2") == "2"  # although the local CVM is healthy
+    policy.mark_down("2", 2.0)
+    away = policy.choose("lb-1", 3.0, home="2")
+    assert away in ("1", "3")
+    policy.mark_up("2", 4.0)
+    assert policy.choose("lb-1", 5.0, home="2") == away  # home back, inside its window
+    assert policy.failback_due(13.9) == {}
+    assert policy.failback_due(14.0) == {"lb-1": away}
+    assert policy.choose("lb-1", 14.0, home="2") == "2"
+    assert policy.failback_due(15.0) == {}

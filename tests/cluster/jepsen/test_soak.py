@@ -112,7 +112,12 @@ def test_a_block_rolled_back_behind_the_clients_back_is_caught(supervisor: Super
 
 
 def test_soak_command_rejects_bad_arguments() -> None:
-    for argv in (["--nodes", "1"], ["--initiators", "0", "--qemu", "0"], ["--minutes", "0"]):
+    for argv in (
+        ["--nodes", "1"],
+        ["--initiators", "0", "--qemu", "0"],
+        ["--minutes", "0"],
+        ["--sessions-per-disk", "9"],
+    ):
         completed = subprocess.run(
             [sys.executable, "-m", "stargate", "soak", *argv],
             capture_output=True,
@@ -130,12 +135,15 @@ def test_soak_command_rejects_bad_arguments() -> None:
 def test_seeded_schedules_find_no_anomaly(
     supervisor: Supervisor, require_tool: Callable[..., str], tmp_path: Path
 ) -> None:
-    """Three schedules of kills, stops, restarts and blackholes under the initiator and
-    qemu-io: 0 anomalies. JEPSEN_SEED=S replays the run that printed seed S."""
+    """Three schedules of kills, stops, restarts and blackholes under the initiator (two
+    sessions per vDisk, as AHV Turbo opens) and qemu-io: 0 anomalies. JEPSEN_SEED=S replays
+    the run that printed seed S."""
     require_tool("qemu-io")
     seed = int(os.environ.get("JEPSEN_SEED", random.randrange(1 << 31)))
     print(f"soak seed {seed}: JEPSEN_SEED={seed} replays it")
-    options = SoakOptions(seed=seed, schedules=3, schedule_seconds=20.0, blocks=64)
+    options = SoakOptions(
+        seed=seed, schedules=3, schedule_seconds=20.0, blocks=64, sessions_per_disk=2
+    )
     report = SoakReport(seed, f"JEPSEN_SEED={seed}")
     lines: list[str] = []
     trio.run(run_soak, supervisor, options, report, tmp_path, lines.append)
