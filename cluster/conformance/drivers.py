@@ -70,7 +70,10 @@ class Driver(Protocol):
 class RoutedDriver(Protocol):
     """A driver whose initiator reaches the kit through relays of its own (a VM's network):
     each test's listeners are routed to it, and the kit names the initiator's side of
-    them in its redirects. It holds resources (a booted VM) until closed."""
+    them in its redirects. It holds resources (a booted VM) from `start`, before the first
+    test, until `close`, after the last."""
+
+    async def start(self) -> None: ...
 
     def route(self, portals: Mapping[str, Portal]) -> dict[str, Portal]: ...
 

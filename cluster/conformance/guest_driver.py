@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from cluster.conformance.drivers import DriverJob, DriverRun
+from cluster.conformance.drivers import OUTPUT_TAIL, DriverJob, DriverRun
 from cluster.guest.build import GuestBuildError
 from cluster.guest.harness import Guest, GuestError, GuestImage
 from iscsicore.portal import Portal
@@ -53,6 +53,7 @@ class OpenIscsiDriver:
     _image: GuestImage | None = None
     _guest: Guest | None = None
     boots: int = 0
+    _boot_error: str = ""
     _routes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def unavailable(self) -> str | None:
@@ -112,15 +113,26 @@ class OpenIscsiDriver:
         self.boots += 1
         return guest
 
+    async def start(self) -> None:
+        """Boot the guest before the tests, so that no test's budget pays for it."""
+        if self._guest is not None:
+            return
+        try:
+            self._guest = await trio.to_thread.run_sync(self._boot)
+        except GuestError as error:
+            self._boot_error = f"the guest did not boot: {error}"[-OUTPUT_TAIL:]
+            return
+        self._apply_routes()
+
+    async def _restart(self) -> None:
+        await self.close()
+        await self.start()
+
     async def run(self, job: DriverJob, deadline: float) -> DriverRun:
         started = time.monotonic()
-        if self._guest is None:
-            try:
-                self._guest = await trio.to_thread.run_sync(self._boot)
-            except GuestError as error:
-                return DriverRun(None, f"the guest did not boot: {error}"[-2000:], 0.0)
-            self._apply_routes()
         guest = self._guest
+        if guest is None:
+            return DriverRun(None, self._boot_error or "the guest is not running", 0.0)
         seconds = max(1, math.ceil(deadline - trio.current_time()))
         words = [f"target={job.target}", f"portal={ENTRY}", f"seconds={seconds}"]
         if job.chap is not None:
@@ -137,12 +149,11 @@ class OpenIscsiDriver:
                 lambda: guest.wait_for("job", timeout=seconds + JOB_SLACK)
             )
         except GuestError as error:
-            # The guest is stuck or gone: the next job boots a fresh one.
-            await self.close()
-            return DriverRun(None, str(error)[-2000:], time.monotonic() - started)
+            await self._restart()  # stuck or gone: the next test gets a fresh guest
+            return DriverRun(None, str(error)[-OUTPUT_TAIL:], time.monotonic() - started)
         steps = guest.steps[first_step:]
         if any(step.name == "cleanup" for step in steps):
-            await self.close()  # a session outlived the job: the next test gets a fresh guest
+            await self._restart()  # a session outlived the job: the next test gets a fresh guest
         output = "\n".join(str(step) for step in steps)
         passed = bool(steps) and all(step.passed for step in steps)
         return DriverRun(0 if passed else 1, output, time.monotonic() - started)

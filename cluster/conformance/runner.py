@@ -89,6 +89,8 @@ async def run_tests(
     tests: tuple[ConformanceTest, ...], driver: Driver, options: RunOptions
 ) -> list[ConformanceResult]:
     try:
+        if isinstance(driver, RoutedDriver):
+            await driver.start()
         return [await run_test(test, driver, options) for test in tests]
     finally:
         if isinstance(driver, RoutedDriver):
