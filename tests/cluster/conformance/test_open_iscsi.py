@@ -35,7 +35,7 @@ OPEN_ISCSI_EXPECTED = {
     "full-feature.window-closed": Verdict.FAIL,
     # Follows two portals that redirect to each other without end (dozens of times in 3 s).
     "redirect.loop-bounded": Verdict.FAIL,
-    # Refuses a 1-byte CHAP_C (informative: RFC 7143 leaves the length to the initiator).
+    # A 1-byte CHAP_C: informative whatever it does (RFC 7143 leaves the length open).
     "chap.short-challenge": Verdict.INFORMATIVE,
 }
 
