@@ -25,6 +25,7 @@ from cluster.provision import create_vm, provision_vms
 from cluster.settings_cli import (
     add_failback,
     add_health_knobs,
+    add_set_options,
     cluster_set,
     health_knobs_given,
     settings_document,
@@ -178,7 +179,7 @@ def _register_cluster(subparsers: Any) -> None:
     status.set_defaults(handler=cluster_status)
     settings = actions.add_parser("set", help="change a setting of a (running) cluster")
     _add_dir(settings)
-    add_failback(settings, "the failback mode, used from the next failback on")
+    add_set_options(settings)
     settings.set_defaults(handler=cluster_set)
 
 

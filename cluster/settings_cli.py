@@ -1,6 +1,10 @@
 """`stargate cluster` options for the cluster's behaviour settings (topology/settings.py):
-the failback mode and the redirectors' health-check knobs, given to `cluster up`, changed
-live with `cluster set`, shown by `cluster status` and `up --detach`."""
+the failback mode, the stable window and the redirectors' health-check knobs, given to
+`cluster up`, changed live with `cluster set`, shown by `cluster status` and `up --detach`.
+
+`cluster set` records the new values in cluster.json (what a restarted redirector reads)
+and gives them to every running redirector through its page (`POST /h/gflags`, the same
+path an operator's script uses), so they take effect at once."""
 
 from __future__ import annotations
 
@@ -9,12 +13,20 @@ import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import trio
+
+from control.control_token import ControlTokenError, cluster_token
+from control.http import HttpError, http_json
+from redirector.config import redirector_page_url
+from redirector.flags import MAX_STABLE_WINDOW
 from stargate.cli import CliError
 from topology.settings import (
     DEFAULT_HEALTH,
     HEALTH_KNOBS,
     FailbackMode,
+    HealthChecks,
     SettingsError,
 )
 from topology.spec import ClusterSpec, ClusterSpecError
@@ -91,16 +103,90 @@ def settings_document(spec: ClusterSpec) -> dict[str, Any]:
     return {"failback": spec.failback.value, "health": spec.health.to_json()}
 
 
+PUSH_TIMEOUT = 3.0
+
+
+def _stable_window(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= seconds <= MAX_STABLE_WINDOW:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_STABLE_WINDOW:g}] s: {text!r}")
+    return seconds
+
+
+def add_set_options(parser: argparse.ArgumentParser) -> None:
+    add_failback(parser, "the failback mode, used from the next failback on")
+    parser.add_argument(
+        "--stable-window",
+        type=_stable_window,
+        metavar="SECONDS",
+        help="how long a CVM must be healthy before its vDisks fail back",
+    )
+    add_health_knobs(parser)
+
+
 def cluster_set(args: argparse.Namespace) -> int:
-    """Rewrite cluster.json: the redirectors read the failback mode at each failback."""
+    """Rewrite cluster.json, then set the same flags on every running redirector."""
     directory: Path = args.dir.resolve()
-    if args.failback is None:
-        raise CliError("nothing to set: give --failback kill|logout")
+    knobs = health_knobs_given(args)
+    if args.failback is None and args.stable_window is None and not knobs:
+        raise CliError(
+            "nothing to set: give --failback, --stable-window, --nop-interval, "
+            "--nop-timeout, --misses or --connect-timeout"
+        )
     try:
         spec = ClusterSpec.load(directory)
-    except ClusterSpecError as error:
+        health = HealthChecks.from_json({**spec.health.to_json(), **knobs})
+    except (ClusterSpecError, SettingsError) as error:
         raise CliError(str(error)) from None
-    spec = dataclasses.replace(spec, failback=args.failback)
+    flags: dict[str, str] = {name: repr(value) for name, value in knobs.items()}
+    changes: dict[str, Any] = {"health": health}
+    if args.failback is not None:
+        changes["failback"] = args.failback
+        flags["failback"] = args.failback.value
+    if args.stable_window is not None:
+        changes["stable_window"] = args.stable_window
+        flags["stable_window"] = repr(args.stable_window)
+    spec = dataclasses.replace(spec, **changes)
     spec.save(directory)
-    print(json.dumps(settings_document(spec), indent=2, sort_keys=True))
+    live = trio.run(push_to_redirectors, spec, directory, flags)
+    print(
+        json.dumps(
+            {**settings_document(spec), "stable_window": spec.stable_window, "redirectors": live},
+            indent=2,
+            sort_keys=True,
+        )
+    )
     return 0
+
+
+async def push_to_redirectors(
+    spec: ClusterSpec, directory: Path, flags: dict[str, str]
+) -> dict[str, str]:
+    """POST /h/gflags to each node's redirector; per node "set", or why not (a redirector
+    that is not running reads cluster.json when it starts)."""
+    try:
+        token = cluster_token(directory)
+    except ControlTokenError as error:
+        return {str(node.node_id): f"not set live: {error}" for node in spec.nodes}
+    query = urlencode(flags)
+    outcome: dict[str, str] = {}
+
+    async def push(node_id: int, url: str) -> None:
+        try:
+            status, answer = await http_json("POST", url, timeout=PUSH_TIMEOUT, token=token)
+        except HttpError as error:
+            outcome[str(node_id)] = f"not running? {error}"
+            return
+        if status == 200:
+            outcome[str(node_id)] = "set"
+        else:
+            error_text = answer.get("error") if isinstance(answer, dict) else answer
+            outcome[str(node_id)] = f"refused (HTTP {status}): {error_text}"
+
+    async with trio.open_nursery() as nursery:
+        for node in spec.nodes:
+            nursery.start_soon(push, node.node_id, f"{redirector_page_url(node)}/h/gflags?{query}")
+    return dict(sorted(outcome.items()))

@@ -3,6 +3,8 @@
 GET  /stats.json                    this CVM, its queue, per-vDisk counters (JSON)
 GET  /metrics                       the same counters as Prometheus text
 GET  /vdisks                        every vDisk of the cluster: owner record, served here?
+GET  /h/gflags, /h/vars, /h/traces  the support pages (stargate.support_page); flags are
+                                    set with POST /h/gflags?flag=value
 POST /control/vdisks/<id>/release   stop serving it: drain, drop connections, close
 POST /control/vdisks/<id>/logout    AsyncEvent 1 to its sessions (?seconds=N, 0..65535,
                                     default 5), dropped after that time (the redirector's
@@ -26,7 +28,9 @@ from cluster.metrics import CONTENT_TYPE, prometheus_text
 from control.control_token import check_control, cluster_token, cluster_token_file
 from control.fault_summary import stats_section
 from control.faults_api import handle_fault_request
+from control.flags import Flag
 from control.http import HttpRequest, HttpResponse
+from stargate.support_page import SupportPages
 from topology.ownership import read_record
 from topology.spec import list_vdisks
 
@@ -44,6 +48,9 @@ class StatsPage:
         self.cvm = cvm
         self.token_file = cluster_token_file(cvm.paths.root)
         self.token = cluster_token(cvm.paths.root)
+        self.support = SupportPages(
+            cvm.server, lambda: cvm.vdisk_stats, f"stargate {cvm.node_id}", cvm_flags(cvm)
+        )
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         denied = check_control(request, self.token, where=str(self.token_file))
@@ -53,6 +60,9 @@ class StatsPage:
         faulted = await handle_fault_request(self.cvm.server.faults, request, self.cvm.forensics)
         if faulted is not None:
             return faulted
+        supported = self.support.handle(request)
+        if supported is not None:
+            return supported
         if request.method == "GET":
             if request.path in ("/stats.json", "/"):
                 return HttpResponse.json(self.stats_document())
@@ -153,6 +163,38 @@ class StatsPage:
                 }
             )
         return document
+
+
+def cvm_flags(cvm: ClusterStargate) -> list[Flag]:
+    """The ownership protocol's timers: fixed, since every CVM must agree on them (the
+    release timeout bounds how long a take-over waits for the previous owner)."""
+    agreed = "the cluster's CVMs must agree on it (cluster.json, at start)"
+    return [
+        Flag(
+            "release_timeout",
+            "seconds a previous owner gets to release a vDisk before a take-over",
+            lambda: cvm.release_timeout,
+            fixed_because=agreed,
+        ),
+        Flag(
+            "drain_timeout",
+            "seconds a releasing owner lets in-flight commands finish",
+            lambda: cvm.drain_timeout,
+            fixed_because="set at start",
+        ),
+        Flag(
+            "park_limit",
+            "seconds a command of a vDisk being acquired may wait before it is answered BUSY",
+            lambda: cvm.gate.park_limit,
+            fixed_because="follows the release timeout",
+        ),
+        Flag(
+            "acquire_time_limit",
+            "seconds an acquisition tries before it gives up",
+            lambda: cvm.acquire_time_limit,
+            fixed_because=agreed,
+        ),
+    ]
 
 
 def _int_or_none(text: str) -> int | None:

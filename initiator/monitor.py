@@ -53,11 +53,11 @@ class PortalMonitor:
     checks: int = 0
 
     async def run(self) -> None:
-        """Forever: log in, ping until something fails, report, wait, try again."""
-        options = self._options()
+        """Forever: log in, ping until something fails, report, wait, try again. The
+        timers are read at each use, so a caller may change them while it runs."""
         while True:
             try:
-                established = await establish(self.portal, None, options)
+                established = await establish(self.portal, None, self._options())
             except InitiatorError as error:
                 self._verdict(False, f"login failed: {error}")
                 await trio.sleep(self.interval)

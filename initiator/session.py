@@ -96,6 +96,11 @@ class SessionConfig:
     max_command_retries: int = 16  # re-issues of one command after connection losses
     reconnect_backoff_first: float = 0.05
     reconnect_backoff_max: float = 1.0
+    # A session lost sooner than this after its login counts as a quick loss: the next
+    # reconnect waits, from reconnect_backoff_quick doubling to reconnect_backoff_max, so a
+    # target that drops every session gets no reconnect storm (libiscsi #428).
+    quick_loss: float = 2.0
+    reconnect_backoff_quick: float = 0.25
     logout_timeout: float = 3.0
 
 
@@ -185,6 +190,8 @@ class Session:
         self._conn_nursery: trio.Nursery | None = None
         self._reconnect_delay = 0.0
         self._lost_at: float | None = None
+        self._installed_at = 0.0
+        self._quick_backoff = 0.0  # the wait before the next reconnect after a quick loss
         self._last_loss: InitiatorError | None = None
         self.params: SessionParams = established.params
         self._install(established)
@@ -243,6 +250,7 @@ class Session:
         self._state = _State.UP
         self._failure = None
         self._lost_at = None
+        self._installed_at = trio.current_time()
         self.stats.portal = str(established.connection.portal)
         self._wake()
 
@@ -303,7 +311,14 @@ class Session:
         config = self.config
         lost_at = self._lost_at if self._lost_at is not None else trio.current_time()
         deadline = lost_at + config.replacement_timeout
-        delay = self._reconnect_delay
+        if lost_at - self._installed_at < config.quick_loss:
+            self._quick_backoff = min(
+                max(self._quick_backoff * 2, config.reconnect_backoff_quick),
+                config.reconnect_backoff_max,
+            )
+        else:
+            self._quick_backoff = 0.0
+        delay = max(self._reconnect_delay, self._quick_backoff)
         self._reconnect_delay = 0.0
         backoff = config.reconnect_backoff_first
         last_error: Exception | None = None
@@ -311,7 +326,8 @@ class Session:
             if self._failure is None and trio.current_time() >= deadline:
                 self._failure = TargetUnreachable(
                     f"{self.target} unreachable through {self.original_portal} for "
-                    f"{config.replacement_timeout:g} s: {last_error or 'no login answered'}"
+                    f"{config.replacement_timeout:g} s: "
+                    f"{last_error or self._last_loss or 'no login answered'}"
                 )
                 log.warning("%s", self._failure)
                 self._wake()
@@ -833,7 +849,8 @@ class Session:
 
     async def _requested_logout(self, conn: Connection, within: int) -> None:
         """Let commands in flight finish, log out, then reconnect (failback path)."""
-        deadline = trio.current_time() + max(1.0, min(float(within or 2), 10.0) - 0.5)
+        # Half the time given: the logout must still arrive in time on a loaded machine.
+        deadline = trio.current_time() + max(0.5, min(float(within or 2), 10.0) / 2)
         while self._tasks and trio.current_time() < deadline and self._conn is conn:
             await trio.sleep(0.005)
         if self._conn is not conn or self._state is not _State.DRAINING:

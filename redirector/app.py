@@ -77,7 +77,7 @@ class Redirector:
         node = self.config.node
         try:
             await nursery.start(
-                serve_http, RedirectorPage(self.server).handle, node.redirector_address,
+                serve_http, RedirectorPage(self).handle, node.redirector_address,
                 node.http_port,
             )  # fmt: skip
         except* OSError as group:

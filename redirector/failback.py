@@ -69,6 +69,9 @@ class Failback:
     _attempts: dict[str, _Attempts] = field(default_factory=dict)
     _strays: dict[str, str] = field(default_factory=dict)  # vDisk -> remote node key
     _looked_for_strays: bool = False
+    # Set live on the redirector's page (/h/gflags); None: cluster.json's, read each time.
+    mode_override: FailbackMode | None = None
+    logout_seconds: int | None = None  # None: the timers'
 
     async def run(self) -> None:
         while True:
@@ -96,17 +99,28 @@ class Failback:
                     nursery.start_soon(self._request_failback, vdisk, node_key, attempts)
 
     def mode(self) -> FailbackMode:
-        """cluster.json's failback mode as it is now (the spec loaded at start if unreadable)."""
+        """The mode set live, else cluster.json's as it is now (the spec loaded at start if
+        unreadable)."""
+        if self.mode_override is not None:
+            return self.mode_override
         try:
             return ClusterSpec.load(self.config.directory).failback
         except ClusterSpecError:
             return self.config.spec.failback
 
+    @property
+    def failback_logout_seconds(self) -> int:
+        if self.logout_seconds is not None:
+            return self.logout_seconds
+        return self.config.timers.failback_logout_seconds
+
     async def _request_failback(self, vdisk: str, node_key: str, attempts: _Attempts) -> None:
         node = self.config.node_of(node_key)
         mode = self.mode()
         try:
-            answer = await end_sessions(self.config, node, vdisk, mode)
+            answer = await end_sessions(
+                self.config, node, vdisk, mode, logout_seconds=self.failback_logout_seconds
+            )
         except HttpError as error:
             attempts.count += 1
             if attempts.count >= MAX_ATTEMPTS:
@@ -168,13 +182,22 @@ class Failback:
 
 
 async def end_sessions(
-    config: RedirectorConfig, node: NodeSpec, vdisk: str, mode: FailbackMode
+    config: RedirectorConfig,
+    node: NodeSpec,
+    vdisk: str,
+    mode: FailbackMode,
+    *,
+    logout_seconds: int | None = None,
 ) -> dict[str, Any]:
-    """Ask ``node``'s stargate to end ``vdisk``'s sessions as ``mode`` says; its answer
-    (sessions asked, connections closed). Raises HttpError when it did not."""
+    """Ask ``node``'s stargate to end ``vdisk``'s sessions as ``mode`` says (in mode
+    logout within ``logout_seconds``, by default the timers'); its answer (sessions asked,
+    connections closed). Raises HttpError when it did not."""
     url = f"{node.http_url}/control/vdisks/{quote(vdisk, safe='')}/{mode.value}"
     if mode is FailbackMode.LOGOUT:
-        url += f"?seconds={config.timers.failback_logout_seconds}"
+        seconds = (
+            config.timers.failback_logout_seconds if logout_seconds is None else logout_seconds
+        )
+        url += f"?seconds={seconds}"
     try:
         token = cluster_token(config.directory)  # the CVM pages' credential
     except ControlTokenError as error:

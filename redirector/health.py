@@ -25,6 +25,7 @@ from iscsicore.portal import Portal
 from redirector.config import RedirectorConfig
 from redirector.log import log_portal_down, log_portal_up
 from redirector.policy import PlacementPolicy
+from topology.settings import HealthChecks
 
 QUICK_CHECK_TIMEOUT = 0.25
 HEALTH_INITIATOR_NAME = "iqn.2010-06.com.nutanix:redirector-health"
@@ -58,6 +59,9 @@ class HealthChecker:
         self.logger = logger
         self.clock = clock
         self.started_at: float | None = None
+        # The knobs in effect: cluster.json's at start, then whatever `apply` was given.
+        self.knobs: HealthChecks = config.health
+        self.monitors: dict[str, PortalMonitor] = {}
         self.nodes: dict[str, NodeHealthState] = {}
         for node in config.spec.nodes:
             key = config.node_key(node.node_id)
@@ -70,21 +74,32 @@ class HealthChecker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.started_at = self.clock()
-        health = self.config.health
         async with trio.open_nursery() as nursery:
             for state in self.nodes.values():
                 monitor = PortalMonitor(
                     state.portal,
-                    interval=health.nop_interval,
-                    timeout=health.nop_timeout,
-                    misses=health.misses,
-                    connect_timeout=health.connect_timeout,
                     on_change=self._callback(state),
                     login=LoginOptions(initiator_name=HEALTH_INITIATOR_NAME),
                 )
+                self.monitors[state.key] = monitor
+                self._set_timers(monitor)
                 nursery.start_soon(monitor.run)
             nursery.start_soon(self._startup_deadline)
             task_status.started()
+
+    def apply(self, knobs: HealthChecks) -> None:
+        """New health-check knobs, live: each monitor reads its timers at every ping, so
+        the next interval, timeout and miss count are the new ones."""
+        self.knobs = knobs
+        for monitor in self.monitors.values():
+            self._set_timers(monitor)
+
+    def _set_timers(self, monitor: PortalMonitor) -> None:
+        knobs = self.knobs
+        monitor.interval = knobs.nop_interval
+        monitor.timeout = knobs.nop_timeout
+        monitor.misses = knobs.misses
+        monitor.connect_timeout = knobs.connect_timeout
 
     def _callback(self, state: NodeHealthState) -> Callable[[bool, str], None]:
         def on_change(healthy: bool, reason: str) -> None:

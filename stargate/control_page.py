@@ -1,5 +1,6 @@
-"""The HTTP page of a plain `stargate target --http HOST:PORT`: statistics and the fault
-control endpoints (the cluster's CVMs serve the same endpoints on their own page).
+"""The HTTP page of a plain `stargate target --http HOST:PORT`: statistics, the fault
+control endpoints and the support pages /h/gflags, /h/vars, /h/traces (the cluster's CVMs
+serve the same endpoints on their own page).
 Mutating requests need the control token of ``--control-token-file``."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from control.faults_api import handle_fault_request
 from control.http import HttpRequest, HttpResponse
 from faults.forensics import Forensics
 from stargate.server import StargateServer
+from stargate.stats import VDiskStats
+from stargate.support_page import SupportPages
 
 
 class TargetPage:
@@ -25,6 +28,10 @@ class TargetPage:
         self.token = token
         self.token_file = token_file
         self.forensics = forensics
+        self.support = SupportPages(server, self.vdisk_stats, f"stargate {server.config.host}")
+
+    def vdisk_stats(self) -> dict[str, VDiskStats]:
+        return {target.vdisk_id: target.stats for target in self.server.registry}
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         denied = check_control(request, self.token, where=str(self.token_file))
@@ -33,6 +40,9 @@ class TargetPage:
         answer = await handle_fault_request(self.server.faults, request, self.forensics)
         if answer is not None:
             return answer
+        supported = self.support.handle(request)
+        if supported is not None:
+            return supported
         if request.method == "GET" and request.path in ("/", "/stats.json"):
             return HttpResponse.json(
                 {"vdisks": self.server.stats(), "queue": self.server.queue_stats()}

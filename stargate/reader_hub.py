@@ -75,6 +75,14 @@ class ReaderHub:
         self.spin_hits = 0
 
     @property
+    def spin_seconds(self) -> float:
+        return self._spin_seconds
+
+    @spin_seconds.setter
+    def spin_seconds(self, seconds: float) -> None:
+        self._spin_seconds = seconds  # read at each pass: a live change
+
+    @property
     def parked(self) -> int:
         return len(self._parked)
 

@@ -7,8 +7,11 @@ cluster's HTTP stats page reads `VDiskStats.snapshot()` (plain JSON-able dicts).
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+
+from stargate.traces import TraceEntry, new_ring
 
 # Latency buckets: upper bounds in microseconds, powers of two from 16 µs to ~8.4 s. The last
 # bucket counts everything slower.
@@ -87,6 +90,8 @@ class VDiskStats:
     login_failures: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     started_at: float = field(default_factory=time.time)
+    # The last operations with their phases (stargate.traces); None: tracing off.
+    traces: deque[TraceEntry] | None = field(default_factory=new_ring)
 
     def command_started(self) -> None:
         self.queue_depth += 1

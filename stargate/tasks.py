@@ -95,12 +95,14 @@ class ScsiTask:
         "data_since",
         "early_data",
         "edtl",
+        "executed_ns",
         "has_slot",
         "itt",
         "kind",
         "needed",
         "next_r2t_offset",
         "phase",
+        "queued_ns",
         "r2t_sn",
         "r2ts",
         "received",
@@ -138,6 +140,8 @@ class ScsiTask:
         # (overflow, count) fixed at arrival for writes; None: computed from Data-In.
         self.residual: tuple[bool, int] | None = None
         self.started_ns = time.perf_counter_ns()
+        self.queued_ns = 0  # phases for the traces (stargate.traces); 0: not reached
+        self.executed_ns = 0
 
     # QueuedCommand protocol
     @property

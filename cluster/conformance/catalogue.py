@@ -11,17 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from cluster.conformance import async_checks as async_
 from cluster.conformance import chap_checks as chap
 from cluster.conformance import full_feature_checks as full_feature
 from cluster.conformance import login_checks as login
 from cluster.conformance import redirect_checks as redirect
+from cluster.conformance.async_target import AsyncScript
 from cluster.conformance.evidence import Evidence
+from cluster.conformance.failover import CvmFailure
 from cluster.conformance.target import PING_TTT, LoginScript, PortalSpec
 from cluster.conformance.verdict import Outcome
 from iscsicore.chap import ChapSecrets
-from iscsicore.pdu import LoginStatus
+from iscsicore.pdu import AsyncEvent, LoginStatus
 
-SUITES = ("login", "full-feature", "redirect", "chap")
+SUITES = ("login", "full-feature", "redirect", "chap", "async", "failover")
 HELD_ROUNDS = 3
 CLOSED_WINDOW_SECONDS = 0.5
 SMALL_SEGMENT = 4096
@@ -30,6 +33,10 @@ SHORT_CHALLENGE = b"\x07"
 CHAP_USER = "conformance-initiator"
 CHAP_SECRET = ChapSecrets(CHAP_USER, "kit-secret-0123456789")
 MUTUAL_SECRET = ChapSecrets("conformance-target", "kit-target-secret-987654")
+LOGOUT_WITHIN = 3  # Parameter3 of the logout request, seconds
+TIME2WAIT = 2  # Parameter2 of the drops, seconds
+TIME2RETAIN = 10  # Parameter3 of the drops, seconds
+NEGOTIATION_WITHIN = 2.0  # "as early as possible", seconds, on loopback
 
 
 class Chap(Enum):
@@ -56,9 +63,11 @@ class ConformanceTest:
     rfc: str  # RFC 7143 sections
     checks: str
     portals: tuple[PortalSpec, ...]
-    judge: Judge
+    judge: Judge | None  # None for the failover tests, judged on the cluster's records
     secrets: Chap = Chap.NONE
     watch_window: bool = False  # observe the whole window even if the driver ends first
+    windows: int = 1  # how many windows it watches: more for slow behaviours
+    failover: CvmFailure | None = None  # played on a local cluster (failover.py)
 
 
 def _entry(script: LoginScript | None = None) -> tuple[PortalSpec, ...]:
@@ -68,6 +77,10 @@ def _entry(script: LoginScript | None = None) -> tuple[PortalSpec, ...]:
 def _redirect(target: PortalSpec, *, permanent: bool = False) -> tuple[PortalSpec, ...]:
     entry = PortalSpec("entry", LoginScript(redirect_to="target", permanent=permanent))
     return (entry, target)
+
+
+def _drop(event: AsyncEvent) -> tuple[PortalSpec, ...]:
+    return _entry(LoginScript(async_event=AsyncScript(event, TIME2WAIT, TIME2RETAIN)))
 
 
 _CHAP = LoginScript(chap=CHAP_SECRET)
@@ -293,6 +306,88 @@ TESTS: tuple[ConformanceTest, ...] = (
         _entry(LoginScript(chap=CHAP_SECRET, challenge=SHORT_CHALLENGE)),
         lambda evidence, ctx: chap.short_challenge(evidence, len(SHORT_CHALLENGE)),
         secrets=Chap.ONE_WAY,
+    ),
+    ConformanceTest(
+        "async.logout-request",
+        "async",
+        "11.9.1",
+        f"the first command is answered by AsyncEvent 1 (Parameter3 = {LOGOUT_WITHIN} s): "
+        "a Logout Request (close session or connection) within that time",
+        _entry(
+            LoginScript(
+                async_event=AsyncScript(
+                    AsyncEvent.LOGOUT_REQUEST,
+                    parameter3=LOGOUT_WITHIN,
+                    answer_within=LOGOUT_WITHIN,
+                )
+            )
+        ),
+        lambda evidence, ctx: async_.logout_requested(evidence),
+    ),
+    ConformanceTest(
+        "async.drop-connection",
+        "async",
+        "11.9.1, 6.1.1",
+        f"AsyncEvent 2 at the first command (Time2Wait {TIME2WAIT} s, Time2Retain "
+        f"{TIME2RETAIN} s), then the connection closes: no reconnect before Time2Wait",
+        _drop(AsyncEvent.DROP_CONNECTION),
+        lambda evidence, ctx: async_.time2wait_honoured(evidence),
+    ),
+    ConformanceTest(
+        "async.drop-session",
+        "async",
+        "11.9.1, 6.1.1",
+        f"AsyncEvent 3 (drop all connections; Time2Wait {TIME2WAIT} s, Time2Retain "
+        f"{TIME2RETAIN} s): no reconnect before Time2Wait",
+        _drop(AsyncEvent.DROP_ALL_CONNECTIONS),
+        lambda evidence, ctx: async_.time2wait_honoured(evidence),
+    ),
+    ConformanceTest(
+        "async.reconnect-backoff",
+        "async",
+        "6.1.1",
+        "every session is dropped at its first command, without an event: reconnects back "
+        "off, no storm in the window (libiscsi #428)",
+        _entry(LoginScript(drop_every_session=True)),
+        lambda evidence, ctx: async_.reconnect_backoff(evidence, ctx.window),
+        watch_window=True,
+        # Each cycle is a whole login: a storm must have time to show on a loaded machine.
+        windows=2,
+    ),
+    ConformanceTest(
+        "async.negotiation-request",
+        "async",
+        "11.9.1",
+        f"AsyncEvent 4 at the first command: a Text Request or a Logout within "
+        f"{NEGOTIATION_WITHIN:g} s (n/a if neither: the initiator does not support it)",
+        _entry(
+            LoginScript(
+                async_event=AsyncScript(
+                    AsyncEvent.NEGOTIATION_REQUEST, answer_within=NEGOTIATION_WITHIN
+                )
+            )
+        ),
+        lambda evidence, ctx: async_.negotiation_requested(evidence, NEGOTIATION_WITHIN),
+    ),
+    ConformanceTest(
+        "failover.kill",
+        "failover",
+        "6.1.1, 11.13.5",
+        "through node 1's redirector, writing and reading back; node 1's CVM is SIGKILLed, "
+        "then restarted: re-logins via the redirector to a remote CVM and home again "
+        "(failback after the stable window), every chunk written is on the vDisk",
+        (),
+        None,
+        failover=CvmFailure.KILL,
+    ),
+    ConformanceTest(
+        "failover.stop",
+        "failover",
+        "6.1.1, 11.13.5",
+        "the same with node 1's CVM SIGSTOPped (found out only by timeouts), then SIGCONT",
+        (),
+        None,
+        failover=CvmFailure.STOP,
     ),
 )
 

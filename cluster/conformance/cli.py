@@ -11,6 +11,11 @@ import trio
 
 from cluster.conformance.catalogue import SUITES, TESTS, select
 from cluster.conformance.choice import DRIVER_NAMES, driver_named
+from cluster.conformance.failover import (
+    DEFAULT_CLUSTER_BASE,
+    DEFAULT_STABLE_WINDOW,
+    ClusterUnavailable,
+)
 from cluster.conformance.report import print_results, tests_table, write_json, write_junit
 from cluster.conformance.runner import (
     DEFAULT_DRIVER_TIMEOUT,
@@ -59,6 +64,17 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--other-host", default="127.0.0.2", help="the second address redirects lead to"
     )
+    run.add_argument(
+        "--cluster-base",
+        default=DEFAULT_CLUSTER_BASE,
+        help="base address of the failover suite's 3-node cluster (node N: base + N.1, N.2)",
+    )
+    run.add_argument(
+        "--stable-window",
+        type=float,
+        default=DEFAULT_STABLE_WINDOW,
+        help="seconds node 1 must be healthy before the failover suite's failback",
+    )
     run.set_defaults(handler=run_command)
 
 
@@ -73,20 +89,28 @@ def run_command(args: argparse.Namespace) -> int:
         driver = driver_named(args.initiator, args.command)
     except ValueError as error:
         raise CliError(str(error)) from None
-    if args.window <= 0 or args.driver_timeout <= 0:
-        raise CliError("--window and --driver-timeout must be positive")
+    if args.window <= 0 or args.driver_timeout <= 0 or args.stable_window <= 0:
+        raise CliError("--window, --driver-timeout and --stable-window must be positive")
     if args.host == args.other_host:
         raise CliError("--other-host must differ from --host (the redirects need two addresses)")
     missing = driver.unavailable()
     if missing is not None:
         raise CliError(missing)
-    options = RunOptions(args.window, args.driver_timeout, KitAddresses(args.host, args.other_host))
+    options = RunOptions(
+        args.window,
+        args.driver_timeout,
+        KitAddresses(args.host, args.other_host),
+        args.cluster_base,
+        args.stable_window,
+    )
     # The stargate behind the portals logs every dropped connection: tests drop many.
     stargate_log = logging.getLogger("stargate")
     level = stargate_log.level
     stargate_log.setLevel(logging.CRITICAL)
     try:
         results = trio.run(run_tests, tests, driver, options)
+    except ClusterUnavailable as error:
+        raise CliError(str(error)) from None
     finally:
         stargate_log.setLevel(level)
     print_results(output_console(), driver.name, results)

@@ -13,11 +13,27 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote
 
 import trio
 
+from cluster.conformance.workloads import (
+    FIO_ENV,
+    FIO_STOP_SIGNAL,
+    STOP_SIGNAL,
+    WorkloadJob,
+    WorkloadRun,
+    command_argv,
+    fio_argv,
+    fio_binary,
+    fio_run,
+    process_workload,
+    project_workload,
+    qemu_io_commands,
+    qemu_io_run,
+)
 from initiator.device import BlockDevice
 from initiator.errors import InitiatorError
 from initiator.login_flow import LoginOptions
@@ -28,6 +44,7 @@ from iscsicore.portal import Portal
 
 OUTPUT_TAIL = 2000  # characters of a tool's output kept as evidence
 IO_BYTES = 65536  # what the writing drivers write and read back at LBA 0
+REPLACEMENT_TIMEOUT = 6.0  # the project's initiator gives up a lost session after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +163,8 @@ class ProjectDriver:
         url = IscsiUrl(job.portal, job.target, job.lun, credentials)
         # Offers CRC32C digests (then None), so the kit sees them in use.
         login = LoginOptions(header_digest=True, data_digest=True)
-        config = SessionConfig(login=login, nop_interval=0, replacement_timeout=2.0)
+        # Longer than the kit's Time2Wait, so that a dropped session comes back.
+        config = SessionConfig(login=login, nop_interval=0, replacement_timeout=REPLACEMENT_TIMEOUT)
         status: int | None = None
         output = ""
         with trio.move_on_at(deadline):
@@ -161,6 +179,12 @@ class ProjectDriver:
             except InitiatorError as error:
                 status, output = 1, f"{type(error).__name__}: {error}"
         return DriverRun(status, output, time.monotonic() - started)
+
+    def workload_unavailable(self) -> str | None:
+        return None
+
+    async def run_workload(self, job: WorkloadJob, deadline: float) -> WorkloadRun:
+        return await project_workload(job, deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +215,29 @@ class LibiscsiDriver:
         commands = [["iscsi-inq", url], ["iscsi-readcapacity16", url]]
         return await run_tools(commands, deadline, env)
 
+    def workload_unavailable(self) -> str | None:
+        if fio_binary() is None:
+            return (
+                "no fio with the libiscsi engine (Debian's has none): the first test run "
+                f"that needs it builds one, or set {FIO_ENV}"
+            )
+        return None
+
+    async def run_workload(self, job: WorkloadJob, deadline: float) -> WorkloadRun:
+        """fio's libiscsi engine: write the region, read it back verifying, loop."""
+        binary = fio_binary()
+        assert binary is not None
+        url = libiscsi_url(DriverJob(job.portal, job.target, job.lun))
+        report = Path("fio.json")  # in the run's scratch directory
+        finished, scratch = await process_workload(
+            fio_argv(binary, url, report), job, deadline, FIO_STOP_SIGNAL
+        )
+        try:
+            text = (scratch / report).read_text() if (scratch / report).exists() else ""
+            return fio_run(text, finished)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
 
 @dataclass(frozen=True, slots=True)
 class QemuDriver:
@@ -220,6 +267,18 @@ class QemuDriver:
             libiscsi_url(job),
         ]
         return await run_tools([argv], deadline)
+
+    def workload_unavailable(self) -> str | None:
+        return self.unavailable()
+
+    async def run_workload(self, job: WorkloadJob, deadline: float) -> WorkloadRun:
+        """qemu-io: write each chunk with its pattern and read it back (``read -P``),
+        pass after pass, until stopped."""
+        url = libiscsi_url(DriverJob(job.portal, job.target, job.lun))
+        argv = ["qemu-io", "-f", "raw", *qemu_io_commands(), url]
+        finished, scratch = await process_workload(argv, job, deadline, STOP_SIGNAL)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return qemu_io_run(finished.output, finished)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,3 +322,17 @@ class CommandDriver:
         }
         argv = [word.format(**values) for word in shlex.split(self.template)]
         return await run_tools([argv], deadline)
+
+    def workload_unavailable(self) -> str | None:
+        return self.unavailable()
+
+    async def run_workload(self, job: WorkloadJob, deadline: float) -> WorkloadRun:
+        """The template once, stopped (SIGTERM) when the scenario is over. What it writes
+        is its own: the kit cannot check the data, only the path and the pause."""
+        url = libiscsi_url(DriverJob(job.portal, job.target, job.lun))
+        argv = command_argv(self.template, job, url)
+        finished, scratch = await process_workload(argv, job, deadline, STOP_SIGNAL)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return WorkloadRun(
+            finished.status, finished.output[-OUTPUT_TAIL:], finished.seconds, None, None
+        )

@@ -44,6 +44,13 @@ _FIELDS = (
     "final",
     "immediate",
     "expected_data_transfer_length",
+    "async_event",
+    "parameter1",
+    "parameter2",
+    "parameter3",
+    "reason",
+    "time2wait",
+    "time2retain",
 )
 
 

@@ -17,8 +17,16 @@ from cluster.conformance.catalogue import (
 )
 from cluster.conformance.drivers import Driver, DriverJob, DriverRun, RoutedDriver
 from cluster.conformance.evidence import Evidence
+from cluster.conformance.failover import (
+    DEFAULT_CLUSTER_BASE,
+    DEFAULT_STABLE_WINDOW,
+    FAILOVER_TIMEOUT,
+    LocalCluster,
+)
+from cluster.conformance.failover_checks import failover_judged
 from cluster.conformance.target import TARGET_NAME, KitAddresses, KitTarget, memory_server
 from cluster.conformance.verdict import Outcome, Verdict, not_applicable
+from cluster.conformance.workloads import WorkloadDriver
 
 DEFAULT_WINDOW = 3.0  # seconds a storm or loop test watches
 DEFAULT_DRIVER_TIMEOUT = 20.0  # a driver that logs in and does its I/O ends well before
@@ -30,6 +38,9 @@ class RunOptions:
     window: float = DEFAULT_WINDOW
     driver_timeout: float = DEFAULT_DRIVER_TIMEOUT
     addresses: KitAddresses = field(default_factory=KitAddresses)
+    cluster_base: str = DEFAULT_CLUSTER_BASE  # the failover suite's cluster addresses
+    stable_window: float = DEFAULT_STABLE_WINDOW  # its failback delay, seconds
+    failover_timeout: float = FAILOVER_TIMEOUT  # for the initiator to reach a remote CVM
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +83,53 @@ async def run_test(test: ConformanceTest, driver: Driver, options: RunOptions) -
             chap=CHAP_SECRET if test.secrets is not Chap.NONE else None,
             mutual=MUTUAL_SECRET if mutual_given else None,
         )
-        budget = options.window if test.watch_window else options.driver_timeout
+        watched = options.window * test.windows
+        budget = watched if test.watch_window else options.driver_timeout
         run = await driver.run(job, evidence.started + budget)
         if test.watch_window:
-            await trio.sleep_until(evidence.started + options.window)
+            await trio.sleep_until(evidence.started + watched)
         else:
             await trio.sleep(SETTLE)
         nursery.cancel_scope.cancel()
-    window = options.window if test.watch_window else evidence.now()
+    window = watched if test.watch_window else evidence.now()
+    assert test.judge is not None
     outcome = test.judge(evidence, RunContext(window, mutual_given))
     connections = tuple(conn.summary() for conn in evidence.connections)
     return ConformanceResult(test, outcome, time.monotonic() - started, run, connections)
+
+
+def _workload_unavailable(driver: Driver) -> str | None:
+    if not isinstance(driver, WorkloadDriver):
+        return f"the {driver.name} driver runs no workload"
+    return driver.workload_unavailable()
+
+
+async def run_failover_tests(
+    tests: list[ConformanceTest], driver: Driver, options: RunOptions
+) -> list[ConformanceResult]:
+    """One local cluster for all the failover tests (started only if one can run)."""
+    reason = _workload_unavailable(driver)
+    if reason is not None or not tests:
+        return [ConformanceResult(test, not_applicable(reason or ""), 0.0, None) for test in tests]
+    assert isinstance(driver, WorkloadDriver)
+    results = []
+    async with LocalCluster.running(
+        options.cluster_base, options.stable_window, options.failover_timeout
+    ) as cluster:
+        for test in tests:
+            assert test.failover is not None
+            started = time.monotonic()
+            evidence = await cluster.play(test.failover, driver)
+            run = evidence.run
+            results.append(
+                ConformanceResult(
+                    test,
+                    failover_judged(evidence),
+                    time.monotonic() - started,
+                    DriverRun(run.exit_status, run.output, run.seconds),
+                )
+            )
+    return results
 
 
 async def run_tests(
@@ -91,7 +138,9 @@ async def run_tests(
     try:
         if isinstance(driver, RoutedDriver):
             await driver.start()
-        return [await run_test(test, driver, options) for test in tests]
+        results = [await run_test(test, driver, options) for test in tests if test.failover is None]
+        on_cluster = [test for test in tests if test.failover is not None]
+        return results + await run_failover_tests(on_cluster, driver, options)
     finally:
         if isinstance(driver, RoutedDriver):
             with trio.CancelScope(shield=True):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from cluster.conformance.async_target import AsyncScript, send_async_event
 from cluster.conformance.evidence import ConnectionLog, Evidence, RecordingStream
 from iscsicore.chap import ChapSecrets, encode_binary
 from iscsicore.framing import PduFramer, encode_pdu
@@ -79,6 +80,10 @@ class LoginScript:
     # The login ends with the command window closed (MaxCmdSN = ExpCmdSN - 1); a NOP-In
     # opens it this many seconds later.
     closed_window_seconds: float = 0.0
+    # The first session's first command is held and answered by an Asynchronous Message.
+    async_event: AsyncScript | None = None
+    # Every session is dropped when its first command comes, unanswered (no event).
+    drop_every_session: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +178,17 @@ class KitTarget:
                 await _send_nop_in(recording, login, RESERVED_TAG)  # the window opens
             if spec.script.ping_after_login:
                 await _send_nop_in(recording, login, PING_TTT)
-            if spec.script.drop_first_session and self._first_session(spec, log):
+            script = spec.script
+            if script.drop_every_session or (
+                script.drop_first_session and self._first_session(spec, log)
+            ):
                 await _until_command(recording, log)
+                return
+            if (
+                script.async_event is not None
+                and self._first_session(spec, log)
+                and not await send_async_event(recording, framer, login, script.async_event)
+            ):
                 return
             await self.server.serve_logged_in(recording, framer, login)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

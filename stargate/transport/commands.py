@@ -84,6 +84,7 @@ class Commands(DataOutReceiver):
                 # Uncontended and no data to wait for: run inline, never registered (nothing
                 # can refer to it before it completes, unless it goes on to sync).
                 task.phase = TaskPhase.RECEIVING
+                task.queued_ns = task.started_ns
                 self._allocate_buffer(task)
                 self._execute(task)
                 return
@@ -114,13 +115,15 @@ class Commands(DataOutReceiver):
         started_ns = time.perf_counter_ns()
         assert self.lu is not None
         result = self.lu.execute(cdb, data_out, self.nexus)
+        executed_ns = time.perf_counter_ns()
         status = result.status
         stats = self.stats
         if result.needs_sync and status == GOOD:
             if stats is not None:
                 stats.command_started()
             task = ScsiTask(self, command, cdb)
-            task.started_ns = started_ns
+            task.started_ns = task.queued_ns = started_ns
+            task.executed_ns = executed_ns
             task.has_slot = True
             task.needed = task.received = buffer_bytes
             self._start_sync(task, result)
@@ -186,9 +189,20 @@ class Commands(DataOutReceiver):
                 command.itt, command.lun, edtl, command.read, None, status, data, result.sense
             )
         if stats is not None:
-            stats.command_completed(
-                kind,
-                buffer_bytes if kind is IoKind.WRITE else len(data),
-                time.perf_counter_ns() - started_ns,
-                status == GOOD,
-            )
+            done_ns = time.perf_counter_ns()
+            moved = buffer_bytes if kind is IoKind.WRITE else len(data)
+            stats.command_completed(kind, moved, done_ns - started_ns, status == GOOD)
+            traces = stats.traces
+            if traces is not None:
+                traces.append(
+                    (
+                        command.itt,
+                        cdb[0],
+                        moved,
+                        status,
+                        started_ns,
+                        started_ns,
+                        executed_ns,
+                        done_ns,
+                    )
+                )

@@ -51,11 +51,18 @@ class StatusSender(AsyncEvents):
                 data,
                 sense,
             )
-        if self.stats is not None:
+        stats = self.stats
+        if stats is not None:
+            done_ns = time.perf_counter_ns()
             moved = task.needed if task.kind is IoKind.WRITE else len(data)
-            self.stats.command_finished(
-                task.kind, moved, time.perf_counter_ns() - task.started_ns, good=status == GOOD
-            )
+            stats.command_finished(task.kind, moved, done_ns - task.started_ns, status == GOOD)
+            traces = stats.traces
+            if traces is not None:
+                received = task.started_ns
+                queued = task.queued_ns or received
+                executed = task.executed_ns or done_ns
+                entry = (task.itt, task.cdb[0], moved, status, received, queued, executed, done_ns)
+                traces.append(entry)
 
     def _send_status_of(
         self,

@@ -4,6 +4,8 @@ of a command held behind a CmdSN gap (error recovery level 0, as LIO's erl0)."""
 
 from __future__ import annotations
 
+import time
+
 import trio
 
 from iscsicore import fastpath
@@ -133,6 +135,7 @@ class DataOutReceiver(Execution):
             task.has_slot = False
             return
         task.phase = TaskPhase.RECEIVING
+        task.queued_ns = time.perf_counter_ns()
         if task.data_digest_failed:
             return  # ends when the rest of its unsolicited data has come (and is discarded)
         self._allocate_buffer(task)

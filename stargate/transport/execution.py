@@ -5,6 +5,7 @@ then an fdatasync in a worker thread when the result needs one; or as a fault sa
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
@@ -33,6 +34,7 @@ class Execution(FaultEffects):
             self._finish(task, GOOD, _no_lun_inquiry(task.cdb), b"")
             return
         result = self.lu.execute(task.cdb, data_out, self.nexus)
+        task.executed_ns = time.perf_counter_ns()
         if result.needs_sync and result.status == GOOD:
             self._start_sync(task, result)
             return
@@ -67,6 +69,7 @@ class Execution(FaultEffects):
         assert self.lu is not None
         data_out: bytes | bytearray | memoryview = task.buffer if task.buffer is not None else b""
         result = self.lu.execute(task.cdb, data_out, self.nexus)
+        task.executed_ns = time.perf_counter_ns()
         kind = fault.kind
         if kind is FaultKind.SHORT_TRANSFER:
             data = result.data

@@ -24,15 +24,21 @@ from iscsicore.login import InitiatorLogin, LoginDone, LoginFailed, LoginProposa
 from iscsicore.pdu import (
     R2T,
     RESERVED_TAG,
+    AsyncEvent,
+    AsyncMessage,
     DataOut,
     LoginRequest,
     LoginResponse,
     LoginStage,
     LoginStatus,
+    LogoutRequest,
+    LogoutResponse,
     NopIn,
     NopOut,
     Pdu,
     ScsiCommand,
+    TextRequest,
+    TextResponse,
 )
 from iscsicore.portal import Portal
 from iscsicore.seqnum import SERIAL_MASK, sn_add, sn_gt
@@ -43,6 +49,7 @@ RESERVED_ISID = (0b11 << 46) | 0x1234_5678
 MAX_HOPS = 4  # redirects a well-behaved rogue follows
 STORM_PAUSE = 0.01  # between the attempts of a flawed rogue that never gives up
 MAX_ATTEMPTS = 500
+LATE_ANSWER = 2.5  # seconds: later than the kit's NEGOTIATION_WITHIN
 RECEIVE_TIMEOUT = 5.0
 BLOCK = 512
 # Digests offered as libiscsi does: None first, so CRC32C only where the target insists.
@@ -69,6 +76,10 @@ class Flaw(Enum):
     NO_CHAP_AFTER_REDIRECT = "leaves its CHAP secrets behind at a redirect"
     WRONG_CHAP_NAME = "CHAP_N is not the configured name"
     ACCEPT_BAD_PROOF = "goes on after a wrong target CHAP_R"
+    IGNORE_LOGOUT_REQUEST = "ignores a logout request (AsyncEvent 1)"
+    IGNORE_TIME2WAIT = "reconnects at once after a drop (AsyncEvent 2, 3)"
+    RECONNECT_STORM = "reconnects at once whenever its session is lost"
+    LATE_NEGOTIATION = "answers a negotiation request (AsyncEvent 4) after 2.5 s"
 
 
 class _Closed(Exception):
@@ -104,7 +115,9 @@ class RogueDriver:
         portal, hops, reconnected = job.portal, 0, False
         for _ in range(MAX_ATTEMPTS):
             outcome = await self._connection(portal, job)
-            if outcome is Lost.SESSION and not reconnected:
+            if outcome is Lost.SESSION and self.flaw is Flaw.RECONNECT_STORM:
+                portal = job.portal
+            elif outcome is Lost.SESSION and not reconnected:
                 # Once, from the original portal (the redirector), as a session would.
                 reconnected = True
                 if self.flaw is not Flaw.RECONNECT_TO_REDIRECTED:
@@ -239,8 +252,12 @@ class RogueDriver:
             data=data if immediate else b"",
         )
         await send(command)
-        # Until the command's response (or a Reject): R2Ts and pings answered on the way.
-        while isinstance(pdu := await _receive(stream, framer), NopIn | R2T):
+        # Until the command's response (and the Logout Response if the target asked for a
+        # logout): R2Ts, pings and Asynchronous Messages answered on the way.
+        next_cmd_sn = sn_add(done.exp_cmd_sn, 1)
+        logging_out = False
+        while True:
+            pdu = await _receive(stream, framer)
             if isinstance(pdu, R2T):
                 end = pdu.buffer_offset + pdu.desired_data_transfer_length
                 await send(
@@ -253,8 +270,38 @@ class RogueDriver:
                         data=data[pdu.buffer_offset : end],
                     )
                 )
-            else:
-                await self._answer_ping(send, pdu, sn_add(done.exp_cmd_sn, 1), exp_stat_sn)
+            elif isinstance(pdu, NopIn):
+                await self._answer_ping(send, pdu, next_cmd_sn, exp_stat_sn)
+            elif isinstance(pdu, AsyncMessage):
+                exp_stat_sn = sn_add(pdu.stat_sn, 1)
+                logging_out |= await self._answer_async(send, pdu, next_cmd_sn, exp_stat_sn)
+            elif isinstance(pdu, LogoutResponse):
+                raise _Closed
+            elif not isinstance(pdu, TextResponse) and not logging_out:
+                return
+
+    async def _answer_async(
+        self,
+        send: Callable[[Pdu], Awaitable[None]],
+        message: AsyncMessage,
+        cmd_sn: int,
+        exp_stat_sn: int,
+    ) -> bool:
+        """Logs out (event 1), asks again with an empty Text Request (4), or waits Time2Wait
+        for the drop (2, 3). True if it logged out."""
+        event = message.async_event
+        if event == AsyncEvent.LOGOUT_REQUEST and self.flaw is not Flaw.IGNORE_LOGOUT_REQUEST:
+            await send(LogoutRequest(immediate=True, itt=2, cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn))
+            return True
+        if event == AsyncEvent.NEGOTIATION_REQUEST:
+            if self.flaw is Flaw.LATE_NEGOTIATION:
+                await trio.sleep(LATE_ANSWER)
+            await send(TextRequest(immediate=True, itt=3, cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn))
+        elif event in (AsyncEvent.DROP_CONNECTION, AsyncEvent.DROP_ALL_CONNECTIONS):
+            if self.flaw is not Flaw.IGNORE_TIME2WAIT:
+                await trio.sleep(message.parameter2)
+            raise _Closed
+        return False
 
     async def _answer_ping(
         self, send: Callable[[Pdu], Awaitable[None]], ping: NopIn, cmd_sn: int, exp_stat_sn: int

@@ -74,6 +74,11 @@ def test_run_with_a_command_template_writes_json_and_junit(
         (["--initiator", "command", "--command", "no-such-tool {portal}"], "not an executable"),
         (["--initiator", "project", "--other-host", "127.0.0.1"], "--other-host must differ"),
         (["--initiator", "project", "--window", "0"], "must be positive"),
+        (["--initiator", "project", "--stable-window", "-1"], "must be positive"),
+        (
+            ["--initiator", "project", "--suite", "failover", "--cluster-base", "10.0.0.0"],
+            "leaves 127.0.0.0/8",
+        ),
     ],
 )
 def test_bad_arguments_exit_2(
