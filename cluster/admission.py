@@ -37,9 +37,14 @@ from stargate.queue import CommandQueue, QueuedCommand
 from stargate.scsi.command import Nexus, ScsiResult
 from stargate.scsi.lu import UnitAttentions
 from stargate.stores.base import BlockStore
-from stargate.target import BlockStoreLike, LogicalUnitLike, ScsiResultLike
+from stargate.target import (
+    BlockStoreLike,
+    LogicalUnitLike,
+    ScsiResultLike,
+    target_of_queue_key,
+)
 from stargate.tasks import ScsiTask
-from topology.ownership import Fence, OwnershipFile
+from topology.ownership import Fence, RecordView
 
 # How long a command may wait, parked, for its vDisk to be acquired: a little more than an
 # acquisition whose owner does not answer (the release timeout, 5 s) takes.
@@ -58,13 +63,14 @@ class ClaimState(Enum):
 class Parked:
     command: QueuedCommand
     since: float  # the queue's clock when it was parked
+    key: str  # its queue key (its LUN's sub-queue)
 
 
 @dataclass(eq=False)
 class Claim:
     vdisk_id: str
     target_name: str
-    file: OwnershipFile
+    file: RecordView  # the record (an ownership cell of the coordinator)
     state: ClaimState = ClaimState.IDLE
     fence: Fence | None = None
     parked: list[Parked] = field(default_factory=list)
@@ -191,18 +197,19 @@ class OwnershipGate:
         self.refused_stale = 0  # parked commands answered BUSY for waiting too long
 
     def is_open(self, vdisk: str) -> bool:
-        """Owned and fenced, or not a cluster vDisk (tests): the queue's own rules."""
-        claim = self._claims.get(vdisk)
+        """Owned and fenced, or not a cluster vDisk (tests): the queue's own rules. The
+        claim is the target's: every LUN of a target is owned with it."""
+        claim = self._claims.get(target_of_queue_key(vdisk))
         return claim is None or claim.serving()
 
     def hold(self, vdisk: str, command: QueuedCommand) -> None:
         """Park the command and start the claim's hand-over (or report it lost)."""
-        claim = self._claims[vdisk]
+        claim = self._claims[target_of_queue_key(vdisk)]
         if claim.state is ClaimState.OWNED:
             self._on_lost(claim)
         elif claim.state is ClaimState.IDLE:
             self._on_unclaimed(claim)
-        claim.parked.append(Parked(command, self._clock()))
+        claim.parked.append(Parked(command, self._clock(), vdisk))
 
     def resume(self, claim: Claim, queue: CommandQueue) -> None:
         """The claim is owned now: its parked commands enter the queue, in arrival order,
@@ -216,7 +223,7 @@ class OwnershipGate:
             if now - entry.since > self.park_limit:
                 self._refuse(command)
                 continue
-            queue.admit_held(claim.target_name, command)
+            queue.admit_held(entry.key, command)
 
     def expire_parked(self, claim: Claim) -> None:
         """Answer BUSY the commands parked longer than the bound (the claim still waits)."""

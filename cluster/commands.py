@@ -21,6 +21,7 @@ from rich.table import Table
 
 from cluster import demo
 from cluster.config import cluster_config, saved_config
+from cluster.coordinated import choose_coordinator, coordinator_of, publish, record_coordinator
 from cluster.provision import create_vm, provision_vms
 from cluster.settings_cli import (
     add_failback,
@@ -38,6 +39,7 @@ from control.control_token import cluster_token_file
 from initiator.console import output_console
 from stargate.cli import CliError
 from topology.config_file import ConfigDocument, ConfigError
+from topology.coordination import CoordinationError
 from topology.spec import (
     PLACEMENTS,
     Advertisement,
@@ -138,6 +140,12 @@ def _register_cluster(subparsers: Any) -> None:
         "AHV does; default) or logout (AsyncEvent logout request, dropped after 5 s)",
     )
     add_health_knobs(up)
+    up.add_argument(
+        "--coordinator",
+        metavar="dir|zk://HOST:PORT/PATH",
+        help="where the CVMs agree on vDisk ownership and liveness: the cluster directory "
+        "(default) or a ZooKeeper (Debian's zookeeper; PATH is this cluster's own znode)",
+    )
     up.add_argument(
         "--dsip",
         type=_dsip,
@@ -250,6 +258,7 @@ def cluster_up(args: argparse.Namespace) -> int:
         stored = ClusterSpec.load(directory) if paths.spec_file.exists() else None
         document = ConfigDocument.load(args.config) if args.config is not None else None
         config = cluster_config(document, _up_flags(args), stored)
+        coordinator = choose_coordinator(paths, config.coordinator)
         wanted = config.spec()
         if stored is None:
             wanted.save(directory)
@@ -257,7 +266,9 @@ def cluster_up(args: argparse.Namespace) -> int:
             _check_same_cluster(stored, wanted, args.dir)
         provision_vms(directory, config.vms)
         provision_volume_groups(directory, config.volume_groups)
-    except (ValueError, ConfigError) as error:  # ClusterSpecError, CapacityError
+        record_coordinator(paths, coordinator)  # first: a retry after a failed publish agrees
+        publish(paths, coordinator)
+    except (ValueError, ConfigError) as error:  # ClusterSpecError, CapacityError, coordinator
         raise CliError(str(error)) from None
     supervisor = Supervisor(directory, redirectors=config.redirectors)
     supervisor.remember_mode(redirectors=config.redirectors)
@@ -290,6 +301,7 @@ def _up_flags(args: argparse.Namespace) -> dict[str, Any]:
         "redirectors": False if args.no_redirectors else None,
         "failback": args.failback,
         "dsip": args.dsip,
+        "coordinator": args.coordinator,
         "health": health_knobs_given(args) or None,  # knobs over the file's or stored ones
     }
     return {name: value for name, value in flags.items() if value is not None}
@@ -359,6 +371,7 @@ def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> d
         "placement": spec.placement,
         "base_address": spec.base_address,
         "dsip": spec.dsip_portal,
+        "coordinator": coordinator_of(supervisor.directory),
         **settings_document(spec),
         "nodes": nodes,
     }
@@ -444,6 +457,8 @@ def vm_create(args: argparse.Namespace) -> int:
             sessions_per_disk=args.sessions_per_disk,
             load_balance=args.load_balance,
         )
+        paths = ClusterPaths(directory)
+        publish(paths, choose_coordinator(paths, None))  # ZooKeeper's copy of the VMs
     except (ClusterSpecError, ValueError) as error:
         raise CliError(str(error)) from None
     _print_json(
@@ -465,7 +480,10 @@ def vdisk_list(args: argparse.Namespace) -> int:
         spec = ClusterSpec.load(directory)
     except ClusterSpecError as error:
         raise CliError(str(error)) from None
-    table_rows = trio.run(vdisk_table, spec, ClusterPaths(directory))
+    try:
+        table_rows = trio.run(vdisk_table, spec, ClusterPaths(directory))
+    except CoordinationError as error:
+        raise CliError(f"ownership records unreadable: {error}") from None
     if args.json:
         _print_json(table_rows)
         return 0

@@ -4,7 +4,8 @@
     nodes = 3                  base_address, stable_window, placement, release_timeout,
                                advertise = ["[cvm:|redirector:]NODE=ADDR[:PORT]", ...],
                                redirectors = true|false, failback = "kill"|"logout",
-                               dsip = "ADDR[:PORT]" (the Data Services IP)
+                               dsip = "ADDR[:PORT]" (the Data Services IP),
+                               coordinator = "dir"|"zk://HOST:PORT/PATH"
     [health]                   nop_interval, nop_timeout, misses, connect_timeout
     [[vm]]                     name, node, disks, size ("1G" or bytes), sessions_per_disk,
                                load_balance
@@ -29,6 +30,7 @@ import tomli_w
 
 from iscsicore.chap import ChapSecrets
 from topology.config_file import ConfigDocument, ScalarSpec, TableReader
+from topology.coordination import CoordinatorUrl
 from topology.settings import (
     DEFAULT_FAILBACK,
     DEFAULT_HEALTH,
@@ -155,6 +157,7 @@ class ClusterConfig:
     failback: FailbackMode = DEFAULT_FAILBACK
     health: HealthChecks = DEFAULT_HEALTH
     dsip: str | None = None  # None: base address + 3, port 3260
+    coordinator: str | None = None  # None: the directory's recorded one, else "dir"
     vms: tuple[VmConfig, ...] = ()
     volume_groups: tuple[VolumeGroupConfig, ...] = ()
 
@@ -213,6 +216,8 @@ class ClusterConfig:
         document["failback"] = self.failback.value
         if self.dsip is not None:
             document["dsip"] = self.dsip
+        if self.coordinator is not None:
+            document["coordinator"] = self.coordinator
         document["health"] = self.health.to_json()
         # One [[vm]] table each, as people write them (tomli_w would inline short ones).
         vms = "".join(f"\n[[vm]]\n{tomli_w.dumps(vm.to_toml())}" for vm in self.vms)
@@ -377,6 +382,10 @@ def _release_timeout(value: float) -> float:
     return value
 
 
+def _coordinator(text: str) -> str:
+    return str(CoordinatorUrl.parse(text))  # its CoordinatorUrlError is a ValueError
+
+
 def _advert(text: str) -> Advertisement:
     return Advertisement.parse(text)  # its ClusterSpecError is a ValueError
 
@@ -397,6 +406,7 @@ SCALARS: dict[str, ScalarSpec] = {
     "redirectors": (TableReader.boolean, bool),
     "failback": (TableReader.string, FailbackMode.parse),
     "dsip": (TableReader.string, normal_dsip),  # its ClusterSpecError is a ValueError
+    "coordinator": (TableReader.string, _coordinator),
 }
 
 
@@ -458,6 +468,9 @@ def saved_config(directory: Path, *, redirectors: bool) -> tuple[ClusterConfig, 
     could not recreate it."""
     spec = ClusterSpec.load(directory)
     config = replace(ClusterConfig.from_spec(spec), redirectors=redirectors)
+    recorded = CoordinatorUrl.parse(ClusterPaths(directory).coordinator())
+    if not recorded.is_directory:
+        config = replace(config, coordinator=str(recorded))
     if config.spec() != spec:
         raise ClusterSpecError(
             f"{ClusterPaths(directory).spec_file} has settings `cluster up` cannot make "

@@ -9,6 +9,12 @@ release it (`POST /control/vdisks/<id>/release`), then the epoch is bumped if th
 still the one read (compare-and-swap), else the next owner is asked; an owner that does not
 answer in time is taken over all the same, and its fence stops it. Until the claim is owned,
 the vDisk's commands wait, parked, in the command queue, for a bounded time (admission.py).
+
+Ownership records and liveness go through the cluster's coordinator (`--coordinator`: the
+shared directory by default, or zk://HOST:PORT/PATH): the stargate registers itself as the
+live member `stargate-<i>`, does not wait for the release of an owner that is not alive,
+and drops every vDisk it serves the moment its coordinator session is interrupted (its
+fences cannot be proved any more).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,7 @@ from cluster.forensics import cvm_faults, cvm_forensics
 from cluster.registry import ClusterRegistry, OwnershipLoginPolicy
 from cluster.stats_page import StatsPage
 from control.http import HttpError, http_json, serve_http
+from iscsicore.chap import ChapSecrets
 from stargate.hooks import ServerHooks
 from stargate.scsi.lu import LogicalUnit
 from stargate.scsi.reserve import Reservations, vdisk_reservations
@@ -47,11 +55,22 @@ from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
 from stargate.session import SessionTable
 from stargate.stats import VDiskStats
 from stargate.stores.file import FileStore
-from stargate.target import TargetRegistry, VDiskTarget
+from stargate.target import ChapCredentials, ExtraLun, TargetRegistry, VDiskTarget
 from stargate.transport.runner import FullFeatureConnection
 from topology.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater
+from topology.coordination import (
+    CoordinationError,
+    Coordinator,
+    CoordinatorUrl,
+    CoordinatorUrlError,
+    OwnershipCell,
+    SessionState,
+    open_coordinator,
+    register_when_free,
+)
+from topology.directory_coordination import DirectoryCoordinator
 from topology.naming import TARGET_NAME_PREFIX
-from topology.ownership import Fence, OwnershipFile
+from topology.ownership import Fence, OwnershipRecord
 from topology.spec import (
     MAX_RELEASE_TIMEOUT,
     ClusterPaths,
@@ -59,6 +78,13 @@ from topology.spec import (
     valid_release_timeout,
 )
 from topology.vdisk import VDiskMeta
+from topology.volume_group import (
+    VirtualTarget,
+    VolumeGroup,
+    VolumeGroupError,
+    VolumeGroupStore,
+    unit_target_name,
+)
 
 log = logging.getLogger("cluster.cvm")
 
@@ -69,22 +95,26 @@ WATCH_INTERVAL = 0.25  # how often owned vDisks' records are checked for a take-
 PARK_MARGIN = 2.0  # parked commands are answered BUSY this long after the release timeout
 ACQUIRE_ROUNDS_TIME = 3  # an acquisition gives up after this many release timeouts
 SETTLE_TIMEOUT = 0.05  # at most this long for connections to notice a close before resuming
+PAGE_RECORDS_TIMEOUT = 1.0  # at most this long for a page's ownership records
 
 
 @dataclass(eq=False)
 class OpenedVDisk:
-    """One opening of a vDisk at this stargate: from a login naming it until it goes."""
+    """One opening of a target at this stargate (a vDisk's, or a volume group's virtual
+    target with its LUNs): from a login naming it until it goes."""
 
     target: VDiskTarget
-    store: FileStore
-    reservations: Reservations
-    claim: Claim
+    stores: list[FileStore]  # by LUN
+    reservations: list[Reservations]  # by LUN
+    claim: Claim  # one for the whole target: its LUNs move together
+    cell: OwnershipCell  # the claim's record, with the compare-and-swap
 
     def close_files(self) -> None:
-        with contextlib.suppress(OSError):
-            self.store.sync()
-            self.store.close()
-        self.claim.file.close()
+        for store in self.stores:
+            with contextlib.suppress(OSError):
+                store.sync()
+                store.close()
+        self.cell.close()
 
 
 class ClusterStargate:
@@ -98,8 +128,16 @@ class ClusterStargate:
         queue_depth: int = DEFAULT_QUEUE_DEPTH,
         release_timeout: float | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
+        coordinator: CoordinatorUrl | None = None,
     ) -> None:
         self.paths = ClusterPaths(directory)
+        # Not given: the one `cluster up --coordinator` recorded, else the directory.
+        self.coordinator_url = coordinator or CoordinatorUrl.parse(self.paths.coordinator())
+        # The directory needs no connection: usable before `run` (tests drive the server
+        # without it); ZooKeeper's session is opened by `run` and lives as long.
+        self.coordinator: Coordinator | None = None
+        if self.coordinator_url.is_directory:
+            self.coordinator = DirectoryCoordinator(self.paths.root)
         self.spec = ClusterSpec.load(directory)
         self.node = self.spec.node(node_id)
         if release_timeout is None:  # not given: cluster.json's, else the default
@@ -116,7 +154,8 @@ class ClusterStargate:
         # decrement the gauges they incremented.
         self.vdisk_stats: dict[str, VDiskStats] = {}
         self._nursery: trio.Nursery | None = None
-        self.registry = ClusterRegistry(self._open_target, self.paths)
+        self.groups = VolumeGroupStore(self.paths.root)
+        self.registry = ClusterRegistry(self._open_target, self.paths, self._open_virtual_target)
         config = ServerConfig(
             host=self.node.cvm_address,
             port=self.node.cvm_port,
@@ -149,53 +188,154 @@ class ClusterStargate:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve iSCSI and HTTP until cancelled or `shutdown()`."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await nursery.start(self.server.serve)
-            await nursery.start(
-                serve_http, self.page.handle, self.node.cvm_address, self.node.http_port
-            )
-            nursery.start_soon(self._watch)
-            nursery.start_soon(self.forensics.sample_io, self.server)
-            task_status.started()
+        async with self._coordinated() as coordinator:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(self.server.serve)
+                    await nursery.start(
+                        serve_http, self.page.handle, self.node.cvm_address, self.node.http_port
+                    )
+                    nursery.start_soon(self._watch)
+                    nursery.start_soon(self._watch_session, coordinator)
+                    nursery.start_soon(self._register, coordinator)
+                    nursery.start_soon(self.forensics.sample_io, self.server)
+                    task_status.started()
+            finally:
+                self._nursery = None
+                for opened in list(self._opened.values()):  # before the coordinator closes
+                    self._detach(opened.claim)
+                    opened.close_files()
+
+    @asynccontextmanager
+    async def _coordinated(self) -> AsyncIterator[Coordinator]:
+        if self.coordinator is not None:
+            directory = self.coordinator
+            try:
+                yield directory
+            finally:
+                await directory.aclose()  # its registrations go
+                self.coordinator = DirectoryCoordinator(self.paths.root)  # for a next run
+            return
+        async with open_coordinator(self.coordinator_url, self.paths.root) as coordinator:
+            self.coordinator = coordinator
+            try:
+                yield coordinator
+            finally:
+                self.coordinator = None
+
+    async def _register(self, coordinator: Coordinator) -> None:
+        """Be the live member stargate-<i> (the coordinator withdraws it as `run` ends)."""
+        info = {"pid": os.getpid(), "address": self.node.cvm_address, "http": self.node.http_url}
+        await register_when_free(coordinator, self.node.stargate_name, info, log=log)
+
+    async def _watch_session(self, coordinator: Coordinator) -> None:
+        """An interrupted session proves nothing: stop serving everything at once."""
+        state = coordinator.session
+        while True:
+            state = await coordinator.wait_session_change(state)
+            if state is SessionState.CLOSED:
+                return
+            if state is SessionState.CONNECTED:
+                continue
+            for claim in list(self.claims.values()):
+                if claim.state in (ClaimState.OWNED, ClaimState.ACQUIRING, ClaimState.RELEASING):
+                    log.warning("vDisk %s: coordinator session %s", claim.vdisk_id, state.value)
+                    self.lose(claim)
 
     async def shutdown(self) -> None:
         await self.server.shutdown()
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-        for opened in list(self._opened.values()):
-            self._detach(opened.claim)
-            opened.close_files()
+            self._nursery.cancel_scope.cancel()  # `run` lets its vDisks go as it ends
 
     # -- opening vDisks -----------------------------------------------------------------
 
     def _open_target(self, vdisk_id: str) -> VDiskTarget | None:
+        return self._open_unit(vdisk_id, f"{TARGET_NAME_PREFIX}{vdisk_id}", (vdisk_id,))
+
+    def _open_virtual_target(
+        self, group: VolumeGroup, virtual: VirtualTarget
+    ) -> VDiskTarget | None:
+        """A volume group's virtual target: its disks as LUNs 0..K-1, its attachments as
+        the ACL, the group's CHAP; owned as one unit (``vg-NAME-tgtI``)."""
+        return self._open_unit(
+            virtual.unit_id,
+            virtual.iqn,
+            virtual.vdisk_ids,
+            allowed=frozenset(group.attachments),
+            chap=_credentials(group.chap),
+            mutual_chap=_credentials(group.mutual_chap),
+        )
+
+    def _open_unit(
+        self,
+        unit_id: str,
+        target_name: str,
+        vdisk_ids: tuple[str, ...],
+        *,
+        allowed: frozenset[str] | None = None,
+        chap: ChapCredentials | None = None,
+        mutual_chap: ChapCredentials | None = None,
+    ) -> VDiskTarget | None:
+        """Open the stores of ``vdisk_ids`` (LUN 0 first) as one target under one claim."""
+        if self.coordinator is None:
+            return None  # not running (a login racing the shutdown)
+        stores: list[FileStore] = []
         try:
-            meta = VDiskMeta.load(self.paths.vdisk_meta_file(vdisk_id))
-            store = FileStore.open_or_create(self.paths.vdisks, meta)
+            for vdisk_id in vdisk_ids:
+                meta = VDiskMeta.load(self.paths.vdisk_meta_file(vdisk_id))
+                stores.append(FileStore.open_or_create(self.paths.vdisks, meta))
         except (OSError, ValueError) as error:
-            log.error("cannot open vDisk %s: %s", vdisk_id, error)
+            log.error("cannot open %s: %s", unit_id, error)
+            for store in stores:
+                store.close()
             return None
-        reservations, unit_attentions = vdisk_reservations(self.paths.vdisks, vdisk_id)
-        claim = Claim(
-            vdisk_id,
-            f"{TARGET_NAME_PREFIX}{vdisk_id}",
-            OwnershipFile(self.paths.ownership_file(vdisk_id)),
-        )
-        lu = LogicalUnit(
-            FencedStore(store, claim),
-            store.meta,
-            reservations=reservations,
-            unit_attentions=unit_attentions,
-        )
+        cell = self.coordinator.ownership(unit_id)
+        claim = Claim(unit_id, target_name, cell)
+        lus: list[FencedLogicalUnit] = []
+        all_reservations: list[Reservations] = []
+        for store in stores:
+            vdisk_id = store.meta.vdisk_id
+            reservations, unit_attentions = vdisk_reservations(self.paths.vdisks, vdisk_id)
+            lu = LogicalUnit(
+                FencedStore(store, claim),
+                store.meta,
+                reservations=reservations,
+                unit_attentions=unit_attentions,
+                target_luns=len(stores),  # REPORT LUNS lists its target's
+            )
+            lus.append(FencedLogicalUnit(lu, claim, self.lose))
+            all_reservations.append(reservations)
+        first = vdisk_ids[0]
         target = VDiskTarget(
-            vdisk_id, FencedLogicalUnit(lu, claim, self.lose), block_size=store.block_size
+            first,
+            lus[0],
+            block_size=stores[0].block_size,
+            allowed_initiators=allowed,
+            chap=chap,
+            mutual_chap=mutual_chap,
+            extra_luns=tuple(
+                ExtraLun(vdisk_id, lu, self._counters(vdisk_id))
+                for vdisk_id, lu in zip(vdisk_ids[1:], lus[1:], strict=True)
+            ),
+            iqn=target_name,
+            counters=self._counters(first),
         )
-        target.stats = self.vdisk_stats.setdefault(vdisk_id, target.stats)
         self.claims[target.name] = claim
-        self._opened[target.name] = OpenedVDisk(target, store, reservations, claim)
-        log.info("opened vDisk %s", vdisk_id)
+        self._opened[target.name] = OpenedVDisk(target, stores, all_reservations, claim, cell)
+        log.info("opened %s (%d LUN%s)", unit_id, len(stores), "" if len(stores) == 1 else "s")
         return target
+
+    def unit_of(self, vdisk_id: str) -> str:
+        """The vDisk's ownership unit (a volume group's disk: its virtual target's)."""
+        try:
+            return self.groups.unit_of(vdisk_id)
+        except VolumeGroupError:
+            return vdisk_id
+
+    def _counters(self, vdisk_id: str) -> VDiskStats:
+        """A vDisk's counters for the life of the process, across its moves away and back."""
+        return self.vdisk_stats.setdefault(vdisk_id, VDiskStats(vdisk_id))
 
     # -- acquiring ----------------------------------------------------------------------
 
@@ -216,10 +356,19 @@ class ClusterStargate:
         self._nursery.start_soon(self._acquire, claim)
 
     async def _acquire(self, claim: Claim) -> None:
+        opened = self._opened.get(claim.target_name)
+        if opened is None or opened.claim is not claim:
+            return
+        cell = opened.cell
         acquisition = Acquisition(
-            claim.file, self.node_id, now=trio.current_time(), time_limit=self.acquire_time_limit
+            self.node_id, now=trio.current_time(), time_limit=self.acquire_time_limit
         )
-        step = acquisition.begin(trio.current_time())
+        try:
+            record = await cell.fetch()
+        except CoordinationError as error:
+            self._give_up(claim, f"the coordinator did not answer: {error}")
+            return
+        step = acquisition.begin(record, trio.current_time())
         while not isinstance(step, Claimed):
             if isinstance(step, GaveUp):
                 self._give_up(claim, step.reason)
@@ -230,12 +379,19 @@ class ClusterStargate:
                 await trio.sleep(step.delay)
             if claim.state is not ClaimState.ACQUIRING:
                 return  # released or lost while we waited
-            step = acquisition.finish(trio.current_time())
+            # The directory's compare-and-swap never yields: nothing runs between the check
+            # above and the write. ZooKeeper's does; a claim won for a vDisk released or
+            # lost meanwhile is harmless (nobody serves that epoch; the next claimer asks).
+            result = await cell.compare_and_claim(step.seen, self.node_id)
+            if claim.state is not ClaimState.ACQUIRING:
+                return
+            step = acquisition.finish(result, trio.current_time())
         claim.fence = Fence(claim.file, step.record)
         claim.evidence = self._evidence_of(claim.vdisk_id).begin(claim.fence.record.epoch)
         opened = self._opened.get(claim.target_name)
         if opened is not None and opened.claim is claim:
-            opened.reservations.reload()  # the previous owner may have changed them
+            for reservations in opened.reservations:
+                reservations.reload()  # the previous owner may have changed them
         # Still ACQUIRING, so new commands park behind the old ones: first let connections
         # whose close arrived while we waited (or were stopped) read it and abort theirs.
         with trio.move_on_after(SETTLE_TIMEOUT):
@@ -265,6 +421,9 @@ class ClusterStargate:
             owner = self.spec.node(owner_id)
         except ValueError:
             return
+        if not await self._alive(owner.stargate_name):
+            log.info("vDisk %s: node %d is not alive: taking over", vdisk_id, owner_id)
+            return
         url = f"{owner.http_url}/control/vdisks/{vdisk_id}/release?by={self.node_id}"
         try:
             status, answer = await http_json(
@@ -275,13 +434,43 @@ class ClusterStargate:
             return
         log.info("vDisk %s: node %d released it (%s: %s)", vdisk_id, owner_id, status, answer)
 
+    async def _alive(self, member: str) -> bool:
+        """Whether ``member`` is registered (when the coordinator cannot say: assume so,
+        and ask)."""
+        if self.coordinator is None:
+            return True
+        try:
+            return member in await self.coordinator.members()
+        except CoordinationError:
+            return True
+
+    async def ownership_records(self, vdisk_ids: list[str]) -> dict[str, OwnershipRecord]:
+        """The records of ``vdisk_ids`` as the coordinator has them (the pages' "owner"),
+        read together within one call's deadline; those it could not read are left out."""
+        coordinator = self.coordinator
+        records: dict[str, OwnershipRecord] = {}
+        if coordinator is None:
+            return records
+
+        async def read(vdisk_id: str) -> None:
+            with contextlib.suppress(CoordinationError):
+                record = await coordinator.read_ownership(vdisk_id)
+                if record is not None:
+                    records[vdisk_id] = record
+
+        with trio.move_on_after(PAGE_RECORDS_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for vdisk_id in vdisk_ids:
+                    nursery.start_soon(read, vdisk_id)
+        return records
+
     # -- releasing and losing -----------------------------------------------------------
 
     async def release(self, vdisk_id: str, *, by: str = "?", notify: bool = True) -> dict[str, Any]:
-        """Another stargate takes the vDisk: stop admitting, drain, drop, close. Without
-        ``notify`` (failback's "quiesce then kill") the connections are closed without an
-        async event first."""
-        name = f"{TARGET_NAME_PREFIX}{vdisk_id}"
+        """Another stargate takes the vDisk (or a volume group's virtual target, by its
+        unit id): stop admitting, drain, drop, close. Without ``notify`` (failback's
+        "quiesce then kill") the connections are closed without an async event first."""
+        name = unit_target_name(vdisk_id)
         claim = self.claims.get(name)
         if claim is None:
             return {"vdisk": vdisk_id, "released": True, "was_serving": False}
@@ -289,9 +478,9 @@ class ClusterStargate:
         claim.state = ClaimState.RELEASING
         opened = self._opened.get(name)
         if was_serving and opened is not None:
-            stats = opened.target.stats
+            luns = opened.target.luns
             with trio.move_on_after(self.drain_timeout):
-                while stats.queue_depth - claim.live_parked() > 0:
+                while sum(lun.stats.queue_depth for lun in luns) - claim.live_parked() > 0:
                     await trio.sleep(0.005)
         detached = self._detach(claim)
         closed = 0
@@ -361,7 +550,16 @@ class ClusterStargate:
     # -- failback -----------------------------------------------------------------------
 
     def request_logout(self, vdisk_id: str, seconds: int) -> int:
+        """AsyncEvent 1 to the sessions of the vDisk's target (or the virtual target's,
+        by its unit id); how many were asked."""
+        opened = self._opened.get(unit_target_name(vdisk_id))
+        if opened is not None:
+            vdisk_id = opened.target.vdisk_id  # its LUN 0
         return self.server.request_logout(vdisk_id, seconds)
+
+
+def _credentials(secrets: ChapSecrets | None) -> ChapCredentials | None:
+    return None if secrets is None else ChapCredentials(secrets.username, secrets.secret.decode())
 
 
 # -- process ------------------------------------------------------------------------------
@@ -394,8 +592,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(default: cluster.json's release_timeout, else 5; parked commands wait 2 s more "
         "at most)",
     )
+    parser.add_argument(
+        "--coordinator",
+        type=_coordinator_url,
+        default=None,
+        help="where ownership and liveness are agreed: 'dir' (the cluster directory) or "
+        "zk://HOST:PORT/PATH (default: what `cluster up` recorded, else dir)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return parser.parse_args(argv)
+
+
+def _coordinator_url(text: str) -> CoordinatorUrl:
+    try:
+        return CoordinatorUrl.parse(text)
+    except CoordinatorUrlError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 async def serve_until_signalled(cvm: ClusterStargate) -> None:
@@ -427,17 +639,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.node,
             queue_depth=args.queue_depth,
             release_timeout=args.release_timeout,
+            coordinator=args.coordinator,
         )
     except ValueError as error:
         print(f"stargate-{args.node}: {error}", file=sys.stderr)
         return 2
-    failure: BaseException | None = None
+    failure: str | None = None
     try:
         trio.run(serve_until_signalled, cvm)
     except* OSError as group:  # from inside trio's nurseries: wrapped in a group
-        failure = group.exceptions[0]
+        failure = f"cannot listen: {group.exceptions[0]}"
+    except* CoordinationError as group:
+        failure = f"coordinator {cvm.coordinator_url}: {group.exceptions[0]}"
     if failure is not None:
-        print(f"stargate-{args.node}: cannot listen: {failure}", file=sys.stderr)
+        print(f"stargate-{args.node}: {failure}", file=sys.stderr)
         return 1
     return 0
 

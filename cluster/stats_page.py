@@ -31,8 +31,8 @@ from control.faults_api import handle_fault_request
 from control.flags import Flag
 from control.http import HttpRequest, HttpResponse
 from stargate.support_page import SupportPages
-from topology.ownership import read_record
 from topology.spec import list_vdisks
+from topology.volume_group import VolumeGroupError, unit_target_name
 
 if TYPE_CHECKING:
     from cluster.cvm import ClusterStargate
@@ -65,11 +65,12 @@ class StatsPage:
             return supported
         if request.method == "GET":
             if request.path in ("/stats.json", "/"):
-                return HttpResponse.json(self.stats_document())
+                return HttpResponse.json(await self.stats_document())
             if request.path == "/metrics":
-                return HttpResponse(200, prometheus_text(self.stats_document()), CONTENT_TYPE)
+                document = await self.stats_document()
+                return HttpResponse(200, prometheus_text(document), CONTENT_TYPE)
             if request.path == "/vdisks":
-                return HttpResponse.json(self.vdisks_document())
+                return HttpResponse.json(await self.vdisks_document())
             return HttpResponse.json({"error": f"no page {request.path}"}, 404)
         if request.method == "POST":
             match = _CONTROL_RE.match(request.path)
@@ -79,7 +80,8 @@ class StatsPage:
         return HttpResponse.json({"error": f"method {request.method} not allowed"}, 405)
 
     async def control(self, request: HttpRequest, vdisk_id: str, action: str) -> HttpResponse:
-        if not self.cvm.paths.vdisk_meta_file(vdisk_id).is_file():
+        """``vdisk_id``: a vDisk, or a volume group's virtual target by its unit id."""
+        if not self.cvm.paths.vdisk_meta_file(vdisk_id).is_file() and not self._is_unit(vdisk_id):
             return HttpResponse.json({"error": f"no vDisk {vdisk_id!r} in this cluster"}, 404)
         if action == "release":
             by = request.query_value("by", "?") or "?"
@@ -100,9 +102,15 @@ class StatsPage:
         asked = self.cvm.request_logout(vdisk_id, seconds)
         return HttpResponse.json({"vdisk": vdisk_id, "sessions_asked": asked})
 
+    def _is_unit(self, unit_id: str) -> bool:
+        try:
+            return self.cvm.groups.target_of_unit(unit_id) is not None
+        except VolumeGroupError:
+            return False
+
     # -- documents --------------------------------------------------------------------------
 
-    def stats_document(self) -> dict[str, Any]:
+    async def stats_document(self) -> dict[str, Any]:
         cvm = self.cvm
         # Every vDisk this stargate served since it started; "released" once it moved away.
         per_vdisk: dict[str, dict[str, object]] = {
@@ -124,8 +132,9 @@ class StatsPage:
             # Read from the record now: a stargate that was stopped never claims to serve
             # a vDisk taken over meanwhile, even before its watcher has noticed.
             entry["serving"] = claim.may_execute()
+        records = await cvm.ownership_records(list(per_vdisk))
         for vdisk_id, entry in per_vdisk.items():  # who serves it now, as the record says
-            record = read_record(cvm.paths.ownership_file(vdisk_id))
+            record = records.get(vdisk_id)
             entry["owner_node"] = record.node_id if record and record.claimed else None
             entry["owner_epoch"] = record.epoch if record else 0
         return {
@@ -141,13 +150,18 @@ class StatsPage:
             "vdisks": per_vdisk,
         }
 
-    def vdisks_document(self) -> list[dict[str, Any]]:
+    async def vdisks_document(self) -> list[dict[str, Any]]:
         cvm = self.cvm
         stats = cvm.server.stats()
         document = []
-        for info in list_vdisks(cvm.paths.root):
-            record = read_record(cvm.paths.ownership_file(info.vdisk_id))
-            claim = cvm.claims.get(info.iqn)
+        infos = list_vdisks(cvm.paths.root)
+        # A volume group's disk is owned and served with its virtual target.
+        units = {info.vdisk_id: cvm.unit_of(info.vdisk_id) for info in infos}
+        records = await cvm.ownership_records(sorted(set(units.values())))
+        for info in infos:
+            unit = units[info.vdisk_id]
+            record = records.get(unit)
+            claim = cvm.claims.get(unit_target_name(unit))
             fence = claim.fence if claim is not None and claim.may_execute() else None
             counters = stats.get(info.vdisk_id, {})
             document.append(

@@ -12,8 +12,9 @@ from typing import Any
 import trio
 
 from control.http import HttpError, http_json
-from topology.ownership import read_record
+from topology.coordination import open_coordinator
 from topology.spec import ClusterPaths, ClusterSpec, list_vdisks
+from topology.volume_group import VolumeGroupError, VolumeGroupStore
 
 FETCH_TIMEOUT = 1.0
 
@@ -74,8 +75,14 @@ async def vdisk_table(spec: ClusterSpec, paths: ClusterPaths) -> list[dict[str, 
                 if vdisk_id not in serving or epoch > serving[vdisk_id][1]:
                     serving[vdisk_id] = (answer.node_id, epoch)
     table = []
-    for info in list_vdisks(paths.root):
-        record = read_record(paths.ownership_file(info.vdisk_id))
+    infos = list_vdisks(paths.root)
+    groups = VolumeGroupStore(paths.root)
+    # A volume group's disk is owned with its virtual target (its unit).
+    units = {info.vdisk_id: _unit_of(groups, info.vdisk_id) for info in infos}
+    async with open_coordinator(paths.coordinator(), paths.root) as coordinator:
+        records = {unit: await coordinator.read_ownership(unit) for unit in set(units.values())}
+    for info in infos:
+        record = records[units[info.vdisk_id]]
         served = serving.get(info.vdisk_id)
         table.append(
             {
@@ -88,3 +95,10 @@ async def vdisk_table(spec: ClusterSpec, paths: ClusterPaths) -> list[dict[str, 
             }
         )
     return table
+
+
+def _unit_of(groups: VolumeGroupStore, vdisk_id: str) -> str:
+    try:
+        return groups.unit_of(vdisk_id)
+    except VolumeGroupError:
+        return vdisk_id

@@ -353,6 +353,7 @@ async def cmd_bench(args: argparse.Namespace, console: Console) -> int:
             f"({report.ios} I/Os, {report.errors} errors, {report.reconnects} reconnects)",
             highlight=False,
         )
+        console.print(f"CPU {summary['cpu_us_per_io']:,.1f} µs per I/O", highlight=False)
         if latency:
             console.print(
                 "latency µs: " + ", ".join(f"{key} {value:,.0f}" for key, value in latency.items()),

@@ -10,7 +10,7 @@ target gone for longer than the replacement timeout raises ``TargetUnreachable``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from time import monotonic
@@ -73,6 +73,50 @@ class BlockDevice:
     ) -> None:
         blocks = self._blocks_of(data)
         await self._io(cdb.write16(lba, blocks, fua=fua), write_data=data, kind="write")
+
+    def submit_read(
+        self, lba: int, blocks: int, on_done: Callable[[bytes | bytearray | InitiatorError], None]
+    ) -> None:
+        """Start a read without waiting: ``on_done`` gets the data or the error `read`
+        would raise. Counted in `stats` as `read` counts (see `Session.submit`)."""
+        length = blocks * self.block_size
+        started = self._started()
+
+        def finished(outcome: CommandResult | InitiatorError) -> None:
+            if isinstance(outcome, InitiatorError):
+                self._failed()
+                on_done(outcome)
+                return
+            stats = self._finished(started)
+            stats.reads += 1
+            stats.bytes_read += len(outcome.data)
+            on_done(outcome.data)
+
+        self.session.submit(cdb.read16(lba, blocks), finished, lun=self.lun, read_length=length)
+
+    def submit_write(
+        self,
+        lba: int,
+        data: bytes | bytearray | memoryview,
+        on_done: Callable[[InitiatorError | None], None],
+    ) -> None:
+        """Start a write without waiting: ``on_done`` gets None or the error `write`
+        would raise."""
+        blocks = self._blocks_of(data)
+        size = memoryview(data).nbytes
+        started = self._started()
+
+        def finished(outcome: CommandResult | InitiatorError) -> None:
+            if isinstance(outcome, InitiatorError):
+                self._failed()
+                on_done(outcome)
+                return
+            stats = self._finished(started)
+            stats.writes += 1
+            stats.bytes_written += size
+            on_done(None)
+
+        self.session.submit(cdb.write16(lba, blocks), finished, lun=self.lun, write_data=data)
 
     async def flush(self) -> None:
         await self._io(cdb.synchronize_cache16())
@@ -138,6 +182,23 @@ class BlockDevice:
             )
         return length // self.block_size
 
+    def _started(self) -> float:
+        started = monotonic()  # the stats clock (not trio's, which has a random offset)
+        self.session.stats.pauses.started(started)
+        return started
+
+    def _finished(self, started: float) -> IoStats:
+        stats = self.session.stats
+        finished = monotonic()
+        stats.pauses.finished(finished)
+        stats.latency.add(finished - started)
+        return stats
+
+    def _failed(self) -> None:
+        stats = self.session.stats
+        stats.errors += 1
+        stats.pauses.finished(monotonic())
+
     async def _io(
         self,
         cdb_bytes: bytes,
@@ -147,9 +208,7 @@ class BlockDevice:
         kind: str = "other",
         check: bool = True,
     ) -> CommandResult:
-        stats = self.session.stats
-        started = monotonic()  # the stats clock (not trio's, which has a random offset)
-        stats.pauses.started(started)
+        started = self._started()
         try:
             result = await self.session.execute(
                 cdb_bytes,
@@ -159,12 +218,12 @@ class BlockDevice:
                 check=check,
             )
         except InitiatorError:
-            stats.errors += 1
+            self._failed()
             raise
-        finally:
-            finished = monotonic()
-            stats.pauses.finished(finished)
-        stats.latency.add(finished - started)
+        except BaseException:  # cancelled: no error, but no longer outstanding
+            self.session.stats.pauses.finished(monotonic())
+            raise
+        stats = self._finished(started)
         if kind == "read":
             stats.reads += 1
             stats.bytes_read += len(result.data)

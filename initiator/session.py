@@ -1,8 +1,10 @@
 """The full-feature phase of one iSCSI session, and its recovery, as QEMU + libiscsi do it.
 
 One session = one connection at a time to one target. A reader task dispatches responses
-to waiting commands by Initiator Task Tag; a writer task drains a queue of PDUs in
-batches; a pinger sends NOP-Outs to notice a dead target.
+to waiting commands by Initiator Task Tag; PDUs are serialized into one output buffer as
+they are queued, which a command with no other in flight sends at once and a writer task
+otherwise drains in one send per scheduling turn; a pinger sends NOP-Outs to notice a dead
+target.
 
 Recovery (error recovery level 0, like libiscsi's ``iscsi_reconnect``): when the connection
 drops, a NOP goes unanswered, the target sends garbage, or the target asks for a logout
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,6 +28,8 @@ from typing import Any
 
 import trio
 
+from iscsicore import fastpath
+from iscsicore.framing import append_segments
 from iscsicore.fullfeature.exchanges import (
     is_ping_answer,
     logout_request,
@@ -45,9 +49,9 @@ from iscsicore.pdu import (
     DataOut,
     LogoutResponse,
     NopIn,
+    Opcode,
     Pdu,
     Reject,
-    ScsiCommand,
     ScsiResponse,
     ScsiResponseCode,
     TaskAttribute,
@@ -61,6 +65,7 @@ from iscsicore.portal import Portal
 from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import SenseKey, SenseParseError, parse_sense
 
+from .completion import Completion
 from .connection import Connection
 from .errors import (
     CheckCondition,
@@ -83,6 +88,11 @@ log = logging.getLogger(__name__)
 
 _ITT_LIMIT = 0xFFFFFFFF  # RESERVED_TAG itself is never used
 _TRANSIENT_RETRIES = 8  # UNIT ATTENTION / BUSY / TASK SET FULL re-issues per command
+# SCSI Command bytes 0 and 1, as plain ints for the hot path
+_SCSI_COMMAND = int(Opcode.SCSI_COMMAND)
+_FINAL, _READ, _WRITE = 0x80, 0x40, 0x20
+_MAX_TASK_ATTRIBUTE = 7  # three bits of byte 1
+_GOOD = int(ScsiStatus.GOOD)
 
 
 @dataclass(slots=True)
@@ -137,15 +147,17 @@ class _Task:
     itt: int = RESERVED_TAG
     cmd_sn: int = 0
     generation: int = -1
-    done: trio.Event = field(default_factory=trio.Event)
+    done: Completion = field(default_factory=Completion)
     lost: bool = False  # the connection went away before status: re-issue
     error: InitiatorError | None = None
     response: ScsiResponse | DataIn | None = None
     received: int = 0  # Data-In bytes, for the transfer length when no residual is given
     data_in: DataSequence | None = None  # from the first Data-In on
+    # `Session.submit`'s callback, called instead of waking a waiting caller
+    on_done: Callable[[CommandResult | InitiatorError], None] | None = None
 
     def rearm(self) -> None:
-        self.done = trio.Event()
+        self.done.reset()
         self.lost = False
         self.error = None
         self.response = None
@@ -183,11 +195,15 @@ class Session:
         self._changed = trio.Event()  # set and replaced whenever a waiter may proceed
         self._changed_waiters = 0
         self._conn: Connection | None = None
-        # PDUs waiting for the writer task; swapped out whole on each write.
-        self._outbox: list[Pdu] = []
-        self._outbox_ready = trio.Event()
+        # Serialized PDUs not sent yet; swapped out whole on each write.
+        self._out = bytearray()
+        self._out_ready = trio.Event()
+        self._writer_busy = False  # the writer holds bytes not fully sent: it sends next
         self._conn_scope: trio.CancelScope | None = None
         self._conn_nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # the session's: outlives connections
+        self._dispatching = False  # the reader is handling a receive: it sends at the end
+        self._woke_callers = False  # that receive completed commands someone awaits
         self._reconnect_delay = 0.0
         self._lost_at: float | None = None
         self._installed_at = 0.0
@@ -209,6 +225,7 @@ class Session:
         session = cls(portal, target, config, established)
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
+            session._nursery = nursery
             nursery.start_soon(session._supervise)
             try:
                 yield session
@@ -245,8 +262,10 @@ class Session:
         self._sn = InitiatorNumbering(
             established.exp_cmd_sn, established.max_cmd_sn, established.stat_sn
         )
-        self._outbox = []  # whatever was queued for the previous connection is moot
-        self._outbox_ready = trio.Event()
+        self._out = bytearray()  # whatever was queued for the previous connection is moot
+        self._out_ready = trio.Event()
+        self._writer_busy = False
+        self._dispatching = False
         self._state = _State.UP
         self._failure = None
         self._lost_at = None
@@ -293,10 +312,11 @@ class Session:
         self._state = _State.DOWN
         self._lost_at = trio.current_time()
         self.stats.portal = ""
-        for task in self._tasks.values():
-            task.lost = True
-            task.done.set()
+        tasks = list(self._tasks.values())
         self._tasks.clear()
+        for task in tasks:
+            task.lost = True
+            self._finish(task)
         for exchange in self._exchanges.values():
             exchange.lost = True
             exchange.done.set()
@@ -360,10 +380,11 @@ class Session:
                 with trio.move_on_after(self.config.logout_timeout):
                     await self._logout()
             self._failure = SessionClosed("session closed")
-            for task in self._tasks.values():
-                task.error = self._failure
-                task.done.set()
+            tasks = list(self._tasks.values())
             self._tasks.clear()
+            for task in tasks:
+                task.error = self._failure
+                self._finish(task)
             if self._conn is not None:
                 await self._conn.aclose()
             if self._conn_scope is not None:
@@ -394,20 +415,77 @@ class Session:
         With ``check`` a status other than GOOD raises (``CheckCondition`` with decoded
         sense, else ``ScsiError``).
         """
+        return await self._run(self._new_task(cdb, lun, read_length, write_data, attr), check)
+
+    def submit(
+        self,
+        cdb: bytes,
+        on_done: Callable[[CommandResult | InitiatorError], None],
+        *,
+        lun: int = 0,
+        read_length: int = 0,
+        write_data: bytes | bytearray | memoryview | None = None,
+        attr: int = TaskAttribute.SIMPLE,
+    ) -> None:
+        """Start one SCSI command without waiting for it (as fio's libiscsi engine does):
+        ``on_done`` gets the result, or the error `execute` would raise (with ``check``).
+
+        A command that succeeds costs no task and no task switch: the reader calls
+        ``on_done`` as the status arrives, and a command ``on_done`` submits goes out in
+        the reader's send at the end of that receive. Re-issues, retries and waits for the
+        command window run in a task of their own, exactly as in `execute`.
+        """
+        task = self._new_task(cdb, lun, read_length, write_data, attr)
+        task.on_done = on_done
+        if self._state is _State.UP and self._failure is None and self._sn.can_send():
+            self._issue(task)
+        else:
+            assert self._nursery is not None, "submit needs a session from Session.connect"
+            self._nursery.start_soon(self._finish_submitted, task, on_done, False)
+
+    async def _finish_submitted(
+        self,
+        task: _Task,
+        on_done: Callable[[CommandResult | InitiatorError], None],
+        issued: bool,
+    ) -> None:
+        task.on_done = None  # from here on a waiter: `_run` does the rest
+        try:
+            result = await self._run(task, check=True, issued=issued)
+        except InitiatorError as error:
+            on_done(error)
+        else:
+            on_done(result)
+
+    def _new_task(
+        self,
+        cdb: bytes,
+        lun: int,
+        read_length: int,
+        write_data: bytes | bytearray | memoryview | None,
+        attr: int,
+    ) -> _Task:
         if len(cdb) > 16:
             raise ValueError("CDBs longer than 16 bytes (extended CDB AHS) are not supported")
-        task = _Task(
+        if not 0 <= attr <= _MAX_TASK_ATTRIBUTE:
+            raise ValueError(f"task attribute {attr} is not one of 0..{_MAX_TASK_ATTRIBUTE}")
+        return _Task(
             cdb=bytes(cdb).ljust(16, b"\x00"),
             lun_raw=lun_from_number(lun),
             read_length=read_length,
             write_data=memoryview(write_data).cast("B") if write_data is not None else None,
             attr=attr,
         )
+
+    async def _run(self, task: _Task, check: bool, *, issued: bool = False) -> CommandResult:
+        """Issue ``task`` (unless ``issued``: it has its outcome) until it has a final one."""
         reissues = transient_retries = 0
         while True:
-            if not (self._state is _State.UP and self._failure is None and self._sn.can_send()):
-                await self._wait_for_slot()  # the common case above skips a coroutine
-            self._issue(task)
+            if not issued:
+                if not (self._state is _State.UP and self._failure is None and self._sn.can_send()):
+                    await self._wait_for_slot()  # the common case above skips a coroutine
+                self._issue(task)
+            issued = False
             try:
                 await task.done.wait()
             except BaseException:
@@ -427,7 +505,7 @@ class Session:
                 if task.error is not None:
                     raise task.error
                 assert task.response is not None
-                if task.response.status == ScsiStatus.GOOD:
+                if task.response.status == _GOOD:
                     return self._result(task, check)
                 retry_after = self._transient_status(task)
                 if retry_after is None or transient_retries >= _TRANSIENT_RETRIES:
@@ -477,14 +555,9 @@ class Session:
         else:
             data = b""
         result = CommandResult(
-            status=response.status,
-            data=data,
-            sense=sense,
-            residual=residual,
-            underflow=response.underflow,
-            overflow=response.overflow,
+            response.status, data, sense, residual, response.underflow, response.overflow
         )
-        if check and result.status != ScsiStatus.GOOD:
+        if check and result.status != _GOOD:
             raise _status_error(result)
         return result
 
@@ -512,44 +585,82 @@ class Session:
     def _enqueue(self, pdus: list[Pdu]) -> None:
         """Queue PDUs for the writer; after a connection loss they are dropped with the
         connection (recovery re-issues what matters)."""
-        self._outbox += pdus
-        self._outbox_ready.set()
+        conn = self._conn
+        assert conn is not None
+        for pdu in pdus:
+            conn.append(self._out, pdu)
+        if not self._dispatching:  # else the reader sends when its receive is handled
+            self._out_ready.set()
+
+    def _send_now_or_queue(self) -> None:
+        """Send the output buffer at once (nothing else is queued or being sent, so order
+        holds); what the socket does not take, and any error, is left to the writer."""
+        conn = self._conn
+        assert conn is not None
+        out = self._out
+        try:
+            sent = conn.send_now(out)
+        except ConnectionLost:
+            sent = 0  # the writer meets the same error and handles the loss
+        if sent < len(out):
+            del out[:sent]
+            self._out_ready.set()
+        else:
+            out.clear()
 
     def _issue(self, task: _Task) -> None:
-        """Synchronous, so CmdSN order is queue order: assign tags, queue the PDUs."""
+        """Synchronous, so CmdSN order is queue order: assign tags, queue the PDUs.
+
+        The SCSI Command is packed straight into the output buffer (no PDU object). With
+        no other command in flight nobody else will send soon: it goes out at once, without
+        a turn of the writer task (the queue depth 1 case).
+        """
         itt = self._allocate_itt()
         task.itt = itt
-        task.cmd_sn = self._sn.take_cmd_sn()
+        task.cmd_sn = cmd_sn = self._sn.take_cmd_sn()
         task.generation = self._generation
+        alone = not self._tasks and not self._out and not self._writer_busy
         self._tasks[itt] = task
-        command = ScsiCommand(
-            final=True,
-            read=task.read_length > 0,
-            write=task.write_data is not None and len(task.write_data) > 0,
-            attr=task.attr,
-            lun=task.lun_raw,
-            itt=itt,
-            expected_data_transfer_length=(
-                len(task.write_data) if task.write_data is not None else task.read_length
-            ),
-            cmd_sn=task.cmd_sn,
-            exp_stat_sn=self._sn.exp_stat_sn,
-            cdb=task.cdb,
-        )
-        pdus: list[Pdu] = [command]
+        conn = self._conn
+        assert conn is not None
         data = task.write_data
+        immediate: memoryview | bytes = b""
+        unsolicited = 0  # bytes to send in Data-Out PDUs after the command
+        flags = _FINAL | task.attr
         if data is not None and len(data):
+            flags |= _WRITE
+            transfer_length = len(data)
             params = self.params
-            segment = params.target_max_recv_data_segment_length
-            unsolicited_limit = min(len(data), params.first_burst_length)
-            sent = 0
+            unsolicited_limit = min(transfer_length, params.first_burst_length)
             if params.immediate_data:
-                sent = min(unsolicited_limit, segment)
-                command.data = data[:sent]
-            if not params.initial_r2t and sent < unsolicited_limit:
-                command.final = False
-                pdus += self._data_out(task, RESERVED_TAG, sent, unsolicited_limit - sent)
-        self._enqueue(pdus)
+                immediate = data[
+                    : min(unsolicited_limit, params.target_max_recv_data_segment_length)
+                ]
+            if not params.initial_r2t and len(immediate) < unsolicited_limit:
+                flags &= ~_FINAL
+                unsolicited = unsolicited_limit - len(immediate)
+        else:
+            transfer_length = task.read_length
+            if transfer_length > 0:
+                flags |= _READ
+        bhs = fastpath.scsi_command_bhs(
+            _SCSI_COMMAND,
+            flags,
+            len(immediate),
+            task.lun_raw,
+            itt,
+            transfer_length,
+            cmd_sn,
+            self._sn.exp_stat_sn,
+            task.cdb,
+        )
+        append_segments(self._out, bhs, b"", immediate, conn.header_digest, conn.data_digest)
+        if unsolicited:
+            self._enqueue(self._data_out(task, RESERVED_TAG, len(immediate), unsolicited))
+        if alone:
+            self._send_now_or_queue()
+        elif not self._dispatching:  # else the reader sends when its receive is handled
+            self._out_ready.set()
 
     def _data_out(self, task: _Task, ttt: int, offset: int, length: int) -> list[Pdu]:
         """The Data-Out sequence for ``length`` bytes at ``offset`` (one burst: the
@@ -657,7 +768,7 @@ class Session:
         task = self._tasks.pop(itt, None)
         if task is not None:
             task.error = error
-            task.done.set()
+            self._finish(task)
 
     async def ping(self) -> float:
         """One NOP-Out/NOP-In round trip, in seconds."""
@@ -678,12 +789,17 @@ class Session:
     # ------------------------------------------------------------------ connection tasks
 
     async def _writer(self, conn: Connection) -> None:
-        """Send queued PDUs, everything queued so far in one write."""
+        """Send the output buffer, everything queued so far in one write."""
         while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready = trio.Event()
-            pdus, self._outbox = self._outbox, []
-            await conn.send(pdus)
+            await self._out_ready.wait()
+            self._out_ready = trio.Event()
+            self._writer_busy = True
+            try:
+                while self._out:
+                    out, self._out = self._out, bytearray()
+                    await conn.send_bytes(out)
+            finally:
+                self._writer_busy = False
 
     async def _pinger(self, conn: Connection) -> None:
         while True:
@@ -699,24 +815,40 @@ class Session:
                 )
 
     async def _reader(self, conn: Connection) -> None:
-        while True:
-            pdu = await conn.receive()
-            if isinstance(pdu, DataIn):
-                self._on_data_in(pdu)
-            elif isinstance(pdu, ScsiResponse):
-                self._on_response(pdu)
-            elif isinstance(pdu, R2T):
-                self._on_r2t(pdu)
-            elif isinstance(pdu, NopIn):
-                self._on_nop_in(pdu)
-            elif isinstance(pdu, AsyncMessage):
-                self._on_async(pdu, conn)
-            elif isinstance(pdu, TaskMgmtResponse | LogoutResponse):
-                self._on_exchange_answer(pdu)
-            elif isinstance(pdu, Reject):
-                self._on_reject(pdu)
-            else:
-                raise TargetProtocolError(f"unexpected {pdu.opcode.name} in full-feature phase")
+        """Dispatch every PDU of each receive, then wait for more."""
+        handlers: dict[type[Pdu], Any] = {
+            DataIn: self._on_data_in,
+            ScsiResponse: self._on_response,
+            R2T: self._on_r2t,
+            NopIn: self._on_nop_in,
+            AsyncMessage: lambda pdu: self._on_async(pdu, conn),
+            TaskMgmtResponse: self._on_exchange_answer,
+            LogoutResponse: self._on_exchange_answer,
+            Reject: self._on_reject,
+        }
+        try:
+            while True:
+                pdu = conn.next_buffered()
+                if pdu is None:
+                    # Everything this receive brought is handled: what it made the session
+                    # queue (commands submitted from completions, Data-Out) goes in one send.
+                    self._dispatching = False
+                    if self._out and not self._writer_busy:
+                        self._send_now_or_queue()
+                    if self._woke_callers:
+                        # Let them issue their next commands before the next receive, as a
+                        # pipeline of `execute` callers needs (submitted ones have already).
+                        self._woke_callers = False
+                        await trio.lowlevel.checkpoint()
+                    await conn.receive_more()
+                    self._dispatching = True
+                    continue
+                handler = handlers.get(type(pdu))
+                if handler is None:
+                    raise TargetProtocolError(f"unexpected {pdu.opcode.name} in full-feature phase")
+                handler(pdu)
+        finally:
+            self._dispatching = False
 
     def _on_data_in(self, pdu: DataIn) -> None:
         if self._sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn):
@@ -727,6 +859,21 @@ class Session:
         if task is None:
             return  # a task we gave up on (cancelled or aborted)
         data = pdu.data
+        if (
+            pdu.status_present
+            and task.data_in is None
+            and not pdu.data_sn
+            and not pdu.buffer_offset
+            and len(data) <= task.read_length
+        ):
+            # The common case: one Data-In with all the data and the status. In sequence
+            # by itself; its bytes are a private copy from the framer: kept, no copy.
+            if data:
+                task.whole = bytes(data)
+                task.received = len(data)
+            task.response = pdu
+            self._complete(task)
+            return
         sequence = task.data_in
         if sequence is None:
             sequence = task.data_in = DataSequence(
@@ -772,7 +919,29 @@ class Session:
 
     def _complete(self, task: _Task) -> None:
         del self._tasks[task.itt]
+        self._finish(task)
+
+    def _finish(self, task: _Task) -> None:
+        """The attempt has an outcome: wake the caller waiting in `execute`, or for a
+        submitted command call its callback at once when it succeeded; anything else
+        (status other than GOOD, error, lost connection) goes through `execute`'s retry
+        logic in a task of its own."""
         task.done.set()
+        on_done = task.on_done
+        if on_done is None:
+            self._woke_callers = True
+            return
+        response = task.response
+        if (
+            response is not None
+            and response.status == _GOOD
+            and not task.lost
+            and task.error is None
+        ):
+            on_done(self._result(task, check=False))
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._finish_submitted, task, on_done, True)
 
     def _on_r2t(self, pdu: R2T) -> None:
         if self._sn.update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn):

@@ -73,10 +73,41 @@ def _lengths_word(pdu: Pdu, ahs_length: int) -> int:
 # Encoders
 
 
+def scsi_command_bhs(
+    opcode_byte: int,
+    flags: int,
+    lengths_word: int,
+    lun: int,
+    itt: int,
+    expected_data_transfer_length: int,
+    cmd_sn: int,
+    exp_stat_sn: int,
+    cdb: bytes,
+) -> bytes:
+    """A SCSI Command BHS from its fields, for senders that skip the `ScsiCommand` object.
+
+    ``opcode_byte`` is byte 0 (0x01, | 0x40 for an immediate command); ``flags`` byte 1
+    (F R W: 0x80 0x40 0x20, | the task attribute); ``cdb`` exactly 16 bytes;
+    ``lengths_word`` as for `scsi_response_bhs`. `encode_bhs` encodes every `ScsiCommand`
+    through here, so the property tests that hold it equal to ``wire`` hold this too.
+    """
+    return SCSI_COMMAND.pack(
+        opcode_byte,
+        flags,
+        lengths_word,
+        lun,
+        itt,
+        expected_data_transfer_length,
+        cmd_sn,
+        exp_stat_sn,
+        cdb,
+    )
+
+
 def _encode_scsi_command(pdu: ScsiCommand, ahs_length: int) -> bytes:
     if pdu.attr >> 3 or pdu.attr < 0 or len(pdu.cdb) != wire.CDB_IN_BHS:
         raise PduEncodeError(f"attr {pdu.attr} / CDB of {len(pdu.cdb)} bytes")
-    return SCSI_COMMAND.pack(
+    return scsi_command_bhs(
         _SCSI_COMMAND | (_IMMEDIATE if pdu.immediate else 0),
         (0x80 if pdu.final else 0)
         | (0x40 if pdu.read else 0)
@@ -378,6 +409,52 @@ def _decode_data_in(header: bytes) -> Pdu:
         fields[2],
         *fields[4:],
     )
+
+
+def data_in_at(buffer: _Buffer, offset: int) -> tuple[DataIn, int] | None:
+    """(Data-In, DataSegmentLength) of the Data-In BHS at ``buffer[offset:]``, read in place
+    with one unpack: the initiator's receive shortcut, as `scsi_command_at` is the target's.
+
+    None when the general decoder must look (not a Data-In, an AHS, or a header it rejects):
+    it then decodes or raises exactly as before. Data is left to the caller.
+    """
+    fields = DATA_IN.unpack_from(buffer, offset)
+    b0, b1, status, lengths = fields[:4]
+    if b0 & wire.OPCODE_MASK != _DATA_IN or lengths >> 24:
+        return None
+    if b1 & 0x01 and (not b1 & 0x80 or b1 & 0x06 == 0x06):
+        return None  # S without F, or O and U together: malformed
+    pdu = DataIn(
+        bool(b1 & 0x80),
+        bool(b1 & 0x40),
+        bool(b1 & 0x04),
+        bool(b1 & 0x02),
+        bool(b1 & 0x01),
+        status,
+        *fields[4:],
+    )
+    return pdu, lengths
+
+
+def scsi_response_at(buffer: _Buffer, offset: int) -> tuple[ScsiResponse, int] | None:
+    """(SCSI Response, DataSegmentLength) of the SCSI Response BHS at ``buffer[offset:]``,
+    read in place as `data_in_at` reads a Data-In; None where the general decoder must look."""
+    fields = SCSI_RESPONSE.unpack_from(buffer, offset)
+    b0, b1 = fields[:2]
+    lengths = fields[4]
+    if b0 & wire.OPCODE_MASK != _SCSI_RESPONSE or lengths >> 24:
+        return None
+    if b1 & 0x06 == 0x06 or b1 & 0x18 == 0x18:
+        return None  # overflow and underflow both set: malformed
+    pdu = ScsiResponse(
+        bool(b1 & 0x10),
+        bool(b1 & 0x08),
+        bool(b1 & 0x04),
+        bool(b1 & 0x02),
+        *fields[2:4],
+        *fields[5:],
+    )
+    return pdu, lengths
 
 
 def _decode_data_out(header: bytes) -> Pdu:

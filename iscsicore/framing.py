@@ -8,6 +8,7 @@ over the padded data (present only when the data segment is not empty).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from . import fastpath, wire
@@ -19,7 +20,7 @@ from .errors import (
     IscsiProtocolError,
     WrongDirection,
 )
-from .pdu import BHS_LENGTH, Opcode, Pdu, ScsiCommand
+from .pdu import BHS_LENGTH, Opcode, Pdu
 
 Peer = Literal["initiator", "target"]
 
@@ -29,7 +30,16 @@ LOGIN_DATA_SEGMENT_LIMIT = 8192
 DEFAULT_MAX_RECV_DATA_SEGMENT_LENGTH = 8192
 _LOGIN_OPCODES = frozenset({int(Opcode.LOGIN_REQUEST), int(Opcode.LOGIN_RESPONSE)})
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # indexed by length % 4
-_SCSI_COMMAND = int(Opcode.SCSI_COMMAND)
+# The commonest PDUs of each direction, decoded in place while no digests are on: SCSI
+# Commands from an initiator; Data-In and SCSI Responses from a target.
+_PlainDecoder = Callable[[bytearray, int], tuple[Pdu, int] | None]
+_PLAIN_DECODERS: dict[Peer, dict[int, _PlainDecoder]] = {
+    "initiator": {int(Opcode.SCSI_COMMAND): fastpath.scsi_command_at},
+    "target": {
+        int(Opcode.DATA_IN): fastpath.data_in_at,
+        int(Opcode.SCSI_RESPONSE): fastpath.scsi_response_at,
+    },
+}
 
 
 def encode_pdu(pdu: Pdu, *, header_digest: bool = False, data_digest: bool = False) -> bytes:
@@ -118,8 +128,9 @@ class PduFramer:
         self._data_length = 0
         self._total_length = 0
         self._has_data_digest = False
-        self._plain_commands = False
-        self._update_plain_commands()
+        self._plain_decoders = _PLAIN_DECODERS[receiving_from]
+        self._plain = False
+        self._update_plain()
 
     # -- settings that login changes -------------------------------------------------------
 
@@ -131,7 +142,7 @@ class PduFramer:
     def header_digest(self, enabled: bool) -> None:
         self._header_digest = enabled
         self._bhs = None
-        self._update_plain_commands()
+        self._update_plain()
 
     @property
     def data_digest(self) -> bool:
@@ -141,7 +152,7 @@ class PduFramer:
     def data_digest(self, enabled: bool) -> None:
         self._data_digest = enabled
         self._bhs = None
-        self._update_plain_commands()
+        self._update_plain()
 
     @property
     def max_recv_data_segment_length(self) -> int:
@@ -152,11 +163,9 @@ class PduFramer:
         self._max_recv_data_segment_length = length
         self._bhs = None
 
-    def _update_plain_commands(self) -> None:
-        # The SCSI Command shortcut of `next_pdu` skips digests: only without them.
-        self._plain_commands = (
-            self.receiving_from == "initiator" and not self._header_digest and not self._data_digest
-        )
+    def _update_plain(self) -> None:
+        # The in-place shortcut of `next_pdu` skips digests: only without them.
+        self._plain = not self._header_digest and not self._data_digest
 
     # -- state -----------------------------------------------------------------------------
 
@@ -182,10 +191,10 @@ class PduFramer:
         """The next complete PDU, or None when more bytes are needed."""
         if self._failure is not None:
             raise self._failure
-        if self._plain_commands and self._bhs is None:
-            command = self._next_plain_command()
-            if command is not None:
-                return command
+        if self._plain and self._bhs is None:
+            pdu = self._next_plain()
+            if pdu is not None:
+                return pdu
         try:
             if self._bhs is None and not self._read_header():
                 return None
@@ -199,19 +208,23 @@ class PduFramer:
 
     # -------------------------------------------------------------------------------------
 
-    def _next_plain_command(self) -> ScsiCommand | None:
-        """A complete SCSI Command without AHS, decoded in place with one unpack (no digests
-        are negotiated); None: anything else, left to the general path, which decodes it or
-        raises as it always does (that includes a data segment over the limit)."""
+    def _next_plain(self) -> Pdu | None:
+        """A complete SCSI Command (from an initiator), Data-In or SCSI Response (from a
+        target) without AHS, decoded in place with one unpack (no digests are negotiated);
+        None: anything else, left to the general path, which decodes it or raises as it
+        always does (that includes a data segment over the limit)."""
         buffer = self._buffer
         start = self._offset
         available = len(buffer) - start
-        if available < BHS_LENGTH or buffer[start] & wire.OPCODE_MASK != _SCSI_COMMAND:
+        if available < BHS_LENGTH:
             return None
-        decoded = fastpath.scsi_command_at(buffer, start)
+        decode_at = self._plain_decoders.get(buffer[start] & wire.OPCODE_MASK)
+        if decode_at is None:
+            return None
+        decoded = decode_at(buffer, start)
         if decoded is None:
             return None
-        command, data_length = decoded  # no AHS: the lengths word is the data length
+        pdu, data_length = decoded  # no AHS: the lengths word is the data length
         if data_length > self._max_recv_data_segment_length:
             return None
         end = BHS_LENGTH + ((data_length + 3) & ~3)
@@ -219,12 +232,12 @@ class PduFramer:
             return None
         if data_length:
             with memoryview(buffer) as view:
-                command.data = bytes(view[start + BHS_LENGTH : start + BHS_LENGTH + data_length])
+                pdu.data = bytes(view[start + BHS_LENGTH : start + BHS_LENGTH + data_length])
         self._offset = start + end
         if self._offset == len(buffer):
             buffer.clear()
             self._offset = 0
-        return command
+        return pdu
 
     def _read_header(self) -> bool:
         """Parse and check the next header once it is complete (digest included)."""

@@ -192,6 +192,17 @@ def lun_number(raw: int) -> int:
     return (raw >> 48) & 0x3FFF
 
 
+MAX_LUN = 0x3FFF
+
+
+def encode_lun(number: int) -> int:
+    """The raw 8-byte LUN field of ``number`` (SAM-5 4.7): peripheral device addressing
+    below 256, flat space addressing up to 16383 (as Linux and libiscsi send them)."""
+    if not 0 <= number <= MAX_LUN:
+        raise ValueError(f"LUN {number} is out of range 0..{MAX_LUN}")
+    return (number if number < 256 else 0x4000 | number) << 48
+
+
 @dataclass(slots=True, frozen=True)
 class Ahs:
     """One additional header segment: its type and the bytes that follow the type byte

@@ -24,6 +24,7 @@ from redirector.config import (
     Timers,
 )
 from redirector.log import redirector_logger
+from topology.coordination import CoordinationError
 from topology.settings import HEALTH_KNOBS, SettingsError
 from topology.spec import ClusterSpecError
 
@@ -75,13 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"redirector-{args.node}: {error}", file=sys.stderr)
         return 2
     logger = redirector_logger(args.log)
-    failure: BaseException | None = None
+    failure: str | None = None
     try:
         trio.run(serve_until_signalled, Redirector(config, logger), logger)
     except* OSError as group:  # from inside trio's nurseries: wrapped in a group
-        failure = group.exceptions[0]
+        failure = f"cannot listen: {group.exceptions[0]}"
+    except* CoordinationError as group:
+        failure = f"coordinator {config.paths.coordinator()}: {group.exceptions[0]}"
     if failure is not None:
-        print(f"redirector-{args.node}: cannot listen: {failure}", file=sys.stderr)
+        print(f"redirector-{args.node}: {failure}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,4 +1,5 @@
-"""One node's redirector, assembled: placement policy, health checks, portal, failback.
+"""One node's redirector, assembled: placement policy, health checks, portal, failback,
+and a candidacy for the cluster's Data Services IP.
 
 redirector = Redirector(RedirectorConfig.load(directory, node_id), logger)
 async with trio.open_nursery() as nursery:
@@ -17,8 +18,10 @@ from control.http import serve_http
 from faults.forensics import Forensics
 from faults.injector import FaultInjector
 from redirector.config import RedirectorConfig
+from redirector.dsip_service import DataServicesIp
 from redirector.failback import Failback
 from redirector.health import HealthChecker
+from redirector.membership import Membership
 from redirector.page import RedirectorPage
 from redirector.policy import PlacementPolicy
 from redirector.server import RedirectorServer
@@ -49,6 +52,10 @@ class Redirector:
             config, self.policy, self.health, logger, clock=clock, injector=injector
         )
         self.failback = Failback(config, self.policy, logger, clock=clock)
+        self.membership = Membership(config, self.health)
+        self.dsip = DataServicesIp(
+            config, self.policy, self.health, self.failback, logger, clock=clock
+        )
 
     def _forensics(self) -> Forensics | None:
         """Faults fired here go to DIR/forensics/redirector-N.jsonl, which `stargate timeline`
@@ -67,8 +74,10 @@ class Redirector:
         the portal; failback and the HTTP page run alongside. Reports the bound port."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.health.run)
+            coordinator = await nursery.start(self.membership.run)  # liveness, records
             port = await nursery.start(self.server.serve)
-            nursery.start_soon(self.failback.run)
+            nursery.start_soon(self.failback.run, coordinator)
+            nursery.start_soon(self.dsip.run, coordinator)  # serves it while leading
             await self._start_page(nursery)
             task_status.started(port)
 

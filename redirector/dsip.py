@@ -89,7 +89,7 @@ class DsipServer(RedirectorServer):
     ) -> Resolution:
         if session_type is SessionType.DISCOVERY:
             self.stats.discovery_sessions += 1
-            return Accept()
+            return self._discovery_login(initiator_name)
         found = self._find(target_name or "")
         if found is None:
             return Refuse(LoginStatus.NOT_FOUND)
@@ -112,6 +112,21 @@ class DsipServer(RedirectorServer):
         return Redirect.to(
             node.cvm_advertised_address, node.cvm_advertised_port, self.config.portal_group_tag
         )
+
+    def _discovery_login(self, initiator_name: str) -> Accept:
+        """Discovery is authenticated as the initiator's volume groups are: with the CHAP
+        (and mutual CHAP) of the first attached group, by name, that has CHAP; without
+        when none has. A client that logs in to a group with CHAP (libiscsi's tools, an
+        open-iscsi configured for it) authenticates its discovery the same way."""
+        try:
+            groups = self.groups.all()
+        except VolumeGroupError as error:
+            log.warning("volume groups unreadable: %s", error)
+            return Accept()
+        for group in groups:
+            if group.chap is not None and group.is_attached(initiator_name):
+                return Accept(chap=group.chap, mutual=group.mutual_chap)
+        return Accept()
 
     def discovery_targets(self, initiator_name: str) -> list[TargetRecord]:
         """The attached groups' virtual targets, each at the DSIP: initiators keep the DSIP

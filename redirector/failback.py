@@ -33,8 +33,8 @@ from control.control_token import ControlTokenError, cluster_token
 from control.http import HttpError, http_json
 from redirector.config import RedirectorConfig
 from redirector.policy import PlacementPolicy
+from topology.coordination import CoordinationError, OwnershipRecords
 from topology.naming import target_name_for
-from topology.ownership import read_record
 from topology.settings import FailbackMode
 from topology.spec import ClusterSpec, ClusterSpecError, NodeSpec, load_vms
 
@@ -73,19 +73,23 @@ class Failback:
     mode_override: FailbackMode | None = None
     logout_seconds: int | None = None  # None: the timers'
 
-    async def run(self) -> None:
+    async def run(self, records: OwnershipRecords) -> None:
         while True:
-            await self.step()
+            await self.step(records)
             await trio.sleep(CHECK_INTERVAL)
 
-    async def step(self) -> None:
+    async def step(self, records: OwnershipRecords) -> None:
         """Ask for the sessions of every vDisk due to come home to end (concurrently)."""
         now = self.clock()
         strays: dict[str, str] = {}
         if self.policy.local_is_stable(now):
             if not self._looked_for_strays:
-                self._looked_for_strays = True
-                self._strays = self.stray_vdisks()
+                try:
+                    self._strays = await self.stray_vdisks(records)
+                except CoordinationError as error:
+                    self.logger.warning("Ownership records unreadable, looking again: %s", error)
+                else:
+                    self._looked_for_strays = True
             # A stray owned by a stargate not (yet) seen healthy waits: asking it would fail.
             strays = {v: node for v, node in self._strays.items() if self.policy.is_healthy(node)}
         due = {**strays, **self.policy.failback_due(now)}
@@ -164,7 +168,7 @@ class Failback:
         self._attempts.pop(vdisk, None)
         self._strays.pop(vdisk, None)
 
-    def stray_vdisks(self) -> dict[str, str]:
+    async def stray_vdisks(self, records: OwnershipRecords) -> dict[str, str]:
         """vDisks of this node's VMs owned by a remote stargate, by their records (a
         load-balanced VM's vDisks have homes of their own: not strays)."""
         local = self.config.node_id
@@ -174,7 +178,7 @@ class Failback:
             if vm.home_node != local or vm.load_balance:
                 continue
             for vdisk in vm.vdisk_ids:
-                record = read_record(self.config.paths.ownership_file(vdisk))
+                record = await records.read_ownership(vdisk)
                 if record is None or record.node_id not in remote_ids:
                     continue
                 strays[vdisk] = self.config.node_key(record.node_id)

@@ -128,4 +128,11 @@ def redirector_vars(redirector: Redirector) -> dict[str, int | float]:
     counters["redirector/failback/sessions_asked"] = failback.sessions_asked
     counters["redirector/failback/connections_killed"] = failback.connections_killed
     counters["redirector/failback/abandoned"] = failback.abandoned
+    dsip = redirector.dsip
+    counters["redirector/dsip/leading"] = 1 if dsip.leading else 0
+    counters["redirector/dsip/terms"] = dsip.terms
+    counters["redirector/dsip/redirects"] = sum(dsip.server.stats.redirects.values())
+    counters["redirector/dsip/discovery_sessions"] = dsip.server.stats.discovery_sessions
+    counters["redirector/dsip/refused_unattached"] = dsip.server.refused_unattached
+    counters["redirector/dsip/failbacks"] = dsip.failback.requested
     return counters

@@ -49,5 +49,13 @@ class RedirectorPage:
             return vars_page(redirector_vars(self.redirector), request)
         if request.path == "/stats.json" and request.method == "GET":
             stats = dataclasses.asdict(self.server.stats)
+            dsip = self.redirector.dsip
+            stats["dsip"] = {
+                "portal": self.server.config.spec.dsip_portal,
+                "leading": dsip.leading,
+                "away": dsip.placement.away(),  # virtual targets served away from home
+                **dataclasses.asdict(dsip.server.stats),
+                "refused_unattached": dsip.server.refused_unattached,
+            }
             return HttpResponse.json({"node": self.server.config.node_id, **stats})
         return HttpResponse.json({"error": f"no page {request.path}"}, 404)

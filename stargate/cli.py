@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -26,6 +26,7 @@ from stargate.config import (
     DEFAULTS,
     StoreKind,
     TargetConfig,
+    VDiskSpec,
     parse_credentials,
     parse_portal,
     parse_vdisk,
@@ -35,9 +36,12 @@ from stargate.login_phase import LoginPolicy
 from stargate.queue import ShareLimits
 from stargate.server import ServerConfig, StargateServer
 from stargate.stores.base import BlockStore
-from stargate.target import PortalGroup, TargetRegistry, VDiskTarget
+from stargate.target import ExtraLun, PortalGroup, TargetRegistry, VDiskTarget
 from stargate.transport.config import DEFAULT_CONTROL_PDU_BURST, ConnectionTimers
 from topology.config_file import ConfigDocument, ConfigError
+
+if TYPE_CHECKING:
+    from stargate.scsi.lu import LogicalUnit
 
 log = logging.getLogger("stargate")
 
@@ -67,10 +71,27 @@ def _flag_type(converter: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
+class JoinLastTarget(argparse.Action):
+    """``--lun``: the vDisk joins the target of the last ``--vdisk`` as its next LUN."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        targets: list[VDiskSpec] | None = getattr(namespace, self.dest, None)
+        assert isinstance(values, VDiskSpec)
+        if not targets:
+            parser.error(f"{option_string} {values.vdisk_id}: no --vdisk before it to join")
+        targets[-1] = targets[-1].with_lun(values)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "target",
-        help="serve vDisks as iSCSI targets (one target per vDisk, LUN 0)",
+        help="serve vDisks as iSCSI targets (a target per --vdisk, more LUNs by --lun)",
         description="Serve vDisks as iSCSI targets iqn.2010-06.com.nutanix:vmdisk-<ID>. "
         "Everything can come from a TOML file (--config, see docs/examples/target.toml); "
         "flags given with --config override the file's values (--vdisk and --allow "
@@ -94,7 +115,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_flag_type(parse_vdisk),
         action="append",
         metavar="ID:SIZE",
-        help="a vDisk to serve, created with SIZE (512M, 4G) unless it exists; repeatable",
+        help="a vDisk to serve as a target of its own (its LUN 0), created with SIZE "
+        "(512M, 4G) unless it exists; repeatable",
+    )
+    parser.add_argument(
+        "--lun",
+        dest="vdisks",
+        type=_flag_type(parse_vdisk),
+        action=JoinLastTarget,
+        metavar="ID:SIZE",
+        help="a vDisk to serve as the next LUN (1, 2, ...) of the target of the --vdisk "
+        "before it; repeatable",
     )
     parser.add_argument(
         "--memory",
@@ -235,6 +266,46 @@ def target_config(args: argparse.Namespace) -> TargetConfig:
 
 
 def _open_targets(cfg: TargetConfig) -> tuple[list[VDiskTarget], list[BlockStore]]:
+    targets: list[VDiskTarget] = []
+    stores: list[BlockStore] = []
+    try:
+        for spec in cfg.vdisks:
+            units = []
+            for lun_spec in spec.luns:
+                unit, store = _open_logical_unit(cfg, lun_spec, len(spec.luns))
+                stores.append(store)
+                units.append(unit)
+                if unit.block_size != units[0].block_size:  # the target has one block size
+                    raise CliError(
+                        f"vDisk {lun_spec.vdisk_id} has {unit.block_size}-byte blocks, "
+                        f"LUN 0 of its target {units[0].block_size}-byte ones"
+                    )
+            first, *others = units
+            targets.append(
+                VDiskTarget(
+                    spec.vdisk_id,
+                    first,
+                    block_size=first.block_size,
+                    allowed_initiators=frozenset(cfg.allow) if cfg.allow else None,
+                    chap=cfg.chap,
+                    mutual_chap=cfg.mutual_chap,
+                    extra_luns=tuple(
+                        ExtraLun(extra.vdisk_id, unit)
+                        for extra, unit in zip(spec.extra_luns, others, strict=True)
+                    ),
+                )
+            )
+    except CliError:
+        for store in stores:
+            store.close()
+        raise
+    return targets, stores
+
+
+def _open_logical_unit(
+    cfg: TargetConfig, spec: VDiskSpec, target_luns: int
+) -> tuple[LogicalUnit, BlockStore]:
+    """One vDisk as a LUN of a target of ``target_luns`` LUNs."""
     from stargate.scsi.lu import LogicalUnit
     from stargate.scsi.reserve import vdisk_reservations
     from stargate.stores.file import FileStore
@@ -242,54 +313,41 @@ def _open_targets(cfg: TargetConfig) -> tuple[list[VDiskTarget], list[BlockStore
     from stargate.stores.null import NullStore
     from topology.vdisk import VDiskMeta
 
-    targets: list[VDiskTarget] = []
-    stores: list[BlockStore] = []
-    for spec in cfg.vdisks:
-        created: list[Path] = []
-        if cfg.data_dir is not None and not cfg.in_memory:
-            created = [
-                path
-                for path in (cfg.data_dir / f"{spec.vdisk_id}{ext}" for ext in (".img", ".json"))
-                if not path.exists()
-            ]
-        try:
-            meta = VDiskMeta(spec.vdisk_id, spec.size or 512)
-            store: NullStore | MemoryStore | FileStore
-            if cfg.store is StoreKind.NULL:
-                store = NullStore(meta)
-            elif cfg.store is StoreKind.MEMORY:
-                store = MemoryStore(meta)
-            else:
-                assert cfg.data_dir is not None  # config.check
-                store = FileStore.open_or_create(cfg.data_dir, meta)
-        except (OSError, ValueError, OverflowError) as error:
-            for path in created:  # leave nothing half-made behind
-                path.unlink(missing_ok=True)
-            raise CliError(f"cannot open vDisk {spec.vdisk_id}: {error}") from None
-        stores.append(store)
-        # SPC-4 persistent reservations (DIR/<id>.pr.json) and SPC-2 RESERVE, wired to the
-        # unit attention queues they raise conditions in.
-        reservations, unit_attentions = vdisk_reservations(
-            None if cfg.in_memory else cfg.data_dir, spec.vdisk_id
-        )
-        lu = LogicalUnit(
-            store,
-            store.meta,  # an existing vDisk's, as stored
-            reservations=reservations,
-            unit_attentions=unit_attentions,
-            read_only=cfg.read_only,
-        )
-        targets.append(
-            VDiskTarget(
-                spec.vdisk_id,
-                lu,
-                block_size=store.block_size,
-                allowed_initiators=frozenset(cfg.allow) if cfg.allow else None,
-                chap=cfg.chap,
-                mutual_chap=cfg.mutual_chap,
-            )
-        )
-    return targets, stores
+    created: list[Path] = []
+    if cfg.data_dir is not None and not cfg.in_memory:
+        created = [
+            path
+            for path in (cfg.data_dir / f"{spec.vdisk_id}{ext}" for ext in (".img", ".json"))
+            if not path.exists()
+        ]
+    try:
+        meta = VDiskMeta(spec.vdisk_id, spec.size or 512)
+        store: NullStore | MemoryStore | FileStore
+        if cfg.store is StoreKind.NULL:
+            store = NullStore(meta)
+        elif cfg.store is StoreKind.MEMORY:
+            store = MemoryStore(meta)
+        else:
+            assert cfg.data_dir is not None  # config.check
+            store = FileStore.open_or_create(cfg.data_dir, meta)
+    except (OSError, ValueError, OverflowError) as error:
+        for path in created:  # leave nothing half-made behind
+            path.unlink(missing_ok=True)
+        raise CliError(f"cannot open vDisk {spec.vdisk_id}: {error}") from None
+    # SPC-4 persistent reservations (DIR/<id>.pr.json) and SPC-2 RESERVE, wired to the
+    # unit attention queues they raise conditions in: each LUN's own.
+    reservations, unit_attentions = vdisk_reservations(
+        None if cfg.in_memory else cfg.data_dir, spec.vdisk_id
+    )
+    unit = LogicalUnit(
+        store,
+        store.meta,  # an existing vDisk's, as stored
+        reservations=reservations,
+        unit_attentions=unit_attentions,
+        read_only=cfg.read_only,
+        target_luns=target_luns,
+    )
+    return unit, store
 
 
 def share_limits(cfg: TargetConfig, owner: str) -> ShareLimits:
@@ -414,7 +472,10 @@ async def _serve_until_signalled(
                 http_port = await nursery.start(serve_http, page.handle, *http_portal)
                 print(f"stargate: HTTP on {http_portal[0]}:{http_port}", flush=True)
                 print(f"stargate: control token in {control.path}", flush=True)
-            names = ", ".join(target.name for target in server.registry)
+            names = ", ".join(
+                target.name + (f" ({len(target.luns)} LUNs)" if target.extra_luns else "")
+                for target in server.registry
+            )
             log.info("serving %s on port %s", names, port)
             print(f"stargate: listening on {server.config.host}:{port}", flush=True)
             async for signum in signals:

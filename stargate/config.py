@@ -5,7 +5,9 @@ The file's layout (docs/examples/target.toml is a complete one)::
 
     portal = "HOST:PORT"     advertise, store = "file"|"memory"|"null", data_dir,
                              read_only, allow = [IQN, ...], log_level
-    [[vdisk]]                id, size ("4G" or bytes; absent: an existing vDisk's size)
+    [[vdisk]]                id, size ("4G" or bytes; absent: an existing vDisk's size):
+                             a target, this vDisk its LUN 0
+    [[vdisk.lun]]            id, size: the next LUN (1, 2, ...) of the [[vdisk]] above
     [chap] [mutual_chap] [discovery_chap] [discovery_mutual_chap]    user, secret
     [http]                   portal, control_token_file
     [queue]                  depth, max_buffer_mib, session_slots, session_buffer_mib,
@@ -24,6 +26,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from iscsicore.pdu import MAX_LUN
 from iscsicore.portal import Portal, PortalError
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
@@ -55,8 +58,20 @@ class StoreKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class VDiskSpec:
+    """A target: this vDisk as its LUN 0, ``extra_luns`` as LUN 1, 2, ... (LUN numbers are
+    positions: no gaps, so no LUN given twice)."""
+
     vdisk_id: str
     size: int | None  # None: open an existing vDisk at its stored size
+    extra_luns: tuple[VDiskSpec, ...] = ()
+
+    def with_lun(self, lun: VDiskSpec) -> VDiskSpec:
+        return replace(self, extra_luns=(*self.extra_luns, lun))
+
+    @property
+    def luns(self) -> tuple[VDiskSpec, ...]:
+        """Every LUN's vDisk, LUN 0 first (the extra LUNs' own ``extra_luns`` are empty)."""
+        return (replace(self, extra_luns=()), *self.extra_luns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,9 +315,11 @@ def read_file(document: ConfigDocument) -> dict[str, Any]:
             table.finish()
     vdisks = []
     for table in root.subtables("vdisk"):
-        vdisk_id = table.required("id", table.string)
-        size = table.typed("size", (str, int), 'a size ("4G") or a byte count')
-        vdisks.append(table.convert("size", (vdisk_id, size), lambda pair: vdisk_spec(*pair)))
+        spec = _read_vdisk(table)
+        for lun_table in table.subtables("lun"):
+            spec = spec.with_lun(_read_vdisk(lun_table))
+            lun_table.finish()
+        vdisks.append(spec)
         table.finish()
     if vdisks:
         values["vdisks"] = tuple(vdisks)
@@ -311,6 +328,12 @@ def read_file(document: ConfigDocument) -> dict[str, Any]:
             table.finish()
     root.finish()
     return values
+
+
+def _read_vdisk(table: TableReader) -> VDiskSpec:
+    vdisk_id = table.required("id", table.string)
+    size = table.typed("size", (str, int), 'a size ("4G") or a byte count')
+    return table.convert("size", (vdisk_id, size), lambda pair: vdisk_spec(*pair))
 
 
 # ---------------------------------------------------------------------------------------
@@ -342,13 +365,20 @@ def check(config: TargetConfig) -> Problem | None:
             ("data_dir", "store"), "{0} is required unless the vDisks are in memory or null ({1})"
         )
     seen: set[str] = set()
-    for index, spec in enumerate(config.vdisks):
-        if spec.vdisk_id in seen:
-            return Problem(("vdisks",), "{0}: ", f"vDisk {spec.vdisk_id} given twice", index)
-        seen.add(spec.vdisk_id)
-        reason = _vdisk_problem(config, spec)
-        if reason is not None:
-            return Problem(("vdisks",), "{0}: ", f"vDisk {spec.vdisk_id}{reason}", index)
+    for index, target in enumerate(config.vdisks):
+        if len(target.luns) > MAX_LUN + 1:
+            detail = f"target {target.vdisk_id} has more than {MAX_LUN + 1} LUNs"
+            return Problem(("vdisks",), "{0}: ", detail, index)
+        for number, spec in enumerate(target.luns):
+            shown = f"vDisk {spec.vdisk_id}"
+            if number:
+                shown += f" (LUN {number} of {target.vdisk_id})"
+            if spec.vdisk_id in seen:
+                return Problem(("vdisks",), "{0}: ", f"{shown} given twice", index)
+            seen.add(spec.vdisk_id)
+            reason = _vdisk_problem(config, spec)
+            if reason is not None:
+                return Problem(("vdisks",), "{0}: ", f"{shown}{reason}", index)
     return None
 
 

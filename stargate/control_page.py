@@ -31,7 +31,8 @@ class TargetPage:
         self.support = SupportPages(server, self.vdisk_stats, f"stargate {server.config.host}")
 
     def vdisk_stats(self) -> dict[str, VDiskStats]:
-        return {target.vdisk_id: target.stats for target in self.server.registry}
+        """Every LUN's vDisk's counters (its traces too)."""
+        return {lun.vdisk_id: lun.stats for target in self.server.registry for lun in target.luns}
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         denied = check_control(request, self.token, where=str(self.token_file))

@@ -40,9 +40,9 @@ class ServerActions:
             code = (fault.asc, fault.ascq)
             queued = 0
             for vdisk_id in vdisks:
-                target = server.registry.by_vdisk_id(vdisk_id)
-                if target is not None:
-                    target.lu.unit_attentions.establish(code)
+                served = server.registry.serving(vdisk_id)
+                if served is not None:
+                    served[1].lu.unit_attentions.establish(code)
                     queued += 1
             return f"unit attention {code[0]:#04x}/{code[1]:#04x} on {queued} vDisk(s)"
         if kind is FaultKind.NETWORK_PAUSE:

@@ -192,6 +192,12 @@ class CommandQueue:
             share = self._vdisk_shares[vdisk] = Share()
         return Tenant(Share(), share)
 
+    def tenants(self, vdisks: list[str]) -> list[Tenant]:
+        """A new session's tenants on several vDisks (the LUNs of its target): one share
+        of its own for all of them, and each vDisk's."""
+        session = Share()
+        return [Tenant(session, self.tenant(vdisk).vdisk) for vdisk in vdisks]
+
     # -- admission --------------------------------------------------------------------
 
     def _fits(self, buffer_bytes: int, tenant: Tenant | None) -> bool:

@@ -374,7 +374,8 @@ class StargateServer:
             if target is not None:
                 target.stats.sessions -= 1
                 target.stats.connections -= 1
-                target.lu.nexus_lost(nexus)
+                for lun in target.luns:
+                    lun.lu.nexus_lost(nexus)
 
     # -- the cluster's control API ------------------------------------------------------
 
@@ -396,8 +397,10 @@ class StargateServer:
         return [c for c in self._connections if c.session.target_name == target_name]
 
     def _connections_of_vdisk(self, vdisk_id: str) -> list[FullFeatureConnection]:
-        target = self.registry.by_vdisk_id(vdisk_id)
-        return [] if target is None else self.connections_of(target.name)
+        """The connections of the target serving ``vdisk_id`` as any of its LUNs (a session
+        is with a whole target)."""
+        served = self.registry.serving(vdisk_id)
+        return [] if served is None else self.connections_of(served[0].name)
 
     def request_logout(self, vdisk_id: str, seconds: int = 5) -> int:
         """AsyncEvent 1 (Parameter3 = ``seconds``) to every session of the vDisk; those
@@ -428,12 +431,16 @@ class StargateServer:
         return self.registry.remove(target.name) if target is not None else None
 
     def stats(self) -> dict[str, dict[str, object]]:
-        """Per-vDisk counters for the stats page, plus the shared queue's state."""
-        snapshot: dict[str, dict[str, object]] = {
-            target.vdisk_id: target.stats.snapshot() for target in self.registry
-        }
+        """Per-vDisk counters for the stats page (every LUN's vDisk), plus the shared
+        queue's state."""
+        snapshot: dict[str, dict[str, object]] = {}
         for target in self.registry:
-            snapshot[target.vdisk_id]["queued_waiting_now"] = self.queue.waiting_for(target.name)
+            for lun in target.luns:
+                counters = snapshot[lun.vdisk_id] = lun.stats.snapshot()
+                counters["queued_waiting_now"] = self.queue.waiting_for(lun.queue_key)
+                if target.extra_luns:
+                    counters["target"] = target.name
+                    counters["lun"] = lun.number
         return snapshot
 
     def queue_stats(self) -> dict[str, int]:

@@ -21,6 +21,7 @@ from stargate.stats import IoKind
 if TYPE_CHECKING:
     from stargate.queue import Tenant
     from stargate.transport.data_out import DataOutReceiver
+    from stargate.transport.lun_routes import LunRoute
 
 # CDB transfer lengths: what a write CDB implies, so EDTL mismatches get exact residuals
 
@@ -107,12 +108,17 @@ class ScsiTask:
         "r2ts",
         "received",
         "residual",
+        "route",
         "started_ns",
         "unsolicited",
     )
 
-    def __init__(self, connection: DataOutReceiver, command: ScsiCommand, cdb: bytes):
+    def __init__(
+        self, connection: DataOutReceiver, command: ScsiCommand, cdb: bytes, route: LunRoute
+    ):
         self.connection = connection
+        # The LUN it runs on and is charged to; a LUN the target lacks is charged to LUN 0.
+        self.route = route
         self.command = command
         self.itt = command.itt
         self.cdb = cdb
@@ -155,7 +161,7 @@ class ScsiTask:
 
     @property
     def tenant(self) -> Tenant | None:
-        return self.connection.tenant
+        return self.route.tenant
 
     def dispatch(self) -> None:
         self.has_slot = True

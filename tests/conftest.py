@@ -22,6 +22,7 @@ from tests.helpers.net import free_port as _free_port
 from tests.helpers.net import unique_loopback_address
 from tests.helpers.procs import ProcessReaper
 from tests.peers.tgtd import TgtdTarget
+from tests.peers.zookeeper import ZooKeeperServer, missing_jars
 
 SHARED_MEMORY = Path("/dev/shm")
 
@@ -130,3 +131,28 @@ def tgtd_factory(
     finally:
         for target in reversed(started):
             target.stop()
+
+
+def start_zookeeper(directory: Path) -> ZooKeeperServer:
+    """A ZooKeeper server of the test's own; not installed fails (never skips): the tests
+    marked `zookeeper` are deselected with -m 'not zookeeper', not skipped."""
+    missing = missing_jars()
+    if missing:
+        pytest.fail(
+            f"ZooKeeper is not installed ({', '.join(map(str, missing))} missing); "
+            "`./run tests` installs it, or deselect with -m 'not zookeeper'",
+            pytrace=False,
+        )
+    server = ZooKeeperServer(directory)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def zookeeper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
+    """One ZooKeeper for the session (each test uses its own path in it), stopped by PID."""
+    server = start_zookeeper(tmp_path_factory.mktemp("zookeeper"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -89,12 +89,13 @@ def locate(text: str, key: KeyPath) -> int | None:
         header = _HEADER.match(line)
         if header:
             names = tuple(part.strip().strip('"') for part in header.group(2).split("."))
+            path = _within_latest_entries(names, counts)
             if header.group(1) == "[[":
-                index = counts.get(names, 0)
-                counts[names] = index + 1
-                table = (*names, index)
+                index = counts.get(path, 0)
+                counts[path] = index + 1
+                table = (*path, index)
             else:
-                table = names
+                table = path
             defined: KeyPath = table
         else:
             assignment = _KEY.match(line)
@@ -108,6 +109,18 @@ def locate(text: str, key: KeyPath) -> int | None:
             if depth == len(key):
                 break
     return best_line
+
+
+def _within_latest_entries(names: tuple[str, ...], counts: dict[KeyPath, int]) -> KeyPath:
+    """A header's dotted names as a key path: a name that is an array of tables so far
+    (``counts``) means its latest entry (``[[vdisk.lun]]`` after the 2nd ``[[vdisk]]``:
+    vdisk, 1, lun)."""
+    path: KeyPath = ()
+    for name in names[:-1]:
+        path = (*path, name)
+        if path in counts:
+            path = (*path, counts[path] - 1)
+    return (*path, names[-1])
 
 
 def _common_prefix(a: KeyPath, b: KeyPath) -> int:

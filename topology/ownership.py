@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 # node id (uint32), epoch (uint32), little-endian: the 8 bytes of DESIGN.md.
 _RECORD = struct.Struct("<II")
@@ -42,6 +43,7 @@ class ClaimOutcome(Enum):
     CLAIMED = "claimed"  # written: the record returned is ours
     MOVED = "moved"  # the record is no longer what was read: the one found is returned
     LOCKED = "locked"  # another claimer holds the lock right now: try again shortly
+    UNAVAILABLE = "unavailable"  # the coordinator did not answer: outcome unknown, retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +144,23 @@ def read_record(path: Path) -> OwnershipRecord | None:
     return OwnershipRecord(*_RECORD.unpack_from(data, 0))
 
 
+class RecordMatcher(Protocol):
+    def matches(self, expected: OwnershipRecord) -> bool: ...
+
+
+class RecordView(RecordMatcher, Protocol):
+    """What a claim keeps of its vDisk's record: an OwnershipFile, or an OwnershipCell."""
+
+    def read(self) -> OwnershipRecord: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Fence:
     """What a serving stargate wrote when it took the vDisk: valid while the record is so."""
 
-    file: OwnershipFile
+    file: RecordMatcher  # an OwnershipFile, or any coordination.OwnershipCell
     record: OwnershipRecord
 
     def holds(self) -> bool:

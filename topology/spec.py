@@ -95,6 +95,17 @@ class ClusterPaths:
         return self.ownership / vdisk_id
 
     @property
+    def coordinator_file(self) -> Path:
+        """The --coordinator `cluster up` was given (absent: the directory itself)."""
+        return self.root / "coordinator"
+
+    def coordinator(self) -> str:
+        try:
+            return self.coordinator_file.read_text().strip() or "dir"
+        except FileNotFoundError:
+            return "dir"
+
+    @property
     def evidence(self) -> Path:
         return self.root / "evidence"
 

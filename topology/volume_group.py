@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from iscsicore.chap import ChapSecrets
+from topology.naming import target_name_for
 from topology.vdisk import atomic_write
 
-VG_TARGET_PREFIX = "iqn.2010-06.com.nutanix:vg-"
+IQN_AUTHORITY = "iqn.2010-06.com.nutanix:"
+VG_TARGET_PREFIX = f"{IQN_AUTHORITY}vg-"
 VG_VDISK_PREFIX = "vg-"  # a group's disks are vg-NAME-0, vg-NAME-1, ...
 VG_DIRECTORY = "volume-groups"
 DEFAULT_VIRTUAL_TARGETS = 32
 MAX_VIRTUAL_TARGETS = 32
 DEFAULT_VG_STABLE_WINDOW = 120.0  # Volumes fail back after 120 s, not AHV's 300 s
 VG_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+VG_UNIT_RE = re.compile(r"^vg-[a-z0-9][a-z0-9.-]{0,62}-tgt[0-9]+$")  # a virtual target's
 # RFC 3720 3.2.6: iqn.yyyy-mm.reversed-domain[:anything]; EUI and NAA names accepted too.
 INITIATOR_NAME_RE = re.compile(
     r"^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[^\s]+)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$"
@@ -40,12 +43,19 @@ class VolumeGroupError(ValueError):
 
 @dataclass(frozen=True)
 class VirtualTarget:
-    """One of a volume group's targets: its IQN and its LUNs' vDisks, LUN 0 first."""
+    """One of a volume group's targets: its IQN and its LUNs' vDisks, LUN 0 first.
+
+    A virtual target is the unit of ownership: one CVM serves all its LUNs, under one
+    ownership record named by ``unit_id`` (``vg-NAME-tgtI``, the IQN's last part)."""
 
     group: str
     index: int
     iqn: str
     vdisk_ids: tuple[str, ...]
+
+    @property
+    def unit_id(self) -> str:
+        return self.iqn.removeprefix(IQN_AUTHORITY)
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,13 @@ class VolumeGroup:
             raise VolumeGroupError(f"volume group record: {error!r}") from None
 
 
+def unit_target_name(unit_id: str) -> str:
+    """The target an ownership unit is served as: a virtual target's IQN, else the vDisk's."""
+    if VG_UNIT_RE.match(unit_id):
+        return f"{IQN_AUTHORITY}{unit_id}"
+    return target_name_for(unit_id)
+
+
 def volume_group_of(vdisk_id: str) -> str | None:
     """``vg-NAME-<i>`` -> NAME: the group a vDisk is a disk of (VM names never start
     ``vg-``); None for a VM's vDisk."""
@@ -225,6 +242,23 @@ class VolumeGroupStore:
         if not self._directory.is_dir():
             return []
         return [self.load(path.stem) for path in sorted(self._directory.glob("*.json"))]
+
+    def unit_of(self, vdisk_id: str) -> str:
+        """The ownership unit of a vDisk: itself, or for a volume group's disk the virtual
+        target that serves it (``vg-NAME-tgtI``)."""
+        name = volume_group_of(vdisk_id)
+        if name is None or not self.exists(name):
+            return vdisk_id
+        for target in self.load(name).targets():
+            if vdisk_id in target.vdisk_ids:
+                return target.unit_id
+        return vdisk_id
+
+    def target_of_unit(self, unit_id: str) -> tuple[VolumeGroup, VirtualTarget] | None:
+        """The group and virtual target whose ownership unit is ``unit_id``, if any."""
+        if VG_UNIT_RE.match(unit_id) is None:
+            return None
+        return self.find_target(f"{IQN_AUTHORITY}{unit_id}")
 
     def find_target(self, iqn: str) -> tuple[VolumeGroup, VirtualTarget] | None:
         """The group and virtual target named ``iqn``, if any."""

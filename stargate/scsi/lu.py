@@ -1,4 +1,4 @@
-"""LogicalUnit: the one LUN (LUN 0) of a vDisk target, and the dispatcher of its commands.
+"""LogicalUnit: one LUN of a target (one vDisk), and the dispatcher of its commands.
 
 ``execute`` is synchronous and never raises for anything an initiator can send: command
 emulation raises ``CheckCondition`` and this module turns it into CHECK CONDITION + sense.
@@ -216,7 +216,11 @@ _DISPATCH: dict[int, CommandSpec] = _build_dispatch()
 
 
 class LogicalUnit:
-    """LUN 0 of one vDisk: a direct-access block device over a ``BlockStore``."""
+    """One vDisk as a LUN of a target: a direct-access block device over a ``BlockStore``.
+
+    Its unit attentions and reservations are its own (per I_T_L nexus): another LUN of the
+    same target never sees them. ``target_luns``: how many LUNs its target has (REPORT
+    LUNS lists 0 .. target_luns - 1, whichever LUN it is asked through)."""
 
     def __init__(
         self,
@@ -228,8 +232,10 @@ class LogicalUnit:
         relative_port_id: int = 1,
         copy_target_resolver: xcopy.CopyTargetResolver | None = None,
         read_only: bool = False,
+        target_luns: int = 1,
     ) -> None:
         self.store = store
+        self.target_luns = target_luns
         self.meta = meta
         self._block_size = store.block_size  # fixed for the life of a vDisk
         self.reservations: ReservationChecker = reservations or NoReservations()

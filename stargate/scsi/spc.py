@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from iscsicore.pdu import encode_lun
 from iscsicore.scsi.cdb import allocation_length
 from iscsicore.scsi.opcodes import MaintenanceIn, ScsiOp
 from iscsicore.scsi.sense import (
@@ -69,14 +70,15 @@ _SELECT_REPORT_ADMIN = (0x10, 0x11, 0x12)  # SPC-5: administrative / subsidiary 
 
 
 def report_luns(lu: LogicalUnit, command: Command) -> ScsiResult:
-    """One target per vDisk, one LUN: LUN 0."""
+    """The LUNs of this unit's target, 0 .. target_luns - 1, in peripheral device
+    addressing below 256 and flat space addressing above (SAM-5 4.7)."""
     cdb = command.cdb
     length = allocation_length(cdb, 6, 4)
     if length < 16:  # SPC-4 6.33: the list header plus one LUN must fit
         raise invalid_field_in_cdb(6)
     select = cdb[2]
     if select in _SELECT_REPORT_ALL or select == 0x10:
-        luns = [0]
+        luns = [encode_lun(number) for number in range(lu.target_luns)]
     elif select == _SELECT_REPORT_WELL_KNOWN or select in (0x11, 0x12):
         luns = []  # no well-known LUNs, no subsidiary LUNs under LUN 0
     else:

@@ -7,19 +7,19 @@ import time
 
 from iscsicore.fastpath import data_in_bhs, scsi_response_bhs
 from iscsicore.framing import append_segments
-from iscsicore.pdu import RESERVED_TAG, RejectReason, ScsiCommand, lun_number
+from iscsicore.pdu import RESERVED_TAG, RejectReason, ScsiCommand
 from iscsicore.scsi.cdb import BLOCK_CDBS
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
-from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
 from iscsicore.wire import full_cdb
 from stargate.queue import Admission
+from stargate.scsi import absent_lun
 from stargate.stats import IoKind
 from stargate.tasks import ScsiTask, TaskPhase
 from stargate.transport.config import MAX_TRANSFER_BYTES
 from stargate.transport.data_in import COMPLETED, FINAL_WITH_STATUS, GOOD
 from stargate.transport.data_out import DataOutReceiver
+from stargate.transport.lun_routes import LunRoute
 
-_ANY_LUN_OPCODES = frozenset({ScsiOp.REPORT_LUNS, ScsiOp.INQUIRY, ScsiOp.REQUEST_SENSE})
 # The commands `_run_plain` may take: READ/WRITE(10/16); for writes, where the CDB says
 # how many blocks (to compare with the EDTL).
 PLAIN_READS = frozenset({int(ScsiOp.READ_10), int(ScsiOp.READ_16)})
@@ -33,9 +33,11 @@ class Commands(DataOutReceiver):
         if command.itt in self._tasks:
             self._reject(command, RejectReason.TASK_IN_PROGRESS)
             return
+        assert self.routes is not None
+        route = self.routes.of(command.lun)
         if (
-            not command.ahs
-            and not command.lun
+            route is not None
+            and not command.ahs
             and not self._execution_faults
             and self._digest_tamper is None
         ):
@@ -45,9 +47,9 @@ class Commands(DataOutReceiver):
                 if (
                     command.read
                     and not command.write
-                    and self.queue.admit_now(self.vdisk_key, 0, self.tenant)
+                    and self.queue.admit_now(route.queue_key, 0, route.tenant)
                 ):
-                    self._run_plain(command, cdb, b"", IoKind.READ, 0)
+                    self._run_plain(command, cdb, b"", IoKind.READ, 0, route)
                     return
             elif opcode in PLAIN_WRITE_BLOCKS:
                 edtl = command.expected_data_transfer_length
@@ -58,26 +60,24 @@ class Commands(DataOutReceiver):
                     and 0 < edtl <= MAX_TRANSFER_BYTES
                     and len(command.data) == edtl
                     and PLAIN_WRITE_BLOCKS[opcode].unpack_from(cdb)[0] * self.block_size == edtl
-                    and self.queue.admit_now(self.vdisk_key, edtl, self.tenant)
+                    and self.queue.admit_now(route.queue_key, edtl, route.tenant)
                 ):
-                    self._run_plain(command, cdb, command.data, IoKind.WRITE, edtl)
+                    self._run_plain(command, cdb, command.data, IoKind.WRITE, edtl, route)
                     return
         cdb = full_cdb(command) if command.ahs else command.cdb
-        task = ScsiTask(self, command, cdb)
-        if self.stats is not None:
-            self.stats.command_started()
-        if command.lun and lun_number(command.lun) != 0 and cdb[0] not in _ANY_LUN_OPCODES:
-            self._finish(
-                task,
-                ScsiStatus.CHECK_CONDITION,
-                sense=build_fixed(SenseKey.ILLEGAL_REQUEST, Asc.LOGICAL_UNIT_NOT_SUPPORTED),
-            )
+        # A LUN the target lacks: answered here, charged to LUN 0; REPORT LUNS runs on it.
+        task = ScsiTask(self, command, cdb, route or self.routes.routes[0])
+        stats = task.route.stats
+        stats.command_started()
+        if route is None and cdb[0] != ScsiOp.REPORT_LUNS:
+            result = absent_lun.answer(cdb)
+            self._finish(task, result.status, result.data, result.sense)
             return
         if (command.write or task.kind is IoKind.WRITE) and not self._plan_data_out(task):
             return
         if (task.needed or task.unsolicited is not None) and command.data:
             self._store_data(task, 0, command.data)  # immediate data
-        admission = self.queue.admit(self.vdisk_key, task)
+        admission = self.queue.admit(task.route.queue_key, task)
         if admission is Admission.RUN:
             task.has_slot = True
             if task.data_complete:
@@ -93,11 +93,10 @@ class Commands(DataOutReceiver):
             return
         self._tasks[task.itt] = task
         if admission is Admission.FULL:
-            if self.stats is not None:
-                self.stats.task_set_full += 1
+            stats.task_set_full += 1
             self._finish(task, ScsiStatus.TASK_SET_FULL)
-        elif self.stats is not None:
-            self.stats.queued_waiting += 1
+        else:
+            stats.queued_waiting += 1
 
     def _run_plain(
         self,
@@ -106,29 +105,29 @@ class Commands(DataOutReceiver):
         data_out: bytes | bytearray | memoryview,
         kind: IoKind,
         buffer_bytes: int,
+        route: LunRoute,
     ) -> None:
-        """A READ/WRITE(10/16) on LUN 0 that already holds its queue slot (``admit_now``)
-        and all its data (a write's EDTL is exactly its CDB's length, all immediate): run
-        at once, without a task object. Never registered, as the general path's inline
-        commands: nothing can refer to it before its status. Answered exactly as `_finish`
-        would answer the same command (a sync, when needed, takes the general route)."""
+        """A READ/WRITE(10/16) on one of the target's LUNs that already holds its queue
+        slot (``admit_now``) and all its data (a write's EDTL is exactly its CDB's length,
+        all immediate): run at once, without a task object. Never registered, as the
+        general path's inline commands: nothing can refer to it before its status. Answered
+        exactly as `_finish` would answer the same command (a sync, when needed, takes the
+        general route)."""
         started_ns = time.perf_counter_ns()
-        assert self.lu is not None
-        result = self.lu.execute(cdb, data_out, self.nexus)
+        result = route.lu.execute(cdb, data_out, self.nexus)
         executed_ns = time.perf_counter_ns()
         status = result.status
-        stats = self.stats
+        stats = route.stats
         if result.needs_sync and status == GOOD:
-            if stats is not None:
-                stats.command_started()
-            task = ScsiTask(self, command, cdb)
+            stats.command_started()
+            task = ScsiTask(self, command, cdb, route)
             task.started_ns = task.queued_ns = started_ns
             task.executed_ns = executed_ns
             task.has_slot = True
             task.needed = task.received = buffer_bytes
             self._start_sync(task, result)
             return
-        self.queue.release(buffer_bytes, self.tenant)
+        self.queue.release(buffer_bytes, route.tenant)
         data = result.data
         edtl = command.expected_data_transfer_length
         if status == GOOD and kind is IoKind.WRITE:
@@ -188,21 +187,11 @@ class Commands(DataOutReceiver):
             self._send_status_of(
                 command.itt, command.lun, edtl, command.read, None, status, data, result.sense
             )
-        if stats is not None:
-            done_ns = time.perf_counter_ns()
-            moved = buffer_bytes if kind is IoKind.WRITE else len(data)
-            stats.command_completed(kind, moved, done_ns - started_ns, status == GOOD)
-            traces = stats.traces
-            if traces is not None:
-                traces.append(
-                    (
-                        command.itt,
-                        cdb[0],
-                        moved,
-                        status,
-                        started_ns,
-                        started_ns,
-                        executed_ns,
-                        done_ns,
-                    )
-                )
+        done_ns = time.perf_counter_ns()
+        moved = buffer_bytes if kind is IoKind.WRITE else len(data)
+        stats.command_completed(kind, moved, done_ns - started_ns, status == GOOD)
+        traces = stats.traces
+        if traces is not None:
+            traces.append(
+                (command.itt, cdb[0], moved, status, started_ns, started_ns, executed_ns, done_ns)
+            )

@@ -39,7 +39,7 @@ class StatusSender(AsyncEvents):
             del self._tasks[task.itt]
         if task.has_slot:
             task.has_slot = False
-            self.queue.release(task.needed, self.tenant)
+            self.queue.release(task.needed, task.route.tenant)
         if not task.aborted:
             self._send_status_of(
                 task.itt,
@@ -51,18 +51,17 @@ class StatusSender(AsyncEvents):
                 data,
                 sense,
             )
-        stats = self.stats
-        if stats is not None:
-            done_ns = time.perf_counter_ns()
-            moved = task.needed if task.kind is IoKind.WRITE else len(data)
-            stats.command_finished(task.kind, moved, done_ns - task.started_ns, status == GOOD)
-            traces = stats.traces
-            if traces is not None:
-                received = task.started_ns
-                queued = task.queued_ns or received
-                executed = task.executed_ns or done_ns
-                entry = (task.itt, task.cdb[0], moved, status, received, queued, executed, done_ns)
-                traces.append(entry)
+        stats = task.route.stats
+        done_ns = time.perf_counter_ns()
+        moved = task.needed if task.kind is IoKind.WRITE else len(data)
+        stats.command_finished(task.kind, moved, done_ns - task.started_ns, status == GOOD)
+        traces = stats.traces
+        if traces is not None:
+            received = task.started_ns
+            queued = task.queued_ns or received
+            executed = task.executed_ns or done_ns
+            entry = (task.itt, task.cdb[0], moved, status, received, queued, executed, done_ns)
+            traces.append(entry)
 
     def _send_status_of(
         self,

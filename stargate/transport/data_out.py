@@ -131,7 +131,7 @@ class DataOutReceiver(Execution):
     def _slot_granted(self, task: ScsiTask) -> None:
         """The task holds a queue slot: collect its data or run it."""
         if task.aborted:
-            self.queue.release(task.needed, self.tenant)
+            self.queue.release(task.needed, task.route.tenant)
             task.has_slot = False
             return
         task.phase = TaskPhase.RECEIVING

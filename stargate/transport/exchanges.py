@@ -37,12 +37,13 @@ class Exchanges(Keepalive):
 
     def _on_logout(self, pdu: LogoutRequest) -> None:
         response = logout_outcome(pdu, self.cid)
-        if response is LogoutResponseCode.SUCCESS and self.lu is not None:
+        if response is LogoutResponseCode.SUCCESS and self.routes is not None:
             # The I_T nexus ends here (one connection per session): its SPC-2 reservation
             # and the like must be gone before the initiator reads the response and sends
             # its next command on another session (libiscsi's Sanitize.Reset does). The
             # server's own call when the connection ends is then a no-op.
-            self.lu.nexus_lost(self.nexus)
+            for route in self.routes.routes:
+                route.lu.nexus_lost(self.nexus)
         exp_cmd_sn, max_cmd_sn = self._window()
         self._append(
             logout_response(

@@ -10,8 +10,7 @@ import time
 import trio
 
 from faults.model import DropMode, Fault, FaultKind
-from iscsicore.pdu import lun_number
-from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
+from iscsicore.scsi.opcodes import ScsiStatus
 from iscsicore.scsi.sense import Asc, SenseKey, build_fixed
 from stargate.target import ScsiResultLike
 from stargate.tasks import ScsiTask, TaskPhase
@@ -23,17 +22,13 @@ log = logging.getLogger(__name__)
 
 class Execution(FaultEffects):
     def _execute(self, task: ScsiTask) -> None:
-        assert self.lu is not None
         if self._execution_faults:
             fault = self._execution_faults.pop(task.itt, None)
             if fault is not None:
                 self._execute_faulted(task, fault)
                 return
         data_out: bytes | bytearray | memoryview = task.buffer if task.buffer is not None else b""
-        if task.command.lun and lun_number(task.command.lun) != 0 and task.cdb[0] == ScsiOp.INQUIRY:
-            self._finish(task, GOOD, _no_lun_inquiry(task.cdb), b"")
-            return
-        result = self.lu.execute(task.cdb, data_out, self.nexus)
+        result = task.route.lu.execute(task.cdb, data_out, self.nexus)
         task.executed_ns = time.perf_counter_ns()
         if result.needs_sync and result.status == GOOD:
             self._start_sync(task, result)
@@ -47,15 +42,14 @@ class Execution(FaultEffects):
         self._nursery.start_soon(self._sync_then_finish, task, result)
 
     async def _sync_then_finish(self, task: ScsiTask, result: ScsiResultLike) -> None:
-        assert self.lu is not None
-        store = self.lu.store
+        store = task.route.lu.store
         try:
             # Shielded: a write the initiator may already count on is synced and answered
             # (if the connection still stands) even while the connection shuts down.
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(store.sync)
         except OSError as error:
-            log.error("fdatasync failed on %s: %s", self.vdisk_key, error)
+            log.error("fdatasync failed on %s: %s", task.route.vdisk_id, error)
             self._finish(
                 task,
                 ScsiStatus.CHECK_CONDITION,
@@ -66,9 +60,8 @@ class Execution(FaultEffects):
         self._wake_writer()
 
     def _execute_faulted(self, task: ScsiTask, fault: Fault) -> None:
-        assert self.lu is not None
         data_out: bytes | bytearray | memoryview = task.buffer if task.buffer is not None else b""
-        result = self.lu.execute(task.cdb, data_out, self.nexus)
+        result = task.route.lu.execute(task.cdb, data_out, self.nexus)
         task.executed_ns = time.perf_counter_ns()
         kind = fault.kind
         if kind is FaultKind.SHORT_TRANSFER:
@@ -103,14 +96,3 @@ class Execution(FaultEffects):
             return
         self._finish(task, result.status, result.data, result.sense)
         self._wake_writer()
-
-
-def _no_lun_inquiry(cdb: bytes) -> bytes:
-    """Standard INQUIRY data for a LUN that does not exist: peripheral qualifier 3."""
-    allocation = int.from_bytes(cdb[3:5], "big")
-    data = bytearray(36)
-    data[0] = 0x7F
-    data[2] = 0x06
-    data[3] = 0x02
-    data[4] = 31
-    return bytes(data[:allocation])

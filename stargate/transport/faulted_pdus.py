@@ -51,8 +51,9 @@ class FaultedPdus(Dispatch):
         )
         if fault is not None and self._apply_pdu_fault(fault, pdu):
             return
-        if command is not None and cdb is not None and self.lu is not None and faults.armed:
-            scsi_fault = faults.scsi_fault(self.vdisk_id, cdb)
+        if command is not None and cdb is not None and self.routes is not None and faults.armed:
+            route = self.routes.of(command.lun)
+            scsi_fault = faults.scsi_fault(route.vdisk_id if route else self.vdisk_id, cdb)
             if scsi_fault is not None:
                 self._on_faulted_command(command, cdb, scsi_fault)
                 return
@@ -130,9 +131,9 @@ class FaultedPdus(Dispatch):
     def _finish_faulted(self, cdb: bytes, fault: Fault, command: ScsiCommand) -> None:
         """Answer a command with the status a fault says, without running it."""
         kind = fault.kind
-        task = ScsiTask(self, command, cdb)
-        if self.stats is not None:
-            self.stats.command_started()
+        assert self.routes is not None
+        task = ScsiTask(self, command, cdb, self.routes.of(command.lun) or self.routes.routes[0])
+        task.route.stats.command_started()
         sense = b""
         if kind is FaultKind.CHECK_CONDITION:
             sense = build_fixed(SenseKey(fault.sense_key & 0x0F), (fault.asc, fault.ascq))

@@ -34,6 +34,7 @@ from stargate.transport.interfaces import (
     TaskDirectory,
     TextResponder,
 )
+from stargate.transport.lun_routes import LunRoutes
 from stargate.transport.state import ConnectionClosed
 
 
@@ -79,12 +80,14 @@ class FullFeatureConnection(FaultedPdus):
         self.log_gate = log_gate
 
         self.target = session.target
-        self.lu = self.target.lu if self.target is not None else None
+        self.routes = LunRoutes(self.target, queue) if self.target is not None else None
+        first = self.routes.routes[0] if self.routes is not None else None
+        self.lu = first.lu if first is not None else None
         self.block_size = self.target.block_size if self.target is not None else 512
-        self.vdisk_key = self.target.name if self.target is not None else ""
-        self.vdisk_id = self.target.vdisk_id if self.target is not None else ""
-        self.stats = self.target.stats if self.target is not None else None
-        self.tenant = queue.tenant(self.vdisk_key) if self.lu is not None else None
+        self.vdisk_key = first.queue_key if first is not None else ""
+        self.vdisk_id = first.vdisk_id if first is not None else ""
+        self.stats = first.stats if first is not None else None
+        self.tenant = first.tenant if first is not None else None
 
         self._stat_sn = StatSN(stat_sn)
         self._cmd_sn_window = session.window

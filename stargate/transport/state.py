@@ -30,6 +30,7 @@ from stargate.transport.interfaces import (
     TaskDirectory,
     TextResponder,
 )
+from stargate.transport.lun_routes import LunRoutes
 
 if TYPE_CHECKING:
     from stargate.transport.runner import FullFeatureConnection
@@ -83,8 +84,10 @@ class ConnectionState:
     _hub: ReaderHub | None
     _hub_socket: ReadySocket | None
 
-    # -- the vDisk served (None for a discovery session)
+    # -- the target served (None for a discovery session): its LUNs by LUN field, and
+    # LUN 0's logical unit, vDisk, counters and tenant
     target: VDiskTarget | None
+    routes: LunRoutes | None
     lu: LogicalUnitLike | None
     block_size: int
     vdisk_key: str

@@ -1,10 +1,11 @@
 """Task management: the function decided by `stargate.scsi.tmf` over the task set of the
-whole target (every session of the vDisk), then applied here (as LIO's
-iscsi_target_tmr.c): tasks ended, CmdSNs counted as received, unit attentions, resets."""
+whole target (every session of the target, every LUN), then applied here (as LIO's
+iscsi_target_tmr.c): tasks ended, CmdSNs counted as received, unit attentions, resets.
+A function addressed to a logical unit touches that LUN only; target resets every LUN."""
 
 from __future__ import annotations
 
-from iscsicore.pdu import TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponse, lun_number
+from iscsicore.pdu import TaskMgmtRequest, TaskMgmtResponse, TmfFunction, TmfResponse
 from iscsicore.scsi.opcodes import ScsiStatus
 from stargate.scsi import tmf
 from stargate.scsi.ua import UnitAttentionQueues
@@ -21,6 +22,8 @@ _TASK_SET_FUNCTIONS = frozenset(
         TmfFunction.TARGET_WARM_RESET,
     }
 )
+# Task management functions that address the target, not one logical unit.
+_TARGET_FUNCTIONS = frozenset({TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET})
 _TASK_STATES = {
     TaskPhase.WAITING_FOR_SLOT: tmf.TaskState.PENDING,
     TaskPhase.RECEIVING: tmf.TaskState.WAITING_FOR_DATA,
@@ -31,7 +34,7 @@ _TASK_STATES = {
 
 class TaskManagement(Exchanges):
     def _on_task_management(self, pdu: TaskMgmtRequest) -> None:
-        if self.lu is None or self.target is None:
+        if self.routes is None or self.target is None:
             response = TmfResponse.REJECTED  # discovery session: no tasks, no LUs
             outcome = None
         else:
@@ -53,7 +56,7 @@ class TaskManagement(Exchanges):
 
     def _decide_task_management(self, pdu: TaskMgmtRequest) -> tmf.TmfOutcome:
         """Decide over the task set of the whole target, then apply the outcome."""
-        assert self.lu is not None and self.target is not None
+        assert self.routes is not None and self.target is not None
         connections: list[TaskManagement] = [self]
         if self.directory is not None:
             connections += [
@@ -61,10 +64,12 @@ class TaskManagement(Exchanges):
             ]
         by_nexus = {connection.nexus: connection for connection in connections}
         window = self._cmd_sn_window
+        route = self.routes.of(pdu.lun)
         request = tmf.TmfRequest(
             function=pdu.function,
             nexus=self.nexus,
-            lun=lun_number(pdu.lun),
+            # A LUN field the target does not serve names no LUN (-1): LUN DOES NOT EXIST.
+            lun=route.number if route is not None else -1,
             cmd_sn=pdu.cmd_sn,
             referenced_task_tag=pdu.referenced_task_tag,
             ref_cmd_sn=pdu.ref_cmd_sn,
@@ -72,7 +77,9 @@ class TaskManagement(Exchanges):
             max_cmd_sn=window.max_cmd_sn,
         )
         task_set = [task for c in connections for task in c.task_set_entries()]
-        outcome = tmf.decide(request, task_set, target_nexuses=by_nexus)
+        outcome = tmf.decide(
+            request, task_set, known_luns=self.routes.numbers, target_nexuses=by_nexus
+        )
         if outcome.consider_received_cmd_sn is not None:
             # A command lost on the way, or still held behind a gap: it will never run.
             displaced = window.consider_received(outcome.consider_received_cmd_sn)
@@ -89,15 +96,20 @@ class TaskManagement(Exchanges):
             owner = by_nexus.get(nexus)
             if owner is not None:
                 owner.abort_tasks({task.itt for task in tasks})
-        if outcome.reset_logical_unit_state or outcome.release_spc2_reservation:
-            # Mode pages to defaults, SPC-2 reservation released, BUS DEVICE RESET for the
-            # other nexuses (the logical unit's own rules).
-            self.lu.logical_unit_reset(self.nexus)
-        queues = self.lu.unit_attentions
-        # The decision's notices go to per-nexus queues (another implementation of the
-        # protocol, e.g. a test's, gets none).
-        if isinstance(queues, UnitAttentionQueues):
-            outcome.apply_unit_attentions(queues)
+        if pdu.function in _TARGET_FUNCTIONS:
+            affected = self.routes.routes
+        else:
+            affected = (route,) if route is not None else ()
+        for unit in (r.lu for r in affected):
+            if outcome.reset_logical_unit_state or outcome.release_spc2_reservation:
+                # Mode pages to defaults, SPC-2 reservation released, BUS DEVICE RESET for
+                # the other nexuses (the logical unit's own rules).
+                unit.logical_unit_reset(self.nexus)
+            queues = unit.unit_attentions
+            # The decision's notices go to per-nexus queues (another implementation of the
+            # protocol, e.g. a test's, gets none).
+            if isinstance(queues, UnitAttentionQueues):
+                outcome.apply_unit_attentions(queues)
         if outcome.close_all_connections:
             for other in connections[1:]:
                 other.close("target cold reset")
@@ -109,7 +121,7 @@ class TaskManagement(Exchanges):
             tmf.Task(
                 task.itt,
                 self.nexus,
-                lun_number(task.command.lun),
+                task.route.number,
                 task.command.cmd_sn,
                 _TASK_STATES.get(task.phase, tmf.TaskState.COMPLETED),
             )

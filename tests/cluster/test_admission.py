@@ -32,10 +32,16 @@ from stargate.server import ServerConfig, StargateServer
 from stargate.stores.base import BlockStore
 from stargate.stores.memory import MemoryStore
 from stargate.target import TargetRegistry, VDiskTarget
-from topology.ownership import Fence, OwnershipFile
+from topology.ownership import Fence, OwnershipFile, OwnershipRecord
 from topology.vdisk import VDiskMeta
 
 NAME = "iqn.2010-06.com.nutanix:vmdisk-vd"
+
+
+def owned_by(claim: Claim, node_id: int) -> OwnershipRecord:
+    """Give the claim's record file to ``node_id`` (set-up: unconditional)."""
+    assert isinstance(claim.file, OwnershipFile)
+    return claim.file.claim(node_id)
 
 
 @dataclass
@@ -99,7 +105,7 @@ def test_queue_parks_until_owned_then_runs_in_order(tmp_path: Path) -> None:
     assert events.unclaimed == [claim, claim, claim] and queue.in_flight == 0
     commands[1].cancelled = True  # aborted while parked (its connection went)
     queue.forget_cancelled()
-    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, claim.file.claim(1))
+    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, owned_by(claim, 1))
     gate.resume(claim, queue)
     assert ran == ["a", "c"] and queue.in_flight == 2 and claim.parked == []
     assert queue.admit(NAME, FakeCommand("d", ran)) is Admission.RUN
@@ -129,7 +135,7 @@ def test_inline_admission_only_while_owned_and_fenced(tmp_path: Path) -> None:
         1, claim, on_lost=events.lost.append, on_unclaimed=events.unclaimed.append
     )
     assert not queue.admit_now(NAME)  # IDLE: not ours yet
-    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, claim.file.claim(1))
+    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, owned_by(claim, 1))
     assert queue.admit_now(NAME, 4096) and (queue.in_flight, queue.buffered_bytes) == (1, 4096)
     assert not queue.admit_now(NAME)  # depth 1: full
     queue.release(4096)
@@ -215,7 +221,7 @@ def test_resume_beyond_the_depth_accounts_like_admit(tmp_path: Path) -> None:
     parked = [FakeCommand(label, ran, buffer_bytes=4096) for label in "ab"]
     for command in parked:
         assert queue.admit(NAME, command) is Admission.QUEUED
-    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, claim.file.claim(1))
+    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, owned_by(claim, 1))
     gate.resume(claim, queue)  # a: RUN; b: FULL (no room to wait) but nobody was refused yet
     assert ran == ["a", "b"]
     assert (queue.in_flight, queue.buffered_bytes) == (2, 8192)
@@ -247,7 +253,7 @@ def test_nothing_parked_outlives_its_bound(tmp_path: Path) -> None:
     assert [entry.command for entry in claim.parked] == [commands["recent"], commands["new"]]
     assert gate.refused_stale == 1 and ran == []
     now[0] = 12.1
-    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, claim.file.claim(1))
+    claim.state, claim.fence = ClaimState.OWNED, Fence(claim.file, owned_by(claim, 1))
     gate.resume(claim, queue)
     assert ran == ["new"] and gate.refused_stale == 2 and queue.in_flight == 1
 

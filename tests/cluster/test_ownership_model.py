@@ -31,7 +31,16 @@ from hypothesis.stateful import (
 
 from cluster.admission import Claim, ClaimState, OwnershipGate
 from stargate.queue import Admission, CommandQueue, Tenant
-from topology.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater, Step
+from topology.acquisition import (
+    Acquisition,
+    AskOwner,
+    Claimed,
+    GaveUp,
+    RetryLater,
+    Step,
+    begin_sync,
+    finish_sync,
+)
 from topology.ownership import NO_NODE, Fence, OwnershipFile, OwnershipRecord, read_record
 
 NAME = "iqn.2010-06.com.nutanix:vmdisk-vd"
@@ -150,9 +159,10 @@ class OwnershipModel(RuleBasedStateMachine):
         if claim.state is not ClaimState.IDLE:
             return
         claim.state = ClaimState.ACQUIRING
-        node.acquisition = Acquisition(node.file, node.node_id, now=self.now, time_limit=TIME_LIMIT)
+        node.acquisition = Acquisition(node.node_id, now=self.now, time_limit=TIME_LIMIT)
         node.asked_about = set()
-        self.advance(node, claim, node.acquisition.begin)
+        acquisition = node.acquisition
+        self.advance(node, claim, lambda now: begin_sync(acquisition, node.file, now))
 
     def advance(self, node: Node, claim: Claim, call: Callable[[float], Step]) -> None:
         """One step of the real acquisition; what it did to the record is checked."""
@@ -181,6 +191,7 @@ class OwnershipModel(RuleBasedStateMachine):
             node.gate.refuse_parked(claim)
             self.detach(node, claim)
         else:
+            assert isinstance(step, Claimed), step  # the sync drivers claim at once
             self.become_owner(node, claim, step)
 
     def become_owner(self, node: Node, claim: Claim, step: Claimed) -> None:
@@ -329,7 +340,8 @@ class OwnershipModel(RuleBasedStateMachine):
         nodes = self.eligible(self.may_go_on)
         node = nodes[index % len(nodes)]
         assert node.acquisition is not None and node.claim is not None
-        self.advance(node, node.claim, node.acquisition.finish)
+        acquisition = node.acquisition
+        self.advance(node, node.claim, lambda now: finish_sync(acquisition, node.file, now))
 
     @precondition(lambda self: any(map(self.watcher_has_work, self.nodes.values())))
     @rule(index=st.integers(0, 2))

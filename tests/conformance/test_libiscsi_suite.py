@@ -1,9 +1,10 @@
 """libiscsi's conformance suite (iscsi-test-cu) against a `stargate target` process.
 
-Three runs, each against a fresh target: every test with data loss and SANITIZE allowed
-(`--dataloss -S -t ALL`), the multipath tests with two sessions to one vDisk (the URL
-twice), and the ReadOnly tests against a `--read-only` target. The counts and the names
-of the skipped and failed tests are written next to the test's tmp dir and printed.
+Four runs, each against a fresh target: every test with data loss and SANITIZE allowed
+(`--dataloss -S -t ALL`), on LUN 0 and on LUN 1 of a three-LUN target, the multipath
+tests with two sessions to one vDisk (the URL twice), and the ReadOnly tests against a
+`--read-only` target. The counts and the names of the skipped and failed tests are
+written next to the test's tmp dir and printed.
 
 CUnit counts a skipped test as passed; `tests.peers.tools.parse_test_cu_output` counts a
 test that printed ``[SKIPPED]`` as skipped. tgtd on this kind of machine: 160 passed,
@@ -105,6 +106,22 @@ def test_the_whole_suite_with_sanitize_passes_more_than_tgtd_and_fails_nothing(
     counts = report(summary, "all", tmp_path)
     assert target.process.is_running(), "the suite crashed the target"
     assert summary.consistent, counts  # every test parsed, as many failures as CUnit says
+    assert summary.failed == 0, counts
+    assert summary.passed > TGTD_PASSED, counts
+
+
+def test_the_whole_suite_on_lun_1_of_a_three_lun_target_passes_as_lun_0_does(
+    require_tool: Callable[..., str], start_target: TargetFactory, tmp_path: Path
+) -> None:
+    """The same run as the first test's, on LUN 1 (a vDisk of its own) of a target with
+    three LUNs: LUN 0 and LUN 2 beside it must not change a single outcome."""
+    require_tool("iscsi-test-cu")
+    target = start_target("--lun", f"{VDISK}-1:{VDISK_SIZE}", "--lun", f"{VDISK}-2:64M")
+    lun1 = target.url.removesuffix("/0") + "/1"
+    summary = run_suite([lun1], "ALL", "-S", timeout=1800)
+    counts = report(summary, "all-lun1", tmp_path)
+    assert target.process.is_running(), "the suite crashed the target"
+    assert summary.consistent, counts
     assert summary.failed == 0, counts
     assert summary.passed > TGTD_PASSED, counts
 

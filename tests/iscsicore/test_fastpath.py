@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -160,6 +161,68 @@ def test_scsi_command_at_equals_construct_decode(
     assert not header[4]
     assert command == expected
     assert lengths_word == int.from_bytes(header[4:8], "big")
+
+
+@pytest.mark.parametrize(
+    ("cls", "decode_at"),
+    [(DataIn, fastpath.data_in_at), (ScsiResponse, fastpath.scsi_response_at)],
+    ids=["DataIn", "ScsiResponse"],
+)
+@settings(deadline=None)
+@given(
+    data=st.data(),
+    prefix=st.binary(max_size=7),
+    any_opcode=st.booleans(),
+)
+def test_initiator_side_decode_at_equals_construct_decode(
+    cls: type[Pdu], decode_at: Any, data: st.DataObject, prefix: bytes, any_opcode: bool
+) -> None:
+    """The initiator's in-place decodes: exactly what wire decodes, or None where wire
+    would need an AHS, raise, or give another PDU."""
+    if any_opcode:
+        header = data.draw(st.binary(min_size=BHS_LENGTH, max_size=BHS_LENGTH))
+    else:
+        header = data.draw(
+            raw_headers(cls.OPCODE, total_ahs_length=data.draw(st.sampled_from([0, 0, 1])))
+        )
+    buffer = bytearray(prefix + header + b"tail")
+    found = decode_at(buffer, len(prefix))
+    try:
+        expected: object = wire.decode_bhs(header)
+    except IscsiProtocolError:
+        expected = None
+    if found is None:
+        assert header[4] or not isinstance(expected, cls)
+        return
+    pdu, lengths_word = found
+    assert not header[4]
+    assert pdu == expected
+    assert lengths_word == int.from_bytes(header[4:8], "big")
+
+
+@settings(deadline=None)
+@given(pdu=pdus_of(ScsiCommand), ahs_length=st.sampled_from([0, 4, 8]))
+def test_scsi_command_bhs_equals_construct_encode(pdu: ScsiCommand, ahs_length: int) -> None:
+    """The initiator's hot path packs its commands with this, without a `ScsiCommand`."""
+    flags = (
+        (0x80 if pdu.final else 0)
+        | (0x40 if pdu.read else 0)
+        | (0x20 if pdu.write else 0)
+        | pdu.attr
+    )
+    lengths_word = (ahs_length // 4) << 24 | len(pdu.data)
+    bhs = fastpath.scsi_command_bhs(
+        0x01 | (0x40 if pdu.immediate else 0),
+        flags,
+        lengths_word,
+        pdu.lun,
+        pdu.itt,
+        pdu.expected_data_transfer_length,
+        pdu.cmd_sn,
+        pdu.exp_stat_sn,
+        pdu.cdb,
+    )
+    assert bhs == wire.encode_bhs(pdu, ahs_length)
 
 
 @settings(deadline=None)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iscsicore.fullfeature.numbering import InitiatorNumbering, StatSN
-from iscsicore.seqnum import SERIAL_MASK, sn_add, sn_ge
+from iscsicore.seqnum import SERIAL_MASK, in_window, sn_add, sn_diff, sn_ge, sn_gt
 
 serials = st.integers(0, SERIAL_MASK)
 windows = st.integers(1, 64)
@@ -104,3 +104,35 @@ def test_stat_sn_counts_only_what_takes_one(first: int, taken: int) -> None:
     numbers = [stat_sn.take() for _ in range(taken)]
     assert numbers == [(first + n) & SERIAL_MASK for n in range(taken)]
     assert stat_sn.next == (first + taken) & SERIAL_MASK
+
+
+_HALF = 1 << 31
+# offsets from a base serial number: neighbours, the 2**31 edge, anything
+_offsets = st.integers(-3, 3) | st.sampled_from([_HALF - 1, _HALF, _HALF + 1]) | serials
+
+
+@given(serials, _offsets, _offsets, _offsets, _offsets, _offsets)
+def test_inlined_serial_arithmetic_equals_seqnum(
+    base: int, to_cmd: int, to_max: int, to_new_exp: int, to_new_max: int, to_stat: int
+) -> None:
+    """can_send, update_window and status_seen inline RFC 1982 arithmetic for speed; they
+    decide exactly as seqnum's functions do, wrap and the 2**31 edge included."""
+    exp_cmd_sn = base
+    max_cmd_sn = (base + to_max) & SERIAL_MASK
+    cmd_sn = (base + to_cmd) & SERIAL_MASK
+    new_exp = (base + to_new_exp) & SERIAL_MASK
+    new_max = (new_exp + to_new_max) & SERIAL_MASK
+    sn = InitiatorNumbering(exp_cmd_sn, max_cmd_sn, base)
+    sn.cmd_sn = cmd_sn
+    assert sn.can_send() == in_window(cmd_sn, exp_cmd_sn, max_cmd_sn)
+    ignored = sn_diff(new_max, new_exp) < -1
+    exp_moves = not ignored and sn_gt(new_exp, exp_cmd_sn)
+    max_moves = not ignored and sn_gt(new_max, max_cmd_sn)
+    assert sn.update_window(new_exp, new_max) == (exp_moves or max_moves)
+    assert sn.exp_cmd_sn == (new_exp if exp_moves else exp_cmd_sn)
+    assert sn.max_cmd_sn == (new_max if max_moves else max_cmd_sn)
+    before = sn.exp_stat_sn
+    stat_sn = (base + to_stat) & SERIAL_MASK
+    sn.status_seen(stat_sn)
+    after = (stat_sn + 1) & SERIAL_MASK
+    assert sn.exp_stat_sn == (after if sn_gt(after, before) else before)

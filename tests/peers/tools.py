@@ -106,9 +106,13 @@ _LS_TARGET = re.compile(r"^Target:(?P<name>\S+) Portal:(?P<portal>\S+)$")
 _LS_LUN = re.compile(r"^Lun:(?P<lun>\d+)\s+Type:(?P<type>\S+)(?: \(Size:(?P<size>[^)]*)\))?$")
 
 
-def iscsi_ls(portal_url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> list[ListedTarget]:
-    """Discovery plus REPORT LUNS on each target: ``iscsi-ls -s iscsi://host:port``."""
-    completed = run_tool(["iscsi-ls", "-s", portal_url], timeout=timeout)
+def iscsi_ls(
+    portal_url: str, *, initiator: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> list[ListedTarget]:
+    """Discovery plus REPORT LUNS on each target: ``iscsi-ls -s iscsi://host:port`` (as
+    ``initiator``, ``-i``, when given)."""
+    naming = ["-i", initiator] if initiator is not None else []
+    completed = run_tool(["iscsi-ls", *naming, "-s", portal_url], timeout=timeout)
     targets: list[ListedTarget] = []
     for line in completed.stdout.splitlines():
         if target := _LS_TARGET.match(line.strip()):
@@ -146,10 +150,15 @@ class Inquiry:
 
 
 def iscsi_inq(
-    url: str, *, vpd_page: int | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    url: str,
+    *,
+    vpd_page: int | None = None,
+    initiator: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> Inquiry:
-    """Standard INQUIRY, or the VPD page ``vpd_page`` (``iscsi-inq -e 1 -c PAGE``)."""
-    argv = ["iscsi-inq"]
+    """Standard INQUIRY, or the VPD page ``vpd_page`` (``iscsi-inq -e 1 -c PAGE``), as
+    ``initiator`` (``-i``) when given."""
+    argv = ["iscsi-inq"] if initiator is None else ["iscsi-inq", "-i", initiator]
     if vpd_page is not None:
         argv += ["-e", "1", "-c", str(vpd_page)]
     completed = run_tool([*argv, url], timeout=timeout)

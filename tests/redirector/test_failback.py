@@ -22,6 +22,7 @@ from redirector.failback import MAX_ATTEMPTS, Failback
 from redirector.log import redirector_logger
 from redirector.policy import PlacementPolicy
 from tests.redirector.cluster import make_spec
+from topology.directory_coordination import DirectoryCoordinator
 from topology.ownership import OwnershipFile
 from topology.settings import FailbackMode
 from topology.spec import ClusterPaths, ClusterSpec
@@ -61,6 +62,7 @@ class Setup:
     clock: FakeClock
     pages: dict[int, FakePage]
     log_file: Path
+    records: DirectoryCoordinator
 
 
 @asynccontextmanager
@@ -78,7 +80,7 @@ async def failback_setup(
     async with trio.open_nursery() as nursery:
         for node in spec.nodes:
             await nursery.start(serve_http, pages[node.node_id].handle, node.cvm_address, 2009)
-        yield Setup(failback, policy, clock, pages, log_file)
+        yield Setup(failback, policy, clock, pages, log_file, DirectoryCoordinator(tmp_path))
         nursery.cancel_scope.cancel()
 
 
@@ -100,11 +102,11 @@ async def test_logout_asked_of_each_remote_once_stable(tmp_path: Path) -> None:
         placed = fail_over(setup)
         assert placed == {"a": "2", "b": "3"}
         setup.clock.now = 2.0 + STABLE_WINDOW - 0.1  # not yet stable
-        await setup.failback.step()
+        await setup.failback.step(setup.records)
         assert all(not page.requests for page in setup.pages.values())
 
         setup.clock.now = 2.0 + STABLE_WINDOW
-        await setup.failback.step()
+        await setup.failback.step(setup.records)
         (to_2,) = setup.pages[2].requests
         (to_3,) = setup.pages[3].requests
         assert (to_2.method, to_2.path, to_2.query) == (
@@ -117,7 +119,7 @@ async def test_logout_asked_of_each_remote_once_stable(tmp_path: Path) -> None:
         assert setup.policy.remote_placements() == {}
         assert setup.failback.stats.requested == 2
 
-        await setup.failback.step()  # forgotten: asked once only
+        await setup.failback.step(setup.records)  # forgotten: asked once only
         assert len(setup.pages[2].requests) == 1
     log = setup.log_file.read_text()
     assert "Failing back target iqn.2010-06.com.nutanix:vmdisk-a: " in log
@@ -127,13 +129,13 @@ async def test_failed_requests_are_retried_with_backoff(tmp_path: Path) -> None:
     async with failback_setup(tmp_path, failures=2) as setup:
         fail_over(setup)
         setup.clock.now = 10.0
-        await setup.failback.step()
+        await setup.failback.step(setup.records)
         assert len(setup.pages[2].requests) == 1
-        await setup.failback.step()  # within the backoff: not asked again yet
+        await setup.failback.step(setup.records)  # within the backoff: not asked again yet
         assert len(setup.pages[2].requests) == 1
         for _ in range(4):
             setup.clock.now += 5.0
-            await setup.failback.step()
+            await setup.failback.step(setup.records)
         assert len(setup.pages[2].requests) == 3  # two failures, then success
         assert "a" not in setup.policy.remote_placements()
 
@@ -143,7 +145,7 @@ async def test_retries_are_bounded(tmp_path: Path) -> None:
         fail_over(setup)
         for step in range(MAX_ATTEMPTS + 5):
             setup.clock.now = 10.0 + 10.0 * step
-            await setup.failback.step()
+            await setup.failback.step(setup.records)
         assert len(setup.pages[2].requests) == MAX_ATTEMPTS
         assert setup.policy.remote_placements() == {}
         assert setup.failback.stats.abandoned == 2
@@ -163,7 +165,7 @@ async def test_unreachable_remote_is_retried_then_abandoned(tmp_path: Path) -> N
     policy.mark_up("1", 1.0)
     for step in range(MAX_ATTEMPTS):
         clock.now = 10.0 + 10.0 * step
-        await failback.step()
+        await failback.step(DirectoryCoordinator(tmp_path))
     assert policy.remote_placements() == {}
     assert failback.stats.abandoned == 1
 
@@ -173,7 +175,7 @@ async def test_a_remote_that_died_is_not_asked(tmp_path: Path) -> None:
         fail_over(setup)
         setup.policy.mark_down("2", setup.clock.now)  # its vDisk must be placed anew
         setup.clock.now = 100.0
-        await setup.failback.step()
+        await setup.failback.step(setup.records)
         assert not setup.pages[2].requests
         assert len(setup.pages[3].requests) == 1
 
@@ -192,16 +194,16 @@ async def test_a_restarted_redirector_fails_back_what_remotes_own(tmp_path: Path
         policy = setup.policy
         policy.mark_up("1", 0.0)
         policy.mark_up("2", 0.0)  # node 3 not seen yet
-        await setup.failback.step()
+        await setup.failback.step(setup.records)
         assert [r.path for r in setup.pages[2].requests] == ["/control/vdisks/home-0/logout"]
         assert not setup.pages[3].requests and not setup.pages[1].requests
 
         policy.mark_up("3", 1.0)
         setup.clock.now = 1.0
-        await setup.failback.step()
+        await setup.failback.step(setup.records)
         assert [r.path for r in setup.pages[3].requests] == ["/control/vdisks/home-2/logout"]
         for _ in range(3):  # each asked once
-            await setup.failback.step()
+            await setup.failback.step(setup.records)
         assert len(setup.pages[2].requests) == len(setup.pages[3].requests) == 1
 
 
@@ -213,7 +215,7 @@ async def test_kill_mode_asks_for_quiesce_then_kill_and_follows_a_live_change(
     async with failback_setup(tmp_path, mode=FailbackMode.KILL) as setup:
         fail_over(setup)
         setup.clock.now = 2.0 + STABLE_WINDOW
-        await setup.failback.step()
+        await setup.failback.step(setup.records)
         (to_2,) = setup.pages[2].requests
         assert (to_2.method, to_2.path, to_2.query) == ("POST", "/control/vdisks/a/kill", {})
         assert setup.failback.stats.connections_killed == 4  # 2 each from pages 2 and 3
@@ -223,7 +225,7 @@ async def test_kill_mode_asks_for_quiesce_then_kill_and_follows_a_live_change(
         replace(spec, failback=FailbackMode.LOGOUT).save(tmp_path)
         fail_over(setup)
         setup.clock.now = 2.0 + STABLE_WINDOW
-        await setup.failback.step()
+        await setup.failback.step(setup.records)
         paths = [request.path for page in setup.pages.values() for request in page.requests]
         assert sorted(path for path in paths if path.endswith("/logout")) == [
             "/control/vdisks/a/logout",

@@ -230,9 +230,11 @@ class TestInitiator:
         write_data: bytes = b"",
         edtl: int | None = None,
         timeout: float = RECEIVE_TIMEOUT,
+        lun: int = 0,
     ) -> CommandResult:
         """Run one command the way a well-behaved initiator would (immediate data,
-        unsolicited data, R2T answers, all per the negotiated parameters)."""
+        unsolicited data, R2T answers, all per the negotiated parameters); ``lun``: the
+        raw LUN field (`iscsicore.pdu.encode_lun`)."""
         params = self.params
         edtl = edtl if edtl is not None else (read_length or len(write_data))
         immediate = b""
@@ -249,6 +251,7 @@ class TestInitiator:
             edtl=edtl,
             immediate_data=immediate,
             final=unsolicited_end <= len(immediate),
+            lun=lun,
         )
         await self.send(command)
         if unsolicited_end > len(immediate):

@@ -183,6 +183,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 VDISK = '[[vdisk]]\nid = "vd1"\nsize = "1M"\n'
+LUN = '[[vdisk.lun]]\nid = "{}"\nsize = "1M"\n'
 
 
 @pytest.mark.parametrize(
@@ -207,6 +208,16 @@ VDISK = '[[vdisk]]\nid = "vd1"\nsize = "1M"\n'
         ('store = "memory"\n[[vdisk]]\nid = "new"\n', ":2: vdisk: vDisk new does not exist"),
         ('store = "memory"\n' + VDISK.replace("1M", "1P"), ":2: vdisk: vDisk vd1: size"),
         (VDISK, ": data_dir is required unless the vDisks are in memory or null"),
+        ('store = "memory"\n' + VDISK + LUN.format("vd1"), ":2: vdisk: vDisk vd1 (LUN 1 of vd1)"),
+        (
+            'store = "memory"\n' + VDISK + LUN.format("b") + LUN.format("b"),
+            ":2: vdisk: vDisk b (LUN 2 of vd1) given twice",
+        ),
+        ('store = "memory"\n' + VDISK + LUN.format("b").replace("1M", "x"), ":7: vdisk[0].lun"),
+        (
+            'store = "memory"\n' + VDISK + '[[vdisk.lun]]\nsize = "1M"\n',
+            ":5: vdisk[0].lun[0].id: is required",
+        ),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_key_and_its_line(
@@ -229,6 +240,36 @@ def test_a_flag_that_breaks_a_rule_is_named_as_a_flag(tmp_path: Path) -> None:
     assert twice.returncode == 2 and "--vdisk: vDisk a{0} given twice" in twice.stderr
     missing = _stargate_target("--config", str(tmp_path / "missing.toml"))
     assert missing.returncode == 2 and "missing.toml: cannot read" in missing.stderr
+
+
+def test_luns_join_the_target_of_the_vdisk_before_them(tmp_path: Path) -> None:
+    flags = ["target", "--memory", "--vdisk", "a:1M", "--lun", "b:2M", "--lun", "c:3M"]
+    config = target_config(build_parser().parse_args([*flags, "--vdisk", "d:1M"]))
+    mib = 1 << 20
+    b, c = VDiskSpec("b", 2 * mib), VDiskSpec("c", 3 * mib)
+    assert config.vdisks == (VDiskSpec("a", mib, (b, c)), VDiskSpec("d", mib))
+    text = (
+        'store = "memory"\n' + VDISK + LUN.format("b") + LUN.format("c") + VDISK.replace("1", "2")
+    )
+    from_file = target_config(
+        build_parser().parse_args(["target", "--config", str(_write(tmp_path, text))])
+    )
+    assert [[lun.vdisk_id for lun in spec.luns] for spec in from_file.vdisks] == [
+        ["vd1", "b", "c"],
+        ["vd2"],
+    ]
+
+
+def test_bad_luns_given_as_flags_are_refused_naming_the_flag() -> None:
+    alone = _stargate_target("--memory", "--lun", "b:1M")
+    assert alone.returncode == 2 and "--lun b: no --vdisk before it to join" in alone.stderr
+    twice = _stargate_target("--memory", "--vdisk", "a:1M", "--lun", "b:1M", "--lun", "b:1M")
+    assert twice.returncode == 2
+    assert "--vdisk: vDisk b (LUN 2 of a) given twice" in twice.stderr
+    bad = _stargate_target("--memory", "--vdisk", "a:1M", "--lun", "b:1Q")
+    assert bad.returncode == 2 and "argument --lun" in bad.stderr
+    for completed in (alone, twice, bad):
+        assert "Traceback" not in completed.stderr
 
 
 def test_locate_finds_keys_tables_and_array_entries() -> None:

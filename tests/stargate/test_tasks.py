@@ -36,6 +36,7 @@ from stargate.tasks import (
     implied_write_blocks,
     with_write_blocks,
 )
+from stargate.transport.lun_routes import LunRoute
 from stargate.transport.runner import FullFeatureConnection
 from tests.stargate.client import (
     TEST_UNIT_READY,
@@ -143,13 +144,18 @@ async def _nothing_for(initiator: TestInitiator, itt: int, seconds: float) -> No
             assert getattr(pdu, "itt", None) != itt, pdu
 
 
+def _lun0(connection: FullFeatureConnection) -> LunRoute:
+    assert connection.routes is not None
+    return connection.routes.routes[0]
+
+
 async def test_task_state_from_arrival(nursery: trio.Nursery) -> None:
     server = await start_stargate(nursery)
     initiator = await logged_in(server)
     connection = await _connection_of(server, initiator)
     # Tasks made here are never sent: their commands take no CmdSN of the session.
     command = initiator.command(write10(8, 2), write_data=bytes(1024), cmd_sn=initiator.cmd_sn)
-    task = ScsiTask(connection, command, command.cdb)
+    task = ScsiTask(connection, command, command.cdb, _lun0(connection))
     assert (task.itt, task.edtl, task.kind) == (command.itt, 1024, IoKind.WRITE)
     assert task.phase is TaskPhase.WAITING_FOR_SLOT and not task.has_slot
     assert task.tenant is connection.tenant and task.tenant is not None
@@ -163,7 +169,7 @@ async def test_task_state_from_arrival(nursery: trio.Nursery) -> None:
     task.aborted = True
     assert task.cancelled
     read = initiator.command(read10(0, 1), read_length=512, cmd_sn=initiator.cmd_sn)
-    other = ScsiTask(connection, read, read.cdb)
+    other = ScsiTask(connection, read, read.cdb, _lun0(connection))
     assert other.kind is IoKind.READ and not other.cancelled
     other.phase = TaskPhase.DONE  # failed while it waited: never to be dispatched
     assert other.cancelled
@@ -175,7 +181,7 @@ async def test_dispatch_runs_the_task_in_the_slot_it_was_given(nursery: trio.Nur
     await clear_unit_attention(initiator)
     connection = await _connection_of(server, initiator)
     command = initiator.command(read10(0, 1), read_length=512, cmd_sn=initiator.cmd_sn)
-    task = ScsiTask(connection, command, command.cdb)
+    task = ScsiTask(connection, command, command.cdb, _lun0(connection))
     assert connection.stats is not None
     connection.stats.command_started()  # as the connection counts a task it starts
     assert server.queue.admit_now(connection.vdisk_key, 0, task.tenant)  # the queue's slot
@@ -196,7 +202,7 @@ async def test_refuse_answers_a_waiting_task_without_running_it(nursery: trio.Nu
         immediate_data=b"\xee" * 512,
         cmd_sn=initiator.cmd_sn,
     )
-    task = ScsiTask(connection, command, command.cdb)
+    task = ScsiTask(connection, command, command.cdb, _lun0(connection))
     assert connection.stats is not None
     connection.stats.command_started()  # as the connection counts a task it starts
     task.refuse(ScsiStatus.BUSY)

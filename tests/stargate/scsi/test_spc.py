@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from iscsicore.pdu import encode_lun, lun_number
 from iscsicore.scsi.opcodes import ScsiOp, ScsiStatus
 from iscsicore.scsi.sense import Asc, SenseKey, parse_sense
 from stargate.scsi.lu import LogicalUnit
@@ -248,6 +249,21 @@ def test_report_luns() -> None:
         struct.pack(">BBB3xIBB", ScsiOp.REPORT_LUNS, 0, 0, 15, 0, 0),
     ):
         assert sense_of(run(unit, bad)).code is Asc.INVALID_FIELD_IN_CDB
+
+
+def test_report_luns_lists_every_lun_of_the_target_in_its_addressing_method() -> None:
+    unit = make_unit()
+    unit.target_luns = 300
+    cdb = struct.pack(">BB B3xIBB", ScsiOp.REPORT_LUNS, 0, 0, 4096, 0, 0)
+    data = run(unit, cdb).data
+    assert struct.unpack_from(">I", data)[0] == 300 * 8
+    luns = [struct.unpack_from(">Q", data, 8 + 8 * i)[0] for i in range(300)]
+    assert luns[:2] == [0, 0x0001_0000_0000_0000]  # peripheral device addressing
+    assert luns[255] == 0x00FF_0000_0000_0000
+    assert luns[256] == 0x4100_0000_0000_0000  # flat space addressing from 256
+    assert [lun_number(lun) for lun in luns] == list(range(300))
+    with pytest.raises(ValueError, match="out of range"):
+        encode_lun(0x4000)
 
 
 # ---- REPORT SUPPORTED OPERATION CODES / TMFs ----------------------------------------------
