@@ -155,6 +155,13 @@ def _register_cluster(subparsers: Any) -> None:
         "(default: the base address + 3, port 3260)",
     )
     up.add_argument(
+        "--dsip-advertise",
+        type=_dsip,
+        metavar="ADDR[:PORT]",
+        help="the DSIP as initiators reach it (NAT, a QEMU guest): the address discovery at "
+        "the DSIP gives for every target (default: the DSIP itself)",
+    )
+    up.add_argument(
         "--detach",
         action="store_true",
         help="return once everything answers, printing the cluster as JSON",
@@ -304,6 +311,7 @@ def _up_flags(args: argparse.Namespace) -> dict[str, Any]:
         "redirectors": False if args.no_redirectors else None,
         "failback": args.failback,
         "dsip": args.dsip,
+        "dsip_advertise": args.dsip_advertise,
         "coordinator": args.coordinator,
         "health": health_knobs_given(args) or None,  # knobs over the file's or stored ones
     }

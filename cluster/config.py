@@ -5,6 +5,8 @@
                                advertise = ["[cvm:|redirector:]NODE=ADDR[:PORT]", ...],
                                redirectors = true|false, failback = "kill"|"logout",
                                dsip = "ADDR[:PORT]" (the Data Services IP),
+                               dsip_advertise = "ADDR[:PORT]" (the DSIP as initiators
+                               reach it),
                                coordinator = "dir"|"zk://HOST:PORT/PATH"
     [health]                   nop_interval, nop_timeout, misses, connect_timeout
     [[vm]]                     name, node, disks, size ("1G" or bytes), sessions_per_disk,
@@ -157,6 +159,7 @@ class ClusterConfig:
     failback: FailbackMode = DEFAULT_FAILBACK
     health: HealthChecks = DEFAULT_HEALTH
     dsip: str | None = None  # None: base address + 3, port 3260
+    dsip_advertise: str | None = None  # None: the DSIP itself
     coordinator: str | None = None  # None: the directory's recorded one, else "dir"
     vms: tuple[VmConfig, ...] = ()
     volume_groups: tuple[VolumeGroupConfig, ...] = ()
@@ -173,7 +176,7 @@ class ClusterConfig:
             failback=self.failback,
             health=self.health,
         )
-        return replace(spec, dsip=self.dsip)
+        return replace(spec, dsip=self.dsip, dsip_advertised=self.dsip_advertise)
 
     @classmethod
     def from_spec(cls, spec: ClusterSpec) -> ClusterConfig:
@@ -199,6 +202,7 @@ class ClusterConfig:
             failback=spec.failback,
             health=spec.health,
             dsip=spec.dsip,
+            dsip_advertise=spec.dsip_advertised,
         )
 
     def to_toml(self) -> str:
@@ -216,6 +220,8 @@ class ClusterConfig:
         document["failback"] = self.failback.value
         if self.dsip is not None:
             document["dsip"] = self.dsip
+        if self.dsip_advertise is not None:
+            document["dsip_advertise"] = self.dsip_advertise
         if self.coordinator is not None:
             document["coordinator"] = self.coordinator
         document["health"] = self.health.to_json()
@@ -406,6 +412,7 @@ SCALARS: dict[str, ScalarSpec] = {
     "redirectors": (TableReader.boolean, bool),
     "failback": (TableReader.string, FailbackMode.parse),
     "dsip": (TableReader.string, normal_dsip),  # its ClusterSpecError is a ValueError
+    "dsip_advertise": (TableReader.string, normal_dsip),
     "coordinator": (TableReader.string, _coordinator),
 }
 

@@ -131,7 +131,8 @@ class DsipServer(RedirectorServer):
     def discovery_targets(self, initiator_name: str) -> list[TargetRecord]:
         """The attached groups' virtual targets, each at the DSIP: initiators keep the DSIP
         as their portal and come back through it."""
-        address = replace(dsip_portal(self.config), tpgt=self.config.portal_group_tag).format()
+        advertised = Portal.parse(self.config.spec.dsip_advertised_portal, what="DSIP")
+        address = replace(advertised, tpgt=self.config.portal_group_tag).format()
         try:
             groups = self.groups.all()
         except VolumeGroupError as error:

@@ -260,6 +260,9 @@ class ClusterSpec:
     # The Data Services IP, ADDR:PORT, where external initiators discover and log in to
     # volume groups; None: the default, base address + 3, port 3260.
     dsip: str | None = None
+    # The DSIP as initiators reach it (NAT, a QEMU guest): what discovery at the DSIP names as
+    # every target's address; None: the DSIP itself.
+    dsip_advertised: str | None = None
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -277,6 +280,12 @@ class ClusterSpec:
             )
         if self.dsip is not None and self.dsip != normal_dsip(self.dsip):
             raise ClusterSpecError(f"dsip {self.dsip!r}: write it as ADDR:PORT")
+        if self.dsip_advertised is not None and self.dsip_advertised != normal_dsip(
+            self.dsip_advertised
+        ):
+            raise ClusterSpecError(
+                f"dsip_advertised {self.dsip_advertised!r}: write it as ADDR:PORT"
+            )
 
     # -- lookup -------------------------------------------------------------------------
 
@@ -297,6 +306,11 @@ class ClusterSpec:
             return self.dsip
         base = ipaddress.IPv4Address(self.base_address)
         return f"{ipaddress.IPv4Address(int(base) + DSIP_OFFSET)}:{DEFAULT_DSIP_PORT}"
+
+    @property
+    def dsip_advertised_portal(self) -> str:
+        """The DSIP as initiators reach it, ADDR:PORT (the bound one unless advertised)."""
+        return self.dsip_advertised or self.dsip_portal
 
     # -- files --------------------------------------------------------------------------
 
@@ -409,6 +423,8 @@ class ClusterSpec:
             document["release_timeout"] = self.release_timeout
         if self.dsip is not None:
             document["dsip"] = self.dsip
+        if self.dsip_advertised is not None:
+            document["dsip_advertised"] = self.dsip_advertised
         return document
 
     @classmethod
@@ -424,6 +440,9 @@ class ClusterSpec:
             failback=_failback(raw.get("failback", DEFAULT_FAILBACK.value)),
             health=_health(raw.get("health", {})),
             dsip=None if raw.get("dsip") is None else str(raw["dsip"]),
+            dsip_advertised=(
+                None if raw.get("dsip_advertised") is None else str(raw["dsip_advertised"])
+            ),
         )
 
 

@@ -6,6 +6,7 @@ are refused with exit status 2 and a message naming the flag, before anything is
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,24 @@ def test_bad_settings_in_the_file_name_the_key_and_line(
         cluster_config(ConfigDocument.load(path), {}, None)
     assert f"cluster.toml:{line}: " in str(caught.value) and key in str(caught.value), caught.value
     assert message in str(caught.value), caught.value
+
+
+def test_the_dsip_advertised_address_is_kept_in_the_file_and_cluster_json(tmp_path: Path) -> None:
+    """`dsip_advertise` (`cluster up --dsip-advertise`): what discovery at the DSIP names,
+    for initiators behind NAT or in a QEMU guest; the DSIP binds the other."""
+    path = tmp_path / "cluster.toml"
+    path.write_text('nodes = 2\ndsip = "127.0.0.9"\ndsip_advertise = "10.0.2.120"\n')
+    config = cluster_config(ConfigDocument.load(path), {}, None)
+    spec = config.spec()
+    assert spec.dsip_portal == "127.0.0.9:3260"
+    assert spec.dsip_advertised_portal == "10.0.2.120:3260"
+    directory = tmp_path / "cluster"
+    spec.save(directory)
+    assert ClusterSpec.load(directory).dsip_advertised_portal == "10.0.2.120:3260"
+    saved, _ = saved_config(directory, redirectors=True)
+    assert 'dsip_advertise = "10.0.2.120:3260"' in saved.to_toml()
+    # Without it, discovery names the DSIP itself.
+    assert replace(spec, dsip_advertised=None).dsip_advertised_portal == "127.0.0.9:3260"
+    path.write_text('nodes = 2\ndsip_advertise = "guest.example"\n')
+    with pytest.raises(ConfigError, match=r"cluster\.toml:2: .*dsip_advertise.*DSIP"):
+        cluster_config(ConfigDocument.load(path), {}, None)
