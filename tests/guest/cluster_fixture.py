@@ -95,8 +95,14 @@ class GuestCluster:
     @classmethod
     @contextmanager
     def up(
-        cls, directory: Path, *, nodes: int = 3, stable_window: float = 10.0
+        cls,
+        directory: Path,
+        *,
+        nodes: int = 3,
+        stable_window: float = 10.0,
+        extra_arguments: tuple[str, ...] = (),
     ) -> Iterator[GuestCluster]:
+        """``cluster up`` with the guest-side advertisements, plus ``extra_arguments``."""
         base_address = unique_base_address()
         advertised: list[str] = []
         for node_id in range(1, nodes + 1):
@@ -116,6 +122,7 @@ class GuestCluster:
                 "--base-address", base_address,
                 "--timeout", str(UP_TIMEOUT),
                 *advertised,
+                *extra_arguments,
             )  # fmt: skip
             cluster.document = json.loads(output)
             for node in cluster.document["nodes"]:
