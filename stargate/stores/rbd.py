@@ -43,24 +43,23 @@ class LockHeldError(OSError):
 
 @dataclass(frozen=True, slots=True)
 class RbdLocation:
-    """Where vDisks live: ``rbd:POOL[/PREFIX]``; vDisk V is image PREFIX + V in POOL."""
+    """Where vDisks live: ``POOL[/PREFIX]``; vDisk V is image PREFIX + V in POOL."""
 
     pool: str
     prefix: str = ""
 
     @classmethod
     def parse(cls, text: str) -> RbdLocation:
-        body = text.removeprefix("rbd:")
-        pool, _, prefix = body.partition("/")
-        if not text.startswith("rbd:") or not pool or "/" in prefix:
-            raise ValueError(f"{text!r} is not rbd:POOL or rbd:POOL/IMAGE-PREFIX")
+        pool, _, prefix = text.partition("/")
+        if not pool or "/" in prefix or ":" in text:
+            raise ValueError(f"{text!r} is not POOL or POOL/IMAGE-PREFIX")
         return cls(pool, prefix)
 
     def image_name(self, vdisk_id: str) -> str:
         return self.prefix + vdisk_id
 
     def __str__(self) -> str:
-        return f"rbd:{self.pool}" + (f"/{self.prefix}" if self.prefix else "")
+        return self.pool + (f"/{self.prefix}" if self.prefix else "")
 
 
 def _modules() -> tuple[Any, Any]:
@@ -149,9 +148,11 @@ class RbdStore:
         meta: VDiskMeta,
         *,
         take_over: bool = False,
+        create: bool = True,
         op_timeout: float = DEFAULT_OP_TIMEOUT,
     ) -> RbdStore:
-        """Open (creating it if absent) the vDisk's image and take its exclusive lock.
+        """Open (creating it if absent and ``create``) the vDisk's image and take its
+        exclusive lock.
 
         An existing image keeps its stored metadata: ``meta`` only seeds a new one. When
         another client holds the lock: ``take_over`` breaks it (blocklisting that client),
@@ -162,9 +163,15 @@ class RbdStore:
         name = location.image_name(meta.vdisk_id)
         try:
             with _librbd_errors(f"opening RBD image {location.pool}/{name}"):
-                with contextlib.suppress(rbd.ImageExists):
-                    rbd.RBD().create(connection.ioctx, name, meta.size, old_format=False)
-                image = rbd.Image(connection.ioctx, name)
+                if create:
+                    with contextlib.suppress(rbd.ImageExists):
+                        rbd.RBD().create(connection.ioctx, name, meta.size, old_format=False)
+                try:
+                    image = rbd.Image(connection.ioctx, name)
+                except rbd.ImageNotFound:
+                    raise OSError(
+                        errno.ENOENT, f"RBD image {location.pool}/{name} does not exist"
+                    ) from None
             try:
                 meta = cls._load_or_store_meta(image, meta)
                 cls._acquire(image, name, take_over=take_over)

@@ -22,11 +22,11 @@ def fresh_location() -> RbdLocation:
 
 
 def test_location_parse() -> None:
-    assert RbdLocation.parse("rbd:pool") == RbdLocation("pool", "")
-    assert RbdLocation.parse("rbd:pool/vm1-") == RbdLocation("pool", "vm1-")
+    assert RbdLocation.parse("pool") == RbdLocation("pool", "")
+    assert RbdLocation.parse("pool/vm1-") == RbdLocation("pool", "vm1-")
     assert RbdLocation("pool", "vm1-").image_name("disk0") == "vm1-disk0"
-    for bad in ("pool", "rbd:", "rbd:/x", "rbd:a/b/c", "file:x"):
-        with pytest.raises(ValueError, match="rbd:POOL"):
+    for bad in ("", "/x", "a/b/c", "rbd:pool"):
+        with pytest.raises(ValueError, match="POOL or POOL/IMAGE-PREFIX"):
             RbdLocation.parse(bad)
 
 
@@ -60,6 +60,14 @@ def test_round_trip_metadata_discard_extents_resize(ceph_cluster: CephCluster) -
     with RbdStore.open_or_create(ceph_cluster.conf_path, location, seed) as store:
         assert (store.size, store.block_size, store.meta.serial) == (32 * MIB, 4096, "SER0")
         assert store.read(12 * MIB + 4096, 4096) == payload[:4096]
+
+
+def test_missing_image_without_create(ceph_cluster: CephCluster) -> None:
+    with pytest.raises(OSError, match="does not exist") as missing:
+        RbdStore.open_or_create(
+            ceph_cluster.conf_path, fresh_location(), VDiskMeta("absent", MIB), create=False
+        )
+    assert missing.value.errno == errno.ENOENT
 
 
 def test_take_over_blocklists_the_old_owner(ceph_cluster: CephCluster) -> None:
