@@ -93,6 +93,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, help="runs per figure (median; default 3)")
     parser.add_argument("--seconds", type=float, help="seconds per measurement")
+    parser.add_argument(
+        "--failover-repeats",
+        type=int,
+        help="kill/failback cycles per client in the failover section (default 10)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results go")
     parser.add_argument(
         "--nice",
@@ -106,7 +111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep the other sections of an existing results.json (re-run some sections only)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.failover_repeats is not None and args.failover_repeats < 1:
+        parser.error("--failover-repeats must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, runs=args.runs)
     if args.seconds is not None:
         settings = replace(settings, seconds=args.seconds)
+    if args.failover_repeats is not None:
+        settings = replace(settings, failover_repeats=args.failover_repeats)
     sections = [Section(name) for name in args.only.split(",") if name] or list(Section)
     raise_open_file_limit()
     if args.nice:

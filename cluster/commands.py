@@ -491,17 +491,18 @@ def vdisk_list(args: argparse.Namespace) -> int:
         _print_json(table_rows)
         return 0
     table = Table(title="vDisks")
-    for column in ("vDisk", "VM", "home", "size", "served by", "conns", "IQN"):
+    for column in ("vDisk", "VM / group", "home", "size", "served by", "conns", "IQN"):
         table.add_column(column)
     for row in table_rows:
+        group = row.get("volume_group")
         table.add_row(
             row["id"],
-            row["vm"] or "-",
+            row["vm"] or (f"vg {group}" if group else "-"),
             str(row["home_node"] or "-"),
             f"{row['size'] / (1 << 20):.0f} MiB",
             str(row["serving_node"] or "-"),
             str(row["connections"]),
-            row["iqn"],
+            row["iqn"] or "(its virtual target's LUN)",
         )
     output_console().print(table)
     return 0

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from cluster.guest.build import GuestBuildError
+from cluster.guest.harness import GuestImage
 from tests.helpers.net import free_port as _free_port
 from tests.helpers.net import unique_loopback_address
 from tests.helpers.procs import ProcessReaper
@@ -51,6 +53,18 @@ def pytest_runtest_makereport(
     if report.failed and isinstance(reaper, ProcessReaper) and reaper.processes:
         report.sections.append((f"spawned processes ({report.when})", reaper.report()))
     return report
+
+
+@pytest.fixture(scope="module")
+def guest_image() -> GuestImage:
+    """The cached open-iscsi guest image (cluster/guest; built on first use, ~15 s; installs
+    QEMU etc. if missing). Where it cannot be built: a failure in CI, a skip elsewhere."""
+    try:
+        return GuestImage.ensure()
+    except GuestBuildError as error:
+        if running_in_ci():
+            pytest.fail(f"guest image: {error}", pytrace=False)
+        pytest.skip(f"guest image cannot be built here: {error}")
 
 
 @pytest.fixture

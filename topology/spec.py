@@ -511,7 +511,7 @@ class VDiskInfo:
         }
         if self.volume_group is not None:
             document["volume_group"] = self.volume_group
-            del document["iqn"]  # reached only through the group's virtual target
+            document["iqn"] = None  # reached only through the group's virtual target
         if spec is not None and self.home_node is not None:
             document["portal"] = spec.node(self.home_node).redirector_portal
         return document

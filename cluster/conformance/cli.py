@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from cluster.conformance.catalogue import SUITES, TESTS, select
-from cluster.conformance.drivers import DRIVER_NAMES, driver_named
+from cluster.conformance.choice import DRIVER_NAMES, driver_named
 from cluster.conformance.failover import (
     DEFAULT_CLUSTER_BASE,
     DEFAULT_STABLE_WINDOW,

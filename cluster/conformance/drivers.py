@@ -11,9 +11,10 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import quote
 
 import trio
@@ -80,6 +81,20 @@ class Driver(Protocol):
         """Why the driver cannot run here (a missing tool), or None."""
 
     async def run(self, job: DriverJob, deadline: float) -> DriverRun: ...
+
+
+@runtime_checkable
+class RoutedDriver(Protocol):
+    """A driver whose initiator reaches the kit through relays of its own (a VM's network):
+    each test's listeners are routed to it, and the kit names the initiator's side of
+    them in its redirects. It holds resources (a booted VM) from `start`, before the first
+    test, until `close`, after the last."""
+
+    async def start(self) -> None: ...
+
+    def route(self, portals: Mapping[str, Portal]) -> dict[str, Portal]: ...
+
+    async def close(self) -> None: ...
 
 
 def _secret(secrets: ChapSecrets) -> str:
@@ -321,29 +336,3 @@ class CommandDriver:
         return WorkloadRun(
             finished.status, finished.output[-OUTPUT_TAIL:], finished.seconds, None, None
         )
-
-
-# Drivers listed but not wired yet, and why.
-NOT_YET = {
-    "open-iscsi": "the open-iscsi driver (iscsiadm in the QEMU guest of tests/guest) is not "
-    "available yet; meanwhile --initiator command can run your own iscsiadm wrapper",
-}
-DRIVER_NAMES = ("project", "libiscsi", "qemu", "open-iscsi", "command")
-
-
-def driver_named(name: str, command: str | None = None) -> Driver:
-    """The driver called ``name``; ``command`` is the template of the command driver."""
-    if (name == "command") != bool(command):
-        raise ValueError("--command TEMPLATE goes with --initiator command, and only with it")
-    if command:
-        return CommandDriver(command)
-    if name in NOT_YET:
-        raise ValueError(NOT_YET[name])
-    drivers: dict[str, Driver] = {
-        "project": ProjectDriver(),
-        "libiscsi": LibiscsiDriver(),
-        "qemu": QemuDriver(),
-    }
-    if name not in drivers:
-        raise ValueError(f"unknown initiator {name!r} (one of {', '.join(DRIVER_NAMES)})")
-    return drivers[name]

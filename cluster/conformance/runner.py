@@ -15,7 +15,7 @@ from cluster.conformance.catalogue import (
     ConformanceTest,
     RunContext,
 )
-from cluster.conformance.drivers import Driver, DriverJob, DriverRun
+from cluster.conformance.drivers import Driver, DriverJob, DriverRun, RoutedDriver
 from cluster.conformance.evidence import Evidence
 from cluster.conformance.failover import (
     DEFAULT_CLUSTER_BASE,
@@ -75,6 +75,8 @@ async def run_test(test: ConformanceTest, driver: Driver, options: RunOptions) -
     async with trio.open_nursery() as nursery:
         kit = KitTarget(test.portals, evidence, options.addresses, server)
         await kit.start(nursery)
+        if isinstance(driver, RoutedDriver):
+            kit.advertised = driver.route(kit.portals)
         job = DriverJob(
             kit.entry,
             TARGET_NAME,
@@ -133,6 +135,13 @@ async def run_failover_tests(
 async def run_tests(
     tests: tuple[ConformanceTest, ...], driver: Driver, options: RunOptions
 ) -> list[ConformanceResult]:
-    results = [await run_test(test, driver, options) for test in tests if test.failover is None]
-    on_cluster = [test for test in tests if test.failover is not None]
-    return results + await run_failover_tests(on_cluster, driver, options)
+    try:
+        if isinstance(driver, RoutedDriver):
+            await driver.start()
+        results = [await run_test(test, driver, options) for test in tests if test.failover is None]
+        on_cluster = [test for test in tests if test.failover is not None]
+        return results + await run_failover_tests(on_cluster, driver, options)
+    finally:
+        if isinstance(driver, RoutedDriver):
+            with trio.CancelScope(shield=True):
+                await driver.close()

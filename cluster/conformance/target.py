@@ -128,6 +128,9 @@ class KitTarget:
         self.addresses = addresses
         self.server = server
         self.portals: dict[str, Portal] = {}
+        # What redirects name: the portals themselves, unless the initiator reaches them
+        # through relays (a VM's network) and must be sent to its side of them.
+        self.advertised: dict[str, Portal] = self.portals
 
     async def start(self, nursery: trio.Nursery) -> None:
         listeners = await self._bind()
@@ -240,15 +243,13 @@ class KitTarget:
         return None, framer
 
     def _resolver(self, script: LoginScript, plain: Resolver) -> Resolver:
-        portals = self.portals
-
         def resolve(
             initiator_name: str, target_name: str | None, session_type: SessionType
         ) -> Resolution:
             if script.refuse is not None:
                 return Refuse(script.refuse)
             if script.redirect_to is not None and session_type is SessionType.NORMAL:
-                there = portals[script.redirect_to]
+                there = self.advertised[script.redirect_to]
                 return Redirect.to(
                     there.host, there.port, there.tpgt or 1, permanent=script.permanent
                 )

@@ -162,3 +162,14 @@ def test_bad_volume_groups_in_the_file_name_the_key(
     with pytest.raises(ConfigError, match=message) as caught:
         cluster_config(ConfigDocument.load(path), {}, None)
     assert "cluster.toml:" in str(caught.value)
+
+
+def test_vdisk_list_names_the_group_of_its_disks(directory: Path) -> None:
+    run_cli("vg", "create", "g1", "--dir", str(directory), "--disks", "2", "--size", "1M")
+    rows = json.loads(run_cli("vdisk", "list", "--dir", str(directory), "--json").stdout)
+    assert {(row["id"], row["volume_group"], row["iqn"]) for row in rows} == {
+        ("vg-g1-0", "g1", None),
+        ("vg-g1-1", "g1", None),
+    }
+    table = run_cli("vdisk", "list", "--dir", str(directory)).stdout
+    assert "vg g1" in table and "vg-g1-1" in table

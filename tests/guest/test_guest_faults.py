@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.harness import Guest, GuestImage, GuestResult, format_steps
+from cluster.guest.harness import Guest, GuestImage, GuestResult, format_steps
 from tests.helpers.net import free_port
 from tests.helpers.procs import ManagedProcess, ProcessReaper
 from topology.naming import target_name_for

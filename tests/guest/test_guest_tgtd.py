@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.harness import RELAY, Guest, GuestImage, format_steps, parse_control_line
+from cluster.guest.harness import RELAY, Guest, GuestImage, format_steps, parse_control_line
 from tests.helpers.net import free_port
 from tests.helpers.procs import spawn
 from tests.peers.tgtd import MiB, RedirectTo, TgtdTarget

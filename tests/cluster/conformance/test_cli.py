@@ -72,7 +72,6 @@ def test_run_with_a_command_template_writes_json_and_junit(
         (["--initiator", "command"], "goes with --initiator command"),
         (["--initiator", "project", "--command", "true"], "goes with --initiator command"),
         (["--initiator", "command", "--command", "no-such-tool {portal}"], "not an executable"),
-        (["--initiator", "open-iscsi"], "not available yet"),
         (["--initiator", "project", "--other-host", "127.0.0.1"], "--other-host must differ"),
         (["--initiator", "project", "--window", "0"], "must be positive"),
         (["--initiator", "project", "--stable-window", "-1"], "must be positive"),

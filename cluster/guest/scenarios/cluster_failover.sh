@@ -8,6 +8,8 @@
 # env: TARGET_IQN; REDIRECTOR (node 1's redirector, guest portal); LOCAL_PORTAL (node 1's
 #      stargate); REMOTE_PORTALS (space-separated); FIO_SIZE (default 32m);
 #      FAILBACK_TIMEOUT (s, default 90); DO_FAILBACK (default 1)
+# Reports failover-pause and failback-pause: the longest I/O (s) of the fio that ran through
+# each.
 fio_size=${FIO_SIZE:-32m}
 
 # What a user sets for a multipath-less, redirector-fronted target: queue I/O for two
@@ -32,6 +34,10 @@ at_home() {
     [ "$(iscsi_session_field "$TARGET_IQN" "iSCSI Session State")" = LOGGED_IN ] || return 1
     at_home_current=$(iscsi_session_field "$TARGET_IQN" "Current Portal")
     [ "${at_home_current%,*}" = "$LOCAL_PORTAL" ]
+}
+
+longer() {
+    awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0) ? a : b }'
 }
 
 on_remote() {
@@ -68,6 +74,8 @@ kill -0 "$FIO_PID" 2>/dev/null && fio_running_at_failover=yes
 report_session "$TARGET_IQN" failover
 check failed-over "$(iscsi_session_field "$TARGET_IQN" "Current Portal") after $(awk -v a="$killed_at" -v b="$landed_at" 'BEGIN { printf "%.1f", b - a }') s" on_remote
 fio_finish fio-failover 120 || exit 1
+# The longest I/O of the fio that ran through the failover: the pause the application saw.
+value failover-pause "$FIO_MAX_LATENCY"
 check fio-overlapped-failover "fio running when the session landed: $fio_running_at_failover" \
     [ "$fio_running_at_failover" = yes ]
 errors_after=$(dmesg | grep -c 'detected conn error')
@@ -86,6 +94,7 @@ started_at=$(uptime_s)
 deadline=$(($(date +%s) + ${FAILBACK_TIMEOUT:-90}))
 round=1
 failed_rounds=0
+failback_pause=0
 fio_start "$disk" "$fio_size"
 while [ "$(date +%s)" -le "$deadline" ]; do
     if at_home; then
@@ -93,6 +102,7 @@ while [ "$(date +%s)" -le "$deadline" ]; do
     fi
     if ! kill -0 "$FIO_PID" 2>/dev/null; then
         fio_finish "fio-wait-$round" 5 || failed_rounds=$((failed_rounds + 1))
+        failback_pause=$(longer "$failback_pause" "$FIO_MAX_LATENCY")
         round=$((round + 1))
         fio_start "$disk" "$fio_size"
     fi
@@ -107,6 +117,8 @@ report_session "$TARGET_IQN" failback
 check failed-back "home after $(awk -v a="$started_at" -v b="$back_at" 'BEGIN { printf "%.1f", b - a }') s, fio running: $fio_running_at_failback" \
     at_home
 fio_finish fio-failback 120 || failed_rounds=$((failed_rounds + 1))
+# The longest I/O of the fio rounds that ran through the failback.
+value failback-pause "$(longer "$failback_pause" "$FIO_MAX_LATENCY")"
 value fio_rounds "$round"
 check fio-clean "failed rounds: $failed_rounds" [ "$failed_rounds" -eq 0 ]
 check fio-overlapped-failback "fio running when the session came home: $fio_running_at_failback" \

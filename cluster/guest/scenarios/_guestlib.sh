@@ -293,8 +293,28 @@ fio_start() {
     FIO_PID=$!
 }
 
+# fio_max_latency FIO_OUT: the longest total latency of any I/O in fio's report, in seconds:
+# an I/O held across a reconnect shows the pause the application saw.
+fio_max_latency() {
+    awk '
+        /^ +lat \((n|u|m)sec\): .*max=/ {
+            unit = $2
+            value = $0
+            sub(/.*max=/, "", value)
+            sub(/,.*/, "", value)
+            scale = 1
+            if (value ~ /k$/) { scale = 1e3; sub(/k$/, "", value) }
+            if (value ~ /M$/) { scale = 1e6; sub(/M$/, "", value) }
+            divisor = unit == "(nsec):" ? 1e9 : unit == "(usec):" ? 1e6 : 1e3
+            seconds = value * scale / divisor
+            if (seconds > longest) longest = seconds
+        }
+        END { printf "%.3f\n", longest }' "$1"
+}
+
 # fio_finish STEP_NAME [TIMEOUT_S]: wait for fio_start's fio; STEP PASS when it exited 0 with
-# err=0. With TIMEOUT_S, a fio still running then (hung I/O) is a FAIL, and is left running.
+# err=0; sets FIO_MAX_LATENCY (s) and reports it as VALUE STEP_NAME-max-latency. With
+# TIMEOUT_S, a fio still running then (hung I/O) is a FAIL, and is left running.
 fio_finish() {
     local name="$1" rc
     if [ -n "$2" ] && ! wait_pid "$FIO_PID" "$2"; then
@@ -306,6 +326,8 @@ fio_finish() {
     rc=$?
     cat "$FIO_OUT"
     value "$name-iops" "$(grep -o 'IOPS=[^,]*' "$FIO_OUT" | tr '\n' ' ')"
+    FIO_MAX_LATENCY=$(fio_max_latency "$FIO_OUT")
+    value "$name-max-latency" "$FIO_MAX_LATENCY"
     if [ "$rc" -eq 0 ] && grep -q 'err= 0' "$FIO_OUT"; then
         step_pass "$name" "rc=0 $(grep -o 'IOPS=[^,]*' "$FIO_OUT" | head -1)"
         return 0

@@ -44,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from tests.guest.build import GuestArtifacts, ensure_guest_artifacts
+from cluster.guest.build import GuestArtifacts, ensure_guest_artifacts
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 GUEST_LIBRARY = SCENARIO_DIR / "_guestlib.sh"
@@ -619,13 +619,13 @@ def format_steps(steps: Sequence[GuestEvent]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one scenario by hand against portals already listening on the host::
 
-        python -m tests.guest.harness write_probe --portal 10.0.2.100=40123 \\
+        python -m cluster.guest.harness write_probe --portal 10.0.2.100=40123 \\
             --env TARGET_IQN=iqn.2010-06.com.nutanix:vmdisk-7 --timeout 300
     """
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tests.guest.harness")
-    parser.add_argument("scenario", help="a name in tests/guest/scenarios or a .sh path")
+    parser = argparse.ArgumentParser(prog="python -m cluster.guest.harness")
+    parser.add_argument("scenario", help="a name in cluster/guest/scenarios or a .sh path")
     parser.add_argument(
         "--portal",
         action="append",

@@ -7,7 +7,7 @@ fetched with ``apt-get download`` and unpacked with ``dpkg -x``. The result live
 of every package that goes into it and by this file's guest init script, and is built under a
 file lock so parallel test processes build it once.
 
-Run ``python -m tests.guest.build`` to build by hand and print the artifact paths.
+Run ``python -m cluster.guest.build`` to build by hand and print the artifact paths.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ GUEST_DATA_FILES: tuple[str, ...] = ("etc/mke2fs.conf",)
 
 # The guest's /init: mounts, loads modules, fetches the per-test files from fw_cfg
 # (opt/stargate/lib, scenario, env) and runs the library, then powers off. Everything that
-# should change without a rebuild lives in the library (tests/guest/scenarios/_guestlib.sh).
+# should change without a rebuild lives in the library (cluster/guest/scenarios/_guestlib.sh).
 GUEST_INIT = r"""#!/bin/sh
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 mount -t proc proc /proc
