@@ -132,8 +132,11 @@ class RbdStore:
     Owns its connection (see CephConnection: one fencing identity per owner) and closes it.
     """
 
-    def __init__(self, connection: CephConnection, image: Any, meta: VDiskMeta) -> None:
+    def __init__(
+        self, connection: CephConnection, image: Any, meta: VDiskMeta, image_name: str
+    ) -> None:
         self.connection = connection
+        self.image_name = image_name
         self.meta = meta
         self._image = image
         self._size = meta.size
@@ -149,14 +152,14 @@ class RbdStore:
         *,
         take_over: bool = False,
         create: bool = True,
+        lock: bool = True,
         op_timeout: float = DEFAULT_OP_TIMEOUT,
     ) -> RbdStore:
-        """Open (creating it if absent and ``create``) the vDisk's image and take its
-        exclusive lock.
+        """Open (creating it if absent and ``create``) the vDisk's image and, if ``lock``,
+        take its exclusive lock (see `acquire_lock`; without it, writes fail while another
+        client holds the lock).
 
-        An existing image keeps its stored metadata: ``meta`` only seeds a new one. When
-        another client holds the lock: ``take_over`` breaks it (blocklisting that client),
-        otherwise LockHeldError.
+        An existing image keeps its stored metadata: ``meta`` only seeds a new one.
         """
         _, rbd = _modules()
         connection = CephConnection(conf_file, location.pool, op_timeout=op_timeout)
@@ -174,14 +177,20 @@ class RbdStore:
                     ) from None
             try:
                 meta = cls._load_or_store_meta(image, meta)
-                cls._acquire(image, name, take_over=take_over)
             except BaseException:
                 image.close()
                 raise
         except BaseException:
             connection.close()
             raise
-        return cls(connection, image, meta)
+        store = cls(connection, image, meta, name)
+        if lock:
+            try:
+                store.acquire_lock(take_over=take_over)
+            except BaseException:
+                store.close()
+                raise
+        return store
 
     @staticmethod
     def _load_or_store_meta(image: Any, meta: VDiskMeta) -> VDiskMeta:
@@ -195,22 +204,29 @@ class RbdStore:
                 image.resize(meta.size)
         return meta
 
-    @staticmethod
-    def _acquire(image: Any, name: str, *, take_over: bool) -> None:
+    def acquire_lock(self, *, take_over: bool) -> None:
+        """Take the image's exclusive lock. When another client holds it: ``take_over``
+        breaks it, blocklisting that client (about 0.5-1 s), otherwise LockHeldError."""
         _, rbd = _modules()
+        image, name = self._image, self.image_name
         with _librbd_errors(f"locking RBD image {name}"):
-            try:
-                image.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)
+            if image.is_exclusive_lock_owner():
                 return
-            except rbd.ReadOnlyImage:  # held by another client
-                owners = [owner["owner"] for owner in image.lock_get_owners()]
-                if not take_over:
-                    raise LockHeldError(
-                        errno.EBUSY, f"RBD image {name} is locked by {', '.join(owners)}"
-                    ) from None
-            for owner in image.lock_get_owners():
+            # Owners first: lock_acquire against a dead holder waits out its watch (~30 s).
+            owners = self._lock_owners()
+            if owners and not take_over:
+                shown = ", ".join(owner["owner"] for owner in owners)
+                raise LockHeldError(errno.EBUSY, f"RBD image {name} is locked by {shown}")
+            for owner in owners:
                 image.lock_break(owner["mode"], owner["owner"])
             image.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)
+
+    def _lock_owners(self) -> list[dict[str, Any]]:
+        _, rbd = _modules()
+        try:
+            return list(self._image.lock_get_owners())
+        except rbd.ImageNotFound:  # no lock at all
+            return []
 
     @property
     def size(self) -> int:
