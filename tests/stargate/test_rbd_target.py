@@ -4,6 +4,8 @@ client: after a take-over the old target's writes get CHECK CONDITION, never GOO
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -140,3 +142,61 @@ async def _write_through_target(port: int) -> tuple[int | None, bytes]:
         return result.status, bytes(result.sense)
     finally:
         await initiator.close()
+
+
+def test_a_frozen_target_wakes_up_fenced(
+    launch: Launch, ceph_cluster: CephCluster, location: RbdLocation
+) -> None:
+    """SIGSTOP the owner with a write on its socket, take over, SIGCONT it: Ceph refuses the
+    pending write (the initiator gets CHECK CONDITION) and the data is the new owner's."""
+    process, port = launch("zv1:16M")
+    new_owner: list[RbdStore] = []
+
+    async def scenario() -> tuple[int | None, bytes]:
+        initiator = await TestInitiator.connect(port)
+        try:
+            assert isinstance(await initiator.login(target_name_for("zv1")), LoginDone)
+            await clear_unit_attention(initiator)
+            first = await initiator.scsi(write10(0, 8), write_data=b"\x11" * 4096)
+            assert first.status == 0
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                async with trio.open_nursery() as nursery:
+                    outcome: list[tuple[int | None, bytes]] = []
+
+                    async def late_write() -> None:
+                        result = await initiator.scsi(
+                            write10(0, 8), write_data=b"\x44" * 4096, timeout=60
+                        )
+                        outcome.append((result.status, bytes(result.sense)))
+
+                    nursery.start_soon(late_write)
+                    await trio.sleep(0.3)  # the write sits in the frozen target's socket
+                    # (a new Ceph client's connect takes ~10 s while another is frozen: the
+                    # late write's answer waits for that, hence its long timeout)
+                    new_owner.append(
+                        await trio.to_thread.run_sync(
+                            lambda: RbdStore.open_or_create(
+                                ceph_cluster.conf_path,
+                                location,
+                                VDiskMeta("zv1", MiB),
+                                take_over=True,
+                            )
+                        )
+                    )
+                    new_owner[0].write(4096, b"\x22" * 4096)
+                    os.kill(process.pid, signal.SIGCONT)
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            return outcome[0]
+        finally:
+            await initiator.close()
+
+    try:
+        status, sense = trio.run(scenario)
+        assert status == CHECK_CONDITION
+        assert parse_sense(sense).key == SenseKey.MEDIUM_ERROR
+        assert new_owner[0].read(0, 8192) == b"\x11" * 4096 + b"\x22" * 4096
+    finally:
+        for store in new_owner:
+            store.close()
