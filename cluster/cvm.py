@@ -329,6 +329,13 @@ class ClusterStargate:
         log.info("opened %s (%d LUN%s)", unit_id, len(stores), "" if len(stores) == 1 else "s")
         return target
 
+    def vdisks_of(self, claim: Claim) -> tuple[str, ...]:
+        """The vDisks a claim covers: its target's LUNs (one for a VM's vDisk)."""
+        opened = self._opened.get(claim.target_name)
+        if opened is None or opened.claim is not claim:
+            return (claim.vdisk_id,)
+        return tuple(lun.vdisk_id for lun in opened.target.luns)
+
     def unit_of(self, vdisk_id: str) -> str:
         """The vDisk's ownership unit (a volume group's disk: its virtual target's)."""
         try:
