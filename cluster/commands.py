@@ -23,6 +23,7 @@ from rich.table import Table
 from cluster import demo
 from cluster.config import cluster_config, saved_config
 from cluster.coordinated import choose_coordinator, coordinator_of, publish, record_coordinator
+from cluster.fabric import Fabric, FabricError, choose_fabric, fabric_of, record_fabric
 from cluster.provision import create_vm, provision_vms
 from cluster.settings_cli import (
     add_failback,
@@ -148,6 +149,18 @@ def _register_cluster(subparsers: Any) -> None:
         "(default) or a ZooKeeper (Debian's zookeeper; PATH is this cluster's own znode)",
     )
     up.add_argument(
+        "--fabric",
+        metavar="dir|rbd:POOL[/IMAGE-PREFIX]",
+        help="where the vDisks' bytes live: sparse files in the cluster directory (default) "
+        "or one Ceph RBD image each, fenced by the image's exclusive lock (cluster/fabric.py)",
+    )
+    up.add_argument(
+        "--ceph-conf",
+        type=Path,
+        metavar="FILE",
+        help="the Ceph cluster's ceph.conf, with --fabric rbd:POOL (default: librados's search)",
+    )
+    up.add_argument(
         "--dsip",
         type=_dsip,
         metavar="ADDR[:PORT]",
@@ -269,11 +282,13 @@ def cluster_up(args: argparse.Namespace) -> int:
         document = ConfigDocument.load(args.config) if args.config is not None else None
         config = cluster_config(document, _up_flags(args), stored)
         coordinator = choose_coordinator(paths, config.coordinator)
+        fabric = choose_fabric(paths, _fabric_flag(args))
         wanted = config.spec()
         if stored is None:
             wanted.save(directory)
         else:
             _check_same_cluster(stored, wanted, args.dir)
+        record_fabric(paths, fabric)  # before any vDisk is made: they are made on it
         provision_vms(directory, config.vms)
         provision_volume_groups(directory, config.volume_groups)
         record_coordinator(paths, coordinator)  # first: a retry after a failed publish agrees
@@ -297,6 +312,14 @@ def cluster_up(args: argparse.Namespace) -> int:
         _print_json(cluster_document(supervisor, trio.run(supervisor.statuses)))
         return 0
     return _foreground(supervisor)
+
+
+def _fabric_flag(args: argparse.Namespace) -> Fabric | None:
+    if args.fabric is None:
+        if args.ceph_conf is not None:
+            raise FabricError("--ceph-conf goes with --fabric rbd:POOL only")
+        return None
+    return Fabric.parse(args.fabric, args.ceph_conf)
 
 
 def _up_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -383,6 +406,7 @@ def cluster_document(supervisor: Supervisor, statuses: list[ProcessStatus]) -> d
         "base_address": spec.base_address,
         "dsip": spec.dsip_portal,
         "coordinator": coordinator_of(supervisor.directory),
+        "fabric": str(fabric_of(ClusterPaths(supervisor.directory))),
         **settings_document(spec),
         "nodes": nodes,
     }

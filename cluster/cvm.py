@@ -43,6 +43,7 @@ from cluster.admission import (
     OwnershipGate,
 )
 from cluster.evidence import EvidenceFile, evidence_file
+from cluster.fabric import VDiskStore, fabric_of, fence, open_store
 from cluster.forensics import cvm_faults, cvm_forensics
 from cluster.registry import ClusterRegistry, OwnershipLoginPolicy
 from cluster.stats_page import StatsPage
@@ -55,7 +56,6 @@ from stargate.scsi.reserve import Reservations, vdisk_reservations
 from stargate.server import DEFAULT_QUEUE_DEPTH, ServerConfig, StargateServer
 from stargate.session import SessionTable
 from stargate.stats import VDiskStats
-from stargate.stores.file import FileStore
 from stargate.target import ChapCredentials, ExtraLun, TargetRegistry, VDiskTarget
 from stargate.transport.runner import FullFeatureConnection
 from topology.acquisition import Acquisition, AskOwner, Claimed, GaveUp, RetryLater
@@ -105,7 +105,7 @@ class OpenedVDisk:
     target with its LUNs): from a login naming it until it goes."""
 
     target: VDiskTarget
-    stores: list[FileStore]  # by LUN
+    stores: list[VDiskStore]  # by LUN
     reservations: list[Reservations]  # by LUN
     claim: Claim  # one for the whole target: its LUNs move together
     cell: OwnershipCell  # the claim's record, with the compare-and-swap
@@ -114,6 +114,7 @@ class OpenedVDisk:
         for store in self.stores:
             with contextlib.suppress(OSError):
                 store.sync()
+            with contextlib.suppress(OSError):  # a fenced RBD store fails its sync
                 store.close()
         self.cell.close()
 
@@ -134,6 +135,7 @@ class ClusterStargate:
         self.paths = ClusterPaths(directory)
         # Not given: the one `cluster up --coordinator` recorded, else the directory.
         self.coordinator_url = coordinator or CoordinatorUrl.parse(self.paths.coordinator())
+        self.fabric = fabric_of(self.paths)  # where the vDisks' bytes are: cluster/fabric.py
         # The directory needs no connection: usable before `run` (tests drive the server
         # without it); ZooKeeper's session is opened by `run` and lives as long.
         self.coordinator: Coordinator | None = None
@@ -281,11 +283,11 @@ class ClusterStargate:
         """Open the stores of ``vdisk_ids`` (LUN 0 first) as one target under one claim."""
         if self.coordinator is None:
             return None  # not running (a login racing the shutdown)
-        stores: list[FileStore] = []
+        stores: list[VDiskStore] = []
         try:
             for vdisk_id in vdisk_ids:
                 meta = VDiskMeta.load(self.paths.vdisk_meta_file(vdisk_id))
-                stores.append(FileStore.open_or_create(self.paths.vdisks, meta))
+                stores.append(open_store(self.paths, self.fabric, meta))
         except (OSError, ValueError) as error:
             log.error("cannot open %s: %s", unit_id, error)
             for store in stores:
@@ -326,6 +328,13 @@ class ClusterStargate:
         self._opened[target.name] = OpenedVDisk(target, stores, all_reservations, claim, cell)
         log.info("opened %s (%d LUN%s)", unit_id, len(stores), "" if len(stores) == 1 else "s")
         return target
+
+    def vdisks_of(self, claim: Claim) -> tuple[str, ...]:
+        """The vDisks a claim covers: its target's LUNs (one for a VM's vDisk)."""
+        opened = self._opened.get(claim.target_name)
+        if opened is None or opened.claim is not claim:
+            return (claim.vdisk_id,)
+        return tuple(lun.vdisk_id for lun in opened.target.luns)
 
     def unit_of(self, vdisk_id: str) -> str:
         """The vDisk's ownership unit (a volume group's disk: its virtual target's)."""
@@ -391,6 +400,11 @@ class ClusterStargate:
         claim.evidence = self._evidence_of(claim.vdisk_id).begin(claim.fence.record.epoch)
         opened = self._opened.get(claim.target_name)
         if opened is not None and opened.claim is claim:
+            try:  # the data's own fence: the previous owner's lock broken, ours taken
+                await fence(opened.stores)
+            except OSError as error:
+                self._give_up(claim, f"cannot lock its data: {error}")
+                return
             for reservations in opened.reservations:
                 reservations.reload()  # the previous owner may have changed them
         # Still ACQUIRING, so new commands park behind the old ones: first let connections

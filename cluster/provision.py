@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster.config import VmConfig
+from cluster.fabric import create_store, fabric_of
 from stargate.stores.capacity import check_file_capacity
-from stargate.stores.file import FileStore
 from topology.spec import (
     MAX_SESSIONS_PER_DISK,
     VM_NAME_RE,
@@ -64,16 +64,19 @@ def create_vm(
 
 
 def create_vdisks(paths: ClusterPaths, vdisk_ids: list[str], byte_size: int) -> list[VDiskMeta]:
-    """New sparse vDisks of ``byte_size`` bytes in the shared store directory; refuses an
-    existing id, and a size the filesystem cannot hold, before any file is made."""
-    check_file_capacity(paths.vdisks, byte_size)  # a CapacityError is a ValueError
+    """New vDisks of ``byte_size`` bytes on the cluster's fabric (sparse files in the shared
+    store directory, or RBD images); refuses an existing id, and a size the filesystem
+    cannot hold, before any file is made."""
+    fabric = fabric_of(paths)
+    if fabric.rbd is None:
+        check_file_capacity(paths.vdisks, byte_size)  # a CapacityError is a ValueError
     for vdisk_id in vdisk_ids:
         if paths.vdisk_meta_file(vdisk_id).exists():
             raise ClusterSpecError(f"vDisk {vdisk_id!r} exists already")
     metas = []
     for vdisk_id in vdisk_ids:
         meta = VDiskMeta(vdisk_id=vdisk_id, size=byte_size)
-        FileStore.open_or_create(paths.vdisks, meta).close()
+        create_store(paths, fabric, meta)
         metas.append(meta)
     return metas
 

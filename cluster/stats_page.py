@@ -126,15 +126,18 @@ class StatsPage:
         for vdisk_id, live in cvm.server.stats().items():
             per_vdisk.setdefault(vdisk_id, {}).update(live)
         for claim in list(cvm.claims.values()):
-            entry = per_vdisk.setdefault(claim.vdisk_id, {"vdisk_id": claim.vdisk_id})
-            entry["state"] = claim.state.value
-            entry["epoch"] = claim.fence.record.epoch if claim.fence else None
-            # Read from the record now: a stargate that was stopped never claims to serve
-            # a vDisk taken over meanwhile, even before its watcher has noticed.
-            entry["serving"] = claim.may_execute()
-        records = await cvm.ownership_records(list(per_vdisk))
+            # A volume group's virtual target: each of its LUNs' vDisks is in this state.
+            for vdisk_id in cvm.vdisks_of(claim):
+                entry = per_vdisk.setdefault(vdisk_id, {"vdisk_id": vdisk_id})
+                entry["state"] = claim.state.value
+                entry["epoch"] = claim.fence.record.epoch if claim.fence else None
+                # Read from the record now: a stargate that was stopped never claims to
+                # serve a vDisk taken over meanwhile, even before its watcher has noticed.
+                entry["serving"] = claim.may_execute()
+        units = {vdisk_id: cvm.unit_of(vdisk_id) for vdisk_id in per_vdisk}
+        records = await cvm.ownership_records(sorted(set(units.values())))
         for vdisk_id, entry in per_vdisk.items():  # who serves it now, as the record says
-            record = records.get(vdisk_id)
+            record = records.get(units[vdisk_id])
             entry["owner_node"] = record.node_id if record and record.claimed else None
             entry["owner_epoch"] = record.epoch if record else 0
         return {

@@ -116,7 +116,9 @@ class TopModel:
         for node_id, (now, answer) in sorted(self.latest.items()):
             if not answer.answered:
                 continue
-            then, before_doc = self.previous.get(node_id, (now, {"vdisks": {}}))
+            # The first frame has no earlier snapshot: rates since the stargate started.
+            uptime = float(answer.document.get("uptime_s") or 0.0)
+            then, before_doc = self.previous.get(node_id, (now - uptime, {"vdisks": {}}))
             before_vdisks = before_doc.get("vdisks", {})
             for vdisk_id, counters in sorted(answer.document.get("vdisks", {}).items()):
                 rows.append(vdisk_rates(node_id, before_vdisks.get(vdisk_id), counters, now - then))

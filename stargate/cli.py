@@ -37,6 +37,7 @@ from stargate.login_phase import LoginPolicy
 from stargate.queue import ShareLimits
 from stargate.server import ServerConfig, StargateServer
 from stargate.stores.base import BlockStore
+from stargate.stores.rbd import RbdLocation
 from stargate.target import ExtraLun, PortalGroup, TargetRegistry, VDiskTarget
 from stargate.transport.config import DEFAULT_CONTROL_PDU_BURST, ConnectionTimers
 from topology.config_file import ConfigDocument, ConfigError
@@ -141,6 +142,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_const",
         const=StoreKind.NULL,
         help="null vDisks: reads return zeros, writes discarded",
+    )
+    parser.add_argument(
+        "--rbd",
+        type=_flag_type(RbdLocation.parse),
+        metavar="POOL[/IMAGE-PREFIX]",
+        help="keep each vDisk in a Ceph RBD image, PREFIX+ID in POOL, created if absent, "
+        "held under its exclusive lock",
+    )
+    parser.add_argument(
+        "--ceph-conf",
+        type=Path,
+        metavar="FILE",
+        help="the Ceph cluster's ceph.conf (with --rbd; default: librados's search)",
+    )
+    parser.add_argument(
+        "--rbd-take-over",
+        action=argparse.BooleanOptionalAction,
+        help="break another client's lock on an image, blocklisting it (its writes then "
+        "fail in Ceph); default: refuse to start",
     )
     parser.add_argument(
         "--read-only",
@@ -295,6 +315,8 @@ def target_config(args: argparse.Namespace) -> TargetConfig:
     """The configuration ``args`` describe: --config's file, overridden by the flags given."""
     flags = {name: getattr(args, name) for name in config.FIELD_NAMES}
     flags = {name: value for name, value in flags.items() if value is not None}
+    if "rbd" in flags:
+        flags.setdefault("store", StoreKind.RBD)
     for name in ("vdisks", "allow"):  # appended to lists by argparse
         if name in flags:
             flags[name] = tuple(flags[name])
@@ -351,6 +373,7 @@ def _open_logical_unit(
     from stargate.stores.file import FileStore
     from stargate.stores.memory import MemoryStore
     from stargate.stores.null import NullStore
+    from stargate.stores.rbd import RbdStore, RbdUnavailableError
     from topology.vdisk import VDiskMeta
 
     created: list[Path] = []
@@ -362,15 +385,24 @@ def _open_logical_unit(
         ]
     try:
         meta = VDiskMeta(spec.vdisk_id, spec.size or 512)
-        store: NullStore | MemoryStore | FileStore
-        if cfg.store is StoreKind.NULL:
+        store: NullStore | MemoryStore | FileStore | RbdStore
+        if cfg.store is StoreKind.RBD:
+            assert cfg.rbd is not None  # config.check
+            store = RbdStore.open_or_create(
+                cfg.ceph_conf,
+                cfg.rbd,
+                meta,
+                take_over=cfg.rbd_take_over,
+                create=spec.size is not None,
+            )
+        elif cfg.store is StoreKind.NULL:
             store = NullStore(meta)
         elif cfg.store is StoreKind.MEMORY:
             store = MemoryStore(meta)
         else:
             assert cfg.data_dir is not None  # config.check
             store = FileStore.open_or_create(cfg.data_dir, meta)
-    except (OSError, ValueError, OverflowError) as error:
+    except (OSError, ValueError, OverflowError, RbdUnavailableError) as error:
         for path in created:  # leave nothing half-made behind
             path.unlink(missing_ok=True)
         raise CliError(f"cannot open vDisk {spec.vdisk_id}: {error}") from None
@@ -452,6 +484,7 @@ def run_target(args: argparse.Namespace) -> int:
         for store in stores:
             with contextlib.suppress(OSError):
                 store.sync()
+            with contextlib.suppress(OSError):
                 store.close()
         if control is not None and control.temporary:
             with contextlib.suppress(OSError):  # the token made for this run goes with it

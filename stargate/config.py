@@ -3,7 +3,8 @@
 
 The file's layout (docs/examples/target.toml is a complete one)::
 
-    portal = "HOST:PORT"     advertise, store = "file"|"memory"|"null", data_dir,
+    portal = "HOST:PORT"     advertise, store = "file"|"memory"|"null"|"rbd", data_dir,
+                             rbd = "POOL[/IMAGE-PREFIX]", ceph_conf, rbd_take_over,
                              read_only, allow = [IQN, ...], log_level
     [[vdisk]]                id, size ("4G" or bytes; absent: an existing vDisk's size):
                              a target, this vDisk its LUN 0
@@ -31,6 +32,7 @@ from iscsicore.portal import Portal, PortalError
 from stargate.queue import DEFAULT_MAX_BUFFERED_BYTES
 from stargate.reader_hub import DEFAULT_BUSY_POLL_SECONDS
 from stargate.server import DEFAULT_QUEUE_DEPTH
+from stargate.stores.rbd import RbdLocation
 from stargate.target import ChapCredentials
 from stargate.transport.config import (
     DEFAULT_CONTROL_PDU_RATE,
@@ -54,6 +56,7 @@ class StoreKind(enum.Enum):
     FILE = "file"  # sparse files in data_dir
     MEMORY = "memory"
     NULL = "null"  # reads return zeros, writes are discarded
+    RBD = "rbd"  # one Ceph RBD image per vDisk (stargate.stores.rbd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,9 @@ class TargetConfig:
     advertise: str | None = None
     store: StoreKind = StoreKind.FILE
     data_dir: Path | None = None
+    rbd: RbdLocation | None = None
+    ceph_conf: Path | None = None  # None: librados's default search (/etc/ceph/ceph.conf)
+    rbd_take_over: bool = False  # break another client's lock on an image (blocklisting it)
     read_only: bool = False
     chap: ChapCredentials | None = None
     mutual_chap: ChapCredentials | None = None
@@ -135,7 +141,7 @@ FILE_KEYS: dict[str, KeyPath] = {
 }
 TABLES = ("http", "queue", "timers", "connection")
 # Flags whose name is not the field's.
-FLAGS = {"vdisks": "--vdisk", "store": "--memory/--null"}
+FLAGS = {"vdisks": "--vdisk", "store": "--memory/--null/--rbd"}
 
 
 def file_key(name: str) -> KeyPath:
@@ -257,6 +263,8 @@ SCALARS: dict[str, ScalarSpec] = {
     "portal": (TableReader.string, parse_portal),
     "advertise": (TableReader.string, str),
     "store": (TableReader.string, store_kind),
+    "rbd": (TableReader.string, RbdLocation.parse),
+    "rbd_take_over": (TableReader.boolean, bool),
     "read_only": (TableReader.boolean, bool),
     "http": (TableReader.string, parse_portal),
     "queue_depth": (TableReader.integer, positive_int),
@@ -296,7 +304,7 @@ def read_file(document: ConfigDocument) -> dict[str, Any]:
         reader, key = reader_of(name)
         if reader is not None and (value := getter(reader, key)) is not None:
             values[name] = reader.convert(key, value, converter)
-    for name in ("data_dir", "control_token_file"):
+    for name in ("data_dir", "ceph_conf", "control_token_file"):
         reader, key = reader_of(name)
         path = reader.string(key) if reader is not None else None
         if path is not None:
@@ -360,6 +368,8 @@ def check(config: TargetConfig) -> Problem | None:
         return Problem(("mutual_chap", "chap"), "{0} needs {1} (the initiator authenticates first)")
     if config.discovery_mutual_chap is not None and config.discovery_chap is None:
         return Problem(("discovery_mutual_chap", "discovery_chap"), "{0} needs {1}")
+    if (config.store is StoreKind.RBD) != (config.rbd is not None):
+        return Problem(("rbd",), "{0} (POOL[/IMAGE-PREFIX]) goes with the rbd store, and only it")
     if not config.in_memory and config.data_dir is None:
         return Problem(
             ("data_dir", "store"), "{0} is required unless the vDisks are in memory or null ({1})"
@@ -391,6 +401,14 @@ def _vdisk_problem(config: TargetConfig, spec: VDiskSpec) -> str | None:
         check_size_bound,
     )
 
+    if config.store is StoreKind.RBD:
+        # Whether the image exists is the cluster's to say, when it is opened.
+        try:
+            if spec.size is not None:
+                check_size_bound(spec.size)
+        except CapacityError as error:
+            return f": {error}"
+        return None
     data_dir = config.data_dir
     exists = data_dir is not None and (data_dir / f"{spec.vdisk_id}.json").exists()
     if spec.size is None and (config.in_memory or not exists):

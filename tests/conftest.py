@@ -21,6 +21,7 @@ from cluster.guest.harness import GuestImage
 from tests.helpers.net import free_port as _free_port
 from tests.helpers.net import unique_loopback_address
 from tests.helpers.procs import ProcessReaper
+from tests.peers.ceph import CephCluster, missing_binaries
 from tests.peers.tgtd import TgtdTarget
 from tests.peers.zookeeper import ZooKeeperServer, missing_jars
 
@@ -156,3 +157,23 @@ def zookeeper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKe
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
+    """One Ceph cluster (1 mon, 1 memstore OSD, pool `rbd`) for the session, each test using
+    images of its own; stopped by PID, the OSD first. Not installed fails, never skips: the
+    tests marked `ceph` are deselected with -m 'not ceph'."""
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(
+            f"Ceph is not installed ({', '.join(missing)} missing); "
+            "`./run tests` installs it, or deselect with -m 'not ceph'",
+            pytrace=False,
+        )
+    cluster = CephCluster(tmp_path_factory.mktemp("ceph"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -71,3 +71,12 @@ def test_render_shows_each_cvm_and_the_serving_node(tmp_path: Path) -> None:
     row = next(line for line in text.splitlines() if "vm-0" in line)
     assert "200" in row  # IOPS: 200 I/Os in 1 s
     assert " 2 " in row  # served by node 2 (home is 1)
+
+
+def test_the_first_frame_shows_rates_since_the_stargate_started() -> None:
+    spec = ClusterSpec.build(1)
+    model = TopModel(spec)
+    document = {"uptime_s": 10.0, "vdisks": {"a": {"vdisk_id": "a", "reads": 500}}}
+    model.update([PageAnswer(1, document)], now=100.0)
+    (rates,) = model.rates()
+    assert rates.iops == 50.0  # not 500 in a microsecond

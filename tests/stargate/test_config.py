@@ -15,6 +15,7 @@ import pytest
 from cluster.cli import build_parser
 from stargate.cli import target_config
 from stargate.config import DEFAULTS, FIELD_NAMES, StoreKind, VDiskSpec
+from stargate.stores.rbd import RbdLocation
 from stargate.target import ChapCredentials
 from tests.helpers.net import free_port
 from tests.helpers.procs import ProcessReaper
@@ -85,8 +86,11 @@ def test_flags_given_with_the_file_override_it(tmp_path: Path) -> None:
 EVERY_KEY = """
 portal = "127.0.0.5:3262"
 advertise = "192.0.2.1:3260"
-store = "memory"
+store = "rbd"
 data_dir = "vdisks"
+rbd = "pool/prefix-"
+ceph_conf = "ceph.conf"
+rbd_take_over = true
 read_only = true
 log_level = "DEBUG"
 allow = ["iqn.x:a"]
@@ -137,6 +141,8 @@ def test_every_setting_has_its_key_in_the_file(tmp_path: Path) -> None:
     # Relative paths are the file's directory's, wherever the command runs.
     assert config.data_dir == tmp_path / "vdisks"
     assert config.control_token_file == tmp_path / "token"
+    assert config.ceph_conf == tmp_path / "ceph.conf"
+    assert config.rbd == RbdLocation("pool", "prefix-")
     assert config.discovery_mutual_chap == ChapCredentials("u4", "s4")
 
 
