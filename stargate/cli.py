@@ -273,6 +273,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run_target)
 
 
+# Flags that arm a fault at start-up (read by `arm_not_ready`), not settings of the target.
+STARTUP_FAULT_FLAGS = frozenset({"not_ready", "not_ready_status"})
+
+
 def add_not_ready_flags(parser: argparse.ArgumentParser) -> None:
     """--not-ready S [--not-ready-status STATUS]: as a target just restarted whose portal
     listens before it is configured, refuse every login for S seconds (spdk #1676)."""
