@@ -66,11 +66,11 @@ def _dsip(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _add_dir(parser: argparse.ArgumentParser) -> None:
+def add_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, required=True, help="the cluster directory")
 
 
-def _print_json(document: Any) -> None:
+def print_json(document: Any) -> None:
     # A closed pipe (`| head`) is the reader's choice, not an error worth a traceback.
     with contextlib.suppress(BrokenPipeError):
         print(json.dumps(document, indent=2, sort_keys=True), flush=True)
@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
     _register_vdisk(subparsers)
     _register_cvm(subparsers)
     top = subparsers.add_parser("top", help="the whole cluster, live")
-    _add_dir(top)
+    add_dir(top)
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     top.add_argument("--iterations", type=int, help="refresh this many times, then exit")
     top.set_defaults(handler=run_top_command)
@@ -102,7 +102,7 @@ def _register_cluster(subparsers: Any) -> None:
         "can come from a TOML file (--config, see docs/examples/cluster.toml; `cluster "
         "save` writes one); flags given with --config override the file's values.",
     )
-    _add_dir(up)
+    add_dir(up)
     up.add_argument(
         "--config", type=Path, metavar="FILE.toml", help="the cluster's settings and VMs"
     )
@@ -193,21 +193,21 @@ def _register_cluster(subparsers: Any) -> None:
     )
     up.set_defaults(handler=cluster_up)
     down = actions.add_parser("down", help="stop every process the cluster started")
-    _add_dir(down)
+    add_dir(down)
     down.set_defaults(handler=cluster_down)
     save = actions.add_parser(
         "save",
         help="print the cluster's configuration as TOML, for cluster up --config "
         "(its shape, not its data: vDisks are recreated empty)",
     )
-    _add_dir(save)
+    add_dir(save)
     save.set_defaults(handler=cluster_save)
     status = actions.add_parser("status", help="every process: pid, address, health, log")
-    _add_dir(status)
+    add_dir(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cluster_status)
     settings = actions.add_parser("set", help="change a setting of a (running) cluster")
-    _add_dir(settings)
+    add_dir(settings)
     add_set_options(settings)
     settings.set_defaults(handler=cluster_set)
 
@@ -217,7 +217,7 @@ def _register_vm(subparsers: Any) -> None:
     actions = vm.add_subparsers(dest="vm_action", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="create a VM's vDisks")
     create.add_argument("name")
-    _add_dir(create)
+    add_dir(create)
     create.add_argument("--node", type=int, required=True, help="the VM's home node")
     create.add_argument("--disks", type=int, default=1)
     create.add_argument("--size", default="1G", help="each vDisk's size: 512M, 4G, ...")
@@ -240,7 +240,7 @@ def _register_vdisk(subparsers: Any) -> None:
     vdisk = subparsers.add_parser("vdisk", help="the cluster's vDisks")
     actions = vdisk.add_subparsers(dest="vdisk_action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="each vDisk, the CVM serving it, connections")
-    _add_dir(listing)
+    add_dir(listing)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=vdisk_list)
 
@@ -258,7 +258,7 @@ def _register_cvm(subparsers: Any) -> None:
     for action, help_text in helps.items():
         parser = actions.add_parser(action, help=help_text)
         parser.add_argument("node", type=int)
-        _add_dir(parser)
+        add_dir(parser)
         if action in ("start", "restart"):
             add_not_ready_flags(parser)  # the CVM refuses logins for a while after start
         parser.set_defaults(handler=cvm_action)
@@ -309,7 +309,7 @@ def cluster_up(args: argparse.Namespace) -> int:
             _stop_all(supervisor)
         return 1
     if args.detach:
-        _print_json(cluster_document(supervisor, trio.run(supervisor.statuses)))
+        print_json(cluster_document(supervisor, trio.run(supervisor.statuses)))
         return 0
     return _foreground(supervisor)
 
@@ -452,7 +452,7 @@ def cluster_status(args: argparse.Namespace) -> int:
     spec = supervisor.spec
     if args.json:
         processes = [status.to_json() for status in statuses]
-        _print_json({**settings_document(spec), "processes": processes})
+        print_json({**settings_document(spec), "processes": processes})
         return 0
     table = Table(
         title=f"cluster {supervisor.directory}",
@@ -496,7 +496,7 @@ def vm_create(args: argparse.Namespace) -> int:
         publish(paths, choose_coordinator(paths, None))  # ZooKeeper's copy of the VMs
     except (ClusterSpecError, ValueError) as error:
         raise CliError(str(error)) from None
-    _print_json(
+    print_json(
         {
             "vm": record.name,
             "home_node": record.home_node,
@@ -520,7 +520,7 @@ def vdisk_list(args: argparse.Namespace) -> int:
     except CoordinationError as error:
         raise CliError(f"ownership records unreadable: {error}") from None
     if args.json:
-        _print_json(table_rows)
+        print_json(table_rows)
         return 0
     table = Table(title="vDisks")
     for column in ("vDisk", "VM / group", "home", "size", "served by", "conns", "IQN"):

@@ -344,10 +344,7 @@ def _initiator(text: str) -> str:
 
 
 def _chap(text: str) -> ChapSecrets:
-    user, sep, secret = text.partition(":")
-    if not sep or not user or not secret:
-        raise ValueError("CHAP credentials must be USER:SECRET")
-    return ChapSecrets(user, secret)
+    return ChapSecrets.parse(text)
 
 
 def _sessions(value: int) -> int:

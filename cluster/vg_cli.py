@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 import trio
 from rich.table import Table
 
+from cluster.commands import add_dir, print_json
 from cluster.volume_groups import change_attachment, create_volume_group, delete_volume_group
 from control.client import vdisk_table
 from initiator.console import output_console
@@ -30,14 +29,10 @@ from topology.volume_group import (
 
 
 def _chap(text: str) -> ChapSecrets:
-    user, sep, secret = text.partition(":")
-    if not sep or not user or not secret:
-        raise argparse.ArgumentTypeError("CHAP credentials must be USER:SECRET")
-    return ChapSecrets(user, secret)
-
-
-def _add_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, required=True, help="the cluster directory")
+    try:
+        return ChapSecrets.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(subparsers: Any) -> None:
@@ -48,7 +43,7 @@ def register(subparsers: Any) -> None:
     actions = vg.add_subparsers(dest="vg_action", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="create a volume group and its disks")
     create.add_argument("name")
-    _add_dir(create)
+    add_dir(create)
     create.add_argument("--disks", type=int, required=True, help="how many disks (LUNs)")
     create.add_argument("--size", required=True, help="each disk's size (1G, 512M or bytes)")
     create.add_argument(
@@ -79,22 +74,17 @@ def register(subparsers: Any) -> None:
         parser = actions.add_parser(action, help=help_text)
         parser.add_argument("name")
         parser.add_argument("iqn")
-        _add_dir(parser)
+        add_dir(parser)
         parser.set_defaults(handler=vg_attach_or_detach)
     listing = actions.add_parser("list", help="each group's targets, LUNs and serving CVMs")
-    _add_dir(listing)
+    add_dir(listing)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=vg_list)
     delete = actions.add_parser("delete", help="delete a group and its disks' data")
     delete.add_argument("name")
-    _add_dir(delete)
+    add_dir(delete)
     delete.add_argument("--force", action="store_true", help="even with initiators attached")
     delete.set_defaults(handler=vg_delete)
-
-
-def _print_json(document: Any) -> None:
-    with contextlib.suppress(BrokenPipeError):
-        print(json.dumps(document, indent=2, sort_keys=True), flush=True)
 
 
 def describe(group: VolumeGroup, spec: ClusterSpec, paths: ClusterPaths) -> dict[str, Any]:
@@ -146,7 +136,7 @@ def vg_create(args: argparse.Namespace) -> int:
         spec = ClusterSpec.load(directory)
     except (ClusterSpecError, VolumeGroupError, ValueError) as error:
         raise CliError(str(error)) from None
-    _print_json(describe(group, spec, ClusterPaths(directory)))
+    print_json(describe(group, spec, ClusterPaths(directory)))
     return 0
 
 
@@ -157,7 +147,7 @@ def vg_attach_or_detach(args: argparse.Namespace) -> int:
         )
     except VolumeGroupError as error:
         raise CliError(str(error)) from None
-    _print_json({"name": group.name, "attachments": list(group.attachments)})
+    print_json({"name": group.name, "attachments": list(group.attachments)})
     return 0
 
 
@@ -190,7 +180,7 @@ def vg_list(args: argparse.Namespace) -> int:
             target["connections"] = max((row.get("connections", 0) for row in rows), default=0)
         documents.append(document)
     if args.json:
-        _print_json(documents)
+        print_json(documents)
         return 0
     table = Table(title="Volume groups")
     for column in ("group", "target", "LUNs", "home", "served by", "conns", "attached"):

@@ -49,6 +49,14 @@ class ChapSecrets:
     def __repr__(self) -> str:  # never print the secret
         return f"ChapSecrets(username={self.username!r}, secret=<{len(self.secret)} bytes>)"
 
+    @classmethod
+    def parse(cls, text: str) -> ChapSecrets:
+        """``USER:SECRET`` (the secret may hold colons); ValueError otherwise."""
+        user, sep, secret = text.partition(":")
+        if not sep or not user or not secret:
+            raise ValueError("CHAP credentials must be USER:SECRET")
+        return cls(user, secret)
+
 
 def encode_binary(data: bytes) -> str:
     """RFC 7143 6.1 binary value in hex form: ``0x`` followed by hex digits."""

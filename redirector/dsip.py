@@ -68,10 +68,12 @@ class DsipServer(RedirectorServer):
         if found is None:
             return
         group, target = found
-        for _ in self.config.spec.nodes:
+
+        def choose() -> str | None:
             chosen = self.placement.choose(group, target, self.clock())
-            if chosen is None or await self.health.recheck(str(chosen)):
-                return
+            return None if chosen is None else str(chosen)
+
+        await self.confirm_choice(choose)
 
     def _find(self, target_name: str) -> tuple[VolumeGroup, VirtualTarget] | None:
         try:

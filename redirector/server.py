@@ -136,11 +136,15 @@ class RedirectorServer:
         vdisk_id = self.config.vdisk_targets().get(target_name)
         if vdisk_id is None:
             return
-        # A crashed stargate refuses connections: learn it now rather than at the next ping
-        # (the choice is remembered by the policy, so `resolve` makes the same one).
         home = self.config.home_of(vdisk_id)
+        await self.confirm_choice(lambda: self.policy.choose(vdisk_id, self.clock(), home))
+
+    async def confirm_choice(self, choose: Callable[[], str | None]) -> None:
+        """A crashed stargate refuses connections: learn it now rather than at the next
+        ping, choosing again until the choice answers (the choice is remembered by the
+        policy, so `resolve` makes the same one)."""
         for _ in self.config.spec.nodes:
-            chosen = self.policy.choose(vdisk_id, self.clock(), home)
+            chosen = choose()
             if chosen is None or await self.health.recheck(chosen):
                 return
 
