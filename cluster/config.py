@@ -176,7 +176,7 @@ class ClusterConfig:
             failback=self.failback,
             health=self.health,
         )
-        return replace(spec, dsip=self.dsip, dsip_advertised=self.dsip_advertise)
+        return replace(spec, dsip=self.dsip, dsip_advertise=self.dsip_advertise)
 
     @classmethod
     def from_spec(cls, spec: ClusterSpec) -> ClusterConfig:
@@ -202,7 +202,7 @@ class ClusterConfig:
             failback=spec.failback,
             health=spec.health,
             dsip=spec.dsip,
-            dsip_advertise=spec.dsip_advertised,
+            dsip_advertise=spec.dsip_advertise,
         )
 
     def to_toml(self) -> str:

@@ -262,7 +262,7 @@ class ClusterSpec:
     dsip: str | None = None
     # The DSIP as initiators reach it (NAT, a QEMU guest): what discovery at the DSIP names as
     # every target's address; None: the DSIP itself.
-    dsip_advertised: str | None = None
+    dsip_advertise: str | None = None
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -280,12 +280,10 @@ class ClusterSpec:
             )
         if self.dsip is not None and self.dsip != normal_dsip(self.dsip):
             raise ClusterSpecError(f"dsip {self.dsip!r}: write it as ADDR:PORT")
-        if self.dsip_advertised is not None and self.dsip_advertised != normal_dsip(
-            self.dsip_advertised
+        if self.dsip_advertise is not None and self.dsip_advertise != normal_dsip(
+            self.dsip_advertise
         ):
-            raise ClusterSpecError(
-                f"dsip_advertised {self.dsip_advertised!r}: write it as ADDR:PORT"
-            )
+            raise ClusterSpecError(f"dsip_advertise {self.dsip_advertise!r}: write it as ADDR:PORT")
 
     # -- lookup -------------------------------------------------------------------------
 
@@ -310,7 +308,7 @@ class ClusterSpec:
     @property
     def dsip_advertised_portal(self) -> str:
         """The DSIP as initiators reach it, ADDR:PORT (the bound one unless advertised)."""
-        return self.dsip_advertised or self.dsip_portal
+        return self.dsip_advertise or self.dsip_portal
 
     # -- files --------------------------------------------------------------------------
 
@@ -423,8 +421,8 @@ class ClusterSpec:
             document["release_timeout"] = self.release_timeout
         if self.dsip is not None:
             document["dsip"] = self.dsip
-        if self.dsip_advertised is not None:
-            document["dsip_advertised"] = self.dsip_advertised
+        if self.dsip_advertise is not None:
+            document["dsip_advertise"] = self.dsip_advertise
         return document
 
     @classmethod
@@ -440,8 +438,8 @@ class ClusterSpec:
             failback=_failback(raw.get("failback", DEFAULT_FAILBACK.value)),
             health=_health(raw.get("health", {})),
             dsip=None if raw.get("dsip") is None else str(raw["dsip"]),
-            dsip_advertised=(
-                None if raw.get("dsip_advertised") is None else str(raw["dsip_advertised"])
+            dsip_advertise=(
+                None if raw.get("dsip_advertise") is None else str(raw["dsip_advertise"])
             ),
         )
 

@@ -220,7 +220,7 @@ def test_the_dsip_advertised_address_is_kept_in_the_file_and_cluster_json(tmp_pa
     saved, _ = saved_config(directory, redirectors=True)
     assert 'dsip_advertise = "10.0.2.120:3260"' in saved.to_toml()
     # Without it, discovery names the DSIP itself.
-    assert replace(spec, dsip_advertised=None).dsip_advertised_portal == "127.0.0.9:3260"
+    assert replace(spec, dsip_advertise=None).dsip_advertised_portal == "127.0.0.9:3260"
     path.write_text('nodes = 2\ndsip_advertise = "guest.example"\n')
     with pytest.raises(ConfigError, match=r"cluster\.toml:2: .*dsip_advertise.*DSIP"):
         cluster_config(ConfigDocument.load(path), {}, None)
