@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redirector.vg_placement import home_node
 from topology.naming import TARGET_NAME_PREFIX
 from topology.spec import ClusterSpec, list_vdisks
+from topology.volume_group import VolumeGroup, VolumeGroupError, VolumeGroupStore
 
 _REDIRECT_RE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) - \w+ - Redirecting target (\S+) to (\S+)$"
@@ -98,6 +100,14 @@ def build_timeline(directory: Path) -> dict[str, Any]:
     spec = ClusterSpec.load(directory)
     portal_nodes = {node.cvm_portal: node.node_id for node in spec.nodes}
     homes = {info.vdisk_id: info.home_node for info in list_vdisks(directory)}
+    # A volume group's virtual target logs in as its LUN 0's vDisk: a login or a session's
+    # end is every LUN's; each LUN's home is its target's.
+    luns_of: dict[str, tuple[str, ...]] = {}
+    for group in _volume_groups(directory):
+        for target in group.targets():
+            luns_of[target.vdisk_ids[0]] = target.vdisk_ids
+            for disk in target.vdisk_ids:
+                homes[disk] = home_node(group, target, spec.node_ids)
     forensics = directory / "forensics"
     records: list[dict[str, Any]] = []
     for pattern in ("stargate-*.jsonl", "redirector-*.jsonl"):  # redirectors: faults fired
@@ -115,10 +125,10 @@ def build_timeline(directory: Path) -> dict[str, Any]:
             continue
         timeline = vdisks.setdefault(vdisk_id, VDiskTimeline(vdisk_id, None))
         kind = record["event"]
-        if kind == "login":
-            timeline.logins.append(record)
-        elif kind == "session_end":
-            timeline.session_ends.append(record)
+        if kind in ("login", "session_end"):
+            for lun_vdisk in luns_of.get(vdisk_id, (vdisk_id,)):
+                lane = vdisks.setdefault(lun_vdisk, VDiskTimeline(lun_vdisk, None))
+                (lane.logins if kind == "login" else lane.session_ends).append(record)
         elif kind == "fault":
             timeline.faults.append(record)
         elif kind == "io":
@@ -137,6 +147,13 @@ def build_timeline(directory: Path) -> dict[str, Any]:
         "scenario": scenario,
         "vdisks": {vdisk: timeline.to_dict() for vdisk, timeline in sorted(vdisks.items())},
     }
+
+
+def _volume_groups(directory: Path) -> list[VolumeGroup]:
+    try:
+        return VolumeGroupStore(directory).all()
+    except VolumeGroupError:
+        return []  # unreadable records: their disks get lanes without homes
 
 
 def _serving_and_moves(timeline: VDiskTimeline) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import cluster_config, saved_config
+from cluster.timeline import build_timeline
 from cluster.volume_groups import provision_volume_groups
 from tests.cluster.conftest import run_cli
 from topology.config_file import ConfigDocument, ConfigError
@@ -173,3 +174,17 @@ def test_vdisk_list_names_the_group_of_its_disks(directory: Path) -> None:
     }
     table = run_cli("vdisk", "list", "--dir", str(directory)).stdout
     assert "vg g1" in table and "vg-g1-1" in table
+
+
+def test_the_timeline_gives_every_lun_of_a_virtual_target_its_logins(directory: Path) -> None:
+    """A virtual target logs in as its LUN 0's vDisk; its other LUNs' lanes show it too."""
+    run_cli("vg", "create", "t", "--dir", str(directory), "--disks", "2", "--size", "1M",
+            "--virtual-targets", "1", "--preferred-node", "2")  # fmt: skip
+    forensics = directory / "forensics"
+    forensics.mkdir()
+    login = {"t": 1.0, "event": "login", "vdisk": "vg-t-0", "node": 2, "session": "s1"}
+    (forensics / "stargate-2.jsonl").write_text(json.dumps(login) + "\n")
+    document = build_timeline(directory)
+    for vdisk in ("vg-t-0", "vg-t-1"):
+        lane = document["vdisks"][vdisk]
+        assert lane["home"] == 2 and [s["node"] for s in lane["serving"]] == [2], (vdisk, lane)
