@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,13 @@ from initiator.verify import Verifier
 from iscsicore.portal import Portal
 from tests.cluster.conftest import RunningCluster, run_cli, stop_everything, unique_cluster_base
 from tests.conftest import require_tool
-from tests.peers.tools import PeerToolError, iscsi_inq, iscsi_ls, qemu_img_convert
+from tests.peers.tools import (
+    PeerToolError,
+    iscsi_inq,
+    iscsi_ls,
+    qemu_img_convert,
+    run_tool,
+)
 from topology.spec import ClusterSpec
 
 HOST = "iqn.2026-12.org.example:host1"
@@ -62,14 +69,17 @@ def dsip_url(cluster: RunningCluster, target: str | None = None, lun: int = 0, *
     return f"iscsi://{credentials}{cluster.spec.dsip_portal}{path}"
 
 
-def qemu_lun(cluster: RunningCluster, target: str, lun: int, initiator: str = HOST) -> str:
-    """QEMU's iscsi driver with an initiator name and CHAP: a json: filename."""
-    host, port = cluster.spec.dsip_portal.rsplit(":", 1)
-    options = {
-        "driver": "iscsi", "transport": "tcp", "portal": f"{host}:{port}", "target": target,
-        "lun": lun, "initiator-name": initiator, "user": USER, "password": SECRET,
+def iscsi_options(cluster: RunningCluster, target: str, lun: int) -> dict[str, Any]:
+    """QEMU's iscsi driver at the DSIP with an initiator name and CHAP."""
+    return {
+        "driver": "iscsi", "transport": "tcp", "portal": cluster.spec.dsip_portal,
+        "target": target, "lun": lun, "initiator-name": HOST, "user": USER, "password": SECRET,
     }  # fmt: skip
-    return "json:" + json.dumps({"driver": "raw", "file": options})
+
+
+def qemu_lun(cluster: RunningCluster, target: str, lun: int) -> str:
+    """A json: filename for qemu-img (a raw image over the iscsi driver)."""
+    return "json:" + json.dumps({"driver": "raw", "file": iscsi_options(cluster, target, lun)})
 
 
 def served_by(cluster: RunningCluster, group: str) -> dict[str, int | None]:
@@ -264,3 +274,29 @@ def test_another_redirector_takes_the_dsip_when_its_leader_dies(cluster: Running
     print(f"DSIP taken over by node {second} {time.monotonic() - killed:.2f} s after the kill")
     listed = iscsi_ls(dsip_url(cluster, secret=None), initiator=HOST, timeout=30)
     assert [target.name for target in listed] == [f"{VG_PREFIX}kept-tgt0"]
+
+
+def test_faults_and_the_pages_know_a_groups_disks(cluster: RunningCluster) -> None:
+    """A fault armed on a group's disk fires on that LUN only (qemu-io through the DSIP);
+    `vdisk list` and the CVM's page show who serves each LUN's vDisk."""
+    require_tool("qemu-io")
+    created = cluster.cli_json(
+        "vg", "create", "faulty", "--disks", "2", "--size", "4M", "--virtual-targets", "1",
+        "--attach", HOST, "--chap", f"{USER}:{SECRET}", "--preferred-node", "1",
+    )  # fmt: skip
+    (target,) = created["targets"]
+    cluster.cli(
+        "fault", "add", "check_condition", "--node", "1", "--vdisk", "vg-faulty-1",
+        "--sense", "3/0x11/0", "--io", "read", "--count", "1",
+    )  # fmt: skip
+    lun0 = run_tool(["qemu-io", "-c", "read 0 4k", qemu_lun(cluster, target["iqn"], 0)])
+    assert "read 4096/4096" in lun0.stdout, lun0
+    lun1 = run_tool(
+        ["qemu-io", "-c", "read 0 4k", qemu_lun(cluster, target["iqn"], 1)], check=False
+    )
+    assert "read 4096/4096" not in lun1.stdout, lun1  # the fault's MEDIUM ERROR, 11/00
+    assert re.search(r"0x1100|Input/output error", lun1.stdout + lun1.stderr), lun1
+    rows = {row["id"]: row for row in cluster.cli_json("vdisk", "list", "--json")}
+    for vdisk in ("vg-faulty-0", "vg-faulty-1"):
+        assert rows[vdisk]["volume_group"] == "faulty"
+        assert rows[vdisk]["serving_node"] == 1 and rows[vdisk]["owner_node"] == 1, rows[vdisk]
